@@ -1,0 +1,146 @@
+"""Dataset loaders: cafe (synthetic), MMAU, MMAR, and a folder of audio + ``questions.jsonl``.
+
+All return :class:`interp.items.Item` lists.  Rows are validated as they are read: a row without
+an answer, with fewer than two choices or with an answer outside its choices is an error that
+names the file and the row; nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from interp.errors import DatasetError
+from interp.items import Item
+
+
+def _category(value: Any) -> str:
+    # MMAU quirk: category is sometimes a one-element list
+    if isinstance(value, list):
+        return "/".join(str(v) for v in value)
+    return str(value or "")
+
+
+def _row_item(row: dict, *, where: str, audio_key: str, root: Path, id_key: str = "id") -> Item:
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: expected a JSON object, found {type(row).__name__}")
+    for key in ("question", "choices", "answer", audio_key):
+        if key not in row or row[key] in (None, "", []):
+            raise DatasetError(f"{where}: expected a non-empty {key!r} field, found {row.get(key)!r}")
+    choices = row["choices"]
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise DatasetError(f"{where}: expected 'choices' to be a list of strings, found {choices!r}")
+    audio = str(row[audio_key])
+    path = Path(audio)
+    if not path.is_absolute():
+        path = (root / path).resolve()
+    try:
+        return Item(
+            item_id=str(row.get(id_key) or where),
+            audio=str(path),
+            question=row["question"],
+            choices=tuple(choices),
+            answer=row["answer"],
+            task=str(row.get("task", row.get("modality", ""))),
+            category=_category(row.get("category")),
+            sub_category=str(row.get("sub-category", row.get("sub_category", "")) or ""),
+            difficulty=str(row.get("difficulty", "") or ""),
+            tier=_category(row.get("category")),
+            meta={k: v for k, v in row.items() if k not in ("question", "choices", "answer")},
+        )
+    except DatasetError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+
+
+def _read_json_list(path: Path) -> list:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"dataset file {str(path)!r}: expected a JSON file, found nothing there") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"dataset file {str(path)!r}: expected JSON, found invalid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"dataset file {str(path)!r}: expected a JSON list of rows, found {type(data).__name__}")
+    return data
+
+
+def load_mmau(path: str | Path, *, audio_root: str | Path | None = None) -> list[Item]:
+    """MMAU (test-mini / test) JSON: ``audio_id`` paths are relative to the JSON's folder
+    (``./test-mini-audios/<id>.wav``) unless ``audio_root`` is given."""
+    path = Path(path)
+    root = Path(audio_root) if audio_root else path.parent
+    rows = _read_json_list(path)
+    return [
+        _row_item(r, where=f"{path.name} row {i} (id {r.get('id') if isinstance(r, dict) else '?'})", audio_key="audio_id", root=root)
+        for i, r in enumerate(rows)
+    ]
+
+
+def load_mmar(path: str | Path, *, audio_root: str | Path | None = None) -> list[Item]:
+    """MMAR's ``MMAR-meta.json``: rows with ``audio_path``, ``question``, ``choices``, ``answer``,
+    ``modality``, ``category``, ``sub-category``."""
+    path = Path(path)
+    root = Path(audio_root) if audio_root else path.parent
+    rows = _read_json_list(path)
+    return [
+        _row_item(r, where=f"{path.name} row {i} (id {r.get('id') if isinstance(r, dict) else '?'})", audio_key="audio_path", root=root)
+        for i, r in enumerate(rows)
+    ]
+
+
+def load_folder(folder: str | Path) -> list[Item]:
+    """A folder of audio files plus ``questions.jsonl``: one JSON object a line with ``audio``
+    (file name relative to the folder), ``question``, ``choices``, ``answer`` and any metadata."""
+    folder = Path(folder)
+    qfile = folder / "questions.jsonl"
+    if not qfile.exists():
+        raise DatasetError(f"dataset folder {str(folder)!r}: expected a questions.jsonl file, found none")
+    items = []
+    for i, line in enumerate(qfile.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{qfile} line {i + 1}: expected a JSON object, found invalid JSON ({exc})") from None
+        row.setdefault("id", f"{folder.name}-{i}")
+        items.append(_row_item(row, where=f"{qfile.name} line {i + 1}", audio_key="audio", root=folder))
+    if not items:
+        raise DatasetError(f"{qfile}: expected at least one question, found none")
+    return items
+
+
+def load_cafe(n: int, *, seed: int = 7, tiers: tuple[str, ...] | None = None) -> list[Item]:
+    from interp.cafe.questions import TIERS, make_items
+
+    return make_items(n, seed=seed, tiers=tiers or TIERS)
+
+
+def load_dataset(spec: str, *, n: int | None = None, seed: int = 7, audio_root: str | None = None) -> list[Item]:
+    """``cafe`` (or ``cafe:perception,temporal``), an MMAU/MMAR JSON file, or a folder."""
+    if spec == "cafe" or spec.startswith("cafe:"):
+        tiers = tuple(spec.split(":", 1)[1].split(",")) if ":" in spec else None
+        return load_cafe(n or 300, seed=seed, tiers=tiers)
+    p = Path(spec)
+    if p.is_dir():
+        items = load_folder(p)
+    elif p.suffix == ".json":
+        rows = _read_json_list(p)
+        first = rows[0] if rows else {}
+        items = load_mmar(p, audio_root=audio_root) if "audio_path" in first else load_mmau(p, audio_root=audio_root)
+    else:
+        raise DatasetError(
+            f"dataset {spec!r}: expected 'cafe', an MMAU/MMAR .json file or a folder with questions.jsonl, found neither"
+        )
+    return items[:n] if n else items
+
+
+def fingerprint(items: list[Item]) -> str:
+    """A stable sha256 of what the items ask (ids, questions, choices, answers)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps([it.item_id, it.question, list(it.choices), it.answer]).encode())
+    return h.hexdigest()

@@ -1,0 +1,106 @@
+"""Model loading: ``micro``, a Hugging Face id, or a local checkpoint folder — one code path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from interp.arch import Architecture, ArchTable, describe, table_for_class
+from interp.errors import ArchitectureError, ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2"}
+
+
+@dataclass(kw_only=True)
+class LoadedModel:
+    """A model with its processor, architecture table and where it came from."""
+
+    model: Any
+    processor: Any
+    arch: Architecture
+    model_id: str
+    source: str  # resolved folder or hub id
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+
+def resolve_source(name_or_path: str) -> str:
+    """``micro`` / ``micro-mpar2`` -> the embedded folder; anything else is passed through."""
+    if name_or_path in EMBEDDED:
+        from interp.micro import WEIGHTS_DIR
+
+        folder = WEIGHTS_DIR / EMBEDDED[name_or_path]
+        if not (folder / "config.json").exists():
+            raise ConfigError(
+                f"embedded model {name_or_path!r}: expected weights in {folder}, found none; "
+                f"train them with `auralens micro {'train' if name_or_path == 'micro' else 'finetune'}`"
+            )
+        return str(folder)
+    return name_or_path
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    name_or_path: str = "micro",
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    attn_implementation: str = "sdpa",
+    table: ArchTable | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a model, its processor and its architecture table.
+
+    ``device_map="auto"`` is passed through to transformers (for a model that does not fit one
+    GPU); otherwise the model goes to ``device`` (CUDA when present)."""
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    source = resolve_source(name_or_path)
+    if not Path(source).exists() and Path(source).is_absolute():
+        raise ConfigError(f"model {name_or_path!r}: expected a local checkpoint folder or HF id, found no folder {source}")
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    archs = list(getattr(config, "architectures", None) or [])
+    if table is None:
+        if not archs:
+            raise ArchitectureError(f"model {name_or_path!r}: its config.json names no architectures; pass table=...")
+        table = table_for_class(archs[0])
+    cls = getattr(transformers, table.model_class, None)
+    if cls is None:
+        raise ArchitectureError(
+            f"model {name_or_path!r}: transformers {transformers.__version__} has no class {table.model_class!r}"
+        )
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "attn_implementation": attn_implementation}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    if device_map is None:
+        model = model.to(device or default_device())
+    model.eval()
+    processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if getattr(processor, "tokenizer", None) is not None:
+        processor.tokenizer.padding_side = "left"
+    arch = describe(model, table)
+    return LoadedModel(model=model, processor=processor, arch=arch, model_id=name_or_path, source=source)
