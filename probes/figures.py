@@ -1,0 +1,280 @@
+"""Plotly figures of probe tables (the DataFrame of :func:`probes.fit.probe_table`).
+
+- :func:`accuracy_by_layer`: score by layer, one colour per attribute: the probe's score as a
+  line inside its bootstrap CI band, the control task's score dashed, the chance level dotted.
+- :func:`accuracy_by_step`: the same by reasoning step, at each attribute's best layer.
+- :func:`write_html`: a self-contained HTML file (plotly.js embedded, no CDN).
+
+Trace names are stable so tests and dashboards can find them: ``"{attribute}"``,
+``"{attribute} control"``, ``"{attribute} chance"`` and ``"{attribute} 95% CI"`` (the
+level follows the table's CI). The score is accuracy for categorical attributes and R^2 for
+continuous ones; the y axis says "score" when both kinds are shown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from interp.errors import ProbeError
+
+__all__ = ["accuracy_by_layer", "accuracy_by_step", "best_layers", "write_html"]
+
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+_NEEDED = ("site", "layer", "position", "step", "attribute", "accuracy", "control_accuracy",
+           "chance", "ci_low", "ci_high", "selectivity", "n")  # fmt: skip
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _check_table(table: Any, name: str) -> None:
+    import pandas as pd
+
+    if not isinstance(table, pd.DataFrame):
+        raise ProbeError(f"{name}: expected a pandas DataFrame from probe_table, found "
+                         f"{type(table).__name__}")
+    missing = [c for c in _NEEDED if c not in table.columns]
+    if missing:
+        raise ProbeError(f"{name}: expected the probe_table columns, missing {missing}")
+    if table.empty:
+        raise ProbeError(f"{name}: expected at least one probe row, found an empty table")
+
+
+def _same(series, value):
+    """Element-wise equality that treats None/NaN as equal to None/NaN."""
+    import pandas as pd
+
+    if value is None or (isinstance(value, float) and value != value):
+        return series.isna()
+    return series.map(lambda v: (not pd.isna(v)) and v == value).astype(bool)
+
+
+def _select(table, *, site: Any, position: Any, step: Any, use_step: bool, name: str):
+    """Filter on the given location values and check one (site, position[, step]) remains."""
+    sub = table
+    for col, value in (("site", site), ("position", position)):
+        if value is not None:
+            sub = sub[_same(sub[col], value)]
+    if use_step and step != "any":
+        sub = sub[_same(sub["step"], step)]
+    if sub.empty:
+        raise ProbeError(
+            f"{name}: expected rows with site={site!r}, position={position!r}"
+            + (f", step={step!r}" if use_step else "")
+            + f"; found none (table has sites {sorted(map(str, table['site'].unique()))}, "
+            f"positions {sorted(map(str, table['position'].unique()))}, "
+            f"steps {sorted(map(str, table['step'].unique()))})"
+        )
+    cols = ["site", "position"] + (["step"] if use_step else [])
+    combos = sub[cols].astype(str).drop_duplicates()
+    if len(combos) > 1:
+        found = [tuple(r) for r in combos.itertuples(index=False)]
+        raise ProbeError(
+            f"{name}: expected one ({', '.join(cols)}) combination to plot, found {len(found)}: "
+            f"{found}; pass {', '.join(c + '=' for c in cols)} to choose"
+        )
+    return sub
+
+
+def _add_attribute_traces(
+    fig, sub, *, x: str, attribute: str, colour: str, hover: str, label: str | None = None
+) -> None:
+    import plotly.graph_objects as go
+
+    sub = sub.sort_values(x)
+    xs = sub[x].tolist()
+    group = attribute
+    fill = _rgba(colour, 0.18)
+    if sub["ci_low"].notna().any():
+        fig.add_trace(go.Scatter(
+            x=xs + xs[::-1],
+            y=sub["ci_high"].tolist() + sub["ci_low"].tolist()[::-1],
+            fill="toself", fillcolor=fill, line={"width": 0}, mode="lines",
+            hoverinfo="skip", name=f"{attribute} 95% CI", legendgroup=group, showlegend=False,
+        ))
+    fig.add_trace(go.Scatter(
+        x=xs, y=sub["accuracy"].tolist(), mode="lines+markers", name=attribute,
+        legendgroup=group, line={"color": colour, "width": 2},
+        customdata=sub[["ci_low", "ci_high", "selectivity", "n"]].to_numpy(),
+        hovertemplate=(
+            f"{label or attribute}<br>{hover}=%{{x}}<br>score=%{{y:.3f}} "
+            "[%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>selectivity=%{customdata[2]:.3f}"
+            "<br>n=%{customdata[3]}<extra></extra>"
+        ),
+    ))
+    if sub["control_accuracy"].notna().any():
+        fig.add_trace(go.Scatter(
+            x=xs, y=sub["control_accuracy"].tolist(), mode="lines", name=f"{attribute} control",
+            legendgroup=group, line={"color": colour, "dash": "dash", "width": 1.5},
+        ))
+    fig.add_trace(go.Scatter(
+        x=xs, y=sub["chance"].tolist(), mode="lines", name=f"{attribute} chance",
+        legendgroup=group, line={"color": colour, "dash": "dot", "width": 1}, opacity=0.7,
+    ))
+
+
+_Y_TITLE = "score (accuracy; R² for continuous attributes)"
+
+
+def accuracy_by_layer(
+    table,
+    *,
+    attributes: list[str] | None = None,
+    site: Any = None,
+    position: Any = None,
+    step: Any = None,
+    title: str | None = None,
+):
+    """Probe score by layer, one colour per attribute, for one (site, position, step).
+
+    ``site``/``position``/``step`` filter the table (``None`` matches rows whose step is
+    missing, the usual "prompt" probes, and leaves site/position unfiltered); after filtering
+    exactly one combination must remain, else :class:`ProbeError` lists what was found.
+    """
+    import plotly.graph_objects as go
+
+    _check_table(table, "accuracy_by_layer table")
+    sub = _select(table, site=site, position=position, step=step, use_step=True,
+                  name="accuracy_by_layer")
+    attrs = _attributes(sub, attributes, "accuracy_by_layer")
+    fig = go.Figure()
+    for i, attribute in enumerate(attrs):
+        rows = sub[sub["attribute"] == attribute]
+        dup = rows["layer"].duplicated()
+        if dup.any():
+            raise ProbeError(
+                f"accuracy_by_layer: expected one row per layer for attribute {attribute!r}, "
+                f"found layer {rows['layer'][dup].iloc[0]!r} more than once"
+            )
+        _add_attribute_traces(fig, rows, x="layer", attribute=attribute,
+                              colour=_PALETTE[i % len(_PALETTE)], hover="layer")
+    first = sub.iloc[0]
+    where = f"{first['site']} · position {first['position']}"
+    if not _is_na(first["step"]):
+        where += f" · step {first['step']}"
+    fig.update_layout(
+        title=title or f"Probe score by layer ({where})",
+        xaxis_title="layer", yaxis_title=_Y_TITLE, template="plotly_white",
+        legend_title_text="attribute (dashed: control, dotted: chance)",
+    )
+    return fig
+
+
+def _is_na(value: Any) -> bool:
+    import pandas as pd
+
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _attributes(sub, attributes: list[str] | None, name: str) -> list[str]:
+    present = list(dict.fromkeys(sub["attribute"].tolist()))
+    if attributes is None:
+        return present
+    missing = [a for a in attributes if a not in present]
+    if missing:
+        raise ProbeError(f"{name}: expected attributes among {present}, found {missing}")
+    return list(attributes)
+
+
+def best_layers(
+    table,
+    *,
+    by: Literal["accuracy", "selectivity"] = "accuracy",
+    site: Any = None,
+    position: Any = None,
+) -> dict[str, int]:
+    """Best layer per attribute: highest mean ``by`` over the reasoning steps in the table.
+
+    Rows without a step are left out when stepped rows exist. Ties go to the earlier layer.
+    """
+    _check_table(table, "best_layers table")
+    if by not in ("accuracy", "selectivity"):
+        raise ProbeError(f"best_layers by: expected 'accuracy' or 'selectivity', found {by!r}")
+    sub = _select(table, site=site, position=position, step="any", use_step=False,
+                  name="best_layers")
+    stepped = sub[sub["step"].notna()]
+    if not stepped.empty:
+        sub = stepped
+    means = sub.groupby(["attribute", "layer"], sort=True)[by].mean().reset_index()
+    out: dict[str, int] = {}
+    for attribute, rows in means.groupby("attribute", sort=False):
+        rows = rows.sort_values("layer", kind="stable")
+        if rows[by].isna().all():
+            raise ProbeError(
+                f"best_layers: expected a {by} for attribute {attribute!r}, found only NaN "
+                f"(was the control task off? use by='accuracy')"
+            )
+        out[str(attribute)] = int(rows.loc[rows[by].idxmax(), "layer"])
+    return out
+
+
+def accuracy_by_step(
+    table,
+    *,
+    attributes: list[str] | None = None,
+    site: Any = None,
+    position: Any = None,
+    by: Literal["accuracy", "selectivity"] = "accuracy",
+    layers: dict[str, int] | None = None,
+    title: str | None = None,
+):
+    """Probe score by reasoning step, each attribute at its best layer.
+
+    The best layer is :func:`best_layers` (mean ``by`` over steps) unless ``layers`` gives
+    ``{attribute: layer}``. Only rows with a step are plotted; the hover text of the
+    ``"{attribute}"`` trace names the chosen layer.
+    """
+    import plotly.graph_objects as go
+
+    _check_table(table, "accuracy_by_step table")
+    sub = _select(table, site=site, position=position, step="any", use_step=False,
+                  name="accuracy_by_step")
+    sub = sub[sub["step"].notna()]
+    if sub.empty:
+        raise ProbeError("accuracy_by_step: expected rows with a reasoning step, found none "
+                         "(every row has step None)")
+    attrs = _attributes(sub, attributes, "accuracy_by_step")
+    chosen = best_layers(sub, by=by) if layers is None else dict(layers)
+    fig = go.Figure()
+    for i, attribute in enumerate(attrs):
+        if attribute not in chosen:
+            raise ProbeError(f"accuracy_by_step layers: expected a layer for {attribute!r}, "
+                             f"found only {sorted(chosen)}")
+        layer = chosen[attribute]
+        rows = sub[(sub["attribute"] == attribute) & (sub["layer"] == layer)]
+        if rows.empty:
+            raise ProbeError(f"accuracy_by_step: expected rows for {attribute!r} at layer "
+                             f"{layer}, found none")
+        if rows["step"].duplicated().any():
+            raise ProbeError(f"accuracy_by_step: expected one row per step for {attribute!r} "
+                             f"at layer {layer}, found duplicates")
+        _add_attribute_traces(fig, rows, x="step", attribute=attribute,
+                              colour=_PALETTE[i % len(_PALETTE)], hover="step",
+                              label=f"{attribute} (layer {layer})")
+    first = sub.iloc[0]
+    fig.update_layout(
+        title=title or (f"Probe score by reasoning step at the best layer "
+                        f"({first['site']} · position {first['position']}; best by {by})"),
+        xaxis_title="reasoning step", yaxis_title=_Y_TITLE, template="plotly_white",
+        legend_title_text="attribute (dashed: control, dotted: chance)",
+    )
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def write_html(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a self-contained HTML file (plotly.js embedded; works offline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return path

@@ -1,0 +1,886 @@
+"""Linear probes on cached activations: cross-validated by item, with a control task.
+
+This module is model-independent: it takes arrays (activations collected elsewhere) and labels,
+and returns numbers. The protocol follows AudioLens (arXiv 2506.05140) and Hewitt & Liang (2019):
+
+- One probe per (site, layer, position, step) and attribute: ``StandardScaler`` followed by
+  ``LogisticRegression`` for categorical attributes (score: accuracy) or ``Ridge`` for continuous
+  ones (score: R^2).
+- Cross-validation is grouped by item id (``StratifiedGroupKFold`` for categorical labels,
+  ``GroupKFold`` for continuous ones), so no item is ever in both a training and a test fold,
+  whatever the number of rows (positions, tokens, events) it contributes.
+- The *control task* (Hewitt & Liang's "random label mapping") gives every value of a hidden
+  type key a random label, by permuting the labels over the keys, so the control labels have
+  the same distribution but are tied to the input only through the key. A probe that does well on
+  the control task is memorising keys, not reading information; ``selectivity`` = score on the
+  real task minus score on the control task.
+- A 95 % confidence interval comes from a bootstrap over items of the out-of-fold predictions.
+- The probe refitted on all rows gives a direction in the *original* (unstandardised) feature
+  space, ready to be turned into a steering vector.
+
+Public API: :class:`ProbeConfig`, :class:`ProbeResult`, :func:`fit_probe`, :func:`make_folds`,
+:func:`control_labels`, :class:`ProbeRow`, :func:`probe_results`, :func:`probe_table`,
+:func:`run_probes` and :data:`TABLE_COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from jaxtyping import Float
+
+from interp.errors import ConfigError, ProbeError
+
+__all__ = [
+    "TABLE_COLUMNS",
+    "ProbeConfig",
+    "ProbeResult",
+    "ProbeRow",
+    "control_labels",
+    "fit_probe",
+    "make_folds",
+    "probe_results",
+    "probe_table",
+    "run_probes",
+]
+
+#: The columns of :func:`probe_table`, in order.
+TABLE_COLUMNS: tuple[str, ...] = (
+    "site",
+    "layer",
+    "position",
+    "step",
+    "attribute",
+    "accuracy",
+    "control_accuracy",
+    "selectivity",
+    "chance",
+    "ci_low",
+    "ci_high",
+    "n",
+)
+
+_KINDS = ("logistic", "ridge")
+_CONTROLS = ("random_label_mapping", "none")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """How to fit and score one probe.
+
+    Attributes:
+        kind: ``"logistic"`` for categorical attributes (score: accuracy) or ``"ridge"`` for
+            continuous ones (score: R^2).
+        n_folds: number of cross-validation folds; every fold holds out whole items.
+        C: inverse L2 regularisation strength of the logistic probe.
+        alpha: L2 regularisation strength of the ridge probe.
+        max_iter: iteration cap of the logistic solver (lbfgs).
+        control: ``"random_label_mapping"`` (Hewitt & Liang 2019) or ``"none"`` to skip the
+            control task (``control_accuracy`` and ``selectivity`` are then NaN).
+        n_bootstrap: bootstrap resamples of items for the confidence interval; 0 skips it
+            (``ci_low``/``ci_high`` are then NaN).
+        confidence: level of the bootstrap percentile interval.
+        seed: seeds the fold assignment, the control mapping and the bootstrap.
+    """
+
+    kind: Literal["logistic", "ridge"] = "logistic"
+    n_folds: int = 5
+    C: float = 1.0
+    alpha: float = 1.0
+    max_iter: int = 1000
+    control: Literal["random_label_mapping", "none"] = "random_label_mapping"
+    n_bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ConfigError(f"ProbeConfig.kind: expected one of {_KINDS}, found {self.kind!r}")
+        if self.control not in _CONTROLS:
+            raise ConfigError(
+                f"ProbeConfig.control: expected one of {_CONTROLS}, found {self.control!r}"
+            )
+        _check_int("n_folds", self.n_folds, minimum=2)
+        _check_int("max_iter", self.max_iter, minimum=1)
+        _check_int("n_bootstrap", self.n_bootstrap, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        for name in ("C", "alpha"):
+            value = getattr(self, name)
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (is_number and np.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"ProbeConfig.{name}: expected a positive number, found {value!r}"
+                )
+        c = self.confidence
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 1:
+            raise ConfigError(f"ProbeConfig.confidence: expected a number in (0, 1), found {c!r}")
+
+    @property
+    def metric(self) -> str:
+        """``"accuracy"`` for logistic probes, ``"r2"`` for ridge probes."""
+        return "accuracy" if self.kind == "logistic" else "r2"
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"ProbeConfig.{name}: expected an integer >= {minimum}, found {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)  # eq=False: holds arrays
+class ProbeResult:
+    """Scores and fitted direction of one probe.
+
+    ``accuracy`` is the pooled out-of-fold score: the fraction of rows predicted correctly
+    (logistic) or the R^2 of all out-of-fold predictions (ridge). ``fold_scores`` are the
+    per-fold scores, the numbers ``sklearn.model_selection.cross_val_score`` returns for the
+    same folds; their mean equals ``accuracy`` only when folds have equal sizes.
+
+    ``direction`` lives in the original (unstandardised) feature space: the probe refitted on
+    all rows computes ``X @ direction.T + intercept`` (it is ``coef / scale`` of the scaler).
+
+    - binary logistic: shape ``(d_model,)``, pointing from ``classes[0]`` towards ``classes[1]``
+      (the decision function, whose sign picks ``classes[1]`` when positive);
+    - multiclass logistic: shape ``(n_classes, d_model)``, row ``k`` is the logit direction of
+      ``classes[k]`` (softmax over rows; differences of rows separate pairs of classes);
+    - ridge: shape ``(d_model,)``, the direction along which the predicted value grows
+      (one unit of ``X @ direction`` is one unit of the label).
+
+    Normalise it (and pick its scale) before using it as a steering vector.
+    """
+
+    kind: str
+    metric: str
+    attribute: str
+    accuracy: float
+    control_accuracy: float
+    selectivity: float
+    chance: float
+    ci_low: float
+    ci_high: float
+    n: int
+    n_items: int
+    n_classes: int | None
+    classes: tuple[Any, ...] | None
+    fold_scores: tuple[float, ...]
+    control_fold_scores: tuple[float, ...]
+    direction: np.ndarray = field(repr=False)
+    intercept: np.ndarray | float = field(repr=False)
+    config: ProbeConfig = field(repr=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _as_features(X: Any, attribute: str) -> np.ndarray:
+    if hasattr(X, "detach"):  # a torch tensor (any dtype, any device), without importing torch
+        X = X.detach().float().cpu().numpy()
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ProbeError(
+            f"X for attribute {attribute!r}: expected a 2-D array [batch, d_model], "
+            f"found shape {X.shape}"
+        )
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise ProbeError(
+            f"X for attribute {attribute!r}: expected real numbers, found dtype {X.dtype}"
+        )
+    X = X.astype(np.float64, copy=False)
+    if X.shape[1] == 0:
+        raise ProbeError(f"X for attribute {attribute!r}: expected at least 1 feature, found 0")
+    finite = np.isfinite(X)
+    if not finite.all():
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        raise ProbeError(
+            f"X for attribute {attribute!r}: expected finite features, found "
+            f"{int((~finite).sum())} non-finite values (NaN/inf) in {bad_rows.size} rows, "
+            f"first rows {bad_rows[:5].tolist()}"
+        )
+    return X
+
+
+def _as_1d(values: Any, what: str, attribute: str) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ProbeError(
+            f"{what} for attribute {attribute!r}: expected 1-D, found shape {arr.shape}"
+        )
+    return arr
+
+
+def _check_lengths(attribute: str, **arrays: np.ndarray) -> None:
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        found = ", ".join(f"{name}={length}" for name, length in lengths.items())
+        raise ProbeError(
+            f"attribute {attribute!r}: expected X, y and groups with the same number of rows, "
+            f"found {found}"
+        )
+
+
+def _encode_labels(y: np.ndarray, attribute: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct classes and integer codes of categorical labels."""
+    try:
+        classes, codes = np.unique(y, return_inverse=True)
+    except TypeError as exc:
+        raise ProbeError(
+            f"y for attribute {attribute!r}: expected labels of one comparable type, found "
+            f"mixed types {sorted({type(v).__name__ for v in y.tolist()})}"
+        ) from exc
+    if y.dtype.kind == "f" and np.isnan(classes.astype(float)).any():
+        raise ProbeError(f"y for attribute {attribute!r}: expected labels, found NaN")
+    if y.dtype == object and any(v is None for v in classes.tolist()):
+        raise ProbeError(f"y for attribute {attribute!r}: expected labels, found None")
+    return classes, codes.reshape(-1)
+
+
+def _encode_groups(groups: np.ndarray) -> np.ndarray:
+    try:
+        return np.unique(groups, return_inverse=True)[1].reshape(-1)
+    except TypeError:  # mixed types: fall back to first-seen order
+        seen: dict[Hashable, int] = {}
+        return np.array([seen.setdefault(g, len(seen)) for g in groups.tolist()], dtype=np.int64)
+
+
+def _check_support(
+    codes: np.ndarray | None,
+    classes: np.ndarray | None,
+    y_cont: np.ndarray | None,
+    group_codes: np.ndarray,
+    config: ProbeConfig,
+    attribute: str,
+) -> None:
+    n_items = int(group_codes.max()) + 1 if group_codes.size else 0
+    k = config.n_folds
+    if n_items < k:
+        raise ProbeError(
+            f"attribute {attribute!r}: {k}-fold cross-validation by item needs at least {k} "
+            f"distinct items (groups), found {n_items} (in {group_codes.size} rows); "
+            f"lower n_folds or collect more items"
+        )
+    if codes is not None and classes is not None:
+        if classes.size < 2:
+            raise ProbeError(
+                f"attribute {attribute!r}: expected at least 2 classes, found only class "
+                f"{classes.tolist()[0]!r} in all {codes.size} rows"
+            )
+        items_per_class = np.zeros(classes.size, dtype=np.int64)
+        for c in range(classes.size):
+            items_per_class[c] = np.unique(group_codes[codes == c]).size
+        rare = np.flatnonzero(items_per_class < k)
+        if rare.size:
+            names = classes.tolist()
+            found = ", ".join(f"{names[c]!r}: {items_per_class[c]}" for c in rare)
+            raise ProbeError(
+                f"attribute {attribute!r}: {k}-fold stratified cross-validation by item needs "
+                f"every class in at least {k} distinct items, found {found}; lower n_folds, "
+                f"merge rare classes or collect more items"
+            )
+    if y_cont is not None:
+        if not np.isfinite(y_cont).all():
+            raise ProbeError(
+                f"y for attribute {attribute!r}: expected finite values for a ridge probe, found "
+                f"{int((~np.isfinite(y_cont)).sum())} NaN/inf"
+            )
+        if np.ptp(y_cont) == 0:
+            raise ProbeError(
+                f"attribute {attribute!r}: expected a varying continuous label, found the single "
+                f"value {y_cont.tolist()[0]!r} in all {y_cont.size} rows"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Folds, control task, pipeline
+# --------------------------------------------------------------------------------------------
+
+
+def _attribute_seed(seed: int, attribute: str) -> int:
+    return int(seed) * 1_000_003 + zlib.crc32(attribute.encode("utf-8"))
+
+
+def make_folds(
+    y: Sequence[Any] | np.ndarray,
+    groups: Sequence[Hashable] | np.ndarray,
+    config: ProbeConfig,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, test) row indices :func:`fit_probe` uses; whole items go to one side.
+
+    ``StratifiedGroupKFold`` on the labels for logistic probes, ``GroupKFold`` for ridge probes,
+    both shuffled with ``config.seed``. Inputs are not validated here beyond what sklearn does;
+    :func:`fit_probe` validates before calling it.
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    y_arr = np.asarray(y)
+    g = _encode_groups(np.asarray(groups))
+    placeholder = np.zeros((y_arr.shape[0], 1))
+    if config.kind == "logistic":
+        splitter = StratifiedGroupKFold(
+            n_splits=config.n_folds, shuffle=True, random_state=config.seed
+        )
+        strat = np.unique(y_arr, return_inverse=True)[1].reshape(-1)
+        splits = splitter.split(placeholder, strat, g)
+    else:
+        splitter = GroupKFold(n_splits=config.n_folds, shuffle=True, random_state=config.seed)
+        splits = splitter.split(placeholder, y_arr, g)
+    return [(np.asarray(tr), np.asarray(te)) for tr, te in splits]
+
+
+def control_labels(
+    y: Sequence[Any] | np.ndarray,
+    *,
+    key: Sequence[Hashable] | np.ndarray | None = None,
+    seed: int = 0,
+    attribute: str = "y",
+) -> np.ndarray:
+    """Hewitt & Liang control labels: a random function from a type ``key`` to labels.
+
+    Each distinct key gets the label of a *different, randomly chosen* key: the labels of the
+    keys (the label of each key's first row) are randomly permuted over the keys, and every row
+    takes the control label of its key. So:
+
+    - the control labels are a deterministic function of the key (a probe can only succeed on
+      them by memorising keys it saw in training: that is what the control measures);
+    - over keys, the label distribution is exactly the real one; with one row per key (the
+      default), the row-level distribution is exactly the real one too;
+    - the mapping is fixed by ``(seed, attribute)``: every layer, position and step of an
+      attribute is compared against the same control task.
+
+    ``key`` is e.g. the item's question template or the token id at the probed position
+    (keys that recur across items make the control informative about memorisation). By default
+    every row is its own key, i.e. a random relabelling of items; since folds hold out whole
+    items, a probe then cannot memorise and the control score is an empirical chance level
+    for a probe of this capacity on this label distribution.
+    """
+    y_arr = np.asarray(y)
+    n = y_arr.shape[0]
+    if key is None:
+        key_codes = np.arange(n)
+    else:
+        key_arr = np.asarray(key)
+        if key_arr.shape[0] != n:
+            raise ProbeError(
+                f"control key for attribute {attribute!r}: expected {n} entries (one per row of "
+                f"y), found {key_arr.shape[0]}"
+            )
+        key_codes = _encode_groups(key_arr)
+    n_keys = int(key_codes.max()) + 1 if n else 0
+    first_row = np.full(n_keys, -1, dtype=np.int64)
+    # first row of each key (reverse assignment so the earliest index wins)
+    first_row[key_codes[::-1]] = np.arange(n)[::-1]
+    rng = np.random.default_rng(_attribute_seed(seed, attribute))
+    perm = rng.permutation(n_keys)
+    key_label = y_arr[first_row[perm]]
+    return key_label[key_codes]
+
+
+def _pipeline(config: ProbeConfig):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if config.kind == "logistic":
+        model = LogisticRegression(C=config.C, max_iter=config.max_iter)
+    else:
+        model = Ridge(alpha=config.alpha)
+    return Pipeline([("scale", StandardScaler()), ("probe", model)])
+
+
+def _oof_predict(
+    X: np.ndarray,
+    target: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    config: ProbeConfig,
+) -> tuple[np.ndarray, list[float]]:
+    """Out-of-fold predictions and per-fold scores (accuracy or R^2)."""
+    from sklearn.base import clone
+    from sklearn.metrics import r2_score
+
+    template = _pipeline(config)
+    pred = np.empty(target.shape[0], dtype=target.dtype if config.kind == "logistic" else float)
+    scores: list[float] = []
+    for train, test in folds:
+        y_train = target[train]
+        if config.kind == "logistic" and np.unique(y_train).size < 2:
+            # a training fold with one class (possible for a control task on tiny data):
+            # the only sensible prediction is that class
+            fold_pred = np.full(test.size, y_train[0], dtype=target.dtype)
+        else:
+            model = clone(template).fit(X[train], y_train)
+            fold_pred = model.predict(X[test])
+        pred[test] = fold_pred
+        if config.kind == "logistic":
+            scores.append(float(np.mean(fold_pred == target[test])))
+        else:
+            scores.append(float(r2_score(target[test], fold_pred)))
+    return pred, scores
+
+
+def _pooled_score(target: np.ndarray, pred: np.ndarray, kind: str) -> float:
+    if kind == "logistic":
+        return float(np.mean(pred == target))
+    ss_res = float(np.sum((target - pred) ** 2))
+    ss_tot = float(np.sum((target - target.mean()) ** 2))
+    return 1.0 - ss_res / ss_tot
+
+
+def _bootstrap_ci(
+    target: np.ndarray,
+    pred: np.ndarray,
+    group_codes: np.ndarray,
+    config: ProbeConfig,
+    attribute: str,
+) -> tuple[float, float]:
+    """Percentile CI of the pooled out-of-fold score, resampling items with replacement."""
+    if config.n_bootstrap == 0:
+        return float("nan"), float("nan")
+    n_items = int(group_codes.max()) + 1
+    rng = np.random.default_rng(_attribute_seed(config.seed, attribute) + 1)
+    # counts[b, g]: how many times item g is drawn in resample b (multinomial = draw with
+    # replacement); every statistic below is a count-weighted sum of per-item sums.
+    counts = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=config.n_bootstrap)
+    counts = counts.astype(np.float64)
+    rows = np.bincount(group_codes, minlength=n_items).astype(np.float64)
+    n_rows = counts @ rows
+    if config.kind == "logistic":
+        hits = (pred == target).astype(np.float64)
+        correct = np.bincount(group_codes, weights=hits, minlength=n_items)
+        stats = (counts @ correct) / n_rows
+    else:
+        t = target.astype(float)
+        s_res = np.bincount(group_codes, weights=(t - pred) ** 2, minlength=n_items)
+        s_y = np.bincount(group_codes, weights=t, minlength=n_items)
+        s_yy = np.bincount(group_codes, weights=t * t, minlength=n_items)
+        ss_res = counts @ s_res
+        sum_y = counts @ s_y
+        ss_tot = counts @ s_yy - sum_y**2 / n_rows
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stats = 1.0 - ss_res / ss_tot
+        stats = stats[np.isfinite(stats)]  # resamples whose labels are all equal have no R^2
+        if stats.size == 0:
+            return float("nan"), float("nan")
+    tail = (1.0 - config.confidence) / 2.0
+    low, high = np.quantile(stats, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+# --------------------------------------------------------------------------------------------
+# fit_probe
+# --------------------------------------------------------------------------------------------
+
+
+def fit_probe(
+    X: Float[np.ndarray, "batch d_model"],
+    y: Sequence[Any] | np.ndarray,
+    groups: Sequence[Hashable] | np.ndarray,
+    config: ProbeConfig | None = None,
+    *,
+    control_key: Sequence[Hashable] | np.ndarray | None = None,
+    control_y: Sequence[Any] | np.ndarray | None = None,
+    attribute: str = "y",
+) -> ProbeResult:
+    """Fit and score one linear probe, cross-validated by item, with a control task.
+
+    Args:
+        X: features, one row per (item, ...) observation; a numpy array or torch tensor.
+        y: labels, one per row: any sortable values for ``kind="logistic"``, finite numbers for
+            ``kind="ridge"``.
+        groups: item id of each row; folds never split an item.
+        config: :class:`ProbeConfig` (default: logistic, 5 folds).
+        control_key: hidden type key of each row for the control task (see
+            :func:`control_labels`); default: every row its own key.
+        control_y: ready-made control labels, one per row (e.g. :func:`control_labels` computed
+            once over all items, so that subsets of them share one mapping); exclusive with
+            ``control_key``.
+        attribute: name used in error messages and to fix the control mapping and bootstrap.
+
+    Raises:
+        ProbeError: mismatched lengths, non-finite features, a single class, too few items
+            (or items per class) for the folds.
+    """
+    config = ProbeConfig() if config is None else config
+    if not isinstance(config, ProbeConfig):
+        raise ProbeError(f"config: expected a ProbeConfig, found {type(config).__name__}")
+    X_arr = _as_features(X, attribute)
+    y_arr = _as_1d(y, "y", attribute)
+    g_arr = _as_1d(groups, "groups", attribute)
+    _check_lengths(attribute, X=X_arr, y=y_arr, groups=g_arr)
+    if control_key is not None:
+        key_arr = _as_1d(control_key, "control_key", attribute)
+        _check_lengths(attribute, X=X_arr, control_key=key_arr)
+    else:
+        key_arr = None
+    if control_y is not None:
+        if control_key is not None:
+            raise ProbeError(
+                f"attribute {attribute!r}: expected control_key or control_y, found both"
+            )
+        control_arr = _as_1d(control_y, "control_y", attribute)
+        _check_lengths(attribute, X=X_arr, control_y=control_arr)
+    else:
+        control_arr = None
+    if X_arr.shape[0] == 0:
+        raise ProbeError(f"attribute {attribute!r}: expected rows to probe, found 0")
+    group_codes = _encode_groups(g_arr)
+
+    if config.kind == "logistic":
+        classes, target = _encode_labels(y_arr, attribute)
+        _check_support(target, classes, None, group_codes, config, attribute)
+        chance = float(np.bincount(target).max() / target.size)
+    else:
+        if not np.issubdtype(y_arr.dtype, np.number) or y_arr.dtype.kind in "cb":
+            raise ProbeError(
+                f"y for attribute {attribute!r}: expected real numbers for a ridge probe, "
+                f"found dtype {y_arr.dtype}"
+            )
+        classes = None
+        target = y_arr.astype(np.float64)
+        _check_support(None, None, target, group_codes, config, attribute)
+        chance = 0.0
+
+    folds = make_folds(target, group_codes, config)
+    pred, fold_scores = _oof_predict(X_arr, target, folds, config)
+    score = _pooled_score(target, pred, config.kind)
+    ci_low, ci_high = _bootstrap_ci(target, pred, group_codes, config, attribute)
+
+    if config.control == "random_label_mapping":
+        if control_arr is None:
+            control_target = control_labels(
+                target, key=key_arr, seed=config.seed, attribute=attribute
+            )
+        elif config.kind == "logistic":
+            control_target = _encode_labels(control_arr, f"{attribute} (control_y)")[1]
+        else:
+            control_target = control_arr.astype(np.float64)
+        control_pred, control_fold_scores = _oof_predict(X_arr, control_target, folds, config)
+        if config.kind == "ridge" and np.ptp(control_target) == 0:
+            control_score = float("nan")
+        else:
+            control_score = _pooled_score(control_target, control_pred, config.kind)
+    else:
+        control_score, control_fold_scores = float("nan"), []
+
+    full = _pipeline(config).fit(X_arr, target)
+    scale = full.named_steps["scale"]
+    probe = full.named_steps["probe"]
+    coef = np.asarray(probe.coef_, dtype=np.float64)
+    direction = coef / scale.scale_
+    intercept = np.asarray(probe.intercept_, dtype=np.float64) - direction @ scale.mean_
+    if config.kind == "logistic" and classes is not None and classes.size == 2:
+        direction, intercept = direction[0], intercept[0]
+    if config.kind == "ridge" or np.ndim(intercept) == 0:
+        intercept = float(intercept)
+
+    return ProbeResult(
+        kind=config.kind,
+        metric=config.metric,
+        attribute=attribute,
+        accuracy=score,
+        control_accuracy=control_score,
+        selectivity=score - control_score,
+        chance=chance,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        n=int(X_arr.shape[0]),
+        n_items=int(group_codes.max()) + 1,
+        n_classes=None if classes is None else int(classes.size),
+        classes=None if classes is None else tuple(classes.tolist()),
+        fold_scores=tuple(fold_scores),
+        control_fold_scores=tuple(control_fold_scores),
+        direction=direction,
+        intercept=intercept,
+        config=config,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tables over sites, layers, positions and steps
+# --------------------------------------------------------------------------------------------
+
+SiteKey = tuple[str, int, Any, Any]  # (site, layer, position, step)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeRow:
+    """One probe, located: where it read (site, layer, position, step) and what (attribute)."""
+
+    site: str
+    layer: int
+    position: Any
+    step: Any
+    attribute: str
+    result: ProbeResult
+
+    def as_record(self) -> dict[str, Any]:
+        """The row of :func:`probe_table` for this probe."""
+        r = self.result
+        return {
+            "site": self.site,
+            "layer": self.layer,
+            "position": self.position,
+            "step": self.step,
+            "attribute": self.attribute,
+            "accuracy": r.accuracy,
+            "control_accuracy": r.control_accuracy,
+            "selectivity": r.selectivity,
+            "chance": r.chance,
+            "ci_low": r.ci_low,
+            "ci_high": r.ci_high,
+            "n": r.n,
+        }
+
+
+def probe_table(rows: Iterable[ProbeRow | Mapping[str, Any]]):
+    """A ``pandas.DataFrame`` with exactly the columns :data:`TABLE_COLUMNS`, one row per probe.
+
+    ``rows`` holds :class:`ProbeRow` objects, or mappings with either all the columns or the
+    five location columns plus ``"result"`` (a :class:`ProbeResult`). Extra keys are ignored.
+    """
+    import pandas as pd
+
+    records: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        if isinstance(row, ProbeRow):
+            records.append(row.as_record())
+            continue
+        if not isinstance(row, Mapping):
+            raise ProbeError(
+                f"probe_table rows[{i}]: expected a ProbeRow or a mapping, "
+                f"found {type(row).__name__}"
+            )
+        if "result" in row:
+            location = {k: row[k] for k in TABLE_COLUMNS[:5] if k in row}
+            missing = [k for k in TABLE_COLUMNS[:5] if k not in row]
+            if missing:
+                raise ProbeError(
+                    f"probe_table rows[{i}]: expected keys {missing}, found {sorted(row)}"
+                )
+            records.append(ProbeRow(**location, result=row["result"]).as_record())
+            continue
+        missing = [k for k in TABLE_COLUMNS if k not in row]
+        if missing:
+            raise ProbeError(
+                f"probe_table rows[{i}]: expected the columns {list(TABLE_COLUMNS)}, "
+                f"missing {missing}"
+            )
+        records.append({k: row[k] for k in TABLE_COLUMNS})
+    table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
+    # keep integer steps integers next to missing ones ("prompt" probes have step None)
+    steps = [r["step"] for r in records if not _is_missing(r["step"])]
+    if steps and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in steps):
+        table["step"] = pd.array(
+            [None if _is_missing(r["step"]) else int(r["step"]) for r in records], dtype="Int64"
+        )
+    if records and all(isinstance(r["layer"], (int, np.integer)) for r in records):
+        table["layer"] = table["layer"].astype(np.int64)
+    table["n"] = table["n"].astype(np.int64)
+    return table
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(np.isnan(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def probe_results(
+    activations: Mapping[SiteKey, Any],
+    labels: Mapping[str, Sequence[Any] | np.ndarray],
+    groups: Sequence[Hashable] | np.ndarray,
+    config: ProbeConfig | Mapping[str, ProbeConfig] | None = None,
+    *,
+    control_keys: Mapping[str, Sequence[Hashable] | np.ndarray] | None = None,
+    n_layers: int | None = None,
+) -> list[ProbeRow]:
+    """Fit one probe per activation key and attribute; see :func:`run_probes`."""
+    if not isinstance(activations, Mapping) or not activations:
+        found = "an empty mapping" if isinstance(activations, Mapping) else type(activations)
+        raise ProbeError(
+            "activations: expected a non-empty mapping {(site, layer, position, step): X}, "
+            f"found {found}"
+        )
+    if not isinstance(labels, Mapping) or not labels:
+        raise ProbeError(
+            f"labels: expected a non-empty mapping {{attribute: labels}}, found {labels!r:.80}"
+        )
+    if n_layers is not None and (
+        isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1
+    ):
+        raise ProbeError(f"n_layers: expected a positive integer, found {n_layers!r}")
+    configs: dict[str, ProbeConfig] = {}
+    for attribute in labels:
+        if config is None:
+            configs[attribute] = ProbeConfig()
+        elif isinstance(config, ProbeConfig):
+            configs[attribute] = config
+        elif isinstance(config, Mapping) and attribute in config:
+            configs[attribute] = config[attribute]
+        else:
+            raise ProbeError(
+                f"config: expected a ProbeConfig or a mapping with a ProbeConfig for every "
+                f"attribute, found none for {attribute!r}"
+            )
+    control_keys = {} if control_keys is None else control_keys
+    unknown = sorted(set(control_keys) - set(labels))
+    if unknown:
+        raise ProbeError(
+            f"control_keys: expected attributes among {sorted(labels)}, found {unknown}"
+        )
+
+    g_all = np.asarray(groups)
+    label_arrays = {a: np.asarray(v) for a, v in labels.items()}
+    for attribute, arr in label_arrays.items():
+        if arr.ndim != 1 or arr.shape[0] != g_all.shape[0]:
+            raise ProbeError(
+                f"labels[{attribute!r}]: expected {g_all.shape[0]} entries (one per entry of "
+                f"groups), found shape {arr.shape}"
+            )
+    key_arrays = {a: np.asarray(v) for a, v in control_keys.items()}
+    for attribute, arr in key_arrays.items():
+        if arr.shape[0] != g_all.shape[0]:
+            raise ProbeError(
+                f"control_keys[{attribute!r}]: expected {g_all.shape[0]} entries (one per entry "
+                f"of groups), found {arr.shape[0]}"
+            )
+
+    # One control mapping per attribute over all entries (missing labels left out), so that
+    # every layer, position and step -- whatever subset of items it holds -- shares it.
+    present = {
+        a: np.array([not _is_missing(v) for v in arr.tolist()], dtype=bool)
+        for a, arr in label_arrays.items()
+    }
+    controls: dict[str, np.ndarray | None] = {}
+    for attribute, arr in label_arrays.items():
+        cfg = configs[attribute]
+        if cfg.control == "none":
+            controls[attribute] = None
+            continue
+        keep = present[attribute]
+        full = np.empty(arr.shape[0], dtype=arr.dtype if cfg.kind == "logistic" else np.float64)
+        if cfg.kind == "ridge":
+            full[:] = np.nan
+        vals = arr[keep] if cfg.kind == "logistic" else arr[keep].astype(np.float64)
+        key = key_arrays[attribute][keep] if attribute in key_arrays else None
+        full[keep] = control_labels(vals, key=key, seed=cfg.seed, attribute=attribute)
+        controls[attribute] = full
+
+    out: list[ProbeRow] = []
+    for key, value in activations.items():
+        if not isinstance(key, tuple) or len(key) != 4:
+            raise ProbeError(
+                f"activations key {key!r}: expected a tuple (site, layer, position, step)"
+            )
+        site, layer, position, step = key
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise ProbeError(f"activations key {key!r}: expected an integer layer, found {layer!r}")
+        if n_layers is not None and not 0 <= layer < n_layers:
+            raise ProbeError(
+                f"activations key {key!r}: expected a layer in [0, {n_layers - 1}] "
+                f"(n_layers={n_layers}), found {layer}"
+            )
+        if isinstance(value, tuple):
+            if len(value) != 2:
+                raise ProbeError(
+                    f"activations[{key!r}]: expected X or a pair (X, rows), found a tuple of "
+                    f"{len(value)}"
+                )
+            X, rows = value
+            rows = np.asarray(rows)
+            if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+                raise ProbeError(
+                    f"activations[{key!r}] rows: expected a 1-D integer index into the labels, "
+                    f"found shape {rows.shape} dtype {rows.dtype}"
+                )
+            if rows.size and (rows.min() < 0 or rows.max() >= g_all.shape[0]):
+                raise ProbeError(
+                    f"activations[{key!r}] rows: expected indices in [0, {g_all.shape[0] - 1}], "
+                    f"found {int(rows.min())}..{int(rows.max())}"
+                )
+        else:
+            X, rows = value, None
+        X_arr = _as_features(X, f"{key!r}")
+        if rows is None:
+            if X_arr.shape[0] != g_all.shape[0]:
+                raise ProbeError(
+                    f"activations[{key!r}]: expected {g_all.shape[0]} rows (one per entry of "
+                    f"groups) or a pair (X, rows), found {X_arr.shape[0]}"
+                )
+            rows = np.arange(g_all.shape[0])
+        elif X_arr.shape[0] != rows.size:
+            raise ProbeError(
+                f"activations[{key!r}]: expected {rows.size} rows of X (one per index in rows), "
+                f"found {X_arr.shape[0]}"
+            )
+        for attribute, y_all in label_arrays.items():
+            keep = present[attribute][rows]
+            sel = rows[keep]
+            control = controls[attribute]
+            try:
+                result = fit_probe(
+                    X_arr[keep],
+                    y_all[sel],
+                    g_all[sel],
+                    configs[attribute],
+                    control_y=None if control is None else control[sel],
+                    attribute=attribute,
+                )
+            except ProbeError as exc:
+                raise ProbeError(f"activations[{key!r}]: {exc}") from exc
+            out.append(
+                ProbeRow(
+                    site=site, layer=int(layer), position=position, step=step,
+                    attribute=attribute, result=result,
+                )
+            )
+    return out
+
+
+def run_probes(
+    activations: Mapping[SiteKey, Any],
+    labels: Mapping[str, Sequence[Any] | np.ndarray],
+    groups: Sequence[Hashable] | np.ndarray,
+    config: ProbeConfig | Mapping[str, ProbeConfig] | None = None,
+    *,
+    control_keys: Mapping[str, Sequence[Hashable] | np.ndarray] | None = None,
+    n_layers: int | None = None,
+):
+    """Probe every ``(site, layer, position, step)`` for every attribute; return the table.
+
+    Args:
+        activations: ``{(site, layer, position, step): X}``; ``X`` is ``[batch, d_model]`` with
+            one row per entry of ``groups`` and the label arrays, or a pair ``(X, rows)`` where
+            ``rows`` indexes them (e.g. only items whose reasoning chain reaches ``step``).
+        labels: ``{attribute: labels}``, aligned with ``groups``. Missing labels (``None`` or
+            NaN) drop that row for that attribute only.
+        groups: item id of each entry.
+        config: one :class:`ProbeConfig` for all attributes, or one per attribute (use
+            ``kind="ridge"`` for continuous attributes).
+        control_keys: optional ``{attribute: key}`` for the control task (see
+            :func:`control_labels`); the mapping is fixed per attribute and seed, so every
+            layer, position and step is compared against the same control task.
+        n_layers: if given, every layer must lie in ``[0, n_layers)``.
+
+    Returns:
+        :func:`probe_table` of the probes, in the order of ``activations`` then ``labels``.
+        Use :func:`probe_results` to keep the fitted directions as well.
+    """
+    return probe_table(
+        probe_results(
+            activations, labels, groups, config, control_keys=control_keys, n_layers=n_layers
+        )
+    )
