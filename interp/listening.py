@@ -1,0 +1,75 @@
+"""The listening signal: ranking heads as audio specialists (Glazer, Aharon, Fetaya 2026).
+
+Two definitions, both on the yield at the last prompt token:
+(a) Pearson correlation, across items, of a head's yield with answer correctness;
+(b) contrast of a head's yield with the real audio against the same prompt with silence
+    (mean paired difference; a standardised effect size is reported beside it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from interp.errors import ConfigError
+
+
+def correlation_scores(last_yield: np.ndarray, correct: Sequence[bool]) -> np.ndarray:
+    """Pearson r of yield with correctness per head: [layers, heads] (NaN where undefined)."""
+    y = np.asarray(last_yield, dtype=np.float64)
+    c = np.asarray(correct, dtype=np.float64)
+    if y.ndim != 3 or len(c) != y.shape[0]:
+        raise ConfigError(f"correlation_scores: expected yields [items, layers, heads] and one correctness per item, "
+                          f"found {y.shape} and {c.shape}")
+    yc = y - y.mean(0)
+    cc = c - c.mean()
+    num = np.einsum("i,ilh->lh", cc, yc)
+    den = np.sqrt((cc**2).sum() * (yc**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = num / den
+    r[den == 0] = np.nan
+    return r
+
+
+def contrast_scores(real: np.ndarray, silence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean paired difference real − silence per head, and its standardised effect (d_z)."""
+    a, b = np.asarray(real, np.float64), np.asarray(silence, np.float64)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ConfigError(f"contrast_scores: expected two [items, layers, heads] arrays of one shape, found {a.shape}, {b.shape}")
+    d = a - b
+    mean = d.mean(0)
+    sd = d.std(0, ddof=1) if d.shape[0] > 1 else np.full(mean.shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dz = mean / sd
+    return mean, dz
+
+
+def heads_table(
+    *, correlation: np.ndarray | None = None, contrast: np.ndarray | None = None, contrast_dz: np.ndarray | None = None
+):
+    """One row per (layer, head): each score and its rank (1 = strongest listener)."""
+    import pandas as pd
+
+    ref = next(x for x in (correlation, contrast) if x is not None)
+    L, H = ref.shape
+    df = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L)})
+    if correlation is not None:
+        df["corr"] = correlation.reshape(-1)
+        df["corr_rank"] = df["corr"].rank(ascending=False, method="first", na_option="bottom").astype(int)
+    if contrast is not None:
+        df["contrast"] = contrast.reshape(-1)
+        df["contrast_rank"] = df["contrast"].rank(ascending=False, method="first", na_option="bottom").astype(int)
+    if contrast_dz is not None:
+        df["contrast_dz"] = contrast_dz.reshape(-1)
+    ranks = [c for c in ("corr_rank", "contrast_rank") if c in df]
+    df["rank"] = df[ranks].mean(axis=1).rank(method="first").astype(int)
+    return df.sort_values("rank").reset_index(drop=True)
+
+
+def top_k(table, k: int, by: str = "rank") -> list[tuple[int, int]]:
+    """The top-k heads as (layer, head) by a rank column of :func:`heads_table`."""
+    if k < 1:
+        raise ConfigError(f"top_k: expected k >= 1, found {k}")
+    t = table.sort_values(by)
+    return [(int(r.layer), int(r.head)) for r in t.head(k).itertuples()]

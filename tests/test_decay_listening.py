@@ -1,0 +1,96 @@
+"""Decay metrics and head ranking against independent (naive / scipy) computations."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from interp.decay import attribute_errors, claim_accuracy_by_step, claim_rows, decay_summary, decay_table
+from interp.listening import contrast_scores, correlation_scores, heads_table, top_k
+from interp.stats import bootstrap_mean_ci
+
+
+def _fake(n_items=12, L=3, H=4, seed=0):
+    rng = np.random.default_rng(seed)
+    yields, steps = [], []
+    for _ in range(n_items):
+        n = int(rng.integers(10, 40))
+        s = np.sort(rng.integers(0, 5, size=n))
+        base = 0.6 - 0.1 * s[:, None, None]  # planted decay: 0.1 per step
+        yields.append(np.clip(base + 0.02 * rng.standard_normal((n, L, H)), 0, 1))
+        steps.append(s)
+    return yields, steps
+
+
+def test_decay_means_match_a_naive_computation():
+    yields, steps = _fake()
+    df = decay_table(yields, steps, top_heads=[(0, 1), (2, 3)], n_boot=200)
+    for step in range(5):
+        naive_all, naive_top, naive_head = [], [], []
+        for y, s in zip(yields, steps):
+            if (s == step).any():
+                m = y[s == step].mean(0)
+                naive_all.append(m.mean())
+                naive_top.append((m[0, 1] + m[2, 3]) / 2)
+                naive_head.append(m[1, 2])
+        row = df[(df.group == "all") & (df.axis == "step") & (df.step == step)].iloc[0]
+        assert row.mean_yield == pytest.approx(np.mean(naive_all), abs=1e-12)
+        assert row.n == len(naive_all) and row.ci_low <= row.mean_yield <= row.ci_high
+        row = df[(df.group == "topk") & (df.axis == "step") & (df.step == step)].iloc[0]
+        assert row.mean_yield == pytest.approx(np.mean(naive_top), abs=1e-12)
+        row = df[(df.group == "head") & (df.layer == 1) & (df["head"] == 2) & (df.step == step) & (df.axis == "step")].iloc[0]
+        assert row.mean_yield == pytest.approx(np.mean(naive_head), abs=1e-12)
+    summ = decay_summary(df)
+    slope = summ[summ.group == "all"].slope.iloc[0]
+    assert slope == pytest.approx(-0.1, abs=0.01)
+    assert summ[summ.group == "all"].last_first_ratio.iloc[0] < 0.5
+    assert set(df.axis) == {"step", "token_bin"}
+
+
+def test_vectorised_bootstrap_matches_a_naive_loop():
+    rng = np.random.default_rng(1)
+    v = rng.random(50)
+    mean, lo, hi = bootstrap_mean_ci(v, n_boot=4000, seed=3)
+    naive = [rng.choice(v, size=len(v)).mean() for _ in range(4000)]
+    assert mean == pytest.approx(v.mean())
+    assert lo == pytest.approx(np.quantile(naive, 0.025), abs=0.01)
+    assert hi == pytest.approx(np.quantile(naive, 0.975), abs=0.01)
+
+
+def test_correlation_and_contrast_against_scipy():
+    rng = np.random.default_rng(2)
+    n, L, H = 40, 2, 3
+    correct = rng.random(n) < 0.5
+    y = rng.random((n, L, H))
+    y[:, 1, 2] += 0.5 * correct  # a listening head
+    r = correlation_scores(y, correct)
+    for layer in range(L):
+        for head in range(H):
+            assert r[layer, head] == pytest.approx(stats.pearsonr(y[:, layer, head], correct.astype(float))[0], abs=1e-10)
+    sil = y - 0.3 * (np.arange(L * H).reshape(L, H) == 5) + 0.01 * rng.standard_normal((n, L, H))
+    mean, dz = contrast_scores(y, sil)
+    d = y[:, 1, 2] - sil[:, 1, 2]
+    assert mean[1, 2] == pytest.approx(d.mean()) and dz[1, 2] == pytest.approx(d.mean() / d.std(ddof=1))
+    t = heads_table(correlation=r, contrast=mean, contrast_dz=dz)
+    assert top_k(t, 1) == [(1, 2)]
+    assert top_k(t, 1, by="corr_rank") == [(1, 2)]
+    assert set(t.columns) >= {"layer", "head", "corr", "corr_rank", "contrast", "contrast_rank", "rank"}
+
+
+def test_claim_accuracy_and_error_attribution():
+    from interp.cafe import make_item, render_target
+
+    it = make_item(3, tier="perception", qtype="count")
+    good = render_target(it, "structured")
+    ev = it.scene["events"]
+    wrong = good.replace(f"sound 1 : {ev[0]['cls'].replace('_', ' ')}", "sound 1 : zzz")
+    wrong_cls = "tone" if ev[0]["cls"] != "tone" else "noise"
+    bad = good.replace(f"sound 1 : {ev[0]['cls'].replace('_', ' ')}", f"sound 1 : {wrong_cls}")
+    claims = pd.DataFrame(claim_rows("a", good, it.scene) + claim_rows("b", bad, it.scene))
+    by_step = claim_accuracy_by_step(claims, n_boot=100)
+    assert by_step.loc[by_step.step == 1, "accuracy"].iloc[0] == pytest.approx(2 / 3 * 0.5 + 0.5)
+    items = pd.DataFrame([{"item_id": "a", "correct": False}, {"item_id": "b", "correct": False},
+                          {"item_id": "c", "correct": True}, {"item_id": "d", "correct": False}])
+    lab = attribute_errors(items, claims).set_index("item_id")["error_type"].to_dict()
+    assert lab == {"a": "reasoning", "b": "perception", "c": "correct", "d": "unverifiable"}
+    assert wrong  # the unparseable variant simply makes no class claim
