@@ -63,18 +63,11 @@ def eval_cmd(
     """Accuracy per tier and answer format, with the audio and with silence."""
     from auralens.stages import stage_eval
 
-    try:
-        res = stage_eval(
-            model=model, data=data, n=n, formats=tuple(formats.split(",")), silence=silence,
-            out=out or Path("runs") / f"eval-{Path(model).name}", resume=resume, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, command=_command_line(), quiet=as_json,
-        )
-    except Exception as exc:  # noqa: BLE001 - all errors reach the user as one clear line
-        from interp.errors import AuralensError
-
-        if isinstance(exc, AuralensError):
-            _fail(exc)
-        raise
+    res = _run(
+        stage_eval, model=model, data=data, n=n, formats=tuple(formats.split(",")), silence=silence,
+        out=out or Path("runs") / f"eval-{Path(model).name}", resume=resume, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, command=_command_line(), quiet=as_json,
+    )
     if as_json:
         typer.echo(json.dumps(res, indent=2))
 
@@ -103,14 +96,120 @@ def demo(
     """Run every stage on the embedded `micro` model and print the summaries (<= 5 min on 2 cores)."""
     from auralens.demo import run_demo
 
-    try:
-        run_demo(out=out, n=n, resume=resume, command=_command_line())
-    except Exception as exc:  # noqa: BLE001
-        from interp.errors import AuralensError
+    _run(run_demo, out=out, n=n, resume=resume, command=_command_line())
 
-        if isinstance(exc, AuralensError):
-            _fail(exc)
-        raise
+
+def _run(fn, *args, **kwargs):
+    """Call a stage; errors of the auralens family reach the user as one clear line."""
+    from interp.errors import AuralensError
+
+    try:
+        return fn(*args, **kwargs)
+    except AuralensError as exc:
+        _fail(exc)
+
+
+@app.command("probe")
+def probe_cmd(
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    n: int = typer.Option(120, "--n"),
+    out: Path = typer.Option(Path("runs/probe"), "--out"),
+    positions: str = typer.Option("audio_mean,last_prompt,step_mean", help="Comma-separated positions."),
+    fmt: str = typer.Option("cot", "--format", help="Answer format generated for the step-mean position."),
+    resume: bool = typer.Option(False, "--resume"),
+    seed: int = typer.Option(7, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Linear probes for audio attributes, by layer and by reasoning step."""
+    from probes.pipeline import stage_probe
+
+    res = _run(stage_probe, model=model, data=data, n=n, out=out, resume=resume,
+               positions=tuple(positions.split(",")), formats=(fmt,), seed=seed, quiet=as_json)
+    typer.echo(json.dumps(res, indent=2, default=str) if as_json else f"wrote {out}")
+
+
+steer_app = typer.Typer(help="Audio-minus-silence steering vectors: fit and evaluate.", no_args_is_help=True)
+app.add_typer(steer_app, name="steer")
+
+
+@steer_app.command("fit")
+def steer_fit(
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    n: int = typer.Option(64, "--n"),
+    layers: str = typer.Option("", "--layers", help="Comma-separated decoder layers (default: the middle layer)."),
+    positions: str = typer.Option("last_prompt", "--positions", help="last_prompt | audio_mean"),
+    out: Path = typer.Option(Path("vec.safetensors"), "--out"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit an audio-minus-silence direction and save it (format from the extension)."""
+    from steering.pipeline import stage_steer_fit
+
+    lay = [int(x) for x in layers.split(",")] if layers else None
+    vec = _run(stage_steer_fit, model=model, data=data, n=n, layers=lay, positions=positions, out_vector=out, seed=seed)
+    typer.echo(f"wrote {out} (layers {sorted(vec.layers)}, method {vec.method})")
+
+
+@steer_app.command("eval")
+def steer_eval(
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    vector: Path = typer.Option(..., "--vector"),
+    alphas: str = typer.Option("0,2,4,8", "--alphas"),
+    n: int = typer.Option(90, "--n"),
+    out: Path = typer.Option(Path("runs/steer"), "--out"),
+    controls: bool = typer.Option(True, "--controls/--no-controls"),
+    fmt: str = typer.Option("direct", "--format"),
+    resume: bool = typer.Option(False, "--resume"),
+    seed: int = typer.Option(7, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Accuracy as a function of alpha (and layer), against random controls, with CIs."""
+    from steering.pipeline import stage_steer_eval
+
+    res = _run(stage_steer_eval, model=model, data=data, n=n, vector=vector,
+               alphas=[float(a) for a in alphas.split(",")], controls=controls, out=out, resume=resume,
+               seed=seed, formats=(fmt,), quiet=as_json)
+    typer.echo(json.dumps(res, indent=2, default=str))
+
+
+@app.command("export")
+def export_cmd(
+    vec: Path = typer.Argument(..., help="A steering vector file (safetensors, gguf or npz)."),
+    fmt: str = typer.Option(..., "--format", help="safetensors | gguf | npz"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """Convert a steering vector between safetensors, llama.cpp GGUF control vectors and npz."""
+    from steering.formats import export, load_vector
+
+    v = _run(load_vector, vec)
+    path = _run(export, v, out, fmt)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders (or a demo folder holding stage folders)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (default: localhost only)."),
+    port: int = typer.Option(8501, "--port"),
+    live_model: Optional[str] = typer.Option(None, "--live-model", help="Load this model for live mode."),
+) -> None:
+    """Open the Streamlit dashboard on run folders."""
+    from dashboards import launch
+
+    raise typer.Exit(launch(runs, host=host, port=port, live_model=live_model))
+
+
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(...),
+    out: Optional[Path] = typer.Option(None, "--out"),
+) -> None:
+    """Write one self-contained HTML report of a run (opens offline)."""
+    from dashboards.report import write_report
+
+    typer.echo(f"wrote {_run(write_report, run, out)}")
 
 
 def main() -> None:
