@@ -1,0 +1,423 @@
+"""Adding a steering vector during ``generate`` (with the KV cache): ``h <- h + alpha * v``.
+
+One context manager, two engines that compute exactly the same thing::
+
+    with apply_vector(lm, vec, alpha=4.0, positions="last_prompt") as steer:
+        out = lm.model.generate(**batch, max_new_tokens=32)     # or steer.generate(...)
+
+- ``backend="torch"``: plain torch hooks on the vector's sites (a forward hook on decoder layer
+  ``L`` for ``hook_resid_post``, a forward pre-hook on layer ``L`` for ``hook_resid_pre``, a
+  forward pre-hook on its ``o_proj`` for ``attn.hook_z``).  Every forward of the model inside
+  the block is steered; the hooks are removed when the block exits, whatever happens in it.
+- ``backend="nnsight"``: each ``generate`` call inside the block runs as one nnsight trace
+  (``nnsight.NNsight(model).trace(fn=<generate>, **inputs)``) whose body loops over the
+  generation steps with ``for step in tracer.iter[:]`` and assigns the steered value to the
+  site's ``.output`` (resid_post) or ``.input`` (resid_pre, hook_z) in layer order.  So that
+  ``lm.model.generate(...)`` in the block goes through it, the model instance's ``generate``
+  attribute is shadowed for the duration of the block (and deleted on exit, whatever happens).
+  What nnsight cannot express here: a plain forward (``lm.model(**batch)``) in the block is
+  *not* steered by this backend — it only intercepts ``generate`` (a forward is
+  ``generate(max_new_tokens=1, output_logits=True, return_dict_in_generate=True)``); and an
+  open-ended ``tracer.iter[:]`` loop ends by a dangling request that nnsight reports as a
+  warning by design (the model stopped producing steps), which we silence for that one message.
+
+Positions (``positions=``), for a batch left-padded as the processor pads it:
+
+- ``"last_prompt"``: only the final prompt token, during the prefill (the forward whose query
+  covers the whole prompt).  With left padding that is column ``-1`` of every row.
+- ``"generated"``: every generated token, i.e. each decoding step's single query position (the
+  token generated at step ``t-1`` read back at step ``t``).  The last generated token is never
+  read back, so it is never steered.
+- ``"both"``: the two together.
+
+A forward is a prefill when its query length is > 1 and a decoding step when it is 1 (with the
+KV cache, ``generate``'s default; ``use_cache=False`` is refused because every step would then
+look like a prefill).  Both engines share one function, :func:`steer_tensor`, so the arithmetic
+is identical to the bit.
+
+Adaptive alpha (``adaptive=AdaptiveAlpha(heads=..., gain=...)``): ``alpha_t = alpha * g_t`` per
+row, where ``g_t`` is driven by the *listening signal* ``y`` = the mean audio attention yield of
+the specialist heads (Glazer, Aharon, Fetaya 2026), measured live by
+:mod:`interp.attention_yield` during the same ``generate``::
+
+    g_t = 1 + gain * clip(1 - y_{t-1} / y_0, 0, 1)
+
+``y_0`` is the row's yield at the last prompt token (the prefill), ``y_{t-1}`` the yield at the
+query of the previous step (the most recent complete forward; the one-step lag keeps the gate
+causal whatever the specialists' layers are relative to the steered layer).  So the push is
+``alpha`` while the heads listen as much as they did when the question was asked, and grows
+linearly with the relative loss of listening (perception decay) up to ``(1 + gain) * alpha``
+when they have stopped listening altogether; it never drops below ``alpha``.  At the prefill
+(``last_prompt``) ``g = 1`` by definition.  Rows whose ``y_0`` is below ``floor`` (heads that
+never listened) get ``g = 1``.  The gate closes the loop: ``y`` is measured on the steered
+model.  The gain trace of every call is kept in ``Steering.gains``.
+
+Input errors are raised before any generation: a vector for another architecture, width or
+missing layer (:meth:`~steering.vector.SteeringVector.check_compatible`), a non-finite alpha,
+an unknown position mode or backend, layers the vector does not have.
+
+Public API: :data:`POSITION_MODES`, :data:`BACKENDS`, :class:`AdaptiveAlpha`,
+:class:`Steering`, :func:`apply_vector`, :func:`steer_tensor`, :func:`steered_generate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.errors import ConfigError
+
+__all__ = [
+    "BACKENDS",
+    "POSITION_MODES",
+    "AdaptiveAlpha",
+    "Steering",
+    "apply_vector",
+    "steer_tensor",
+    "steered_generate",
+]
+
+POSITION_MODES: tuple[str, ...] = ("last_prompt", "generated", "both")
+BACKENDS: tuple[str, ...] = ("torch", "nnsight")
+_DANGLING = r".*was never reached: the loop asked for a step the run did not make.*"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveAlpha:
+    """``alpha_t = alpha * (1 + gain * clip(1 - y_{t-1} / y_0, 0, 1))`` (see the module docstring).
+
+    Attributes:
+        heads: the specialist heads as (layer, head) pairs whose mean audio yield is ``y``.
+        gain: how much stronger the push gets when listening has stopped (``>= 0``).
+        floor: rows with ``y_0 < floor`` are not gated (``g = 1``).
+    """
+
+    heads: tuple[tuple[int, int], ...]
+    gain: float = 1.0
+    floor: float = 1e-4
+
+    def __post_init__(self) -> None:
+        from steering.directions import parse_heads
+
+        heads = parse_heads(self.heads)
+        if not heads:
+            raise ConfigError("AdaptiveAlpha.heads: expected at least one (layer, head), found none")
+        object.__setattr__(self, "heads", heads)
+        for name in ("gain", "floor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"AdaptiveAlpha.{name}: expected a finite number >= 0, found {v!r}")
+            object.__setattr__(self, name, float(v))
+
+    def gate(self, y0: Tensor, y_prev: Tensor) -> Tensor:
+        """``g`` per row from the reference and the previous step's yield (float32 tensors)."""
+        y0, y_prev = y0.float(), y_prev.float()
+        ok = y0 >= self.floor
+        ratio = torch.where(ok, y_prev / torch.where(ok, y0, torch.ones_like(y0)), torch.ones_like(y0))
+        return 1.0 + self.gain * (1.0 - ratio).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Target:
+    layer: int
+    path: str  # module path relative to the top model
+    kind: str  # "output" | "input"
+    delta: Tensor  # alpha * v, in the model's dtype and on its device
+
+
+@dataclass(kw_only=True, eq=False)
+class Steering:
+    """What :func:`apply_vector` yields: the plan, a ``generate`` that is steered with either
+    backend, and what happened (``n_edits``: site edits that added something; ``gains``: the
+    adaptive gate's ``[batch]`` gains, one list per generate call, one tensor per step)."""
+
+    lm: Any
+    vector: Any
+    alpha: float
+    positions: str
+    layers: tuple[int, ...]
+    backend: str
+    adaptive: AdaptiveAlpha | None
+    targets: tuple[_Target, ...]
+    n_edits: int = 0
+    gains: list[list[Tensor]] = field(default_factory=list)
+    _original_generate: Any = None
+    _gate: Any = None
+
+    def generate(self, **kwargs: Any) -> Any:
+        """``lm.model.generate(**kwargs)``, steered."""
+        _check_generate_kwargs(kwargs)
+        if self.backend == "torch":
+            return self._original_generate(**kwargs)
+        return _nnsight_generate(self, kwargs)
+
+    # called by both engines at every site visit
+    def _steer(self, h: Tensor, target: _Target) -> Tensor:
+        scale = self._gate.scale(h, target.layer) if self._gate is not None else None
+        out = steer_tensor(h, target.delta, self.positions, scale)
+        if out is not h:
+            self.n_edits += 1
+        return out
+
+
+def _check_generate_kwargs(kwargs: dict[str, Any]) -> None:
+    if kwargs.get("use_cache") is False:
+        raise ConfigError(
+            "generate(use_cache=False): steering positions are told apart by the KV cache (prefill vs "
+            "one-token decoding steps); expected use_cache=True (the default)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The one function both engines use
+# --------------------------------------------------------------------------------------------
+
+
+def steer_tensor(
+    h: Float[Tensor, "batch pos width"],
+    delta: Float[Tensor, "width"],
+    positions: str,
+    scale: Float[Tensor, "batch"] | None = None,
+) -> Float[Tensor, "batch pos width"]:
+    """``h`` with ``delta`` (times ``scale`` per row) added where ``positions`` says.
+
+    A forward with more than one query position is the prefill (``last_prompt`` edits its last
+    column); one with a single position is a decoding step (``generated`` edits it).  Returns
+    ``h`` itself when nothing is to be added at this forward."""
+    prefill = h.shape[-2] > 1
+    if prefill and positions in ("last_prompt", "both"):
+        add = delta if scale is None else scale.to(h.dtype)[:, None] * delta
+        out = h.clone()
+        out[:, -1, :] = h[:, -1, :] + add
+        return out
+    if not prefill and positions in ("generated", "both"):
+        add = delta if scale is None else scale.to(h.dtype)[:, None] * delta
+        return h + (add if add.ndim == 1 else add[:, None, :])
+    return h
+
+
+# --------------------------------------------------------------------------------------------
+# Planning and validation (before any generation)
+# --------------------------------------------------------------------------------------------
+
+
+def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, backend: str) -> tuple[_Target, ...]:
+    from steering.vector import SteeringVector
+
+    if not isinstance(vec, SteeringVector):
+        raise ConfigError(f"vector: expected a steering.vector.SteeringVector, found {type(vec).__name__}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(float(alpha)):
+        raise ConfigError(f"alpha: expected a finite real number, found {alpha!r}")
+    if positions not in POSITION_MODES:
+        raise ConfigError(f"positions: expected one of {list(POSITION_MODES)}, found {positions!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: expected one of {list(BACKENDS)}, found {backend!r}")
+    vec.check_compatible(lm.arch)
+    if layers is None:
+        layers = vec.layers
+    layers = tuple(int(L) for L in layers)
+    missing = [L for L in layers if L not in vec.layers]
+    if missing or not layers:
+        raise ConfigError(
+            f"layers: expected a non-empty subset of the vector's layers {list(vec.layers)}, found {list(layers)}"
+        )
+    param = next(lm.model.parameters())
+    table = lm.arch.table
+    targets = []
+    for L in sorted(set(layers)):
+        base = table.decoder_layer_path(L)
+        if vec.hook == "hook_resid_post":
+            path, kind = base, "output"
+        elif vec.hook == "hook_resid_pre":
+            path, kind = base, "input"
+        else:
+            path, kind = f"{base}.{table.o_proj}", "input"
+        delta = (float(alpha) * vec.directions[L].to(torch.float32)).to(device=param.device, dtype=param.dtype)
+        targets.append(_Target(layer=L, path=path, kind=kind, delta=delta))
+    return tuple(targets)
+
+
+# --------------------------------------------------------------------------------------------
+# torch engine
+# --------------------------------------------------------------------------------------------
+
+
+def _install_torch_hooks(steer: Steering) -> list[Any]:
+    from interp.arch import get_attr_path
+
+    handles = []
+    try:
+        for t in steer.targets:
+            module = get_attr_path(steer.lm.model, t.path)
+            if t.kind == "output":
+
+                def hook(module, args, output, t=t):
+                    if isinstance(output, tuple):
+                        return (steer._steer(output[0], t), *output[1:])
+                    return steer._steer(output, t)
+
+                handles.append(module.register_forward_hook(hook))
+            else:
+
+                def pre_hook(module, args, kwargs, t=t):
+                    if args:
+                        return (steer._steer(args[0], t), *args[1:]), kwargs
+                    key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+                    return args, {**kwargs, key: steer._steer(kwargs[key], t)}
+
+                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return handles
+
+
+# --------------------------------------------------------------------------------------------
+# nnsight engine
+# --------------------------------------------------------------------------------------------
+
+
+def _envoy(model):
+    """``nnsight.NNsight(model)`` (imported here: importing nnsight patches torch globally)."""
+    from nnsight import NNsight
+
+    return NNsight(model)
+
+
+def _nnsight_generate(steer: Steering, kwargs: dict[str, Any]) -> Any:
+    """One ``generate`` as an nnsight trace that edits every site at every step."""
+    from interp.arch import get_attr_path
+
+    _check_generate_kwargs(kwargs)
+    envoy = _envoy(steer.lm.model)
+    sites = [(get_attr_path(envoy, t.path), t) for t in steer.targets]
+    generate = steer._original_generate
+    results: list[Any] = []
+
+    def run(**kw: Any) -> Any:
+        out = generate(**kw)
+        results.append(out)
+        return out
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DANGLING)
+        # The block below is captured and run by nnsight in a worker interleaved with
+        # generate(): each `.output`/`.input` read parks until that module runs in the current
+        # step (`tracer.iter[:]` moves the step pointer: step 0 is the prefill, step k the k-th
+        # decoding step); assigning to it replaces what the module passes on.  The loop is
+        # open-ended and ends when generate stops asking for steps.
+        with envoy.trace(fn=run, **kwargs) as tracer:
+            for _step in tracer.iter[:]:
+                for env, t in sites:
+                    if t.kind == "output":
+                        env.output = steer._steer(env.output, t)
+                    else:
+                        env.input = steer._steer(env.input, t)
+    if not results:
+        raise RuntimeError("nnsight steering: generate did not run")  # pragma: no cover
+    return results[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The context manager
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def apply_vector(
+    lm,
+    vec,
+    *,
+    alpha: float,
+    positions: str = "last_prompt",
+    layers: Sequence[int] | None = None,
+    adaptive: AdaptiveAlpha | None = None,
+    backend: str = "torch",
+) -> Iterator[Steering]:
+    """Steer ``lm`` with ``vec`` (``h <- h + alpha * v``) inside the block; see the module docstring.
+
+    ``layers`` restricts steering to some of the vector's layers (default: all of them).
+    Everything is validated before the block runs; the hooks (torch) or the ``generate``
+    shadow (nnsight) are removed on exit, also when the block raises."""
+    targets = _plan(lm, vec, alpha, positions, layers, backend)
+    if adaptive is not None and not isinstance(adaptive, AdaptiveAlpha):
+        raise ConfigError(f"adaptive: expected an AdaptiveAlpha or None, found {type(adaptive).__name__}")
+    model = lm.model
+    steer = Steering(
+        lm=lm, vector=vec, alpha=float(alpha), positions=positions, layers=tuple(t.layer for t in targets),
+        backend=backend, adaptive=adaptive, targets=targets,
+    )
+    shadowed = "generate" in model.__dict__
+    if shadowed:
+        raise ConfigError(
+            "apply_vector: the model's generate is already shadowed (nested nnsight steering?); "
+            "expected one steering context at a time on a model"
+        )
+    steer._original_generate = model.generate
+    handles: list[Any] = []
+    stack = contextlib.ExitStack()
+    try:
+        if adaptive is not None:
+            steer._gate = stack.enter_context(_gate_context(steer))
+        if backend == "torch":
+            handles = _install_torch_hooks(steer)
+        else:
+
+            def generate(*args: Any, **kwargs: Any) -> Any:
+                if args:
+                    raise ConfigError("generate under nnsight steering: pass the inputs as keywords (**batch)")
+                return _nnsight_generate(steer, kwargs)
+
+            model.__dict__["generate"] = generate
+        yield steer
+    finally:
+        for h in handles:
+            h.remove()
+        if backend == "nnsight":
+            model.__dict__.pop("generate", None)
+        stack.close()
+
+
+def steered_generate(
+    lm,
+    vec,
+    batch: dict[str, Any],
+    *,
+    alpha: float,
+    positions: str = "last_prompt",
+    layers: Sequence[int] | None = None,
+    adaptive: AdaptiveAlpha | None = None,
+    backend: str = "torch",
+    **generate_kwargs: Any,
+) -> Any:
+    """``lm.model.generate(**batch, **generate_kwargs)`` with ``vec`` applied."""
+    with apply_vector(lm, vec, alpha=alpha, positions=positions, layers=layers, adaptive=adaptive, backend=backend) as s:
+        return s.generate(**batch, **generate_kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Adaptive alpha: the listening signal
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _gate_context(steer: Steering):
+    raise ConfigError(
+        "adaptive alpha needs the audio-attention-yield recorder (interp.attention_yield), "
+        "which this installation does not have"
+    )
+    yield  # pragma: no cover

@@ -1,0 +1,680 @@
+"""Audio-minus-silence directions, and the controls they are compared with.
+
+The direction at decoder layer ``L`` is the mean over items of
+
+    h_L(x with its audio)  -  h_L(x with the audio replaced by silence of the same length)
+
+read at one position of the prompt.  The silent twin of a prompt is token-for-token identical
+(same number of audio placeholder tokens, same text), so the two activations are compared at the
+same position and differ only by what the audio encoder heard.
+
+Sites (what ``h_L`` is):
+
+- ``hook_resid_post``: the output of decoder layer ``L`` ([d_model]).
+- ``attn.hook_z``: the per-head attention output of layer ``L``, i.e. the input of ``o_proj``
+  ([head * head_dim]; head ``h`` owns the slice ``h*head_dim:(h+1)*head_dim``).
+
+Positions (one row of features per item):
+
+- ``"last_prompt"``: the final prompt token (the position the paper steers; the answer's first
+  token is read from it);
+- ``"audio_mean"``: the mean over the audio placeholder positions;
+- an ``int`` ``p``: the ``p``-th real token of the prompt (``p < 0`` counts from the end, so
+  ``-1`` is ``"last_prompt"``); padding is never counted.
+
+A comma-separated mix such as ``"last_prompt,audio_mean"`` averages the named reductions.
+
+Head restriction (``heads=[(layer, head), ...]``, e.g. the audio specialists of
+:func:`interp.listening.top_k`): only those heads' outputs are used, every other head's slice of
+``z`` is zeroed before the difference is taken.
+
+- at ``attn.hook_z`` the direction is the masked mean difference itself: it is non-zero only in
+  the chosen heads' ``head_dim`` slices and is added to the input of ``o_proj``;
+- at ``hook_resid_post`` the direction is that masked difference *mapped through o_proj*:
+  ``v_L = W_O^L @ (mask_L * mean_i Δz_i^L)`` (``W_O`` is ``o_proj.weight``; a bias, where an
+  architecture has one, cancels in a difference), i.e. the chosen heads' direct write into the
+  residual stream.  Added at the output of layer ``L`` it bypasses layer ``L``'s MLP, which sees
+  the hook_z version.  Only heads of the steered layers count: a head of layer ``L`` is used by
+  the direction of layer ``L``.
+
+Normalisation: ``"none"`` (the raw mean difference), ``"unit"`` (L2 norm 1), or ``"resid_norm"``
+(L2 norm equal to the mean norm, over items with their audio, of the activation at that site,
+layer and position — restricted to the chosen heads for ``attn.hook_z`` — so ``alpha = 1`` adds
+a vector as large as a typical activation there).  Raw and target norms go to ``extra``.
+
+Controls, built the same way: :func:`random_direction` (seeded Gaussian direction with the same
+norm per layer and the same support) and :func:`random_heads` (audio-minus-silence restricted to
+the same number of heads per layer, drawn with a seed from the heads *not* in the original set
+when enough remain, then rescaled to the vector's norm at every layer, so the control differs
+in which heads are used and not in size).
+
+Capture is done with plain torch forward hooks (decoder-layer outputs and ``o_proj`` forward
+pre-hooks), reducing ``[batch, pos, width]`` to ``[batch, width]`` inside the hook; the forward
+stops after the deepest requested layer.  Left padding: ``position_ids`` are derived from the
+attention mask exactly as ``generate`` derives them, so a row's features do not depend on its
+batch (checked against one-by-one capture in the tests).
+
+Public API: :data:`POSITIONS`, :data:`NORMALIZATIONS`, :data:`SITES`, :class:`PairedActivations`,
+:func:`collect_paired`, :func:`direction_from`, :func:`audio_minus_silence`,
+:func:`random_direction`, :func:`random_heads`, :func:`fit_with_controls`, :func:`parse_positions`,
+:func:`parse_heads`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.errors import ArchitectureError, ConfigError, PromptError
+
+__all__ = [
+    "NORMALIZATIONS",
+    "POSITIONS",
+    "SITES",
+    "PairedActivations",
+    "audio_minus_silence",
+    "collect_paired",
+    "direction_from",
+    "fit_with_controls",
+    "parse_heads",
+    "parse_positions",
+    "random_direction",
+    "random_heads",
+]
+
+POSITIONS: tuple[str, ...] = ("last_prompt", "audio_mean")
+NORMALIZATIONS: tuple[str, ...] = ("none", "unit", "resid_norm")
+SITES: tuple[str, ...] = ("hook_resid_post", "attn.hook_z")
+METHODS: tuple[str, ...] = ("audio_minus_silence", "random_direction", "random_heads")
+# Architectures whose decoder computes its own (multimodal, 3-D) rotary positions.
+_OWN_POSITION_IDS = {"qwen2_5_omni_thinker"}
+
+Position = str | int
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing
+# --------------------------------------------------------------------------------------------
+
+
+def parse_positions(positions: Position | Sequence[Position]) -> tuple[Position, ...]:
+    """``"last_prompt"``, ``"audio_mean"``, an int, ``"-3"``, or a comma-separated / sequence mix."""
+    if isinstance(positions, bool):
+        raise ConfigError(f"positions: expected 'last_prompt', 'audio_mean' or an int, found {positions!r}")
+    if isinstance(positions, (int, np.integer)):
+        return (int(positions),)
+    if isinstance(positions, str):
+        parts: list[Any] = [p.strip() for p in positions.split(",") if p.strip()]
+    elif isinstance(positions, Sequence):
+        parts = list(positions)
+    else:
+        raise ConfigError(f"positions: expected a name, an int or a list of them, found {positions!r}")
+    out: list[Position] = []
+    for p in parts:
+        if isinstance(p, bool):
+            raise ConfigError(f"positions: expected 'last_prompt', 'audio_mean' or an int, found {p!r}")
+        if isinstance(p, (int, np.integer)):
+            out.append(int(p))
+        elif isinstance(p, str) and p in POSITIONS:
+            out.append(p)
+        elif isinstance(p, str) and p.lstrip("-").isdigit():
+            out.append(int(p))
+        else:
+            raise ConfigError(
+                f"positions: expected {list(POSITIONS)} or an integer token index, found {p!r}"
+            )
+    if not out:
+        raise ConfigError("positions: expected at least one position, found none")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"positions: expected distinct positions, found {out}")
+    return tuple(out)
+
+
+def parse_heads(heads: Any, *, k: int | None = None) -> tuple[tuple[int, int], ...]:
+    """Heads as (layer, head) pairs from pairs, ``"L:H,L:H"``, or a heads table.
+
+    A heads table is a DataFrame or a parquet file with ``layer``, ``head`` (and a ``rank``
+    column, as :func:`interp.listening.heads_table` writes; without one the row order is the
+    rank); a run folder holding ``heads.parquet`` is read the same way.  ``k`` keeps the
+    first ``k`` heads (by rank).
+    """
+    if heads is None:
+        return ()
+    pairs: list[tuple[int, int]]
+    if isinstance(heads, (str, Path)) and (Path(heads).suffix == ".parquet" or Path(heads).is_dir()):
+        import pandas as pd
+
+        path = Path(heads)
+        if path.is_dir():
+            path = path / "heads.parquet"
+        if not path.exists():
+            raise ConfigError(f"heads: expected a heads table at {str(path)!r}, found no file")
+        heads = pd.read_parquet(path)
+    if hasattr(heads, "columns"):  # a DataFrame
+        missing = {"layer", "head"} - set(heads.columns)
+        if missing:
+            raise ConfigError(f"heads table: expected columns 'layer' and 'head', found {list(heads.columns)}")
+        table = heads.sort_values("rank") if "rank" in heads.columns else heads
+        pairs = [(int(r.layer), int(r.head)) for r in table.itertuples()]
+    elif isinstance(heads, str):
+        pairs = []
+        for part in heads.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            bits = part.split(":")
+            if len(bits) != 2 or not all(b.strip().isdigit() for b in bits):
+                raise ConfigError(f"heads: expected 'layer:head' pairs such as '3:1,5:0', found {part!r}")
+            pairs.append((int(bits[0]), int(bits[1])))
+    elif isinstance(heads, Iterable):
+        pairs = []
+        for pair in heads:
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable) or len(tuple(pair)) != 2:
+                raise ConfigError(f"heads: expected (layer, head) pairs, found {pair!r}")
+            a, b = tuple(pair)
+            if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, np.integer)) or not isinstance(b, (int, np.integer)):
+                raise ConfigError(f"heads: expected integer (layer, head) pairs, found {pair!r}")
+            pairs.append((int(a), int(b)))
+    else:
+        raise ConfigError(f"heads: expected (layer, head) pairs, 'L:H,...' or a heads table, found {heads!r}")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k: expected a positive number of heads, found {k!r}")
+        pairs = pairs[: int(k)]
+    if len(set(pairs)) != len(pairs):
+        raise ConfigError(f"heads: expected distinct (layer, head) pairs, found {pairs}")
+    return tuple(pairs)
+
+
+def _check_heads(arch, heads: Sequence[tuple[int, int]]) -> None:
+    bad = [h for h in heads if not (0 <= h[0] < arch.n_layers and 0 <= h[1] < arch.n_heads)]
+    if bad:
+        raise ConfigError(
+            f"heads: {arch.name} has {arch.n_layers} layers x {arch.n_heads} heads, found {bad}"
+        )
+
+
+def _check_layers(arch, layers: Iterable[int]) -> tuple[int, ...]:
+    out = []
+    for L in layers:
+        if isinstance(L, bool) or not isinstance(L, (int, np.integer)):
+            raise ConfigError(f"layers: expected integer decoder layers, found {L!r}")
+        if not 0 <= int(L) < arch.n_layers:
+            raise ConfigError(
+                f"layers: decoder layer {int(L)} out of range: {arch.name} has {arch.n_layers} layers "
+                f"(0..{arch.n_layers - 1})"
+            )
+        out.append(int(L))
+    if not out:
+        raise ConfigError("layers: expected at least one decoder layer, found none")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"layers: expected distinct layers, found {out}")
+    return tuple(sorted(out))
+
+
+# --------------------------------------------------------------------------------------------
+# Capture
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True, eq=False)
+class PairedActivations:
+    """Per-item activations with the audio and with silence, reduced to one position.
+
+    ``resid[mode]``: ``[item, layer, d_model]`` (output of each decoder layer in ``layers``),
+    ``z[mode]``: ``[item, layer, head*head_dim]`` (input of each layer's ``o_proj``), for
+    ``mode`` in ``("real", "silence")``; float32 on the CPU.
+    """
+
+    layers: tuple[int, ...]
+    positions: tuple[Position, ...]
+    fmt: str
+    item_ids: list[str]
+    data_fingerprint: str
+    resid: dict[str, Float[Tensor, "item layer d_model"]]
+    z: dict[str, Float[Tensor, "item layer hz"]]
+
+    def layer_index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise ConfigError(f"layer {layer}: expected one of the collected layers {list(self.layers)}")
+        return self.layers.index(layer)
+
+    def diff(self, kind: str) -> Float[Tensor, "item layer width"]:
+        src = self.resid if kind == "resid" else self.z
+        return src["real"] - src["silence"]
+
+
+class _Stop(Exception):
+    """Raised by the deepest capture hook: nothing after it is needed."""
+
+
+def position_ids_for(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only (what ``generate`` uses with left padding)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+def _position_weights(
+    ids: Tensor, mask: Tensor, audio_token_id: int, positions: Sequence[Position], item_ids: Sequence[str]
+) -> Float[Tensor, "batch pos"]:
+    """[batch, pos] averaging weights of the requested position reduction(s)."""
+    b, t = ids.shape
+    w = torch.zeros((b, t), dtype=torch.float32)
+    mask = mask.cpu()
+    audio = ((ids.cpu() == audio_token_id) & (mask == 1)).float()
+    lengths = mask.sum(-1)
+    for p in positions:
+        part = torch.zeros((b, t), dtype=torch.float32)
+        if p == "last_prompt":
+            part[:, t - 1] = 1.0
+        elif p == "audio_mean":
+            n = audio.sum(-1, keepdim=True)
+            empty = [item_ids[i] for i in range(b) if n[i] == 0]
+            if empty:
+                raise PromptError(
+                    f"items {empty}: expected audio tokens (id {audio_token_id}) for position "
+                    "'audio_mean', found none"
+                )
+            part = audio / n
+        else:
+            for i in range(b):
+                n_i = int(lengths[i])
+                if not -n_i <= p < n_i:
+                    raise ConfigError(
+                        f"position {p}: item {item_ids[i]!r} has {n_i} prompt tokens, expected "
+                        f"{-n_i} <= position < {n_i}"
+                    )
+                col = t + p if p < 0 else (t - n_i) + p
+                part[i, col] = 1.0
+        w += part
+    return w / len(positions)
+
+
+def _forward_inputs(lm, batch) -> dict[str, Any]:
+    from interp.generation import cast_features
+
+    inputs = dict(cast_features(lm, batch))
+    if lm.arch.name not in _OWN_POSITION_IDS:
+        inputs["position_ids"] = position_ids_for(inputs["attention_mask"])
+    return inputs
+
+
+def _capture_batch(lm, inputs: dict[str, Any], layers: Sequence[int], weights: Tensor, sites: Sequence[str]):
+    """Run one forward with capture hooks; returns {site: [batch, layer, width]} (float32, CPU)."""
+    model = lm.model
+    got: dict[tuple[str, int], Tensor] = {}
+    w = weights.to(inputs["input_ids"].device)
+    last = max(layers)
+    handles = []
+
+    def reduce(x: Tensor) -> Tensor:
+        return torch.einsum("bp,bpd->bd", w, x.float()).cpu()
+
+    def out_hook(layer):
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, tuple) else output
+            got[("hook_resid_post", layer)] = reduce(h)
+            if layer == last:
+                raise _Stop
+
+        return hook
+
+    def z_hook(layer):
+        def hook(module, args):
+            got[("attn.hook_z", layer)] = reduce(args[0])
+
+        return hook
+
+    try:
+        for L in layers:
+            if "attn.hook_z" in sites:
+                handles.append(lm.arch.o_proj(model, L).register_forward_pre_hook(z_hook(L)))
+            handles.append(lm.arch.decoder_layer(model, L).register_forward_hook(out_hook(L)))
+        with torch.inference_mode():
+            try:
+                model(**inputs, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for site in sites:
+        missing = [L for L in layers if (site, L) not in got]
+        if missing:
+            raise ArchitectureError(
+                f"capture at {site}: expected values from layers {list(layers)}, found none from {missing}; "
+                f"the architecture table of {lm.arch.name} may not match the model"
+            )
+        out[site] = torch.stack([got[(site, L)] for L in layers], dim=1)
+    return out
+
+
+def collect_paired(
+    lm,
+    items: Sequence[Any],
+    *,
+    layers: Sequence[int],
+    positions: Position | Sequence[Position] = "last_prompt",
+    fmt: str = "direct",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> PairedActivations:
+    """Activations of every item with its audio and with silence of the same length, at each
+    of ``layers``, reduced to ``positions`` (see the module docstring)."""
+    from interp.datasets import fingerprint
+    from interp.generation import batches, model_inputs
+
+    if not items:
+        raise ConfigError("items: expected at least one item to fit a direction on, found none")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected a positive integer, found {batch_size!r}")
+    layers = _check_layers(lm.arch, layers)
+    pos = parse_positions(positions)
+    sites = ("hook_resid_post", "attn.hook_z")
+    parts: dict[str, dict[str, list[Tensor]]] = {s: {"real": [], "silence": []} for s in sites}
+    chunks = list(batches(list(items), batch_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc="audio-minus-silence", unit="item")
+    for chunk in chunks:
+        ids_ref = None
+        for mode in ("real", "silence"):
+            batch = model_inputs(lm, chunk, fmt, mode)
+            inputs = _forward_inputs(lm, batch)
+            ids = inputs["input_ids"]
+            if ids_ref is None:
+                ids_ref = ids
+            elif not torch.equal(ids_ref, ids):
+                raise PromptError(
+                    f"items {[it.item_id for it in chunk]}: expected the silent prompt to have the same "
+                    "tokens as the real one (same audio length), found different input_ids"
+                )
+            w = _position_weights(ids, inputs["attention_mask"], lm.arch.audio_token_id, pos, [it.item_id for it in chunk])
+            got = _capture_batch(lm, inputs, layers, w, sites)
+            for s in sites:
+                parts[s][mode].append(got[s])
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    cat = {s: {m: torch.cat(v) for m, v in parts[s].items()} for s in sites}
+    return PairedActivations(
+        layers=layers,
+        positions=pos,
+        fmt=fmt,
+        item_ids=[it.item_id for it in items],
+        data_fingerprint=fingerprint(list(items)),
+        resid=cat["hook_resid_post"],
+        z=cat["attn.hook_z"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Directions
+# --------------------------------------------------------------------------------------------
+
+
+def _site(site: str) -> str:
+    from steering.vector import normalize_site
+
+    pattern, layer = normalize_site(site)
+    hook = pattern.removeprefix("lm.blocks.{L}.")
+    if layer is not None or hook not in SITES:
+        raise ConfigError(f"site: expected one of {list(SITES)}, found {site!r}")
+    return hook
+
+
+def head_mask(arch, layer: int, heads: Sequence[tuple[int, int]]) -> Tensor:
+    """[head*head_dim] bool mask of the slices of ``heads`` at ``layer``."""
+    m = torch.zeros(arch.n_heads * arch.head_dim, dtype=torch.bool)
+    for L, h in heads:
+        if L == layer:
+            m[h * arch.head_dim : (h + 1) * arch.head_dim] = True
+    return m
+
+
+def _o_proj_weight(lm, layer: int) -> Tensor:
+    w = lm.arch.o_proj(lm.model, layer).weight
+    return w.detach().float().cpu()  # [d_model, head*head_dim]
+
+
+def _pos_label(pos: Sequence[Position]) -> str:
+    return ",".join(str(p) for p in pos)
+
+
+def direction_from(
+    acts: PairedActivations,
+    lm,
+    *,
+    site: str = "hook_resid_post",
+    heads: Sequence[tuple[int, int]] | None = None,
+    layers: Sequence[int] | None = None,
+    normalize: str = "none",
+    method: str = "audio_minus_silence",
+    extra: dict[str, Any] | None = None,
+):
+    """The audio-minus-silence :class:`~steering.vector.SteeringVector` from collected
+    activations (see the module docstring for sites, heads and normalisation)."""
+    from steering.vector import SITE_PATTERNS, SteeringVector
+
+    hook = _site(site)
+    if normalize not in NORMALIZATIONS:
+        raise ConfigError(f"normalize: expected one of {list(NORMALIZATIONS)}, found {normalize!r}")
+    arch = lm.arch
+    heads = tuple(heads or ())
+    _check_heads(arch, heads)
+    if layers is None:
+        layers = sorted({L for L, _ in heads}) if heads else acts.layers
+    layers = _check_layers(arch, layers)
+    if heads:
+        empty = [L for L in layers if not any(hl == L for hl, _ in heads)]
+        if empty:
+            raise ConfigError(
+                f"layers {empty}: a head-restricted direction needs chosen heads in each steered layer, "
+                f"found heads only in layers {sorted({L for L, _ in heads})}"
+            )
+    dz = acts.diff("z").mean(0)  # [layer, hz]
+    dr = acts.diff("resid").mean(0)  # [layer, d_model]
+    directions: dict[int, Tensor] = {}
+    raw_norm: dict[str, float] = {}
+    target: dict[str, float] = {}
+    for L in layers:
+        i = acts.layer_index(L)
+        if heads:
+            mask = head_mask(arch, L, heads).float()
+            masked = dz[i] * mask
+            v = masked if hook == "attn.hook_z" else _o_proj_weight(lm, L) @ masked
+        else:
+            v = dz[i] if hook == "attn.hook_z" else dr[i]
+        norm = float(torch.linalg.vector_norm(v))
+        raw_norm[str(L)] = norm
+        if normalize != "none":
+            if not norm > 0:
+                raise ConfigError(
+                    f"normalize={normalize!r}: the audio-minus-silence difference at layer {L} is zero "
+                    "(the model ignores the audio there?); expected a non-zero direction"
+                )
+            if normalize == "unit":
+                goal = 1.0
+            else:
+                real = acts.z["real"][:, i] if hook == "attn.hook_z" else acts.resid["real"][:, i]
+                if hook == "attn.hook_z" and heads:
+                    real = real * head_mask(arch, L, heads).float()
+                goal = float(torch.linalg.vector_norm(real, dim=-1).mean())
+            target[str(L)] = goal
+            v = v * (goal / norm)
+        directions[L] = v.float().contiguous()
+    used_heads = tuple(h for h in heads if h[0] in layers)
+    meta = {
+        "positions": _pos_label(acts.positions),
+        "normalize": normalize,
+        "format": acts.fmt,
+        "n_items": len(acts.item_ids),
+        "n_heads": arch.n_heads,
+        "head_dim": arch.head_dim,
+        "raw_norm": raw_norm,
+        **({"target_norm": target} if target else {}),
+        **(extra or {}),
+    }
+    return SteeringVector(
+        directions=directions,
+        model_id=lm.model_id,
+        architecture=arch.name,
+        d_model=arch.d_model,
+        n_layers=arch.n_layers,
+        method=method,
+        data_fingerprint=acts.data_fingerprint,
+        site=SITE_PATTERNS[hook],
+        dtype=torch.float32,
+        heads=used_heads,
+        extra=meta,
+    )
+
+
+def audio_minus_silence(
+    lm,
+    items: Sequence[Any],
+    *,
+    layers: Sequence[int] | None = None,
+    positions: Position | Sequence[Position] = "last_prompt",
+    site: str = "hook_resid_post",
+    heads: Any = None,
+    normalize: str = "none",
+    fmt: str = "direct",
+    batch_size: int = 8,
+    progress: bool = False,
+):
+    """Collect activations on ``items`` and return the audio-minus-silence vector.
+
+    ``layers`` defaults to the layers of ``heads`` when heads are given (else required)."""
+    heads = parse_heads(heads)
+    if layers is None:
+        if not heads:
+            raise ConfigError("layers: expected the decoder layers to steer (or heads to take them from), found none")
+        layers = sorted({L for L, _ in heads})
+    acts = collect_paired(lm, items, layers=layers, positions=positions, fmt=fmt, batch_size=batch_size, progress=progress)
+    return direction_from(acts, lm, site=site, heads=heads, layers=layers, normalize=normalize)
+
+
+# --------------------------------------------------------------------------------------------
+# Controls
+# --------------------------------------------------------------------------------------------
+
+
+def random_direction(vec, *, seed: int = 0):
+    """A seeded Gaussian direction with the same norm as ``vec`` at every layer.
+
+    Same support: for a head-restricted ``attn.hook_z`` vector only the same heads' slices are
+    non-zero; otherwise the whole width.  Method ``"random_direction"``."""
+    from dataclasses import replace
+
+    g = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for L, v in vec.directions.items():
+        r = torch.randn(v.shape[0], generator=g, dtype=torch.float32)
+        if vec.hook == "attn.hook_z" and vec.heads:
+            hd = _head_dim_from(vec)
+            mask = torch.zeros(v.shape[0], dtype=torch.bool)
+            for hl, h in vec.heads:
+                if hl == L:
+                    mask[h * hd : (h + 1) * hd] = True
+            r = r * mask.float()
+        norm = float(torch.linalg.vector_norm(v.float()))
+        rn = float(torch.linalg.vector_norm(r))
+        out[L] = (r * (norm / rn if rn > 0 else 0.0)).to(v.dtype)
+    keep_heads = vec.heads if vec.hook == "attn.hook_z" else ()
+    extra = {**vec.extra, "control_of": vec.method, "seed": int(seed)}
+    return replace(vec, directions=out, method="random_direction", heads=keep_heads, extra=extra, source=None)
+
+
+def _head_dim_from(vec) -> int:
+    n = vec.extra.get("head_dim")
+    if isinstance(n, int) and n > 0 and vec.width % n == 0:
+        return n
+    raise ConfigError(
+        f"random_direction: vector {vec.describe()} is head-restricted at attn.hook_z but does not "
+        f"record its head width; expected extra['head_dim'] dividing {vec.width}, found {n!r}"
+    )
+
+
+def draw_random_heads(arch, heads: Sequence[tuple[int, int]], *, seed: int = 0) -> tuple[tuple[int, int], ...]:
+    """As many heads per layer as ``heads`` has, drawn without replacement (seeded) from the
+    heads of that layer not in ``heads`` when enough remain, else from all heads of the layer."""
+    rng = np.random.default_rng(int(seed))
+    out: list[tuple[int, int]] = []
+    for L in sorted({L for L, _ in heads}):
+        chosen = {h for hl, h in heads if hl == L}
+        others = [h for h in range(arch.n_heads) if h not in chosen]
+        pool = others if len(others) >= len(chosen) else list(range(arch.n_heads))
+        picked = rng.choice(pool, size=len(chosen), replace=False)
+        out.extend((L, int(h)) for h in sorted(picked))
+    return tuple(out)
+
+
+def random_heads(acts: PairedActivations, lm, vec, *, seed: int = 0):
+    """Audio-minus-silence restricted to random heads (same number per layer as ``vec``),
+    built exactly like ``vec`` (same site, layers, normalisation).  Method ``"random_heads"``."""
+    if not vec.heads:
+        raise ConfigError(
+            f"random_heads: vector {vec.describe()} is not head-restricted; expected a vector with heads"
+        )
+    from dataclasses import replace
+
+    drawn = draw_random_heads(lm.arch, vec.heads, seed=seed)
+    ctrl = direction_from(
+        acts, lm, site=vec.hook, heads=drawn, layers=vec.layers,
+        normalize=vec.extra.get("normalize", "none"), method="random_heads",
+        extra={"control_of": vec.method, "seed": int(seed), **{k: v for k, v in vec.extra.items() if k == "fit"}},
+    )
+    # same norm as the vector at every layer: the control differs in *which* heads, not in size
+    dirs = {}
+    for L, v in ctrl.directions.items():
+        n_ctrl = float(torch.linalg.vector_norm(v))
+        n_vec = float(torch.linalg.vector_norm(vec.directions[L].float()))
+        dirs[L] = v * (n_vec / n_ctrl) if n_ctrl > 0 else v
+    return replace(ctrl, directions=dirs, extra={**ctrl.extra, "matched_norm": True})
+
+
+def fit_with_controls(
+    lm,
+    items: Sequence[Any],
+    *,
+    layers: Sequence[int] | None = None,
+    positions: Position | Sequence[Position] = "last_prompt",
+    site: str = "hook_resid_post",
+    heads: Any = None,
+    normalize: str = "none",
+    fmt: str = "direct",
+    batch_size: int = 8,
+    seed: int = 0,
+    controls: bool = True,
+    extra: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The audio-minus-silence vector and, with ``controls``, its controls, from one collection:
+    ``{"audio_minus_silence": v, "random_direction": r, "random_heads": h}`` (the last only
+    for a head-restricted vector)."""
+    heads = parse_heads(heads)
+    _check_heads(lm.arch, heads)
+    if layers is None:
+        if not heads:
+            raise ConfigError("layers: expected the decoder layers to steer (or heads to take them from), found none")
+        layers = sorted({L for L, _ in heads})
+    acts = collect_paired(lm, items, layers=layers, positions=positions, fmt=fmt, batch_size=batch_size, progress=progress)
+    vec = direction_from(acts, lm, site=site, heads=heads, layers=layers, normalize=normalize, extra=extra)
+    out = {"audio_minus_silence": vec}
+    if controls:
+        out["random_direction"] = random_direction(vec, seed=seed)
+        if vec.heads:
+            out["random_heads"] = random_heads(acts, lm, vec, seed=seed)
+    return out

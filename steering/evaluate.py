@@ -1,0 +1,365 @@
+"""Steering sweeps: accuracy as a function of alpha and layer, against controls, with CIs.
+
+:func:`run_sweep` generates and scores every (item, format) once without steering (the
+baseline, ``alpha = 0``) and once per (vector, layer, alpha, position mode) with the vector's
+direction at that one layer added (:func:`steering.apply.apply_vector`).  ``alpha = 0`` is not
+generated again: steering with ``alpha = 0`` is bit-identical to no steering (a tested
+property), so its rows *are* the baseline's.  Rows go to a :class:`~interp.runs.RowLog` after
+each batch and a resumed sweep skips the rows it already has.
+
+:func:`steering_table` aggregates the rows into the ``steering.parquet`` table, one row per
+(vector, method, layer, alpha, positions, format, category) with ``category`` each item
+category and ``"all"``:
+
+- ``accuracy``, ``ci_low``, ``ci_high``: mean correctness and its 95% percentile bootstrap CI
+  over items;
+- ``delta``, ``delta_ci_low``, ``delta_ci_high``: accuracy minus the baseline's on the same
+  items, with a *paired* bootstrap (items resampled, each item's steered and baseline answers
+  kept together, i.e. the bootstrap of the mean of per-item differences);
+- ``n``: items.
+
+:func:`best_gain` picks the (layer, alpha, positions, format) with the largest gain of the
+main vector and reports it beside the controls at the same setting (and the paired difference
+vector − control).  It is chosen on the evaluation items themselves, so it is an optimistic
+estimate; the summary says so.  :func:`figures` draws accuracy (and delta) vs alpha per method
+with CI bands, one panel per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from interp.errors import ConfigError
+
+__all__ = [
+    "BASELINE",
+    "ITEM_COLUMNS",
+    "STEERING_COLUMNS",
+    "SweepConfig",
+    "best_gain",
+    "figures",
+    "run_sweep",
+    "steering_table",
+]
+
+STEERING_COLUMNS: tuple[str, ...] = (
+    "vector", "method", "layer", "alpha", "positions", "category", "accuracy", "ci_low", "ci_high",
+    "n", "delta", "delta_ci_low", "delta_ci_high",
+)
+ITEM_COLUMNS: tuple[str, ...] = (
+    "row_id", "item_id", "vector", "method", "layer", "alpha", "positions", "format", "category",
+    "tier", "answer", "prediction", "answer_span", "matched_choice", "correct",
+)
+BASELINE = "baseline"
+MAIN_METHOD = "audio_minus_silence"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """What to sweep.
+
+    Attributes:
+        alphas: steering strengths (``0`` is the baseline, always included in the table).
+        layers: layers to steer one at a time (``None``: every layer of each vector).
+        positions: position modes of :func:`steering.apply.apply_vector`.
+        formats: answer formats (``interp.cafe.formats.FORMATS``).
+        max_new_tokens, batch_size: generation.
+        backend: ``"torch"`` or ``"nnsight"`` (identical results; torch is faster).
+        n_boot, seed: bootstrap.
+    """
+
+    alphas: tuple[float, ...]
+    layers: tuple[int, ...] | None = None
+    positions: tuple[str, ...] = ("last_prompt",)
+    formats: tuple[str, ...] = ("direct",)
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    backend: str = "torch"
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from interp.cafe.formats import FORMATS
+        from steering.apply import BACKENDS, POSITION_MODES
+
+        alphas = self.alphas
+        if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Sequence) or not alphas:
+            raise ConfigError(f"SweepConfig.alphas: expected a non-empty list of numbers, found {alphas!r}")
+        clean = []
+        for a in alphas:
+            if isinstance(a, bool) or not isinstance(a, (int, float, np.floating, np.integer)) or not math.isfinite(float(a)):
+                raise ConfigError(f"SweepConfig.alphas: expected finite numbers, found {a!r}")
+            clean.append(float(a))
+        if len(set(clean)) != len(clean):
+            raise ConfigError(f"SweepConfig.alphas: expected distinct values, found {clean}")
+        object.__setattr__(self, "alphas", tuple(clean))
+        for name, allowed in (("positions", POSITION_MODES), ("formats", FORMATS)):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+                raise ConfigError(f"SweepConfig.{name}: expected a non-empty tuple, found {value!r}")
+            bad = [v for v in value if v not in allowed]
+            if bad or len(set(value)) != len(value):
+                raise ConfigError(f"SweepConfig.{name}: expected distinct values among {list(allowed)}, found {list(value)}")
+            object.__setattr__(self, name, tuple(value))
+        if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)) or not isinstance(self.layers, Sequence) or not self.layers:
+                raise ConfigError(f"SweepConfig.layers: expected a non-empty tuple of layers or None, found {self.layers!r}")
+            if any(isinstance(L, bool) or not isinstance(L, (int, np.integer)) for L in self.layers):
+                raise ConfigError(f"SweepConfig.layers: expected integer layers, found {list(self.layers)}")
+            object.__setattr__(self, "layers", tuple(int(L) for L in self.layers))
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"SweepConfig.backend: expected one of {list(BACKENDS)}, found {self.backend!r}")
+        for name in ("max_new_tokens", "batch_size", "n_boot"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"SweepConfig.{name}: expected a positive integer, found {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _alpha_key(alpha: float) -> str:
+    return repr(float(alpha))
+
+
+def _row_id(item_id: str, vector: str, layer: int, alpha: float, positions: str, fmt: str) -> str:
+    return f"{item_id}|{vector}|{layer}|{_alpha_key(alpha)}|{positions}|{fmt}"
+
+
+def _jobs(vectors: Mapping[str, Any], cfg: SweepConfig) -> list[tuple[str, str, int, float, str, str]]:
+    """(vector name, method, layer, alpha, positions, format) of every steered generation."""
+    jobs = []
+    for fmt in cfg.formats:
+        for name, vec in vectors.items():
+            layers = cfg.layers if cfg.layers is not None else vec.layers
+            missing = [L for L in layers if L not in vec.layers]
+            if missing:
+                raise ConfigError(
+                    f"layers {missing}: vector {name!r} has directions at layers {list(vec.layers)} only"
+                )
+            for L in layers:
+                for pos in cfg.positions:
+                    for a in cfg.alphas:
+                        if a != 0.0:
+                            jobs.append((name, vec.method, int(L), a, pos, fmt))
+    return jobs
+
+
+def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepConfig, *, log=None, progress: bool = True):
+    """Generate and score the baseline and every steered setting; returns the item rows
+    (DataFrame with :data:`ITEM_COLUMNS`).  ``vectors``: name -> SteeringVector."""
+    import pandas as pd
+
+    from interp.generation import GenerationConfig, batches, cast_features, generate_batch, model_inputs, score
+    from steering.apply import apply_vector
+
+    if not items:
+        raise ConfigError("items: expected at least one item to evaluate, found none")
+    ids = [it.item_id for it in items]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("items: expected distinct item ids (deltas are paired by item), found duplicates")
+    for name, vec in vectors.items():
+        if name == BASELINE:
+            raise ConfigError(f"vectors: the name {BASELINE!r} is reserved for the unsteered run")
+        vec.check_compatible(lm.arch)
+    jobs = _jobs(vectors, cfg)  # validates layers before anything runs
+    done = log.done() if log is not None else set()
+    rows: list[dict[str, Any]] = []
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    settings = [(BASELINE, "none", -1, 0.0, "none", fmt) for fmt in cfg.formats] + jobs
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(settings) * len(items), desc="steering", unit="gen", initial=len(done))
+    for name, method, layer, alpha, pos, fmt in settings:
+        todo = [it for it in items if _row_id(it.item_id, name, layer, alpha, pos, fmt) not in done]
+        for chunk in batches(todo, cfg.batch_size):
+            batch = cast_features(lm, model_inputs(lm, chunk, fmt))
+            if name == BASELINE:
+                _, texts = generate_batch(lm, batch, gen)
+            else:
+                with apply_vector(lm, vectors[name], alpha=alpha, positions=pos, layers=[layer], backend=cfg.backend):
+                    _, texts = generate_batch(lm, batch, gen)
+            new = [
+                {
+                    "row_id": _row_id(it.item_id, name, layer, alpha, pos, fmt), "item_id": it.item_id,
+                    "vector": name, "method": method, "layer": int(layer), "alpha": float(alpha),
+                    "positions": pos, "format": fmt, "category": it.category or it.tier or "", "tier": it.tier,
+                    "answer": it.answer, "prediction": t, **score(it, t),
+                }
+                for it, t in zip(chunk, texts)
+            ]
+            rows.extend(new)
+            if log is not None:
+                log.extend(new)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    df = log.frame() if log is not None else pd.DataFrame(rows)
+    return df[[c for c in ITEM_COLUMNS if c in df.columns]]
+
+
+def _with_alpha_zero(df, vectors_layers: dict[str, tuple[str, list[int]]], positions: Sequence[str]):
+    """Baseline rows relabelled as alpha = 0 of every (vector, layer, position mode)."""
+    import pandas as pd
+
+    base = df[df["vector"] == BASELINE]
+    parts = [df[df["vector"] != BASELINE]]
+    for name, (method, layers) in vectors_layers.items():
+        for L in layers:
+            for pos in positions:
+                b = base.copy()
+                b["vector"], b["method"], b["layer"], b["alpha"], b["positions"] = name, method, int(L), 0.0, pos
+                parts.append(b)
+    return pd.concat(parts, ignore_index=True)
+
+
+def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, alphas: Sequence[float] | None = None):
+    """The ``steering.parquet`` table (:data:`STEERING_COLUMNS` plus ``format``) from item rows."""
+    import pandas as pd
+
+    from interp.stats import bootstrap_mean_ci
+
+    df = item_rows.copy()
+    df["correct"] = df["correct"].astype(float)
+    base = df[df["vector"] == BASELINE]
+    if base.empty:
+        raise ConfigError("steering_table: expected baseline rows (vector 'baseline'), found none")
+    steered = df[df["vector"] != BASELINE]
+    vl = {
+        name: (g["method"].iloc[0], sorted(int(x) for x in g["layer"].unique()))
+        for name, g in steered.groupby("vector", sort=False)
+    }
+    positions = sorted(steered["positions"].unique()) if not steered.empty else []
+    full = _with_alpha_zero(df, vl, positions) if vl else steered
+    if alphas is not None:
+        full = full[full["alpha"].isin([float(a) for a in alphas])]
+    base_correct = {(r.item_id, r.format): float(r.correct) for r in base.itertuples()}
+    full = full.assign(base=[base_correct.get((i, f), np.nan) for i, f in zip(full["item_id"], full["format"])])
+    full = full.assign(diff=full["correct"] - full["base"])
+    keys = ["vector", "method", "layer", "alpha", "positions", "format"]
+    out = []
+    for k, g in full.groupby(keys, sort=True):
+        cats = [("all", g)] + [(c, gc) for c, gc in g.groupby("category", sort=True)]
+        for cat, gc in cats:
+            vals = gc[["correct", "diff"]].to_numpy(dtype=np.float64)
+            mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
+            out.append({
+                **dict(zip(keys, k)), "category": str(cat),
+                "accuracy": float(mean[0]), "ci_low": float(lo[0]), "ci_high": float(hi[0]), "n": int(len(gc)),
+                "delta": float(mean[1]), "delta_ci_low": float(lo[1]), "delta_ci_high": float(hi[1]),
+            })
+    cols = [*STEERING_COLUMNS, "format"]
+    table = pd.DataFrame(out, columns=cols)
+    table["layer"] = table["layer"].astype(int)
+    table["n"] = table["n"].astype(int)
+    return table.sort_values(["vector", "layer", "positions", "format", "category", "alpha"]).reset_index(drop=True)
+
+
+def _paired_ci(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
+    from interp.stats import bootstrap_mean_ci
+
+    mean, lo, hi = bootstrap_mean_ci(np.asarray(a, float) - np.asarray(b, float), n_boot=n_boot, seed=seed)
+    return float(mean), float(lo), float(hi)
+
+
+def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The main vector's largest gain over the baseline (category ``all``, alpha != 0) and the
+    controls at the same setting, with the paired difference vector − control per control.
+
+    ``main`` is the vector name (default: the first with method ``audio_minus_silence``).
+    Whatever its sign, the best gain is reported; it is selected on the evaluation items."""
+    t = table[(table["category"] == "all") & (table["alpha"] != 0.0)]
+    if main is None:
+        names = t.loc[t["method"] == MAIN_METHOD, "vector"].unique()
+        if len(names) == 0:
+            return {"note": "no audio_minus_silence vector in the sweep"}
+        main = str(names[0])
+    m = t[t["vector"] == main]
+    if m.empty:
+        return {"note": f"no steered rows of vector {main!r}"}
+    best = m.sort_values(["delta", "alpha"], ascending=[False, True]).iloc[0]
+    setting = {k: best[k] for k in ("layer", "alpha", "positions", "format")}
+    setting = {k: (int(v) if k == "layer" else float(v) if k == "alpha" else str(v)) for k, v in setting.items()}
+
+    def sel(df, name):
+        return df[(df["vector"] == name) & (df["layer"] == setting["layer"]) & (df["alpha"] == setting["alpha"])
+                  & (df["positions"] == setting["positions"]) & (df["format"] == setting["format"])]
+
+    res: dict[str, Any] = {
+        "vector": main, **setting,
+        "accuracy": float(best["accuracy"]),
+        "baseline_accuracy": float(best["accuracy"] - best["delta"]),
+        "delta": float(best["delta"]), "delta_ci": [float(best["delta_ci_low"]), float(best["delta_ci_high"])],
+        "n": int(best["n"]),
+        "selection": "best alpha/layer/positions chosen on these evaluation items (optimistic)",
+        "controls": {},
+    }
+    rows_main = sel(item_rows, main).set_index("item_id")["correct"].astype(float)
+    for name in t.loc[t["vector"] != main, "vector"].unique():
+        c = sel(t, name)
+        if c.empty:
+            continue
+        c = c.iloc[0]
+        rows_c = sel(item_rows, name).set_index("item_id")["correct"].astype(float)
+        common = rows_main.index.intersection(rows_c.index)
+        diff, lo, hi = _paired_ci(rows_main[common].to_numpy(), rows_c[common].to_numpy(), n_boot=n_boot, seed=seed)
+        res["controls"][str(name)] = {
+            "method": str(c["method"]), "accuracy": float(c["accuracy"]),
+            "delta": float(c["delta"]), "delta_ci": [float(c["delta_ci_low"]), float(c["delta_ci_high"])],
+            "vector_minus_control": diff, "vector_minus_control_ci": [lo, hi],
+        }
+    return res
+
+
+def figures(table, *, category: str = "all") -> dict[str, Any]:
+    """Plotly figures: ``accuracy`` and ``delta`` vs alpha, one line per vector with its CI band,
+    one panel per (layer, positions, format)."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    t = table[table["category"] == category]
+    panels = sorted({(int(r.layer), r.positions, r.format) for r in t.itertuples()})
+    names = list(dict.fromkeys(t["vector"]))
+    colors = {n: qualitative.Plotly[i % len(qualitative.Plotly)] for i, n in enumerate(names)}
+    out = {}
+    for metric, lo_col, hi_col, title in (
+        ("accuracy", "ci_low", "ci_high", "Accuracy vs alpha"),
+        ("delta", "delta_ci_low", "delta_ci_high", "Accuracy gain over alpha = 0 (paired)"),
+    ):
+        fig = make_subplots(
+            rows=1, cols=max(1, len(panels)), shared_yaxes=True,
+            subplot_titles=[f"layer {L} · {p} · {f}" for L, p, f in panels] or [""],
+        )
+        for j, (L, p, f) in enumerate(panels, start=1):
+            for name in names:
+                g = t[(t["vector"] == name) & (t["layer"] == L) & (t["positions"] == p) & (t["format"] == f)].sort_values("alpha")
+                if g.empty:
+                    continue
+                col = colors[name]
+                x = g["alpha"].tolist()
+                fig.add_trace(go.Scatter(
+                    x=x + x[::-1], y=g[hi_col].tolist() + g[lo_col].tolist()[::-1], fill="toself",
+                    line=dict(width=0), fillcolor=col, opacity=0.18, hoverinfo="skip", showlegend=False,
+                    legendgroup=name,
+                ), row=1, col=j)
+                fig.add_trace(go.Scatter(
+                    x=x, y=g[metric].tolist(), mode="lines+markers", name=f"{name} ({g['method'].iloc[0]})",
+                    line=dict(color=col), legendgroup=name, showlegend=j == 1,
+                    customdata=np.stack([g[lo_col], g[hi_col], g["n"]], axis=-1),
+                    hovertemplate="alpha %{x}<br>" + metric + " %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>n %{customdata[2]}<extra></extra>",
+                ), row=1, col=j)
+            fig.update_xaxes(title_text="alpha", row=1, col=j)
+        fig.update_yaxes(title_text=metric, row=1, col=1)
+        fig.update_layout(title=f"{title} ({category}; 95% bootstrap CI)", template="plotly_white")
+        out[metric] = fig
+    return out
