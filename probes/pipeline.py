@@ -1,0 +1,529 @@
+"""The probe stage: where audio attributes live, by layer and by reasoning step.
+
+:func:`stage_probe` loads items, collects residual-stream activations through nnsight into a
+run folder (:mod:`probes.collect`), labels every item from ground truth or metadata
+(:mod:`probes.labels`), fits one item-grouped, control-tasked probe per attribute x layer x
+position (and x reasoning step for ``step_mean``) with :mod:`probes.fit`, and writes:
+
+- ``probes.parquet``         exactly :data:`probes.fit.TABLE_COLUMNS`
+- ``probes_by_layer.html``   score by layer, one panel per (site, position)
+- ``probes_by_step.html``    score by reasoning step at each attribute's best layer
+- ``probe_summary.json``     per attribute: best layer and scores; decay over steps
+- ``probe_directions.safetensors``  the best probe's direction per attribute (for steering)
+- ``labels.parquet``, ``generations.parquet`` and ``activations/`` (chunks + index)
+
+:func:`probe_direction` turns a probe (a :class:`probes.fit.ProbeRow`, or a ProbeResult plus
+its location) into a plain ``{"directions": {layer: tensor}, "site": ..., "metadata": ...}``
+dict; ``steering.from_probe.probe_to_steering_vector`` wraps that into a SteeringVector
+(probes never imports steering). :func:`load_probe_direction` reads one back from a run.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp.errors import ProbeError
+from probes.collect import AUDIO_SITE, LM_SITE, POSITIONS, CollectConfig
+
+__all__ = ["load_probe_direction", "probe_direction", "stage_probe"]
+
+DIRECTIONS_FILE = "probe_directions.safetensors"
+
+
+# --------------------------------------------------------------------------------------------
+# Directions
+# --------------------------------------------------------------------------------------------
+
+
+def probe_direction(
+    result_or_row: Any,
+    *,
+    layer: int | None = None,
+    site: str | None = None,
+    position: str | None = None,
+    step: int | None = None,
+    target: Any = None,
+    normalize: bool = True,
+) -> dict[str, Any]:
+    """A probe's weight direction as a plain, steering-ready dict.
+
+    Args:
+        result_or_row: a :class:`probes.fit.ProbeRow` (carries its location), or a
+            :class:`probes.fit.ProbeResult` with ``layer`` (and optionally site/position/step).
+        target: the class the direction should point towards. Binary probes default to
+            ``classes[1]`` (the probe's positive class); ``classes[0]`` flips the sign.
+            Multiclass probes need it: the direction is that class's logit row minus the mean
+            row (the part of the softmax that favours it). Ridge probes take none.
+        normalize: scale the direction to unit L2 norm (its raw norm is kept in the metadata).
+
+    Returns:
+        ``{"directions": {layer: float32 tensor [d_model]}, "site": site pattern,
+        "method": "probe", "metadata": {...}}`` where metadata holds attribute, layer,
+        position, step, target, classes, kind, accuracy, control_accuracy, selectivity,
+        raw_norm and normalized.
+    """
+    import torch
+
+    from probes.fit import ProbeResult, ProbeRow
+
+    if isinstance(result_or_row, ProbeRow):
+        row = result_or_row
+        result = row.result
+        layer = row.layer if layer is None else layer
+        site = row.site if site is None else site
+        position = row.position if position is None else position
+        step = row.step if step is None else step
+    elif isinstance(result_or_row, ProbeResult):
+        result = result_or_row
+        if layer is None:
+            raise ProbeError("probe_direction: a ProbeResult carries no layer; pass layer=...")
+    else:
+        raise ProbeError(
+            f"probe_direction: expected a ProbeRow or ProbeResult, found {type(result_or_row).__name__}"
+        )
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
+        raise ProbeError(f"probe_direction: expected a non-negative integer layer, found {layer!r}")
+    site = site or LM_SITE
+    if site != LM_SITE:
+        raise ProbeError(
+            f"probe_direction: only decoder residual probes ({LM_SITE}) give steering directions, "
+            f"found site {site!r}"
+        )
+    classes = None if result.classes is None else list(result.classes)
+    vec, target, raw_norm = _oriented(result.direction, result.kind, classes, target, normalize, result.attribute)
+    meta = {
+        "attribute": result.attribute,
+        "layer": int(layer),
+        "position": position,
+        "step": None if step is None else int(step),
+        "target": _jsonable(target),
+        "classes": None if classes is None else [_jsonable(c) for c in classes],
+        "kind": result.kind,
+        "accuracy": float(result.accuracy),
+        "control_accuracy": float(result.control_accuracy),
+        "selectivity": float(result.selectivity),
+        "n": int(result.n),
+        "raw_norm": raw_norm,
+        "normalized": bool(normalize),
+    }
+    return {
+        "directions": {int(layer): torch.tensor(vec, dtype=torch.float32)},
+        "site": site,
+        "method": "probe",
+        "metadata": meta,
+    }
+
+
+def _oriented(direction, kind: str, classes, target, normalize: bool, attribute: str):
+    """(vector pointing to ``target``, target, raw norm) of a probe's weights."""
+    w = np.asarray(direction, dtype=np.float64)
+    if kind == "ridge":
+        if target is not None:
+            raise ProbeError(f"probe_direction: a ridge probe ({attribute!r}) takes no target, found {target!r}")
+        vec = w
+    elif w.ndim == 1:  # binary logistic: points to classes[1]
+        if target is None:
+            target = classes[1]
+        if target not in classes:
+            raise ProbeError(f"probe_direction: target {target!r}: expected one of {classes} for {attribute!r}")
+        vec = w if target == classes[1] else -w
+    else:
+        if target is None or target not in classes:
+            raise ProbeError(
+                f"probe_direction: multiclass probe {attribute!r} needs target= one of {classes}, found {target!r}"
+            )
+        vec = w[classes.index(target)] - w.mean(axis=0)
+    raw_norm = float(np.linalg.norm(vec))
+    if normalize:
+        if raw_norm == 0 or not np.isfinite(raw_norm):
+            raise ProbeError(f"probe_direction: {attribute!r} has a zero or non-finite direction")
+        vec = vec / raw_norm
+    return vec, target, raw_norm
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def load_probe_direction(run: str | Path, attribute: str, *, target: Any = None, normalize: bool = True) -> dict[str, Any]:
+    """The best probe direction of ``attribute`` saved by :func:`stage_probe`, in the dict form
+    of :func:`probe_direction` (plus the run's model id and data fingerprint in the metadata)."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    from interp.runs import RunFolder
+
+    run = RunFolder.open(run)
+    path = run.file(DIRECTIONS_FILE)
+    if not path.exists():
+        raise ProbeError(f"run folder {str(run.path)!r}: expected {DIRECTIONS_FILE}, found none (probe stage not run?)")
+    with safe_open(str(path), framework="pt") as f:
+        info = json.loads((f.metadata() or {}).get("probes", "{}"))
+        if attribute not in info:
+            raise ProbeError(f"{DIRECTIONS_FILE}: expected a probe for {attribute!r}, found {sorted(info)}")
+        w = f.get_tensor(attribute).double().numpy()
+    m = info[attribute]
+    vec, target, raw_norm = _oriented(w, m["kind"], m["classes"], target, normalize, attribute)
+    manifest = run.manifest
+    meta = {"attribute": attribute,
+            **{k: m[k] for k in ("layer", "position", "step", "classes", "kind", "accuracy",
+                                 "control_accuracy", "selectivity", "n")},
+            "target": target, "raw_norm": raw_norm, "normalized": bool(normalize),
+            "model_id": manifest.get("model"), "data_fingerprint": manifest.get("data_fingerprint")}
+    return {"directions": {int(m["layer"]): torch.tensor(vec, dtype=torch.float32)}, "site": m["site"],
+            "method": "probe", "metadata": meta}
+
+
+# --------------------------------------------------------------------------------------------
+# Probing a collected store
+# --------------------------------------------------------------------------------------------
+
+
+def _position_name(position: str, fmt: str, formats: Sequence[str]) -> str:
+    return position if len(formats) == 1 else f"{fmt}:{position}"
+
+
+def _locations(store, formats: Sequence[str]):
+    """(site, position, fmt, layer, step) to probe, in table order."""
+    steps = store.steps() if "step_mean" in store.positions(LM_SITE) else ()
+    out = []
+    for site in (s for s in (AUDIO_SITE, LM_SITE) if s in store.sites):
+        for position in store.positions(site):
+            for fmt in formats:
+                for layer in store.layers(site):
+                    if position == "step_mean":
+                        out.extend((site, position, fmt, layer, s) for s in steps)
+                    else:
+                        out.append((site, position, fmt, layer, None))
+    return out
+
+
+def probe_store(
+    store,
+    items: Sequence[Any],
+    *,
+    attributes: Sequence[str] | None = None,
+    n_folds: int = 5,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Probe every location of ``store`` for every attribute.
+
+    Returns ``(table, best, notes)``: the :func:`probes.fit.probe_table` DataFrame, the best
+    prompt-position :class:`ProbeRow` per attribute (highest accuracy, earliest layer on ties)
+    and ``notes = {"skipped": {attribute or "attribute@location": reason},
+    "dropped_classes": {attribute: {class: n_items}}}``.
+
+    With ``attributes=None`` (the defaults), classes in fewer items than folds are left out of
+    their attribute, and attributes still lacking support (one class, too few items) are
+    skipped with a reason; attributes named explicitly raise :class:`ProbeError` instead.
+    Reasoning steps without enough items for an attribute are always skipped (and listed).
+    """
+    from probes.fit import ProbeConfig, probe_results
+    from probes.labels import DEFAULT_ATTRIBUTES, label_support, label_table
+
+    explicit = attributes is not None
+    if attributes is None:
+        has_scene = any(getattr(it, "scene", None) for it in items)
+        attributes = DEFAULT_ATTRIBUTES if has_scene else ("category", "sub_category")
+    attributes = list(dict.fromkeys(attributes))
+    if not attributes:
+        raise ProbeError("attributes: expected at least one attribute to probe, found none")
+    rows = store.rows
+    by_id = {it.item_id: it for it in items}
+    missing = sorted(set(rows["item_id"]) - set(by_id))
+    if missing:
+        raise ProbeError(f"activations: rows for items {missing[:5]} that are not among the given items")
+    table = label_table([by_id[i] for i in dict.fromkeys(rows["item_id"])], attributes)
+    groups = rows["item_id"].to_numpy(dtype=object)
+    labels = {a: np.array([table.at[i, a] for i in groups], dtype=object) for a in attributes}
+    formats = list(dict.fromkeys(rows["format"]))
+    fmt_of = rows["format"].to_numpy(dtype=object)
+    config = ProbeConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed)
+    n_layers = int(store.index["n_layers"])
+
+    skipped: dict[str, str] = {}
+    dropped: dict[str, dict[str, int]] = {}
+    if not explicit:
+        # default attributes: leave out the rows of classes too rare for the folds (e.g. the
+        # class of a 4th event on a few dozen items) rather than losing the whole attribute
+        for a in attributes:
+            per_class: dict[Any, set] = {}
+            for v, g in zip(labels[a].tolist(), groups.tolist()):
+                if v is not None:
+                    per_class.setdefault(v, set()).add(g)
+            rare = {c: len(gs) for c, gs in per_class.items() if len(gs) < n_folds}
+            if rare and len(per_class) - len(rare) >= 2:
+                labels[a] = np.array([None if v in rare else v for v in labels[a].tolist()], dtype=object)
+                dropped[a] = {str(c): n for c, n in rare.items()}
+    usable: list[str] = []
+    for a in attributes:
+        for fmt in formats:
+            sel = fmt_of == fmt
+            reason = label_support(labels[a][sel], groups[sel], n_folds)
+            if reason is not None:
+                break
+        if reason is None:
+            usable.append(a)
+        elif explicit:
+            raise ProbeError(f"attribute {a!r}: cannot be probed with {n_folds}-fold CV by item: {reason}")
+        else:
+            skipped[a] = reason
+    if not usable:
+        raise ProbeError(
+            f"attributes: none of {attributes} can be probed with {n_folds}-fold CV by item on "
+            f"{len(set(groups.tolist()))} items ({skipped}); collect more items or lower n_folds"
+        )
+
+    records: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    locations = _locations(store, formats)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(locations), desc="probes", unit="location")
+    for site, position, fmt, layer, step in locations:
+        X, idx = store.matrix(site, position, layer, step)
+        keep = fmt_of[idx] == fmt
+        X, idx = X[keep], idx[keep]
+        name = _position_name(position, fmt, formats)
+        attrs = usable
+        if step is not None:
+            attrs = []
+            for a in usable:
+                reason = label_support(labels[a][idx], groups[idx], n_folds)
+                if reason is None:
+                    attrs.append(a)
+                else:
+                    skipped.setdefault(f"{a}@{name}:step{step}", reason)
+        if attrs:
+            key = (site, int(layer), name, step)
+            results = probe_results(
+                {key: (X, idx)}, {a: labels[a] for a in attrs}, groups, config, n_layers=n_layers
+            )
+            for r in results:
+                records.append(r.as_record())
+                if step is None and site == LM_SITE:
+                    cur = best.get(r.attribute)
+                    if cur is None or r.result.accuracy > cur.result.accuracy:
+                        best[r.attribute] = r
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    from probes.fit import probe_table
+
+    return probe_table(records), best, {"skipped": skipped, "dropped_classes": dropped}
+
+
+# --------------------------------------------------------------------------------------------
+# Figures and summary
+# --------------------------------------------------------------------------------------------
+
+
+def _page(title: str, panels: list[tuple[str, Any]], note: str = "") -> str:
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title></head><body style='font-family:sans-serif'>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if note:
+        parts.append(f"<p>{html.escape(note)}</p>")
+    for i, (heading, fig) in enumerate(panels):
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        # plotly.js embedded once (first panel): the page works offline
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _figures(table) -> tuple[str, str]:
+    from probes.figures import accuracy_by_layer, accuracy_by_step
+
+    prompt = table[table["step"].isna()]
+    layer_panels = []
+    for (site, position), _ in prompt.groupby(["site", "position"], sort=False):
+        fig = accuracy_by_layer(prompt, site=site, position=position)
+        layer_panels.append((f"{site} · {position}", fig))
+    stepped = table[table["step"].notna()]
+    step_panels = []
+    for (site, position), _ in stepped.groupby(["site", "position"], sort=False):
+        fig = accuracy_by_step(stepped, site=site, position=position)
+        step_panels.append((f"{site} · {position}", fig))
+    by_layer = _page(
+        "Probe score by layer", layer_panels,
+        "" if layer_panels else "No prompt-position probes could be fitted (see probe_summary.json).",
+    )
+    by_step = _page(
+        "Probe score by reasoning step", step_panels,
+        "Each attribute at its best layer (mean accuracy over steps); dashed: control task, dotted: chance."
+        if step_panels else
+        "No reasoning-step probes: step_mean was not collected, or no step had enough items "
+        "(see probe_summary.json, 'skipped').",
+    )
+    return by_layer, by_step
+
+
+def _summary(table, best: dict[str, Any], notes: dict[str, Any]) -> dict[str, Any]:
+    from probes.figures import best_layers
+
+    out: dict[str, Any] = {}
+    stepped = table[table["step"].notna()]
+    for attribute, row in best.items():
+        r = row.result
+        entry: dict[str, Any] = {
+            "best": {
+                "site": row.site, "layer": int(row.layer), "position": row.position,
+                "accuracy": float(r.accuracy), "control_accuracy": float(r.control_accuracy),
+                "selectivity": float(r.selectivity), "chance": float(r.chance),
+                "ci": [float(r.ci_low), float(r.ci_high)], "n": int(r.n),
+            },
+            "decay": None,
+        }
+        mine = stepped[stepped["attribute"] == attribute]
+        for position, sub in mine.groupby("position", sort=False):
+            layer = best_layers(sub, site=LM_SITE, position=position)[attribute]
+            at = sub[sub["layer"] == layer].sort_values("step")
+            steps = [int(s) for s in at["step"]]
+            acc = [float(a) for a in at["accuracy"]]
+            decay = {"position": position, "layer": int(layer), "steps": steps, "accuracy": acc,
+                     "selectivity": [float(s) for s in at["selectivity"]]}
+            if len(steps) >= 2:
+                slope = float(np.polyfit(steps, acc, 1)[0])
+                decay.update(slope_per_step=slope, first_minus_last=acc[0] - acc[-1], falls=bool(slope < 0))
+            else:
+                decay.update(slope_per_step=None, first_minus_last=None, falls=None)
+            entry.setdefault("decay_by_position", {})[position] = decay
+        by_pos = entry.pop("decay_by_position", {})
+        if by_pos:
+            entry["decay"] = next(iter(by_pos.values()))  # the (first format's) step position
+            if len(by_pos) > 1:
+                entry["decay_by_position"] = by_pos
+        out[attribute] = entry
+    return {"attributes": out, **notes}
+
+
+def _save_directions(run, best: dict[str, Any]) -> None:
+    import json
+
+    import torch
+
+    tensors, info = {}, {}
+    for attribute, row in best.items():
+        r = row.result
+        tensors[attribute] = torch.tensor(np.asarray(r.direction), dtype=torch.float32)
+        info[attribute] = {
+            "site": row.site, "layer": int(row.layer), "position": row.position, "step": row.step,
+            "kind": r.kind, "classes": None if r.classes is None else [_jsonable(c) for c in r.classes],
+            "intercept": np.asarray(r.intercept, dtype=float).tolist(), "accuracy": float(r.accuracy),
+            "control_accuracy": float(r.control_accuracy), "selectivity": float(r.selectivity),
+            "n": int(r.n),
+        }
+    if tensors:
+        run.write_tensors(DIRECTIONS_FILE, tensors, metadata={"probes": json.dumps(info)})
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def stage_probe(
+    *,
+    model: str,
+    data: str,
+    n: int | None,
+    out: str | Path,
+    resume: bool = False,
+    positions: Sequence[str] = POSITIONS,
+    formats: Sequence[str] = ("cot",),
+    seed: int = 7,
+    lm=None,
+    quiet: bool = False,
+    attributes: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    audio_layers: Sequence[int] | None = (),
+    batch_size: int = 8,
+    chunk_size: int = 64,
+    max_new_tokens: int = 96,
+    max_steps: int = 8,
+    n_folds: int = 5,
+    n_bootstrap: int = 1000,
+    dtype: str = "auto",
+    command: str = "auralens probe",
+) -> dict[str, Any]:
+    """Collect activations, probe every attribute x layer x position (x step), write the run.
+
+    ``model``: ``micro``, an HF id or a folder (ignored for loading when ``lm`` is given, but
+    recorded). ``data``: anything :func:`interp.datasets.load_dataset` takes. ``attributes``:
+    default :data:`probes.labels.DEFAULT_ATTRIBUTES` for cafe (those without enough support
+    are skipped and listed), ``category``/``sub_category`` for real datasets. Returns the
+    summary (also written to ``probe_summary.json``).
+    """
+    from interp.datasets import fingerprint, load_dataset
+    from interp.loading import load_model
+    from interp.runs import RunFolder
+    from probes.collect import collect_activations
+
+    t0 = time.perf_counter()
+    cfg = CollectConfig(
+        positions=tuple(positions), formats=tuple(formats), layers=None if layers is None else tuple(layers),
+        audio_layers=None if audio_layers is None else tuple(audio_layers), batch_size=batch_size,
+        chunk_size=chunk_size, max_new_tokens=max_new_tokens, max_steps=max_steps,
+    )
+    items = load_dataset(data, n=n, seed=seed)
+    config = {**cfg.to_dict(), "attributes": None if attributes is None else list(attributes),
+              "n_folds": n_folds, "n_bootstrap": n_bootstrap, "dtype": dtype}
+    run = RunFolder.create(
+        out,
+        manifest={"command": command, "model": model, "data": data, "seed": seed, "n": n,
+                  "config": config, "data_fingerprint": fingerprint(items)},
+        resume=resume,
+    )
+    lm = lm or load_model(model, dtype=dtype)
+    cfg.resolve(lm.arch)  # layer range errors before any work
+    t1 = time.perf_counter()
+    store = collect_activations(lm, items, run, cfg, resume=resume, progress=not quiet)
+    t2 = time.perf_counter()
+    table, best, notes = probe_store(
+        store, items, attributes=attributes, n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed,
+        progress=not quiet,
+    )
+    t3 = time.perf_counter()
+    run.write_table("probes.parquet", table)
+    by_layer, by_step = _figures(table)
+    from interp.runs import atomic_write_text
+
+    atomic_write_text(run.file("probes_by_layer.html"), by_layer)
+    atomic_write_text(run.file("probes_by_step.html"), by_step)
+    _save_directions(run, best)
+    from probes.labels import label_table
+
+    labels = label_table(items, list(table["attribute"].unique()))
+    run.write_table("labels.parquet", labels.astype(str).where(labels.notna(), None).reset_index())
+    run.write_table("generations.parquet", store.rows)
+    summary = _summary(table, best, notes)
+    t4 = time.perf_counter()
+    result = {
+        "model": model, "data": data, "n": len(items), "run": str(out),
+        "n_rows": int(len(store.rows)), "n_probes": int(len(table)),
+        **summary,
+        "timing_s": {"load": round(t1 - t0, 2), "collect": round(t2 - t1, 2), "probe": round(t3 - t2, 2),
+                     "write": round(t4 - t3, 2), "total": round(t4 - t0, 2)},
+    }
+    run.write_json("probe_summary.json", result)
+    run.mark_stage("probe", n_rows=result["n_rows"], n_probes=result["n_probes"])
+    run.finish()
+    return result
