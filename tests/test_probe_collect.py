@@ -287,3 +287,42 @@ def test_metadata_labels_and_table(items):
     assert label_support(["a", "a", "b", "b"], [1, 2, 3, 4], 2) is None
     assert "one class" in label_support(["a", "a", None], [1, 2, 3], 2)
     assert "fewer than" in label_support(["a", "b"], [1, 2], 5)
+
+
+@pytest.mark.parametrize("arch_name", ["qwen2_5_omni_thinker", "audioflamingo3"])
+def test_other_architectures(arch_name, items, tmp_path):
+    """Tiny random-init models of the other real classes: nnsight collection equals
+    output_hidden_states, batches equal single items; Omni's audio encoder (frames of all
+    items flattened together) is refused with a clear error instead of being mis-reduced."""
+    tiny = pytest.importorskip("interp.tiny")
+    import warnings
+
+    from interp.generation import cast_features, model_inputs
+    from interp.loading import load_model
+    from probes.collect import LM_SITE, CollectConfig, _position_ids, collect_batch, trace_sites
+
+    tiny.save_tiny(arch_name, tmp_path)
+    lm = load_model(str(tmp_path), device="cpu", dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 4 s cafe clips are longer than the tiny 2 s chunks
+        batch = dict(cast_features(lm, model_inputs(lm, items[:3], "cot")))
+        if arch_name != "qwen2_5_omni_thinker":  # Omni derives its 3-D rope positions itself
+            batch["position_ids"] = _position_ids(lm, batch["attention_mask"])
+        got = trace_sites(lm, batch, [LM_SITE.format(L=0)])
+        with torch.inference_mode():
+            ref = lm.model(**batch, output_hidden_states=True).hidden_states
+        real = batch["attention_mask"].bool()
+        torch.testing.assert_close(got[LM_SITE.format(L=0)][real], ref[1][real], atol=1e-5, rtol=0)
+
+        cfg = CollectConfig(max_new_tokens=4, max_steps=2)
+        batched = collect_batch(lm, items[:3], "cot", cfg)
+        for i, it in enumerate(items[:3]):
+            one = collect_batch(lm, [it], "cot", cfg, generations=[batched.generated[i]])
+            for pos in ("audio_mean", "last_prompt"):
+                torch.testing.assert_close(batched.lm[pos][i], one.lm[pos][0], atol=1e-5, rtol=0)
+        if arch_name == "qwen2_5_omni_thinker":
+            with pytest.raises(ProbeError, match="audio_encoder.blocks.0.hook_resid_post"):
+                collect_batch(lm, items[:2], "direct", CollectConfig(positions=("audio_mean",), audio_layers=(0,)))
+        else:
+            acts = collect_batch(lm, items[:2], "direct", CollectConfig(positions=("audio_mean",), audio_layers=(0,)))
+            assert acts.audio.shape == (2, 1, lm.arch.d_audio)
