@@ -1,0 +1,357 @@
+"""Reading run folders for the dashboard and the report: no experiment logic, no model.
+
+A *run* is either one stage folder (a directory with ``manifest.json`` written by one stage:
+eval, record, probe, steer or compare) or a parent folder whose sub-folders are stage folders
+(what ``auralens demo`` writes).  :func:`open_run` accepts both and tells which stages it found.
+
+Everything here is a plain function of paths (pandas, safetensors, json); the Streamlit app
+wraps them in ``st.cache_data``.  Per-item arrays are read lazily, one item at a time, and the
+large optional ``time_bins`` tensor is sliced to one (layer, head) without loading the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp.errors import RunFolderError
+
+__all__ = [
+    "STAGES",
+    "STAGE_LABELS",
+    "ItemArrays",
+    "Run",
+    "audio_file",
+    "find_runs",
+    "is_run",
+    "item_file",
+    "list_items",
+    "mean_prompt_yield",
+    "open_run",
+    "read_item",
+    "read_manifest",
+    "read_table",
+    "read_time_bins",
+    "stage_kind",
+    "yield_at",
+]
+
+STAGES = ("eval", "record", "probe", "steer", "compare")
+STAGE_LABELS = {
+    "eval": "accuracy (auralens eval)",
+    "record": "attention yield and perception decay (auralens record)",
+    "probe": "probes (auralens probe)",
+    "steer": "steering (auralens steer)",
+    "compare": "steering vs fine-tuning (auralens compare)",
+}
+# the file whose presence marks a stage folder, in the order they are tested
+_MARKERS = (
+    ("record", "decay.parquet"),
+    ("record", "yields"),
+    ("probe", "probes.parquet"),
+    ("steer", "steering.parquet"),
+    ("compare", "compare.parquet"),
+    ("eval", "accuracy.parquet"),
+)
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The folder's ``manifest.json`` ({} when it has none)."""
+    p = Path(folder) / "manifest.json"
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"run folder {str(folder)!r}: expected a JSON manifest.json, found unreadable file ({exc})") from exc
+
+
+def stage_kind(folder: str | Path) -> str | None:
+    """Which stage wrote ``folder`` (eval/record/probe/steer/compare), or None.
+
+    Decided by the manifest's ``stages`` first, then by the files present, then by the folder's
+    name (a stage that started but wrote no table yet still shows as that stage)."""
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        return None
+    stages = [s for s in (read_manifest(folder).get("stages") or {}) if s in STAGES]
+    if len(stages) == 1:
+        return stages[0]
+    for stage, marker in _MARKERS:
+        if (folder / marker).exists():
+            return stage
+    for stage in STAGES:
+        if folder.name == stage or folder.name.startswith(stage + "-"):
+            return stage
+    if (folder / "items.parquet").exists():
+        return "eval"
+    return None
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder as the dashboard sees it."""
+
+    path: Path
+    stages: dict[str, Path] = field(default_factory=dict)  # stage -> its folder
+    manifest: dict[str, Any] = field(default_factory=dict)  # the parent's, else the first stage's
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def has(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def folder(self, stage: str) -> Path:
+        if stage not in self.stages:
+            raise RunFolderError(
+                f"run {str(self.path)!r}: expected a {stage} stage folder, found only "
+                f"{sorted(self.stages) or 'none'} (run `auralens {stage}` first)"
+            )
+        return self.stages[stage]
+
+    def stage_manifest(self, stage: str) -> dict[str, Any]:
+        return read_manifest(self.folder(stage))
+
+
+def open_run(path: str | Path) -> Run:
+    """A stage folder, or a parent folder holding stage sub-folders (both may be given)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise RunFolderError(f"run folder {str(path)!r}: expected a directory, found {'a file' if path.exists() else 'nothing'}")
+    stages: dict[str, Path] = {}
+    own = stage_kind(path)
+    if own is not None:
+        stages[own] = path
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        kind = stage_kind(sub)
+        if kind is not None and kind not in stages:
+            stages[kind] = sub
+    if not stages and not (path / "manifest.json").exists():
+        raise RunFolderError(
+            f"run folder {str(path)!r}: expected a manifest.json or stage sub-folders "
+            f"({', '.join(STAGES)}) with one, found neither"
+        )
+    manifest = read_manifest(path) or (read_manifest(next(iter(stages.values()))) if stages else {})
+    ordered = {s: stages[s] for s in STAGES if s in stages}
+    return Run(path=path, stages=ordered, manifest=manifest)
+
+
+def _subdirs(p: Path) -> list[Path]:
+    return sorted(q for q in p.iterdir() if q.is_dir() and not q.name.startswith("."))
+
+
+def is_run(path: str | Path) -> bool:
+    """A stage folder, or a folder with at least one stage sub-folder."""
+    p = Path(path)
+    return p.is_dir() and (stage_kind(p) is not None or any(stage_kind(q) for q in _subdirs(p)))
+
+
+def find_runs(root: str | Path, *, max_depth: int = 2) -> list[Path]:
+    """Run folders at or under ``root`` (a parent folder stands for its stage sub-folders)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    if is_run(root):
+        return [root]
+    found: list[Path] = []
+
+    def walk(p: Path, depth: int) -> None:
+        for q in _subdirs(p):
+            if is_run(q):
+                found.append(q)
+            elif depth < max_depth:
+                walk(q, depth + 1)
+
+    walk(root, 1)
+    return found
+
+
+def read_table(folder: str | Path, name: str):
+    """A parquet table of a stage folder, or None when the stage has not written it."""
+    import pandas as pd
+
+    p = Path(folder) / name
+    if not p.exists():
+        return None
+    return pd.read_parquet(p)
+
+
+# ----------------------------------------------------------------------------- record items
+def item_file(record_dir: str | Path, item_index: int) -> Path:
+    return Path(record_dir) / "yields" / f"{int(item_index):05d}.safetensors"
+
+
+def list_items(record_dir: str | Path):
+    """The record stage's items table; when ``items.parquet`` is missing, one row per yields file."""
+    import pandas as pd
+
+    df = read_table(record_dir, "items.parquet")
+    if df is None:
+        files = sorted((Path(record_dir) / "yields").glob("*.safetensors"))
+        df = pd.DataFrame({"item_index": [int(f.stem) for f in files if f.stem.isdigit()]})
+        df["item_id"] = df["item_index"].map(lambda i: f"item-{i}")
+    if "item_index" not in df.columns:
+        df = df.assign(item_index=np.arange(len(df)))
+    return df.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class ItemArrays:
+    """One recorded item: its yields, steps and tokens (time bins are read separately)."""
+
+    item_index: int
+    item_id: str
+    yields: np.ndarray  # [n_tokens, layers, heads]
+    steps: np.ndarray  # [n_tokens]
+    token_ids: np.ndarray  # [n_tokens]
+    tokens: list[str]  # one string per token (padded/truncated to n_tokens)
+    text: str
+    has_time_bins: bool
+    n_time_bins: int
+    prompt_yield: np.ndarray | None  # [prompt_len, layers, heads] or None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.yields.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.yields.shape[1])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.yields.shape[2])
+
+    @property
+    def step_ids(self) -> list[int]:
+        return sorted(int(s) for s in np.unique(self.steps) if s >= 0)
+
+
+def _open(path: Path):
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise RunFolderError(f"item file {str(path)!r}: expected a safetensors file written by the record stage, found none")
+    return safe_open(str(path), framework="numpy")
+
+
+def read_item(record_dir: str | Path, item_index: int) -> ItemArrays:
+    """Read one item's ``yields/{item_index:05d}.safetensors`` (all but ``time_bins``)."""
+    path = item_file(record_dir, item_index)
+    with _open(path) as f:
+        keys = set(f.keys())
+        meta = f.metadata() or {}
+        if "yield" not in keys:
+            raise RunFolderError(f"item file {str(path)!r}: expected a 'yield' tensor, found {sorted(keys)}")
+        y = np.asarray(f.get_tensor("yield"), dtype=np.float32)
+        if y.ndim != 3:
+            raise RunFolderError(f"item file {str(path)!r}: expected 'yield' of shape [n_tokens, layers, heads], found {y.shape}")
+        n = y.shape[0]
+        steps = np.asarray(f.get_tensor("steps"), dtype=np.int64) if "steps" in keys else np.zeros(n, np.int64)
+        ids = np.asarray(f.get_tensor("token_ids"), dtype=np.int64) if "token_ids" in keys else np.full(n, -1, np.int64)
+        prompt = np.asarray(f.get_tensor("prompt_yield"), dtype=np.float32) if "prompt_yield" in keys else None
+        n_bins = 0
+        if "time_bins" in keys:
+            n_bins = int(f.get_slice("time_bins").get_shape()[-1])
+    try:
+        tokens = [str(t) for t in json.loads(meta.get("tokens", "[]"))]
+    except json.JSONDecodeError:
+        tokens = []
+    if len(tokens) < n:
+        tokens = tokens + [f"<{int(i)}>" for i in ids[len(tokens):]]
+    steps = steps[:n] if len(steps) >= n else np.concatenate([steps, np.full(n - len(steps), -1)])
+    return ItemArrays(
+        item_index=int(item_index), item_id=str(meta.get("item_id", f"item-{item_index}")), yields=y, steps=steps,
+        token_ids=ids, tokens=tokens[:n], text=str(meta.get("text", "".join(tokens[:n]))),
+        has_time_bins="time_bins" in keys, n_time_bins=n_bins, prompt_yield=prompt,
+    )
+
+
+def read_time_bins(record_dir: str | Path, item_index: int, layer: int, head: int) -> np.ndarray | None:
+    """[n_tokens, K] yield of one head over the clip's K time bins (None if not recorded).
+
+    Only the (layer, head) slice is read from disk: a 1,000-token item of a 32x32-head model
+    with 50 bins holds 200 MB of time bins, of which this reads 200 kB."""
+    with _open(item_file(record_dir, item_index)) as f:
+        if "time_bins" not in set(f.keys()):
+            return None
+        sl = f.get_slice("time_bins")
+        shape = sl.get_shape()
+        if len(shape) != 4:
+            raise RunFolderError(f"item {item_index}: expected time_bins [n_tokens, layers, heads, K], found shape {shape}")
+        if not (0 <= layer < shape[1] and 0 <= head < shape[2]):
+            raise RunFolderError(f"item {item_index}: expected layer < {shape[1]} and head < {shape[2]}, found ({layer}, {head})")
+        return np.asarray(sl[:, layer : layer + 1, head : head + 1, :], dtype=np.float32)[:, 0, 0, :]
+
+
+def yield_at(item: ItemArrays, where: str | int) -> np.ndarray:
+    """[layers, heads] yield at ``"prompt"`` (the last prompt token: row 0), ``"all"`` (mean over
+    generated tokens) or reasoning step ``s`` (mean over the tokens of that step)."""
+    if where == "prompt":
+        return item.yields[0]
+    if where == "all":
+        return item.yields.mean(axis=0)
+    mask = item.steps == int(where)
+    if not mask.any():
+        raise RunFolderError(f"item {item.item_id}: expected tokens in step {where}, found steps {item.step_ids}")
+    return item.yields[mask].mean(axis=0)
+
+
+def token_mask(item: ItemArrays, where: str | int) -> np.ndarray:
+    """Boolean [n_tokens] mask of the rows :func:`yield_at` averages."""
+    if where == "prompt":
+        m = np.zeros(item.n_tokens, bool)
+        m[0] = True
+        return m
+    if where == "all":
+        return np.ones(item.n_tokens, bool)
+    return item.steps == int(where)
+
+
+def mean_prompt_yield(record_dir: str | Path, item_indices: list[int] | None = None) -> tuple[np.ndarray, int] | None:
+    """[layers, heads] mean yield at the last prompt token over items (row 0 of each file, read
+    alone), and the number of items; None if the run has no yields."""
+    from safetensors import safe_open
+
+    files = sorted((Path(record_dir) / "yields").glob("*.safetensors"))
+    if item_indices is not None:
+        wanted = {int(i) for i in item_indices}
+        files = [f for f in files if f.stem.isdigit() and int(f.stem) in wanted]
+    acc, n = None, 0
+    for fp in files:
+        with safe_open(str(fp), framework="numpy") as f:
+            if "yield" not in set(f.keys()):
+                continue
+            row = np.asarray(f.get_slice("yield")[0:1], dtype=np.float64)[0]
+        acc = row if acc is None else acc + row
+        n += 1
+    if acc is None:
+        return None
+    return (acc / n).astype(np.float32), n
+
+
+def audio_file(run_folder: str | Path, audio_path: Any) -> Path | None:
+    """The item's wav file (relative to the run folder or absolute), None when absent."""
+    if audio_path is None or (isinstance(audio_path, float) and np.isnan(audio_path)) or str(audio_path) == "":
+        return None
+    p = Path(str(audio_path))
+    if not p.is_absolute():
+        p = Path(run_folder) / p
+    return p if p.exists() else None
+
+
+def audio_duration(path: str | Path) -> float | None:
+    """Seconds of a wav file (stdlib ``wave``; None when it cannot tell)."""
+    import wave
+
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes() / float(w.getframerate())
+    except Exception:  # noqa: BLE001 - a non-PCM file simply has no duration axis
+        return None

@@ -1,0 +1,271 @@
+"""A synthetic run folder with every stage's schema, for trying and testing the dashboard
+without a model: random but valid tables and per-item arrays (numpy only, seeded).
+
+    python -m dashboards.synthetic runs/synthetic        # then: auralens dashboard runs/synthetic
+
+The numbers mean nothing; the shapes, columns and value ranges are those the stages write
+(see the run-folder schemas in the dashboard's docs).  ``long_item_tokens`` makes one item as
+long as a real chain of thought (1,000 tokens by default) so responsiveness can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_synthetic_run"]
+
+TIERS = ("perception", "temporal", "multihop")
+FORMATS = ("direct", "cot", "structured")
+WORDS = ("the", "first", "sound", "is", "a", "tone", "then", "chirp", "louder", "higher", "so", "answer", "B", ".", "\n")
+
+
+def _manifest(folder: Path, stage: str, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    m = {
+        "command": f"auralens {stage} --model synthetic", "model": "synthetic", "data": "cafe", "seed": 0, "n": n,
+        "config": {"synthetic": True}, "packages": {"python": "3"}, "git_revision": None, "status": "complete",
+        "stages": {stage: {"finished_at": "2026-01-01T00:00:00"}}, "created_at": "2026-01-01T00:00:00",
+    }
+    (folder / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def _ci(rng, mean, n, shape=None):
+    half = 1.96 * np.sqrt(np.clip(mean * (1 - mean), 1e-4, None) / np.maximum(n, 1)) * rng.uniform(0.8, 1.2, shape)
+    return np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1)
+
+
+def _write_wav(path: Path, seconds: float, rng, rate: int = 16000) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * rng.choice([330, 440, 660]) * t) * (t % 1.0 < 0.4) + 0.02 * rng.standard_normal(len(t))
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def _eval(folder: Path, rng, n_items: int) -> None:
+    import pandas as pd
+
+    _manifest(folder, "eval", n_items)
+    rows = []
+    for i in range(n_items):
+        tier = TIERS[i % 3]
+        for fmt in FORMATS:
+            for audio in ("real", "silence"):
+                correct = bool(rng.random() < (0.7 if audio == "real" else 0.3))
+                rows.append({"item_id": f"cafe-{i}-{tier}", "row_id": f"cafe-{i}-{tier}|{fmt}|{audio}", "tier": tier,
+                             "category": tier, "sub_category": "count", "format": fmt, "audio": audio, "answer": "B",
+                             "prediction": "answer: B" if correct else "answer: C", "answer_span": "B" if correct else "C",
+                             "matched_choice": "B" if correct else "C", "correct": correct})
+    items = pd.DataFrame(rows)
+    items.to_parquet(folder / "items.parquet", index=False)
+    acc = items.groupby(["audio", "format", "tier"], as_index=False).agg(accuracy=("correct", "mean"), n=("correct", "size"))
+    acc["ci_low"], acc["ci_high"] = _ci(rng, acc["accuracy"].to_numpy(), acc["n"].to_numpy(), len(acc))
+    acc[["audio", "format", "tier", "accuracy", "ci_low", "ci_high", "n"]].to_parquet(folder / "accuracy.parquet", index=False)
+
+
+def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_tokens: int, time_bins: int) -> None:
+    import pandas as pd
+    from safetensors.numpy import save_file
+
+    _manifest(folder, "record", n_items)
+    (folder / "yields").mkdir(exist_ok=True)
+    base = rng.uniform(0.05, 0.6, (layers, heads)).astype(np.float32)
+    items, decay_rows, claims = [], [], []
+    per_item_step: list[np.ndarray] = []
+    for i in range(n_items):
+        n_tok = long_item_tokens if i == n_items - 1 else int(rng.integers(20, 80))
+        n_steps = int(rng.integers(3, 8))
+        steps = np.sort(rng.integers(0, n_steps, n_tok)).astype(np.int64)
+        steps[0] = 0
+        decay = np.exp(-0.15 * steps)[:, None, None]
+        y = np.clip(base[None] * decay + rng.normal(0, 0.03, (n_tok, layers, heads)), 0, 1).astype(np.float32)
+        tokens = [str(rng.choice(WORDS)) + ("" if j % 5 == 4 else " ") for j in range(n_tok)]
+        tensors = {"yield": y, "steps": steps, "token_ids": rng.integers(0, 500, n_tok).astype(np.int64),
+                   "prompt_yield": np.clip(base[None] + rng.normal(0, 0.05, (12, layers, heads)), 0, 1).astype(np.float32)}
+        if time_bins:
+            w = rng.dirichlet(np.ones(time_bins), size=(n_tok, layers, heads)).astype(np.float32)
+            tensors["time_bins"] = (w * y[..., None]).astype(np.float32)
+        item_id = f"cafe-{i}-{TIERS[i % 3]}"
+        save_file(tensors, str(folder / "yields" / f"{i:05d}.safetensors"),
+                  metadata={"item_id": item_id, "text": "".join(tokens), "tokens": json.dumps(tokens)})
+        audio_rel = f"audio/{i:05d}.wav"
+        _write_wav(folder / audio_rel, 2.0, rng)
+        correct = bool(rng.random() < 0.6)
+        items.append({"item_index": i, "item_id": item_id, "tier": TIERS[i % 3], "category": TIERS[i % 3],
+                      "sub_category": "count", "format": "structured", "answer": "B", "prediction": "B" if correct else "C",
+                      "correct": correct, "n_tokens": n_tok, "n_steps": n_steps,
+                      "error_type": "correct" if correct else str(rng.choice(["perception", "reasoning", "unverifiable"])),
+                      "audio_path": audio_rel, "question": f"How many sounds are in clip {i}?"})
+        m = np.full((8, layers, heads), np.nan)
+        for s in np.unique(steps):
+            if s < 8:
+                m[s] = y[steps == s].mean(0)
+        per_item_step.append(m)
+        for s in range(n_steps):
+            for _ in range(int(rng.integers(0, 3))):
+                claims.append({"item_id": item_id, "step": s, "kind": "count", "sound": "tone", "value": "2",
+                               "claim_correct": bool(rng.random() < 0.8 - 0.08 * s)})
+    pd.DataFrame(items).to_parquet(folder / "items.parquet", index=False)
+
+    arr = np.stack(per_item_step)  # [items, 8, L, H]
+    heads_df = _heads(rng, layers, heads)
+    top = [(int(r.layer), int(r.head)) for r in heads_df.nsmallest(4, "rank").itertuples()]
+    groups = {"all": np.nanmean(arr.reshape(*arr.shape[:2], -1), -1),
+              "topk": np.nanmean(np.stack([arr[:, :, a, b] for a, b in top]), 0)}
+    for axis in ("step", "token_bin"):
+        for g, vals in groups.items():
+            mean, n = np.nanmean(vals, 0), (~np.isnan(vals)).sum(0)
+            for s in range(8):
+                if n[s]:
+                    decay_rows.append((g, axis, -1, -1, s, mean[s], mean[s] - 0.03, mean[s] + 0.03, int(n[s])))
+        with np.errstate(all="ignore"):
+            hm, hn = np.nanmean(arr, 0), (~np.isnan(arr)).sum(0)
+        for s in range(8):
+            for a in range(layers):
+                for b in range(heads):
+                    if hn[s, a, b]:
+                        decay_rows.append(("head", axis, a, b, s, hm[s, a, b], hm[s, a, b] - 0.05, hm[s, a, b] + 0.05, int(hn[s, a, b])))
+    decay_df = pd.DataFrame(decay_rows, columns=["group", "axis", "layer", "head", "step", "mean_yield", "ci_low", "ci_high", "n"])
+    decay_df.to_parquet(folder / "decay.parquet", index=False)
+    summ = []
+    for (g, axis, a, b), d in decay_df.groupby(["group", "axis", "layer", "head"]):
+        d = d.sort_values("step")
+        summ.append({"group": g, "axis": axis, "layer": int(a), "head": int(b),
+                     "slope": float(np.polyfit(d["step"], d["mean_yield"], 1)[0]) if len(d) > 1 else float("nan"),
+                     "last_first_ratio": float(d["mean_yield"].iloc[-1] / d["mean_yield"].iloc[0]),
+                     "first": float(d["mean_yield"].iloc[0]), "last": float(d["mean_yield"].iloc[-1]), "n_steps": len(d)})
+    pd.DataFrame(summ).to_parquet(folder / "decay_summary.parquet", index=False)
+    heads_df.to_parquet(folder / "heads.parquet", index=False)
+    claims_df = pd.DataFrame(claims)
+    claims_df.to_parquet(folder / "claims.parquet", index=False)
+    ca = claims_df.groupby("step", as_index=False).agg(accuracy=("claim_correct", "mean"), n_claims=("claim_correct", "size"),
+                                                       n_items=("item_id", "nunique"))
+    ca["ci_low"], ca["ci_high"] = _ci(rng, ca["accuracy"].to_numpy(), ca["n_items"].to_numpy(), len(ca))
+    ca[["step", "accuracy", "ci_low", "ci_high", "n_claims", "n_items"]].to_parquet(folder / "claim_accuracy.parquet", index=False)
+
+
+def _heads(rng, layers: int, heads: int):
+    import pandas as pd
+
+    df = pd.DataFrame({"layer": np.repeat(np.arange(layers), heads), "head": np.tile(np.arange(heads), layers)})
+    df["corr"] = rng.uniform(-0.3, 0.6, len(df))
+    df["corr_rank"] = df["corr"].rank(ascending=False, method="first").astype(int)
+    df["contrast"] = rng.uniform(-0.05, 0.3, len(df))
+    df["contrast_rank"] = df["contrast"].rank(ascending=False, method="first").astype(int)
+    df["contrast_dz"] = df["contrast"] * 5
+    df["rank"] = df[["corr_rank", "contrast_rank"]].mean(axis=1).rank(method="first").astype(int)
+    return df.sort_values("rank").reset_index(drop=True)
+
+
+def _probe(folder: Path, rng, layers: int) -> None:
+    import pandas as pd
+
+    _manifest(folder, "probe", 24)
+    rows = []
+    attrs = {"event_count": 1 / 4, "first_event": 1 / 6, "louder": 1 / 2}
+    for site in ("lm.blocks.{L}.hook_resid_post",):
+        for attr, chance in attrs.items():
+            for step in (None, 0, 1, 2):
+                for layer in range(layers):
+                    acc = float(np.clip(chance + (1 - chance) * (layer + 1) / (layers + 1) * rng.uniform(0.5, 1.0)
+                                        - 0.05 * (step or 0), 0, 1))
+                    ctrl = float(np.clip(chance + rng.uniform(0, 0.1), 0, 1))
+                    rows.append({"site": site, "layer": layer, "position": "last_prompt" if step is None else "step_mean",
+                                 "step": step, "attribute": attr, "accuracy": acc, "control_accuracy": ctrl,
+                                 "selectivity": acc - ctrl, "chance": chance, "ci_low": max(0.0, acc - 0.08),
+                                 "ci_high": min(1.0, acc + 0.08), "n": 24})
+    df = pd.DataFrame(rows)
+    df["step"] = df["step"].astype("Int64")
+    df.to_parquet(folder / "probes.parquet", index=False)
+    html = "<html><body><p>synthetic probe figure</p></body></html>"
+    (folder / "probes_by_layer.html").write_text(html)
+    (folder / "probes_by_step.html").write_text(html)
+
+
+def _steer(folder: Path, rng, layers: int) -> None:
+    import pandas as pd
+
+    _manifest(folder, "steer", 24)
+    rows = []
+    for vector, method in (("audio_minus_silence", "mean_diff"), ("audio_minus_silence_heads", "heads")):
+        for layer in (max(0, layers // 2 - 1), layers // 2):
+            for category in ("all", "perception", "temporal", "multihop"):
+                base = 0.5
+                for alpha in (0.0, 0.5, 1.0, 2.0, 4.0):
+                    acc = float(np.clip(base + 0.06 * alpha - 0.012 * alpha**2 + rng.normal(0, 0.01), 0, 1))
+                    d = acc - base
+                    rows.append({"vector": vector, "method": method, "layer": layer, "alpha": alpha, "positions": "last_prompt",
+                                 "category": category, "accuracy": acc, "ci_low": acc - 0.07, "ci_high": acc + 0.07, "n": 24,
+                                 "delta": d, "delta_ci_low": d - 0.05, "delta_ci_high": d + 0.05})
+    pd.DataFrame(rows).to_parquet(folder / "steering.parquet", index=False)
+
+
+def _compare(folder: Path, rng) -> None:
+    import pandas as pd
+
+    _manifest(folder, "compare", 24)
+    rows = []
+    vals = {"base": 0.5, "base+steering": 0.56, "finetuned": 0.66, "finetuned+steering": 0.67}
+    for metric in ("accuracy", "perception_accuracy"):
+        for group in ("all", "perception"):
+            for system, v in vals.items():
+                v = float(np.clip(v + rng.normal(0, 0.02), 0, 1))
+                rows.append({"system": system, "metric": metric, "group": group, "value": v, "ci_low": v - 0.06,
+                             "ci_high": v + 0.06, "n": 24, "source": "measured", "note": ""})
+    rows.append({"system": "MPAR2 (Qwen2.5-Omni-7B, reported)", "metric": "accuracy", "group": "MMAU", "value": 0.7459,
+                 "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "source": "reported", "note": "arXiv 2603.02266"})
+    pd.DataFrame(rows).to_parquet(folder / "compare.parquet", index=False)
+
+
+def _quiet(fn):
+    def wrapped(*a, **k):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of steps no item reached
+            return fn(*a, **k)
+
+    return wrapped
+
+
+@_quiet
+def write_synthetic_run(
+    path: str | Path,
+    *,
+    n_items: int = 6,
+    layers: int = 4,
+    heads: int = 4,
+    long_item_tokens: int = 1000,
+    time_bins: int = 16,
+    stages: tuple[str, ...] = ("eval", "record", "probe", "steer", "compare"),
+    seed: int = 0,
+) -> Path:
+    """Write a parent run folder with one sub-folder per stage in ``stages``; returns ``path``."""
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if "eval" in stages:
+        _eval(path / "eval", rng, n_items)
+    if "record" in stages:
+        _record(path / "record", rng, n_items, layers, heads, long_item_tokens, time_bins)
+    if "probe" in stages:
+        _probe(path / "probe", rng, layers)
+    if "steer" in stages:
+        _steer(path / "steer", rng, layers)
+    if "compare" in stages:
+        _compare(path / "compare", rng)
+    return path
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    print(write_synthetic_run(sys.argv[1] if len(sys.argv) > 1 else "runs/synthetic"))

@@ -1,0 +1,43 @@
+"""Perception decay: yield by reasoning step with CIs (all heads vs the specialist heads), the
+outcome view (claim accuracy by step) and the chosen item's own curve."""
+
+import streamlit as st
+
+from dashboards import figures, ui
+
+ctx = ui.context()
+st.title("Perception decay")
+run = ui.require(ctx, "record")
+decay = ui.table(run, "record", "decay.parquet")
+heads = ui.table(run, "record", "heads.parquet")
+if decay is None:
+    st.info("The record stage has not written decay.parquet yet.")
+else:
+    axes = [a for a in ("step", "token_bin") if a in set(decay["axis"])]
+    c1, c2 = st.columns([1, 3])
+    axis = c1.radio("Axis", axes, key="decay_axis",
+                    format_func=lambda a: "reasoning step" if a == "step" else "generated-token bin")
+    per_head = decay[(decay["group"] == "head") & (decay["axis"] == axis)][["layer", "head"]].drop_duplicates()
+    options = [(int(r.layer), int(r.head)) for r in per_head.itertuples()]
+    default = [h for h in ui.specialists(run, 2) if h in options]
+    chosen = c2.multiselect("Also show single heads", options, default=default, key="decay_heads",
+                            format_func=lambda h: f"L{h[0]}H{h[1]}")
+    st.plotly_chart(figures.decay_curves(decay, axis=axis, heads=chosen), key="decay_curves")
+    summ = ui.table(run, "record", "decay_summary.parquet")
+    if summ is not None:
+        st.markdown("**Decay summary** (slope of mean yield per step; last/first ratio)")
+        s = summ[summ["axis"] == axis] if "axis" in summ else summ
+        st.dataframe(s[s["group"] != "head"], hide_index=True)
+        with st.expander("Per-head slopes (steepest decay first)"):
+            st.dataframe(s[s["group"] == "head"].sort_values("slope"), hide_index=True)
+
+st.subheader("Outcome view")
+ca = ui.table(run, "record", "claim_accuracy.parquet")
+st.plotly_chart(figures.claim_accuracy_curve(ca), key="claim_acc")
+
+if ctx.item_index is not None:
+    st.subheader("This item")
+    item = ui.require_item(ctx)
+    layer, head = ui.head_picker(item, run, key="decay_item")
+    st.plotly_chart(figures.item_step_curve(item.yields, item.steps, heads=ui.specialists(run, 8), chosen=(layer, head),
+                                            title=f"{item.item_id}: yield by reasoning step"), key="item_curve")

@@ -1,0 +1,28 @@
+"""Probe accuracy by layer per attribute (with control task and chance), and by step."""
+
+import streamlit as st
+
+from dashboards import figures, ui
+
+ctx = ui.context()
+st.title("Probes")
+run = ui.require(ctx, "probe")
+probes = ui.table(run, "probe", "probes.parquet")
+if probes is None or probes.empty:
+    st.info("The probe stage has not written probes.parquet yet.")
+    st.stop()
+c1, c2, c3, c4 = st.columns(4)
+site = c1.selectbox("Site", sorted(probes["site"].astype(str).unique()), key="probe_site")
+d = probes[probes["site"].astype(str) == site]
+position = c2.selectbox("Position", sorted(d["position"].astype(str).unique()), key="probe_pos")
+d = d[d["position"].astype(str) == position]
+steps = sorted(set(d["step"].astype(object).map(figures.step_label)), key=lambda s: (s != "—", s.zfill(6)))
+step = c3.selectbox("Reasoning step", steps, key="probe_step")
+metric = c4.radio("Metric", ["accuracy", "selectivity"], key="probe_metric")
+attrs = st.multiselect("Attributes", list(dict.fromkeys(d["attribute"])), default=list(dict.fromkeys(d["attribute"])),
+                       key="probe_attrs")
+st.plotly_chart(figures.probe_by_layer(probes, site=site, position=position, step=step, attributes=attrs, metric=metric),
+                key="probe_layer")
+st.plotly_chart(figures.probe_by_step(probes, site=site, position=position), key="probe_step_fig")
+with st.expander("Most selective probes"):
+    st.dataframe(d.sort_values("selectivity", ascending=False).head(30), hide_index=True)

@@ -1,0 +1,279 @@
+"""The Streamlit dashboard through streamlit.testing's AppTest: every view on a synthetic run
+folder with every stage's schema (and on runs/demo when it exists), run-folder reading, the
+figure builders, and the launch command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import dashboards  # noqa: E402
+from dashboards import data, figures  # noqa: E402
+from dashboards.synthetic import write_synthetic_run  # noqa: E402
+from interp.errors import RunFolderError  # noqa: E402
+
+APP = Path(dashboards.__file__).resolve().parent / "app.py"
+VIEWS = ("overview", "heads", "decay", "tokens", "probes", "steering", "compare")
+DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo"
+LONG = 5  # index of the synthetic run's 1,000-token item (the last of 6)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    return write_synthetic_run(tmp_path_factory.mktemp("runs") / "synthetic", n_items=6, long_item_tokens=1000)
+
+
+def _app(monkeypatch, *runs: Path, check: bool = True) -> AppTest:
+    monkeypatch.setenv("AURALENS_RUNS", os.pathsep.join(str(r) for r in runs))
+    monkeypatch.delenv("AURALENS_LIVE_MODEL", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    if check:
+        _ok(at)
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _goto(at: AppTest, view: str) -> AppTest:
+    at.switch_page(f"views/{view}.py").run()
+    _ok(at)
+    return at
+
+
+def _figs(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def _arr(v) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array {"dtype", "bdata", "shape"} (plotly >= 6)."""
+    import base64
+
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = v.get("shape")
+        return a.reshape([int(x) for x in str(shape).split(",")]) if shape else a
+    return np.array(v, dtype=float)
+
+
+def _title(fig: dict) -> str:
+    t = fig["layout"].get("title", "")
+    return t.get("text", "") if isinstance(t, dict) else str(t)
+
+
+# ------------------------------------------------------------------------------- views
+def test_every_view_renders_its_figures(full_run, monkeypatch):
+    at = _app(monkeypatch, full_run)
+    assert [w.key for w in at.sidebar.selectbox] == ["run", "item"]
+    expected = {"overview": 2, "heads": 2, "decay": 3, "tokens": 3, "probes": 2, "steering": 1, "compare": 1}
+    for view in VIEWS:
+        _goto(at, view)
+        figs = _figs(at)
+        assert len(figs) >= expected[view], (view, [_title(f) for f in figs])
+        assert not at.info, (view, [i.value for i in at.info])
+    _goto(at, "tokens")
+    assert len(at.get("html")) == 1 and len(at.get("audio")) == 1
+
+
+def test_heatmap_follows_the_step_slider(full_run, monkeypatch):
+    at = _app(monkeypatch, full_run)
+    at.sidebar.selectbox(key="item").set_value(LONG).run()
+    _goto(at, "heads")
+    item = data.read_item(full_run / "record", LONG)
+    heat = _figs(at)[0]
+    assert "last prompt token" in _title(heat)
+    np.testing.assert_allclose(_arr(heat["data"][0]["z"]), item.yields[0], atol=1e-6)
+    at.select_slider(key="heat_where").set_value(2).run()
+    _ok(at)
+    heat = _figs(at)[0]
+    assert "reasoning step 2" in _title(heat)
+    np.testing.assert_allclose(_arr(heat["data"][0]["z"]), item.yields[item.steps == 2].mean(0), atol=1e-5)
+    # the specialist heads are ringed: top-k of heads.parquet by rank
+    rings = next(t for t in heat["data"] if t.get("name") == "specialist heads")
+    heads = data.read_table(full_run / "record", "heads.parquet").nsmallest(8, "rank")
+    assert sorted(zip(_arr(rings["y"]).astype(int), _arr(rings["x"]).astype(int))) == sorted(zip(heads["layer"], heads["head"]))
+    at.radio(key="heat_view").set_value("mean over items (last prompt token)").run()
+    _ok(at)
+    assert "over 6 items" in _title(_figs(at)[0])
+
+
+def test_long_item_token_view_is_lazy_and_cached(full_run, monkeypatch):
+    calls = {"item": 0, "bins": 0}
+    real_item, real_bins = data.read_item, data.read_time_bins
+
+    def count_item(*a, **k):
+        calls["item"] += 1
+        return real_item(*a, **k)
+
+    def count_bins(*a, **k):
+        calls["bins"] += 1
+        return real_bins(*a, **k)
+
+    monkeypatch.setattr(data, "read_item", count_item)
+    monkeypatch.setattr(data, "read_time_bins", count_bins)
+    # a fresh copy of the run so no earlier test has warmed the cache for it
+    run = write_synthetic_run(full_run.parent / "lazy", n_items=6, long_item_tokens=1000,
+                              stages=("record",), seed=1)
+    at = _app(monkeypatch, run)
+    at.sidebar.selectbox(key="item").set_value(LONG).run()
+    t0 = time.perf_counter()
+    _goto(at, "tokens")
+    first = time.perf_counter() - t0
+    body = at.get("html")[0].proto.body
+    assert body.count('class="tok"') == 1000
+    assert 'title="token 999' in body
+    strip = next(f for f in _figs(at) if "yield over the clip" in _title(f))
+    assert _arr(strip["data"][0]["z"]).shape == (1, 16)
+    assert strip["layout"]["xaxis"]["title"]["text"] == "time in clip (s)"
+    n_item_reads = calls["item"]
+    assert n_item_reads == 1  # only the chosen item's file was read (not the other five)
+    # another head: the item comes from the cache, only that head's time-bin slice is read
+    at.number_input(key="tok_head").set_value(3).run()
+    _ok(at)
+    assert calls["item"] == n_item_reads and calls["bins"] == 2
+    t0 = time.perf_counter()
+    at.number_input(key="tok_layer").set_value(1).run()
+    again = time.perf_counter() - t0
+    _ok(at)
+    assert first < 60 and again < 30, (first, again)
+
+
+def test_views_say_which_stage_has_not_run(tmp_path, monkeypatch):
+    run = write_synthetic_run(tmp_path / "only-eval", stages=("eval",))
+    at = _app(monkeypatch, run)
+    assert len(_figs(at)) >= 1  # accuracy still shown on the overview
+    assert any("record" in i.value and "has not run" in i.value for i in at.info)
+    for view, stage in (("heads", "record"), ("decay", "record"), ("tokens", "record"), ("probes", "probe"),
+                        ("steering", "steer"), ("compare", "compare")):
+        _goto(at, view)
+        assert not _figs(at), view
+        assert any(f"**{stage}** stage has not run" in i.value for i in at.info), (view, [i.value for i in at.info])
+
+
+def test_a_stage_folder_alone_and_two_runs(full_run, tmp_path, monkeypatch):
+    other = write_synthetic_run(tmp_path / "other", stages=("probe", "steer"), layers=6)
+    at = _app(monkeypatch, full_run / "record", other)
+    assert at.sidebar.selectbox(key="run").options == [str(full_run / "record"), str(other)]
+    _goto(at, "heads")
+    assert len(_figs(at)) == 2
+    at.sidebar.selectbox(key="run").set_value(str(other)).run()
+    _ok(at)
+    assert any("has not run" in i.value for i in at.info)
+    _goto(at, "probes")
+    fig = _figs(at)[0]
+    assert max(_arr(t["x"]).max() for t in fig["data"]) == 5
+
+
+def test_no_run_folder_is_a_message_not_a_crash(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at = _app(monkeypatch, empty, check=False)
+    assert not at.exception and at.sidebar.error and "expected a manifest.json" in at.sidebar.error[0].value
+    at.switch_page("views/heads.py").run()
+    assert not at.exception
+    assert any("No run folder" in i.value for i in at.info)
+
+
+@pytest.mark.skipif(not (DEMO / "eval" / "manifest.json").exists() and not (DEMO / "manifest.json").exists(),
+                    reason="runs/demo not produced yet (run `auralens demo`)")
+def test_every_view_on_the_demo_run(monkeypatch):
+    at = _app(monkeypatch, DEMO)
+    for view in VIEWS:
+        _goto(at, view)
+
+
+# ------------------------------------------------------------------------ reading runs
+def test_open_run_accepts_parent_and_stage_folders(full_run, tmp_path):
+    run = data.open_run(full_run)
+    assert list(run.stages) == list(data.STAGES)
+    assert data.open_run(full_run / "probe").stages == {"probe": full_run / "probe"}
+    assert full_run in data.find_runs(full_run.parent)  # a parent counts once, not per stage
+    assert not any(p.parent == full_run for p in data.find_runs(full_run.parent))
+    assert data.find_runs(full_run) == [full_run]
+    with pytest.raises(RunFolderError, match="expected a directory"):
+        data.open_run(tmp_path / "nope")
+    with pytest.raises(RunFolderError, match="expected a record stage folder"):
+        data.open_run(full_run / "probe").folder("record")
+
+
+def test_item_arrays_and_time_bin_slices(full_run):
+    from safetensors.numpy import load_file
+
+    rd = full_run / "record"
+    item = data.read_item(rd, LONG)
+    full = load_file(str(data.item_file(rd, LONG)))
+    assert item.n_tokens == 1000 and item.yields.shape == full["yield"].shape and len(item.tokens) == 1000
+    assert item.has_time_bins and item.n_time_bins == 16
+    np.testing.assert_array_equal(data.read_time_bins(rd, LONG, 2, 3), full["time_bins"][:, 2, 3, :])
+    np.testing.assert_allclose(data.yield_at(item, 1), full["yield"][full["steps"] == 1].mean(0))
+    np.testing.assert_array_equal(data.yield_at(item, "prompt"), full["yield"][0])
+    with pytest.raises(RunFolderError, match="expected tokens in step 99"):
+        data.yield_at(item, 99)
+    with pytest.raises(RunFolderError, match="expected layer < 4"):
+        data.read_time_bins(rd, LONG, 7, 0)
+    mean, n = data.mean_prompt_yield(rd)
+    stack = [load_file(str(data.item_file(rd, i)))["yield"][0] for i in range(6)]
+    assert n == 6 and np.allclose(mean, np.mean(stack, 0), atol=1e-6)
+    wav = data.audio_file(rd, "audio/00000.wav")
+    assert wav is not None and abs(data.audio_duration(wav) - 2.0) < 1e-3
+
+
+def test_item_without_optional_tensors_or_tokens(tmp_path):
+    from safetensors.numpy import save_file
+
+    rd = tmp_path / "record"
+    (rd / "yields").mkdir(parents=True)
+    (rd / "manifest.json").write_text(json.dumps({"stages": {"record": {}}}))
+    save_file({"yield": np.full((3, 2, 2), 0.5, np.float32), "token_ids": np.array([4, 5, 6])},
+              str(rd / "yields" / "00000.safetensors"))
+    item = data.read_item(rd, 0)
+    assert item.tokens == ["<4>", "<5>", "<6>"] and list(item.steps) == [0, 0, 0]
+    assert not item.has_time_bins and data.read_time_bins(rd, 0, 0, 0) is None
+    assert list(data.list_items(rd)["item_index"]) == [0]
+
+
+# ------------------------------------------------------------------------------ figures
+def test_figure_builders_name_their_traces(full_run):
+    rd = full_run / "record"
+    decay = data.read_table(rd, "decay.parquet")
+    fig = figures.decay_curves(decay, axis="step", heads=[(0, 1)])
+    names = [t.name for t in fig.data]
+    assert names == ["all heads 95% CI", "all heads", "specialist heads 95% CI", "specialist heads", "L0H1 95% CI", "L0H1"]
+    probes = data.read_table(full_run / "probe", "probes.parquet")
+    fig = figures.probe_by_layer(probes, step="—")
+    assert {"event_count", "event_count control", "event_count chance", "event_count 95% CI"} <= {t.name for t in fig.data}
+    steer = data.read_table(full_run / "steer", "steering.parquet")
+    assert len(figures.steering_sweep(steer, y="delta").data) == 2 * 4  # 4 curves, each with a band
+    table = figures.compare_table(data.read_table(full_run / "compare", "compare.parquet"))
+    assert list(table.columns[:5]) == ["metric", "group", "system", "source", "value"]
+    assert figures.decay_curves(None).layout.annotations  # an empty-state figure, not an error
+
+
+def test_token_html_escapes_and_shows_values_on_hover():
+    html = figures.token_html(["<b>", " & ", "\n"], [0.1, 0.5, 0.0], steps=[0, 0, 1])
+    assert "<b>" not in html.split('class="auralens-tokens"')[1].split("</div>")[0].replace("<br>", "")
+    assert "&lt;b&gt;" in html and 'title="token 1, step 0' in html and "yield 0.5000" in html
+    assert html.count('class="tok"') == 3
+
+
+# ------------------------------------------------------------------------------- launch
+def test_launch_command_is_local_headless_and_quiet(tmp_path):
+    cmd = dashboards.streamlit_command([tmp_path], port=8765, live_model="micro")
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(APP)
+    joined = " ".join(cmd)
+    assert "--server.address 127.0.0.1" in joined and "--server.port 8765" in joined
+    assert "--server.headless true" in joined and "--browser.gatherUsageStats false" in joined
+    assert cmd[cmd.index("--") + 1:] == [f"--run={tmp_path.resolve()}", "--live-model=micro"]
+    with pytest.raises(RunFolderError):
+        dashboards.launch([tmp_path / "missing"])  # checked before any server starts
