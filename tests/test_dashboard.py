@@ -164,7 +164,7 @@ def test_views_say_which_stage_has_not_run(tmp_path, monkeypatch):
 def test_a_stage_folder_alone_and_two_runs(full_run, tmp_path, monkeypatch):
     other = write_synthetic_run(tmp_path / "other", stages=("probe", "steer"), layers=6)
     at = _app(monkeypatch, full_run / "record", other)
-    assert at.sidebar.selectbox(key="run").options == [str(full_run / "record"), str(other)]
+    assert [o.split()[0] for o in at.sidebar.selectbox(key="run").options] == ["record", "other"]
     _goto(at, "heads")
     assert len(_figs(at)) == 2
     at.sidebar.selectbox(key="run").set_value(str(other)).run()
