@@ -70,23 +70,36 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise RunFolderError(f"run folder {str(folder)!r}: expected a JSON manifest.json, found unreadable file ({exc})") from exc
 
 
+def _stage_of(name: str) -> str | None:
+    """"steer_eval" -> "steer", "record" -> "record", "demo" -> None."""
+    name = name.lower()
+    for stage in STAGES:
+        if name == stage or name.startswith((stage + "_", stage + "-", stage + " ")):
+            return stage
+    return None
+
+
 def stage_kind(folder: str | Path) -> str | None:
     """Which stage wrote ``folder`` (eval/record/probe/steer/compare), or None.
 
-    Decided by the manifest's ``stages`` first, then by the files present, then by the folder's
-    name (a stage that started but wrote no table yet still shows as that stage)."""
+    Decided by the manifest's ``stages`` first, then by the tables present, then by the
+    command line and the folder's name (a stage that started but wrote no table yet still shows
+    as that stage)."""
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
         return None
-    stages = [s for s in (read_manifest(folder).get("stages") or {}) if s in STAGES]
+    manifest = read_manifest(folder)
+    stages = {_stage_of(str(s)) for s in (manifest.get("stages") or {})} - {None}
     if len(stages) == 1:
-        return stages[0]
+        return stages.pop()
     for stage, marker in _MARKERS:
         if (folder / marker).exists():
             return stage
-    for stage in STAGES:
-        if folder.name == stage or folder.name.startswith(stage + "-"):
-            return stage
+    words = str(manifest.get("command") or "").split()
+    if len(words) >= 2 and words[0] == "auralens" and _stage_of(words[1]):
+        return _stage_of(words[1])
+    if _stage_of(folder.name):
+        return _stage_of(folder.name)
     if (folder / "items.parquet").exists():
         return "eval"
     return None

@@ -277,3 +277,20 @@ def test_launch_command_is_local_headless_and_quiet(tmp_path):
     assert cmd[cmd.index("--") + 1:] == [f"--run={tmp_path.resolve()}", "--live-model=micro"]
     with pytest.raises(RunFolderError):
         dashboards.launch([tmp_path / "missing"])  # checked before any server starts
+
+
+def test_stage_kind_from_manifest_tables_command_or_name(tmp_path):
+    def folder(name, manifest, *files):
+        p = tmp_path / name
+        p.mkdir()
+        (p / "manifest.json").write_text(json.dumps(manifest))
+        for f in files:
+            (p / f).write_text("")
+        return p
+
+    assert data.stage_kind(folder("a", {"stages": {"steer_eval": {}}}, "items.parquet")) == "steer"
+    assert data.stage_kind(folder("b", {"stages": {}}, "probes.parquet")) == "probe"
+    assert data.stage_kind(folder("c", {"command": "auralens steer eval --n 4"}, "items.parquet")) == "steer"
+    assert data.stage_kind(folder("record-micro", {"command": "auralens demo"})) == "record"
+    assert data.stage_kind(folder("d", {"command": "auralens eval"}, "items.parquet")) == "eval"
+    assert data.stage_kind(tmp_path) is None
