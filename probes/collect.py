@@ -259,7 +259,10 @@ def trace_sites(
     Without ``weights`` each site gives its full ``[batch, pos, width]`` value (float32). With
     ``weights={site: W}`` (``W``: ``[batch, slot, pos]``) each site gives ``W @ value``
     (``[batch, slot, width]``, float32), computed inside the trace so only the reduction is
-    kept. Sites are read in execution order whatever order they are given in.
+    kept; ``W`` may also be a function of the site's value returning the weights (for sites
+    whose length is only known when they run, e.g. audio-encoder frames). A site whose value
+    is not ``[batch, pos, width]`` with the inputs' batch size is a :class:`ProbeError` naming
+    it. Sites are read in execution order whatever order they are given in.
     """
     import nnsight
     import torch

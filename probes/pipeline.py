@@ -222,8 +222,8 @@ def probe_store(
 
     Returns ``(table, best, notes)``: the :func:`probes.fit.probe_table` DataFrame, the best
     prompt-position :class:`ProbeRow` per attribute (highest accuracy, earliest layer on ties)
-    and ``notes = {"skipped": {attribute or "attribute@location": reason},
-    "dropped_classes": {attribute: {class: n_items}}}``.
+    and ``notes = {"skipped": {attribute: reason}, "skipped_steps": {attribute: {position:
+    [steps without enough items]}}, "dropped_classes": {attribute: {class: n_items}}}``.
 
     With ``attributes=None`` (the defaults), classes in fewer items than folds are left out of
     their attribute, and attributes still lacking support (one class, too few items) are
@@ -254,6 +254,7 @@ def probe_store(
     n_layers = int(store.index["n_layers"])
 
     skipped: dict[str, str] = {}
+    skipped_steps: dict[str, dict[str, list[int]]] = {}
     dropped: dict[str, dict[str, int]] = {}
     if not explicit:
         # default attributes: leave out the rows of classes too rare for the folds (e.g. the
@@ -307,7 +308,7 @@ def probe_store(
                 if reason is None:
                     attrs.append(a)
                 else:
-                    skipped.setdefault(f"{a}@{name}:step{step}", reason)
+                    skipped_steps.setdefault(a, {}).setdefault(name, []).append(int(step))
         if attrs:
             key = (site, int(layer), name, step)
             results = probe_results(
@@ -325,7 +326,8 @@ def probe_store(
         bar.close()
     from probes.fit import probe_table
 
-    return probe_table(records), best, {"skipped": skipped, "dropped_classes": dropped}
+    notes = {"skipped": skipped, "skipped_steps": skipped_steps, "dropped_classes": dropped}
+    return probe_table(records), best, notes
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,7 +373,7 @@ def _figures(table) -> tuple[str, str]:
         "Each attribute at its best layer (mean accuracy over steps); dashed: control task, dotted: chance."
         if step_panels else
         "No reasoning-step probes: step_mean was not collected, or no step had enough items "
-        "(see probe_summary.json, 'skipped').",
+        "(see probe_summary.json, 'skipped' and 'skipped_steps').",
     )
     return by_layer, by_step
 
