@@ -154,15 +154,18 @@ class Steering:
     targets: tuple[_Target, ...]
     n_edits: int = 0
     gains: list[list[Tensor]] = field(default_factory=list)
+    yields: list[Any] = field(default_factory=list)
     _original_generate: Any = None
     _gate: Any = None
 
     def generate(self, **kwargs: Any) -> Any:
         """``lm.model.generate(**kwargs)``, steered."""
         _check_generate_kwargs(kwargs)
-        if self.backend == "torch":
-            return self._original_generate(**kwargs)
-        return _nnsight_generate(self, kwargs)
+        engine = _nnsight_generate if self.backend == "nnsight" else _torch_generate
+        if self._gate is None:
+            return engine(self, kwargs)
+        with self._gate.recording(kwargs):
+            return engine(self, kwargs)
 
     # called by both engines at every site visit
     def _steer(self, h: Tensor, target: _Target) -> Tensor:
@@ -291,6 +294,10 @@ def _install_torch_hooks(steer: Steering) -> list[Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def _torch_generate(steer: Steering, kwargs: dict[str, Any]) -> Any:
+    return steer._original_generate(**kwargs)
+
+
 def _envoy(model):
     """``nnsight.NNsight(model)`` (imported here: importing nnsight patches torch globally)."""
     from nnsight import NNsight
@@ -354,42 +361,49 @@ def apply_vector(
     Everything is validated before the block runs; the hooks (torch) or the ``generate``
     shadow (nnsight) are removed on exit, also when the block raises."""
     targets = _plan(lm, vec, alpha, positions, layers, backend)
-    if adaptive is not None and not isinstance(adaptive, AdaptiveAlpha):
-        raise ConfigError(f"adaptive: expected an AdaptiveAlpha or None, found {type(adaptive).__name__}")
+    if adaptive is not None:
+        if not isinstance(adaptive, AdaptiveAlpha):
+            raise ConfigError(f"adaptive: expected an AdaptiveAlpha or None, found {type(adaptive).__name__}")
+        from steering.directions import _check_heads
+
+        _check_heads(lm.arch, adaptive.heads)
     model = lm.model
     steer = Steering(
         lm=lm, vector=vec, alpha=float(alpha), positions=positions, layers=tuple(t.layer for t in targets),
         backend=backend, adaptive=adaptive, targets=targets,
     )
-    shadowed = "generate" in model.__dict__
-    if shadowed:
+    # generate is shadowed when each call must be wrapped: by an nnsight trace, or by the
+    # yield recorder that feeds the adaptive gate (it needs each call's audio positions)
+    shadow = backend == "nnsight" or adaptive is not None
+    if shadow and "generate" in model.__dict__:
         raise ConfigError(
-            "apply_vector: the model's generate is already shadowed (nested nnsight steering?); "
-            "expected one steering context at a time on a model"
+            "apply_vector: the model's generate is already shadowed (nested steering with the nnsight "
+            "backend or adaptive alpha?); expected one such steering context at a time on a model"
         )
     steer._original_generate = model.generate
     handles: list[Any] = []
-    stack = contextlib.ExitStack()
     try:
         if adaptive is not None:
-            steer._gate = stack.enter_context(_gate_context(steer))
+            steer._gate = _Gate(steer, adaptive)
+            handles.append(model.register_forward_pre_hook(steer._gate.on_forward, with_kwargs=True))
         if backend == "torch":
-            handles = _install_torch_hooks(steer)
-        else:
+            handles.extend(_install_torch_hooks(steer))
+        if shadow:
 
             def generate(*args: Any, **kwargs: Any) -> Any:
                 if args:
-                    raise ConfigError("generate under nnsight steering: pass the inputs as keywords (**batch)")
-                return _nnsight_generate(steer, kwargs)
+                    raise ConfigError("generate under steering: pass the inputs as keywords (**batch)")
+                return steer.generate(**kwargs)
 
             model.__dict__["generate"] = generate
         yield steer
     finally:
         for h in handles:
             h.remove()
-        if backend == "nnsight":
+        if shadow:
             model.__dict__.pop("generate", None)
-        stack.close()
+        if steer._gate is not None:
+            steer._gate.close()
 
 
 def steered_generate(
@@ -414,10 +428,97 @@ def steered_generate(
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _gate_context(steer: Steering):
-    raise ConfigError(
-        "adaptive alpha needs the audio-attention-yield recorder (interp.attention_yield), "
-        "which this installation does not have"
-    )
-    yield  # pragma: no cover
+def _latest_yield(rec, layer: int) -> Float[Tensor, "batch head"]:
+    """Audio yield of every head of ``layer`` at the most recent query row the recorder holds.
+
+    :class:`interp.attention_yield.YieldRecorder` computes its yields when its context exits;
+    during the run it only keeps, per recorded layer, the query rows it will need, their first
+    absolute position and mask (``_calls``), the keys of the latest call (``_keys``) and the
+    softmax scale (``_scales``).  The live signal recomputes the last of those rows with the
+    module's public :func:`~interp.attention_yield.audio_yield` (the same formula the recorder
+    finalises with; the tests check the two agree)."""
+    from interp.attention_yield import audio_yield
+
+    try:
+        slot = rec.layers.index(layer)
+        calls, key, scale = rec._calls[slot], rec._keys[slot], rec._scales[slot]
+    except (AttributeError, ValueError, IndexError) as exc:
+        raise ConfigError(
+            "adaptive alpha: expected interp.attention_yield.YieldRecorder to keep its per-step store "
+            f"(_calls, _keys, _scales) for layer {layer}, found none ({exc})"
+        ) from None
+    if not calls or key is None:
+        raise ConfigError(f"adaptive alpha: no attention call of layer {layer} was recorded before this step")
+    q, start, mask = calls[-1]
+    r = q.shape[2]
+    q = q[:, :, r - 1 :]
+    if isinstance(mask, Tensor) and mask.ndim == 4:
+        mask = mask[:, :, -1:]
+    pos = torch.tensor([start + r - 1], device=key.device)
+    y = audio_yield(q, key, rec.audio_mask.to(key.device), attention_mask=mask, scaling=scale, query_positions=pos)
+    return y[:, 0, :, 0]
+
+
+class _Gate:
+    """The adaptive gate of one :func:`apply_vector` context (see the module docstring).
+
+    A forward pre-hook on the model (:meth:`on_forward`) sets the gain of the forward about to
+    run from what the recorder measured in the previous one; every site of that forward uses it.
+    Each generate call runs inside :meth:`recording` (a YieldRecorder over the specialists'
+    layers, built from that call's ``input_ids``)."""
+
+    def __init__(self, steer: Steering, adaptive: AdaptiveAlpha):
+        self.steer, self.adaptive = steer, adaptive
+        self.layers = tuple(sorted({L for L, _ in adaptive.heads}))
+        self.heads_by_layer = {L: [h for hl, h in adaptive.heads if hl == L] for L in self.layers}
+        self.rec = None
+        self.y0: Tensor | None = None
+        self.scale_now: Tensor | None = None
+
+    @contextlib.contextmanager
+    def recording(self, kwargs: dict[str, Any]):
+        from interp.attention_yield import YieldRecorder, audio_mask_from_ids
+
+        ids = kwargs.get("input_ids")
+        if not isinstance(ids, Tensor):
+            raise ConfigError("adaptive alpha: expected generate(input_ids=...) to find the audio positions")
+        lm = self.steer.lm
+        rec = YieldRecorder(lm.model, lm.arch, audio_mask_from_ids(ids, lm.arch), layers=self.layers)
+        self.rec, self.y0, self.scale_now = rec, None, None
+        self.steer.gains.append([])
+        try:
+            with rec:
+                yield rec
+            self.steer.yields.append(rec.result)
+        finally:
+            self.rec, self.y0, self.scale_now = None, None, None
+
+    def on_forward(self, module, args, kwargs):
+        if self.rec is None:
+            raise ConfigError(
+                "adaptive alpha steers generate() calls only (the listening signal is recorded per "
+                "generate call); expected lm.model.generate(...) or steering.generate(...) in the block"
+            )
+        cache = kwargs.get("past_key_values")
+        if cache is None or cache.get_seq_length() == 0:  # prefill: g = 1 by definition
+            self.scale_now = None
+            return None
+        y_prev = _mean_heads(self.rec, self.layers, self.heads_by_layer)  # [batch]
+        if self.y0 is None:  # the previous forward was the prefill: its row is the last prompt token
+            self.y0 = y_prev
+        g = self.adaptive.gate(self.y0, y_prev)
+        self.scale_now = g
+        self.steer.gains[-1].append(g.detach().cpu())
+        return None
+
+    def scale(self, h: Tensor, layer: int) -> Tensor | None:
+        return None if self.scale_now is None else self.scale_now.to(h.device)
+
+    def close(self) -> None:
+        self.rec = None
+
+
+def _mean_heads(rec, layers, heads_by_layer) -> Float[Tensor, "batch"]:
+    """Mean live yield over the specialist heads (each head weighs the same)."""
+    parts = [_latest_yield(rec, L)[:, heads_by_layer[L]] for L in layers]
+    return torch.cat(parts, dim=-1).mean(-1)
