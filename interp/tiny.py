@@ -1,0 +1,449 @@
+"""Tiny random-init models of the real transformers LALM classes, with processors built locally.
+
+Every builder returns ``(model, processor)`` for one architecture, seeded, small enough for a test
+on 2 CPU cores, and of the *real* class (so every hook path is the one a 7B checkpoint takes):
+
+- ``qwen2_audio``            ``Qwen2AudioForConditionalGeneration`` + ``Qwen2AudioProcessor``
+- ``qwen2_5_omni_thinker``   ``Qwen2_5OmniThinkerForConditionalGeneration`` + a minimal processor
+                             (see :func:`build_tiny_processor` for why it is not
+                             ``Qwen2_5OmniProcessor``)
+- ``audioflamingo3``         ``AudioFlamingo3ForConditionalGeneration`` + ``AudioFlamingo3Processor``
+
+Shapes shared by all of them: a Qwen2-style decoder with grouped-query attention (4 query heads,
+2 key/value heads, head_dim 16, d_model 64, 2 layers), a 2-layer Whisper-style audio encoder on
+16 mel bins, and a feature extractor with 2 s chunks, so one clip is at most 50 audio tokens.
+
+:func:`build_shaped` builds a random-init model with Qwen2-Audio-7B-Instruct's real dimensions
+for GPU benchmarks: about 8.4 billion parameters, never to be built in a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from interp.errors import ConfigError
+from interp.tokenizer import QWEN_AUDIO_SPECIALS, build_word_tokenizer
+
+SAMPLING_RATE = 16_000
+TINY_CHUNK_SECONDS = 2
+TINY_MELS = 16
+
+# Decoder and audio-encoder sizes of every tiny model (GQA: 4 query heads share 2 kv heads).
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rope_theta=10_000.0,
+)
+TINY_AUDIO = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64)
+
+# Qwen2-Audio-7B-Instruct's real dimensions (config.json of the released checkpoint).
+PRESETS: dict[str, dict[str, Any]] = {
+    "qwen2-audio-7b": dict(
+        text=dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=156032,
+            max_position_embeddings=8192,
+            rope_theta=10_000.0,
+        ),
+        audio=dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120),
+        n_mels=128,
+        chunk_seconds=30,
+    ),
+}
+
+# Words of the chat templates plus a small question/answer vocabulary (word-level tokenizer).
+TINY_WORDS = (
+    "system user assistant You are a helpful assistant. Audio 1: 2: 3: "
+    "what is the sound ? how many events are there in this clip which one comes first second "
+    "last louder higher lower pitch tone chirp noise burst click train buzz silence speech word "
+    "answer with yes no zero one two three four five up down then so because step perception "
+    "reasoning review count order A B C D ( ) . , : listen describe"
+).split()
+
+OMNI_SPECIALS = [
+    *QWEN_AUDIO_SPECIALS,
+    "<|IMAGE|>",
+    "<|VIDEO|>",
+    "<|vision_bos|>",
+    "<|vision_eos|>",
+]
+AF3_SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>"]
+
+# A chat template in the Qwen2.5-Omni layout (audio block inside the user turn).
+OMNI_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# A chat template in the Audio Flamingo 3 layout (<sound> first in the user turn).
+AF3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'audio' %}<sound>"
+    "{% endif %}{% endfor %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_ALIASES = {
+    "qwen2_audio": "qwen2_audio",
+    "qwen2audio": "qwen2_audio",
+    "qwen2audioforconditionalgeneration": "qwen2_audio",
+    "qwen2_5_omni_thinker": "qwen2_5_omni_thinker",
+    "qwen2_5_omni": "qwen2_5_omni_thinker",
+    "qwen2_5omnithinkerforconditionalgeneration": "qwen2_5_omni_thinker",
+    "audioflamingo3": "audioflamingo3",
+    "audio_flamingo_3": "audioflamingo3",
+    "audioflamingo3forconditionalgeneration": "audioflamingo3",
+}
+
+TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3")
+
+
+def canonical_arch(arch_name: str) -> str:
+    """Table name (``interp.arch`` vocabulary) for an architecture or transformers class name."""
+    key = arch_name.strip().lower()
+    if key not in _ALIASES:
+        raise ConfigError(
+            f"arch_name {arch_name!r}: expected one of {', '.join(TINY_ARCHS)} (or their "
+            "transformers class names)"
+        )
+    return _ALIASES[key]
+
+
+# --- processors ------------------------------------------------------------------------------
+
+
+def _feature_extractor(n_mels: int, chunk_seconds: int):
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(
+        feature_size=n_mels,
+        sampling_rate=SAMPLING_RATE,
+        hop_length=160,
+        chunk_length=chunk_seconds,
+        n_fft=400,
+        padding_value=0.0,
+        return_attention_mask=True,
+    )
+
+
+def build_tiny_processor(
+    arch_name: str, *, n_mels: int = TINY_MELS, chunk_seconds: int = TINY_CHUNK_SECONDS
+):
+    """The processor of a tiny model, built offline from a word-level tokenizer.
+
+    ``qwen2_5_omni_thinker`` gets a ``Qwen2AudioProcessor`` with an Omni-layout chat template,
+    not ``Qwen2_5OmniProcessor``: the real class insists on a video processor
+    (``Qwen2VLVideoProcessor``), which needs torchvision, and the only torchvision on the
+    registry is a CUDA build that does not load next to the CPU torch wheel (it fails with
+    ``operator torchvision::nms does not exist``).  For audio + text the two processors do the
+    same thing: Whisper log-mels with ``feature_attention_mask``, and ``<|AUDIO|>`` expanded to
+    ``((L - 1) // 2 + 1 - 2) // 2 + 1`` tokens, the count the thinker's audio encoder returns.
+    """
+    from transformers import AudioFlamingo3Processor, Qwen2AudioProcessor
+
+    arch = canonical_arch(arch_name)
+    fe = _feature_extractor(n_mels, chunk_seconds)
+    if arch == "qwen2_audio":
+        tok = build_word_tokenizer(TINY_WORDS, specials=QWEN_AUDIO_SPECIALS)
+        return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok)
+    if arch == "qwen2_5_omni_thinker":
+        tok = build_word_tokenizer(TINY_WORDS, specials=OMNI_SPECIALS)
+        return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok, chat_template=OMNI_CHAT_TEMPLATE)
+    tok = build_word_tokenizer(TINY_WORDS, specials=AF3_SPECIALS)
+    return AudioFlamingo3Processor(
+        feature_extractor=fe,
+        tokenizer=tok,
+        chat_template=AF3_CHAT_TEMPLATE,
+        audio_token="<sound>",
+        max_audio_len=4 * chunk_seconds,
+    )
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+def _ids(tok, names: Sequence[str]) -> dict[str, int]:
+    out = {}
+    for name in names:
+        idx = tok.convert_tokens_to_ids(name)
+        if idx is None or idx == tok.unk_token_id and name != tok.unk_token:
+            raise ConfigError(f"tokenizer has no token {name!r}")
+        out[name] = int(idx)
+    return out
+
+
+def build_config(
+    arch_name: str,
+    tokenizer: Any,
+    *,
+    text: dict[str, Any] | None = None,
+    audio: dict[str, Any] | None = None,
+    n_mels: int = TINY_MELS,
+    chunk_seconds: int = TINY_CHUNK_SECONDS,
+):
+    """A config of the real class with the given decoder/encoder sizes and this tokenizer's ids."""
+    arch = canonical_arch(arch_name)
+    text = dict(TINY_TEXT if text is None else text)
+    audio = dict(TINY_AUDIO if audio is None else audio)
+    vocab = max(int(text.pop("vocab_size", 0)), len(tokenizer))
+    rope_theta = text.pop("rope_theta", 10_000.0)
+    # The encoder sees chunk_seconds * 100 mel frames; its conv2 halves them.
+    max_source_positions = chunk_seconds * SAMPLING_RATE // 160 // 2
+    common_text = dict(
+        text,
+        vocab_size=vocab,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+    )
+    if arch == "qwen2_audio":
+        from transformers import Qwen2AudioConfig
+
+        ids = _ids(tokenizer, ["<|AUDIO|>"])
+        return Qwen2AudioConfig(
+            text_config=dict(common_text, model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": rope_theta}),
+            audio_config=dict(
+                model_type="qwen2_audio_encoder",
+                num_mel_bins=n_mels,
+                max_source_positions=max_source_positions,
+                **audio,
+            ),
+            audio_token_index=ids["<|AUDIO|>"],
+        )
+    if arch == "qwen2_5_omni_thinker":
+        from transformers import Qwen2_5OmniThinkerConfig
+
+        ids = _ids(
+            tokenizer,
+            ["<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>", "<|audio_bos|>", "<|audio_eos|>", "<|vision_bos|>", "user"],
+        )
+        head_dim = text["hidden_size"] // text["num_attention_heads"]
+        half = head_dim // 2
+        # mrope splits the rotary half-dim in (temporal, height, width) sections: 16/24/24 of 64
+        # in the 7B; keep the same proportions.
+        t_sec = max(1, half // 4)
+        h_sec = (half - t_sec) // 2
+        mrope = [t_sec, h_sec, half - t_sec - h_sec]
+        return Qwen2_5OmniThinkerConfig(
+            text_config=dict(
+                common_text,
+                rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
+            ),
+            audio_config=dict(
+                num_mel_bins=n_mels,
+                max_source_positions=max_source_positions,
+                n_window=max_source_positions,
+                output_dim=text["hidden_size"],
+                **audio,
+            ),
+            # The vision tower is built by the class whatever the input; keep it minimal.
+            vision_config=dict(
+                depth=1,
+                hidden_size=32,
+                intermediate_size=32,
+                num_heads=2,
+                out_hidden_size=text["hidden_size"],
+                fullatt_block_indexes=[0],
+                patch_size=14,
+                window_size=56,
+            ),
+            audio_token_index=ids["<|AUDIO|>"],
+            image_token_index=ids["<|IMAGE|>"],
+            video_token_index=ids["<|VIDEO|>"],
+            audio_start_token_id=ids["<|audio_bos|>"],
+            audio_end_token_id=ids["<|audio_eos|>"],
+            vision_start_token_id=ids["<|vision_bos|>"],
+            user_token_id=ids["user"],
+        )
+    from transformers import AudioFlamingo3Config
+
+    ids = _ids(tokenizer, ["<sound>"])
+    return AudioFlamingo3Config(
+        text_config=dict(common_text, model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": rope_theta}),
+        audio_config=dict(
+            model_type="audioflamingo3_encoder",
+            num_mel_bins=n_mels,
+            max_source_positions=max_source_positions,
+            hidden_size=audio["d_model"],
+            num_hidden_layers=audio["encoder_layers"],
+            num_attention_heads=audio["encoder_attention_heads"],
+            intermediate_size=audio["encoder_ffn_dim"],
+        ),
+        audio_token_id=ids["<sound>"],
+    )
+
+
+def _model_class(arch: str):
+    import transformers
+
+    return {
+        "qwen2_audio": transformers.Qwen2AudioForConditionalGeneration,
+        "qwen2_5_omni_thinker": transformers.Qwen2_5OmniThinkerForConditionalGeneration,
+        "audioflamingo3": transformers.AudioFlamingo3ForConditionalGeneration,
+    }[arch]
+
+
+def _fix_generation_config(model: Any, tokenizer: Any) -> None:
+    gc = model.generation_config
+    gc.pad_token_id = tokenizer.pad_token_id
+    gc.eos_token_id = tokenizer.eos_token_id
+    gc.bos_token_id = None
+    gc.do_sample = False
+
+
+# --- public builders -------------------------------------------------------------------------
+
+
+def build_tiny(arch_name: str, seed: int = 0, *, attn_implementation: str = "sdpa"):
+    """A seeded random-init tiny model of the real class and its locally built processor.
+
+    Returns ``(model, processor)``; the model is in eval mode, float32, on CPU.
+    """
+    import torch
+
+    arch = canonical_arch(arch_name)
+    processor = build_tiny_processor(arch)
+    config = build_config(arch, processor.tokenizer)
+    cls = _model_class(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    _fix_generation_config(model, processor.tokenizer)
+    model.eval()
+    return model, processor
+
+
+def save_tiny(arch_name: str, folder: str | Path, seed: int = 0) -> Path:
+    """Build a tiny model and save model + processor to ``folder`` (reloadable with Auto classes)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model, processor = build_tiny(arch_name, seed=seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_shaped(
+    arch_name: str = "qwen2_audio",
+    preset: str = "qwen2-audio-7b",
+    *,
+    dtype: Any = None,
+    device: Any = None,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+):
+    """A random-init model of the real class with a released checkpoint's dimensions.
+
+    ``preset="qwen2-audio-7b"``: 32 decoder layers, d_model 4096, 32 heads, 32 kv heads, ffn
+    11008, vocab 156032; audio encoder 32 layers, d_model 1280, 128 mels, 30 s chunks (750 audio
+    tokens per clip).  For GPU benchmarks only (about 8.4 B parameters: 17 GB in bf16); the
+    weights are created directly on ``device`` in ``dtype`` (default bfloat16).
+    Returns ``(model, processor)``; the processor's tokenizer is the tiny word-level one, the
+    model's embedding table has the preset's vocabulary size.
+    """
+    import torch
+
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    arch = canonical_arch(arch_name)
+    dtype = torch.bfloat16 if dtype is None else dtype
+    processor = build_tiny_processor(arch, n_mels=spec["n_mels"], chunk_seconds=spec["chunk_seconds"])
+    config = build_config(
+        arch,
+        processor.tokenizer,
+        text=spec["text"],
+        audio=spec["audio"],
+        n_mels=spec["n_mels"],
+        chunk_seconds=spec["chunk_seconds"],
+    )
+    cls = _model_class(arch)
+    with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
+        torch.manual_seed(seed)
+        model = cls._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+    _fix_generation_config(model, processor.tokenizer)
+    model.eval()
+    return model, processor
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def chat_prompt(processor: Any, question: str, n_audios: int = 1) -> str:
+    """The chat-template text of one user turn with ``n_audios`` audio blocks and a question."""
+    content = [{"type": "audio", "audio": "placeholder"} for _ in range(n_audios)]
+    content.append({"type": "text", "text": question})
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def tiny_batch(
+    processor: Any,
+    *,
+    durations: Sequence[float] = (1.3, 0.7),
+    questions: Sequence[str] = (
+        "what is the sound ?",
+        "how many events are there in this clip ? answer with one word",
+    ),
+    seed: int = 0,
+):
+    """A left-padded batch of prompts of different lengths, each with one random audio clip.
+
+    Goes through the chat template and the processor (audio placeholder expanded).  Returns the
+    processor's ``BatchFeature`` (``input_ids``, ``attention_mask`` and the audio features under
+    the names the model's forward expects).
+    """
+    import numpy as np
+
+    if len(durations) != len(questions):
+        raise ConfigError(
+            f"tiny_batch: expected as many durations as questions, found {len(durations)} and "
+            f"{len(questions)}"
+        )
+    rng = np.random.default_rng(seed)
+    audios = [
+        (0.1 * rng.standard_normal(int(d * SAMPLING_RATE))).astype(np.float32) for d in durations
+    ]
+    texts = [chat_prompt(processor, q) for q in questions]
+    processor.tokenizer.padding_side = "left"
+    return processor(
+        text=texts,
+        audio=audios,
+        sampling_rate=SAMPLING_RATE,
+        return_tensors="pt",
+        text_kwargs={"padding": True, "padding_side": "left"},
+    )
