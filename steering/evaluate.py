@@ -71,6 +71,8 @@ class SweepConfig:
         max_new_tokens, batch_size: generation.
         backend: ``"torch"`` or ``"nnsight"`` (identical results; torch is faster).
         n_boot, seed: bootstrap.
+        adaptive_gain, adaptive_heads: with a gain, every steered generation uses adaptive
+            alpha (:class:`steering.apply.AdaptiveAlpha`) gated by those specialist heads.
     """
 
     alphas: tuple[float, ...]
@@ -82,6 +84,8 @@ class SweepConfig:
     backend: str = "torch"
     n_boot: int = 1000
     seed: int = 0
+    adaptive_gain: float | None = None
+    adaptive_heads: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         from interp.cafe.formats import FORMATS
@@ -114,13 +118,24 @@ class SweepConfig:
             object.__setattr__(self, "layers", tuple(int(L) for L in self.layers))
         if self.backend not in BACKENDS:
             raise ConfigError(f"SweepConfig.backend: expected one of {list(BACKENDS)}, found {self.backend!r}")
+        if self.adaptive_gain is not None:
+            object.__setattr__(self, "adaptive_heads", self.adaptive().heads)  # validates
         for name in ("max_new_tokens", "batch_size", "n_boot"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"SweepConfig.{name}: expected a positive integer, found {v!r}")
 
+    def adaptive(self):
+        """The :class:`~steering.apply.AdaptiveAlpha` of the sweep, or ``None`` (constant alpha)."""
+        if self.adaptive_gain is None:
+            return None
+        from steering.apply import AdaptiveAlpha
+
+        return AdaptiveAlpha(heads=self.adaptive_heads, gain=self.adaptive_gain)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["adaptive_heads"] = [list(h) for h in self.adaptive_heads]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -185,7 +200,8 @@ def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepCo
             if name == BASELINE:
                 _, texts = generate_batch(lm, batch, gen)
             else:
-                with apply_vector(lm, vectors[name], alpha=alpha, positions=pos, layers=[layer], backend=cfg.backend):
+                with apply_vector(lm, vectors[name], alpha=alpha, positions=pos, layers=[layer], backend=cfg.backend,
+                                  adaptive=cfg.adaptive()):
                     _, texts = generate_batch(lm, batch, gen)
             new = [
                 {

@@ -121,10 +121,15 @@ def stage_steer_eval(
     backend: str = "torch",
     n_boot: int = 1000,
     dtype: str = "auto",
+    adaptive_gain: float | None = None,
+    adaptive_heads: Any = None,
 ) -> dict[str, Any]:
     """Sweep alpha x layer x position mode with ``vector`` (a file or a SteeringVector) and its
     controls on ``n`` items of ``data`` (data seed ``seed``, also the controls' seed); write the
-    run folder ``out`` (see the module docstring) and return the summary."""
+    run folder ``out`` (see the module docstring) and return the summary.
+
+    ``adaptive_gain``: steer with adaptive alpha (:class:`steering.apply.AdaptiveAlpha`) gated
+    by ``adaptive_heads`` (same spellings as ``heads_from``; default: the vector's own heads)."""
     import hashlib
 
     from interp.datasets import fingerprint, load_dataset
@@ -135,11 +140,21 @@ def stage_steer_eval(
     from steering.formats import export, load_vector
     from steering.vector import SteeringVector
 
+    from steering.directions import parse_heads
+
     vec = vector if isinstance(vector, SteeringVector) else load_vector(vector)
+    gate_heads: tuple = ()
+    if adaptive_gain is not None:
+        gate_heads = parse_heads(adaptive_heads) if adaptive_heads is not None else vec.heads
+        if not gate_heads:
+            raise ConfigError(
+                "adaptive_gain: expected specialist heads for the listening signal (adaptive_heads=...), "
+                "found none and the vector is not head-restricted"
+            )
     cfg = SweepConfig(
         alphas=tuple(alphas), layers=None if layers is None else tuple(layers), positions=tuple(positions),
         formats=tuple(formats), max_new_tokens=max_new_tokens, batch_size=batch_size, backend=backend,
-        n_boot=n_boot, seed=seed,
+        n_boot=n_boot, seed=seed, adaptive_gain=adaptive_gain, adaptive_heads=gate_heads,
     )
     lm = lm or load_model(model, dtype=dtype)
     vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
