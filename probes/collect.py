@@ -669,6 +669,8 @@ def collect_activations(
 def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run, envoy) -> dict[str, Any]:
     import torch
 
+    from interp.tokenizer import clean_decoded
+
     parts: dict[str, list] = {"audio_mean": [], "last_prompt": [], "audio": [], "steps": [], "step_row": [], "step_idx": []}
     meta_rows: list[dict[str, Any]] = []
     offset = 0
@@ -697,7 +699,7 @@ def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run, envoy) -> 
             meta_rows.append({
                 "row_id": row_id, "item_id": items[i].item_id, "format": fmt,
                 "n_steps": int(acts.n_steps[j]), "n_generated": len(acts.generated[j]),
-                "text": acts.texts[j],
+                "text": clean_decoded(acts.texts[j]),
             })
         offset += len(group)
     dtype = cfg.storage_dtype
