@@ -429,34 +429,9 @@ def steered_generate(
 
 
 def _latest_yield(rec, layer: int) -> Float[Tensor, "batch head"]:
-    """Audio yield of every head of ``layer`` at the most recent query row the recorder holds.
-
-    :class:`interp.attention_yield.YieldRecorder` computes its yields when its context exits;
-    during the run it only keeps, per recorded layer, the query rows it will need, their first
-    absolute position and mask (``_calls``), the keys of the latest call (``_keys``) and the
-    softmax scale (``_scales``).  The live signal recomputes the last of those rows with the
-    module's public :func:`~interp.attention_yield.audio_yield` (the same formula the recorder
-    finalises with; the tests check the two agree)."""
-    from interp.attention_yield import audio_yield
-
-    try:
-        slot = rec.layers.index(layer)
-        calls, key, scale = rec._calls[slot], rec._keys[slot], rec._scales[slot]
-    except (AttributeError, ValueError, IndexError) as exc:
-        raise ConfigError(
-            "adaptive alpha: expected interp.attention_yield.YieldRecorder to keep its per-step store "
-            f"(_calls, _keys, _scales) for layer {layer}, found none ({exc})"
-        ) from None
-    if not calls or key is None:
-        raise ConfigError(f"adaptive alpha: no attention call of layer {layer} was recorded before this step")
-    q, start, mask = calls[-1]
-    r = q.shape[2]
-    q = q[:, :, r - 1 :]
-    if isinstance(mask, Tensor) and mask.ndim == 4:
-        mask = mask[:, :, -1:]
-    pos = torch.tensor([start + r - 1], device=key.device)
-    y = audio_yield(q, key, rec.audio_mask.to(key.device), attention_mask=mask, scaling=scale, query_positions=pos)
-    return y[:, 0, :, 0]
+    """Audio yield of every head of ``layer`` at the most recent query row the recorder holds
+    (:meth:`interp.attention_yield.YieldRecorder.latest`, bins summed)."""
+    return rec.latest(layer).sum(-1)
 
 
 class _Gate:
