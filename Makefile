@@ -9,7 +9,7 @@ STAMP := $(VENV)/.auralens-installed
 # torch is pinned by a constraint so no extra ever swaps the local CPU build for a CUDA one.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	printf 'torch==2.13.0\n' > $(VENV)/constraints.txt
+	printf 'torch==2.13.0\ntorchvision==0.0.0\ntorchaudio==0.0.0\n' > $(VENV)/constraints.txt
 	printf '[install]\nconstraint = %s\n' "$(abspath $(VENV))/constraints.txt" > $(VENV)/pip.conf
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev,train]"

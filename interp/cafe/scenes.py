@@ -17,7 +17,7 @@ CLIP_SECONDS = 4.0
 # sound classes: each a different spectro-temporal shape
 CLASSES: tuple[str, ...] = ("tone", "chirp_up", "chirp_down", "noise", "clicks", "buzz")
 PITCH_LEVELS = {"low": (220.0, 400.0), "high": (900.0, 1600.0)}
-LOUDNESS_LEVELS = {"soft": (-30.0, -26.0), "loud": (-12.0, -8.0)}
+LOUDNESS_LEVELS = {"soft": (-34.0, -30.0), "loud": (-12.0, -8.0)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,8 +107,8 @@ def _event_wave(e: Event, sr: int, rng: np.random.Generator) -> np.ndarray:
         x = np.fft.irfft(spec, n)
     elif e.cls == "clicks":
         x = np.zeros(n)
-        period = int(sr / 12)  # 12 clicks per second
-        click = np.sin(2 * np.pi * f0 * np.arange(int(0.006 * sr)) / sr)
+        period = int(sr / 10)  # 10 clicks (20 ms pitched pulses) per second
+        click = np.sin(2 * np.pi * f0 * np.arange(int(0.02 * sr)) / sr) * np.hanning(int(0.02 * sr))
         for s in range(0, n - len(click), period):
             x[s : s + len(click)] += click
     elif e.cls == "buzz":
