@@ -44,8 +44,8 @@ a vector as large as a typical activation there).  Raw and target norms go to ``
 
 Controls, built the same way: :func:`random_direction` (seeded Gaussian direction with the same
 norm per layer and the same support) and :func:`random_heads` (audio-minus-silence restricted to
-the same number of heads per layer, drawn with a seed from the heads *not* in the original set
-when enough remain, then rescaled to the vector's norm at every layer, so the control differs
+the same number of heads per layer, drawn with a seed from the heads *not* in the original set,
+overlapping it as little as possible when too few remain, then rescaled to the vector's norm at every layer, so the control differs
 in which heads are used and not in size).
 
 Capture is done with plain torch forward hooks (decoder-layer outputs and ``o_proj`` forward
@@ -609,15 +609,21 @@ def _head_dim_from(vec) -> int:
 
 def draw_random_heads(arch, heads: Sequence[tuple[int, int]], *, seed: int = 0) -> tuple[tuple[int, int], ...]:
     """As many heads per layer as ``heads`` has, drawn without replacement (seeded) from the
-    heads of that layer not in ``heads`` when enough remain, else from all heads of the layer."""
+    heads of that layer not in ``heads``.  When fewer remain than are needed (more than half
+    the layer's heads chosen), all the others are taken and the rest drawn from the chosen
+    ones, so the overlap with ``heads`` is the smallest possible (the set differs from
+    ``heads`` unless every head of the layer was chosen)."""
     rng = np.random.default_rng(int(seed))
     out: list[tuple[int, int]] = []
     for L in sorted({L for L, _ in heads}):
-        chosen = {h for hl, h in heads if hl == L}
+        chosen = sorted({h for hl, h in heads if hl == L})
         others = [h for h in range(arch.n_heads) if h not in chosen]
-        pool = others if len(others) >= len(chosen) else list(range(arch.n_heads))
-        picked = rng.choice(pool, size=len(chosen), replace=False)
-        out.extend((L, int(h)) for h in sorted(picked))
+        k = len(chosen)
+        if len(others) >= k:
+            picked = [int(h) for h in rng.choice(others, size=k, replace=False)]
+        else:
+            picked = others + [int(h) for h in rng.choice(chosen, size=k - len(others), replace=False)]
+        out.extend((L, h) for h in sorted(picked))
     return tuple(out)
 
 
@@ -631,10 +637,12 @@ def random_heads(acts: PairedActivations, lm, vec, *, seed: int = 0):
     from dataclasses import replace
 
     drawn = draw_random_heads(lm.arch, vec.heads, seed=seed)
+    overlap = len(set(drawn) & set(vec.heads))
     ctrl = direction_from(
         acts, lm, site=vec.hook, heads=drawn, layers=vec.layers,
         normalize=vec.extra.get("normalize", "none"), method="random_heads",
-        extra={"control_of": vec.method, "seed": int(seed), **{k: v for k, v in vec.extra.items() if k == "fit"}},
+        extra={"control_of": vec.method, "seed": int(seed), "heads_shared_with_vector": overlap,
+               **{k: v for k, v in vec.extra.items() if k == "fit"}},
     )
     # same norm as the vector at every layer: the control differs in *which* heads, not in size
     dirs = {}

@@ -265,6 +265,11 @@ def test_random_heads_control(lm, items, acts):
         assert len(mine) == len(theirs) and not (mine & theirs)  # 4 heads: enough others remain
         assert float(ctrl.directions[L].norm()) == pytest.approx(float(vec.directions[L].norm()), rel=1e-5)
     assert draw_random_heads(lm.arch, heads, seed=5) == draw_random_heads(lm.arch, heads, seed=5)
+    assert ctrl.extra["heads_shared_with_vector"] == 0
+    # more than half of a layer's heads chosen: all the others are taken, the overlap is minimal
+    for seed in range(6):
+        many = draw_random_heads(lm.arch, [(2, 0), (2, 1), (2, 3)], seed=seed)
+        assert len(many) == 3 and (2, 2) in many and many != ((2, 0), (2, 1), (2, 3))
     # the control is audio-minus-silence on those heads (rescaled): same direction
     same = direction_from(acts, lm, heads=drawn, normalize="unit")
     for L in (1, 2):
