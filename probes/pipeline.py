@@ -230,7 +230,7 @@ def probe_store(
     skipped with a reason; attributes named explicitly raise :class:`ProbeError` instead.
     Reasoning steps without enough items for an attribute are always skipped (and listed).
     """
-    from probes.fit import ProbeConfig, probe_results
+    from probes.fit import ProbeConfig, probe_results, probe_table
     from probes.labels import DEFAULT_ATTRIBUTES, label_support, label_table
 
     explicit = attributes is not None
@@ -308,7 +308,9 @@ def probe_store(
                 if reason is None:
                     attrs.append(a)
                 else:
-                    skipped_steps.setdefault(a, {}).setdefault(name, []).append(int(step))
+                    listed = skipped_steps.setdefault(a, {}).setdefault(name, [])
+                    if int(step) not in listed:
+                        listed.append(int(step))
         if attrs:
             key = (site, int(layer), name, step)
             results = probe_results(
@@ -324,8 +326,6 @@ def probe_store(
             bar.update(1)
     if bar is not None:
         bar.close()
-    from probes.fit import probe_table
-
     notes = {"skipped": skipped, "skipped_steps": skipped_steps, "dropped_classes": dropped}
     return probe_table(records), best, notes
 
