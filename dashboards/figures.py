@@ -405,7 +405,7 @@ def probe_by_step(probes, *, site: str | None = None, position: str | None = Non
 def steering_sweep(steer, *, category: str | None = "all", y: str = "accuracy", vectors: Sequence[str] | None = None,
                    layers: Sequence[int] | None = None, title: str | None = None):
     """Accuracy (or gain ``delta``) against the steering strength α, one curve per
-    (vector, method, layer, positions), with 95% CIs."""
+    (vector, method, layer, positions[, format]), with 95% CIs."""
     title = title or ("Steering: accuracy vs α" if y == "accuracy" else "Steering: gain over α=0 vs α")
     if steer is None or len(steer) == 0:
         return _empty(title, "no steering table")
@@ -421,10 +421,12 @@ def steering_sweep(steer, *, category: str | None = "all", y: str = "accuracy", 
         return _empty(title, f"no steering rows for category={category}")
     lo, hi = ("ci_low", "ci_high") if y == "accuracy" else ("delta_ci_low", "delta_ci_high")
     fig = go.Figure()
-    keys = ["vector", "method", "layer", "positions"]
+    keys = [c for c in ("vector", "method", "layer", "positions", "format") if c in d]
+    if "format" in keys and d["format"].nunique() <= 1:
+        keys.remove("format")
     for k, (key, g) in enumerate(d.groupby(keys, sort=True, dropna=False)):
         g = g.sort_values("alpha")
-        name = f"{key[0]} · {key[1]} · L{key[2]} · {key[3]}"
+        name = " · ".join(f"L{v}" if c == "layer" else str(v) for c, v in zip(keys, key))
         _line_with_band(fig, g["alpha"], g[y], g[lo] if lo in g else None, g[hi] if hi in g else None, name=name,
                         colour=PALETTE[k % len(PALETTE)], hover=f"{name}<br>α=%{{x}}: %{{y:.3f}}<extra></extra>")
     if y == "delta":

@@ -162,7 +162,7 @@ def _steer_section(doc: _Doc, run: data.Run) -> None:
     if "delta" in steer:
         doc.fig(figures.steering_sweep(steer, category=cats[0], y="delta"))
         d = steer[steer["category"].astype(str) == cats[0]] if cats[0] is not None else steer
-        best = d.loc[d.groupby(["vector", "method", "layer", "positions"], dropna=False)["delta"].idxmax()]
+        best = d.loc[d.groupby([c for c in ("vector", "method", "layer", "positions", "format") if c in d], dropna=False)["delta"].idxmax()]
         doc.p("Best α per vector (largest gain over α=0):", "meta")
         doc.table(best.sort_values("delta", ascending=False))
 

@@ -26,4 +26,7 @@ if ctx.run is not None and ctx.run.has("record") and ctx.item_index is not None:
     ids = [int(i) for i in item.token_ids if i >= 0]
     if ids:
         st.markdown("**Decoded token ids of the chosen item** (checks the recorded tokens against this tokenizer)")
-        st.code(lm.tokenizer.decode(ids, skip_special_tokens=False))
+        try:
+            st.code(lm.tokenizer.decode(ids, skip_special_tokens=False))
+        except Exception as exc:  # noqa: BLE001 - ids from another tokenizer
+            st.warning(f"This tokenizer cannot decode the recorded ids: {exc}")

@@ -21,6 +21,6 @@ vectors = list(dict.fromkeys(steer["vector"]))
 chosen = st.multiselect("Vectors", vectors, default=vectors, key="steer_vectors")
 st.plotly_chart(figures.steering_sweep(steer, category=category, y=y, vectors=chosen, layers=chosen_layers), key="steer_sweep")
 d = steer[steer["category"].astype(str) == category]
-best = d.loc[d.groupby(["vector", "method", "layer", "positions"], dropna=False)["delta"].idxmax()]
+best = d.loc[d.groupby([c for c in ("vector", "method", "layer", "positions", "format") if c in d], dropna=False)["delta"].idxmax()]
 st.markdown("**Best α per vector** (largest gain over α=0)")
 st.dataframe(best.sort_values("delta", ascending=False), hide_index=True)
