@@ -31,6 +31,7 @@ class TrainConfig:
     data_seed: int = 1  # train items: cafe seeds data_seed*100000 + i (eval uses other seeds)
     format_weights: tuple[float, float, float] = (0.25, 0.25, 0.5)  # direct, cot, structured
     threads: int = 2
+    save_every: int = 250  # checkpoint (weights + optimizer) every N steps; resume continues from it
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_minutes <= 0:
@@ -60,18 +61,64 @@ def make_batch(processor, items, formats, *, with_targets: bool = True):
     return batch, torch.as_tensor(labels)
 
 
-def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConfig = MicroConfig(), progress=True):
+def _save(out_dir: Path, model, processor, opt, info: dict) -> None:
+    """Checkpoint: weights (safetensors), processor, optimizer state and progress, each written
+    to a temporary folder that replaces the previous checkpoint only when complete."""
+    import shutil
+
+    import torch
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    # optimizer moments: a torch file is unavoidable here; it is read back with weights_only=True
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def finalize(out_dir: str | Path) -> None:
+    """Drop the optimizer state from a finished checkpoint (what gets committed)."""
+    p = Path(out_dir) / "optimizer.pt"
+    if p.exists():
+        p.unlink()
+
+
+def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConfig = MicroConfig(), progress=True,
+          resume: bool = False):
     import torch
 
     from interp.cafe.questions import make_item
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    out_dir = Path(out_dir)
     processor = build_processor(mcfg)
     model = build_model(processor, mcfg)
-    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    start, losses, minutes_before = 0, [], 0.0
+    if resume and (out_dir / "optimizer.pt").exists():
+        from safetensors.torch import load_file
+
+        info = json.loads((out_dir / "training.json").read_text())
+        runtime = {"max_minutes", "threads", "save_every"}  # knobs that may change between sessions
+        old_cfg = {k: v for k, v in info.get("train_config", {}).items() if k not in runtime}
+        new_cfg = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in runtime}
+        if old_cfg != new_cfg:
+            raise ValueError(f"--resume: {out_dir} was trained with {old_cfg}, not {new_cfg}")
+        model.load_state_dict(load_file(out_dir / "model.safetensors"), strict=False)
+        opt.load_state_dict(torch.load(out_dir / "optimizer.pt", weights_only=True))
+        start, losses, minutes_before = info["steps_done"], info.get("losses", []), info.get("minutes", 0.0)
+    model.train()
+    rng = np.random.default_rng([cfg.seed, start])
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -80,17 +127,28 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
         return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
     t0 = time.time()
-    losses = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, desc="micro train", unit="step")
-    next_item = 0
-    step = 0
-    for step in range(cfg.steps):
-        items = [make_item(cfg.data_seed * 100_000 + next_item + i) for i in range(cfg.batch_size)]
-        next_item += cfg.batch_size
+        bar = tqdm(total=cfg.steps, initial=start, desc="micro train", unit="step")
+
+    def info(step_done: int) -> dict:
+        return {
+            "train_config": asdict(cfg),
+            "micro_config": asdict(mcfg),
+            "steps_done": step_done,
+            "items_seen": step_done * cfg.batch_size,
+            "minutes": round(minutes_before + (time.time() - t0) / 60, 2),
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "loss_every_50": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
+            "losses": [round(x, 5) for x in losses],
+        }
+
+    step = start
+    for step in range(start, cfg.steps):
+        base = step * cfg.batch_size
+        items = [make_item(cfg.data_seed * 100_000 + base + i) for i in range(cfg.batch_size)]
         fmts = list(rng.choice(FORMATS, size=cfg.batch_size, p=np.array(cfg.format_weights) / sum(cfg.format_weights)))
         batch, labels = make_batch(processor, items, fmts)
         for g in opt.param_groups:
@@ -104,27 +162,14 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if (time.time() - t0) / 60 > cfg.max_minutes:
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            model.eval()
+            _save(out_dir, model, processor, opt, info(step + 1))
+            model.train()
+        if minutes_before + (time.time() - t0) / 60 > cfg.max_minutes:
             break
     if bar is not None:
         bar.close()
     model.eval()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    (out_dir / "training.json").write_text(
-        json.dumps(
-            {
-                "train_config": asdict(cfg),
-                "micro_config": asdict(mcfg),
-                "steps_done": step + 1,
-                "items_seen": next_item,
-                "minutes": round((time.time() - t0) / 60, 2),
-                "final_loss": float(np.mean(losses[-50:])),
-                "loss_every_50": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
-            },
-            indent=2,
-        )
-    )
+    _save(out_dir, model, processor, opt, info(step + 1))
     return model, processor

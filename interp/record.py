@@ -1,0 +1,270 @@
+"""The perception-decay experiment: generate with the yield recorder, segment reasoning steps,
+rank listening heads, and write the decay tables (``auralens record``).
+
+Run folder layout (read by the dashboard and the notebooks):
+- ``items.parquet``: one row per item (prediction, correctness, n_tokens, n_steps, error_type,
+  audio_path, ...)
+- ``yields/{item_index:05d}.safetensors``: ``yield`` [n_tokens, layers, heads] (row t: yield while
+  producing generated token t; row 0 at the last prompt token), ``steps`` and ``token_ids``
+  [n_tokens], ``time_bins`` [n_tokens, layers, heads, K], ``silence_last`` [layers, heads]
+  (last-prompt-token yield with the audio replaced by silence), optional ``prompt_yield``
+  [prompt_len, layers, heads]; metadata ``item_id``, ``text``, ``tokens`` (JSON)
+- ``decay.parquet``, ``decay_summary.parquet``, ``heads.parquet``, ``claims.parquet``,
+  ``claim_accuracy.parquet``, ``decay.html``
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp.errors import ConfigError
+
+
+def _trim_length(ids, eos_ids: set[int], pad_id: int | None) -> int:
+    """Generated tokens up to and including the first end-of-turn token."""
+    ids = ids.tolist()
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            return i + 1
+        if pad_id is not None and t == pad_id and i > 0:
+            return i
+    return len(ids)
+
+
+def _eos_ids(lm) -> set[int]:
+    ids = lm.model.generation_config.eos_token_id
+    ids = ids if isinstance(ids, list) else [ids]
+    out = {int(i) for i in ids if i is not None}
+    if lm.tokenizer.eos_token_id is not None:
+        out.add(int(lm.tokenizer.eos_token_id))
+    return out
+
+
+def _write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
+    import io
+
+    import soundfile as sf
+
+    from interp.runs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
+    atomic_write_bytes(run.file(name), buf.getvalue())
+    return name
+
+
+def record_batch(lm, chunk, fmt: str, *, max_new_tokens: int, time_bins: int, all_prompt: bool = False):
+    """Generate for a batch of items with the recorder on; also the silence prefill yields.
+
+    Returns (new token ids [B, N], AttentionYield, silence last-row yields [B, L, H], prompt_len)."""
+    import torch
+
+    from interp.attention_yield import YieldRecorder, audio_mask_from_ids
+    from interp.generation import cast_features, model_inputs
+
+    batch = cast_features(lm, model_inputs(lm, chunk, fmt, "real"))
+    rec = YieldRecorder(
+        lm.model, lm.arch, audio_mask_from_ids(batch["input_ids"], lm.arch),
+        rows="all_prompt" if all_prompt else "last_and_generated", time_bins=time_bins,
+    )
+    with torch.inference_mode(), rec:
+        out = lm.model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id,
+            **lm.arch.table.generate_kwargs,
+        )
+    sbatch = cast_features(lm, model_inputs(lm, chunk, fmt, "silence"))
+    srec = YieldRecorder(lm.model, lm.arch, audio_mask_from_ids(sbatch["input_ids"], lm.arch))
+    with torch.inference_mode(), srec:
+        lm.model(**sbatch)
+    prompt_len = batch["input_ids"].shape[1]
+    return out[:, prompt_len:], rec.result, srec.result.total[:, 0], prompt_len
+
+
+def stage_record(
+    *,
+    model: str,
+    data: str,
+    n: int,
+    fmt: str = "cot",
+    out: Path,
+    resume: bool = False,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    time_bins: int = 8,
+    top_k: int = 8,
+    all_prompt: bool = False,
+    seed: int = 7,
+    n_boot: int = 1000,
+    dtype: str = "auto",
+    lm=None,
+    quiet: bool = False,
+    command: str = "auralens record",
+) -> dict[str, Any]:
+    """Record per-head audio yield across reasoning steps; write decay and head tables."""
+    import pandas as pd
+    import torch
+
+    from interp.audio import item_audio
+    from interp.datasets import fingerprint, load_dataset
+    from interp.generation import batches, score
+    from interp.loading import load_model
+    from interp.runs import RowLog, RunFolder
+    from interp.steps import token_steps
+    from interp.tokenizer import clean_decoded
+
+    if top_k < 1 or time_bins < 1 or max_new_tokens < 1:
+        raise ConfigError(f"record: expected top_k, time_bins, max_new_tokens >= 1, found {top_k}, {time_bins}, {max_new_tokens}")
+    items = load_dataset(data, n=n, seed=seed)
+    config = {"format": fmt, "max_new_tokens": max_new_tokens, "time_bins": time_bins, "top_k": top_k,
+              "all_prompt": all_prompt, "dtype": dtype}
+    run = RunFolder.create(
+        out,
+        manifest={"command": "auralens record", "model": model, "data": data, "seed": seed, "n": n, "config": config,
+                  "data_fingerprint": fingerprint(items)},
+        resume=resume,
+    )
+    lm = lm or load_model(model, dtype=dtype)
+    run.update_manifest(architecture=lm.arch.to_dict())
+    log = RowLog(run, "items.parquet", key="item_id", resume=resume)
+    done = log.done()
+    eos = _eos_ids(lm)
+    sr = lm.processor.feature_extractor.sampling_rate
+    indexed = [(i, it) for i, it in enumerate(items) if it.item_id not in done]
+    bar = None
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), initial=len(items) - len(indexed), desc="record", unit="item")
+    for chunk in batches(indexed, batch_size):
+        idxs = [i for i, _ in chunk]
+        its = [it for _, it in chunk]
+        new, res, silence_last, prompt_len = record_batch(
+            lm, its, fmt, max_new_tokens=max_new_tokens, time_bins=time_bins, all_prompt=all_prompt
+        )
+        rows = []
+        for b, (idx, it) in enumerate(zip(idxs, its)):
+            n_tok = _trim_length(new[b], eos, lm.tokenizer.pad_token_id)
+            ids = new[b, :n_tok].cpu()
+            steps, _ = token_steps(ids.tolist(), lm.tokenizer)
+            text = clean_decoded(lm.tokenizer.decode(ids, skip_special_tokens=True))
+            tensors = {
+                "yield": res.total[b, :n_tok].float().cpu(),
+                "time_bins": res.binned[b, :n_tok].float().cpu(),
+                "steps": torch.as_tensor(steps, dtype=torch.int64),
+                "token_ids": ids.to(torch.int64),
+                "silence_last": silence_last[b].float().cpu(),
+            }
+            if all_prompt:
+                tensors["prompt_yield"] = res.prompt_total[b].float().cpu()
+            tokens = [lm.tokenizer.decode([t]) for t in ids.tolist()]
+            run.write_tensors(f"yields/{idx:05d}.safetensors", tensors,
+                              metadata={"item_id": it.item_id, "text": text, "tokens": json.dumps(tokens)})
+            if it.audio.startswith("cafe:"):
+                audio_path = _write_wav(run, f"audio/{idx:05d}.wav", item_audio(it, lm.processor), sr)
+            else:
+                audio_path = it.audio
+            rows.append({
+                "item_index": idx, "item_id": it.item_id, "tier": it.tier, "category": it.category,
+                "sub_category": it.sub_category, "format": fmt, "question": it.question, "answer": it.answer,
+                "prediction": text, **score(it, text), "n_tokens": int(n_tok),
+                "n_steps": int(steps.max() + 1) if len(steps) else 0, "audio_path": audio_path,
+            })
+        log.extend(rows)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    summary = analyse_record(run, items, top_k=top_k, n_boot=n_boot, seed=seed)
+    run.mark_stage("record", n_items=len(items))
+    run.finish()
+    return summary
+
+
+def load_yields(run, df) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """(yields per item, steps per item, last-prompt yields [items, L, H], silence [items, L, H])."""
+    from safetensors.numpy import load_file
+
+    ys, ss, last, sil = [], [], [], []
+    for idx in df["item_index"]:
+        t = load_file(run.file(f"yields/{int(idx):05d}.safetensors"))
+        ys.append(t["yield"])
+        ss.append(t["steps"])
+        last.append(t["yield"][0])
+        sil.append(t["silence_last"])
+    return ys, ss, np.stack(last), np.stack(sil)
+
+
+def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Heads, decay and outcome tables from the per-item files already in ``run``."""
+    import pandas as pd
+
+    from interp.decay import attribute_errors, claim_accuracy_by_step, claim_rows, decay_summary, decay_table
+    from interp.listening import contrast_scores, correlation_scores, heads_table, top_k as pick_top
+
+    df = run.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
+    ys, ss, last, sil = load_yields(run, df)
+    corr = correlation_scores(last, df["correct"].to_numpy()) if df["correct"].nunique() > 1 else None
+    contrast, dz = contrast_scores(last, sil)
+    heads = heads_table(correlation=corr, contrast=contrast, contrast_dz=dz)
+    run.write_table("heads.parquet", heads)
+    k = min(top_k, len(heads))
+    top = pick_top(heads, k)
+    decay = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed)
+    run.write_table("decay.parquet", decay)
+    summ = decay_summary(decay)
+    run.write_table("decay_summary.parquet", summ)
+
+    by_id = {it.item_id: it for it in items}
+    claims = []
+    for r in df.itertuples():
+        it = by_id.get(r.item_id)
+        if it is not None and it.scene:
+            claims += claim_rows(r.item_id, r.prediction, it.scene)
+    claims_df = pd.DataFrame(claims, columns=["item_id", "step", "kind", "sound", "value", "claim_correct"])
+    run.write_table("claims.parquet", claims_df)
+    claim_acc = claim_accuracy_by_step(claims_df, n_boot=n_boot, seed=seed)
+    run.write_table("claim_accuracy.parquet", claim_acc)
+    df = attribute_errors(df, claims_df)
+    run.write_table("items.parquet", df)
+    run.write_figure("decay.html", decay_figure(decay))
+
+    def curve(group):
+        d = decay[(decay.group == group) & (decay.axis == "step")].sort_values("step")
+        return [{"step": int(r.step), "mean_yield": round(float(r.mean_yield), 4), "ci_low": round(float(r.ci_low), 4),
+                 "ci_high": round(float(r.ci_high), 4), "n": int(r.n)} for r in d.itertuples()]
+
+    def slope(group):
+        s = summ[summ.group == group]
+        return {"slope": float(s.slope.iloc[0]), "last_first_ratio": float(s.last_first_ratio.iloc[0])} if len(s) else {}
+
+    shares = df["error_type"].value_counts(normalize=True).round(4).to_dict()
+    return {
+        "run": str(run.path), "n": len(df), "accuracy": round(float(df["correct"].mean()), 4),
+        "top_heads": [list(h) for h in top], "topk_curve": curve("topk"), "all_curve": curve("all"),
+        "topk_decay": slope("topk"), "all_decay": slope("all"),
+        "claim_accuracy_by_step": claim_acc.round(4).to_dict("records"), "error_shares": shares,
+    }
+
+
+def decay_figure(decay):
+    """Mean yield per reasoning step with 95% CI bands: all heads vs the top-k heads."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    colors = {"all": "#636efa", "topk": "#ef553b"}
+    for group, name in (("all", "all heads"), ("topk", "top-k listening heads")):
+        d = decay[(decay.group == group) & (decay.axis == "step")].sort_values("step")
+        if d.empty:
+            continue
+        fig.add_trace(go.Scatter(x=list(d.step) + list(d.step[::-1]), y=list(d.ci_high) + list(d.ci_low[::-1]),
+                                 fill="toself", line={"width": 0}, fillcolor=colors[group], opacity=0.2,
+                                 name=f"{name} 95% CI", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=d.step, y=d.mean_yield, mode="lines+markers", name=name,
+                                 line={"color": colors[group]}))
+    fig.update_layout(title="Audio attention yield by reasoning step", xaxis_title="reasoning step",
+                      yaxis_title="mean audio yield", template="plotly_white")
+    return fig
