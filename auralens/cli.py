@@ -109,6 +109,32 @@ def _run(fn, *args, **kwargs):
         _fail(exc)
 
 
+@app.command("record")
+def record_cmd(
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    n: int = typer.Option(60, "--n"),
+    fmt: str = typer.Option("cot", "--format", help="direct | cot | structured"),
+    out: Path = typer.Option(Path("runs/record"), "--out"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    time_bins: int = typer.Option(8, "--time-bins", help="Split each head's audio yield over K bins of the clip."),
+    top_k: int = typer.Option(8, "--top-k", help="Number of listening heads in the top-k aggregate."),
+    all_prompt: bool = typer.Option(False, "--all-prompt", help="Also record every prompt position (heatmaps)."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    resume: bool = typer.Option(False, "--resume"),
+    seed: int = typer.Option(7, "--seed"),
+    dtype: str = DtypeOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Per-head audio attention yield across reasoning steps: perception decay and listening heads."""
+    from interp.record import stage_record
+
+    res = _run(stage_record, model=model, data=data, n=n, fmt=fmt, out=out, resume=resume, batch_size=batch_size,
+               max_new_tokens=max_new_tokens, time_bins=time_bins, top_k=top_k, all_prompt=all_prompt, seed=seed,
+               dtype=dtype, quiet=as_json)
+    typer.echo(json.dumps(res, indent=2, default=str))
+
+
 @app.command("probe")
 def probe_cmd(
     model: str = ModelOpt,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from interp.record import stage_record  # noqa: F401  (re-exported: the perception-decay stage)
+
 
 def _manifest(command: str, model: str, data: str, seed: int, n: int | None, config: dict[str, Any]) -> dict[str, Any]:
     return {"command": command.split(" --resume")[0], "model": model, "data": data, "seed": seed, "n": n, "config": config}
