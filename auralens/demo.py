@@ -21,6 +21,7 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
 
 def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "auralens demo") -> dict:
     import torch
+    from rich.console import Console
 
     from interp.loading import load_model
 
@@ -44,8 +45,39 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
                      r.get("multihop", float("nan")), s.get("all", float("nan"))])
     _table(f"micro on cafe (n={n}): accuracy with audio, and with silence", ["format", "perception", "temporal", "multihop", "silence (all)"], rows)
 
-    results["seconds"] = round(time.time() - t0, 1)
-    from rich.console import Console
+    # --- stage 2: perception decay (per-head audio yield across reasoning steps) --------------
+    from interp.record import stage_record
 
+    rec = stage_record(model="micro", data="cafe", n=n, fmt="cot", out=out / "record", resume=resume, lm=lm,
+                       batch_size=30, max_new_tokens=96, top_k=4, quiet=False)
+    results["record"] = rec
+    all_curve = {r["step"]: r for r in rec["all_curve"]}
+    _table(
+        f"perception decay on micro: mean audio yield by reasoning step (top-{len(rec['top_heads'])} heads "
+        f"{rec['top_heads']} vs all heads, 95% CI)",
+        ["step", "top-k yield", "top-k CI", "all-heads yield", "items"],
+        [[r["step"], r["mean_yield"], f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+          all_curve.get(r["step"], {}).get("mean_yield", float("nan")), r["n"]] for r in rec["topk_curve"]],
+    )
+    td = rec["topk_decay"]
+    Console().print(f"top-k decay: slope {td.get('slope', float('nan')):+.4f} per step, last/first "
+                    f"{td.get('last_first_ratio', float('nan')):.2f}; errors: {rec['error_shares']}")
+
+    # --- stage 3: probes (where audio attributes live, by layer and step) -------------------
+    from probes.pipeline import stage_probe
+
+    pr = stage_probe(model="micro", data="cafe", n=n, out=out / "probe", resume=resume, lm=lm, seed=7, quiet=True,
+                     n_bootstrap=300)
+    results["probe"] = pr
+    rows = []
+    for attr, d in (pr.get("attributes") or {}).items():
+        b = d["best"]
+        dec = d.get("decay") or {}
+        falls = {True: "falls", False: "holds", None: "-"}[dec.get("falls")]
+        rows.append([attr, b["layer"], b["position"], b["accuracy"], b["control_accuracy"], b["selectivity"], falls])
+    if rows:
+        _table("probes on micro: best layer per attribute", ["attribute", "layer", "position", "accuracy", "control", "selectivity", "over steps"], rows)
+
+    results["seconds"] = round(time.time() - t0, 1)
     Console().print(f"demo finished in {results['seconds']} s; run folders under {out}/")
     return results
