@@ -43,6 +43,7 @@ Public API: :class:`YieldConfig`, :class:`AttentionYield`, :class:`YieldRecorder
 from __future__ import annotations
 
 import importlib
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,7 +65,8 @@ __all__ = [
 
 Rows = Literal["last_and_generated", "all_prompt"]
 ROWS: tuple[str, ...] = ("last_and_generated", "all_prompt")
-_PREFIX = "auralens_yield+"
+_PREFIX = "auralens_yield_"
+_counter = itertools.count(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,7 +337,10 @@ class YieldRecorder:
     ``audio_mask`` is over the *prompt* (``input_ids`` as the processor returned them, left
     padding included); the recorder checks it against the ``input_ids`` of the first forward.
     Results are computed when the context exits normally (:attr:`result`); an exception inside
-    the context discards them.  Re-entering the context starts a new recording.
+    the context discards them.  Re-entering the context starts a new recording; inside one
+    context, a forward that starts again at position 0 (a new ``generate``) replaces what was
+    recorded, so the result is that of the last sequence.  Recorders may be active on several
+    models at once, and may nest on one model (each sees every call).
     """
 
     def __init__(
@@ -401,20 +406,31 @@ class YieldRecorder:
         text_cfg = self.arch.text_config(model)
         configs.setdefault(id(text_cfg), text_cfg)
         self._configs = list(configs.values())
+        self._current_impl()  # refuse unsupported implementations now, before anything runs
+        self._weights_on: dict[torch.device, torch.Tensor] = {self.weights.device: self.weights}
+        self._result: AttentionYield | None = None
+        self._active = False
+        self._clear()
+
+    def _current_impl(self) -> str:
         impls = {c._attn_implementation for c in self._configs}
         if len(impls) != 1:
             raise ArchitectureError(
                 f"decoder attention implementations differ across layers: {sorted(map(str, impls))}"
             )
-        self._orig_impl: str = impls.pop() or "sdpa"
-        if "flex" in self._orig_impl or self._orig_impl.startswith("paged"):
+        impl = impls.pop() or "sdpa"
+        if "flex" in impl or impl.startswith("paged"):
             raise ArchitectureError(
-                f"attention implementation {self._orig_impl!r} is not supported by the yield "
-                "recorder; expected sdpa, eager or flash_attention_*"
+                f"attention implementation {impl!r} is not supported by the yield recorder; "
+                "expected sdpa, eager or flash_attention_*"
             )
-        self._result: AttentionYield | None = None
-        self._active = False
-        self._clear()
+        return impl
+
+    def _weights(self, device: torch.device) -> torch.Tensor:
+        w = self._weights_on.get(device)
+        if w is None:
+            w = self._weights_on[device] = self.weights.to(device)
+        return w
 
     def _clear(self) -> None:
         n = len(self._modules)
@@ -429,8 +445,11 @@ class YieldRecorder:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
         if self._active:
-            raise ConfigError("YieldRecorder: this recorder is already active (contexts do not nest)")
-        impl = self._orig_impl
+            raise ConfigError(
+                "YieldRecorder: this recorder is already active; nest a second YieldRecorder instead"
+            )
+        # Read now, not at construction: inside another recorder's context this wraps that one.
+        impl = self._current_impl()
         if impl in ALL_ATTENTION_FUNCTIONS:
             orig = ALL_ATTENTION_FUNCTIONS[impl]
         else:  # "eager": the modeling file's own function
@@ -443,7 +462,9 @@ class YieldRecorder:
                 )
         mask_impl = impl if impl in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"
         self._orig = orig
-        self._name = f"{_PREFIX}{impl}"
+        # Unique per context (two recorders on two models at once must not share a name); the
+        # original name comes last so flash-attention checks on the name still hold.
+        self._name = f"{_PREFIX}{next(_counter)}+{impl}"
         self._clear()
         self._result = None
         self._first_row = 0 if self.config.rows == "all_prompt" else self.audio_mask.shape[1] - 1
@@ -576,7 +597,7 @@ class YieldRecorder:
         _mask_rows_bias(mask, torch.tensor([start + r - 1], device=key.device), q.shape[0], kv_total, bias)
         scale = self._scales[slot]
         scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        y = _yield_rows(q[:, :, r - 1 :], key, bias, self.weights, scale, self.config.chunk_bytes)
+        y = _yield_rows(q[:, :, r - 1 :], key, bias, self._weights(key.device), scale, self.config.chunk_bytes)
         return y[:, 0]
 
     def _finalize(self) -> AttentionYield:
@@ -627,7 +648,7 @@ class YieldRecorder:
             query = torch.cat([q for q, _, _ in calls], dim=2) if len(calls) > 1 else calls[0][0]
             scale = self._scales[slot]
             scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
-            y = _yield_rows(query, key, bias, self.weights, scale, self.config.chunk_bytes)
+            y = _yield_rows(query, key, bias, self._weights(key.device), scale, self.config.chunk_bytes)
             rows = [i for i, pos in enumerate(positions) if pos >= p - 1]
             if rows:
                 src = torch.tensor(rows, device=y.device)

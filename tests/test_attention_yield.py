@@ -312,6 +312,40 @@ def test_latest_matches_final_rows_during_generate(case):
     torch.testing.assert_close(torch.stack(live, 1), rec.yields[:, :, 1], atol=1e-6, rtol=0)
 
 
+@cases("qwen2_audio")
+def test_a_model_running_eager_attention_is_recorded_too(case):
+    model = copy.deepcopy(case.model)
+    model.set_attn_implementation("eager")
+    rec = YieldRecorder(model, case.arch, case.audio_mask)
+    with torch.no_grad(), rec:
+        seq = model.generate(**case.batch, max_new_tokens=N_NEW, min_new_tokens=N_NEW, do_sample=False)
+    assert torch.equal(seq, case.sequences)
+    assert model.config.text_config._attn_implementation == "eager"
+    torch.testing.assert_close(rec.yields, case.rec.yields, atol=ATOL, rtol=0)
+
+
+@cases("qwen2_audio")
+def test_nested_and_concurrent_recorders(case, tiny_model):
+    """Two models recorded at once, and two recorders nested on one model, all see every call."""
+    other, processor = tiny_model("audioflamingo3")
+    o_arch = describe(other)
+    o_batch = tiny_batch(processor)
+    outer = YieldRecorder(case.model, case.arch, case.audio_mask, layers=[0])
+    inner = YieldRecorder(case.model, case.arch, case.audio_mask, layers=[1, 0])
+    o_rec = YieldRecorder(other, o_arch, audio_mask_from_ids(o_batch["input_ids"], o_arch))
+    kw = dict(max_new_tokens=N_NEW, min_new_tokens=N_NEW, do_sample=False)
+    with torch.no_grad(), outer, o_rec:
+        other.generate(**o_batch, **kw)
+        with inner:
+            case.model.generate(**case.batch, **kw)
+    torch.testing.assert_close(outer.yields, case.rec.yields[:, :, [0]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(inner.yields, case.rec.yields[:, :, [1, 0]], atol=1e-6, rtol=0)
+    assert o_rec.yields.shape == (2, N_NEW, o_arch.n_layers, o_arch.n_heads)
+    assert torch.isfinite(o_rec.yields).all()
+    assert case.model.config.text_config._attn_implementation == "sdpa"
+    assert other.config.text_config._attn_implementation == "sdpa"
+
+
 @pytest.mark.parametrize("arch_name", TINY_ARCHS)
 def test_sdpa_kernel_runs_and_outputs_are_unchanged(arch_name, tiny_model, monkeypatch):
     import transformers.models.audioflamingo3.modeling_audioflamingo3 as m_af3
@@ -395,7 +429,7 @@ def test_context_restores_everything_even_on_errors(tiny_model):
     rec = YieldRecorder(model, arch, mask)
     with rec:
         assert _state(model) != before  # active: private implementation and a pre-hook
-        assert arch.attention(model, 0).config._attn_implementation.startswith("auralens_yield+")
+        assert arch.attention(model, 0).config._attn_implementation.startswith("auralens_yield_")
         with torch.no_grad():
             model(**batch)
     assert _state(model) == before
