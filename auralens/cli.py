@@ -99,6 +99,56 @@ def demo(
     _run(run_demo, out=out, n=n, resume=resume, command=_command_line())
 
 
+@bench_app.command("yield")
+def bench_yield_cmd(
+    model: str = typer.Option("micro", "--model", "-m", help="'micro', 'qwen2-audio-7b-shaped' (random init), an id or folder."),
+    new_tokens: int = typer.Option(128, "--new-tokens"),
+    clip_seconds: float = typer.Option(4.0, "--clip-seconds"),
+    repeats: int = typer.Option(3, "--repeats"),
+    dtype: str = DtypeOpt,
+    device: Optional[str] = typer.Option(None, "--device"),
+    eager: bool = typer.Option(True, "--eager/--no-eager"),
+    tl: bool = typer.Option(True, "--tl/--no-tl", help="Include the TransformerLens hook_pattern phase."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Cost of recording the audio yield: recorder vs plain SDPA generate, eager and TransformerLens."""
+    import torch
+
+    from interp.bench import bench_yield
+
+    if model == "qwen2-audio-7b-shaped":
+        from interp.arch import describe
+        from interp.loading import LoadedModel
+        from interp.tiny import build_shaped
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        m, proc = build_shaped("qwen2_audio", "qwen2-audio-7b", dtype=getattr(torch, "bfloat16" if dtype == "auto" else dtype), device=dev)
+        proc.tokenizer.padding_side = "left"
+        lm = LoadedModel(model=m, processor=proc, arch=describe(m), model_id=model, source="")
+        tl = False  # no saved folder to boot a bridge from; the eager phase is the reference
+    else:
+        lm = _load(model, dtype, device)
+    res = _run(bench_yield, lm, clip_seconds=clip_seconds, new_tokens=new_tokens, repeats=repeats, eager=eager,
+               transformer_lens=tl)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"bench yield: {res['model']} on {res['device']} ({res['dtype']}), {res['audio_tokens']} audio tokens, {new_tokens} new tokens")
+    for c in ("phase", "seconds", "ratio to (a)", "peak MiB"):
+        t.add_column(c)
+    for name, p in res["phases"].items():
+        if "seconds" in p:
+            t.add_row(name, f"{p['seconds']:.3f}", f"{p['ratio']:.3f}", f"{p['peak_bytes'] / 2**20:.1f}")
+        else:
+            t.add_row(name, "-", "-", p.get("skipped", ""))
+    Console().print(t)
+    if "max_abs_err_recorder_vs_eager" in res:
+        Console().print(f"max |recorder - eager| = {res['max_abs_err_recorder_vs_eager']:.2e}")
+
+
 def _run(fn, *args, **kwargs):
     """Call a stage; errors of the auralens family reach the user as one clear line."""
     from interp.errors import AuralensError
