@@ -150,8 +150,8 @@ def open_run(path: str | Path) -> Run:
             f"run folder {str(path)!r}: expected a manifest.json or stage sub-folders "
             f"({', '.join(STAGES)}) with one, found neither"
         )
-    manifest = read_manifest(path) or (read_manifest(next(iter(stages.values()))) if stages else {})
     ordered = {s: stages[s] for s in STAGES if s in stages}
+    manifest = read_manifest(path) or (read_manifest(next(iter(ordered.values()))) if ordered else {})
     return Run(path=path, stages=ordered, manifest=manifest)
 
 

@@ -191,8 +191,12 @@ def build_report_html(run_dir: str | Path, *, top_k: int = 8, max_tokens: int = 
     doc.p(f"Run folder <code>{html.escape(str(run.path))}</code>" + (f" · {meta}" if meta else ""), "meta")
     doc.p("Stages: " + " · ".join(f"{'✓' if run.has(s) else '✗'} {s}" for s in data.STAGES)
           + f" · written {time.strftime('%Y-%m-%d %H:%M')}", "meta")
-    if m.get("command"):
-        doc.p(f"Command: <code>{html.escape(str(m['command']))}</code>", "meta")
+    commands = {s: data.read_manifest(f).get("command") for s, f in run.stages.items()}
+    if (run.path / "manifest.json").exists() and m.get("command"):
+        commands = {"run": m["command"]}
+    for stage, command in commands.items():
+        if command:
+            doc.p(f"{html.escape(stage)}: <code>{html.escape(str(command))}</code>", "meta")
     _eval_section(doc, run)
     _record_section(doc, run, top_k=top_k, max_tokens=max_tokens)
     _probe_section(doc, run)
