@@ -294,3 +294,20 @@ def test_stage_kind_from_manifest_tables_command_or_name(tmp_path):
     assert data.stage_kind(folder("record-micro", {"command": "auralens demo"})) == "record"
     assert data.stage_kind(folder("d", {"command": "auralens eval"}, "items.parquet")) == "eval"
     assert data.stage_kind(tmp_path) is None
+
+
+def test_live_mode_loads_the_model_only_when_asked(full_run, monkeypatch):
+    from interp.micro import BASE_DIR
+
+    if not (BASE_DIR / "config.json").exists():
+        pytest.skip("embedded micro weights not trained yet (auralens micro train)")
+    monkeypatch.setenv("AURALENS_LIVE_MODEL", "micro")
+    monkeypatch.setenv("AURALENS_RUNS", str(full_run))
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    _ok(at)
+    _goto(at, "live")
+    assert any("only when asked" in c.value for c in at.caption)
+    at.toggle(key="live_load").set_value(True).run()
+    _ok(at)
+    assert any("**micro** from" in m.value for m in at.markdown)
+    assert at.code and at.code[0].value  # the chosen item's ids decoded by micro's tokenizer
