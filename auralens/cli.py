@@ -76,15 +76,25 @@ def eval_cmd(
 def micro_train(
     out: Path = typer.Option(None, "--out", help="Folder for the weights (default: the embedded micro folder)."),
     steps: int = typer.Option(3000, "--steps"),
-    minutes: float = typer.Option(19.0, "--minutes", help="Wall-clock budget; training stops and saves when reached."),
+    minutes: float = typer.Option(19.0, "--minutes", help="Wall-clock budget; training checkpoints and stops when reached."),
     seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(2, "--threads"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
-    """Train `micro` from scratch on cafe (seeded; <= 20 minutes on 2 CPU cores)."""
-    from interp.micro import BASE_DIR
-    from interp.micro.train import TrainConfig, train
+    """Train `micro` from scratch on cafe (seeded; checkpoints every 250 steps; --resume continues)."""
+    import json as _json
 
-    train(out or BASE_DIR, TrainConfig(steps=steps, max_minutes=minutes, seed=seed))
-    typer.echo(f"saved micro to {out or BASE_DIR}")
+    from interp.micro import BASE_DIR
+    from interp.micro.train import TrainConfig, finalize, train
+
+    folder = out or BASE_DIR
+    train(folder, TrainConfig(steps=steps, max_minutes=minutes, seed=seed, threads=threads), resume=resume)
+    done = _json.loads((folder / "training.json").read_text())["steps_done"]
+    if done >= steps:
+        finalize(folder)
+        typer.echo(f"saved micro to {folder} ({done} steps)")
+    else:
+        typer.echo(f"stopped at step {done}/{steps} (time budget); continue with --resume")
 
 
 @app.command("demo")
