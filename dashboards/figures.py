@@ -439,7 +439,8 @@ def steering_sweep(steer, *, category: str | None = "all", y: str = "accuracy", 
 
 # ----------------------------------------------------------------------------- compare
 def compare_table(compare):
-    """The compare table, one row per (metric, group, system), value with its CI as text."""
+    """The compare table, one row per (metric, group, system), value with its CI as text;
+    measured rows first, then the reported ones."""
     import pandas as pd
 
     if compare is None or len(compare) == 0:
@@ -456,7 +457,8 @@ def compare_table(compare):
     cols = [c for c in ("metric", "group", "system", "source", "value", "95% CI", "n", "note") if c in out]
     order = {"base": 0, "base+steering": 1, "finetuned": 2, "finetuned+steering": 3}
     out["_o"] = out["system"].map(lambda s: order.get(s, 9))
-    return out.sort_values(["metric", "group", "_o", "system"])[cols].reset_index(drop=True)
+    out["_m"] = (out["source"] != "measured").astype(int) if "source" in out else 0
+    return out.sort_values(["_m", "metric", "group", "_o", "system"])[cols].reset_index(drop=True)
 
 
 def compare_bars(compare, *, metric: str | None = None, title: str | None = None):

@@ -257,6 +257,8 @@ def test_figure_builders_name_their_traces(full_run):
     assert len(figures.steering_sweep(steer, y="delta").data) == 2 * 4  # 4 curves, each with a band
     table = figures.compare_table(data.read_table(full_run / "compare", "compare.parquet"))
     assert list(table.columns[:5]) == ["metric", "group", "system", "source", "value"]
+    assert list(table["source"]) == ["measured"] * (len(table) - 1) + ["reported"]
+    assert list(table["system"][:4]) == ["base", "base+steering", "finetuned", "finetuned+steering"]
     assert figures.decay_curves(None).layout.annotations  # an empty-state figure, not an error
 
 
