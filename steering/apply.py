@@ -15,11 +15,13 @@ One context manager, two engines that compute exactly the same thing::
   site's ``.output`` (resid_post) or ``.input`` (resid_pre, hook_z) in layer order.  So that
   ``lm.model.generate(...)`` in the block goes through it, the model instance's ``generate``
   attribute is shadowed for the duration of the block (and deleted on exit, whatever happens).
-  What nnsight cannot express here: a plain forward (``lm.model(**batch)``) in the block is
-  *not* steered by this backend — it only intercepts ``generate`` (a forward is
-  ``generate(max_new_tokens=1, output_logits=True, return_dict_in_generate=True)``); and an
-  open-ended ``tracer.iter[:]`` loop ends by a dangling request that nnsight reports as a
-  warning by design (the model stopped producing steps), which we silence for that one message.
+  The steering itself is fully expressed in nnsight (step iteration + value assignment, KV
+  cache untouched).  What it cannot do is reach a call that does not go through the envoy:
+  nnsight's per-module controllers are inert outside a trace, so a plain forward
+  (``lm.model(**batch)``) in the block is *not* steered by this backend, only ``generate`` is
+  (a forward is ``generate(max_new_tokens=1, output_logits=True, return_dict_in_generate=True)``).
+  An open-ended ``tracer.iter[:]`` loop ends by a dangling request for the step after the last,
+  which nnsight 0.8 reports as a warning by design; we silence that one message.
 
 Positions (``positions=``), for a batch left-padded as the processor pads it:
 
@@ -37,8 +39,9 @@ is identical to the bit.
 
 Adaptive alpha (``adaptive=AdaptiveAlpha(heads=..., gain=...)``): ``alpha_t = alpha * g_t`` per
 row, where ``g_t`` is driven by the *listening signal* ``y`` = the mean audio attention yield of
-the specialist heads (Glazer, Aharon, Fetaya 2026), measured live by
-:mod:`interp.attention_yield` during the same ``generate``::
+the specialist heads (Glazer, Aharon, Fetaya 2026), measured live during the same ``generate``
+by a :class:`~interp.attention_yield.YieldRecorder` over the specialists' layers
+(:meth:`~interp.attention_yield.YieldRecorder.latest` before each forward)::
 
     g_t = 1 + gain * clip(1 - y_{t-1} / y_0, 0, 1)
 
@@ -50,7 +53,10 @@ linearly with the relative loss of listening (perception decay) up to ``(1 + gai
 when they have stopped listening altogether; it never drops below ``alpha``.  At the prefill
 (``last_prompt``) ``g = 1`` by definition.  Rows whose ``y_0`` is below ``floor`` (heads that
 never listened) get ``g = 1``.  The gate closes the loop: ``y`` is measured on the steered
-model.  The gain trace of every call is kept in ``Steering.gains``.
+model.  The gains of every call are kept in ``Steering.gains`` and the recorder's yields in
+``Steering.yields``.  The recorder is built per call from its ``input_ids``, so adaptive alpha
+steers ``generate`` calls only (``generate`` is shadowed in the block with either engine; a
+plain forward raises).
 
 Input errors are raised before any generation: a vector for another architecture, width or
 missing layer (:meth:`~steering.vector.SteeringVector.check_compatible`), a non-finite alpha,
