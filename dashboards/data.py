@@ -26,6 +26,7 @@ __all__ = [
     "ItemArrays",
     "Run",
     "audio_file",
+    "display_pieces",
     "find_runs",
     "is_run",
     "item_file",
@@ -225,6 +226,7 @@ class ItemArrays:
     token_ids: np.ndarray  # [n_tokens]
     tokens: list[str]  # one string per token (padded/truncated to n_tokens)
     text: str
+    pieces: list[str]  # the tokens as they read in ``text`` (with the whitespace before each)
     has_time_bins: bool
     n_time_bins: int
     prompt_yield: np.ndarray | None  # [prompt_len, layers, heads] or None
@@ -244,6 +246,26 @@ class ItemArrays:
     @property
     def step_ids(self) -> list[int]:
         return sorted(int(s) for s in np.unique(self.steps) if s >= 0)
+
+
+def display_pieces(tokens: list[str], text: str) -> list[str]:
+    """Each token as it reads in the generated ``text``, with the whitespace before it.
+
+    Word-level tokenizers decode one token without its surrounding spaces ("sound", "1"); the
+    text has them ("sound 1").  Each token is looked up in the text after the previous one, and
+    the whitespace in between is given to it; a token not found there (a special token the text
+    dropped) keeps its own string, after a space."""
+    out: list[str] = []
+    pos = 0
+    for tok in tokens:
+        core = tok.strip() or tok
+        j = text.find(core, pos) if core else -1
+        if j != -1 and not text[pos:j].strip():
+            out.append(text[pos : j + len(core)])
+            pos = j + len(core)
+        else:
+            out.append(tok if (not out or tok[:1].isspace()) else " " + tok)
+    return out
 
 
 def _open(path: Path):
@@ -279,9 +301,10 @@ def read_item(record_dir: str | Path, item_index: int) -> ItemArrays:
     if len(tokens) < n:
         tokens = tokens + [f"<{int(i)}>" for i in ids[len(tokens):]]
     steps = steps[:n] if len(steps) >= n else np.concatenate([steps, np.full(n - len(steps), -1)])
+    text = str(meta.get("text", "".join(tokens[:n])))
     return ItemArrays(
         item_index=int(item_index), item_id=str(meta.get("item_id", f"item-{item_index}")), yields=y, steps=steps,
-        token_ids=ids, tokens=tokens[:n], text=str(meta.get("text", "".join(tokens[:n]))),
+        token_ids=ids, tokens=tokens[:n], text=text, pieces=display_pieces(tokens[:n], text),
         has_time_bins="time_bins" in keys, n_time_bins=n_bins, prompt_yield=prompt,
     )
 

@@ -117,7 +117,7 @@ def _record_section(doc: _Doc, run: data.Run, *, top_k: int, max_tokens: int) ->
         doc.fig(figures.yield_heatmap(data.yield_at(item, "prompt"), title=f"{item.item_id}: yield at the last prompt token",
                                       highlight=top))
         values = item.yields[:, layer, head]
-        doc.raw(figures.token_html(item.tokens, values, steps=item.steps, max_tokens=max_tokens,
+        doc.raw(figures.token_html(item.pieces, values, steps=item.steps, max_tokens=max_tokens,
                                    caption=f"yield of L{layer}H{head}; hover a token for its value"))
         doc.fig(figures.token_yield_line(values, item.steps, name=f"L{layer}H{head}"))
         doc.fig(figures.item_step_curve(item.yields, item.steps, heads=top, chosen=(layer, head),

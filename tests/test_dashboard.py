@@ -313,3 +313,12 @@ def test_live_mode_loads_the_model_only_when_asked(full_run, monkeypatch):
     _ok(at)
     assert any("**micro** from" in m.value for m in at.markdown)
     assert at.code and at.code[0].value  # the chosen item's ids decoded by micro's tokenizer
+
+
+def test_display_pieces_put_back_the_text_spacing():
+    # word-level tokens decode without spaces; BPE tokens carry their own; special tokens are dropped from text
+    assert data.display_pieces(["<perception>", "\n", "sound", "1", ":", "tone"], "<perception>\nsound 1 : tone") == [
+        "<perception>", "\n", "sound", " 1", " :", " tone"]
+    assert data.display_pieces([" the", " sound", "<|im_end|>"], " the sound") == [" the", " sound", " <|im_end|>"]
+    pieces = data.display_pieces(["a", "b"], "")
+    assert pieces == ["a", " b"]

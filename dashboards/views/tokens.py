@@ -27,7 +27,7 @@ else:
 limit = 2000
 st.markdown(f"**{item.item_id}** — {item.n_tokens} tokens; hover a token for its yield ({label}). "
             "Token t is coloured by the yield while producing it (token 0: at the last prompt token).")
-st.html(figures.token_html(item.tokens, values, steps=item.steps, max_tokens=limit, caption=f"yield of {label}"))
+st.html(figures.token_html(item.pieces, values, steps=item.steps, max_tokens=limit, caption=f"yield of {label}"))
 st.plotly_chart(figures.token_yield_line(values, item.steps, name=label, title=f"Yield of {label} per generated token"),
                 key="tok_line")
 
