@@ -80,6 +80,7 @@ def stage_steer_fit(
         batch_size=batch_size, seed=seed, controls=False, extra={"fit": fit}, progress=not quiet,
     )
     vec = vecs["audio_minus_silence"]
+    out_vector.parent.mkdir(parents=True, exist_ok=True)
     export(vec, out_vector)
     return vec
 

@@ -73,9 +73,9 @@ def test_fit_defaults_and_heads_table(lm, tmp_path):
     from steering.pipeline import stage_steer_fit
 
     vec = stage_steer_fit(model=lm.source, data="cafe", n=3, layers=None, positions="audio_mean",
-                          out_vector=tmp_path / "v.npz", seed=1, lm=lm)
+                          out_vector=tmp_path / "new" / "v.npz", seed=1, lm=lm)
     assert vec.layers == (lm.arch.n_layers // 2,) and vec.heads == ()  # the middle layer
-    assert (tmp_path / "v.npz").exists()
+    assert (tmp_path / "new" / "v.npz").exists()  # the folder is created
     corr = np.zeros((lm.arch.n_layers, lm.arch.n_heads))
     corr[2, 1], corr[0, 3] = 0.9, 0.5
     heads_table(correlation=corr).to_parquet(tmp_path / "heads.parquet")
