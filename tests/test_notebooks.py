@@ -18,7 +18,8 @@ nbformat = pytest.importorskip("nbformat")
 
 NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = {
-    "01_perception_decay.ipynb": {"needs": [("auralens.stages", "stage_eval")], "models": ["micro"]},
+    "01_perception_decay.ipynb": {"needs": [("auralens.stages", "stage_eval"), ("interp.record", "stage_record")],
+                                  "models": ["micro"]},
     "02_probes.ipynb": {"needs": [("probes.pipeline", "stage_probe")], "models": ["micro"]},
     "03_steering.ipynb": {"needs": [("steering.pipeline", "stage_steer_fit"), ("steering.pipeline", "stage_steer_eval")],
                           "models": ["micro"]},
