@@ -71,7 +71,7 @@ def _line_with_band(fig, x, y, lo, hi, *, name: str, colour: str, dash: str | No
         ok = ~(np.isnan(lo) | np.isnan(hi))
         if ok.any():
             fig.add_trace(go.Scatter(
-                x=np.concatenate([x[ok], x[ok][::-1]]), y=np.concatenate([hi[ok], lo[ok][::-1]]), fill="toself",
+                x=np.concatenate([x[ok], x[ok][::-1]]), y=np.concatenate([hi[ok], lo[ok][::-1]]), mode="lines", fill="toself",
                 fillcolor=_rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip", name=f"{name} 95% CI",
                 showlegend=False, legendgroup=group), **kw)
     fig.add_trace(go.Scatter(

@@ -250,6 +250,7 @@ def test_figure_builders_name_their_traces(full_run):
     fig = figures.decay_curves(decay, axis="step", heads=[(0, 1)])
     names = [t.name for t in fig.data]
     assert names == ["all heads 95% CI", "all heads", "specialist heads 95% CI", "specialist heads", "L0H1 95% CI", "L0H1"]
+    assert all(t.mode == "lines" and t.fill == "toself" for t in fig.data if t.name.endswith("95% CI"))
     probes = data.read_table(full_run / "probe", "probes.parquet")
     fig = figures.probe_by_layer(probes, step="—")
     assert {"event_count", "event_count control", "event_count chance", "event_count 95% CI"} <= {t.name for t in fig.data}
