@@ -198,6 +198,7 @@ def decay_curves(decay, *, axis: str = "step", heads: Sequence[tuple[int, int]] 
         return _empty(title, f"no rows with axis={axis!r}")
     fig.update_layout(title=title, xaxis_title="reasoning step" if axis == "step" else "token bin",
                       yaxis_title="mean audio yield", **_LAYOUT)
+    fig.update_xaxes(dtick=1 if d["step"].nunique() <= 30 else None)
     return fig
 
 
@@ -209,6 +210,7 @@ def claim_accuracy_curve(claim_acc, *, title: str = "Outcome view: accuracy of p
     fig = go.Figure()
     _line_with_band(fig, d["step"], d["accuracy"], d["ci_low"], d["ci_high"], name="claim accuracy", colour=PALETTE[3])
     fig.update_layout(title=title, xaxis_title="reasoning step", yaxis_title="accuracy", yaxis_range=[0, 1.05], **_LAYOUT)
+    fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -371,9 +373,11 @@ def probe_by_layer(probes, *, site: str | None = None, position: str | None = No
                                  line=dict(color=c, dash="dash", width=1), legendgroup=str(attr), showlegend=False))
         fig.add_trace(go.Scatter(x=a["layer"], y=a["chance"], mode="lines", name=f"{attr} chance",
                                  line=dict(color=c, dash="dot", width=1), legendgroup=str(attr), showlegend=False))
-    where = ", ".join(f"{k}={v}" for k, v in (("site", site), ("position", position), ("step", step)) if v is not None)
+    where = ", ".join(f"{k}={v}" for k, v in (("site", site), ("position", position), ("step", step)) if v not in (None, "—"))
     fig.update_layout(title=f"{title}" + (f" ({where})" if where else ""), xaxis_title="layer",
                       yaxis_title=metric if metric != "accuracy" else "accuracy (dashed: control, dotted: chance)", **_LAYOUT)
+    if d["layer"].nunique() <= 40:
+        fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -398,6 +402,7 @@ def probe_by_step(probes, *, site: str | None = None, position: str | None = Non
         fig.add_trace(go.Scatter(x=a["step"].astype(float), y=a["chance"], mode="lines", name=f"{attr} chance",
                                  line=dict(color=c, dash="dot", width=1), showlegend=False))
     fig.update_layout(title=title, xaxis_title="reasoning step", yaxis_title="accuracy", **_LAYOUT)
+    fig.update_xaxes(dtick=1)
     return fig
 
 

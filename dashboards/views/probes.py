@@ -23,6 +23,12 @@ attrs = st.multiselect("Attributes", list(dict.fromkeys(d["attribute"])), defaul
                        key="probe_attrs")
 st.plotly_chart(figures.probe_by_layer(probes, site=site, position=position, step=step, attributes=attrs, metric=metric),
                 key="probe_layer")
-st.plotly_chart(figures.probe_by_step(probes, site=site, position=position), key="probe_step_fig")
+step_positions = sorted(probes.loc[probes["step"].notna() & (probes["site"].astype(str) == site), "position"].astype(str).unique())
+if step_positions:
+    st.plotly_chart(figures.probe_by_step(probes, site=site, position=step_positions[0],
+                                          title=f"Probe accuracy by reasoning step at {step_positions[0]} (best layer per attribute)"),
+                    key="probe_step_fig")
+else:
+    st.caption("This run has no probes by reasoning step.")
 with st.expander("Most selective probes"):
     st.dataframe(d.sort_values("selectivity", ascending=False).head(30), hide_index=True)
