@@ -45,6 +45,7 @@ def launch(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 
     """Serve the dashboard on ``run_dirs`` until interrupted; returns streamlit's exit code.
 
     Every folder is checked first (a :class:`interp.errors.RunFolderError` names the bad one)."""
+    import signal
     import subprocess
 
     from dashboards.data import open_run
@@ -53,7 +54,22 @@ def launch(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 
         open_run(p)
     cmd = streamlit_command(run_dirs, host=host, port=port, live_model=live_model)
     print(f"auralens dashboard: http://{host}:{port}  (Ctrl+C to stop)", flush=True)
+    proc = subprocess.Popen(cmd)
+
+    def forward(signum, _frame):  # a terminated launcher takes its server down with it
+        proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return subprocess.call(cmd)
+        return proc.wait()
     except KeyboardInterrupt:
-        return 0
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -323,3 +323,44 @@ def test_display_pieces_put_back_the_text_spacing():
     assert data.display_pieces([" the", " sound", "<|im_end|>"], " the sound") == [" the", " sound", " <|im_end|>"]
     pieces = data.display_pieces(["a", "b"], "")
     assert pieces == ["a", " b"]
+
+
+def test_launch_serves_on_loopback_and_stops_with_its_launcher(full_run, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = f"import dashboards, sys; sys.exit(dashboards.launch([{str(full_run)!r}], port={port}))"
+    log = (tmp_path / "launch.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/_stcore/health"
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "launch.log").read_text()
+                time.sleep(0.5)
+        else:
+            pytest.fail("the dashboard did not answer in 120 s")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        for _ in range(40):  # the streamlit child went down with the launcher
+            try:
+                urllib.request.urlopen(url, timeout=1)
+            except OSError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the streamlit server outlived its launcher")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
