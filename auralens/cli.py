@@ -284,7 +284,7 @@ def dashboard_cmd(
     """Open the Streamlit dashboard on run folders."""
     from dashboards import launch
 
-    raise typer.Exit(launch(runs, host=host, port=port, live_model=live_model))
+    raise typer.Exit(_run(launch, runs, host=host, port=port, live_model=live_model))
 
 
 @app.command("report")
