@@ -42,3 +42,33 @@ def tiny_model(tiny_cache):
         return copy.deepcopy(model), copy.deepcopy(processor)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def untrained_micro_dir(tmp_path_factory):
+    """A saved, untrained micro-shaped checkpoint (same class, processor and tokenizer as
+    `micro`), for tests that need a real pipeline but not a trained model."""
+    from interp.micro.build import build_model, build_processor
+
+    folder = tmp_path_factory.mktemp("untrained_micro")
+    processor = build_processor()
+    build_model(processor).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """A real run folder produced by `micro` (eval + record stages, a handful of items), laid out
+    like `auralens demo`'s: the dashboard and report tests read it."""
+    from auralens.stages import stage_eval
+    from interp.loading import load_model
+    from interp.record import stage_record
+
+    root = tmp_path_factory.mktemp("micro_run") / "demo"
+    lm = load_model("micro", device="cpu")
+    stage_eval(model="micro", data="cafe", n=6, formats=("direct",), out=root / "eval", lm=lm, quiet=True,
+               batch_size=6, max_new_tokens=48)
+    stage_record(model="micro", data="cafe", n=6, fmt="structured", out=root / "record", lm=lm, batch_size=6,
+                 max_new_tokens=80, top_k=3, n_boot=100, all_prompt=True, quiet=True)
+    return root

@@ -22,7 +22,6 @@ from interp.errors import RunFolderError  # noqa: E402
 
 APP = Path(dashboards.__file__).resolve().parent / "app.py"
 VIEWS = ("overview", "heads", "decay", "tokens", "probes", "steering", "compare")
-DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo"
 LONG = 5  # index of the synthetic run's 1,000-token item (the last of 6)
 
 
@@ -185,10 +184,9 @@ def test_no_run_folder_is_a_message_not_a_crash(tmp_path, monkeypatch):
     assert any("No run folder" in i.value for i in at.info)
 
 
-@pytest.mark.skipif(not (DEMO / "eval" / "manifest.json").exists() and not (DEMO / "manifest.json").exists(),
-                    reason="runs/demo not produced yet (run `auralens demo`)")
-def test_every_view_on_the_demo_run(monkeypatch):
-    at = _app(monkeypatch, DEMO)
+def test_every_view_on_a_run_produced_by_micro(monkeypatch, micro_run):
+    """A real run folder written by `micro` (eval + record stages), not a synthetic one."""
+    at = _app(monkeypatch, micro_run)
     for view in VIEWS:
         _goto(at, view)
 

@@ -11,7 +11,6 @@ from dashboards.report import write_report
 from dashboards.synthetic import write_synthetic_run
 from interp.errors import RunFolderError
 
-DEMO = Path(__file__).resolve().parent.parent / "runs" / "demo"
 _SCRIPT_TAG = re.compile(r"<script\b[^>]*>", re.I)
 _LINK_TAG = re.compile(r"<link\b[^>]*>", re.I)
 
@@ -60,7 +59,6 @@ def test_report_of_a_non_run_folder_is_a_clear_error(tmp_path):
         write_report(tmp_path)
 
 
-@pytest.mark.skipif(not DEMO.exists(), reason="runs/demo not produced yet (run `auralens demo`)")
-def test_report_of_the_demo_run(tmp_path):
-    out = write_report(DEMO, tmp_path / "demo.html")
+def test_report_of_a_run_produced_by_micro(tmp_path, micro_run):
+    out = write_report(micro_run, tmp_path / "demo.html")
     _assert_offline(out.read_text())
