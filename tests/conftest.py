@@ -45,16 +45,31 @@ def tiny_model(tiny_cache):
 
 
 @pytest.fixture(scope="session")
-def untrained_micro_dir(tmp_path_factory):
-    """A saved, untrained micro-shaped checkpoint (same class, processor and tokenizer as
-    `micro`), for tests that need a real pipeline but not a trained model."""
-    from interp.micro.build import build_model, build_processor
+def small_micro_dir(tmp_path_factory):
+    """A saved, untrained, smaller micro-shaped checkpoint (the real Qwen2-Audio class with
+    micro's processor and tokenizer; 3 layers, d_model 64, 4 heads / 2 kv heads), for tests that
+    need the real pipeline but not a trained model."""
+    from interp.micro.build import MicroConfig, build_model, build_processor
 
-    folder = tmp_path_factory.mktemp("untrained_micro")
-    processor = build_processor()
-    build_model(processor).save_pretrained(folder)
+    folder = tmp_path_factory.mktemp("small_micro")
+    cfg = MicroConfig(layers=3, d_model=64, heads=4, kv_heads=2, ffn=128, d_audio=64)
+    processor = build_processor(cfg)
+    build_model(processor, cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One BLAS/OpenMP thread per test module: the suite runs two workers on two cores."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -22,29 +22,11 @@ from interp.errors import ConfigError, ProbeError, RunFolderError
 N_ITEMS = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    from threadpoolctl import threadpool_limits
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
+def lm(small_micro_dir):
     """An untrained micro-sized model (the real Qwen2-Audio class), saved and reloaded."""
     from interp.loading import load_model
-    from interp.micro.build import MicroConfig, build_model, build_processor
-
-    folder = tmp_path_factory.mktemp("micro")
-    cfg = MicroConfig(layers=3, d_model=64, heads=4, kv_heads=2, ffn=128, d_audio=64)
-    processor = build_processor(cfg)
-    model = build_model(processor, cfg)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    folder = small_micro_dir
     return load_model(str(folder), device="cpu", dtype="float32")
 
 

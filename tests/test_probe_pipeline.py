@@ -17,27 +17,9 @@ N_ITEMS = 16
 FAST = dict(n_folds=2, n_bootstrap=50, max_new_tokens=8, max_steps=3, batch_size=8, chunk_size=6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    from threadpoolctl import threadpool_limits
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def micro_dir(tmp_path_factory):
-    from interp.micro.build import MicroConfig, build_model, build_processor
-
-    folder = tmp_path_factory.mktemp("micro")
-    cfg = MicroConfig(layers=3, d_model=64, heads=4, kv_heads=2, ffn=128, d_audio=64)
-    processor = build_processor(cfg)
-    build_model(processor, cfg).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
+def micro_dir(small_micro_dir):
+    return str(small_micro_dir)
 
 
 @pytest.fixture(scope="module")

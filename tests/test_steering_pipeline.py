@@ -24,25 +24,10 @@ COLUMNS = ["vector", "method", "layer", "alpha", "positions", "category", "accur
            "n", "delta", "delta_ci_low", "delta_ci_high"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
+def lm(small_micro_dir):
     from interp.loading import load_model
-    from interp.micro.build import MicroConfig, build_model, build_processor
-
-    folder = tmp_path_factory.mktemp("micro")
-    cfg = MicroConfig(layers=3, d_model=64, heads=4, kv_heads=2, ffn=128, d_audio=64)
-    processor = build_processor(cfg)
-    model = build_model(processor, cfg)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    folder = small_micro_dir
     return load_model(str(folder), device="cpu", dtype="float32")
 
 
