@@ -23,13 +23,13 @@ from interp.micro.build import MicroConfig, build_model, build_processor
 class TrainConfig:
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
     max_minutes: float = 19.0
     seed: int = 0
     data_seed: int = 1  # train items: cafe seeds data_seed*100000 + i (eval uses other seeds)
-    format_weights: tuple[float, float, float] = (0.25, 0.25, 0.5)  # direct, cot, structured
+    format_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)  # direct, cot, structured
     threads: int = 2
     save_every: int = 250  # checkpoint (weights + optimizer) every N steps; resume continues from it
 
