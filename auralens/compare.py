@@ -1,0 +1,464 @@
+"""Steering vs MPAR²-style fine-tuning, on the same model family and the same items
+(``auralens compare``).
+
+Four systems answer the same ``n`` items of ``data`` (data seed ``seed``): ``base``,
+``base+steering`` (the vector at its ``default_alpha`` or the given ``alpha``, through
+:func:`steering.apply.apply_vector`), ``finetuned`` and ``finetuned+steering`` (the same vector,
+fitted on the base, applied unchanged).  Each (system, format) is one
+:func:`interp.record.stage_record` run in ``<out>/<system>/<format>/`` (generation with the
+attention-yield recorder, claims, error attribution), so every number here is computed by the
+same code as the perception-decay stage.
+
+``compare.parquet`` has one row per number, columns :data:`COMPARE_COLUMNS`:
+
+- ``system``: one of :data:`SYSTEMS` for measured rows (``source="measured"``); the model name
+  for rows quoted from the papers (``source="reported"``, :data:`REPORTED`; never measured here).
+- ``metric`` / ``group`` (``<format>/<what>``):
+
+  - ``accuracy``: ``<fmt>/all``, ``<fmt>/tier=...``, and ``category=``, ``task=``,
+    ``difficulty=``, ``sub_category=`` wherever they split the items differently (MMAU: task
+    sound/music/speech, category, difficulty); 95% item-bootstrap CI.
+  - ``gain_vs_base`` / ``gain_vs_unsteered``: accuracy difference with the paired bootstrap
+    (per-item differences resampled) against ``base`` / the same model without steering.
+  - ``claim_accuracy``: accuracy of the perceptual claims (``<fmt>/all`` and ``<fmt>/step=s``
+    per reasoning step; value pooled over claims, CI from the item bootstrap, ``n`` claims);
+    only for items with a cafe scene.
+  - ``error_share``: share of the wrong answers attributed to ``perception`` / ``reasoning`` /
+    ``unverifiable`` (:func:`interp.decay.attribute_errors`); only with scenes.
+  - ``specialist_yield``: mean audio yield of the specialist heads per reasoning step
+    (``<fmt>/step=s``, CI over items); ``yield_slope_specialists`` / ``yield_slope_all_heads``:
+    least-squares slope of the mean yield over steps (:func:`interp.decay.decay_summary`,
+    negative = perception decay).  The specialists are the top-k heads of the *unsteered* run of
+    the same model (:func:`interp.listening.top_k` on its ``heads.parquet``), so a steered
+    system is measured on the heads of its own model.
+  - ``training_flops``: from the fine-tuned folder's ``finetune.json`` (``compute_flops.total``;
+    0 for the base and for steering, which trains nothing); ``steering_fit_flops``: an estimate
+    of fitting the vector (2 forwards per fit item × mean prompt tokens of the evaluated items ×
+    2 · parameters).
+
+Also written: ``compare.html`` (self-contained plotly), ``summary.json`` and ``manifest.json``.
+The same function runs a real checkpoint on MMAU test-mini (``data`` = the JSON, audio under
+``test-mini-audios/`` beside it; MMAU's matching rule scores every answer): nothing but the
+claim and error-share rows needs a cafe scene, and those are left out when no item has one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp.errors import ConfigError
+
+__all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "compare_figure", "reported_rows", "stage_compare"]
+
+SYSTEMS: tuple[str, ...] = ("base", "base+steering", "finetuned", "finetuned+steering")
+COMPARE_COLUMNS: tuple[str, ...] = ("system", "metric", "group", "value", "ci_low", "ci_high", "n", "source", "note")
+_DIRS = {"base": "base", "base+steering": "base_steering", "finetuned": "finetuned",
+         "finetuned+steering": "finetuned_steering"}
+_GROUP_KEYS = ("tier", "category", "task", "difficulty", "sub_category")
+_ERROR_TYPES = ("perception", "reasoning", "unverifiable")
+
+_MPAR2 = "Mao et al., MPAR², arXiv 2603.02266"
+_GLAZER = "Glazer, Aharon, Fetaya, audio-specialist-head steering, Interspeech 2026"
+#: numbers quoted from the papers (fractions; the notes give them as the papers do)
+REPORTED: tuple[dict[str, Any], ...] = (
+    {"system": "Qwen2.5-Omni-7B", "metric": "accuracy", "group": "MMAU", "value": 0.6590,
+     "note": f"reported, not measured: MMAU 65.90 before MPAR² ({_MPAR2})"},
+    {"system": "Qwen2.5-Omni-7B+MPAR²", "metric": "accuracy", "group": "MMAU", "value": 0.7459,
+     "note": f"reported, not measured: MMAU 74.59 after MPAR² SFT + GRPO ({_MPAR2})"},
+    {"system": "Qwen2.5-Omni-7B", "metric": "claim_accuracy", "group": "CAFE perception", "value": 0.3174,
+     "note": f"reported, not measured: CAFE perception accuracy 31.74 before MPAR² ({_MPAR2})"},
+    {"system": "Qwen2.5-Omni-7B+MPAR²", "metric": "claim_accuracy", "group": "CAFE perception", "value": 0.6351,
+     "note": f"reported, not measured: CAFE perception accuracy 63.51 after MPAR² ({_MPAR2})"},
+    {"system": "Qwen2-Audio-7B-Instruct+steering", "metric": "gain_vs_unsteered", "group": "MMAU", "value": 0.080,
+     "note": f"reported, not measured: up to +8.0 points on MMAU, no training ({_GLAZER})"},
+    {"system": "R1-AQA+steering", "metric": "gain_vs_unsteered", "group": "MMAU", "value": 0.049,
+     "note": f"reported, not measured: up to +4.9 points on MMAU, no training ({_GLAZER})"},
+)
+
+
+def reported_rows():
+    """The papers' numbers as ``compare.parquet`` rows (``source="reported"``)."""
+    import pandas as pd
+
+    rows = [{**r, "ci_low": np.nan, "ci_high": np.nan, "n": 0, "source": "reported"} for r in REPORTED]
+    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+def _row(system, metric, group, value, lo=np.nan, hi=np.nan, n=0, note="") -> dict[str, Any]:
+    return {"system": system, "metric": metric, "group": group, "value": float(value), "ci_low": float(lo),
+            "ci_high": float(hi), "n": int(n), "source": "measured", "note": note}
+
+
+def _mean_ci(values, *, n_boot: int, seed: int) -> tuple[float, float, float]:
+    from interp.stats import bootstrap_mean_ci
+
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return np.nan, np.nan, np.nan
+    m, lo, hi = bootstrap_mean_ci(v, n_boot=n_boot, seed=seed)
+    return float(m), float(lo), float(hi)
+
+
+def _groupings(df) -> list[str]:
+    """The grouping columns that split the items, skipping one that repeats an earlier split."""
+    keys, seen = [], []
+    for k in _GROUP_KEYS:
+        if k not in df or df[k].fillna("").astype(str).eq("").all():
+            continue
+        part = tuple(df[k].fillna("").astype(str).factorize()[0])
+        if part in seen or df[k].nunique() < 2 and k != "tier":
+            continue
+        seen.append(part)
+        keys.append(k)
+    return keys
+
+
+def _accuracy_rows(system, fmt, df, *, n_boot, seed) -> list[dict]:
+    rows = []
+    m, lo, hi = _mean_ci(df["correct"], n_boot=n_boot, seed=seed)
+    rows.append(_row(system, "accuracy", f"{fmt}/all", m, lo, hi, len(df)))
+    for key in _groupings(df):
+        for val, g in df.groupby(df[key].fillna("").astype(str), sort=True):
+            m, lo, hi = _mean_ci(g["correct"], n_boot=n_boot, seed=seed)
+            rows.append(_row(system, "accuracy", f"{fmt}/{key}={val}", m, lo, hi, len(g)))
+    return rows
+
+
+def _gain_row(system, metric, fmt, df, ref, ref_name, *, n_boot, seed) -> dict:
+    a = df.set_index("item_id")["correct"].astype(float)
+    b = ref.set_index("item_id")["correct"].astype(float)
+    common = a.index.intersection(b.index)
+    d = (a[common] - b[common]).to_numpy()
+    m, lo, hi = _mean_ci(d, n_boot=n_boot, seed=seed)
+    return _row(system, metric, f"{fmt}/all", m, lo, hi, len(d), note=f"paired bootstrap over items vs {ref_name}")
+
+
+def _claim_rows(system, fmt, run, *, n_boot, seed) -> list[dict]:
+    claims = run.read_table("claims.parquet")
+    if not len(claims):
+        return []
+    per_item = claims.groupby("item_id")["claim_correct"].mean().to_numpy(float)
+    _, lo, hi = _mean_ci(per_item, n_boot=n_boot, seed=seed)
+    rows = [_row(system, "claim_accuracy", f"{fmt}/all", claims["claim_correct"].mean(), lo, hi, len(claims),
+                 note="perceptual claims checked against the scene; value pooled over claims, CI over items")]
+    for r in run.read_table("claim_accuracy.parquet").itertuples():
+        rows.append(_row(system, "claim_accuracy", f"{fmt}/step={int(r.step)}", r.accuracy, r.ci_low, r.ci_high,
+                         r.n_claims, note="claims made at this reasoning step"))
+    return rows
+
+
+def _error_rows(system, fmt, df, *, n_boot, seed) -> list[dict]:
+    wrong = df[~df["correct"].astype(bool)]
+    rows = []
+    for et in _ERROR_TYPES:
+        ind = (wrong["error_type"] == et).to_numpy(float)
+        m, lo, hi = _mean_ci(ind, n_boot=n_boot, seed=seed) if len(ind) else (np.nan,) * 3
+        rows.append(_row(system, "error_share", f"{fmt}/{et}", m, lo, hi, len(wrong),
+                         note="share of the wrong answers (interp.decay.attribute_errors)"))
+    return rows
+
+
+def _decay_rows(system, fmt, run, df, top, *, n_boot, seed) -> list[dict]:
+    from interp.decay import decay_summary, decay_table
+    from interp.record import load_yields
+
+    ys, ss, _, _ = load_yields(run, df)
+    table = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed, per_head=False)
+    summ = decay_summary(table)
+    heads = ", ".join(f"{L}:{h}" for L, h in top)
+    rows = []
+    for r in table[(table.group == "topk") & (table.axis == "step")].sort_values("step").itertuples():
+        rows.append(_row(system, "specialist_yield", f"{fmt}/step={int(r.step)}", r.mean_yield, r.ci_low, r.ci_high,
+                         r.n, note=f"mean audio yield of heads {heads}"))
+    for group, metric in (("topk", "yield_slope_specialists"), ("all", "yield_slope_all_heads")):
+        s = summ[summ.group == group]
+        if len(s):
+            rows.append(_row(system, metric, f"{fmt}/all", s.slope.iloc[0], n=int(s.n_steps.iloc[0]),
+                             note=f"least-squares slope of mean yield per reasoning step"
+                                  f"{' (heads ' + heads + ')' if group == 'topk' else ''}; < 0 = perception decay"))
+    return rows
+
+
+def _finetune_flops(lm) -> tuple[float, str]:
+    p = Path(lm.source) / "finetune.json"
+    if not p.exists():
+        return np.nan, f"no finetune.json in {lm.source} (not fine-tuned by interp.micro.finetune): training compute unknown"
+    info = json.loads(p.read_text())
+    total = info.get("compute_flops", {}).get("total")
+    if total is None:
+        return np.nan, f"{p} records no compute_flops"
+    return float(total), f"from {p.name}: 6·N·tokens (SFT, GRPO updates) + 2·N·tokens (sampling, reference)"
+
+
+def _fit_flops(vec, lm, items, fmt) -> tuple[float, str]:
+    from interp.generation import model_inputs
+
+    fit = (vec.extra or {}).get("fit") if vec is not None else None
+    if not isinstance(fit, dict) or not isinstance(fit.get("n"), int):
+        return np.nan, "the vector does not record its fit data (extra['fit']): fit cost unknown"
+    sample = list(items[: min(len(items), 8)])
+    batch = model_inputs(lm, sample, fit.get("format", fmt))
+    mean_tokens = float(batch["attention_mask"].sum()) / len(sample)
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    flops = 2.0 * n_params * 2 * fit["n"] * mean_tokens
+    return flops, (f"estimate: {fit['n']} fit items × 2 forwards (audio, silence) × {mean_tokens:.0f} mean prompt "
+                   f"tokens × 2·N; no training")
+
+
+def _vector_digest(vec) -> str:
+    return hashlib.sha256(vec.stacked().float().cpu().numpy().tobytes()).hexdigest()
+
+
+def stage_compare(
+    *,
+    base: str,
+    finetuned: str,
+    vector: Any,
+    data: str,
+    n: int,
+    out: str | Path,
+    resume: bool = False,
+    formats: Sequence[str] = ("structured",),
+    alpha: float | None = None,
+    seed: int = 7,
+    lm_base=None,
+    lm_ft=None,
+    quiet: bool = False,
+    positions: str = "last_prompt",
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    top_k: int = 8,
+    n_boot: int = 1000,
+    dtype: str = "auto",
+) -> dict[str, Any]:
+    """Base, base + steering, fine-tuned, fine-tuned + steering on the same items; writes the run
+    folder ``out`` (see the module docstring) and returns its summary.
+
+    ``vector``: a vector file or a :class:`~steering.vector.SteeringVector` (``None``: the
+    steered systems are skipped, with a note).  ``alpha``: default the vector's
+    ``default_alpha``.  ``lm_base`` / ``lm_ft``: already loaded models (else loaded from
+    ``base`` / ``finetuned``; the same spec loads once)."""
+    import pandas as pd
+
+    from interp.cafe.formats import FORMATS
+    from interp.datasets import fingerprint, load_dataset
+    from interp.listening import top_k as pick_top
+    from interp.loading import load_model
+    from interp.record import stage_record
+    from interp.runs import RunFolder
+
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if not formats or bad or len(set(formats)) != len(formats):
+        raise ConfigError(f"formats: expected distinct formats among {list(FORMATS)}, found {list(formats)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n: expected a positive number of items, found {n!r}")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha)):
+        raise ConfigError(f"alpha: expected a finite number or None, found {alpha!r}")
+    notes: list[str] = []
+    vec = None
+    apply_vector = None
+    if vector is None:
+        notes.append("no steering vector given: the steered systems were skipped")
+    else:
+        try:
+            from steering.apply import apply_vector
+            from steering.formats import load_vector
+            from steering.vector import SteeringVector
+        except ImportError as exc:  # the steering package is optional for this stage
+            notes.append(f"steering is unavailable ({exc}): the steered systems were skipped")
+        else:
+            vec = vector if isinstance(vector, SteeringVector) else load_vector(vector)
+    alpha = float(alpha if alpha is not None else vec.default_alpha) if vec is not None else None
+    systems = [s for s in SYSTEMS if vec is not None or "steering" not in s]
+
+    items = load_dataset(data, n=n, seed=seed)
+    config = {"base": base, "finetuned": finetuned, "formats": list(formats), "alpha": alpha, "positions": positions,
+              "max_new_tokens": max_new_tokens, "top_k": top_k, "dtype": dtype,
+              "vector_sha256": _vector_digest(vec) if vec is not None else None,
+              "vector_source": str(vector) if vec is not None and vector is not vec else None}
+    run = RunFolder.create(
+        out, manifest={"command": "auralens compare", "model": f"{base} vs {finetuned}", "data": data, "seed": seed,
+                       "n": n, "config": config, "data_fingerprint": fingerprint(items)},
+        resume=resume,
+    )
+    lm_base = lm_base or load_model(base, dtype=dtype)
+    if lm_ft is None:
+        lm_ft = lm_base if finetuned == base else load_model(finetuned, dtype=dtype)
+    if vec is not None:
+        vec.check_compatible(lm_base.arch)
+        vec.check_compatible(lm_ft.arch)
+        notes.append(f"steering: vector {vec.method} fitted on {vec.model_id!r}, layers {list(vec.layers)}, "
+                     f"alpha {alpha}, positions {positions}; applied unchanged to both models")
+    has_scene = any(it.scene for it in items)
+    if not has_scene:
+        notes.append("no item has a cafe scene: claim accuracy and error attribution rows are left out")
+    meta = pd.DataFrame([{"item_id": it.item_id, "task": it.task, "difficulty": it.difficulty} for it in items])
+
+    rows: list[dict] = []
+    frames: dict[tuple[str, str], Any] = {}
+    for system in systems:
+        lm = lm_base if system.startswith("base") else lm_ft
+        steered = system.endswith("+steering")
+        label = f"{base if lm is lm_base else finetuned}{f' + steering(alpha={alpha})' if steered else ''}"
+        for fmt in formats:
+            sub = run.file(f"{_DIRS[system]}/{fmt}")
+            ctx = apply_vector(lm, vec, alpha=alpha, positions=positions) if steered else contextlib.nullcontext()
+            with ctx:
+                stage_record(model=label, data=data, n=n, fmt=fmt, out=sub, resume=resume, lm=lm, quiet=quiet,
+                             seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens, top_k=top_k,
+                             n_boot=n_boot)
+            srun = RunFolder.open(sub)
+            df = srun.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
+            df = df.merge(meta, on="item_id", how="left")
+            frames[(system, fmt)] = (srun, df)
+            rows += _accuracy_rows(system, fmt, df, n_boot=n_boot, seed=seed)
+            if has_scene:
+                rows += _claim_rows(system, fmt, srun, n_boot=n_boot, seed=seed)
+                rows += _error_rows(system, fmt, df, n_boot=n_boot, seed=seed)
+
+    # paired gains, and the specialists' yield (heads of the unsteered run of the same model)
+    for system in systems:
+        for fmt in formats:
+            srun, df = frames[(system, fmt)]
+            if system != "base":
+                rows.append(_gain_row(system, "gain_vs_base", fmt, df, frames[("base", fmt)][1], "base",
+                                      n_boot=n_boot, seed=seed))
+            if system.endswith("+steering"):
+                plain = system.removesuffix("+steering")
+                rows.append(_gain_row(system, "gain_vs_unsteered", fmt, df, frames[(plain, fmt)][1], plain,
+                                      n_boot=n_boot, seed=seed))
+            plain_run = frames[(system.removesuffix("+steering"), fmt)][0]
+            heads = plain_run.read_table("heads.parquet")
+            top = pick_top(heads, min(top_k, len(heads)))
+            rows += _decay_rows(system, fmt, srun, df, top, n_boot=n_boot, seed=seed)
+
+    # cost
+    ft_flops, ft_note = _finetune_flops(lm_ft)
+    fit_flops, fit_note = _fit_flops(vec, lm_base, items, formats[0]) if vec is not None else (np.nan, "")
+    for system in systems:
+        if system.startswith("base"):
+            rows.append(_row(system, "training_flops", "all", 0.0, note="no training (the base model's own training not counted)"))
+        else:
+            rows.append(_row(system, "training_flops", "all", ft_flops, note=ft_note))
+        if system.endswith("+steering"):
+            rows.append(_row(system, "steering_fit_flops", "all", fit_flops, note=fit_note))
+
+    table = pd.concat([pd.DataFrame(rows, columns=list(COMPARE_COLUMNS)), reported_rows()], ignore_index=True)
+    run.write_table("compare.parquet", table)
+    run.write_figure("compare.html", compare_figure(table))
+    summary = _summary(table, systems, formats)
+    summary.update({"run": str(out), "base": base, "finetuned": finetuned, "data": data, "n": len(items),
+                    "alpha": alpha, "notes": notes})
+    summary = _finite(summary)
+    run.write_json("summary.json", summary)
+    run.mark_stage("compare", systems=list(systems), formats=list(formats))
+    run.finish()
+    return summary
+
+
+def _summary(table, systems, formats) -> dict[str, Any]:
+    m = table[table.source == "measured"]
+
+    def get(system, metric, group):
+        r = m[(m.system == system) & (m.metric == metric) & (m.group == group)]
+        if not len(r):
+            return None
+        r = r.iloc[0]
+        return {"value": round(float(r.value), 4), "ci": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)],
+                "n": int(r.n)}
+
+    out: dict[str, Any] = {"systems": {}}
+    for s in systems:
+        per = {}
+        for fmt in formats:
+            tiers = m[(m.system == s) & (m.metric == "accuracy") & m.group.str.startswith(f"{fmt}/tier=")]
+            per[fmt] = {
+                "accuracy": get(s, "accuracy", f"{fmt}/all"),
+                "accuracy_by_tier": {g.split("=", 1)[1]: round(float(v), 4) for g, v in zip(tiers.group, tiers.value)},
+                "claim_accuracy": get(s, "claim_accuracy", f"{fmt}/all"),
+                "gain_vs_base": get(s, "gain_vs_base", f"{fmt}/all"),
+                "gain_vs_unsteered": get(s, "gain_vs_unsteered", f"{fmt}/all"),
+                "yield_slope_specialists": get(s, "yield_slope_specialists", f"{fmt}/all"),
+                "error_shares": {et: (get(s, "error_share", f"{fmt}/{et}") or {}).get("value") for et in _ERROR_TYPES},
+            }
+        flops = get(s, "training_flops", "all")
+        per["training_flops"] = None if flops is None or np.isnan(flops["value"]) else flops["value"]
+        out["systems"][s] = per
+    return out
+
+
+def _finite(obj):
+    """NaN -> None, recursively (summary.json is strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+_COLORS = {"base": "#636efa", "base+steering": "#00cc96", "finetuned": "#ef553b", "finetuned+steering": "#ab63fa"}
+
+
+def compare_figure(table):
+    """Six panels: accuracy by tier, claim accuracy by step, error shares, specialist yield by
+    step, training compute, and the papers' reported numbers (labelled as such)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=3, subplot_titles=(
+        "accuracy by tier (95% CI)", "perceptual-claim accuracy by reasoning step", "share of wrong answers by cause",
+        "specialist heads' audio yield by step", "training compute (FLOPs)", "reported in the papers (not measured)"))
+    m = table[table.source == "measured"]
+    formats = sorted({g.split("/", 1)[0] for g in m.group if "/" in g})
+    for system, color in _COLORS.items():
+        s = m[m.system == system]
+        if s.empty:
+            continue
+        for fi, fmt in enumerate(formats):
+            name = system if len(formats) == 1 else f"{system} · {fmt}"
+            first = fi == 0
+
+            def pick(metric, prefix):
+                d = s[(s.metric == metric) & s.group.str.startswith(f"{fmt}/{prefix}")]
+                return d.assign(x=d.group.str.split("/", n=1).str[1].str.replace(prefix, "", regex=False))
+
+            acc = pick("accuracy", "")
+            acc = acc[acc.x.eq("all") | acc.x.str.startswith("tier=")]
+            fig.add_trace(go.Bar(x=acc.x, y=acc.value, name=name, marker_color=color, legendgroup=name, showlegend=first,
+                                 error_y={"type": "data", "symmetric": False, "array": acc.ci_high - acc.value,
+                                          "arrayminus": acc.value - acc.ci_low}), row=1, col=1)
+            for metric, col in (("claim_accuracy", 2), ("specialist_yield", 1)):
+                d = pick(metric, "step=")
+                d = d[d.x != "all"]
+                if len(d):
+                    fig.add_trace(go.Scatter(x=d.x.astype(int), y=d.value, mode="lines+markers", name=name,
+                                             line={"color": color}, legendgroup=name, showlegend=False,
+                                             error_y={"type": "data", "symmetric": False, "array": d.ci_high - d.value,
+                                                      "arrayminus": d.value - d.ci_low}),
+                                  row=1 if metric == "claim_accuracy" else 2, col=col)
+            err = pick("error_share", "")
+            if len(err):
+                fig.add_trace(go.Bar(x=err.x, y=err.value, name=name, marker_color=color, legendgroup=name,
+                                     showlegend=False), row=1, col=3)
+        cost = s[s.metric.isin(["training_flops", "steering_fit_flops"])].fillna({"value": 0.0})
+        if len(cost):
+            fig.add_trace(go.Bar(x=cost.metric, y=cost.value.clip(lower=1.0), name=system, marker_color=color,
+                                 legendgroup=system if len(formats) == 1 else None, showlegend=False), row=2, col=2)
+    rep = table[table.source == "reported"]
+    fig.add_trace(go.Bar(x=[f"{s} · {g}" for s, g in zip(rep.system, rep.group)], y=rep.value, marker_color="#888888",
+                         name="reported (papers)", text=[f"{v:.3f}" for v in rep.value], hovertext=list(rep.note)),
+                  row=2, col=3)
+    fig.update_yaxes(type="log", row=2, col=2)
+    fig.update_layout(title="Steering vs MPAR²-style fine-tuning on the same items", barmode="group",
+                      template="plotly_white", height=850)
+    return fig

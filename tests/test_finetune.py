@@ -1,0 +1,321 @@
+"""MPAR²-style fine-tuning (interp.micro.finetune): rewards on hand-built traces, GRPO's
+advantages and loss against hand computations, a GRPO update that raises the log-prob of the
+rewarded completion, and a tiny end-to-end fine-tune that writes a loadable checkpoint (+ resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from interp.errors import ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def items():
+    from interp.cafe.questions import make_items
+
+    return make_items(30, seed=3)
+
+
+def _item(items, qtype, min_events=1):
+    """The first cafe item of question type ``qtype`` with at least ``min_events`` sounds."""
+    from interp.cafe.questions import QTYPES, make_item
+
+    tier = next(t for t, qs in QTYPES.items() if qtype in qs)
+    for seed in range(400_000, 400_200):
+        it = make_item(seed, tier=tier, qtype=qtype)
+        if len(it.scene["events"]) >= min_events:
+            return it
+    raise AssertionError(f"no {qtype} item with {min_events} sounds")  # pragma: no cover
+
+
+def _trace(item):
+    from interp.cafe.formats import render_target
+
+    return render_target(item, "structured")
+
+
+# ------------------------------------------------------------------------------------ rewards
+def test_perfect_traces_get_every_reward_1(items):
+    from interp.micro.finetune import trace_rewards
+
+    for it in items:
+        r = trace_rewards(_trace(it), it)
+        assert r == {"perception": 1.0, "consistency": 1.0, "answer": 1.0, "format": 1.0, "total": 1.0}, (it.item_id, r)
+
+
+def test_a_wrong_class_claim_costs_one_claim_of_three_per_sound(items):
+    from interp.cafe.questions import CLASS_WORDS
+    from interp.micro.finetune import perception_reward
+
+    it = _item(items, "identity", min_events=3)
+    ev = it.scene["events"]
+    right = CLASS_WORDS[ev[0]["cls"]]
+    wrong = next(w for w in CLASS_WORDS.values() if w != right)
+    text = _trace(it).replace(f"sound 1 : {right} ", f"sound 1 : {wrong} ", 1)
+    assert perception_reward(text, it.scene) == pytest.approx((3 * len(ev) - 1) / (3 * len(ev)))
+    # a sound left out counts as three wrong claims
+    lines = [ln for ln in _trace(it).split("\n") if not ln.startswith("sound 2 :")]
+    assert perception_reward("\n".join(lines), it.scene) == pytest.approx((3 * len(ev) - 3) / (3 * len(ev)))
+    # claims outside the perception section do not count for it
+    assert perception_reward(text.replace("<perception>", "<p>"), it.scene) == 0.0
+
+
+def test_inconsistent_reasoning_is_measured_against_perception_not_truth(items):
+    from interp.cafe.questions import CLASS_WORDS
+    from interp.micro.finetune import consistency_reward, perception_reward
+
+    it = _item(items, "identity", min_events=2)
+    k = it.meta["facts"]["k"]
+    right = CLASS_WORDS[it.scene["events"][k]["cls"]]
+    wrong = next(w for w in CLASS_WORDS.values() if w != right)
+    text = _trace(it)
+    # reasoning: "sound k is <wrong>" contradicts perception; review "i heard N sounds" agrees
+    bad = text.replace(f"sound {k + 1} is {right}", f"sound {k + 1} is {wrong}")
+    assert consistency_reward(bad) == pytest.approx(1 / 2)
+    # perception wrong in the same way as the reasoning: consistent (perception pays instead)
+    both = bad.replace(f"sound {k + 1} : {right} ", f"sound {k + 1} : {wrong} ")
+    assert consistency_reward(both) == 1.0 and perception_reward(both, it.scene) < 1.0
+    # a review that counts the sounds wrongly
+    n = len(it.scene["events"])
+    words = ("zero", "one", "two", "three", "four", "five")
+    miscount = text.replace(f"i heard {words[n]} sounds", f"i heard {words[n % 4 + 1]} sounds")
+    assert consistency_reward(miscount) == pytest.approx(1 / 2)
+    # no reasoning section: 0
+    assert consistency_reward(text.replace("<reasoning>", "")) == 0.0
+
+
+def test_consistency_reads_reverse_class_and_loud_lists(items):
+    from interp.micro.finetune import consistency_reward
+
+    text = "\n".join([
+        "<perception>", "sound 1 : tone low loud", "sound 2 : noise high soft", "sound 3 : buzz low loud", "</perception>",
+        "<reasoning>", "the noise is sound 2 and the tone is sound 3", "loud : sound 1 and sound 3",
+        "that is two loud sounds", "</reasoning>", "<review>", "i heard three sounds", "</review>", "answer : two",
+    ])
+    # checks: noise=2 ok, tone=3 wrong, loud set ok, two loud ok, three sounds ok
+    assert consistency_reward(text) == pytest.approx(4 / 5)
+    assert consistency_reward(text.replace("loud : sound 1 and sound 3", "no sound is loud")) == pytest.approx(3 / 5)
+
+
+def test_format_reward_counts_markers_once_each_in_order(items):
+    from interp.micro.finetune import format_reward
+
+    text = _trace(items[0])
+    assert format_reward(text) == 1.0
+    assert format_reward(text.replace("<review>\n", "")) == pytest.approx(6 / 7)
+    assert format_reward(text.replace("</perception>", "</perception>\n</perception>")) == pytest.approx(6 / 7)
+    swapped = text.replace("<reasoning>", "@@").replace("<review>", "<reasoning>").replace("@@", "<review>")
+    assert format_reward(swapped) == pytest.approx(5 / 7)  # the longest in-order run skips two markers
+    assert format_reward("answer : one") == pytest.approx(1 / 7)
+    assert format_reward("") == 0.0
+
+
+def test_answer_reward_and_geometric_mean(items):
+    from interp.micro.finetune import answer_reward, combine_rewards, trace_rewards
+
+    it = _item(items, "count")
+    wrong = next(c for c in it.choices if c != it.answer)
+    text = _trace(it)
+    assert answer_reward(text, it) == 1.0
+    bad = text.replace(f"answer : {it.answer}", f"answer : {wrong}")
+    assert answer_reward(bad, it) == 0.0
+    assert trace_rewards(bad, it)["total"] == 0.0  # geometric mean, no epsilon: a wrong answer zeroes it
+    r = {"perception": 0.25, "consistency": 1.0, "answer": 1.0, "format": 0.5}
+    assert combine_rewards(r) == pytest.approx((0.25 * 0.5) ** 0.25)
+    with pytest.raises(ConfigError, match="perception"):
+        combine_rewards({**r, "perception": 1.5})
+    from interp.items import Item
+
+    with pytest.raises(ConfigError, match="scene"):
+        trace_rewards(text, Item(item_id="x", audio="a.wav", question="q", choices=("a", "b"), answer="a"))
+
+
+# --------------------------------------------------------------------------------------- GRPO
+def test_group_advantages_match_a_hand_computation():
+    from interp.micro.finetune import group_advantages
+
+    adv = group_advantages([1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.2, 0.4, 0.6, 0.8], 4)
+    # group 1: mean 0.25, unbiased std sqrt((0.75² + 3·0.25²) / 3) = 0.5
+    s = 0.5 + 1e-4
+    expected = [0.75 / s, -0.25 / s, -0.25 / s, -0.25 / s, 0, 0, 0, 0]
+    # group 3: mean 0.5, unbiased std sqrt((0.09 + 0.01 + 0.01 + 0.09) / 3)
+    s3 = math.sqrt(0.2 / 3) + 1e-4
+    expected += [-0.3 / s3, -0.1 / s3, 0.1 / s3, 0.3 / s3]
+    torch.testing.assert_close(adv, torch.tensor(expected), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ConfigError, match="groups of 3"):
+        group_advantages([1.0, 0.0], 3)
+
+
+def test_grpo_loss_hand_values():
+    from interp.micro.finetune import grpo_loss
+
+    logp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([2.0, -1.0])
+    # ratio 1 and reference = policy: loss = -mean(A)
+    loss, stats = grpo_loss(logp, logp, logp, adv, mask, kl_coef=0.1, clip_eps=0.2)
+    assert float(loss) == pytest.approx(-0.5) and stats["kl"] == 0.0
+    # a reference that differs by d on every token: KL_k3 = e^d - d - 1 per token, weighted by beta
+    d = 0.3
+    loss2, stats2 = grpo_loss(logp, logp, logp + d, adv, mask, kl_coef=0.1, clip_eps=0.2)
+    kl = math.exp(d) - d - 1
+    assert stats2["kl"] == pytest.approx(kl, rel=1e-5)
+    assert float(loss2) == pytest.approx(-0.5 + 0.1 * kl, rel=1e-5)
+    # clipping: ratio e^0.5 > 1.2 with a positive advantage is clipped at 1.2
+    loss3, _ = grpo_loss(logp + 0.5, logp, logp + 0.5, torch.tensor([1.0, 1.0]), mask, kl_coef=0.0, clip_eps=0.2)
+    assert float(loss3) == pytest.approx(-1.2, rel=1e-5)
+
+
+def test_completion_mask_stops_after_the_first_eos():
+    from interp.micro.finetune import completion_mask
+
+    ids = torch.tensor([[5, 6, 9, 0, 0], [5, 9, 6, 9, 0], [5, 6, 7, 8, 4]])
+    m = completion_mask(ids, {9})
+    assert m.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+@pytest.fixture(scope="module")
+def micro():
+    from interp.loading import load_model
+
+    return load_model("micro", device="cpu", dtype="float32")
+
+
+def _completions(lm, texts):
+    tok = lm.tokenizer
+    rows = [tok(t + tok.eos_token, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def test_grpo_update_raises_the_rewarded_completion(micro, items):
+    from interp.generation import model_inputs
+    from interp.micro.finetune import completion_logprobs, group_advantages, grpo_update, repeat_batch, trace_rewards
+
+    lm = copy.copy(micro)
+    lm.model = copy.deepcopy(micro.model)
+    it = _item(items, "count")
+    good = _trace(it)
+    wrong = next(c for c in it.choices if c != it.answer)
+    bad = good.replace(f"answer : {it.answer}", f"answer : {wrong}")
+    rewards = [trace_rewards(good, it)["total"], trace_rewards(bad, it)["total"]]
+    assert rewards == [1.0, 0.0]
+    batch = repeat_batch(model_inputs(lm, [it], "structured"), 2)
+    ids, mask = _completions(lm, [good, bad])
+    adv = group_advantages(rewards, 2)
+    ref = copy.deepcopy(lm.model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(lm.model.parameters(), lr=1e-3)
+
+    def seq_logp():
+        with torch.no_grad():
+            return completion_logprobs(lm.model, batch, ids, mask).sum(1)
+
+    before = seq_logp()
+    for _ in range(2):
+        stats = grpo_update(lm.model, ref, opt, batch, ids, mask, adv, kl_coef=0.04)
+    after = seq_logp()
+    assert after[0] > before[0] and after[1] < before[1], (before, after)
+    assert stats["kl"] > 0
+    # the audio features reach the log-prob forward: silence changes the log-probs
+    quiet = dict(batch)
+    quiet["input_features"] = torch.zeros_like(batch["input_features"])
+    with torch.no_grad():
+        assert not torch.allclose(completion_logprobs(lm.model, quiet, ids, mask), completion_logprobs(lm.model, batch, ids, mask))
+
+
+def test_completion_logprobs_match_a_plain_forward(micro, items):
+    """Left-padded prompts: the log-probs equal those of each row run alone (no padding)."""
+    from interp.generation import model_inputs
+    from interp.micro.finetune import completion_logprobs
+
+    two = [_item(items, "count"), _item(items, "identity", min_events=3)]
+    batch = model_inputs(micro, two, "structured")
+    ids, mask = _completions(micro, [_trace(two[0]), _trace(two[1])])
+    with torch.no_grad():
+        both = completion_logprobs(micro.model, batch, ids, mask)
+        for r in range(2):
+            one = model_inputs(micro, [two[r]], "structured")
+            n = int(mask[r].sum())
+            alone = completion_logprobs(micro.model, one, ids[r : r + 1, :n], mask[r : r + 1, :n])
+            torch.testing.assert_close(both[r, :n], alone[0], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------ end to end
+def test_config_validation():
+    from interp.micro.finetune import FinetuneConfig
+
+    for bad in ({"group_size": 1}, {"lr": 0.0}, {"data_seed": 7}, {"kl_coef": -1.0}, {"sft_steps": 0, "grpo_steps": 0},
+                {"temperature": float("nan")}, {"threads": True}, {"dtype": "int8"}):
+        with pytest.raises(ConfigError):
+            FinetuneConfig(**bad)
+    with pytest.raises(TypeError):
+        FinetuneConfig(10)  # keyword-only
+
+
+TINY = dict(sft_steps=2, sft_batch_size=4, grpo_steps=2, grpo_prompts=2, group_size=2, max_new_tokens=20, threads=1,
+            save_every=1, max_minutes=5.0)
+
+
+def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch):
+    import interp.micro.finetune as ft
+    from interp.generation import GenerationConfig, generate_batch, model_inputs
+    from interp.loading import load_model
+
+    cfg = ft.FinetuneConfig(**TINY)
+    out = tmp_path / "mpar2"
+    # crash in the second GRPO step: the first one's checkpoint is kept for resume
+    real_update = ft.grpo_update
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return real_update(*a, **k)
+
+    monkeypatch.setattr(ft, "grpo_update", crashing)
+    with pytest.raises(RuntimeError, match="boom"):
+        ft.finetune("micro", out, cfg, progress=False)
+    assert not out.exists() and (tmp_path / ".mpar2.work" / "grpo" / "optimizer.safetensors").exists()
+    monkeypatch.setattr(ft, "grpo_update", real_update)
+    info = ft.finetune("micro", out, cfg, progress=False, resume=True)
+    assert calls["n"] == 2  # the resumed run did only the missing step (through the real function)
+    assert info["steps"] == {"sft": 2, "grpo": 2} and [r["step"] for r in info["reward_curves"]] == [0, 1]
+    assert not (tmp_path / ".mpar2.work").exists()
+
+    stored = json.loads((out / "finetune.json").read_text())
+    assert stored["config"]["group_size"] == 2 and stored["steps"] == {"sft": 2, "grpo": 2}
+    c = stored["compute_flops"]
+    assert c["sft"] > 0 and c["grpo_sampling"] > 0 and c["grpo_updates"] == pytest.approx(3 * c["grpo_sampling"])
+    assert c["total"] == pytest.approx(c["sft"] + c["grpo_sampling"] + c["grpo_updates"] + c["grpo_reference"])
+    assert set(stored["reward_curves"][0]) >= {"perception", "consistency", "answer", "format", "total", "kl"}
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.pt")) and not list(out.glob("*.bin"))
+
+    lm = load_model(str(out), device="cpu", dtype="float32")
+    from interp.cafe.questions import make_items
+
+    _, texts = generate_batch(lm, model_inputs(lm, make_items(2, seed=5), "structured"), GenerationConfig(max_new_tokens=8))
+    assert len(texts) == 2
+    # finished: resume returns the stored record; a fresh run into the folder is refused
+    assert ft.finetune("micro", out, cfg, progress=False, resume=True)["finished_at"] == stored["finished_at"]
+    with pytest.raises(ConfigError, match="finetune.json"):
+        ft.finetune("micro", out, cfg, progress=False)
