@@ -97,6 +97,49 @@ def micro_train(
         typer.echo(f"stopped at step {done}/{steps} (time budget); continue with --resume")
 
 
+@micro_app.command("finetune")
+def micro_finetune(
+    base: str = typer.Option("micro", "--base", help="Model to fine-tune ('micro', a folder or an HF id)."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: the embedded micro-mpar2 folder)."),
+    sft_steps: int = typer.Option(200, "--sft-steps"),
+    grpo_steps: int = typer.Option(120, "--grpo-steps"),
+    minutes: float = typer.Option(30.0, "--minutes", help="Wall-clock cap of the whole run."),
+    threads: int = typer.Option(2, "--threads"),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume"),
+) -> None:
+    """MPAR²-style fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
+    from interp.micro import FINETUNED_DIR
+    from interp.micro.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(sft_steps=sft_steps, grpo_steps=grpo_steps, max_minutes=minutes, threads=threads, seed=seed)
+    info = _run(finetune, base, out or FINETUNED_DIR, cfg, resume=resume)
+    typer.echo(json.dumps({k: v for k, v in info.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
+
+
+@app.command("compare")
+def compare_cmd(
+    base: str = typer.Option("micro", "--base"),
+    finetuned: str = typer.Option("micro-mpar2", "--finetuned"),
+    vector: Path = typer.Option(..., "--vector", help="Steering vector file fitted on --base."),
+    data: str = DataOpt,
+    n: int = typer.Option(90, "--n"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Default: the vector's default alpha."),
+    fmt: str = typer.Option("structured", "--format"),
+    out: Path = typer.Option(Path("runs/compare"), "--out"),
+    resume: bool = typer.Option(False, "--resume"),
+    seed: int = typer.Option(7, "--seed"),
+    dtype: str = DtypeOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Base, base + steering, fine-tuned, fine-tuned + steering on the same items."""
+    from auralens.compare import stage_compare
+
+    res = _run(stage_compare, base=base, finetuned=finetuned, vector=vector, data=data, n=n, out=out, resume=resume,
+               formats=(fmt,), alpha=alpha, seed=seed, dtype=dtype, quiet=as_json)
+    typer.echo(json.dumps(res, indent=2, default=str))
+
+
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
