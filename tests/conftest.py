@@ -59,6 +59,15 @@ def small_micro_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def small_lm(small_micro_dir):
+    """The small untrained micro-shaped model loaded through load_model, one per test module
+    (modules hook and steer it)."""
+    from interp.loading import load_model
+
+    return load_model(str(small_micro_dir), device="cpu", dtype="float32")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One BLAS/OpenMP thread per test module: the suite runs two workers on two cores."""

@@ -23,11 +23,8 @@ N_ITEMS = 5
 
 
 @pytest.fixture(scope="module")
-def lm(small_micro_dir):
-    """An untrained micro-sized model (the real Qwen2-Audio class), saved and reloaded."""
-    from interp.loading import load_model
-    folder = small_micro_dir
-    return load_model(str(folder), device="cpu", dtype="float32")
+def lm(small_lm):
+    return small_lm
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,8 @@ COLUMNS = ["vector", "method", "layer", "alpha", "positions", "category", "accur
 
 
 @pytest.fixture(scope="module")
-def lm(small_micro_dir):
-    from interp.loading import load_model
-    folder = small_micro_dir
-    return load_model(str(folder), device="cpu", dtype="float32")
+def lm(small_lm):
+    return small_lm
 
 
 @pytest.fixture(scope="module")
