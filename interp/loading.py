@@ -10,6 +10,13 @@ from interp.arch import Architecture, ArchTable, describe, table_for_class
 from interp.errors import ArchitectureError, ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Checkpoints whose top class wraps the audio-language model we study: (container class,
+# attribute holding the LALM).  Qwen2.5-Omni's hub checkpoints are the thinker + talker model;
+# auralens studies the thinker (text output), so the talker is disabled and the thinker kept.
+CONTAINERS = {
+    "Qwen2_5OmniForConditionalGeneration": "thinker",
+    "Qwen2_5OmniModel": "thinker",
+}
 EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2"}
 
 
@@ -76,17 +83,28 @@ def load_model(
     ``device_map="auto"`` is passed through to transformers (for a model that does not fit one
     GPU); otherwise the model goes to ``device`` (CUDA when present)."""
     import transformers
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     source = resolve_source(name_or_path)
     if not Path(source).exists() and Path(source).is_absolute():
         raise ConfigError(f"model {name_or_path!r}: expected a local checkpoint folder or HF id, found no folder {source}")
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     archs = list(getattr(config, "architectures", None) or [])
+    container = CONTAINERS.get(archs[0]) if archs else None
     if table is None:
         if not archs:
             raise ArchitectureError(f"model {name_or_path!r}: its config.json names no architectures; pass table=...")
-        table = table_for_class(archs[0])
+        table = table_for_class("Qwen2_5OmniThinkerForConditionalGeneration" if container else archs[0])
+    if container:
+        cls = getattr(transformers, "Qwen2_5OmniForConditionalGeneration")
+        kwargs = {"dtype": _torch_dtype(dtype), "attn_implementation": attn_implementation}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        outer = cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        if hasattr(outer, "disable_talker"):
+            outer.disable_talker()
+        model = getattr(outer, container)
+        return _finish(model, source, name_or_path, table, device, device_map, trust_remote_code)
     cls = getattr(transformers, table.model_class, None)
     if cls is None:
         raise ArchitectureError(
@@ -96,6 +114,12 @@ def load_model(
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    return _finish(model, source, name_or_path, table, device, device_map, trust_remote_code)
+
+
+def _finish(model, source: str, name_or_path: str, table: ArchTable, device, device_map, trust_remote_code: bool):
+    from transformers import AutoProcessor
+
     if device_map is None:
         model = model.to(device or default_device())
     model.eval()
