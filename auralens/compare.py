@@ -3,8 +3,8 @@
 
 Four systems answer the same ``n`` items of ``data`` (data seed ``seed``): ``base``,
 ``base+steering`` (the vector at its ``default_alpha`` or the given ``alpha``, through
-:func:`steering.apply.apply_vector`), ``finetuned`` and ``finetuned+steering`` (the same vector,
-fitted on the base, applied unchanged).  Each (system, format) is one
+:func:`steering.apply.apply_vector`), ``finetuned`` and ``finetuned+steering`` (by default the same vector,
+fitted on the base, applied unchanged; ``vector_ft`` gives the fine-tuned model its own).  Each (system, format) is one
 :func:`interp.record.stage_record` run in ``<out>/<system>/<format>/`` (generation with the
 attention-yield recorder, claims, error attribution), so every number here is computed by the
 same code as the perception-decay stage.
@@ -237,14 +237,27 @@ def stage_compare(
     top_k: int = 8,
     n_boot: int = 1000,
     dtype: str = "auto",
+    vector_ft: Any = None,
 ) -> dict[str, Any]:
     """Base, base + steering, fine-tuned, fine-tuned + steering on the same items; writes the run
     folder ``out`` (see the module docstring) and returns its summary.
 
     ``vector``: a vector file or a :class:`~steering.vector.SteeringVector` (``None``: the
-    steered systems are skipped, with a note).  ``alpha``: default the vector's
+    steered systems are skipped, with a note); ``vector_ft``: a vector for the fine-tuned model
+    (default: ``vector``, applied unchanged).  ``alpha``: default each vector's
     ``default_alpha``.  ``lm_base`` / ``lm_ft``: already loaded models (else loaded from
-    ``base`` / ``finetuned``; the same spec loads once)."""
+    ``base`` / ``finetuned``; the same spec loads once).
+
+    Returns (also ``summary.json``; missing values are ``None``)::
+
+        {"systems": {system: {fmt: {"accuracy": {"value", "ci": [low, high], "n"},
+                                    "accuracy_by_tier": {tier: value},
+                                    "claim_accuracy", "gain_vs_base", "gain_vs_unsteered",
+                                    "yield_slope_specialists": {"value", "ci", "n"} or None,
+                                    "error_shares": {"perception", "reasoning", "unverifiable"}},
+                              "training_flops": float or None}},
+         "run", "base", "finetuned", "data", "n", "alpha", "notes": [str]}
+    """
     import pandas as pd
 
     from interp.cafe.formats import FORMATS
@@ -263,7 +276,7 @@ def stage_compare(
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha)):
         raise ConfigError(f"alpha: expected a finite number or None, found {alpha!r}")
     notes: list[str] = []
-    vec = None
+    vec = vec_ft = None
     apply_vector = None
     if vector is None:
         notes.append("no steering vector given: the steered systems were skipped")
@@ -276,14 +289,21 @@ def stage_compare(
             notes.append(f"steering is unavailable ({exc}): the steered systems were skipped")
         else:
             vec = vector if isinstance(vector, SteeringVector) else load_vector(vector)
-    alpha = float(alpha if alpha is not None else vec.default_alpha) if vec is not None else None
+            vec_ft = vec if vector_ft is None else (
+                vector_ft if isinstance(vector_ft, SteeringVector) else load_vector(vector_ft))
+    alpha_ft = None
+    if vec is not None:
+        alpha_ft = float(alpha if alpha is not None else vec_ft.default_alpha)
+        alpha = float(alpha if alpha is not None else vec.default_alpha)
     systems = [s for s in SYSTEMS if vec is not None or "steering" not in s]
 
     items = load_dataset(data, n=n, seed=seed)
     config = {"base": base, "finetuned": finetuned, "formats": list(formats), "alpha": alpha, "positions": positions,
               "max_new_tokens": max_new_tokens, "top_k": top_k, "dtype": dtype,
               "vector_sha256": _vector_digest(vec) if vec is not None else None,
-              "vector_source": str(vector) if vec is not None and vector is not vec else None}
+              "vector_source": str(vector) if vec is not None and vector is not vec else None,
+              "vector_ft_sha256": _vector_digest(vec_ft) if vec is not None and vec_ft is not vec else None,
+              "alpha_ft": alpha_ft}
     run = RunFolder.create(
         out, manifest={"command": "auralens compare", "model": f"{base} vs {finetuned}", "data": data, "seed": seed,
                        "n": n, "config": config, "data_fingerprint": fingerprint(items)},
@@ -294,9 +314,12 @@ def stage_compare(
         lm_ft = lm_base if finetuned == base else load_model(finetuned, dtype=dtype)
     if vec is not None:
         vec.check_compatible(lm_base.arch)
-        vec.check_compatible(lm_ft.arch)
+        vec_ft.check_compatible(lm_ft.arch)
         notes.append(f"steering: vector {vec.method} fitted on {vec.model_id!r}, layers {list(vec.layers)}, "
-                     f"alpha {alpha}, positions {positions}; applied unchanged to both models")
+                     f"alpha {alpha}, positions {positions}"
+                     + ("; applied unchanged to both models" if vec_ft is vec else
+                        f"; the fine-tuned model's own vector fitted on {vec_ft.model_id!r}, layers "
+                        f"{list(vec_ft.layers)}, alpha {alpha_ft}"))
     has_scene = any(it.scene for it in items)
     if not has_scene:
         notes.append("no item has a cafe scene: claim accuracy and error attribution rows are left out")
@@ -305,12 +328,14 @@ def stage_compare(
     rows: list[dict] = []
     frames: dict[tuple[str, str], Any] = {}
     for system in systems:
-        lm = lm_base if system.startswith("base") else lm_ft
+        on_base = system.startswith("base")
+        lm = lm_base if on_base else lm_ft
+        v, a = (vec, alpha) if on_base else (vec_ft, alpha_ft)
         steered = system.endswith("+steering")
-        label = f"{base if lm is lm_base else finetuned}{f' + steering(alpha={alpha})' if steered else ''}"
+        label = f"{base if on_base else finetuned}{f' + steering(alpha={a})' if steered else ''}"
         for fmt in formats:
             sub = run.file(f"{_DIRS[system]}/{fmt}")
-            ctx = apply_vector(lm, vec, alpha=alpha, positions=positions) if steered else contextlib.nullcontext()
+            ctx = apply_vector(lm, v, alpha=a, positions=positions) if steered else contextlib.nullcontext()
             with ctx:
                 stage_record(model=label, data=data, n=n, fmt=fmt, out=sub, resume=resume, lm=lm, quiet=quiet,
                              seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens, top_k=top_k,
@@ -342,21 +367,24 @@ def stage_compare(
 
     # cost
     ft_flops, ft_note = _finetune_flops(lm_ft)
-    fit_flops, fit_note = _fit_flops(vec, lm_base, items, formats[0]) if vec is not None else (np.nan, "")
+    fits = {}
+    if vec is not None:
+        fits["base+steering"] = _fit_flops(vec, lm_base, items, formats[0])
+        fits["finetuned+steering"] = _fit_flops(vec_ft, lm_ft, items, formats[0])
     for system in systems:
         if system.startswith("base"):
             rows.append(_row(system, "training_flops", "all", 0.0, note="no training (the base model's own training not counted)"))
         else:
             rows.append(_row(system, "training_flops", "all", ft_flops, note=ft_note))
         if system.endswith("+steering"):
-            rows.append(_row(system, "steering_fit_flops", "all", fit_flops, note=fit_note))
+            rows.append(_row(system, "steering_fit_flops", "all", fits[system][0], note=fits[system][1]))
 
     table = pd.concat([pd.DataFrame(rows, columns=list(COMPARE_COLUMNS)), reported_rows()], ignore_index=True)
     run.write_table("compare.parquet", table)
     run.write_figure("compare.html", compare_figure(table))
     summary = _summary(table, systems, formats)
     summary.update({"run": str(out), "base": base, "finetuned": finetuned, "data": data, "n": len(items),
-                    "alpha": alpha, "notes": notes})
+                    "alpha": alpha, "alpha_ft": alpha_ft, "notes": notes})
     summary = _finite(summary)
     run.write_json("summary.json", summary)
     run.mark_stage("compare", systems=list(systems), formats=list(formats))

@@ -156,7 +156,8 @@ def test_alpha_zero_is_the_unsteered_model_and_no_vector_skips_steering(models, 
 
     base, _ = models
     s = stage_compare(base="micro", finetuned="micro", vector=vector_file, data="cafe", n=3, out=tmp_path / "a0",
-                      alpha=0.0, lm_base=base, **FAST)
+                      alpha=0.0, lm_base=base, vector_ft=vector_file, **FAST)
+    assert any("own vector" in n for n in s["notes"]) and s["alpha_ft"] == 0.0
     for sys_ in ("base+steering", "finetuned+steering"):
         assert s["systems"][sys_]["structured"]["gain_vs_unsteered"]["value"] == 0.0
     a = pd.read_parquet(tmp_path / "a0" / "base" / "structured" / "items.parquet")

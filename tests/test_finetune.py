@@ -260,6 +260,32 @@ def test_completion_logprobs_match_a_plain_forward(micro, items):
 
 
 # ------------------------------------------------------------------------------ end to end
+def test_run_sft_trains_with_audio_and_leaves_a_clean_model(micro, tmp_path):
+    """TRL's SFTTrainer gets the audio features from make_batch; afterwards the model has no
+    instance-level forward (a deepcopy must be an independent model) and no checkpointing."""
+    from interp.micro.finetune import FinetuneConfig, run_sft
+
+    lm = copy.copy(micro)
+    lm.model = copy.deepcopy(micro.model)
+    seen = []
+    handle = lm.model.register_forward_pre_hook(
+        lambda mod, a, k: seen.append(k.get("input_features") is not None and k.get("labels") is not None),
+        with_kwargs=True)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    info = run_sft(lm, FinetuneConfig(sft_steps=2, sft_batch_size=2, threads=1), work_dir=tmp_path, max_minutes=5,
+                   progress=False)
+    handle.remove()
+    assert seen == [True, True] and info["steps"] == 2 and len(info["losses"]) == 2 and info["tokens"] > 0
+    assert "forward" not in lm.model.__dict__ and not lm.model.training
+    assert any(not torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
+    ref = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        ref.lm_head.weight[0].add_(1.0)
+    x = {"input_ids": torch.tensor([[3, 4, 5]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    with torch.no_grad():
+        assert not torch.allclose(ref(**x).logits, lm.model(**x).logits)
+
+
 def test_config_validation():
     from interp.micro.finetune import FinetuneConfig
 
@@ -271,7 +297,7 @@ def test_config_validation():
         FinetuneConfig(10)  # keyword-only
 
 
-TINY = dict(sft_steps=2, sft_batch_size=4, grpo_steps=2, grpo_prompts=2, group_size=2, max_new_tokens=20, threads=1,
+TINY = dict(sft_steps=2, sft_batch_size=4, grpo_steps=2, grpo_lr=1e-3, grpo_prompts=4, group_size=2, max_new_tokens=64, threads=1,
             save_every=1, max_minutes=5.0)
 
 
@@ -282,6 +308,18 @@ def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch
 
     cfg = ft.FinetuneConfig(**TINY)
     out = tmp_path / "mpar2"
+    # a reward that always separates completions (the real ones can be 0 for every completion of
+    # an undertrained model; they are tested above): the longer the trace, the better
+    real_rewards = ft.trace_rewards
+    seen_rewards = []
+
+    def by_length(text, item):
+        r = {k: min(1.0, 0.05 + len(text) / 500) for k in ft.REWARD_NAMES}
+        real_rewards(text, item)  # the real path runs too
+        seen_rewards.append(r)
+        return {**r, "total": ft.combine_rewards(r)}
+
+    monkeypatch.setattr(ft, "trace_rewards", by_length)
     # crash in the second GRPO step: the first one's checkpoint is kept for resume
     real_update = ft.grpo_update
     calls = {"n": 0}
@@ -308,6 +346,10 @@ def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch
     assert c["sft"] > 0 and c["grpo_sampling"] > 0 and c["grpo_updates"] == pytest.approx(3 * c["grpo_sampling"])
     assert c["total"] == pytest.approx(c["sft"] + c["grpo_sampling"] + c["grpo_updates"] + c["grpo_reference"])
     assert set(stored["reward_curves"][0]) >= {"perception", "consistency", "answer", "format", "total", "kl"}
+    # step 0 had a learning signal (some group with unequal rewards), so at step 1 the policy
+    # differs from the reference, a separate model (see run_sft)
+    assert stored["reward_curves"][0]["zero_std_groups"] < 4 and stored["reward_curves"][1]["kl"] > 0
+    assert len(seen_rewards) == 3 * 8  # steps 0 and 1 (crashed in its update), then step 1 again on resume
     assert (out / "model.safetensors").exists() and not list(out.glob("*.pt")) and not list(out.glob("*.bin"))
 
     lm = load_model(str(out), device="cpu", dtype="float32")

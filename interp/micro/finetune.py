@@ -456,7 +456,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, kl_coef: float, cli
     adv = advantages[:, None]
     pg = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
     d = ref_logp - logp
-    kl = torch.exp(d) - d - 1
+    kl = torch.expm1(d) - d  # = e^d - d - 1, without cancellation for small d
     per_seq = ((pg + kl_coef * kl) * m).sum(1) / m.sum(1).clamp(min=1)
     loss = per_seq.mean()
     mean_kl = float(((kl.detach() * m).sum(1) / m.sum(1).clamp(min=1)).mean())
@@ -586,9 +586,17 @@ def run_sft(lm, cfg: FinetuneConfig, *, work_dir: Path, max_minutes: float, prog
     )
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=Dataset.from_dict({"seed": seeds}),
                          data_collator=collate, processing_class=lm.processor, callbacks=[Deadline()])
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the per-step log lines
     use_cache = lm.model.config.get_text_config().use_cache
     trainer.train()
     shutil.rmtree(work_dir / "trl", ignore_errors=True)
+    # The Trainer (accelerate's prepare) leaves a wrapped ``forward`` in the instance's __dict__,
+    # bound to this instance: a deepcopy of the model (GRPO's reference) would keep calling
+    # *this* model's forward, and the KL to the reference would be identically zero.
+    lm.model.__dict__.pop("forward", None)
     if getattr(lm.model, "is_activation_checkpointing", False):
         lm.model.activation_checkpointing_disable()
     lm.model.config.get_text_config().use_cache = use_cache
@@ -724,7 +732,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         g = total.view(-1, cfg.group_size)
         row = {"step": step, **{k: round(float(np.mean([r[k] for r in rewards])), 4) for k in (*REWARD_NAMES, "total")},
                "zero_std_groups": int((g.std(1) < 1e-8).sum()), "completion_tokens": round(float(mask.sum(1).float().mean()), 2),
-               **{k: round(v, 5) for k, v in stats.items()}}
+               **{k: float(f"{v:.6g}") for k, v in stats.items()}}
         grpo["curves"].append(row)
         grpo["step_seconds"].append(round(time.time() - t0, 3))
         grpo["steps"] = step + 1
