@@ -103,22 +103,35 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
     out_dir = Path(out_dir)
     processor = build_processor(mcfg)
     model = build_model(processor, mcfg)
+    start, losses, minutes_before, history = 0, [], 0.0, []
+    resuming = resume and (out_dir / "optimizer.pt").exists()
+    if resuming:
+        # from_pretrained maps the checkpoint's saved key names back onto the module tree
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        model = type(model).from_pretrained(out_dir, dtype=torch.float32)
+        for n, p in model.named_parameters():  # loading does not keep requires_grad_(False)
+            p.requires_grad_(n not in frozen)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    start, losses, minutes_before = 0, [], 0.0
-    if resume and (out_dir / "optimizer.pt").exists():
-        from safetensors.torch import load_file
-
+    if resuming:
         info = json.loads((out_dir / "training.json").read_text())
-        runtime = {"max_minutes", "threads", "save_every"}  # knobs that may change between sessions
+        # knobs that may change between sessions; `steps` may grow: the cosine schedule is then
+        # laid over the new total from the step reached (a warm restart, recorded in "history")
+        runtime = {"max_minutes", "threads", "save_every", "steps"}
         old_cfg = {k: v for k, v in info.get("train_config", {}).items() if k not in runtime}
         new_cfg = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in runtime}
-        if old_cfg != new_cfg:
-            raise ValueError(f"--resume: {out_dir} was trained with {old_cfg}, not {new_cfg}")
-        model.load_state_dict(load_file(out_dir / "model.safetensors"), strict=False)
+        if old_cfg != new_cfg or cfg.steps < info["steps_done"]:
+            raise ValueError(
+                f"--resume: {out_dir} was trained with {old_cfg} for {info['steps_done']} steps; "
+                f"this run asks for {new_cfg} and {cfg.steps} steps"
+            )
+        history = info.get("history", []) + [{"resumed_at_step": info["steps_done"], "steps": cfg.steps}]
         opt.load_state_dict(torch.load(out_dir / "optimizer.pt", weights_only=True))
         start, losses, minutes_before = info["steps_done"], info.get("losses", []), info.get("minutes", 0.0)
     model.train()
-    rng = np.random.default_rng([cfg.seed, start])
+    rng = np.random.default_rng([cfg.seed, 0])
+    fmt_p = np.array(cfg.format_weights) / sum(cfg.format_weights)
+    for _ in range(start):  # fast-forward the format stream so a resumed run draws what an unbroken one would
+        rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -143,13 +156,14 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
             "final_loss": float(np.mean(losses[-50:])) if losses else None,
             "loss_every_50": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
             "losses": [round(x, 5) for x in losses],
+            "history": history,
         }
 
     step = start
     for step in range(start, cfg.steps):
         base = step * cfg.batch_size
         items = [make_item(cfg.data_seed * 100_000 + base + i) for i in range(cfg.batch_size)]
-        fmts = list(rng.choice(FORMATS, size=cfg.batch_size, p=np.array(cfg.format_weights) / sum(cfg.format_weights)))
+        fmts = list(rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p))
         batch, labels = make_batch(processor, items, fmts)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
