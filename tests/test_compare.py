@@ -12,18 +12,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 COLUMNS = ["system", "metric", "group", "value", "ci_low", "ci_high", "n", "source", "note"]
 FAST = dict(n_boot=100, max_new_tokens=72, batch_size=8, top_k=4, quiet=True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

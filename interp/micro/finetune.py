@@ -420,24 +420,30 @@ def completion_mask(ids, eos_ids: set[int]):
 
 
 def sample_completions(model, tokenizer, batch, *, group_size: int, temperature: float, max_new_tokens: int,
-                       generate_kwargs: Mapping[str, Any] | None = None):
+                       generate_kwargs: Mapping[str, Any] | None = None, suppress_ids: Sequence[int] = ()):
     """Sample ``group_size`` completions per prompt; returns (repeated batch, completion ids
-    [rows, new], completion mask [rows, new]), rows grouped by prompt."""
+    [rows, new], completion mask [rows, new]), rows grouped by prompt.
+
+    ``suppress_ids``: tokens never sampled — the audio placeholder: a generated ``<|AUDIO|>``
+    would make the log-prob forward expect audio features that do not exist."""
     import torch
 
     rep = repeat_batch(batch, group_size)
+    extra = {"suppress_tokens": list(suppress_ids)} if suppress_ids else {}
     with torch.no_grad():
         out = model.generate(
             **rep, do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0,
-            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **dict(generate_kwargs or {}),
+            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **extra, **dict(generate_kwargs or {}),
         )
     ids = out[:, rep["input_ids"].shape[1]:]
     return rep, ids, completion_mask(ids, _eos_ids(model, tokenizer))
 
 
-def completion_logprobs(model, batch: Mapping[str, Any], ids, mask, *, temperature: float = 1.0):
-    """Log-probability of each completion token under ``model`` (logits / temperature), with
-    the prompt's audio features passed through: [rows, new] (0 where ``mask`` is 0)."""
+def completion_logprobs(model, batch: Mapping[str, Any], ids, mask, *, temperature: float = 1.0,
+                        suppress_ids: Sequence[int] = ()):
+    """Log-probability of each completion token under ``model`` (logits / temperature, the
+    ``suppress_ids`` removed as in sampling), with the prompt's audio features passed through:
+    [rows, new] (0 where ``mask`` is 0)."""
     import torch
 
     prompt = batch["input_ids"]
@@ -448,6 +454,8 @@ def completion_logprobs(model, batch: Mapping[str, Any], ids, mask, *, temperatu
     logits = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, **extra).logits
     P = prompt.shape[1]
     logits = logits[:, P - 1 : -1].float() / temperature
+    if suppress_ids:
+        logits[..., list(suppress_ids)] = float("-inf")
     logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return logp * mask
 
@@ -470,18 +478,19 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, kl_coef: float, cli
 
 
 def grpo_update(policy, ref, opt, batch, ids, mask, advantages, *, kl_coef: float, clip_eps: float = 0.2,
-                temperature: float = 1.0, iterations: int = 1, max_grad_norm: float = 1.0) -> dict[str, float]:
+                temperature: float = 1.0, iterations: int = 1, max_grad_norm: float = 1.0,
+                suppress_ids: Sequence[int] = ()) -> dict[str, float]:
     """``iterations`` optimiser steps of GRPO on one sampled batch (completions ``ids`` with
     ``mask`` for the rows of ``batch``, and their ``advantages``)."""
     import torch
 
     with torch.no_grad():
-        ref_logp = completion_logprobs(ref, batch, ids, mask, temperature=temperature)
+        ref_logp = completion_logprobs(ref, batch, ids, mask, temperature=temperature, suppress_ids=suppress_ids)
         old_logp = None
     stats: dict[str, float] = {}
     policy.train()
     for _ in range(iterations):
-        logp = completion_logprobs(policy, batch, ids, mask, temperature=temperature)
+        logp = completion_logprobs(policy, batch, ids, mask, temperature=temperature, suppress_ids=suppress_ids)
         if old_logp is None:
             old_logp = logp.detach()
         loss, stats = grpo_loss(logp, old_logp, ref_logp, advantages.to(logp.device), mask,
@@ -618,6 +627,15 @@ def _n_params(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def _base_training(source: str) -> dict[str, Any] | None:
+    """Provenance of an embedded / locally trained base: its training.json summary, if any."""
+    p = Path(source) / "training.json"
+    if not p.exists():
+        return None
+    info = json.loads(p.read_text())
+    return {k: info.get(k) for k in ("steps_done", "items_seen", "minutes", "final_loss")}
+
+
 def _compute(n_params: int, sft_tokens: int, sample_tokens: int, update_tokens: int, ref_tokens: int) -> dict[str, float]:
     c = {
         "sft": 6.0 * n_params * sft_tokens,
@@ -703,7 +721,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
 
         _load_weights(policy, work / "grpo")
         _load_opt(opt, load_file(str(work / "grpo" / "optimizer.safetensors")))
-    eos = _eos_ids(policy, lm.tokenizer)
+    suppress = [int(lm.arch.audio_token_id)]
     bar = None
     if progress and cfg.grpo_steps:
         from tqdm.auto import tqdm
@@ -721,7 +739,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         policy.eval()
         rep, ids, mask = sample_completions(policy, lm.tokenizer, batch, group_size=cfg.group_size,
                                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                            generate_kwargs=lm.arch.table.generate_kwargs)
+                                            generate_kwargs=lm.arch.table.generate_kwargs, suppress_ids=suppress)
         from interp.tokenizer import clean_decoded
 
         texts = [clean_decoded(t) for t in lm.tokenizer.batch_decode(ids * mask + lm.tokenizer.pad_token_id * (1 - mask),
@@ -730,7 +748,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         total = torch.tensor([r["total"] for r in rewards])
         adv = group_advantages(total, cfg.group_size)
         stats = grpo_update(policy, ref, opt, rep, ids, mask, adv, kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps,
-                            temperature=cfg.temperature, iterations=cfg.grpo_iterations)
+                            temperature=cfg.temperature, iterations=cfg.grpo_iterations, suppress_ids=suppress)
         seq_tokens = int(rep["attention_mask"].sum() + mask.sum())
         grpo["sample_tokens"] += seq_tokens
         grpo["update_tokens"] += seq_tokens * cfg.grpo_iterations
@@ -756,7 +774,8 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
     sft_steps_s = sft["minutes"] * 60 / max(sft["steps"], 1)
     info = {
         "recipe": "MPAR²-style SFT (TRL SFTTrainer) + GRPO (own loop), see interp.micro.finetune",
-        "base": str(base_dir), "base_source": lm.source, "config": cfg_dict, "n_params": n_params,
+        "base": str(base_dir), "base_source": lm.source, "base_training": _base_training(lm.source),
+        "config": cfg_dict, "n_params": n_params,
         "sft": sft,
         "grpo": {k: v for k, v in grpo.items() if k != "step_seconds"},
         "steps": {"sft": sft["steps"], "grpo": grpo["steps"]},
