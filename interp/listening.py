@@ -62,7 +62,10 @@ def heads_table(
         df["contrast_rank"] = df["contrast"].rank(ascending=False, method="first", na_option="bottom").astype(int)
     if contrast_dz is not None:
         df["contrast_dz"] = contrast_dz.reshape(-1)
-    ranks = [c for c in ("corr_rank", "contrast_rank") if c in df]
+    # a score that is undefined for every head (e.g. correlation when all answers agree) does not rank
+    ranks = [r for r, c in (("corr_rank", "corr"), ("contrast_rank", "contrast")) if c in df and df[c].notna().any()]
+    if not ranks:
+        raise ConfigError("heads_table: every score is undefined (NaN) for every head; nothing to rank by")
     df["rank"] = df[ranks].mean(axis=1).rank(method="first").astype(int)
     return df.sort_values("rank").reset_index(drop=True)
 

@@ -207,7 +207,8 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
 
     df = run.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
     ys, ss, last, sil = load_yields(run, df)
-    corr = correlation_scores(last, df["correct"].to_numpy()) if df["correct"].nunique() > 1 else None
+    # undefined (NaN) when every answer is right or every answer is wrong: the column stays
+    corr = correlation_scores(last, df["correct"].to_numpy())
     contrast, dz = contrast_scores(last, sil)
     heads = heads_table(correlation=corr, contrast=contrast, contrast_dz=dz)
     run.write_table("heads.parquet", heads)

@@ -94,3 +94,15 @@ def test_claim_accuracy_and_error_attribution():
     lab = attribute_errors(items, claims).set_index("item_id")["error_type"].to_dict()
     assert lab == {"a": "reasoning", "b": "perception", "c": "correct", "d": "unverifiable"}
     assert wrong  # the unparseable variant simply makes no class claim
+
+
+def test_correlation_undefined_when_all_answers_agree_ranks_by_contrast():
+    rng = np.random.default_rng(4)
+    y = rng.random((10, 2, 2))
+    r = correlation_scores(y, np.ones(10, dtype=bool))
+    assert np.isnan(r).all()
+    sil = y.copy()
+    sil[:, 0, 1] -= 0.4
+    mean, dz = contrast_scores(y, sil)
+    t = heads_table(correlation=r, contrast=mean, contrast_dz=dz)
+    assert "corr" in t.columns and top_k(t, 1) == [(0, 1)]
