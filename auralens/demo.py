@@ -85,7 +85,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     (out / "steer").mkdir(parents=True, exist_ok=True)
     vec = stage_steer_fit(model="micro", data="cafe", n=48, layers=None, positions="last_prompt",
                           out_vector=vec_path, seed=11, lm=lm)
-    st = stage_steer_eval(model="micro", data="cafe", n=n, vector=vec_path, alphas=[0.0, 2.0, 4.0], out=out / "steer" / "run",
+    st = stage_steer_eval(model="micro", data="cafe", n=n, vector=vec_path, alphas=[0.0, 4.0, 16.0], out=out / "steer" / "run",
                           resume=resume, seed=7, formats=("direct",), lm=lm, quiet=True, batch_size=30)
     results["steer"] = st
     b = st["best"]
