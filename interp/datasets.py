@@ -65,28 +65,27 @@ def _read_json_list(path: Path) -> list:
     return data
 
 
-def load_mmau(path: str | Path, *, audio_root: str | Path | None = None) -> list[Item]:
-    """MMAU (test-mini / test) JSON: ``audio_id`` paths are relative to the JSON's folder
-    (``./test-mini-audios/<id>.wav``) unless ``audio_root`` is given."""
+def _load_json_rows(path: str | Path, audio_root: str | Path | None, audio_key: str) -> list[Item]:
     path = Path(path)
     root = Path(audio_root) if audio_root else path.parent
     rows = _read_json_list(path)
     return [
-        _row_item(r, where=f"{path.name} row {i} (id {r.get('id') if isinstance(r, dict) else '?'})", audio_key="audio_id", root=root)
+        _row_item(r, where=f"{path.name} row {i} (id {r.get('id') if isinstance(r, dict) else '?'})",
+                  audio_key=audio_key, root=root)
         for i, r in enumerate(rows)
     ]
+
+
+def load_mmau(path: str | Path, *, audio_root: str | Path | None = None) -> list[Item]:
+    """MMAU (test-mini / test) JSON: ``audio_id`` paths are relative to the JSON's folder
+    (``./test-mini-audios/<id>.wav``) unless ``audio_root`` is given."""
+    return _load_json_rows(path, audio_root, "audio_id")
 
 
 def load_mmar(path: str | Path, *, audio_root: str | Path | None = None) -> list[Item]:
     """MMAR's ``MMAR-meta.json``: rows with ``audio_path``, ``question``, ``choices``, ``answer``,
     ``modality``, ``category``, ``sub-category``."""
-    path = Path(path)
-    root = Path(audio_root) if audio_root else path.parent
-    rows = _read_json_list(path)
-    return [
-        _row_item(r, where=f"{path.name} row {i} (id {r.get('id') if isinstance(r, dict) else '?'})", audio_key="audio_path", root=root)
-        for i, r in enumerate(rows)
-    ]
+    return _load_json_rows(path, audio_root, "audio_path")
 
 
 def load_folder(folder: str | Path) -> list[Item]:
