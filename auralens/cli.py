@@ -101,9 +101,10 @@ def micro_train(
 def micro_finetune(
     base: str = typer.Option("micro", "--base", help="Model to fine-tune ('micro', a folder or an HF id)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: the embedded micro-mpar2 folder)."),
-    sft_steps: int = typer.Option(200, "--sft-steps"),
-    grpo_steps: int = typer.Option(120, "--grpo-steps"),
-    minutes: float = typer.Option(30.0, "--minutes", help="Wall-clock cap of the whole run."),
+    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help="Default: FinetuneConfig's."),
+    grpo_steps: Optional[int] = typer.Option(None, "--grpo-steps", help="Default: FinetuneConfig's."),
+    grpo_lr: Optional[float] = typer.Option(None, "--grpo-lr", help="Default: FinetuneConfig's."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
     threads: int = typer.Option(2, "--threads"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume"),
@@ -112,7 +113,8 @@ def micro_finetune(
     from interp.micro import FINETUNED_DIR
     from interp.micro.finetune import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(sft_steps=sft_steps, grpo_steps=grpo_steps, max_minutes=minutes, threads=threads, seed=seed)
+    given = {"sft_steps": sft_steps, "grpo_steps": grpo_steps, "grpo_lr": grpo_lr, "max_minutes": minutes}
+    cfg = FinetuneConfig(threads=threads, seed=seed, **{k: v for k, v in given.items() if v is not None})
     info = _run(finetune, base, out or FINETUNED_DIR, cfg, resume=resume)
     typer.echo(json.dumps({k: v for k, v in info.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
 
