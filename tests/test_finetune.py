@@ -158,15 +158,22 @@ def test_grpo_loss_hand_values():
     logp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     adv = torch.tensor([2.0, -1.0])
-    # ratio 1 and reference = policy: loss = -mean(A)
-    loss, stats = grpo_loss(logp, logp, logp, adv, mask, kl_coef=0.1, clip_eps=0.2)
+    # ratio 1 and reference = policy: "grpo" = -mean over completions of A; "dapo" = -sum of A
+    # over all tokens / tokens = -(2·2 - 1·3) / 5
+    loss, stats = grpo_loss(logp, logp, logp, adv, mask, kl_coef=0.1, clip_eps=0.2, loss_type="grpo")
     assert float(loss) == pytest.approx(-0.5) and stats["kl"] == 0.0
+    loss, _ = grpo_loss(logp, logp, logp, adv, mask, kl_coef=0.1, clip_eps=0.2)
+    assert float(loss) == pytest.approx(-0.2)
+    with pytest.raises(ConfigError, match="loss_type"):
+        grpo_loss(logp, logp, logp, adv, mask, kl_coef=0.1, clip_eps=0.2, loss_type="x")
     # a reference that differs by d on every token: KL_k3 = e^d - d - 1 per token, weighted by beta
     d = 0.3
-    loss2, stats2 = grpo_loss(logp, logp, logp + d, adv, mask, kl_coef=0.1, clip_eps=0.2)
+    loss2, stats2 = grpo_loss(logp, logp, logp + d, adv, mask, kl_coef=0.1, clip_eps=0.2, loss_type="grpo")
     kl = math.exp(d) - d - 1
     assert stats2["kl"] == pytest.approx(kl, rel=1e-5)
     assert float(loss2) == pytest.approx(-0.5 + 0.1 * kl, rel=1e-5)
+    loss2, _ = grpo_loss(logp, logp, logp + d, adv, mask, kl_coef=0.1, clip_eps=0.2)
+    assert float(loss2) == pytest.approx(-0.2 + 0.1 * kl, rel=1e-5)
     # clipping: ratio e^0.5 > 1.2 with a positive advantage is clipped at 1.2
     loss3, _ = grpo_loss(logp + 0.5, logp, logp + 0.5, torch.tensor([1.0, 1.0]), mask, kl_coef=0.0, clip_eps=0.2)
     assert float(loss3) == pytest.approx(-1.2, rel=1e-5)
@@ -301,7 +308,7 @@ def test_run_sft_trains_with_audio_and_leaves_a_clean_model(micro, tmp_path):
 def test_config_validation():
     from interp.micro.finetune import FinetuneConfig
 
-    for bad in ({"group_size": 1}, {"lr": 0.0}, {"data_seed": 7}, {"kl_coef": -1.0}, {"sft_steps": 0, "grpo_steps": 0},
+    for bad in ({"loss_type": "mean"}, {"group_size": 1}, {"lr": 0.0}, {"data_seed": 7}, {"kl_coef": -1.0}, {"sft_steps": 0, "grpo_steps": 0},
                 {"temperature": float("nan")}, {"threads": True}, {"dtype": "int8"}):
         with pytest.raises(ConfigError):
             FinetuneConfig(**bad)
