@@ -104,6 +104,7 @@ def micro_finetune(
     sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help="Default: FinetuneConfig's."),
     grpo_steps: Optional[int] = typer.Option(None, "--grpo-steps", help="Default: FinetuneConfig's."),
     grpo_lr: Optional[float] = typer.Option(None, "--grpo-lr", help="Default: FinetuneConfig's."),
+    loss_type: Optional[str] = typer.Option(None, "--loss-type", help="dapo (token-level) | grpo (per completion)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
     threads: int = typer.Option(2, "--threads"),
     seed: int = typer.Option(0, "--seed"),
@@ -113,7 +114,8 @@ def micro_finetune(
     from interp.micro import FINETUNED_DIR
     from interp.micro.finetune import FinetuneConfig, finetune
 
-    given = {"sft_steps": sft_steps, "grpo_steps": grpo_steps, "grpo_lr": grpo_lr, "max_minutes": minutes}
+    given = {"sft_steps": sft_steps, "grpo_steps": grpo_steps, "grpo_lr": grpo_lr, "loss_type": loss_type,
+             "max_minutes": minutes}
     cfg = FinetuneConfig(threads=threads, seed=seed, **{k: v for k, v in given.items() if v is not None})
     info = _run(finetune, base, out or FINETUNED_DIR, cfg, resume=resume)
     typer.echo(json.dumps({k: v for k, v in info.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
