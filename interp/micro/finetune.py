@@ -72,7 +72,10 @@ generated tokens)``; GRPO updates ``6·N·tokens`` per update; the reference mod
 **Budget** (``micro``): measured on the shared 2-core development machine (:data:`MEASURED`,
 1 thread: 0.36 s per SFT step of 16, 2.3 s per GRPO step of 8 × 8 completions), the defaults —
 600 SFT steps (~4 min) and 400 GRPO steps (~16 min), each phase's ``finetune.json["timing"]``
-records the real figure — fit in 30 minutes with room for a busy machine; ``max_minutes``
+records the real figure — fit in 30 minutes with room for a busy machine (the shipped
+``micro-mpar2``: 600 + 400 steps in 19.2 minutes, 0.38 s and 2.30 s per step, 1 thread beside
+another 1-thread training run; with ``threads=2`` beside that run SFT took 5.7 s per step —
+never give torch more threads than free cores); ``max_minutes``
 (28) is a hard stop either way (SFT may use at most :data:`SFT_TIME_SHARE` of it; GRPO stops
 early enough to save).  GRPO's learning rate, on dev items (seed 8, 300 structured answers,
 greedy), each run 300 SFT + 100 GRPO steps: on the 1530-step micro 2e-4 added +3 points over SFT
@@ -803,7 +806,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         "base": str(base_dir), "base_source": lm.source, "base_training": _base_training(lm.source),
         "config": cfg_dict, "n_params": n_params,
         "sft": sft,
-        "grpo": {k: v for k, v in grpo.items() if k != "step_seconds"},
+        "grpo": {k: v for k, v in grpo.items() if k not in ("step_seconds", "curves")},  # curves: reward_curves
         "steps": {"sft": sft["steps"], "grpo": grpo["steps"]},
         "stopped_early": stopped_early or sft["steps"] < cfg.sft_steps,
         "minutes": round(minutes(), 3),
