@@ -9,6 +9,7 @@ import numpy as np
 
 from interp.generation import AUDIO_MODES, GenerationConfig, batches, generate_batch, item_row, model_inputs
 from interp.items import Item
+from interp.stats import bootstrap_mean_ci
 
 
 def run_eval(
@@ -50,16 +51,6 @@ def run_eval(
     return log.frame() if log is not None else pd.DataFrame(rows)
 
 
-def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
 def summarize(df, by: Sequence[str] = ("audio", "format", "tier")):
     """Accuracy with bootstrap 95% CI per group."""
     import pandas as pd
@@ -67,8 +58,8 @@ def summarize(df, by: Sequence[str] = ("audio", "format", "tier")):
     out = []
     for keys, g in df.groupby(list(by), sort=True):
         keys = keys if isinstance(keys, tuple) else (keys,)
-        lo, hi = bootstrap_ci(g["correct"].to_numpy())
-        out.append({**dict(zip(by, keys)), "accuracy": float(g["correct"].mean()), "ci_low": lo, "ci_high": hi, "n": len(g)})
+        _, lo, hi = bootstrap_mean_ci(g["correct"].to_numpy(dtype=float))
+        out.append({**dict(zip(by, keys)), "accuracy": float(g["correct"].mean()), "ci_low": float(lo), "ci_high": float(hi), "n": len(g)})
     return pd.DataFrame(out)
 
 
