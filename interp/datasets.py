@@ -143,3 +143,38 @@ def fingerprint(items: list[Item]) -> str:
     for it in items:
         h.update(json.dumps([it.item_id, it.question, list(it.choices), it.answer]).encode())
     return h.hexdigest()
+
+
+def _is_synthetic(item: Item) -> bool:
+    """Audio generated in memory (cafe scenes), not read from a file."""
+    return item.audio.startswith("cafe:")
+
+
+def check_audio_files(items: list[Item]) -> None:
+    """Check every item's audio file from its header alone (nothing is decoded).
+
+    Synthetic audio (``cafe:<seed>`` items) is skipped.  Raises one :class:`AudioInputError`
+    listing every bad item: its id, the file, what was expected and what was found.  Meant to run
+    before a stage creates anything, so a bad file never leaves a half-written run behind."""
+    from interp.audio import check_audio_header
+    from interp.errors import AudioInputError
+
+    bad: list[str] = []
+    checked: dict[str, str | None] = {}  # a file shared by several items is opened once
+    for it in items:
+        if _is_synthetic(it):
+            continue
+        if it.audio not in checked:
+            try:
+                check_audio_header(it.audio)
+                checked[it.audio] = None
+            except AudioInputError as exc:
+                checked[it.audio] = str(exc)
+        if checked[it.audio] is not None:
+            bad.append(f"item {it.item_id!r}: {checked[it.audio]}")
+    if bad:
+        shown = bad[:20]
+        more = f"\n  ... and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
+        raise AudioInputError(
+            f"{len(bad)} of {len(items)} items have unusable audio:\n  " + "\n  ".join(shown) + more
+        )

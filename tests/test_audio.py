@@ -79,3 +79,51 @@ def test_bad_arrays():
         prepare(np.zeros(0), 16000, target_sr=16000)
     with pytest.raises(AudioInputError, match="shape"):
         prepare(np.zeros((2, 2, 2)), 16000, target_sr=16000)
+
+
+def test_long_file_is_not_decoded_whole(tmp_path, monkeypatch):
+    """A 10-minute file clipped to 30 s decodes only the 30 s (+ a resampling margin)."""
+    import tracemalloc
+
+    sr = 16000
+    p = tmp_path / "ten_minutes.wav"
+    block = (0.1 * np.sin(np.arange(sr * 10) * 0.05)).astype(np.float32)
+    with sf.SoundFile(p, "w", samplerate=sr, channels=1, subtype="PCM_16") as f:
+        for _ in range(60):  # written in 10 s blocks: the test never holds the whole file either
+            f.write(block)
+    assert sf.info(p).frames == sr * 600
+
+    asked = []
+    real_read = sf.SoundFile.read
+
+    def spy(self, frames=-1, *a, **k):
+        asked.append(frames)
+        return real_read(self, frames, *a, **k)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    monkeypatch.setattr(sf, "read", lambda *a, **k: pytest.fail("sf.read decodes the whole file"))
+    tracemalloc.start()
+    try:
+        with pytest.warns(UserWarning, match=r"600\.00 s is longer than the model's maximum 30\.00 s"):
+            y = load_audio(p, target_sr=sr, max_seconds=30.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(y) == 30 * sr
+    assert asked and all(0 < n <= 31 * sr for n in asked)
+    # the whole file as float32 would be 38 MB; 30 s is ~2 MB
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    # identical to decoding everything and clipping
+    with sf.SoundFile(p) as f:
+        head = real_read(f, 30 * sr, dtype="float32")
+    assert np.array_equal(y, head)
+
+
+def test_clipped_read_matches_whole_read_after_resampling(tmp_path):
+    p = tmp_path / "a.wav"
+    x = np.random.default_rng(0).standard_normal(8000 * 6).astype(np.float32) * 0.1
+    sf.write(p, x, 8000, subtype="FLOAT")
+    with pytest.warns(UserWarning):
+        y = load_audio(p, target_sr=16000, max_seconds=4.0)
+    whole = prepare(x, 8000, target_sr=16000)[: 4 * 16000]
+    assert np.array_equal(y, whole)
