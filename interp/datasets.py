@@ -24,20 +24,25 @@ def _category(value: Any) -> str:
 
 def _row_item(row: dict, *, where: str, audio_key: str, root: Path, id_key: str = "id") -> Item:
     if not isinstance(row, dict):
-        raise DatasetError(f"{where}: expected a JSON object, found {type(row).__name__}")
+        raise DatasetError(f"{where}: expected a JSON object, found {_kind(row)}")
     for key in ("question", "choices", "answer", audio_key):
         if key not in row or row[key] in (None, "", []):
             raise DatasetError(f"{where}: expected a non-empty {key!r} field, found {row.get(key)!r}")
     choices = row["choices"]
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
         raise DatasetError(f"{where}: expected 'choices' to be a list of strings, found {choices!r}")
-    audio = str(row[audio_key])
+    if not isinstance(row[audio_key], str):
+        raise DatasetError(f"{where}: expected {audio_key!r} to be a file path string, found {row[audio_key]!r}")
+    audio = row[audio_key]
     path = Path(audio)
     if not path.is_absolute():
         path = (root / path).resolve()
+    rid = row.get(id_key)
     try:
         return Item(
-            item_id=str(row.get(id_key) or where),
+            # a row without an id is named by its position (``where``), which is unique in the file;
+            # a clash with another row's explicit id is caught by _check_unique_ids
+            item_id=where if rid is None or rid == "" else str(rid),
             audio=str(path),
             question=row["question"],
             choices=tuple(choices),
@@ -53,27 +58,93 @@ def _row_item(row: dict, *, where: str, audio_key: str, root: Path, id_key: str 
         raise DatasetError(f"{where}: {exc}") from None
 
 
-def _read_json_list(path: Path) -> list:
+def _kind(value: Any) -> str:
+    """A JSON value's type, in JSON's words."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A dataset file's text; UTF-8 (a BOM is accepted) or a DatasetError naming the file and the
+    first undecodable byte's line."""
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise DatasetError(f"dataset file {str(path)!r}: expected a JSON file, found nothing there") from None
+        raise DatasetError(f"dataset file {str(path)!r}: expected {what}, found nothing there") from None
+    except IsADirectoryError:
+        raise DatasetError(f"dataset file {str(path)!r}: expected {what}, found a directory") from None
+    except OSError as exc:
+        raise DatasetError(f"dataset file {str(path)!r}: expected a readable {what}, found {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"dataset file {str(path)!r}: expected UTF-8 text, found byte 0x{raw[exc.start]:02x} at line {line} "
+            f"(byte offset {exc.start}) that is not UTF-8; re-save the file as UTF-8"
+        ) from None
+
+
+def _read_json_list(path: Path) -> list:
+    text = _read_text(path, "a JSON file")
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"dataset file {str(path)!r}: expected JSON, found invalid JSON ({exc})") from None
+        raise DatasetError(
+            f"dataset file {str(path)!r}: expected JSON, found invalid JSON at line {exc.lineno} column {exc.colno} "
+            f"({exc.msg})"
+        ) from None
+    except RecursionError:
+        raise DatasetError(f"dataset file {str(path)!r}: expected JSON rows, found nesting too deep to parse") from None
     if not isinstance(data, list):
-        raise DatasetError(f"dataset file {str(path)!r}: expected a JSON list of rows, found {type(data).__name__}")
+        raise DatasetError(f"dataset file {str(path)!r}: expected a JSON list of rows, found {_kind(data)}")
+    if not data:
+        raise DatasetError(f"dataset file {str(path)!r}: expected a JSON list of rows, found an empty list")
     return data
+
+
+def _check_unique_ids(items: list[Item], wheres: list[str], name: str) -> None:
+    """Refuse duplicate item ids, naming the id and the rows that share it (``wheres[i]`` names
+    the row ``items[i]`` came from)."""
+    first: dict[str, int] = {}
+    dups: list[str] = []
+    for i, it in enumerate(items):
+        j = first.setdefault(it.item_id, i)
+        if j != i:
+            dups.append(f"id {it.item_id!r} at {wheres[j]} and {wheres[i]}")
+    if dups:
+        shown = "; ".join(dups[:10]) + (f"; and {len(dups) - 10} more" if len(dups) > 10 else "")
+        raise DatasetError(
+            f"dataset file {name!r}: expected unique item ids, found {len(dups)} duplicate"
+            f"{'s' if len(dups) > 1 else ''}: {shown}"
+        )
+
+
+def _items_from_rows(rows: list, path: Path, audio_root: str | Path | None, audio_key: str) -> list[Item]:
+    root = Path(audio_root) if audio_root else path.parent
+    items, wheres = [], []
+    for i, r in enumerate(rows):
+        where = f"{path.name} row {i} (id {r.get('id') if isinstance(r, dict) else '?'})"
+        items.append(_row_item(r, where=where, audio_key=audio_key, root=root))
+        wheres.append(f"row {i}")
+    _check_unique_ids(items, wheres, str(path))
+    return items
 
 
 def _load_json_rows(path: str | Path, audio_root: str | Path | None, audio_key: str) -> list[Item]:
     path = Path(path)
-    root = Path(audio_root) if audio_root else path.parent
-    rows = _read_json_list(path)
-    return [
-        _row_item(r, where=f"{path.name} row {i} (id {r.get('id') if isinstance(r, dict) else '?'})",
-                  audio_key=audio_key, root=root)
-        for i, r in enumerate(rows)
-    ]
+    return _items_from_rows(_read_json_list(path), path, audio_root, audio_key)
 
 
 def load_mmau(path: str | Path, *, audio_root: str | Path | None = None) -> list[Item]:
@@ -90,23 +161,41 @@ def load_mmar(path: str | Path, *, audio_root: str | Path | None = None) -> list
 
 def load_folder(folder: str | Path) -> list[Item]:
     """A folder of audio files plus ``questions.jsonl``: one JSON object a line with ``audio``
-    (file name relative to the folder), ``question``, ``choices``, ``answer`` and any metadata."""
+    (file name relative to the folder), ``question``, ``choices``, ``answer`` and any metadata.
+    A line without an ``id`` gets ``<folder name>-<0-based line index>``."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(
+            f"dataset folder {str(folder)!r}: expected a folder with questions.jsonl, "
+            f"found {'a file' if folder.exists() else 'nothing at that path'}"
+        )
     qfile = folder / "questions.jsonl"
-    if not qfile.exists():
-        raise DatasetError(f"dataset folder {str(folder)!r}: expected a questions.jsonl file, found none")
-    items = []
-    for i, line in enumerate(qfile.read_text().splitlines()):
+    if not qfile.is_file():
+        found = "a directory of that name" if qfile.exists() else "none"
+        raise DatasetError(f"dataset folder {str(folder)!r}: expected a questions.jsonl file, found {found}")
+    text = _read_text(qfile, "a JSONL file (one JSON object a line)")
+    items, wheres = [], []
+    # split on "\n" only: str.splitlines would also split on U+2028 etc., which JSON strings may hold
+    for i, line in enumerate(text.split("\n")):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"{qfile} line {i + 1}: expected a JSON object, found invalid JSON ({exc})") from None
-        row.setdefault("id", f"{folder.name}-{i}")
+            raise DatasetError(
+                f"{qfile} line {i + 1}: expected a JSON object, found invalid JSON at column {exc.colno} ({exc.msg})"
+            ) from None
+        except RecursionError:
+            raise DatasetError(f"{qfile} line {i + 1}: expected a JSON object, found nesting too deep to parse") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{qfile} line {i + 1}: expected a JSON object, found {_kind(row)}")
+        if row.get("id") is None or row.get("id") == "":
+            row["id"] = f"{folder.name}-{i}"
         items.append(_row_item(row, where=f"{qfile.name} line {i + 1}", audio_key="audio", root=folder))
+        wheres.append(f"line {i + 1}")
     if not items:
         raise DatasetError(f"{qfile}: expected at least one question, found none")
+    _check_unique_ids(items, wheres, str(qfile))
     return items
 
 
@@ -126,11 +215,13 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 7, audio_root: 
         items = load_folder(p)
     elif p.suffix == ".json":
         rows = _read_json_list(p)
-        first = rows[0] if rows else {}
-        items = load_mmar(p, audio_root=audio_root) if "audio_path" in first else load_mmau(p, audio_root=audio_root)
+        audio_key = "audio_path" if isinstance(rows[0], dict) and "audio_path" in rows[0] else "audio_id"
+        items = _items_from_rows(rows, p, audio_root, audio_key)
     else:
+        found = "nothing at that path" if not p.exists() else f"a {p.suffix or 'suffix-less'} file"
         raise DatasetError(
-            f"dataset {spec!r}: expected 'cafe', an MMAU/MMAR .json file or a folder with questions.jsonl, found neither"
+            f"dataset {spec!r}: expected 'cafe', an MMAU/MMAR .json file or a folder with questions.jsonl, "
+            f"found {found}"
         )
     return items[:n] if n else items
 

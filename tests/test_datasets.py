@@ -82,3 +82,137 @@ def test_cafe_spec_and_fingerprint():
     assert fingerprint(a) == fingerprint(load_dataset("cafe", n=12, seed=3)) != fingerprint(b)
     with pytest.raises(DatasetError, match="expected 'cafe'"):
         load_dataset("nonsense.txt")
+
+
+def _row(i, **kw):
+    r = {"id": str(i), "audio_id": f"{i}.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"}
+    r.update(kw)
+    return r
+
+
+def test_duplicate_ids_are_refused_naming_id_and_both_rows(tmp_path):
+    p = _write(tmp_path / "m.json", [_row(0), _row(1), _row(2), _row(1)])
+    with pytest.raises(DatasetError, match=r"m.json.*unique item ids.*id '1' at row 1 and row 3"):
+        load_mmau(p)
+    with pytest.raises(DatasetError, match="unique item ids"):
+        load_dataset(str(p), n=1)  # refused even when the duplicate is past n
+    # an int id and the same id as a string are the same item id
+    p = _write(tmp_path / "m.json", [_row(0, id=7), _row(1, id="7")])
+    with pytest.raises(DatasetError, match=r"id '7' at row 0 and row 1"):
+        load_mmau(p)
+    mmar = [{"id": "x", "audio_path": "a.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"}] * 2
+    p = _write(tmp_path / "MMAR-meta.json", mmar)
+    with pytest.raises(DatasetError, match=r"id 'x' at row 0 and row 1"):
+        load_mmar(p)
+    with pytest.raises(DatasetError, match=r"id 'x' at row 0 and row 1"):
+        load_dataset(str(p))
+
+
+def test_duplicate_ids_in_folder_name_lines(tmp_path):
+    d = tmp_path / "f"
+    d.mkdir()
+    rows = [{"id": "a", "audio": "a.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"},
+            {"id": "b", "audio": "b.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"},
+            {"id": "a", "audio": "c.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"}]
+    (d / "questions.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + json.dumps(rows[2]) + "\n")
+    with pytest.raises(DatasetError, match=r"questions.jsonl.*id 'a' at line 1 and line 4"):
+        load_folder(d)
+    # a missing id falls back to <folder>-<index>; an explicit id equal to that fallback clashes
+    rows = [{"audio": "a.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"},
+            {"id": "f-0", "audio": "b.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"}]
+    (d / "questions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DatasetError, match=r"id 'f-0' at line 1 and line 2"):
+        load_folder(d)
+
+
+def test_rows_without_ids_get_unique_position_ids(tmp_path):
+    rows = [_row(i) for i in range(3)]
+    for r in rows:
+        del r["id"]
+    rows[1]["id"] = ""
+    items = load_mmau(_write(tmp_path / "m.json", rows))
+    assert len({i.item_id for i in items}) == 3
+    d = tmp_path / "f"
+    d.mkdir()
+    line = json.dumps({"audio": "a.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"})
+    (d / "questions.jsonl").write_text(f"{line}\n{line}\n")
+    assert [i.item_id for i in load_folder(d)] == ["f-0", "f-1"]
+    assert load_mmau(_write(tmp_path / "z.json", [_row(0, id=0)]))[0].item_id == "0"  # id 0 is an id
+
+
+def _msg(excinfo):
+    msg = str(excinfo.value)
+    assert "Traceback" not in msg and "expected" in msg and "found" in msg
+    return msg
+
+
+def test_bad_encoding_names_file_and_line(tmp_path):
+    p = tmp_path / "latin.json"
+    p.write_bytes(json.dumps([_row(0)], indent=1).replace("q?", "caf\u00e9?").encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin.json.*expected UTF-8.*byte 0xe9 at line \d+") as ei:
+        load_mmau(p)
+    _msg(ei)
+    # a UTF-8 BOM is fine
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps([_row(0)]).encode())
+    assert load_mmau(p)[0].item_id == "0"
+    d = tmp_path / "f"
+    d.mkdir()
+    (d / "questions.jsonl").write_bytes(b'{"audio": "a.wav"}\n{"question": "\xff"}\n')
+    with pytest.raises(DatasetError, match=r"questions.jsonl.*UTF-8.*line 2"):
+        load_folder(d)
+
+
+def test_invalid_json_names_line_and_column(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('[\n  {"id": "a",\n   "question": }\n]')
+    with pytest.raises(DatasetError, match=r"bad.json.*invalid JSON at line 3 column 16") as ei:
+        load_dataset(str(p))
+    _msg(ei)
+
+
+def test_top_level_shapes(tmp_path):
+    p = tmp_path / "m.json"
+    for content, found in [("[]", "an empty list"), ('{"rows": []}', "an object"), ('"x"', "a string"), ("3", "a number")]:
+        p.write_text(content)
+        with pytest.raises(DatasetError, match=f"m.json.*expected a JSON list of rows, found {found}") as ei:
+            load_mmau(p)
+        _msg(ei)
+        with pytest.raises(DatasetError, match=found):
+            load_dataset(str(p))
+    p.write_text("[1, 2]")
+    with pytest.raises(DatasetError, match=r"row 0.*expected a JSON object, found a number"):
+        load_dataset(str(p))
+    with pytest.raises(DatasetError, match="found nothing there"):
+        load_mmau(tmp_path / "absent.json")
+    with pytest.raises(DatasetError, match="nothing at that path"):
+        load_dataset(str(tmp_path / "absent"))
+
+
+def test_jsonl_line_not_an_object(tmp_path):
+    d = tmp_path / "f"
+    d.mkdir()
+    good = json.dumps({"audio": "a.wav", "question": "q?", "choices": ["a", "b"], "answer": "a"})
+    for bad, found in [('["a", "b"]', "a list"), ('"text"', "a string"), ("null", "null"), ("{oops", "invalid JSON")]:
+        (d / "questions.jsonl").write_text(f"{good}\n\n{bad}\n")
+        with pytest.raises(DatasetError, match=f"questions.jsonl line 3: expected a JSON object, found {found}") as ei:
+            load_folder(d)
+        _msg(ei)
+
+
+def test_folder_without_questions(tmp_path):
+    d = tmp_path / "f"
+    d.mkdir()
+    with pytest.raises(DatasetError, match=r"'.*f'.*expected a questions.jsonl file, found none") as ei:
+        load_dataset(str(d))
+    _msg(ei)
+    (d / "questions.jsonl").mkdir()
+    with pytest.raises(DatasetError, match="found a directory"):
+        load_folder(d)
+    with pytest.raises(DatasetError, match="found nothing at that path"):
+        load_folder(tmp_path / "nope")
+
+
+def test_non_string_audio_path(tmp_path):
+    p = _write(tmp_path / "m.json", [_row(0, audio_id=["x.wav"])])
+    with pytest.raises(DatasetError, match=r"row 0.*'audio_id' to be a file path string"):
+        load_mmau(p)
