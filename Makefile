@@ -3,16 +3,21 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.auralens-installed
+PIPQ := --quiet --disable-pip-version-check
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench compat compat-oldest lock clean
 
-# torch is pinned by a constraint so no extra ever swaps the local CPU build for a CUDA one.
-$(STAMP): pyproject.toml
+# Installs exactly requirements.lock (the versions CI tests), then auralens itself without
+# re-resolving.  torch is pinned by a pip constraint so nothing ever swaps the local CPU build
+# for a CUDA one (torchvision/torchaudio have no CPU build here and are refused).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	printf 'torch==2.13.0\ntorchvision==0.0.0\ntorchaudio==0.0.0\n' > $(VENV)/constraints.txt
 	printf '[install]\nconstraint = %s\n' "$(abspath $(VENV))/constraints.txt" > $(VENV)/pip.conf
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,train]"
+	$(PY) -m pip install $(PIPQ) torch==2.13.0
+	$(PY) -m pip install $(PIPQ) -r requirements.lock
+	$(PY) -m pip install $(PIPQ) --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,6 +30,21 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/auralens bench yield --json
+
+# Newest releases of the fast-moving packages in a throwaway venv (not part of test or CI).
+compat:
+	$(PYTHON) .ci/compat.py
+
+# The oldest release of each tested range (the lower bounds in pyproject.toml).
+compat-oldest:
+	$(PYTHON) .ci/compat.py --oldest
+
+# Rewrite requirements.lock from the current venv (after `make compat` passed and the venv
+# was upgraded to the versions you tested).
+lock: $(STAMP)
+	{ echo "# Exact versions that \`make\` installs and CI tests (Python 3.11, Linux x86_64, CPU torch)."; \
+	  echo "# Regenerate after a tested upgrade with \`make lock\`; the ranges in pyproject.toml bound these."; \
+	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock
 
 clean:
 	rm -rf runs .pytest_cache

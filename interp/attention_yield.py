@@ -441,8 +441,7 @@ class YieldRecorder:
     # --- context protocol ---------------------------------------------------------------------
 
     def __enter__(self) -> YieldRecorder:
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+        from interp import compat
 
         if self._active:
             raise ConfigError(
@@ -450,8 +449,9 @@ class YieldRecorder:
             )
         # Read now, not at construction: inside another recorder's context this wraps that one.
         impl = self._current_impl()
-        if impl in ALL_ATTENTION_FUNCTIONS:
-            orig = ALL_ATTENTION_FUNCTIONS[impl]
+        functions = compat.attention_functions()
+        if impl in functions:
+            orig = functions[impl]
         else:  # "eager": the modeling file's own function
             mod = importlib.import_module(type(self._modules[0]).__module__)
             orig = getattr(mod, "eager_attention_forward", None)
@@ -460,7 +460,7 @@ class YieldRecorder:
                     f"attention implementation {impl!r}: {mod.__name__} has no "
                     "eager_attention_forward to wrap"
                 )
-        mask_impl = impl if impl in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"
+        mask_impl = impl if impl in compat.mask_functions() else "sdpa"
         self._orig = orig
         # Unique per context (two recorders on two models at once must not share a name); the
         # original name comes last so flash-attention checks on the name still hold.
@@ -468,13 +468,12 @@ class YieldRecorder:
         self._clear()
         self._result = None
         self._first_row = 0 if self.config.rows == "all_prompt" else self.audio_mask.shape[1] - 1
-        self._saved = [(c, c._attn_implementation_internal) for c in self._configs]
+        self._saved = [(c, compat.get_attn_impl(c)) for c in self._configs]
         self._hook = None
         try:
-            AttentionInterface.register(self._name, self._attention)
-            AttentionMaskInterface.register(self._name, ALL_MASK_ATTENTION_FUNCTIONS[mask_impl])
+            compat.register_attention(self._name, self._attention, mask_impl)
             for cfg, _ in self._saved:
-                cfg._attn_implementation_internal = self._name
+                compat.set_attn_impl(cfg, self._name)
             self._hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         except BaseException:
             self._restore()
@@ -491,20 +490,18 @@ class YieldRecorder:
             self._clear()
 
     def _restore(self) -> None:
-        from transformers.masking_utils import AttentionMaskInterface
-        from transformers.modeling_utils import AttentionInterface
+        from interp import compat
 
         self._active = False
         if getattr(self, "_hook", None) is not None:
             self._hook.remove()
             self._hook = None
         for cfg, value in getattr(self, "_saved", []):
-            cfg._attn_implementation_internal = value
+            compat.set_attn_impl(cfg, value)
         self._saved = []
         name = getattr(self, "_name", None)
         if name is not None:
-            AttentionInterface._global_mapping.pop(name, None)
-            AttentionMaskInterface._global_mapping.pop(name, None)
+            compat.unregister_attention(name)
 
     # --- hot path -----------------------------------------------------------------------------
 
@@ -533,17 +530,18 @@ class YieldRecorder:
         return out
 
     def _pre_forward(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
-        if cache is not None and getattr(cache, "is_compileable", False):
+        from interp import compat
+
+        if compat.is_static_cache(kwargs):
             raise ConfigError(
-                f"YieldRecorder: past_key_values is a {type(cache).__name__} (static/compileable); "
-                "expected the default DynamicCache (query positions are read from the cache length)"
+                f"YieldRecorder: the KV cache is a {type(compat.find_cache(kwargs)).__name__} "
+                "(static/compileable); expected the default DynamicCache (query positions are read "
+                "from the cache length)"
             )
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if not isinstance(input_ids, torch.Tensor):
             return None
-        fresh = cache is None or cache.get_seq_length() == 0
-        if not fresh:
+        if not compat.is_prefill(kwargs):  # decode step: the prompt was checked at prefill
             return None
         b, p = self.audio_mask.shape
         if input_ids.ndim != 2 or input_ids.shape[0] != b or input_ids.shape[1] < p:

@@ -189,21 +189,16 @@ def _bench_tl(lm, batch, full_ids, a: float, device: str, source_folder: str | N
     import torch
 
     try:
-        import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
-        from transformer_lens.model_bridge import TransformerBridge
+        import transformer_lens  # noqa: F401
     except Exception as exc:  # pragma: no cover - TL missing
         return {"skipped": f"transformer_lens unavailable: {exc}"}
+    from interp.compat import boot_transformer_bridge
+
     folder = source_folder or lm.source
-    saved = getattr(tl_helpers, "_ensure_torchvision", None)
-    # TL's boot tries to pip-install torchvision when AutoProcessor fails; never let it.
-    tl_helpers._ensure_torchvision = lambda: False
     try:
-        bridge = TransformerBridge.boot_transformers(folder, hf_model=copy.deepcopy(lm.model), tokenizer=lm.tokenizer)
+        bridge = boot_transformer_bridge(folder, hf_model=copy.deepcopy(lm.model), tokenizer=lm.tokenizer)
     except Exception as exc:
         return {"skipped": f"TransformerBridge cannot boot this model: {type(exc).__name__}: {exc}"}
-    finally:
-        if saved is not None:
-            tl_helpers._ensure_torchvision = saved
     rest = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     mask = torch.ones_like(full_ids)
 

@@ -101,9 +101,9 @@ def load_model(
         if device_map is not None:
             kwargs["device_map"] = device_map
         outer = cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
-        if hasattr(outer, "disable_talker"):
-            outer.disable_talker()
-        model = getattr(outer, container)
+        from interp.compat import unwrap_container
+
+        model = unwrap_container(outer, container)
         return _finish(model, source, name_or_path, table, device, device_map, trust_remote_code)
     cls = getattr(transformers, table.model_class, None)
     if cls is None:

@@ -480,8 +480,9 @@ class _Gate:
                 "adaptive alpha steers generate() calls only (the listening signal is recorded per "
                 "generate call); expected lm.model.generate(...) or steering.generate(...) in the block"
             )
-        cache = kwargs.get("past_key_values")
-        if cache is None or cache.get_seq_length() == 0:  # prefill: g = 1 by definition
+        from interp import compat
+
+        if compat.is_prefill(kwargs):  # prefill: g = 1 by definition
             self.scale_now = None
             return None
         y_prev = _mean_heads(self.rec, self.layers, self.heads_by_layer)  # [batch]

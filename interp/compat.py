@@ -1,0 +1,204 @@
+"""Every reliance on a library's *private* or version-specific behaviour, in one place.
+
+transformers, TransformerLens and friends change internals between minor releases
+(transformers 5.24 renamed the KV cache that ``generate`` hands to the model's forward from
+``past_key_values=`` to ``cache=``; the recorder took every decode step for a fresh prompt).
+Code elsewhere in auralens calls these functions instead of touching the internals, and
+``tests/test_compat.py`` checks each one against the installed releases, including the calling
+conventions of every supported transformers minor (5.23: ``past_key_values``; 5.24: ``cache``).
+
+The tested range of each fast-moving package is :data:`TESTED`; ``pyproject.toml`` bounds
+the dependencies to it and ``requirements.lock`` pins the exact versions ``make`` installs.
+``make compat`` runs the recorder, steering and probe tests against the newest releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# Tested ranges: (oldest tested, first untested).  Keep in sync with pyproject.toml (a test
+# checks that they agree).
+TESTED: dict[str, tuple[str, str]] = {
+    "transformers": ("5.23", "5.25"),
+    "nnsight": ("0.8.1", "0.9"),
+    "transformer-lens": ("4.3", "4.4"),
+    "trl": ("1.16", "1.17"),
+    "accelerate": ("1.15", "1.16"),
+    "streamlit": ("1.67", "1.68"),
+}
+
+
+# --- KV cache: prefill or decode? --------------------------------------------------------------
+
+def find_cache(kwargs: dict[str, Any]) -> Any | None:
+    """The KV cache a model's forward received, whatever the keyword is called.
+
+    transformers <= 5.23 passes it as ``past_key_values``, 5.24 as ``cache`` (with the old name
+    deprecated); we look for a :class:`transformers.cache_utils.Cache` *by type* among the
+    keyword arguments, so the next rename does not silently turn decode steps into prompts."""
+    from transformers.cache_utils import Cache
+
+    for key in ("cache", "past_key_values"):
+        value = kwargs.get(key)
+        if isinstance(value, Cache):
+            return value
+    for value in kwargs.values():
+        if isinstance(value, Cache):
+            return value
+    return None
+
+
+def cached_length(kwargs: dict[str, Any]) -> int:
+    """How many positions the model has already seen in this ``generate`` call (0 at prefill).
+
+    Read from what the forward really receives: the cache's own length when a cache is passed,
+    else the first ``cache_position`` (present in transformers 5.x forwards), else 0 (a forward
+    without a cache, e.g. ``use_cache=False``, always sees its whole sequence)."""
+    cache = find_cache(kwargs)
+    if cache is not None:
+        return int(cache.get_seq_length())
+    pos = kwargs.get("cache_position")
+    if pos is not None and hasattr(pos, "numel") and pos.numel() > 0:
+        return int(pos.reshape(-1)[0])
+    return 0
+
+
+def is_prefill(kwargs: dict[str, Any]) -> bool:
+    """True when this forward starts a sequence (no positions cached yet)."""
+    return cached_length(kwargs) == 0
+
+
+def is_static_cache(kwargs: dict[str, Any]) -> bool:
+    """A static / compileable cache (query positions cannot be read from its length)."""
+    cache = find_cache(kwargs)
+    return cache is not None and bool(getattr(cache, "is_compileable", False))
+
+
+def output_cache(outputs: Any) -> Any | None:
+    """The cache a forward returned (``outputs.cache`` from 5.24, ``past_key_values`` before)."""
+    for name in ("cache", "past_key_values"):
+        value = getattr(outputs, name, None) if not isinstance(outputs, dict) else outputs.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+# --- attention / mask function registries --------------------------------------------------------
+
+def attention_functions():
+    """transformers' global attention-function registry (``ALL_ATTENTION_FUNCTIONS``)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS
+
+
+def mask_functions():
+    """transformers' global mask-function registry (``ALL_MASK_ATTENTION_FUNCTIONS``)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    return ALL_MASK_ATTENTION_FUNCTIONS
+
+
+def register_attention(name: str, fn: Callable, mask_impl: str) -> None:
+    """Register ``fn`` as attention implementation ``name``, with the mask function of ``mask_impl``."""
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, mask_functions()[mask_impl])
+
+
+def unregister_attention(name: str) -> None:
+    """Remove ``name`` from both registries.  The public interface has no ``unregister``; the
+    registry's class-level ``_global_mapping`` is the private part we rely on."""
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface._global_mapping.pop(name, None)
+    AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+def registered_attention_names() -> list[str]:
+    from transformers.modeling_utils import AttentionInterface
+
+    return sorted(AttentionInterface._global_mapping)
+
+
+def get_attn_impl(config: Any) -> Any:
+    """The raw implementation name a config holds (``None`` = transformers' default)."""
+    return config._attn_implementation_internal
+
+
+def set_attn_impl(config: Any, value: Any) -> None:
+    """Switch one (sub)config's attention implementation *without* the public setter's checks:
+    ``set_attn_implementation`` refuses names it does not know and walks every sub-config,
+    while the recorder needs a temporary, registered name on the decoder's configs only."""
+    config._attn_implementation_internal = value
+
+
+@contextmanager
+def attn_impl_swapped(configs: list[Any], value: str) -> Iterator[None]:
+    """Within the block, every config in ``configs`` uses implementation ``value``."""
+    saved = [(c, get_attn_impl(c)) for c in configs]
+    try:
+        for c, _ in saved:
+            set_attn_impl(c, value)
+        yield
+    finally:
+        for c, v in saved:
+            set_attn_impl(c, v)
+
+
+# --- Qwen2.5-Omni container ----------------------------------------------------------------------
+
+def unwrap_container(outer: Any, attribute: str) -> Any:
+    """The audio-language model inside a container checkpoint (Qwen2.5-Omni: thinker + talker).
+
+    ``disable_talker`` exists from the first transformers release with Omni; when absent the
+    talker is simply never called (auralens only runs the thinker)."""
+    if hasattr(outer, "disable_talker"):
+        outer.disable_talker()
+    inner = getattr(outer, attribute, None)
+    if inner is None:
+        from interp.errors import ArchitectureError
+
+        raise ArchitectureError(
+            f"container {type(outer).__name__}: expected an attribute {attribute!r} holding the "
+            "audio-language model, found none"
+        )
+    return inner
+
+
+# --- TransformerLens ----------------------------------------------------------------------------
+
+def boot_transformer_bridge(folder: str, *, hf_model: Any, tokenizer: Any):
+    """``TransformerBridge.boot_transformers`` on an already loaded model, offline.
+
+    TL's boot tries to pip-install torchvision when ``AutoProcessor`` fails (its private
+    ``_ensure_torchvision``); that would reach for the network and swap the CPU torch build, so
+    it is disabled for the duration of the call."""
+    import transformer_lens.model_bridge.sources.transformers.helpers as tl_helpers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    saved = getattr(tl_helpers, "_ensure_torchvision", None)
+    tl_helpers._ensure_torchvision = lambda: False
+    try:
+        return TransformerBridge.boot_transformers(folder, hf_model=hf_model, tokenizer=tokenizer)
+    finally:
+        if saved is not None:
+            tl_helpers._ensure_torchvision = saved
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages in :data:`TESTED` (missing ones omitted)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in TESTED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
