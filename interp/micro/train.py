@@ -31,7 +31,7 @@ class TrainConfig:
     data_seed: int = 1  # train items: cafe seeds data_seed*100000 + i (eval uses other seeds)
     format_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)  # direct, cot, structured
     threads: int = 2
-    save_every: int = 250  # checkpoint (weights + optimizer) every N steps; resume continues from it
+    save_every: int = 250  # checkpoint (weights + optimizer + RNG, no pickle) every N steps; resume continues from it
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_minutes <= 0:
@@ -61,21 +61,125 @@ def make_batch(processor, items, formats, *, with_targets: bool = True):
     return batch, torch.as_tensor(labels)
 
 
-def _save(out_dir: Path, model, processor, opt, info: dict) -> None:
-    """Checkpoint: weights (safetensors), processor, optimizer state and progress, each written
-    to a temporary folder that replaces the previous checkpoint only when complete."""
-    import shutil
+# ------------------------------------------------------------------ pickle-free resume state
+OPT_TENSORS = "optimizer.safetensors"  # optimizer state tensors (+ the torch CPU RNG state)
+OPT_JSON = "optimizer.json"  # optimizer structure: param groups, non-tensor state, numpy RNG state
+_LEGACY_OPT = "optimizer.pt"  # written by older versions (torch.save); read only with weights_only=True
 
+
+def _jsonable(value, where: str):
+    """``value`` as JSON (tuples tagged so they come back as tuples), or a ValueError: an
+    optimizer whose state cannot be written without pickle is refused, not pickled."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple):
+        return {"__tuple__": [_jsonable(v, where) for v in value]}
+    if isinstance(value, list):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _jsonable(v, where) for k, v in value.items()}
+    raise ValueError(f"optimizer state {where}: expected tensors or JSON values, found {type(value).__name__}")
+
+
+def _unjson(value):
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(_unjson(v) for v in value["__tuple__"])
+        return {k: _unjson(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unjson(v) for v in value]
+    return value
+
+
+def save_optimizer(folder: str | Path, opt, *, rng: np.random.Generator | None = None, torch_rng: bool = True) -> None:
+    """Write ``opt.state_dict()`` without pickle: every tensor into ``optimizer.safetensors``,
+    everything else (param groups, scalar state) into ``optimizer.json``.  Also the torch CPU RNG
+    state (a uint8 tensor, in the safetensors file) and ``rng``'s numpy bit-generator state (JSON)."""
     import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    state_json: dict[str, dict] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                # clone: safetensors refuses tensors that share storage
+                tensors[f"state.{pid}.{k}"] = v.detach().cpu().clone().contiguous()
+            else:
+                state_json.setdefault(str(pid), {})[k] = _jsonable(v, f"{pid}.{k}")
+    groups = []
+    for i, g in enumerate(sd["param_groups"]):
+        row = {}
+        for k, v in g.items():
+            if torch.is_tensor(v):  # e.g. a tensor learning rate
+                tensors[f"group.{i}.{k}"] = v.detach().cpu().clone().contiguous()
+            else:
+                row[k] = _jsonable(v, f"param_groups[{i}].{k}")
+        groups.append(row)
+    if torch_rng:
+        tensors["rng.torch_cpu"] = torch.get_rng_state()
+    meta = {"format": "auralens-optimizer/1", "optimizer": type(opt).__name__, "param_groups": groups,
+            "state": state_json, "numpy_rng": _jsonable(rng.bit_generator.state, "numpy_rng") if rng is not None else None}
+    save_file(tensors, str(folder / OPT_TENSORS))
+    (folder / OPT_JSON).write_text(json.dumps(meta, indent=1))
+
+
+def has_optimizer(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return ((folder / OPT_TENSORS).exists() and (folder / OPT_JSON).exists()) or (folder / _LEGACY_OPT).exists()
+
+
+def load_optimizer(folder: str | Path, opt, *, rng: np.random.Generator | None = None) -> bool:
+    """Restore what :func:`save_optimizer` wrote into ``opt`` (and the torch CPU RNG and ``rng``
+    when they were saved).  Returns whether ``rng``'s state was restored (False for a legacy file)."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / OPT_JSON).exists() and (folder / _LEGACY_OPT).exists():
+        # A checkpoint from before the safetensors format: torch.save'd state dict.  Read only
+        # through torch's restricted unpickler (weights_only=True: tensors and plain containers,
+        # never arbitrary objects).  The next save rewrites it as safetensors + JSON.
+        opt.load_state_dict(torch.load(folder / _LEGACY_OPT, weights_only=True))
+        return False
+    meta = json.loads((folder / OPT_JSON).read_text())
+    tensors = load_file(str(folder / OPT_TENSORS))
+    if meta.get("optimizer") != type(opt).__name__:
+        raise ValueError(f"{folder / OPT_JSON}: expected {type(opt).__name__} state, found {meta.get('optimizer')}")
+    groups = [_unjson(g) for g in meta["param_groups"]]
+    state: dict[int, dict] = {int(pid): _unjson(st) for pid, st in meta["state"].items()}
+    for key, v in tensors.items():
+        kind, rest = key.split(".", 1)
+        if kind == "state":
+            pid, k = rest.split(".", 1)
+            state.setdefault(int(pid), {})[k] = v
+        elif kind == "group":
+            i, k = rest.split(".", 1)
+            groups[int(i)][k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    if "rng.torch_cpu" in tensors:
+        torch.set_rng_state(tensors["rng.torch_cpu"])
+    if rng is not None and meta.get("numpy_rng") is not None:
+        rng.bit_generator.state = _unjson(meta["numpy_rng"])
+        return True
+    return False
+
+
+def _save(out_dir: Path, model, processor, opt, info: dict, rng: np.random.Generator | None = None) -> None:
+    """Checkpoint: weights (safetensors), processor, optimizer state (safetensors + JSON, see
+    :func:`save_optimizer`), RNG states and progress (JSON), each written to a temporary folder
+    that replaces the previous checkpoint only when complete.  Nothing is pickled."""
+    import shutil
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".saving")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    # optimizer moments: a torch file is unavoidable here; it is read back with weights_only=True
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    save_optimizer(tmp, opt, rng=rng)
     (tmp / "training.json").write_text(json.dumps(info, indent=2))
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -86,10 +190,11 @@ def _save(out_dir: Path, model, processor, opt, info: dict) -> None:
 
 
 def finalize(out_dir: str | Path) -> None:
-    """Drop the optimizer state from a finished checkpoint (what gets committed)."""
-    p = Path(out_dir) / "optimizer.pt"
-    if p.exists():
-        p.unlink()
+    """Drop the optimizer / RNG resume state from a finished checkpoint (what gets committed)."""
+    for name in (OPT_TENSORS, OPT_JSON, _LEGACY_OPT):
+        p = Path(out_dir) / name
+        if p.exists():
+            p.unlink()
 
 
 def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConfig = MicroConfig(), progress=True,
@@ -104,7 +209,7 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
     processor = build_processor(mcfg)
     model = build_model(processor, mcfg)
     start, losses, minutes_before, history = 0, [], 0.0, []
-    resuming = resume and (out_dir / "optimizer.pt").exists()
+    resuming = resume and has_optimizer(out_dir)
     if resuming:
         # from_pretrained maps the checkpoint's saved key names back onto the module tree
         frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -125,13 +230,16 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
                 f"this run asks for {new_cfg} and {cfg.steps} steps"
             )
         history = info.get("history", []) + [{"resumed_at_step": info["steps_done"], "steps": cfg.steps}]
-        opt.load_state_dict(torch.load(out_dir / "optimizer.pt", weights_only=True))
         start, losses, minutes_before = info["steps_done"], info.get("losses", []), info.get("minutes", 0.0)
     model.train()
     rng = np.random.default_rng([cfg.seed, 0])
     fmt_p = np.array(cfg.format_weights) / sum(cfg.format_weights)
-    for _ in range(start):  # fast-forward the format stream so a resumed run draws what an unbroken one would
-        rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p)
+    # the resumed run continues the saved RNG streams (torch's and the format draws'), so it draws
+    # what an unbroken one would; a legacy checkpoint without them fast-forwards the format stream
+    if resuming and not load_optimizer(out_dir, opt, rng=rng):
+        rng = np.random.default_rng([cfg.seed, 0])
+        for _ in range(start):
+            rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -178,12 +286,12 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             model.eval()
-            _save(out_dir, model, processor, opt, info(step + 1))
+            _save(out_dir, model, processor, opt, info(step + 1), rng)
             model.train()
         if minutes_before + (time.time() - t0) / 60 > cfg.max_minutes:
             break
     if bar is not None:
         bar.close()
     model.eval()
-    _save(out_dir, model, processor, opt, info(step + 1))
+    _save(out_dir, model, processor, opt, info(step + 1), rng)
     return model, processor
