@@ -17,6 +17,7 @@ if str(_ROOT) not in sys.path:  # `streamlit run dashboards/app.py` from a sourc
 import streamlit as st  # noqa: E402
 
 from dashboards import ui  # noqa: E402
+from interp.errors import AuralensError  # noqa: E402
 
 st.set_page_config(page_title="auralens", page_icon=":material/hearing:", layout="wide")
 
@@ -33,4 +34,8 @@ pages = [
 ]
 if ctx.live_model:
     pages.append(st.Page(_VIEWS / "live.py", title="Live model", icon=":material/bolt:"))
-st.navigation(pages).run()
+page = st.navigation(pages)
+try:
+    page.run()
+except AuralensError as exc:  # a damaged or missing file: say which, the app goes on
+    st.error(str(exc))

@@ -21,6 +21,7 @@ import numpy as np
 from interp.errors import RunFolderError
 
 __all__ = [
+    "RunFolderError",
     "STAGES",
     "STAGE_LABELS",
     "ItemArrays",
@@ -31,6 +32,7 @@ __all__ = [
     "is_run",
     "item_file",
     "list_items",
+    "list_items_from_files",
     "mean_prompt_yield",
     "open_run",
     "read_item",
@@ -61,14 +63,38 @@ _MARKERS = (
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The folder's ``manifest.json`` ({} when it has none)."""
+    """The folder's ``manifest.json`` ({} when it has none); a :class:`RunFolderError` naming
+    the file when it is not a JSON object (truncated, not JSON, unreadable)."""
     p = Path(folder) / "manifest.json"
     if not p.exists():
         return {}
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"run folder {str(folder)!r}: expected a JSON manifest.json, found unreadable file ({exc})") from exc
+        raw = p.read_bytes()
+        obj = json.loads(raw)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        size = _size(p)
+        raise RunFolderError(
+            f"manifest {str(p)!r}: expected a JSON object, found {_found(size)} that does not parse "
+            f"({type(exc).__name__}: {exc}); the run was interrupted or the file was damaged"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"manifest {str(p)!r}: expected a JSON object, found a JSON {type(obj).__name__}")
+    return obj
+
+
+def _size(p: Path) -> int | None:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return None
+
+
+def _found(size: int | None) -> str:
+    if size is None:
+        return "an unreadable file"
+    if size == 0:
+        return "an empty file"
+    return f"a file of {size} bytes"
 
 
 def _stage_of(name: str) -> str | None:
@@ -80,30 +106,88 @@ def _stage_of(name: str) -> str | None:
     return None
 
 
-def stage_kind(folder: str | Path) -> str | None:
-    """Which stage wrote ``folder`` (eval/record/probe/steer/compare), or None.
+def _stage_of_command(command: Any) -> str | None:
+    """"auralens steer eval --n 4" -> "steer"; "python -m auralens record" -> "record"; "auralens demo" -> None."""
+    words = str(command or "").split()
+    for i, w in enumerate(words[:-1]):
+        if Path(w).name in ("auralens", "auralens.cli") or w.endswith("/auralens"):
+            return _stage_of(words[i + 1])
+    return None
 
-    Decided by the manifest's ``stages`` first, then by the tables present, then by the
-    command line and the folder's name (a stage that started but wrote no table yet still shows
-    as that stage)."""
-    folder = Path(folder)
-    if not (folder / "manifest.json").exists():
-        return None
-    manifest = read_manifest(folder)
+
+def _kind_from_manifest(manifest: dict[str, Any]) -> str | None:
+    """The stage a manifest names: its ``stage`` key, its one finished stage, or its command."""
+    for key in ("stage", "kind"):
+        if isinstance(manifest.get(key), str) and _stage_of(manifest[key]):
+            return _stage_of(manifest[key])
     stages = {_stage_of(str(s)) for s in (manifest.get("stages") or {})} - {None}
     if len(stages) == 1:
         return stages.pop()
+    return _stage_of_command(manifest.get("command"))
+
+
+def _kind_from_files(folder: Path) -> str | None:
+    """The stage whose tables are in ``folder``, else the one the folder is named after."""
     for stage, marker in _MARKERS:
         if (folder / marker).exists():
             return stage
-    words = str(manifest.get("command") or "").split()
-    if len(words) >= 2 and words[0] == "auralens" and _stage_of(words[1]):
-        return _stage_of(words[1])
     if _stage_of(folder.name):
         return _stage_of(folder.name)
     if (folder / "items.parquet").exists():
         return "eval"
     return None
+
+
+def stage_kind(folder: str | Path) -> str | None:
+    """Which stage wrote ``folder`` (eval/record/probe/steer/compare), or None when it has no
+    ``manifest.json``.
+
+    Decided by the manifest first (its ``stage``, its one finished ``stages`` entry, else the
+    ``auralens <stage>`` command line), then by the tables present, then by the folder's name
+    (a stage that started but wrote no table yet still shows as that stage).  A damaged
+    manifest raises :class:`RunFolderError` naming it."""
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        return None
+    return _kind_from_manifest(read_manifest(folder)) or _kind_from_files(folder)
+
+
+def _safe_kind(folder: Path, problems: list[str]) -> str | None:
+    """:func:`stage_kind`, but a damaged manifest is noted in ``problems`` and the stage is
+    told from the folder's tables and name instead."""
+    try:
+        return stage_kind(folder)
+    except RunFolderError as exc:
+        problems.append(str(exc))
+        return _kind_from_files(folder)
+
+
+def _discover(path: Path, problems: list[str], *, depth: int = 2) -> dict[str, Path]:
+    """Stage folders at ``path`` or below it: a stage folder stands for itself (its own
+    sub-folders, e.g. the per-system runs inside compare/, are not separate stages); a folder
+    without a manifest is looked into, down to ``depth`` levels (``runs/demo/steer/run``)."""
+    stages: dict[str, Path] = {}
+    own = _safe_kind(path, problems)
+    if own is not None:
+        stages[own] = path
+
+    def walk(p: Path, level: int) -> None:
+        for sub in _subdirs(p):
+            kind = _safe_kind(sub, problems)
+            if kind is not None:
+                stages.setdefault(kind, sub)
+            elif level < depth and not (sub / "manifest.json").exists():
+                walk(sub, level + 1)
+
+    if own is None:
+        walk(path, 1)
+    else:  # a stage folder: only stage folders right inside it (never its internals)
+        for sub in _subdirs(path):
+            if (sub / "manifest.json").exists():
+                kind = _safe_kind(sub, problems)
+                if kind is not None:
+                    stages.setdefault(kind, sub)
+    return stages
 
 
 @dataclass(frozen=True)
@@ -113,6 +197,7 @@ class Run:
     path: Path
     stages: dict[str, Path] = field(default_factory=dict)  # stage -> its folder
     manifest: dict[str, Any] = field(default_factory=dict)  # the parent's, else the first stage's
+    problems: tuple[str, ...] = ()  # damaged files met while opening (each message names its file)
 
     @property
     def name(self) -> str:
@@ -132,38 +217,55 @@ class Run:
     def stage_manifest(self, stage: str) -> dict[str, Any]:
         return read_manifest(self.folder(stage))
 
+    def check(self) -> None:
+        """Raise :class:`RunFolderError` for the first damaged file met while opening."""
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more damaged file(s))" if len(self.problems) > 1 else ""
+            raise RunFolderError(self.problems[0] + more)
+
 
 def open_run(path: str | Path) -> Run:
-    """A stage folder, or a parent folder holding stage sub-folders (both may be given)."""
+    """A stage folder, or a parent folder holding stage folders (both may be given).
+
+    Stage folders are told by their ``manifest.json`` (see :func:`stage_kind`), not by their
+    names, and may sit one folder deeper (``demo/steer/run``).  A damaged manifest does not
+    stop the others from opening: it is listed in :attr:`Run.problems`."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise RunFolderError(f"run folder {str(path)!r}: expected a directory, found {'a file' if path.exists() else 'nothing'}")
-    stages: dict[str, Path] = {}
-    own = stage_kind(path)
-    if own is not None:
-        stages[own] = path
-    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
-        kind = stage_kind(sub)
-        if kind is not None and kind not in stages:
-            stages[kind] = sub
-    if not stages and not (path / "manifest.json").exists():
-        raise RunFolderError(
-            f"run folder {str(path)!r}: expected a manifest.json or stage sub-folders "
-            f"({', '.join(STAGES)}) with one, found neither"
-        )
+    problems: list[str] = []
+    stages = _discover(path, problems)
+    if not stages:
+        if problems:
+            raise RunFolderError(problems[0])
+        if not (path / "manifest.json").exists():
+            raise RunFolderError(
+                f"run folder {str(path)!r}: expected a manifest.json or stage sub-folders "
+                f"({', '.join(STAGES)}) with one, found neither"
+            )
     ordered = {s: stages[s] for s in STAGES if s in stages}
-    manifest = read_manifest(path) or (read_manifest(next(iter(ordered.values()))) if ordered else {})
-    return Run(path=path, stages=ordered, manifest=manifest)
+    manifest: dict[str, Any] = {}
+    for folder in [path, *ordered.values()]:
+        try:
+            manifest = read_manifest(folder)
+        except RunFolderError:
+            continue  # already in problems
+        if manifest:
+            break
+    return Run(path=path, stages=ordered, manifest=manifest, problems=tuple(dict.fromkeys(problems)))
 
 
 def _subdirs(p: Path) -> list[Path]:
-    return sorted(q for q in p.iterdir() if q.is_dir() and not q.name.startswith("."))
+    try:
+        return sorted(q for q in p.iterdir() if q.is_dir() and not q.name.startswith("."))
+    except OSError:
+        return []
 
 
 def is_run(path: str | Path) -> bool:
-    """A stage folder, or a folder with at least one stage sub-folder."""
+    """A stage folder, or a folder with a stage folder right inside (a folder of runs is not one)."""
     p = Path(path)
-    return p.is_dir() and (stage_kind(p) is not None or any(stage_kind(q) for q in _subdirs(p)))
+    return p.is_dir() and bool(_discover(p, [], depth=1))
 
 
 def find_runs(root: str | Path, *, max_depth: int = 2) -> list[Path]:
@@ -187,13 +289,20 @@ def find_runs(root: str | Path, *, max_depth: int = 2) -> list[Path]:
 
 
 def read_table(folder: str | Path, name: str):
-    """A parquet table of a stage folder, or None when the stage has not written it."""
+    """A parquet table of a stage folder, or None when the stage has not written it; a
+    :class:`RunFolderError` naming the file when it is not a readable parquet table."""
     import pandas as pd
 
     p = Path(folder) / name
     if not p.exists():
         return None
-    return pd.read_parquet(p)
+    try:
+        return pd.read_parquet(p)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ValueError...
+        raise RunFolderError(
+            f"table {str(p)!r}: expected a parquet table, found {_found(_size(p))} that does not read "
+            f"({type(exc).__name__}: {exc}); the run was interrupted or the file was damaged"
+        ) from exc
 
 
 # ----------------------------------------------------------------------------- record items
@@ -207,12 +316,20 @@ def list_items(record_dir: str | Path):
 
     df = read_table(record_dir, "items.parquet")
     if df is None:
-        files = sorted((Path(record_dir) / "yields").glob("*.safetensors"))
-        df = pd.DataFrame({"item_index": [int(f.stem) for f in files if f.stem.isdigit()]})
-        df["item_id"] = df["item_index"].map(lambda i: f"item-{i}")
+        return list_items_from_files(record_dir)
     if "item_index" not in df.columns:
         df = df.assign(item_index=np.arange(len(df)))
     return df.reset_index(drop=True)
+
+
+def list_items_from_files(record_dir: str | Path):
+    """One row (item_index, item_id) per ``yields/*.safetensors`` file of a record folder."""
+    import pandas as pd
+
+    files = sorted((Path(record_dir) / "yields").glob("*.safetensors"))
+    df = pd.DataFrame({"item_index": [int(f.stem) for f in files if f.stem.isdigit()]}, dtype="int64")
+    df["item_id"] = df["item_index"].map(lambda i: f"item-{i}")
+    return df
 
 
 @dataclass(frozen=True)
@@ -273,12 +390,31 @@ def _open(path: Path):
 
     if not path.exists():
         raise RunFolderError(f"item file {str(path)!r}: expected a safetensors file written by the record stage, found none")
-    return safe_open(str(path), framework="numpy")
+    try:
+        return safe_open(str(path), framework="numpy")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError for a bad header or size
+        raise _bad_safetensors(path, exc) from exc
+
+
+def _bad_safetensors(path: Path, exc: BaseException) -> RunFolderError:
+    return RunFolderError(
+        f"item file {str(path)!r}: expected a safetensors file, found {_found(_size(path))} that does not read "
+        f"({type(exc).__name__}: {exc}); the run was interrupted or the file was damaged"
+    )
 
 
 def read_item(record_dir: str | Path, item_index: int) -> ItemArrays:
     """Read one item's ``yields/{item_index:05d}.safetensors`` (all but ``time_bins``)."""
     path = item_file(record_dir, item_index)
+    try:
+        return _read_item(path, item_index)
+    except RunFolderError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a tensor whose bytes are cut short
+        raise _bad_safetensors(path, exc) from exc
+
+
+def _read_item(path: Path, item_index: int) -> ItemArrays:
     with _open(path) as f:
         keys = set(f.keys())
         meta = f.metadata() or {}
@@ -353,18 +489,21 @@ def token_mask(item: ItemArrays, where: str | int) -> np.ndarray:
 def mean_prompt_yield(record_dir: str | Path, item_indices: list[int] | None = None) -> tuple[np.ndarray, int] | None:
     """[layers, heads] mean yield at the last prompt token over items (row 0 of each file, read
     alone), and the number of items; None if the run has no yields."""
-    from safetensors import safe_open
-
     files = sorted((Path(record_dir) / "yields").glob("*.safetensors"))
     if item_indices is not None:
         wanted = {int(i) for i in item_indices}
         files = [f for f in files if f.stem.isdigit() and int(f.stem) in wanted]
     acc, n = None, 0
     for fp in files:
-        with safe_open(str(fp), framework="numpy") as f:
-            if "yield" not in set(f.keys()):
-                continue
-            row = np.asarray(f.get_slice("yield")[0:1], dtype=np.float64)[0]
+        try:
+            with _open(fp) as f:
+                if "yield" not in set(f.keys()):
+                    continue
+                row = np.asarray(f.get_slice("yield")[0:1], dtype=np.float64)[0]
+        except RunFolderError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _bad_safetensors(fp, exc) from exc
         acc = row if acc is None else acc + row
         n += 1
     if acc is None:

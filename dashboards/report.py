@@ -3,7 +3,9 @@
 The file opens offline: plotly.js is inlined once in the head (no CDN, no remote script), and
 each figure is a ``<div>`` drawn by it.  The figures are those of the dashboard
 (:mod:`dashboards.figures`), computed from the same run-folder tables (:mod:`dashboards.data`);
-a stage that has not run gets a short note instead of its section.
+a stage that has not run gets a short note instead of its section.  A damaged file (a
+truncated parquet table, safetensors item or manifest.json) raises
+:class:`interp.errors.RunFolderError` naming it: a report never silently leaves it out.
 """
 
 from __future__ import annotations
@@ -108,10 +110,7 @@ def _record_section(doc: _Doc, run: data.Run, *, top_k: int, max_tokens: int) ->
     listing = data.list_items(rd)
     if len(listing):
         idx = int(listing.sort_values("n_tokens").iloc[-1]["item_index"]) if "n_tokens" in listing else int(listing["item_index"].iloc[0])
-        try:
-            item = data.read_item(rd, idx)
-        except Exception as exc:  # noqa: BLE001 - the report still writes the rest
-            return doc.note(f"Could not read item {idx}: {html.escape(str(exc))}")
+        item = data.read_item(rd, idx)  # a damaged item file raises RunFolderError naming it
         layer, head = top[0] if top else (item.n_layers - 1, 0)
         doc.h(3, f"Example item {item.item_id} ({item.n_tokens} tokens), coloured by the yield of L{layer}H{head}")
         doc.fig(figures.yield_heatmap(data.yield_at(item, "prompt"), title=f"{item.item_id}: yield at the last prompt token",
@@ -184,6 +183,7 @@ def build_report_html(run_dir: str | Path, *, top_k: int = 8, max_tokens: int = 
     from plotly.offline import get_plotlyjs
 
     run = data.open_run(run_dir)
+    run.check()  # a damaged manifest.json is an error here, not a silently missing section
     m: dict[str, Any] = run.manifest
     doc = _Doc()
     doc.h(1, f"auralens report: {run.name}")

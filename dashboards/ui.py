@@ -62,8 +62,13 @@ def _open_run(path: str, stamp: float) -> data.Run:
 
 
 def open_run(path: Path) -> data.Run:
-    sub = [_stamp(p / "manifest.json") for p in [path, *(q for q in path.iterdir() if q.is_dir())]] if path.is_dir() else [0.0]
-    return _open_run(str(path), max(sub))
+    """The run (cached until a manifest.json at most two folders down changes)."""
+    stamps = [0.0]
+    if path.is_dir():
+        stamps += [_stamp(m) for pattern in ("manifest.json", "*/manifest.json", "*/*/manifest.json")
+                   for m in path.glob(pattern)]
+        stamps += [_stamp(q) for q in path.iterdir() if q.is_dir()]  # a stage folder added or removed
+    return _open_run(str(path), max(stamps))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -150,11 +155,17 @@ def sidebar() -> Context:
     st.sidebar.caption(
         "stages: " + " · ".join(f"{'✓' if run.has(s) else '✗'} {s}" for s in data.STAGES)
     )
+    for problem in run.problems:  # damaged files: on every page, above its content
+        st.error(problem)
     item_index = None
     if run.has("record"):
-        items = table(run, "record", "items.parquet")
-        if items is None or items.empty:
-            items = data.list_items(run.folder("record"))
+        try:
+            items = table(run, "record", "items.parquet")
+            if items is None or items.empty:
+                items = data.list_items(run.folder("record"))
+        except data.RunFolderError as exc:  # a damaged items.parquet: pick items by their yields files
+            st.error(str(exc))
+            items = data.list_items_from_files(run.folder("record"))
         if len(items):
             rows = items.set_index("item_index", drop=False)
 

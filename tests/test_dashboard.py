@@ -256,7 +256,9 @@ def test_figure_builders_name_their_traces(full_run):
     assert len(figures.steering_sweep(steer, y="delta").data) == 2 * 4  # 4 curves, each with a band
     table = figures.compare_table(data.read_table(full_run / "compare", "compare.parquet"))
     assert list(table.columns[:5]) == ["metric", "group", "system", "source", "value"]
-    assert list(table["source"]) == ["measured"] * (len(table) - 1) + ["reported"]
+    from auralens.compare import REPORTED
+
+    assert list(table["source"]) == ["measured"] * (len(table) - len(REPORTED)) + ["reported"] * len(REPORTED)
     assert list(table["system"][:4]) == ["base", "base+steering", "finetuned", "finetuned+steering"]
     assert figures.decay_curves(None).layout.annotations  # an empty-state figure, not an error
 
@@ -362,3 +364,90 @@ def test_launch_serves_on_loopback_and_stops_with_its_launcher(full_run, tmp_pat
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+# ------------------------------------------------------------------- stage discovery
+def test_stage_folders_are_found_by_their_manifest_not_their_name(tmp_path):
+    """Any sub-folder name, and one level deeper under a folder without a manifest (the old demo
+    layout ``steer/run``); a stage folder's internals (compare/base/structured) are not stages;
+    an input folder (``vectors/``) is ignored."""
+    def stage(rel, manifest, *files):
+        p = tmp_path / "demo" / rel
+        p.mkdir(parents=True)
+        (p / "manifest.json").write_text(json.dumps(manifest))
+        for f in files:
+            (p / f).write_text("")
+        return p
+
+    a = stage("accuracy-run", {"command": "auralens eval", "stages": {}}, "items.parquet")
+    r = stage("yields_2", {"command": "auralens record"})
+    s = stage("steer/run", {"command": "auralens steer eval", "stages": {"steer_eval": {}}}, "items.parquet")
+    c = stage("cmp", {"command": "auralens compare"})
+    stage("cmp/base/structured", {"command": "auralens record"}, "decay.parquet")
+    p = stage("p", {"stage": "probe"})
+    (tmp_path / "demo" / "vectors").mkdir()
+    (tmp_path / "demo" / "vectors" / "v.safetensors").write_text("")
+    run = data.open_run(tmp_path / "demo")
+    assert run.stages == {"eval": a, "record": r, "probe": p, "steer": s, "compare": c}
+    assert not run.problems
+    assert data.open_run(c).stages == {"compare": c}
+    assert data.find_runs(tmp_path) == [tmp_path / "demo"]  # a folder of runs is not itself a run
+    assert data.stage_kind(stage("x", {"command": "python -m auralens probe --n 4"})) == "probe"
+
+
+# ------------------------------------------------------------------ damaged files
+def _truncate(path: Path) -> Path:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: max(1, len(raw) // 2)])
+    return path
+
+
+@pytest.fixture
+def damaged_copy(full_run, tmp_path):
+    import shutil
+
+    def make(rel: str) -> tuple[Path, Path]:
+        run = Path(shutil.copytree(full_run, tmp_path / "damaged"))
+        return run, _truncate(run / rel)
+
+    return make
+
+
+@pytest.mark.parametrize("rel, view", [
+    ("steer/steering.parquet", "steering"),
+    ("probe/probes.parquet", "probes"),
+    ("record/decay.parquet", "decay"),
+    ("compare/compare.parquet", "compare"),
+    ("record/yields/00000.safetensors", "heads"),
+    ("record/items.parquet", "overview"),
+    ("probe/manifest.json", "probes"),
+])
+def test_a_damaged_file_is_an_error_on_the_page_not_a_crash(damaged_copy, monkeypatch, rel, view):
+    run, bad = damaged_copy(rel)
+    at = _app(monkeypatch, run, check=False)
+    if view != "overview":
+        at.switch_page(f"views/{view}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert any(str(bad) in e and "expected" in e and "found" in e for e in errors), errors
+    for other in ("overview", "steering", "heads"):  # the rest of the run still opens
+        at.switch_page(f"views/{other}.py").run()
+        assert not at.exception, (other, [e.value for e in at.exception])
+
+
+def test_damaged_files_raise_run_folder_errors_naming_them(damaged_copy):
+    run, bad = damaged_copy("record/yields/00001.safetensors")
+    with pytest.raises(RunFolderError, match=r"00001\.safetensors'?: expected a safetensors file, found a file of \d+ bytes"):
+        data.read_item(run / "record", 1)
+    with pytest.raises(RunFolderError, match="00001.safetensors"):
+        data.mean_prompt_yield(run / "record")
+    _truncate(run / "eval" / "accuracy.parquet")
+    with pytest.raises(RunFolderError, match=r"accuracy\.parquet'?: expected a parquet table, found a file of \d+ bytes"):
+        data.read_table(run / "eval", "accuracy.parquet")
+    (run / "steer" / "manifest.json").write_text("")
+    with pytest.raises(RunFolderError, match=r"steer/manifest\.json'?: expected a JSON object, found an empty file"):
+        data.read_manifest(run / "steer")
+    opened = data.open_run(run)  # the steer stage is still told by its tables
+    assert opened.has("steer") and len(opened.problems) == 1 and "steer/manifest.json" in opened.problems[0]
+    with pytest.raises(RunFolderError, match="steer/manifest.json"):
+        opened.check()

@@ -62,3 +62,21 @@ def test_report_of_a_non_run_folder_is_a_clear_error(tmp_path):
 def test_report_of_a_run_produced_by_micro(tmp_path, micro_run):
     out = write_report(micro_run, tmp_path / "demo.html")
     _assert_offline(out.read_text())
+
+
+@pytest.mark.parametrize("rel, found", [
+    ("probe/probes.parquet", "expected a parquet table, found a file of"),
+    ("record/heads.parquet", "expected a parquet table, found a file of"),
+    ("record/yields/00000.safetensors", "expected a safetensors file, found a file of"),
+    ("steer/manifest.json", "expected a JSON object, found a file of"),
+])
+def test_report_of_a_damaged_run_names_the_file(tmp_path, rel, found):
+    """A truncated table, item file or manifest is a RunFolderError naming it (the CLI prints it
+    as one line, exit code 2), never a crash and never a report that silently leaves it out."""
+    run = write_synthetic_run(tmp_path / "run", n_items=3, long_item_tokens=40)
+    bad = run / rel
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(RunFolderError, match=re.escape(str(bad)) + r".*" + re.escape(found)):
+        write_report(run)
+    assert not (run / "report.html").exists()

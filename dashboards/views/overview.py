@@ -16,7 +16,10 @@ st.markdown(f"**Run** `{run.path}` · model `{m.get('model', '?')}` · data `{m.
 rows = []
 for s in data.STAGES:
     if run.has(s):
-        sm = run.stage_manifest(s)
+        try:
+            sm = run.stage_manifest(s)
+        except data.RunFolderError:  # shown above the page by the sidebar (run.problems)
+            sm = {"status": "damaged manifest.json"}
         rows.append({"stage": s, "what": data.STAGE_LABELS[s], "status": sm.get("status", "?"),
                      "command": sm.get("command", ""), "created_at": sm.get("created_at", ""),
                      "folder": str(run.folder(s))})
