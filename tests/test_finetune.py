@@ -295,6 +295,9 @@ def test_run_sft_trains_with_audio_and_leaves_a_clean_model(micro, tmp_path):
                    progress=False)
     handle.remove()
     assert seen == [True, True] and info["steps"] == 2 and len(info["losses"]) == 2 and info["tokens"] > 0
+    # the Trainer kept no checkpoint (its optimizer.pt / rng_state.pth are pickles): nothing left at all
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
+    assert not (tmp_path / "trl").exists()
     assert "forward" not in lm.model.__dict__ and not lm.model.training
     assert any(not torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
     ref = copy.deepcopy(lm.model)
@@ -353,8 +356,14 @@ def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="boom"):
         ft.finetune(str(small_micro_dir), out, cfg, progress=False)
     assert not out.exists() and (tmp_path / ".mpar2.work" / "grpo" / "optimizer.safetensors").exists()
+    grpo_dir = tmp_path / ".mpar2.work" / "grpo"
+    assert (grpo_dir / "optimizer.json").exists() and (grpo_dir / "model.safetensors").exists()
+    assert not [p for p in (tmp_path / ".mpar2.work").rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("resume unpickled a checkpoint"))
     monkeypatch.setattr(ft, "grpo_update", real_update)
     info = ft.finetune(str(small_micro_dir), out, cfg, progress=False, resume=True)
+    monkeypatch.setattr(torch, "load", real_load)
     assert calls["n"] == 2  # the resumed run did only the missing step (through the real function)
     assert info["steps"] == {"sft": 2, "grpo": 2} and [r["step"] for r in info["reward_curves"]] == [0, 1]
     assert not (tmp_path / ".mpar2.work").exists()

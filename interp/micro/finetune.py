@@ -86,9 +86,11 @@ four runs: lr 1e-4 / 2e-4 × both aggregations), so the default is the conservat
 groups whose completions differ, hence little signal per step.
 
 **Resume** (``resume=True``): after SFT the SFT weights are checkpointed in
-``.<out>.work/sft``; GRPO checkpoints (weights, AdamW moments as safetensors, curves) every
-``save_every`` steps in ``.<out>.work/grpo``.  An interrupted SFT phase restarts from the base
-(the Trainer's own checkpoints are pickles; the phase is a few minutes); an interrupted GRPO
+``.<out>.work/sft``; GRPO checkpoints (weights and AdamW moments as safetensors, optimizer
+structure and curves as JSON; nothing pickled) every ``save_every`` steps in ``.<out>.work/grpo``.
+An interrupted SFT phase restarts from the base: the Trainer's own checkpoints (``optimizer.pt``,
+``rng_state.pth``: pickles) are never written (``save_strategy="no"``) nor resumed from, and its
+output folder is deleted after training; the phase is a few minutes.  An interrupted GRPO
 phase continues from its last checkpoint with the same items and sampling seeds.  The final
 folder (``model.safetensors``, config, processor, ``finetune.json``) appears in one rename.
 
@@ -533,27 +535,11 @@ def grpo_update(policy, ref, opt, batch, ids, mask, advantages, *, kl_coef: floa
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def _opt_tensors(opt) -> dict[str, Any]:
-    import torch
-
-    return {f"{pid}.{k}": torch.as_tensor(v).detach().clone().contiguous()
-            for pid, st in opt.state_dict()["state"].items() for k, v in st.items()}
-
-
-def _load_opt(opt, tensors: Mapping[str, Any]) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
 def _save_folder(folder: Path, model, processor, *, json_files: Mapping[str, Any], opt=None) -> None:
-    """Weights (safetensors), processor, JSON files and optimizer moments (safetensors) into a
-    temporary folder that replaces ``folder`` only when complete."""
-    from safetensors.torch import save_file
+    """Weights (safetensors), processor, JSON files and optimizer state (tensors as safetensors,
+    structure as JSON: :func:`interp.micro.train.save_optimizer`) into a temporary folder that
+    replaces ``folder`` only when complete.  Nothing is pickled."""
+    from interp.micro.train import save_optimizer
 
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".saving")
@@ -562,7 +548,7 @@ def _save_folder(folder: Path, model, processor, *, json_files: Mapping[str, Any
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
     if opt is not None:
-        save_file(_opt_tensors(opt), str(tmp / "optimizer.safetensors"))
+        save_optimizer(tmp, opt)
     for name, obj in json_files.items():
         (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
     old = folder.with_name(folder.name + ".old")
@@ -744,11 +730,11 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.grpo_lr, weight_decay=0.0, betas=(0.9, 0.99))
     grpo = state.get("grpo", {"steps": 0, "curves": [], "sample_tokens": 0, "update_tokens": 0, "ref_tokens": 0,
                               "step_seconds": []})
-    if grpo["steps"] and (work / "grpo" / "optimizer.safetensors").exists():
-        from safetensors.torch import load_file
+    from interp.micro.train import has_optimizer, load_optimizer
 
+    if grpo["steps"] and has_optimizer(work / "grpo"):
         _load_weights(policy, work / "grpo")
-        _load_opt(opt, load_file(str(work / "grpo" / "optimizer.safetensors")))
+        load_optimizer(work / "grpo", opt)
     suppress = [int(lm.arch.audio_token_id)]
     bar = None
     if progress and cfg.grpo_steps:

@@ -128,7 +128,7 @@ def save_optimizer(folder: str | Path, opt, *, rng: np.random.Generator | None =
 
 def has_optimizer(folder: str | Path) -> bool:
     folder = Path(folder)
-    return ((folder / OPT_TENSORS).exists() and (folder / OPT_JSON).exists()) or (folder / _LEGACY_OPT).exists()
+    return (folder / OPT_TENSORS).exists() or (folder / _LEGACY_OPT).exists()
 
 
 def load_optimizer(folder: str | Path, opt, *, rng: np.random.Generator | None = None) -> bool:
@@ -144,8 +144,17 @@ def load_optimizer(folder: str | Path, opt, *, rng: np.random.Generator | None =
         # never arbitrary objects).  The next save rewrites it as safetensors + JSON.
         opt.load_state_dict(torch.load(folder / _LEGACY_OPT, weights_only=True))
         return False
-    meta = json.loads((folder / OPT_JSON).read_text())
     tensors = load_file(str(folder / OPT_TENSORS))
+    if not (folder / OPT_JSON).exists():
+        # finetune's earlier GRPO checkpoints: state tensors only, keyed "<param id>.<name>";
+        # the param groups are the current optimizer's
+        state_only: dict[int, dict] = {}
+        for key, v in tensors.items():
+            pid, k = key.split(".", 1)
+            state_only.setdefault(int(pid), {})[k] = v
+        opt.load_state_dict({"state": state_only, "param_groups": opt.state_dict()["param_groups"]})
+        return False
+    meta = json.loads((folder / OPT_JSON).read_text())
     if meta.get("optimizer") != type(opt).__name__:
         raise ValueError(f"{folder / OPT_JSON}: expected {type(opt).__name__} state, found {meta.get('optimizer')}")
     groups = [_unjson(g) for g in meta["param_groups"]]
