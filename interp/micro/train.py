@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -207,7 +208,12 @@ def finalize(out_dir: str | Path) -> None:
 
 
 def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConfig = MicroConfig(), progress=True,
-          resume: bool = False):
+          resume: bool = False, *, init_from: str | Path | None = None,
+          batch_items: Callable[[int, int], list] | None = None, extra_info: dict | None = None):
+    """Train (or, with ``init_from``, continue training an existing checkpoint: the organisms
+    start from the healthy `micro` and keep its tokenizer).  ``batch_items(first_index, n)``
+    replaces the plain cafe items (it must be a pure function of its arguments, so a resumed run
+    draws what an unbroken one would); ``extra_info`` is merged into ``training.json``."""
     import torch
 
     from interp.cafe.questions import make_item
@@ -215,8 +221,17 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
-    processor = build_processor(mcfg)
-    model = build_model(processor, mcfg)
+    if init_from is not None:
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(init_from)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(init_from, dtype=torch.float32)
+    else:
+        processor = build_processor(mcfg)
+        model = build_model(processor, mcfg)
+    if batch_items is None:
+        def batch_items(first: int, n: int) -> list:
+            return [make_item(cfg.data_seed * 100_000 + first + i) for i in range(n)]
     start, losses, minutes_before, history = 0, [], 0.0, []
     resuming = resume and has_optimizer(out_dir)
     if resuming:
@@ -274,12 +289,12 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
             "loss_every_50": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
             "losses": [round(x, 5) for x in losses],
             "history": history,
+            **(extra_info or {}),
         }
 
     step = start
     for step in range(start, cfg.steps):
-        base = step * cfg.batch_size
-        items = [make_item(cfg.data_seed * 100_000 + base + i) for i in range(cfg.batch_size)]
+        items = batch_items(step * cfg.batch_size, cfg.batch_size)
         fmts = list(rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p))
         batch, labels = make_batch(processor, items, fmts)
         for g in opt.param_groups:
