@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -26,59 +26,134 @@ app.add_typer(bench_app, name="bench")
 ModelOpt = typer.Option("micro", "--model", "-m", help="'micro', a Hugging Face id or a local checkpoint folder.")
 DataOpt = typer.Option("cafe", "--data", "-d", help="'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl.")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16")
+SeedOpt = typer.Option(7, "--seed", help="Data seed (cafe items, bootstrap and controls).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run in --out (refused if any setting differs).")
+JsonOpt = typer.Option(False, "--json", help="Print the result as strict JSON (NaN/Infinity as null).")
+BatchOpt = typer.Option(16, "--batch-size", help="Items per generation batch (>= 1).")
 
 
 def _command_line() -> str:
     return "auralens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: BaseException) -> None:
+    """One line on stderr (``error: ...``), exit status 2."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(2)
+
+
+def _guarded(fn):
+    """A command whose expected errors (the auralens family; OSError such as a permission or a
+    full disk) reach the user as one line and exit 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from interp.errors import AuralensError
+
+        try:
+            return fn(*args, **kwargs)
+        except (AuralensError, OSError) as exc:
+            _fail(exc)
+
+    return wrapper
+
+
+def _command(group: typer.Typer, name: str):
+    """``@group.command(name)`` with :func:`_guarded` errors."""
+
+    def deco(fn):
+        return group.command(name)(_guarded(fn))
+
+    return deco
+
+
+def _echo_json(obj) -> None:
+    """The one --json printer: strict JSON, non-finite floats as null (interp.runs.dumps_strict)."""
+    from interp.runs import dumps_strict
+
+    typer.echo(dumps_strict(obj))
+
+
+def _csv(option: str, value: str) -> tuple[str, ...]:
+    from interp.errors import ConfigError
+
+    parts = tuple(p.strip() for p in value.split(","))
+    if not value.strip() or any(not p for p in parts):
+        raise ConfigError(f"{option}: expected a comma-separated list such as 'a,b', found {value!r}")
+    return parts
+
+
+def _numbers(option: str, value: str, cast=float) -> list:
+    """``'0,2,4'`` -> [0.0, 2.0, 4.0]; a bad element is a ConfigError naming the option."""
+    import math
+
+    from interp.errors import ConfigError
+
+    kind = "integers" if cast is int else "numbers"
+    out = []
+    for part in _csv(option, value):
+        try:
+            x = cast(part)
+        except ValueError:
+            raise ConfigError(f"{option}: expected comma-separated {kind}, found {part!r} in {value!r}") from None
+        if cast is float and not math.isfinite(x):
+            raise ConfigError(f"{option}: expected finite numbers, found {part!r} in {value!r}")
+        out.append(x)
+    return out
 
 
 def _load(model: str, dtype: str = "auto", device: Optional[str] = None):
     from interp.loading import load_model
+    from interp.runs import check_dtype, check_model
 
+    check_dtype(dtype)
+    check_model(model)
     return load_model(model, dtype=dtype, device=device)
 
 
-@app.command("eval")
+def _run(fn, *args, **kwargs):
+    """Call a stage; errors of the auralens family reach the user as one clear line."""
+    return _guarded(fn)(*args, **kwargs)
+
+
+@_command(app, "eval")
 def eval_cmd(
     model: str = ModelOpt,
     data: str = DataOpt,
-    n: int = typer.Option(300, "--n", help="Number of items."),
+    n: int = typer.Option(300, "--n", help="Number of items (>= 1)."),
     formats: str = typer.Option("direct,cot,structured", help="Comma-separated answer formats."),
     silence: bool = typer.Option(True, "--silence/--no-silence", help="Also evaluate with the audio replaced by silence."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/eval-<model>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
-    as_json: bool = typer.Option(False, "--json", help="Print accuracy per tier and format as JSON."),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
+    resume: bool = ResumeOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print accuracy per tier and format as strict JSON."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Items per generation batch (>= 1)."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generated tokens per answer (>= 1)."),
     seed: int = typer.Option(7, "--seed", help="Data seed (cafe)."),
     dtype: str = DtypeOpt,
 ) -> None:
     """Accuracy per tier and answer format, with the audio and with silence."""
     from auralens.stages import stage_eval
 
-    res = _run(
-        stage_eval, model=model, data=data, n=n, formats=tuple(formats.split(",")), silence=silence,
+    res = stage_eval(
+        model=model, data=data, n=n, formats=_csv("--formats", formats), silence=silence,
         out=out or Path("runs") / f"eval-{Path(model).name}", resume=resume, batch_size=batch_size,
         max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, command=_command_line(), quiet=as_json,
     )
     if as_json:
-        typer.echo(json.dumps(res, indent=2))
+        _echo_json(res)
 
 
-@micro_app.command("train")
+@_command(micro_app, "train")
 def micro_train(
     out: Path = typer.Option(None, "--out", help="Folder for the weights (default: the embedded micro folder)."),
-    steps: int = typer.Option(3000, "--steps"),
+    steps: int = typer.Option(3000, "--steps", help="Training steps."),
     minutes: float = typer.Option(19.0, "--minutes", help="Wall-clock budget; training checkpoints and stops when reached."),
-    seed: int = typer.Option(0, "--seed"),
-    threads: int = typer.Option(2, "--threads"),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train `micro` from scratch on cafe (seeded; checkpoints every 250 steps; --resume continues)."""
@@ -97,18 +172,18 @@ def micro_train(
         typer.echo(f"stopped at step {done}/{steps} (time budget); continue with --resume")
 
 
-@micro_app.command("finetune")
+@_command(micro_app, "finetune")
 def micro_finetune(
     base: str = typer.Option("micro", "--base", help="Model to fine-tune ('micro', a folder or an HF id)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: the embedded micro-mpar2 folder)."),
-    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help="Default: FinetuneConfig's."),
-    grpo_steps: Optional[int] = typer.Option(None, "--grpo-steps", help="Default: FinetuneConfig's."),
-    grpo_lr: Optional[float] = typer.Option(None, "--grpo-lr", help="Default: FinetuneConfig's."),
+    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help="SFT steps (default: FinetuneConfig's)."),
+    grpo_steps: Optional[int] = typer.Option(None, "--grpo-steps", help="GRPO steps (default: FinetuneConfig's)."),
+    grpo_lr: Optional[float] = typer.Option(None, "--grpo-lr", help="GRPO learning rate (default: FinetuneConfig's)."),
     loss_type: Optional[str] = typer.Option(None, "--loss-type", help="dapo (token-level) | grpo (per completion)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
-    threads: int = typer.Option(2, "--threads"),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume"),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
+    seed: int = typer.Option(0, "--seed", help="Fine-tuning seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
     """MPAR²-style fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
     from interp.micro import FINETUNED_DIR
@@ -117,62 +192,68 @@ def micro_finetune(
     given = {"sft_steps": sft_steps, "grpo_steps": grpo_steps, "grpo_lr": grpo_lr, "loss_type": loss_type,
              "max_minutes": minutes}
     cfg = FinetuneConfig(threads=threads, seed=seed, **{k: v for k, v in given.items() if v is not None})
-    info = _run(finetune, base, out or FINETUNED_DIR, cfg, resume=resume)
-    typer.echo(json.dumps({k: v for k, v in info.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
+    info = finetune(base, out or FINETUNED_DIR, cfg, resume=resume)
+    _echo_json({k: v for k, v in info.items() if not isinstance(v, (list, dict))})
 
 
-@app.command("compare")
+@_command(app, "compare")
 def compare_cmd(
-    base: str = typer.Option("micro", "--base"),
-    finetuned: str = typer.Option("micro-mpar2", "--finetuned"),
+    base: str = typer.Option("micro", "--base", help="The base model ('micro', an HF id or a folder)."),
+    finetuned: str = typer.Option("micro-mpar2", "--finetuned", help="The fine-tuned model ('micro-mpar2', an HF id or a folder)."),
     vector: Path = typer.Option(..., "--vector", help="Steering vector file fitted on --base."),
     data: str = DataOpt,
-    n: int = typer.Option(90, "--n"),
+    n: int = typer.Option(90, "--n", help="Number of items (>= 1)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Default: the vector's default alpha."),
-    fmt: str = typer.Option("structured", "--format"),
-    out: Path = typer.Option(Path("runs/compare"), "--out"),
-    resume: bool = typer.Option(False, "--resume"),
-    seed: int = typer.Option(7, "--seed"),
+    fmt: str = typer.Option("structured", "--format", help="Answer format: direct | cot | structured."),
+    out: Path = typer.Option(Path("runs/compare"), "--out", help="Run folder."),
+    resume: bool = ResumeOpt,
+    seed: int = SeedOpt,
     dtype: str = DtypeOpt,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Base, base + steering, fine-tuned, fine-tuned + steering on the same items."""
     from auralens.compare import stage_compare
 
-    res = _run(stage_compare, base=base, finetuned=finetuned, vector=vector, data=data, n=n, out=out, resume=resume,
-               formats=(fmt,), alpha=alpha, seed=seed, dtype=dtype, quiet=as_json)
-    typer.echo(json.dumps(res, indent=2, default=str))
+    res = stage_compare(base=base, finetuned=finetuned, vector=vector, data=data, n=n, out=out, resume=resume,
+                        formats=(fmt,), alpha=alpha, seed=seed, dtype=dtype, quiet=as_json)
+    _echo_json(res)
 
 
-@app.command("demo")
+@_command(app, "demo")
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out"),
-    n: int = typer.Option(60, "--n", help="Items per stage."),
-    resume: bool = typer.Option(False, "--resume"),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the stage run folders."),
+    n: int = typer.Option(60, "--n", help="Items per stage (>= 1)."),
+    resume: bool = ResumeOpt,
 ) -> None:
     """Run every stage on the embedded `micro` model and print the summaries (<= 5 min on 2 cores)."""
     from auralens.demo import run_demo
+    from interp.runs import check_n
 
-    _run(run_demo, out=out, n=n, resume=resume, command=_command_line())
+    check_n(n)
+    run_demo(out=out, n=n, resume=resume, command=_command_line())
 
 
-@bench_app.command("yield")
+@_command(bench_app, "yield")
 def bench_yield_cmd(
     model: str = typer.Option("micro", "--model", "-m", help="'micro', 'qwen2-audio-7b-shaped' (random init), an id or folder."),
-    new_tokens: int = typer.Option(128, "--new-tokens"),
-    clip_seconds: float = typer.Option(4.0, "--clip-seconds"),
-    repeats: int = typer.Option(3, "--repeats"),
+    new_tokens: int = typer.Option(128, "--new-tokens", help="Generated tokens per phase (>= 1)."),
+    clip_seconds: float = typer.Option(4.0, "--clip-seconds", help="Length of the synthetic audio clip."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed repeats per phase (>= 1)."),
     dtype: str = DtypeOpt,
-    device: Optional[str] = typer.Option(None, "--device"),
-    eager: bool = typer.Option(True, "--eager/--no-eager"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: CUDA when present)."),
+    eager: bool = typer.Option(True, "--eager/--no-eager", help="Include the eager-attention reference phase."),
     tl: bool = typer.Option(True, "--tl/--no-tl", help="Include the TransformerLens hook_pattern phase."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Cost of recording the audio yield: recorder vs plain SDPA generate, eager and TransformerLens."""
     import torch
 
     from interp.bench import bench_yield
+    from interp.runs import check_dtype, check_int
 
+    check_int("--new-tokens", new_tokens)
+    check_int("--repeats", repeats)
+    check_dtype(dtype)
     if model == "qwen2-audio-7b-shaped":
         from interp.arch import describe
         from interp.loading import LoadedModel
@@ -185,10 +266,10 @@ def bench_yield_cmd(
         tl = False  # no saved folder to boot a bridge from; the eager phase is the reference
     else:
         lm = _load(model, dtype, device)
-    res = _run(bench_yield, lm, clip_seconds=clip_seconds, new_tokens=new_tokens, repeats=repeats, eager=eager,
-               transformer_lens=tl)
+    res = bench_yield(lm, clip_seconds=clip_seconds, new_tokens=new_tokens, repeats=repeats, eager=eager,
+                      transformer_lens=tl)
     if as_json:
-        typer.echo(json.dumps(res, indent=2))
+        _echo_json(res)
         return
     from rich.console import Console
     from rich.table import Table
@@ -206,143 +287,147 @@ def bench_yield_cmd(
         Console().print(f"max |recorder - eager| = {res['max_abs_err_recorder_vs_eager']:.2e}")
 
 
-def _run(fn, *args, **kwargs):
-    """Call a stage; errors of the auralens family reach the user as one clear line."""
-    from interp.errors import AuralensError
-
-    try:
-        return fn(*args, **kwargs)
-    except AuralensError as exc:
-        _fail(exc)
-
-
-@app.command("record")
+@_command(app, "record")
 def record_cmd(
     model: str = ModelOpt,
     data: str = DataOpt,
-    n: int = typer.Option(60, "--n"),
+    n: int = typer.Option(60, "--n", help="Number of items (>= 1)."),
     fmt: str = typer.Option("cot", "--format", help="direct | cot | structured"),
-    out: Path = typer.Option(Path("runs/record"), "--out"),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    out: Path = typer.Option(Path("runs/record"), "--out", help="Run folder."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Generated tokens per answer (>= 1)."),
     time_bins: int = typer.Option(8, "--time-bins", help="Split each head's audio yield over K bins of the clip."),
     top_k: int = typer.Option(8, "--top-k", help="Number of listening heads in the top-k aggregate."),
     all_prompt: bool = typer.Option(False, "--all-prompt", help="Also record every prompt position (heatmaps)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    resume: bool = typer.Option(False, "--resume"),
-    seed: int = typer.Option(7, "--seed"),
+    batch_size: int = BatchOpt,
+    resume: bool = ResumeOpt,
+    seed: int = SeedOpt,
     dtype: str = DtypeOpt,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Per-head audio attention yield across reasoning steps: perception decay and listening heads."""
     from interp.record import stage_record
 
-    res = _run(stage_record, model=model, data=data, n=n, fmt=fmt, out=out, resume=resume, batch_size=batch_size,
-               max_new_tokens=max_new_tokens, time_bins=time_bins, top_k=top_k, all_prompt=all_prompt, seed=seed,
-               dtype=dtype, quiet=as_json)
-    typer.echo(json.dumps(res, indent=2, default=str))
+    res = stage_record(model=model, data=data, n=n, fmt=fmt, out=out, resume=resume, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, time_bins=time_bins, top_k=top_k, all_prompt=all_prompt,
+                       seed=seed, dtype=dtype, quiet=as_json)
+    _echo_json(res)
 
 
-@app.command("probe")
+@_command(app, "probe")
 def probe_cmd(
     model: str = ModelOpt,
     data: str = DataOpt,
-    n: int = typer.Option(120, "--n"),
-    out: Path = typer.Option(Path("runs/probe"), "--out"),
+    n: int = typer.Option(120, "--n", help="Number of items (>= 1)."),
+    out: Path = typer.Option(Path("runs/probe"), "--out", help="Run folder."),
     positions: str = typer.Option("audio_mean,last_prompt,step_mean", help="Comma-separated positions."),
     fmt: str = typer.Option("cot", "--format", help="Answer format generated for the step-mean position."),
-    resume: bool = typer.Option(False, "--resume"),
-    seed: int = typer.Option(7, "--seed"),
-    as_json: bool = typer.Option(False, "--json"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Items per forward pass (>= 1)."),
+    resume: bool = ResumeOpt,
+    seed: int = SeedOpt,
+    dtype: str = DtypeOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Linear probes for audio attributes, by layer and by reasoning step."""
     from probes.pipeline import stage_probe
 
-    res = _run(stage_probe, model=model, data=data, n=n, out=out, resume=resume,
-               positions=tuple(positions.split(",")), formats=(fmt,), seed=seed, quiet=as_json)
-    typer.echo(json.dumps(res, indent=2, default=str) if as_json else f"wrote {out}")
+    res = stage_probe(model=model, data=data, n=n, out=out, resume=resume, positions=_csv("--positions", positions),
+                      formats=(fmt,), seed=seed, quiet=as_json, batch_size=batch_size, dtype=dtype,
+                      command=_command_line())
+    if as_json:
+        _echo_json(res)
+    else:
+        typer.echo(f"wrote {out}")
 
 
 steer_app = typer.Typer(help="Audio-minus-silence steering vectors: fit and evaluate.", no_args_is_help=True)
 app.add_typer(steer_app, name="steer")
 
 
-@steer_app.command("fit")
+@_command(steer_app, "fit")
 def steer_fit(
     model: str = ModelOpt,
     data: str = DataOpt,
-    n: int = typer.Option(64, "--n"),
+    n: int = typer.Option(64, "--n", help="Number of fit items (>= 1)."),
     layers: str = typer.Option("", "--layers", help="Comma-separated decoder layers (default: the middle layer)."),
     positions: str = typer.Option("last_prompt", "--positions", help="last_prompt | audio_mean"),
-    out: Path = typer.Option(Path("vec.safetensors"), "--out"),
-    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("vec.safetensors"), "--out", help="Vector file (.safetensors, .gguf or .npz)."),
+    seed: int = typer.Option(0, "--seed", help="Data seed of the fit items."),
+    dtype: str = DtypeOpt,
 ) -> None:
     """Fit an audio-minus-silence direction and save it (format from the extension)."""
     from steering.pipeline import stage_steer_fit
 
-    lay = [int(x) for x in layers.split(",")] if layers else None
-    vec = _run(stage_steer_fit, model=model, data=data, n=n, layers=lay, positions=positions, out_vector=out, seed=seed)
+    lay = _numbers("--layers", layers, int) if layers.strip() else None
+    pos = _csv("--positions", positions)
+    vec = stage_steer_fit(model=model, data=data, n=n, layers=lay, positions=pos[0] if len(pos) == 1 else list(pos),
+                          out_vector=out, seed=seed, dtype=dtype)
     typer.echo(f"wrote {out} (layers {sorted(vec.layers)}, method {vec.method})")
 
 
-@steer_app.command("eval")
+@_command(steer_app, "eval")
 def steer_eval(
     model: str = ModelOpt,
     data: str = DataOpt,
-    vector: Path = typer.Option(..., "--vector"),
-    alphas: str = typer.Option("0,2,4,8", "--alphas"),
-    n: int = typer.Option(90, "--n"),
-    out: Path = typer.Option(Path("runs/steer"), "--out"),
-    controls: bool = typer.Option(True, "--controls/--no-controls"),
-    fmt: str = typer.Option("direct", "--format"),
-    resume: bool = typer.Option(False, "--resume"),
-    seed: int = typer.Option(7, "--seed"),
-    as_json: bool = typer.Option(False, "--json"),
+    vector: Path = typer.Option(..., "--vector", help="Steering vector file (safetensors, gguf or npz)."),
+    alphas: str = typer.Option("0,2,4,8", "--alphas", help="Comma-separated steering strengths."),
+    n: int = typer.Option(90, "--n", help="Number of items (>= 1)."),
+    out: Path = typer.Option(Path("runs/steer"), "--out", help="Run folder."),
+    controls: bool = typer.Option(True, "--controls/--no-controls", help="Also run the random-direction/random-heads controls."),
+    fmt: str = typer.Option("direct", "--format", help="Answer format: direct | cot | structured."),
+    batch_size: int = BatchOpt,
+    resume: bool = ResumeOpt,
+    seed: int = SeedOpt,
+    dtype: str = DtypeOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Accuracy as a function of alpha (and layer), against random controls, with CIs."""
     from steering.pipeline import stage_steer_eval
 
-    res = _run(stage_steer_eval, model=model, data=data, n=n, vector=vector,
-               alphas=[float(a) for a in alphas.split(",")], controls=controls, out=out, resume=resume,
-               seed=seed, formats=(fmt,), quiet=as_json)
-    typer.echo(json.dumps(res, indent=2, default=str))
+    res = stage_steer_eval(model=model, data=data, n=n, vector=vector, alphas=_numbers("--alphas", alphas),
+                           controls=controls, out=out, resume=resume, seed=seed, formats=(fmt,), quiet=as_json,
+                           batch_size=batch_size, dtype=dtype)
+    _echo_json(res)
 
 
-@app.command("export")
+@_command(app, "export")
 def export_cmd(
     vec: Path = typer.Argument(..., help="A steering vector file (safetensors, gguf or npz)."),
     fmt: str = typer.Option(..., "--format", help="safetensors | gguf | npz"),
-    out: Path = typer.Option(..., "--out"),
+    out: Path = typer.Option(..., "--out", help="Output file (its extension must match --format)."),
 ) -> None:
     """Convert a steering vector between safetensors, llama.cpp GGUF control vectors and npz."""
+    from interp.errors import ConfigError
     from steering.formats import export, load_vector
 
-    v = _run(load_vector, vec)
-    path = _run(export, v, out, fmt)
+    if out.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: expected a file path, found a directory")
+    v = load_vector(vec)
+    path = export(v, out, fmt)
     typer.echo(f"wrote {path}")
 
 
-@app.command("dashboard")
+@_command(app, "dashboard")
 def dashboard_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (or a demo folder holding stage folders)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (default: localhost only)."),
-    port: int = typer.Option(8501, "--port"),
+    port: int = typer.Option(8501, "--port", help="Port of the Streamlit server."),
     live_model: Optional[str] = typer.Option(None, "--live-model", help="Load this model for live mode."),
 ) -> None:
     """Open the Streamlit dashboard on run folders."""
     from dashboards import launch
 
-    raise typer.Exit(_run(launch, runs, host=host, port=port, live_model=live_model))
+    raise typer.Exit(launch(runs, host=host, port=port, live_model=live_model))
 
 
-@app.command("report")
+@_command(app, "report")
 def report_cmd(
-    run: Path = typer.Argument(...),
-    out: Optional[Path] = typer.Option(None, "--out"),
+    run: Path = typer.Argument(..., help="A run folder (or a demo folder holding stage folders)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (or folder) to write (default: report.html in the run folder)."),
 ) -> None:
     """Write one self-contained HTML report of a run (opens offline)."""
     from dashboards.report import write_report
 
-    typer.echo(f"wrote {_run(write_report, run, out)}")
+    typer.echo(f"wrote {write_report(run, out)}")
 
 
 def main() -> None:

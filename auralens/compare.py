@@ -260,19 +260,18 @@ def stage_compare(
     """
     import pandas as pd
 
-    from interp.cafe.formats import FORMATS
-    from interp.datasets import fingerprint, load_dataset
     from interp.listening import top_k as pick_top
     from interp.loading import load_model
     from interp.record import stage_record
-    from interp.runs import RunFolder
+    from interp.runs import RunFolder, check_dtype, check_formats, check_int, check_model, check_n, load_items, run_identity
 
-    formats = (formats,) if isinstance(formats, str) else tuple(formats)
-    bad = [f for f in formats if f not in FORMATS]
-    if not formats or bad or len(set(formats)) != len(formats):
-        raise ConfigError(f"formats: expected distinct formats among {list(FORMATS)}, found {list(formats)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n: expected a positive number of items, found {n!r}")
+    # 1. validate: options, vectors, items and every audio header (nothing written yet)
+    formats = check_formats(formats)
+    check_n(n)
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("top_k", top_k),
+                        ("n_boot", n_boot)):
+        check_int(name, value)
+    check_dtype(dtype)
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha)):
         raise ConfigError(f"alpha: expected a finite number or None, found {alpha!r}")
     notes: list[str] = []
@@ -297,18 +296,21 @@ def stage_compare(
         alpha = float(alpha if alpha is not None else vec.default_alpha)
     systems = [s for s in SYSTEMS if vec is not None or "steering" not in s]
 
-    items = load_dataset(data, n=n, seed=seed)
+    items = load_items(data, n=n, seed=seed)
     config = {"base": base, "finetuned": finetuned, "formats": list(formats), "alpha": alpha, "positions": positions,
               "max_new_tokens": max_new_tokens, "top_k": top_k, "dtype": dtype,
               "vector_sha256": _vector_digest(vec) if vec is not None else None,
               "vector_source": str(vector) if vec is not None and vector is not vec else None,
               "vector_ft_sha256": _vector_digest(vec_ft) if vec is not None and vec_ft is not vec else None,
               "alpha_ft": alpha_ft}
-    run = RunFolder.create(
-        out, manifest={"command": "auralens compare", "model": f"{base} vs {finetuned}", "data": data, "seed": seed,
-                       "n": n, "config": config, "data_fingerprint": fingerprint(items)},
-        resume=resume,
-    )
+    manifest = {"command": "auralens compare", "model": f"{base} vs {finetuned}", "data": data, "seed": seed,
+                "n": n, "config": config, **run_identity(items)}
+    # 2. the folder would accept this run (read-only); 3. the models
+    RunFolder.check(out, manifest=manifest, resume=resume)
+    if lm_base is None:
+        check_model(base)
+    if lm_ft is None and finetuned != base:
+        check_model(finetuned)
     lm_base = lm_base or load_model(base, dtype=dtype)
     if lm_ft is None:
         lm_ft = lm_base if finetuned == base else load_model(finetuned, dtype=dtype)
@@ -320,6 +322,8 @@ def stage_compare(
                      + ("; applied unchanged to both models" if vec_ft is vec else
                         f"; the fine-tuned model's own vector fitted on {vec_ft.model_id!r}, layers "
                         f"{list(vec_ft.layers)}, alpha {alpha_ft}"))
+    # 4. the folder, then the rows (one record run per system and format)
+    run = RunFolder.create(out, manifest=manifest, resume=resume)
     has_scene = any(it.scene for it in items)
     if not has_scene:
         notes.append("no item has a cafe scene: claim accuracy and error attribution rows are left out")

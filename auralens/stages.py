@@ -1,4 +1,9 @@
-"""Experiment stages shared by the CLI, the demo and the notebooks: each writes a run folder."""
+"""Experiment stages shared by the CLI, the demo and the notebooks: each writes a run folder.
+
+Every stage has the same skeleton (:func:`interp.runs.open_run`): validate its options, load the
+items and check every audio header, check the run folder would accept the run, check and load
+the model, and only then create the folder and generate rows; ``finish()`` marks it complete.
+"""
 
 from __future__ import annotations
 
@@ -29,23 +34,26 @@ def stage_eval(
     quiet: bool = False,
     lm=None,
 ) -> dict[str, Any]:
-    from interp.datasets import fingerprint, load_dataset
     from interp.evaluate import run_eval, summarize, summary_json
     from interp.generation import GenerationConfig
-    from interp.loading import load_model
-    from interp.runs import RowLog, RunFolder
+    from interp.runs import RowLog, check_dtype, check_formats, check_int, load_items, open_run
 
-    items = load_dataset(data, n=n, seed=seed)
+    # 1. validate: options, items, every audio header
+    formats = check_formats(formats)
+    check_int("batch_size", batch_size)
+    check_int("max_new_tokens", max_new_tokens)
+    check_dtype(dtype)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    items = load_items(data, n=n, seed=seed)
     config = {"formats": list(formats), "silence": silence, "max_new_tokens": max_new_tokens, "dtype": dtype}
-    run = RunFolder.create(
-        out, manifest={**_manifest("auralens eval", model, data, seed, n, config), "data_fingerprint": fingerprint(items)},
-        resume=resume,
-    )
-    lm = lm or load_model(model, dtype=dtype)
+    # 2-4. folder check, model, folder
+    run, lm = open_run(out, manifest=_manifest("auralens eval", model, data, seed, n, config), items=items,
+                       resume=resume, lm=lm, model=model, dtype=dtype)
+    # 5. rows
     log = RowLog(run, "items.parquet", key="row_id", resume=resume)
     df = run_eval(
         lm, items, formats=formats, audio_modes=("real", "silence") if silence else ("real",),
-        cfg=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size), log=log, progress=not quiet,
+        cfg=cfg, log=log, progress=not quiet,
     )
     run.write_table("accuracy.parquet", summarize(df))
     res = summary_json(df)

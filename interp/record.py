@@ -104,30 +104,33 @@ def stage_record(
     quiet: bool = False,
     command: str = "auralens record",
 ) -> dict[str, Any]:
-    """Record per-head audio yield across reasoning steps; write decay and head tables."""
-    import pandas as pd
+    """Record per-head audio yield across reasoning steps; write decay and head tables.
+
+    Options, items and audio headers are checked, and the model loaded, before the run folder
+    is created (:func:`interp.runs.open_run`)."""
     import torch
 
     from interp.audio import item_audio
-    from interp.datasets import fingerprint, load_dataset
     from interp.generation import batches, score
-    from interp.loading import load_model
-    from interp.runs import RowLog, RunFolder
+    from interp.runs import RowLog, check_dtype, check_formats, check_int, load_items, open_run
     from interp.steps import token_steps
     from interp.tokenizer import clean_decoded
 
-    if top_k < 1 or time_bins < 1 or max_new_tokens < 1:
-        raise ConfigError(f"record: expected top_k, time_bins, max_new_tokens >= 1, found {top_k}, {time_bins}, {max_new_tokens}")
-    items = load_dataset(data, n=n, seed=seed)
+    if not isinstance(fmt, str):
+        raise ConfigError(f"format: expected one answer format, found {fmt!r}")
+    check_formats(fmt, "format")
+    for name, value in (("top_k", top_k), ("time_bins", time_bins), ("max_new_tokens", max_new_tokens),
+                        ("batch_size", batch_size), ("n_boot", n_boot)):
+        check_int(name, value)
+    check_dtype(dtype)
+    items = load_items(data, n=n, seed=seed)
     config = {"format": fmt, "max_new_tokens": max_new_tokens, "time_bins": time_bins, "top_k": top_k,
               "all_prompt": all_prompt, "dtype": dtype}
-    run = RunFolder.create(
-        out,
-        manifest={"command": "auralens record", "model": model, "data": data, "seed": seed, "n": n, "config": config,
-                  "data_fingerprint": fingerprint(items)},
-        resume=resume,
+    run, lm = open_run(
+        out, manifest={"command": "auralens record", "model": model, "data": data, "seed": seed, "n": n,
+                       "config": config},
+        items=items, resume=resume, lm=lm, model=model, dtype=dtype,
     )
-    lm = lm or load_model(model, dtype=dtype)
     run.update_manifest(architecture=lm.arch.to_dict())
     log = RowLog(run, "items.parquet", key="item_id", resume=resume)
     done = log.done()
@@ -186,11 +189,9 @@ def stage_record(
 
 def load_yields(run, df) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     """(yields per item, steps per item, last-prompt yields [items, L, H], silence [items, L, H])."""
-    from safetensors.numpy import load_file
-
     ys, ss, last, sil = [], [], [], []
     for idx in df["item_index"]:
-        t = load_file(run.file(f"yields/{int(idx):05d}.safetensors"))
+        t = run.read_tensors(f"yields/{int(idx):05d}.safetensors", framework="np")
         ys.append(t["yield"])
         ss.append(t["steps"])
         last.append(t["yield"][0])

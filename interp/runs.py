@@ -1,29 +1,61 @@
-"""Run folders: self-describing, atomically written, resumable.
+"""Run folders: self-describing, atomically written, resumable — and never mixing two runs.
 
 A run folder holds ``manifest.json`` (model, data, seed, command line, package versions, git
 revision), tables as parquet, per-item arrays as safetensors and figures as plotly HTML.  Every
 file is written to a temporary name and moved into place, so a crash never leaves a half file;
 ``--resume`` reads the rows already written and skips those items.
+
+Rules (what "a run folder never lies" means here):
+
+- **Identity.**  Every stage records what defines its run (:data:`IDENTITY_KEYS`): the command,
+  model, data spec, seed, ``n``, the stage's whole config, the data's content fingerprint and the
+  item-id set (count + sha256 of the sorted ids, :func:`run_identity`).  ``--resume`` refuses any
+  difference, before anything is written: a refused resume leaves ``manifest.json`` byte-identical.
+  A resumed run is ``status: "running"`` until it completes again.
+- **Reuse.**  Without ``--resume`` a folder is accepted when it holds no rows: nothing but
+  ``manifest.json`` files (and orphaned temporary files).  So a run that failed before writing
+  its first row — whatever its manifest status — can simply be rerun; a folder with rows needs
+  ``--resume`` or another ``--out``.
+- **Validate first.**  Stages follow :func:`open_run`'s order: validate options, load the items
+  and check every audio header (:func:`load_items`), check the folder would accept the run
+  (:meth:`RunFolder.check`, read-only), check the model's config has an architecture table
+  (:func:`check_model`) and load it, and only then create the folder.  A bad option, file or
+  model leaves no folder.
+- **Housekeeping.**  Orphaned ``.{name}.XXXXXXXX.tmp`` files of a killed atomic write are removed
+  when the folder is next created/resumed (all of them) or opened (those of a finished run, or
+  older than a minute while a run is in progress, so a live writer is left alone).
+- **Unreadable files** (truncated parquet, safetensors or JSON) raise :class:`RunFolderError`
+  naming the file, what was expected and what was found: when read, and — for every file of the
+  folder — before a resumption writes anything (:func:`verify_files`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from interp.errors import RunFolderError
+from interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
 
 _PACKAGES = ("auralens", "torch", "transformers", "nnsight", "transformer-lens", "scikit-learn", "numpy", "pandas")
-# manifest keys that must agree between a run and its resumption
-_IDENTITY_KEYS = ("command", "model", "data", "seed", "config")
+#: manifest keys that define a run: a resumption must agree on every one of them
+IDENTITY_KEYS = ("command", "model", "data", "seed", "n", "config", "data_fingerprint", "items")
+_IDENTITY_KEYS = IDENTITY_KEYS  # old name
+# tempfile.mkstemp(prefix=".{name}.", suffix=".tmp"): 8 random characters in between
+_TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{6,}\.tmp$")
+# while a run is in progress, only temporary files older than this are orphans (a live writer's
+# file is rewritten continuously and renamed within milliseconds of its last write)
+_LIVE_TMP_AGE_S = 60.0
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -82,6 +114,108 @@ def git_revision() -> str | None:
         return None
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _normalized(value: Any) -> Any:
+    """``value`` as it reads back from manifest.json (tuples -> lists, paths -> str, ...)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _unreadable(folder: Path, name: str, expected: str, exc: BaseException) -> RunFolderError:
+    return RunFolderError(
+        f"run folder {str(folder)!r}: expected {name} to be {expected}, found an unreadable file "
+        f"({type(exc).__name__}: {exc}); it may be truncated by a killed run: delete it (and rerun that "
+        f"stage) or start over in another --out"
+    )
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    p = folder / "manifest.json"
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"run folder {str(folder)!r}: expected a manifest.json, found none") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _unreadable(folder, "manifest.json", "a JSON manifest", exc) from None
+    if not isinstance(data, dict):
+        raise RunFolderError(
+            f"run folder {str(folder)!r}: expected manifest.json to hold a JSON object, found {type(data).__name__}"
+        )
+    return data
+
+
+def _is_orphan_name(name: str) -> bool:
+    return bool(_TMP_NAME.match(name))
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """Files that hold rows: anything but manifests and orphaned temporary files."""
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json" and not _is_orphan_name(p.name)]
+
+
+def remove_orphans(folder: str | Path, *, min_age_s: float = 0.0) -> list[Path]:
+    """Delete the ``.{name}.XXXXXXXX.tmp`` files a killed atomic write left in ``folder`` (and its
+    subfolders) that are at least ``min_age_s`` old; returns the removed paths."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for p in folder.rglob(".*.tmp"):
+        if not _is_orphan_name(p.name) or not p.is_file():
+            continue
+        try:
+            if now - p.stat().st_mtime >= min_age_s:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # renamed into place meanwhile
+            pass
+    return removed
+
+
+def _check_safetensors(p: Path) -> None:
+    """Header parses and the file is as long as the header says (catches truncation)."""
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{size} bytes, shorter than the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or 8 + n > size:
+            raise ValueError(f"header length {n} does not fit in {size} bytes")
+        header = json.loads(fh.read(n))
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"the header describes {8 + n + end} bytes, the file has {size}")
+
+
+def verify_files(folder: str | Path) -> None:
+    """Cheap integrity check of the tables, tensors and JSON files in ``folder`` (parquet footers,
+    safetensors headers against the file size, JSON parse): a truncated or corrupt file is a
+    :class:`RunFolderError` naming it.  Run before a resumption writes anything."""
+    folder = Path(folder)
+    kinds = {".parquet": "a parquet table", ".safetensors": "a safetensors file", ".json": "a JSON file"}
+    for p in sorted(folder.rglob("*")):
+        kind = kinds.get(p.suffix)
+        if kind is None or not p.is_file() or _is_orphan_name(p.name):
+            continue
+        try:
+            if p.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                pq.ParquetFile(p)
+            elif p.suffix == ".safetensors":
+                _check_safetensors(p)
+            else:
+                json.loads(p.read_text())
+        except Exception as exc:  # noqa: BLE001 - any failure means the file cannot be used
+            raise _unreadable(folder, str(p.relative_to(folder)), kind, exc) from None
+
+
 class RunFolder:
     """One run's folder.  Create with :meth:`create` (fresh or ``resume=True``) or :meth:`open`."""
 
@@ -90,49 +224,82 @@ class RunFolder:
 
     # --- lifecycle ----------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, *, manifest: dict[str, Any], resume: bool = False) -> RunFolder:
-        run = cls(path)
-        mpath = run.path / "manifest.json"
-        if mpath.exists():
-            if not resume:
-                old = json.loads(mpath.read_text())
-                if old.get("status") == "running" or any(run.path.glob("*.parquet")):
+    def check(cls, path: str | Path, *, manifest: dict[str, Any], resume: bool = False) -> dict[str, Any] | None:
+        """Raise :class:`RunFolderError` if :meth:`create` would refuse this run; write nothing.
+
+        Returns the folder's current manifest (``None`` when it has none)."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(f"--out {str(path)!r}: expected a run folder (a directory), found an existing file")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
                     raise RunFolderError(
-                        f"run folder {str(run.path)!r}: expected an empty folder, found an earlier run "
-                        f"({old.get('command')}); pass --resume to continue it or choose another --out"
+                        f"--out {str(path)!r}: expected a folder path, found that {str(parent)!r} is a file"
                     )
-            else:
-                old = json.loads(mpath.read_text())
-                for k in _IDENTITY_KEYS:
-                    if k in manifest and old.get(k) != manifest[k]:
-                        raise RunFolderError(
-                            f"run folder {str(run.path)!r}: cannot resume, {k} differs: the folder has "
-                            f"{old.get(k)!r}, this command has {manifest[k]!r}"
-                        )
-                manifest = {**old, **manifest, "resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        full = {
-            "auralens_version": _version(),
-            "argv": sys.argv,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "packages": package_versions(),
-            "git_revision": git_revision(),
-            "status": "running",
-            "stages": {},
-            **manifest,
-        }
+                break
+        if not (path / "manifest.json").exists():
+            return None
+        old = _read_manifest(path)
+        if not resume:
+            data = _data_files(path)
+            if data:
+                raise RunFolderError(
+                    f"run folder {str(path)!r}: expected an empty folder, found an earlier run "
+                    f"({old.get('command')}, status {old.get('status')!r}, {len(data)} file(s) such as "
+                    f"{str(data[0].relative_to(path))!r}); pass --resume to continue it or choose another --out"
+                )
+            return old
+        for k in IDENTITY_KEYS:
+            mine, theirs = _normalized(manifest.get(k)), old.get(k)
+            if mine != theirs:
+                raise RunFolderError(
+                    f"run folder {str(path)!r}: cannot resume, {k} differs: the folder has {theirs!r}, "
+                    f"this command has {mine!r}; rerun with the folder's settings or choose another --out"
+                )
+        verify_files(path)
+        return old
+
+    @classmethod
+    def create(cls, path: str | Path, *, manifest: dict[str, Any], resume: bool = False) -> RunFolder:
+        """Start a run in ``path`` (see the module rules): refused, with nothing written, when the
+        folder holds another run's rows (without ``resume``) or a run that differs in any
+        :data:`IDENTITY_KEYS` (with ``resume``)."""
+        old = cls.check(path, manifest=manifest, resume=resume)
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        remove_orphans(run.path)
+        if resume and old is not None:
+            full = {**old, **manifest, "status": "running", "resumed_at": _now()}
+            full.pop("finished_at", None)
+        else:
+            full = {
+                "auralens_version": _version(),
+                "argv": sys.argv,
+                "created_at": _now(),
+                "packages": package_versions(),
+                "git_revision": git_revision(),
+                "stages": {},
+                **manifest,
+                "status": "running",
+            }
         run.write_json("manifest.json", full)
         return run
 
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:
         run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise RunFolderError(f"run folder {str(run.path)!r}: expected a directory, found a file")
         if not (run.path / "manifest.json").exists():
             raise RunFolderError(f"run folder {str(run.path)!r}: expected a manifest.json, found none")
+        m = run.manifest  # readable, or a named error
+        remove_orphans(run.path, min_age_s=_LIVE_TMP_AGE_S if m.get("status") == "running" else 0.0)
         return run
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / "manifest.json").read_text())
+        return _read_manifest(self.path)
 
     def update_manifest(self, **changes: Any) -> None:
         m = self.manifest
@@ -141,11 +308,11 @@ class RunFolder:
 
     def mark_stage(self, stage: str, **info: Any) -> None:
         m = self.manifest
-        m.setdefault("stages", {})[stage] = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        m.setdefault("stages", {})[stage] = {"finished_at": _now(), **info}
         self.write_json("manifest.json", m)
 
     def finish(self) -> None:
-        self.update_manifest(status="complete", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.update_manifest(status="complete", finished_at=_now())
 
     # --- files ---------------------------------------------------------------------------
     def file(self, name: str) -> Path:
@@ -167,7 +334,10 @@ class RunFolder:
         p = self.file(name)
         if not p.exists():
             raise RunFolderError(f"run folder {str(self.path)!r}: expected {name}, found none (stage not run?)")
-        return pd.read_parquet(p)
+        try:
+            return pd.read_parquet(p)
+        except Exception as exc:  # pyarrow.ArrowInvalid, OSError...: a truncated or foreign file
+            raise _unreadable(self.path, name, "a parquet table", exc) from None
 
     def has(self, name: str) -> bool:
         return self.file(name).exists()
@@ -180,13 +350,20 @@ class RunFolder:
         _atomic_via(p, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         return p
 
-    def read_tensors(self, name: str) -> dict:
-        from safetensors.torch import load_file
+    def read_tensors(self, name: str, *, framework: str = "pt") -> dict:
+        """The tensors of a safetensors file (``framework="np"``: numpy arrays)."""
+        if framework == "np":
+            from safetensors.numpy import load_file
+        else:
+            from safetensors.torch import load_file
 
         p = self.file(name)
         if not p.exists():
             raise RunFolderError(f"run folder {str(self.path)!r}: expected {name}, found none")
-        return load_file(p)
+        try:
+            return load_file(p)
+        except Exception as exc:  # SafetensorError, OSError...
+            raise _unreadable(self.path, name, "a safetensors file", exc) from None
 
     def write_figure(self, name: str, fig) -> Path:
         p = self.file(name)
@@ -199,12 +376,15 @@ class RowLog:
     """Rows of one table, rewritten atomically after each batch; reloaded on resume."""
 
     def __init__(self, run: RunFolder, name: str, *, key: str = "item_id", resume: bool = False):
-        import pandas as pd
-
         self.run, self.name, self.key = run, name, key
         self.rows: list[dict] = []
         if resume and run.has(name):
-            self.rows = pd.read_parquet(run.file(name)).to_dict("records")
+            df = run.read_table(name)
+            if len(df) and key not in df.columns:
+                raise RunFolderError(
+                    f"run folder {str(run.path)!r}: expected {name} to have a {key!r} column, found {list(df.columns)}"
+                )
+            self.rows = df.to_dict("records")
 
     def done(self) -> set:
         return {r[self.key] for r in self.rows}
@@ -222,6 +402,173 @@ class RowLog:
         import pandas as pd
 
         return pd.DataFrame(self.rows)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage skeleton: validate -> (check folder, check + load model) -> create folder -> rows
+# --------------------------------------------------------------------------------------------
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a :class:`ConfigError` naming ``name``."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}")
+    return int(value)
+
+
+def check_n(n: Any, *, allow_none: bool = False) -> int | None:
+    """A positive number of items (``None`` = all items, where ``allow_none``)."""
+    if n is None and allow_none:
+        return None
+    import numbers
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ConfigError(f"n: expected a positive number of items, found {n!r}")
+    return int(n)
+
+
+def check_formats(formats: Any, name: str = "formats") -> tuple[str, ...]:
+    """Distinct answer formats among :data:`interp.cafe.formats.FORMATS`."""
+    from interp.cafe.formats import FORMATS
+
+    formats = (formats,) if isinstance(formats, str) else tuple(formats or ())
+    bad = [f for f in formats if f not in FORMATS]
+    if not formats or bad or len(set(formats)) != len(formats):
+        raise ConfigError(f"{name}: expected distinct formats among {list(FORMATS)}, found {list(formats)}")
+    return formats
+
+
+def check_dtype(dtype: Any) -> str:
+    from interp.loading import DTYPES
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype: expected one of {list(DTYPES)}, found {dtype!r}")
+    return dtype
+
+
+def check_model(model: str) -> None:
+    """The model's config (read without loading weights) names a class with an architecture
+    table (:mod:`interp.arch`): an unsupported or missing model fails before any folder exists."""
+    from interp.arch import table_for_class
+    from interp.loading import CONTAINERS, resolve_source
+
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"model: expected 'micro', a Hugging Face id or a checkpoint folder, found {model!r}")
+    source = resolve_source(model)
+    p = Path(source)
+    if p.exists() and not (p.is_dir() and (p / "config.json").exists()):
+        raise ConfigError(f"model {model!r}: expected a checkpoint folder with a config.json, found {source!r} without one")
+    if not p.exists() and (p.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
+        raise ConfigError(f"model {model!r}: expected a local checkpoint folder or a Hugging Face id, found no folder {source}")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:  # OSError (not found / offline), ValueError (unknown model_type)...
+        raise ConfigError(
+            f"model {model!r}: expected a readable model config (config.json), found none usable at {source!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    archs = list(getattr(config, "architectures", None) or [])
+    if not archs:
+        raise ArchitectureError(f"model {model!r}: its config.json names no architectures; expected one with a table")
+    table_for_class("Qwen2_5OmniThinkerForConditionalGeneration" if archs[0] in CONTAINERS else archs[0])
+
+
+def load_items(data: str, *, n: int | None, seed: int, allow_all: bool = False) -> list:
+    """The run's items: ``n`` checked, rows validated by the loader, at least one item, and
+    every audio file's header checked (:func:`interp.datasets.check_audio_files`)."""
+    from interp.datasets import check_audio_files, load_dataset
+
+    n = check_n(n, allow_none=allow_all)
+    items = load_dataset(data, n=n, seed=seed)
+    if not items:
+        raise DatasetError(f"dataset {data!r}: expected at least one item, found none")
+    ids = [it.item_id for it in items]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DatasetError(f"dataset {data!r}: expected distinct item ids, found duplicates {dup[:5]}")
+    check_audio_files(items)
+    return items
+
+
+def run_identity(items: Sequence) -> dict[str, Any]:
+    """What the data contribute to a run's identity: the content fingerprint and the item-id set."""
+    from interp.datasets import fingerprint
+
+    ids = sorted(str(it.item_id) for it in items)
+    return {
+        "data_fingerprint": fingerprint(list(items)),
+        "items": {"count": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()},
+    }
+
+
+def open_run(
+    out: str | Path,
+    *,
+    manifest: dict[str, Any],
+    items: Sequence,
+    resume: bool = False,
+    lm=None,
+    model: str | None = None,
+    dtype: str = "auto",
+    before_create=None,
+):
+    """Steps 2-4 of a stage, after its own validation: check the folder would accept the run
+    (read-only), check the model's config and load it (unless ``lm`` is given), call
+    ``before_create(lm)`` (model-dependent checks), and only then create the folder.
+    Returns ``(run, lm)``; the manifest gets :func:`run_identity` of ``items``."""
+    manifest = {**manifest, **run_identity(items)}
+    RunFolder.check(out, manifest=manifest, resume=resume)
+    if lm is None:
+        from interp.loading import load_model
+
+        check_dtype(dtype)
+        check_model(model)
+        lm = load_model(model, dtype=dtype)
+    if before_create is not None:
+        before_create(lm)
+    return RunFolder.create(out, manifest=manifest, resume=resume), lm
+
+
+# --------------------------------------------------------------------------------------------
+# Strict JSON
+# --------------------------------------------------------------------------------------------
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` and numpy/paths/other objects as plain JSON."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if np is not None:
+        if isinstance(obj, np.bool_):
+            return bool(obj)
+        if isinstance(obj, np.integer):
+            return int(obj)
+        if isinstance(obj, np.floating):
+            return jsonable(float(obj))
+        if isinstance(obj, np.ndarray):
+            return jsonable(obj.tolist())
+    return str(obj)
+
+
+def dumps_strict(obj: Any, *, indent: int | None = 2) -> str:
+    """Strict JSON (no bare NaN/Infinity: ``null`` instead) of ``obj``."""
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False)
 
 
 def _version() -> str:

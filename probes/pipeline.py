@@ -167,11 +167,19 @@ def load_probe_direction(run: str | Path, attribute: str, *, target: Any = None,
     path = run.file(DIRECTIONS_FILE)
     if not path.exists():
         raise ProbeError(f"run folder {str(run.path)!r}: expected {DIRECTIONS_FILE}, found none (probe stage not run?)")
-    with safe_open(str(path), framework="pt") as f:
-        info = json.loads((f.metadata() or {}).get("probes", "{}"))
-        if attribute not in info:
-            raise ProbeError(f"{DIRECTIONS_FILE}: expected a probe for {attribute!r}, found {sorted(info)}")
-        w = f.get_tensor(attribute).double().numpy()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("probes", "{}"))
+            w = f.get_tensor(attribute).double().numpy() if attribute in info else None
+    except Exception as exc:  # SafetensorError, JSONDecodeError: a truncated or foreign file
+        from interp.errors import RunFolderError
+
+        raise RunFolderError(
+            f"run folder {str(run.path)!r}: expected {DIRECTIONS_FILE} to be a safetensors file of probe "
+            f"directions, found an unreadable file ({type(exc).__name__}: {exc})"
+        ) from None
+    if w is None:
+        raise ProbeError(f"{DIRECTIONS_FILE}: expected a probe for {attribute!r}, found {sorted(info)}")
     m = info[attribute]
     vec, target, raw_norm = _oriented(w, m["kind"], m["classes"], target, normalize, attribute)
     manifest = run.manifest
@@ -474,28 +482,35 @@ def stage_probe(
     are skipped and listed), ``category``/``sub_category`` for real datasets. Returns the
     summary (also written to ``probe_summary.json``).
     """
-    from interp.datasets import fingerprint, load_dataset
-    from interp.loading import load_model
-    from interp.runs import RunFolder
+    from interp.runs import check_dtype, check_int, load_items, open_run
     from probes.collect import collect_activations
 
     t0 = time.perf_counter()
+    # 1. validate: options (CollectConfig checks positions, formats, layers, sizes), items, audio
     cfg = CollectConfig(
         positions=tuple(positions), formats=tuple(formats), layers=None if layers is None else tuple(layers),
         audio_layers=None if audio_layers is None else tuple(audio_layers), batch_size=batch_size,
         chunk_size=chunk_size, max_new_tokens=max_new_tokens, max_steps=max_steps,
     )
-    items = load_dataset(data, n=n, seed=seed)
+    check_int("n_folds", n_folds, minimum=2)
+    check_int("n_bootstrap", n_bootstrap)
+    check_dtype(dtype)
+    if attributes is not None and (isinstance(attributes, str) or not list(attributes)):
+        raise ProbeError(f"attributes: expected a non-empty list of attribute names or None, found {attributes!r}")
+    items = load_items(data, n=n, seed=seed, allow_all=True)
+    if attributes is not None:
+        from probes.labels import label_table
+
+        label_table(items, list(attributes))  # unknown attribute names, before any folder
     config = {**cfg.to_dict(), "attributes": None if attributes is None else list(attributes),
               "n_folds": n_folds, "n_bootstrap": n_bootstrap, "dtype": dtype}
-    run = RunFolder.create(
-        out,
-        manifest={"command": command, "model": model, "data": data, "seed": seed, "n": n,
-                  "config": config, "data_fingerprint": fingerprint(items)},
-        resume=resume,
+    # 2-4. folder check, model (and its layer range), folder
+    run, lm = open_run(
+        out, manifest={"command": "auralens probe", "command_line": command, "model": model, "data": data,
+                       "seed": seed, "n": n, "config": config},
+        items=items, resume=resume, lm=lm, model=model, dtype=dtype,
+        before_create=lambda m: cfg.resolve(m.arch),  # layer range errors before any folder or work
     )
-    lm = lm or load_model(model, dtype=dtype)
-    cfg.resolve(lm.arch)  # layer range errors before any work
     t1 = time.perf_counter()
     store = collect_activations(lm, items, run, cfg, resume=resume, progress=not quiet)
     t2 = time.perf_counter()

@@ -57,16 +57,41 @@ def stage_steer_fit(
     ``heads_from``: restrict to heads — (layer, head) pairs, ``"L:H,..."``, a heads table
     (parquet with layer/head/rank, e.g. from :func:`interp.listening.heads_table`) or a run
     folder holding ``heads.parquet``; ``k_heads`` keeps the top ones."""
-    from interp.datasets import load_dataset
     from interp.loading import load_model
-    from steering.directions import fit_with_controls, parse_heads, parse_positions
-    from steering.formats import export
+    from interp.runs import check_dtype, check_formats, check_int, check_model, load_items
+    from steering.directions import NORMALIZATIONS, _site, fit_with_controls, parse_heads, parse_positions
+    from steering.formats import FORMATS as VECTOR_FORMATS, export
 
+    # validate everything before the model loads and before the vector file is written
     pos = parse_positions(positions)
     heads = parse_heads(heads_from, k=k_heads)
+    if layers is not None:
+        layers = [check_int("layers", L, minimum=0) for L in layers]
+        if not layers:
+            raise ConfigError("layers: expected at least one decoder layer (or None), found none")
+    _site(site)
+    if normalize not in NORMALIZATIONS:
+        raise ConfigError(f"normalize: expected one of {list(NORMALIZATIONS)}, found {normalize!r}")
+    check_formats(fmt, "format")
+    check_int("batch_size", batch_size)
+    check_dtype(dtype)
     out_vector = Path(out_vector)
-    items = load_dataset(data, n=n, seed=seed)
-    lm = lm or load_model(model, dtype=dtype)
+    if out_vector.is_dir():
+        raise ConfigError(f"--out {str(out_vector)!r}: expected a vector file path, found a directory")
+    if out_vector.suffix.lower() not in VECTOR_FORMATS.values():
+        raise ConfigError(
+            f"--out {str(out_vector)!r}: expected an extension among {sorted(VECTOR_FORMATS.values())}, "
+            f"found {out_vector.suffix!r}"
+        )
+    for parent in out_vector.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {str(out_vector)!r}: expected a folder path, found that {str(parent)!r} is a file")
+            break
+    items = load_items(data, n=n, seed=seed)
+    if lm is None:
+        check_model(model)
+        lm = load_model(model, dtype=dtype)
     if layers is None and not heads:
         layers = [lm.arch.n_layers // 2]
     fit = {
@@ -133,16 +158,16 @@ def stage_steer_eval(
     by ``adaptive_heads`` (same spellings as ``heads_from``; default: the vector's own heads)."""
     import hashlib
 
-    from interp.datasets import fingerprint, load_dataset
     from interp.loading import load_model
-    from interp.runs import RowLog, RunFolder
-    from steering.directions import collect_paired, random_direction, random_heads
+    from interp.runs import RowLog, RunFolder, check_dtype, check_model, load_items, run_identity
+    from steering.directions import collect_paired, parse_heads, random_direction, random_heads
     from steering.evaluate import SweepConfig, best_gain, figures, run_sweep, steering_table
     from steering.formats import export, load_vector
     from steering.vector import SteeringVector
 
-    from steering.directions import parse_heads
-
+    # 1. validate: options (SweepConfig checks alphas, layers, positions, formats, sizes), the
+    #    vector file, the items and every audio header
+    check_dtype(dtype)
     vec = vector if isinstance(vector, SteeringVector) else load_vector(vector)
     gate_heads: tuple = ()
     if adaptive_gain is not None:
@@ -157,13 +182,24 @@ def stage_steer_eval(
         formats=tuple(formats), max_new_tokens=max_new_tokens, batch_size=batch_size, backend=backend,
         n_boot=n_boot, seed=seed, adaptive_gain=adaptive_gain, adaptive_heads=gate_heads,
     )
-    lm = lm or load_model(model, dtype=dtype)
-    vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
     if cfg.layers is not None:
         missing = [L for L in cfg.layers if L not in vec.layers]
         if missing:
             raise ConfigError(f"layers {missing}: the vector has directions at layers {list(vec.layers)} only")
-    items = load_dataset(data, n=n, seed=seed)
+    items = load_items(data, n=n, seed=seed)
+    digest = hashlib.sha256(vec.stacked().float().cpu().numpy().tobytes()).hexdigest()
+    config = {
+        **cfg.to_dict(), "controls": bool(controls), "vector_method": vec.method, "vector_sha256": digest,
+        "vector_fingerprint": vec.data_fingerprint, "vector_source": str(vector) if vector is not vec else None,
+    }
+    manifest = {**_manifest("auralens steer eval", model, data, seed, n, config), **run_identity(items)}
+    # 2. the folder would accept this run (read-only)
+    RunFolder.check(out, manifest=manifest, resume=resume)
+    # 3. the model, and what depends on it
+    if lm is None:
+        check_model(model)
+        lm = load_model(model, dtype=dtype)
+    vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
     name = vec.method if vec.method not in ("random_direction", "random_heads") else f"{vec.method}_vector"
     vectors: dict[str, SteeringVector] = {name: vec}
     notes: list[str] = []
@@ -182,15 +218,8 @@ def stage_steer_eval(
             acts = collect_paired(lm, fit_items, layers=vec.layers, positions=fitcfg.get("positions", ["last_prompt"]),
                                   fmt=fitcfg.get("format", "direct"))
             vectors["random_heads"] = random_heads(acts, lm, vec, seed=seed)
-    digest = hashlib.sha256(vec.stacked().float().cpu().numpy().tobytes()).hexdigest()
-    config = {
-        **cfg.to_dict(), "controls": bool(controls), "vector_method": vec.method, "vector_sha256": digest,
-        "vector_fingerprint": vec.data_fingerprint, "vector_source": str(vector) if vector is not vec else None,
-    }
-    run = RunFolder.create(
-        out, manifest={**_manifest("auralens steer eval", model, data, seed, n, config), "data_fingerprint": fingerprint(items)},
-        resume=resume,
-    )
+    # 4. the folder, 5. the rows
+    run = RunFolder.create(out, manifest=manifest, resume=resume)
     run.file("vectors").mkdir(parents=True, exist_ok=True)
     for vname, v in vectors.items():
         export(v, run.file(f"vectors/{vname}.safetensors"))
