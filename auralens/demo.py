@@ -1,5 +1,9 @@
 """`auralens demo`: every stage on the embedded `micro` model, each into its own run folder
-under ``--out`` (eval/, record/, probe/, steer/, compare/), with a printed summary."""
+under ``--out`` (eval/, record/, probe/, steer/, compare/), with a printed summary.
+
+``--out`` is then what ``auralens dashboard`` and ``auralens report`` open: each stage folder
+sits directly in it (the steering vector the steer and compare stages use is written to
+``vectors/``, an input, not a run folder)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,12 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
     Console().print(t)
 
 
-def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "auralens demo") -> dict:
+def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "auralens demo", fast: bool = False) -> dict:
+    """Run every stage on ``n`` items into ``out``; returns each stage's summary.
+
+    ``fast``: a smoke run for tests (about a minute at ``n=6`` on one CPU thread): shorter
+    generations, 100 bootstrap resamples, 3-fold probes on at least 24 items, the steering
+    vector fitted on 16 items.  The numbers mean little; the folders have every table."""
     import torch
     from rich.console import Console
 
@@ -28,13 +37,17 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     torch.manual_seed(0)
     out = Path(out)
     t0 = time.time()
+    n_boot = 100 if fast else 300  # probes and compare (the other stages keep their own default unless fast)
+    gen_tokens = 48 if fast else 96
+    quick = {"n_boot": n_boot} if fast else {}
     lm = load_model("micro")
     results: dict = {}
 
     # --- stage 1: accuracy per tier and format, with audio and with silence ------------------
     from auralens.stages import stage_eval
 
-    res = stage_eval(model="micro", data="cafe", n=n, out=out / "eval", resume=resume, command=command, lm=lm, batch_size=32)
+    res = stage_eval(model="micro", data="cafe", n=n, out=out / "eval", resume=resume, command=command, lm=lm, batch_size=32,
+                     **({"max_new_tokens": gen_tokens, "quiet": True} if fast else {}))
     results["eval"] = res
     acc = res["accuracy"]
     rows = []
@@ -49,7 +62,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     from interp.record import stage_record
 
     rec = stage_record(model="micro", data="cafe", n=n, fmt="cot", out=out / "record", resume=resume, lm=lm,
-                       batch_size=30, max_new_tokens=96, top_k=4, quiet=False)
+                       batch_size=30, max_new_tokens=gen_tokens, top_k=4, quiet=fast, **quick)
     results["record"] = rec
     all_curve = {r["step"]: r for r in rec["all_curve"]}
     _table(
@@ -66,8 +79,8 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     # --- stage 3: probes (where audio attributes live, by layer and step) -------------------
     from probes.pipeline import stage_probe
 
-    pr = stage_probe(model="micro", data="cafe", n=n, out=out / "probe", resume=resume, lm=lm, seed=7, quiet=True,
-                     n_bootstrap=300)
+    pr = stage_probe(model="micro", data="cafe", n=max(n, 24) if fast else n, out=out / "probe", resume=resume, lm=lm,
+                     seed=7, quiet=True, n_bootstrap=n_boot, **({"n_folds": 3, "max_new_tokens": gen_tokens} if fast else {}))
     results["probe"] = pr
     rows = []
     for attr, d in (pr.get("attributes") or {}).items():
@@ -81,12 +94,13 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     # --- stage 4: audio-minus-silence steering, against controls ---------------------------
     from steering.pipeline import stage_steer_eval, stage_steer_fit
 
-    vec_path = out / "steer" / "audio_minus_silence.safetensors"
-    (out / "steer").mkdir(parents=True, exist_ok=True)
-    vec = stage_steer_fit(model="micro", data="cafe", n=48, layers=None, positions="last_prompt",
-                          out_vector=vec_path, seed=11, lm=lm)
-    st = stage_steer_eval(model="micro", data="cafe", n=n, vector=vec_path, alphas=[0.0, 4.0, 16.0], out=out / "steer" / "run",
-                          resume=resume, seed=7, formats=("direct",), lm=lm, quiet=True, batch_size=30)
+    # the vector is the steer stage's input: beside the run folders, not inside one (a stage
+    # folder holds only what its stage wrote, and the dashboard finds it at <out>/steer)
+    vec_path = out / "vectors" / "audio_minus_silence.safetensors"
+    stage_steer_fit(model="micro", data="cafe", n=16 if fast else 48, layers=None, positions="last_prompt",
+                    out_vector=vec_path, seed=11, lm=lm)
+    st = stage_steer_eval(model="micro", data="cafe", n=n, vector=vec_path, alphas=[0.0, 4.0, 16.0], out=out / "steer",
+                          resume=resume, seed=7, formats=("direct",), lm=lm, quiet=True, batch_size=30, **quick)
     results["steer"] = st
     b = st["best"]
     ctrl = "; ".join(f"{k}: {v.get('delta', float('nan')):+.3f}" for k, v in (b.get("controls") or {}).items()
@@ -105,7 +119,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
 
         cmp = stage_compare(base="micro", finetuned="micro-mpar2", vector=vec_path, data="cafe", n=n,
                             out=out / "compare", resume=resume, formats=("structured",), seed=7, lm_base=lm,
-                            quiet=True, batch_size=30, max_new_tokens=96, top_k=4, n_boot=300)
+                            quiet=True, batch_size=30, max_new_tokens=gen_tokens, top_k=4, n_boot=n_boot)
         results["compare"] = cmp
         rows = []
         for system, per in cmp["systems"].items():

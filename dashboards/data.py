@@ -2,7 +2,12 @@
 
 A *run* is either one stage folder (a directory with ``manifest.json`` written by one stage:
 eval, record, probe, steer or compare) or a parent folder whose sub-folders are stage folders
-(what ``auralens demo`` writes).  :func:`open_run` accepts both and tells which stages it found.
+(what ``auralens demo`` writes).  :func:`open_run` accepts both and tells which stages it found:
+each folder's stage is read from its manifest (``stage``, ``stages``, the ``auralens <stage>``
+command), then its tables, then its name, so folder names do not matter.
+
+A damaged file (truncated parquet, safetensors or manifest.json) raises
+:class:`interp.errors.RunFolderError` naming the file, what was expected and what was found.
 
 Everything here is a plain function of paths (pandas, safetensors, json); the Streamlit app
 wraps them in ``st.cache_data``.  Per-item arrays are read lazily, one item at a time, and the

@@ -89,6 +89,7 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
         y = np.clip(base[None] * decay + rng.normal(0, 0.03, (n_tok, layers, heads)), 0, 1).astype(np.float32)
         tokens = [str(rng.choice(WORDS)) + ("" if j % 5 == 4 else " ") for j in range(n_tok)]
         tensors = {"yield": y, "steps": steps, "token_ids": rng.integers(0, 500, n_tok).astype(np.int64),
+                   "silence_last": np.clip(0.3 * base + rng.normal(0, 0.02, (layers, heads)), 0, 1).astype(np.float32),
                    "prompt_yield": np.clip(base[None] + rng.normal(0, 0.05, (12, layers, heads)), 0, 1).astype(np.float32)}
         if time_bins:
             w = rng.dirichlet(np.ones(time_bins), size=(n_tok, layers, heads)).astype(np.float32)
@@ -100,10 +101,11 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
         _write_wav(folder / audio_rel, 2.0, rng)
         correct = bool(rng.random() < 0.6)
         items.append({"item_index": i, "item_id": item_id, "tier": TIERS[i % 3], "category": TIERS[i % 3],
-                      "sub_category": "count", "format": "structured", "answer": "B", "prediction": "B" if correct else "C",
-                      "correct": correct, "n_tokens": n_tok, "n_steps": n_steps,
-                      "error_type": "correct" if correct else str(rng.choice(["perception", "reasoning", "unverifiable"])),
-                      "audio_path": audio_rel, "question": f"How many sounds are in clip {i}?"})
+                      "sub_category": "count", "format": "structured", "question": f"How many sounds are in clip {i}?",
+                      "answer": "B", "prediction": "B" if correct else "C", "answer_span": "B" if correct else "C",
+                      "matched_choice": "B" if correct else "C", "correct": correct, "n_tokens": n_tok, "n_steps": n_steps,
+                      "audio_path": audio_rel,
+                      "error_type": "correct" if correct else str(rng.choice(["perception", "reasoning", "unverifiable"]))})
         m = np.full((8, layers, heads), np.nan)
         for s in np.unique(steps):
             if s < 8:
@@ -111,7 +113,8 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
         per_item_step.append(m)
         for s in range(n_steps):
             for _ in range(int(rng.integers(0, 3))):
-                claims.append({"item_id": item_id, "step": s, "kind": "count", "sound": "tone", "value": "2",
+                # as interp.cafe.formats.Claim: sound = 0-based sound index, -1 for count claims
+                claims.append({"item_id": item_id, "step": s, "kind": "count", "sound": -1, "value": "2",
                                "claim_correct": bool(rng.random() < 0.8 - 0.08 * s)})
     pd.DataFrame(items).to_parquet(folder / "items.parquet", index=False)
 

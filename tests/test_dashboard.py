@@ -451,3 +451,78 @@ def test_damaged_files_raise_run_folder_errors_naming_them(damaged_copy):
     assert opened.has("steer") and len(opened.problems) == 1 and "steer/manifest.json" in opened.problems[0]
     with pytest.raises(RunFolderError, match="steer/manifest.json"):
         opened.check()
+
+
+# ------------------------------------------------------------- the demo's real output
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """`auralens demo --out DEMO` on micro, as `make demo` runs it but small (6 items, fast)."""
+    from interp.micro import BASE_DIR
+
+    if not (BASE_DIR / "config.json").exists():
+        pytest.skip("embedded micro weights not trained yet (auralens micro train)")
+    from auralens.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    run_demo(out=out, n=6, fast=True)
+    return out
+
+
+def _demo_stages() -> list[str]:
+    from interp.micro import FINETUNED_DIR
+
+    return ["eval", "record", "probe", "steer"] + (["compare"] if (FINETUNED_DIR / "config.json").exists() else [])
+
+
+def test_the_demo_writes_every_stage_where_the_dashboard_finds_it(demo_run):
+    run = data.open_run(demo_run)
+    assert list(run.stages) == _demo_stages()
+    assert all(folder == demo_run / stage for stage, folder in run.stages.items())
+    assert not run.problems
+    assert data.find_runs(demo_run.parent) == [demo_run]
+
+
+def test_every_view_on_the_demo_output(demo_run, monkeypatch, tmp_path):
+    at = _app(monkeypatch, demo_run)
+    with_content = set()
+    for stage, views in (("record", ("heads", "decay")), ("probe", ("probes",)), ("steer", ("steering",)),
+                         ("compare", ("compare",))):
+        if stage in _demo_stages():
+            with_content.update(views)
+    assert {"heads", "decay", "probes", "steering"} <= with_content
+    for view in VIEWS:
+        _goto(at, view)
+        infos = [i.value for i in at.info]
+        assert not any("has not run" in v or "not written" in v for v in infos), (view, infos)
+        if view in with_content:
+            assert _figs(at), (view, infos)
+    # and the report of the same folder has every section
+    from dashboards.report import write_report
+
+    html = write_report(demo_run, tmp_path / "demo.html").read_text()
+    assert "has not run" not in html or "compare" not in _demo_stages()
+
+
+def test_synthetic_tables_match_the_real_writers(demo_run, full_run):
+    """The synthetic run has the tables, columns and column kinds the stages write (no drift such
+    as a made-up ``perception_accuracy`` metric where compare writes ``claim_accuracy``)."""
+    import pandas as pd
+
+    for stage in _demo_stages():
+        real_dir, syn_dir = demo_run / stage, full_run / stage
+        for syn in sorted(syn_dir.glob("*.parquet")):
+            real = real_dir / syn.name
+            assert real.exists(), f"synthetic {stage}/{syn.name} is not written by the {stage} stage"
+            a, b = pd.read_parquet(syn), pd.read_parquet(real)
+            assert sorted(a.columns) == sorted(b.columns), (stage, syn.name)
+            kinds = {c: (a[c].dtype.kind, b[c].dtype.kind) for c in a.columns if len(b) and b[c].notna().any()}
+            assert all(x == y or {x, y} <= {"O", "U", "T"} for x, y in kinds.values()), (stage, syn.name, kinds)
+    if "compare" in _demo_stages():
+        real = pd.read_parquet(demo_run / "compare" / "compare.parquet")
+        syn = pd.read_parquet(full_run / "compare" / "compare.parquet")
+        assert set(syn["metric"]) == set(real["metric"])
+        assert "perception_accuracy" not in set(syn["metric"])
+    with __import__("safetensors").safe_open(str(next((demo_run / "record" / "yields").glob("*.safetensors"))), "numpy") as f:
+        real_keys = set(f.keys())
+    with __import__("safetensors").safe_open(str(full_run / "record" / "yields" / "00000.safetensors"), "numpy") as f:
+        assert real_keys <= set(f.keys())
