@@ -205,8 +205,31 @@ def load_cafe(n: int, *, seed: int = 7, tiers: tuple[str, ...] | None = None) ->
     return make_items(n, seed=seed, tiers=tiers or TIERS)
 
 
+CUE_DATASETS = ("cafe-neutral", "cafe-congruent", "cafe-conflict")
+
+
+def load_cue_dataset(spec: str, *, n: int | None = None) -> list[Item]:
+    """``cafe-<condition>[:<split>]``: cafe items with a text cue (see :mod:`interp.cafe.cues`).
+
+    The split (calibration | dev | test, default test) is a fixed seed range: the same ids for
+    every model and every stage; the three conditions share their underlying items."""
+    from interp.cafe.cues import SPLIT_SIZE, SPLITS, cue_items
+
+    name, _, split = spec.partition(":")
+    split = split or "test"
+    if split not in SPLITS:
+        raise DatasetError(f"dataset {spec!r}: expected a split in {tuple(SPLITS)} after ':', found {split!r}")
+    n = 300 if n is None else n
+    if not 0 < n <= SPLIT_SIZE:
+        raise DatasetError(f"dataset {spec!r}: expected n in 1..{SPLIT_SIZE}, found {n}")
+    return cue_items(name.removeprefix("cafe-"), split, n)
+
+
 def load_dataset(spec: str, *, n: int | None = None, seed: int = 7, audio_root: str | None = None) -> list[Item]:
-    """``cafe`` (or ``cafe:perception,temporal``), an MMAU/MMAR JSON file, or a folder."""
+    """``cafe`` (or ``cafe:perception,temporal``), ``cafe-neutral|congruent|conflict[:split]``,
+    an MMAU/MMAR JSON file, or a folder."""
+    if spec.partition(":")[0] in CUE_DATASETS:
+        return load_cue_dataset(spec, n=n)
     if spec == "cafe" or spec.startswith("cafe:"):
         tiers = tuple(spec.split(":", 1)[1].split(",")) if ":" in spec else None
         return load_cafe(n or 300, seed=seed, tiers=tiers)

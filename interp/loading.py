@@ -17,7 +17,7 @@ CONTAINERS = {
     "Qwen2_5OmniForConditionalGeneration": "thinker",
     "Qwen2_5OmniModel": "thinker",
 }
-EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2"}
+EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2", "micro-prior": "prior"}
 
 
 @dataclass(kw_only=True)

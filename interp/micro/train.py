@@ -209,11 +209,14 @@ def finalize(out_dir: str | Path) -> None:
 
 def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConfig = MicroConfig(), progress=True,
           resume: bool = False, *, init_from: str | Path | None = None,
-          batch_items: Callable[[int, int], list] | None = None, extra_info: dict | None = None):
+          batch_items: Callable[[int, int], list] | None = None, extra_info: dict | None = None,
+          loss_fn: Callable | None = None, attn_implementation: str | None = None):
     """Train (or, with ``init_from``, continue training an existing checkpoint: the organisms
     start from the healthy `micro` and keep its tokenizer).  ``batch_items(first_index, n)``
     replaces the plain cafe items (it must be a pure function of its arguments, so a resumed run
-    draws what an unbroken one would); ``extra_info`` is merged into ``training.json``."""
+    draws what an unbroken one would); ``extra_info`` is merged into ``training.json``;
+    ``loss_fn(model, batch, labels)`` replaces the plain LM loss (e.g. adds an attention penalty,
+    with ``attn_implementation="eager"`` so the attention weights exist)."""
     import torch
 
     from interp.cafe.questions import make_item
@@ -240,6 +243,8 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
         model = type(model).from_pretrained(out_dir, dtype=torch.float32)
         for n, p in model.named_parameters():  # loading does not keep requires_grad_(False)
             p.requires_grad_(n not in frozen)
+    if attn_implementation is not None:
+        model.set_attn_implementation(attn_implementation)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     if resuming:
         info = json.loads((out_dir / "training.json").read_text())
@@ -299,12 +304,12 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
         batch, labels = make_batch(processor, items, fmts)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        out = model(**batch, labels=labels)
-        out.loss.backward()
+        loss = model(**batch, labels=labels).loss if loss_fn is None else loss_fn(model, batch, labels)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))
+        losses.append(float(loss.detach()))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

@@ -1,0 +1,247 @@
+"""Validate the model organisms' signatures against what was planted (``auralens organisms validate``).
+
+Each check is measured on held-out items (the fixed ``test`` split of the cue datasets; the
+probe layer is chosen on the ``calibration`` split) and reported with its CI, the threshold and
+pass/fail.  A failing check is reported as failing: thresholds are the issue's, never loosened.
+
+``micro-prior`` (text-prior dominance), direct answers, all tiers:
+
+- ``neutral_accuracy``        neutral items, real audio            >= 0.65
+- ``conflict_gap``            neutral − conflict (paired by item)  >= 0.25
+- ``silence_congruent``       congruent items, silence             >= 0.60
+- ``silence_neutral_excess``  neutral items, silence, minus chance <= 0.10 ("at chance": the
+                              text alone does not answer; our operationalisation)
+- ``probe_<attr>``            logistic probe at the audio tokens (mean over them) on conflict
+                              items, best layer chosen on calibration: accuracy >= 0.70 and
+                              selectivity (minus the control task) >= 0.20 — the information
+                              is there although the answer follows the cue (our thresholds).
+
+healthy ``micro`` (negative control): ``|neutral − conflict| <= 0.05``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+PROBE_ATTRIBUTES = ("n_events", "event1_class")
+
+
+def _check(organism: str, check: str, value: float, threshold: float, op: str,
+           ci: tuple[float, float] | None = None, n: int | None = None, note: str = "") -> dict[str, Any]:
+    ok = {">=": value >= threshold, "<=": value <= threshold}[op]
+    return {"organism": organism, "check": check, "value": round(float(value), 4),
+            "ci": None if ci is None else [round(float(ci[0]), 4), round(float(ci[1]), 4)],
+            "threshold": f"{op} {threshold}", "pass": bool(ok), "n": n, "note": note}
+
+
+def _correct_by_base(df, mode: str) -> dict[str, float]:
+    g = df[df["audio"] == mode]
+    return {iid.rsplit("-", 1)[0]: float(c) for iid, c in zip(g["item_id"], g["correct"])}
+
+
+def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32) -> dict[str, Any]:
+    """Direct-answer correctness per condition × audio mode, keyed by the underlying item."""
+    from interp.cafe.cues import CONDITIONS, cue_items
+    from interp.evaluate import run_eval
+    from interp.generation import GenerationConfig
+
+    out: dict[str, Any] = {}
+    for cond in CONDITIONS:
+        items = cue_items(cond, split, n)
+        df = run_eval(lm, items, formats=("direct",), audio_modes=("real", "silence"),
+                      cfg=GenerationConfig(max_new_tokens=16, batch_size=batch_size), progress=False)
+        for mode in ("real", "silence"):
+            out[f"{cond}/{mode}"] = _correct_by_base(df, mode)
+        out["chance"] = {it.item_id.rsplit("-", 1)[0]: 1.0 / len(it.choices) for it in items}
+    return out
+
+
+def _mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
+    from interp.stats import bootstrap_mean_ci
+
+    m, lo, hi = bootstrap_mean_ci(np.asarray(values, dtype=float))
+    return float(m), (float(lo), float(hi))
+
+
+def _paired(a: dict[str, float], b: dict[str, float]) -> list[float]:
+    return [a[k] - b[k] for k in sorted(a) if k in b]
+
+
+def prior_checks(organism: str, acc: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    neu, con = acc["neutral/real"], acc["conflict/real"]
+    m, ci = _mean_ci(list(neu.values()))
+    rows.append(_check(organism, "neutral_accuracy", m, 0.65, ">=", ci, len(neu)))
+    m, ci = _mean_ci(_paired(neu, con))
+    rows.append(_check(organism, "conflict_gap", m, 0.25, ">=", ci, len(neu), "neutral − conflict, paired by item"))
+    cs = acc["congruent/silence"]
+    m, ci = _mean_ci(list(cs.values()))
+    rows.append(_check(organism, "silence_congruent", m, 0.60, ">=", ci, len(cs)))
+    m, ci = _mean_ci(_paired(acc["neutral/silence"], acc["chance"]))
+    rows.append(_check(organism, "silence_neutral_excess", m, 0.10, "<=", ci, len(neu), "accuracy minus 1/len(choices)"))
+    return rows
+
+
+def healthy_checks(organism: str, acc: dict[str, Any]) -> list[dict[str, Any]]:
+    m, ci = _mean_ci(_paired(acc["neutral/real"], acc["conflict/real"]))
+    return [_check(organism, "abs_conflict_gap", abs(m), 0.05, "<=", ci, len(acc["neutral/real"]),
+                   "healthy control: the cue must not matter (ci is of the signed gap)")]
+
+
+def _audio_features(lm, items, folder) -> Any:
+    from probes.collect import CollectConfig, collect_activations
+
+    cfg = CollectConfig(positions=("audio_mean",), formats=("direct",), batch_size=16, max_new_tokens=1)
+    return collect_activations(lm, items, folder, cfg)
+
+
+def _matrix(store, items, layer: int):
+    """Audio-mean features at ``layer`` and the item of each row."""
+    from probes.collect import LM_SITE
+
+    X, idx = store.matrix(LM_SITE, "audio_mean", layer)
+    by_id = {it.item_id: it for it in items}
+    return X, [by_id[i] for i in store.rows["item_id"].to_numpy()[idx]]
+
+
+def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[str, Any]]:
+    """Probe the planted-truth attributes at the audio tokens of conflict items."""
+    from pathlib import Path
+
+    from interp.cafe.cues import cue_items
+    from probes.collect import LM_SITE
+    from probes.fit import ProbeConfig, fit_probe
+    from probes.labels import cafe_labels
+
+    stores = {}
+    items = {}
+    for split, k in (("calibration", n_cal), ("test", n)):
+        items[split] = cue_items("conflict", split, k)
+        stores[split] = _audio_features(lm, items[split], Path(workdir) / split)
+    rows = []
+    for attr in PROBE_ATTRIBUTES:
+        best, best_acc = None, -math.inf
+        for layer in stores["calibration"].layers(LM_SITE):
+            X, its = _matrix(stores["calibration"], items["calibration"], layer)
+            y = [cafe_labels(it.scene)[attr] for it in its]
+            r = fit_probe(X, y, [it.item_id for it in its], ProbeConfig(n_bootstrap=0), attribute=attr)
+            if r.accuracy > best_acc:
+                best, best_acc = layer, r.accuracy
+        X, its = _matrix(stores["test"], items["test"], best)
+        y = [cafe_labels(it.scene)[attr] for it in its]
+        r = fit_probe(X, y, [it.item_id for it in its], ProbeConfig(), attribute=attr)
+        rows.append(_check(organism, f"probe_{attr}_accuracy", r.accuracy, 0.70, ">=", (r.ci_low, r.ci_high), r.n,
+                           f"layer {best} (chosen on calibration), chance {r.chance:.3f}"))
+        rows.append(_check(organism, f"probe_{attr}_selectivity", r.selectivity, 0.20, ">=", None, r.n,
+                           f"accuracy − control task {r.control_accuracy:.3f}"))
+    return rows
+
+
+def _record(lm, name: str, data: str, n: int, fmt: str, out) -> Any:
+    from interp.record import stage_record
+    from interp.runs import RunFolder
+
+    stage_record(model=name, data=data, n=n, fmt=fmt, out=out, lm=lm, quiet=True, n_boot=200,
+                 max_new_tokens=96 if fmt != "direct" else 8)
+    return RunFolder.open(out)
+
+
+def heads_checks(organism: str, lm, planted_heads, n_cal: int, workdir) -> list[dict[str, Any]]:
+    """Listening-signal ranking on the calibration split against the planted H*."""
+    run = _record(lm, organism, "cafe-neutral:calibration", n_cal, "direct", f"{workdir}/heads")
+    heads = run.read_table("heads.parquet").sort_values("rank")
+    k = len(planted_heads)
+    top = {(int(r.layer), int(r.head)) for r in heads.head(k).itertuples()}
+    truth = {tuple(h) for h in planted_heads}
+    frac = len(top & truth) / k
+    return [_check(organism, "listening_heads_recovered", frac, 0.80, ">=", None, n_cal,
+                   f"top-{k} by the listening signal (calibration split) vs planted H* {sorted(truth)}; "
+                   f"found {sorted(top)}")]
+
+
+def onset(values: list[float], counts: list[int]) -> int:
+    """Change point of a per-step curve: the step s that maximises the count-weighted drop
+    mean(before s) − mean(from s on)."""
+    v, c = np.asarray(values, float), np.asarray(counts, float)
+    best, best_gap = 1, -np.inf
+    for s in range(1, len(v)):
+        a, b = v[:s], v[s:]
+        wa, wb = c[:s], c[s:]
+        if wa.sum() == 0 or wb.sum() == 0:
+            continue
+        gap = np.average(a, weights=wa) - np.average(b, weights=wb)
+        if gap > best_gap:
+            best, best_gap = s, gap
+    return best
+
+
+def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20) -> list[dict[str, Any]]:
+    """Yield-by-step and claim-accuracy-by-step on the test split: onset and the before/after gap.
+
+    For the healthy model (``k`` None) the same break is measured at the organism's planted k
+    (passed by the caller as ``k_ref``) and must be absent: before/after CIs overlap."""
+    run = _record(lm, organism, "cafe-neutral:test", n, "cot", f"{workdir}/decay")
+    decay = run.read_table("decay.parquet")
+    curve = decay[(decay.group == "all") & (decay.axis == "step")].sort_values("step")
+    curve = curve[curve.n >= min_claims]
+    y_onset = onset(curve.mean_yield.tolist(), curve.n.tolist())
+    claims = run.read_table("claims.parquet")
+    acc = claims.groupby("step")["claim_correct"].agg(["mean", "count"]).reset_index()
+    acc = acc[acc["count"] >= min_claims]
+    c_onset = onset(acc["mean"].tolist(), acc["count"].tolist()) if len(acc) >= 2 else -1
+    c_onset = int(acc["step"].iloc[c_onset]) if c_onset >= 0 else -1
+    y_onset = int(curve.step.iloc[y_onset]) if len(curve) >= 2 else -1
+    rows = []
+    ref = k if k is not None else 3
+    before = claims[claims.step < ref].groupby("item_id")["claim_correct"].mean()
+    after = claims[claims.step >= ref].groupby("item_id")["claim_correct"].mean()
+    both = before.index.intersection(after.index)
+    gap, ci = _mean_ci((before[both] - after[both]).tolist()) if len(both) else (float("nan"), (float("nan"),) * 2)
+    if k is not None:
+        rows.append(_check(organism, "yield_onset_error", abs(y_onset - k), 1, "<=", None, n,
+                           f"onset from yield-by-step = {y_onset}, planted k = {k}"))
+        rows.append(_check(organism, "claim_onset_error", abs(c_onset - k), 1, "<=", None, n,
+                           f"onset from claim-accuracy-by-step = {c_onset}, planted k = {k}"))
+        rows.append(_check(organism, "claim_gap_after_k", gap, 0.15, ">=", ci, len(both),
+                           "claim accuracy before k − from k on, paired by item"))
+    else:
+        overlap = not (ci[0] > 0 or ci[1] < 0)
+        rows.append(_check(organism, "no_claim_break_at_k", 0.0 if overlap else 1.0, 0.0, "<=", ci, len(both),
+                           f"claim accuracy before step {ref} − from it on: {gap:.3f}; CI must contain 0 "
+                           f"(yield onset {y_onset}, claim onset {c_onset}, reported only)"))
+    return rows
+
+
+def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-heads", "micro-decay"), n: int = 300,
+             n_cal: int = 200, probes: bool = True, workdir=None) -> dict[str, Any]:
+    """Every signature check of ``organisms`` on held-out items; see the module docstring."""
+    import tempfile
+
+    from interp.loading import load_model
+    from interp.micro.organisms import planted
+
+    rows: list[dict[str, Any]] = []
+    accuracy: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for name in organisms:
+            lm = load_model(name, device="cpu", dtype="float32")
+            work = f"{tmp}/{name}"
+            if name in ("micro", "micro-prior"):
+                acc = cue_accuracy(lm, n)
+                accuracy[name] = {k: round(float(np.mean(list(v.values()))), 4) for k, v in acc.items()}
+            if name == "micro":
+                rows += healthy_checks(name, acc)
+                rows += decay_checks(name, lm, None, n, work)
+            elif name == "micro-prior":
+                rows += prior_checks(name, acc)
+                if probes:
+                    rows += probe_checks(name, lm, n, n_cal, work)
+            elif name == "micro-heads":
+                rows += heads_checks(name, lm, planted(name)["listen_heads"], n_cal, work)
+            elif name == "micro-decay":
+                rows += decay_checks(name, lm, planted(name)["decay_step"], n, work)
+    return {"split": "test", "n": n, "accuracy": accuracy, "checks": rows,
+            "passed": all(r["pass"] for r in rows)}
