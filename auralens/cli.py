@@ -196,6 +196,77 @@ def micro_finetune(
     _echo_json({k: v for k, v in info.items() if not isinstance(v, (list, dict))})
 
 
+organisms_app = typer.Typer(help="Model organisms: micro variants with planted listening deficits.", no_args_is_help=True)
+app.add_typer(organisms_app, name="organisms")
+
+
+@_command(organisms_app, "train")
+def organisms_train(
+    name: str = typer.Argument(..., help="micro-prior | micro-heads | micro-decay | micro (the healthy control)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Weights folder (default: the embedded folder of NAME)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the recipe's)."),
+    minutes: float = typer.Option(45.0, "--minutes", help="Wall-clock budget; checkpoints and stops when reached."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Plant NAME's deficit into a copy of the healthy micro (recipe knobs: interp/micro/organisms.py)."""
+    import dataclasses
+
+    from interp.errors import ConfigError
+    from interp.loading import EMBEDDED
+    from interp.micro import WEIGHTS_DIR
+    from interp.micro.organisms import RECIPES, train_organism
+
+    if name not in RECIPES:
+        raise ConfigError(f"organism: expected one of {sorted(RECIPES)}, found {name!r}")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps: expected an integer >= 1, found {steps}")
+    cfg = RECIPES[name] if steps is None else dataclasses.replace(RECIPES[name], steps=steps)
+    folder = out or WEIGHTS_DIR / EMBEDDED[name]
+    if name == "micro" and out is None:
+        raise ConfigError("organism 'micro': pass --out (it starts from the embedded micro and must not overwrite it)")
+    train_organism(cfg, folder, max_minutes=minutes, threads=threads, resume=resume, command=_command_line())
+    typer.echo(f"saved {name} to {folder}")
+
+
+@_command(organisms_app, "validate")
+def organisms_validate(
+    names: str = typer.Option("micro,micro-prior,micro-heads,micro-decay", "--organisms",
+                              help="Comma-separated models to check (healthy micro = the negative control)."),
+    n: int = typer.Option(300, "--n", help="Held-out test items per condition."),
+    n_cal: int = typer.Option(200, "--n-cal", help="Calibration items (head ranking, probe layer choice)."),
+    probes: bool = typer.Option(True, "--probes/--no-probes", help="Also run the audio-token probe check."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+) -> None:
+    """Check each organism's signature against what was planted, on held-out seeds."""
+    from auralens.organisms import validate
+    from interp.errors import ConfigError
+    from interp.micro.organisms import ORGANISMS
+
+    chosen = _csv("--organisms", names)
+    bad = [x for x in chosen if x not in ("micro", *ORGANISMS)]
+    if bad:
+        raise ConfigError(f"--organisms: expected names from {('micro', *ORGANISMS)}, found {bad}")
+    for opt, v in (("--n", n), ("--n-cal", n_cal)):
+        if v < 10:
+            raise ConfigError(f"{opt}: expected an integer >= 10, found {v}")
+    res = validate(organisms=chosen, n=n, n_cal=n_cal, probes=probes)
+    if as_json:
+        _echo_json(res)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"organism signatures (held-out test split, n={n})")
+    for col in ("organism", "check", "value", "CI", "threshold", "result", "note"):
+        t.add_column(col)
+    for r in res["checks"]:
+        ci = "" if r["ci"] is None else f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+        t.add_row(r["organism"], r["check"], f"{r['value']:.3f}", ci, r["threshold"],
+                  "pass" if r["pass"] else "FAIL", r["note"])
+    Console().print(t)
+
+
 @_command(app, "compare")
 def compare_cmd(
     base: str = typer.Option("micro", "--base", help="The base model ('micro', an HF id or a folder)."),

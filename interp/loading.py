@@ -17,7 +17,7 @@ CONTAINERS = {
     "Qwen2_5OmniForConditionalGeneration": "thinker",
     "Qwen2_5OmniModel": "thinker",
 }
-EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2", "micro-prior": "prior"}
+EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2", "micro-prior": "prior", "micro-heads": "heads", "micro-decay": "decay"}
 
 
 @dataclass(kw_only=True)
@@ -39,6 +39,9 @@ class LoadedModel:
         return self.processor.tokenizer
 
 
+_TRAIN_COMMAND = {"micro": "auralens micro train", "micro-mpar2": "auralens micro finetune"}
+
+
 def resolve_source(name_or_path: str) -> str:
     """``micro`` / ``micro-mpar2`` -> the embedded folder; anything else is passed through."""
     if name_or_path in EMBEDDED:
@@ -48,7 +51,7 @@ def resolve_source(name_or_path: str) -> str:
         if not (folder / "config.json").exists():
             raise ConfigError(
                 f"embedded model {name_or_path!r}: expected weights in {folder}, found none; "
-                f"train them with `auralens micro {'train' if name_or_path == 'micro' else 'finetune'}`"
+                f"train them with `{_TRAIN_COMMAND.get(name_or_path, f'auralens organisms train {name_or_path}')}`"
             )
         return str(folder)
     return name_or_path
