@@ -4,18 +4,29 @@ One small table per transformers class (pyvene-style), plus an explicit override
 the tables do not know.  Nothing here guesses from module names at run time: an unknown class
 gets an :class:`ArchitectureError` that says how to add a table.
 
-Site vocabulary (TransformerLens-style), used by every recorder, probe and steering vector:
+Site vocabulary (TransformerLens-style), used by every recorder, probe and steering vector,
+resolved to a module and a side (its input or its output) by :meth:`Architecture.hook_point`
+and nowhere else:
 
 - ``lm.blocks.{L}.hook_resid_pre``   input of decoder layer L           [batch, pos, d_model]
 - ``lm.blocks.{L}.hook_resid_post``  output of decoder layer L          [batch, pos, d_model]
 - ``lm.blocks.{L}.attn.hook_z``      per-head attention output, i.e. the input of ``o_proj``
                                       [batch, pos, head * head_dim]
+- ``audio_encoder.blocks.{L}.hook_resid_pre``   input of audio-encoder layer L
 - ``audio_encoder.blocks.{L}.hook_resid_post``  output of audio-encoder layer L
+- ``audio_encoder.blocks.{L}.attn.hook_z``      input of audio-encoder layer L's attention
+                                                 output projection (``out_proj``)
+
+Per-architecture facts that are not module paths live in the table too: whether the decoder
+derives its own (3-D, multimodal) rotary positions (:attr:`ArchTable.own_position_ids`), the
+container checkpoint classes that wrap the model (Qwen2.5-Omni thinker + talker), and other
+spellings of the architecture's name.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +52,17 @@ class ArchTable:
     processor_audio_kwarg: str = "audio"
     # extra keyword arguments for generate() (e.g. Omni thinker needs none; kept for overrides)
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
+    audio_o_proj: str = "self_attn.out_proj"  # relative to an audio-encoder layer
+    # The decoder computes its own (multimodal, 3-D) rotary positions from the attention mask:
+    # 1-D ``position_ids`` must not be passed to it (see interp.capture.with_position_ids).
+    own_position_ids: bool = False
+    # Checkpoint classes (config.json ``architectures[0]``) that wrap this model, the
+    # transformers class that loads such a checkpoint, and its attribute holding this model.
+    containers: tuple[str, ...] = ()
+    container_class: str = ""
+    container_attr: str = ""
+    # Other spellings of the name (lower case), e.g. for test-model builders and the CLI.
+    aliases: tuple[str, ...] = ()
 
     def decoder_layer_path(self, layer: int) -> str:
         return f"{self.decoder_layers}.{layer}"
@@ -57,6 +79,7 @@ TABLES: dict[str, ArchTable] = {
             audio_tower="model.audio_tower",
             audio_layers="model.audio_tower.layers",
             projector="model.multi_modal_projector",
+            aliases=("qwen2audio",),
         ),
         ArchTable(
             name="qwen2_5_omni_thinker",
@@ -66,6 +89,12 @@ TABLES: dict[str, ArchTable] = {
             audio_tower="model.audio_tower",
             audio_layers="model.audio_tower.layers",
             projector="model.audio_tower.proj",
+            own_position_ids=True,
+            # the hub checkpoints are thinker + talker; auralens studies the thinker (text out)
+            containers=("Qwen2_5OmniForConditionalGeneration", "Qwen2_5OmniModel"),
+            container_class="Qwen2_5OmniForConditionalGeneration",
+            container_attr="thinker",
+            aliases=("qwen2_5_omni",),
         ),
         ArchTable(
             name="audioflamingo3",
@@ -75,6 +104,7 @@ TABLES: dict[str, ArchTable] = {
             audio_tower="model.audio_tower",
             audio_layers="model.audio_tower.layers",
             projector="model.multi_modal_projector",
+            aliases=("audio_flamingo_3",),
         ),
     ]
 }
@@ -156,23 +186,42 @@ class Architecture:
         return layer
 
     # --- sites -------------------------------------------------------------------------
-    def module_for_site(self, model: Any, site: str) -> tuple[Any, str]:
-        """Map a site name to (module, 'output' | 'input')."""
-        m = _SITE_RE.fullmatch(site)
-        if m is None:
-            raise ArchitectureError(
-                f"unknown site {site!r}; expected one of lm.blocks.{{L}}.hook_resid_pre, "
-                "lm.blocks.{L}.hook_resid_post, lm.blocks.{L}.attn.hook_z, "
-                "audio_encoder.blocks.{L}.hook_resid_post"
-            )
-        where, layer, hook = m.group(1), int(m.group(2)), m.group(3)
+    def hook_point(self, site: str) -> HookPoint:
+        """Where ``site`` lives in this architecture: module path and input/output side.
+
+        The one resolver of the site vocabulary (module docstring); an unknown site or a layer
+        out of range is an :class:`ArchitectureError` naming the site."""
+        where, layer, hook = parse_site(site)
         if where == "audio_encoder":
-            return self.audio_layer(model, layer), "output"
+            if not 0 <= layer < self.n_audio_layers:
+                raise ArchitectureError(
+                    f"site {site!r}: audio-encoder layer {layer} out of range: {self.table.name} has "
+                    f"{self.n_audio_layers} audio-encoder layers (0..{self.n_audio_layers - 1})"
+                )
+            base, attn_out = f"{self.table.audio_layers}.{layer}", self.table.audio_o_proj
+        else:
+            if not 0 <= layer < self.n_layers:
+                raise ArchitectureError(
+                    f"site {site!r}: decoder layer {layer} out of range: {self.table.name} has "
+                    f"{self.n_layers} decoder layers (0..{self.n_layers - 1})"
+                )
+            base, attn_out = self.table.decoder_layer_path(layer), self.table.o_proj
         if hook == "hook_resid_post":
-            return self.decoder_layer(model, layer), "output"
-        if hook == "hook_resid_pre":
-            return self.decoder_layer(model, layer), "input"
-        return self.o_proj(model, layer), "input"
+            path, kind = base, "output"
+        elif hook == "hook_resid_pre":
+            path, kind = base, "input"
+        else:  # attn.hook_z: what the attention output projection reads
+            path, kind = f"{base}.{attn_out}", "input"
+        return HookPoint(site=site, where=where, layer=layer, hook=hook, path=path, kind=kind)
+
+    def hook_points(self, sites: Sequence[str]) -> list[HookPoint]:
+        """:meth:`hook_point` of every distinct site, in the order a forward pass reaches them."""
+        return sorted((self.hook_point(s) for s in dict.fromkeys(sites)), key=lambda p: p.order)
+
+    def module_for_site(self, model: Any, site: str) -> tuple[Any, str]:
+        """Map a site name to (module of ``model``, 'output' | 'input')."""
+        point = self.hook_point(site)
+        return get_attr_path(model, point.path), point.kind
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,7 +236,33 @@ class Architecture:
         }
 
 
+#: the hooks of one block, in the order a forward pass reaches them
+SITE_HOOKS: tuple[str, ...] = ("hook_resid_pre", "attn.hook_z", "hook_resid_post")
+#: the stacks of blocks, in the order a forward pass reaches them
+SITE_STACKS: tuple[str, ...] = ("audio_encoder", "lm")
 _SITE_RE = re.compile(r"(lm|audio_encoder)\.blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|attn\.hook_z)")
+_SITE_FORMS = ", ".join(f"{w}.blocks.{{L}}.{h}" for w in ("lm", "audio_encoder") for h in SITE_HOOKS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HookPoint:
+    """One site resolved against an architecture (:meth:`Architecture.hook_point`).
+
+    ``path`` is the dotted module path from the top model (also valid on an nnsight envoy of
+    it); ``kind`` says whether the site is that module's ``"input"`` (first positional argument
+    of its forward) or its ``"output"`` (first element when the forward returns a tuple)."""
+
+    site: str
+    where: str  # "lm" | "audio_encoder"
+    layer: int
+    hook: str  # one of SITE_HOOKS
+    path: str
+    kind: str  # "input" | "output"
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """Sort key of execution order: audio encoder before decoder, layer, then hook."""
+        return (SITE_STACKS.index(self.where), self.layer, SITE_HOOKS.index(self.hook))
 
 
 def site_name(layer: int, hook: str = "hook_resid_post", where: str = "lm") -> str:
@@ -195,9 +270,10 @@ def site_name(layer: int, hook: str = "hook_resid_post", where: str = "lm") -> s
 
 
 def parse_site(site: str) -> tuple[str, int, str]:
-    m = _SITE_RE.fullmatch(site)
+    """``(stack, layer, hook)`` of a concrete site; :class:`ArchitectureError` if unknown."""
+    m = _SITE_RE.fullmatch(site) if isinstance(site, str) else None
     if m is None:
-        raise ArchitectureError(f"unknown site {site!r}")
+        raise ArchitectureError(f"unknown site {site!r}; expected one of {_SITE_FORMS} (L an integer layer)")
     return m.group(1), int(m.group(2)), m.group(3)
 
 
@@ -211,6 +287,38 @@ def table_for_class(class_name: str) -> ArchTable:
             "interp.arch.register_table(ArchTable(name=..., model_class=..., decoder_layers=..., "
             "final_norm=..., audio_tower=..., audio_layers=..., projector=...))"
         ) from None
+
+
+def container_table(class_name: str) -> ArchTable | None:
+    """The table of the model that a container checkpoint class wraps (None: not a container)."""
+    for table in TABLES.values():
+        if class_name in table.containers:
+            return table
+    return None
+
+
+def table_for_checkpoint(class_name: str) -> ArchTable:
+    """The table for the top class a checkpoint's config.json names: that class's own table,
+    or, for a container (Qwen2.5-Omni thinker + talker), the table of the model it wraps."""
+    return container_table(class_name) or table_for_class(class_name)
+
+
+def containers() -> dict[str, str]:
+    """``{container class: attribute holding the studied model}`` over every table."""
+    return {c: t.container_attr for t in TABLES.values() for c in t.containers}
+
+
+def table_by_name(name: str) -> ArchTable:
+    """The table of an architecture named by its table name, its class name or an alias
+    (case-insensitive)."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    for table in TABLES.values():
+        if key in (table.name, table.model_class.lower(), *table.aliases):
+            return table
+    known = ", ".join(sorted(t.name for t in TABLES.values()))
+    raise ArchitectureError(
+        f"architecture {name!r}: expected a table name ({known}), a model class name or an alias"
+    )
 
 
 def describe(model: Any, table: ArchTable | None = None) -> Architecture:

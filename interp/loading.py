@@ -6,17 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp.arch import Architecture, ArchTable, describe, table_for_class
+from interp.arch import Architecture, ArchTable, container_table, containers, describe, table_for_checkpoint
 from interp.errors import ArchitectureError, ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# Checkpoints whose top class wraps the audio-language model we study: (container class,
-# attribute holding the LALM).  Qwen2.5-Omni's hub checkpoints are the thinker + talker model;
-# auralens studies the thinker (text output), so the talker is disabled and the thinker kept.
-CONTAINERS = {
-    "Qwen2_5OmniForConditionalGeneration": "thinker",
-    "Qwen2_5OmniModel": "thinker",
-}
+# Checkpoints whose top class wraps the audio-language model we study: {container class:
+# attribute holding the LALM}.  The facts live in the architecture tables (ArchTable.containers,
+# e.g. Qwen2.5-Omni thinker + talker); this mapping is derived from them for older callers.
+CONTAINERS = containers()
 EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2", "micro-prior": "prior", "micro-heads": "heads", "micro-decay": "decay"}
 
 
@@ -93,20 +90,25 @@ def load_model(
         raise ConfigError(f"model {name_or_path!r}: expected a local checkpoint folder or HF id, found no folder {source}")
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     archs = list(getattr(config, "architectures", None) or [])
-    container = CONTAINERS.get(archs[0]) if archs else None
+    container = container_table(archs[0]) if archs else None
     if table is None:
         if not archs:
             raise ArchitectureError(f"model {name_or_path!r}: its config.json names no architectures; pass table=...")
-        table = table_for_class("Qwen2_5OmniThinkerForConditionalGeneration" if container else archs[0])
-    if container:
-        cls = getattr(transformers, "Qwen2_5OmniForConditionalGeneration")
+        table = table_for_checkpoint(archs[0])
+    if container is not None:
+        cls = getattr(transformers, container.container_class, None)
+        if cls is None:
+            raise ArchitectureError(
+                f"model {name_or_path!r}: transformers {transformers.__version__} has no class "
+                f"{container.container_class!r}"
+            )
         kwargs = {"dtype": _torch_dtype(dtype), "attn_implementation": attn_implementation}
         if device_map is not None:
             kwargs["device_map"] = device_map
         outer = cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
         from interp.compat import unwrap_container
 
-        model = unwrap_container(outer, container)
+        model = unwrap_container(outer, container.container_attr)
         return _finish(model, source, name_or_path, table, device, device_map, trust_remote_code)
     cls = getattr(transformers, table.model_class, None)
     if cls is None:

@@ -1,11 +1,12 @@
 """Activation collection for probes: residual stream per layer, reduced to a few positions.
 
-Everything is read through **nnsight** (the project's intervention engine): the HF model is
-wrapped with ``nnsight.NNsight`` and one ``with envoy.trace(**inputs):`` block per batch reads
-``.output`` of every requested layer, in execution order (audio-encoder layers, then decoder
-layers), reduces it to positions *inside the trace* and ``nnsight.save``-s only the reduced
-``[batch, slot, d_model]`` tensors, so a 7B model with long audio never materialises
-``[batch, pos, d_model]`` for every layer at once.
+Everything is read through the one capture engine, :func:`interp.capture.capture` (plain torch
+hooks at the canonical sites, resolved by :mod:`interp.arch`): one forward per batch reads the
+output of every requested layer and reduces it to positions *inside the hook*, so only the
+reduced ``[batch, slot, d_model]`` tensors are kept and a 7B model with long audio never
+materialises ``[batch, pos, d_model]`` for every layer at once; the forward stops after the
+deepest requested layer. :func:`trace_sites` reads the same sites through **nnsight**, an
+independent implementation the tests compare the engine with.
 
 Positions (one row of features per item and format, or per item, format and reasoning step):
 
@@ -13,18 +14,17 @@ Positions (one row of features per item and format, or per item, format and reas
                    for audio-encoder sites, mean over the encoder's valid frames
 - ``last_prompt``  the last prompt token (where the answer is about to be generated)
 - ``step_mean``    mean over the tokens of reasoning step ``s`` of the model's own greedy
-                   generation: generate first, then one traced forward over prompt +
-                   generation, steps from :func:`interp.steps.token_steps`. The residual at a
-                   generated token's position is the one computed while reading that token.
+                   generation: generate first, then one forward over prompt + generation,
+                   steps from :func:`interp.steps.token_steps`. The residual at a generated
+                   token's position is the one computed while reading that token.
 
-nnsight reads a module's ``.output`` as its ``forward`` returned it, *before* that module's own
-torch forward hooks run: with a steering hook registered on decoder layer L
-(``register_forward_hook``), ``lm.blocks.{L}.hook_resid_post`` here is the unsteered output of
-layer L, while layers after L see the steered stream.
+Capture hooks run before any other hook on the same module: with a steering hook registered
+on decoder layer L (``register_forward_hook``), ``lm.blocks.{L}.hook_resid_post`` here is the
+unsteered output of layer L, while layers after L see the steered stream.
 
 Left padding: the processor left-pads; we pass ``position_ids`` derived from the attention
-mask (exactly as ``generate`` does), so a row's activations do not depend on what else is in
-its batch (checked to 1e-5 in the tests).
+mask (exactly as ``generate`` does; :func:`interp.capture.with_position_ids`), so a row's
+activations do not depend on what else is in its batch (checked to 1e-5 in the tests).
 
 Streaming and resume: rows (item x format) are cut into chunks of ``chunk_size`` rows; each
 chunk is one safetensors file under ``<run>/activations/``, written atomically, and
@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
+from interp.capture import SiteShapeError, capture, stop_ids, trim_at_stop, with_position_ids
 from interp.errors import ArchitectureError, ConfigError, ProbeError, PromptError
 
 __all__ = [
@@ -72,9 +73,11 @@ STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 ACTIVATIONS_DIR = "activations"
 INDEX_NAME = f"{ACTIVATIONS_DIR}/index.json"
 FORMAT_VERSION = 1
-# Architectures whose decoder computes its own (multimodal, 3-D) rotary positions from the
-# attention mask: we must not pass 1-D position_ids to them.
-_OWN_POSITION_IDS = {"qwen2_5_omni_thinker"}
+# Why a site's value cannot be reduced per item (added to the engine's error).
+_SHAPE_HINT = (
+    " (audio encoders that batch by window rather than by item cannot be reduced per item; "
+    "collect decoder layers only with audio_layers=())"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ class CollectConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# nnsight
+# nnsight (the independent reference)
 # --------------------------------------------------------------------------------------------
 
 
@@ -212,40 +215,6 @@ def wrap(model):
     return NNsight(model)
 
 
-def _site_order(site: str) -> tuple[int, int, int]:
-    from interp.arch import parse_site
-
-    where, layer, hook = parse_site(site)
-    return (0 if where == "audio_encoder" else 1, layer, {"hook_resid_pre": 0, "attn.hook_z": 1}.get(hook, 2))
-
-
-def _envoy_path(arch, site: str) -> tuple[str, str]:
-    """(dotted module path relative to the model, 'output' | 'input') of a site."""
-    from interp.arch import parse_site
-
-    where, layer, hook = parse_site(site)
-    if where == "audio_encoder":
-        if hook != "hook_resid_post":
-            raise ArchitectureError(f"site {site!r}: audio-encoder sites only have hook_resid_post")
-        if not 0 <= layer < arch.n_audio_layers:
-            raise ProbeError(
-                f"site {site!r}: audio-encoder layer {layer} out of range: {arch.name} has "
-                f"{arch.n_audio_layers} audio-encoder layers (0..{arch.n_audio_layers - 1})"
-            )
-        return f"{arch.table.audio_layers}.{layer}", "output"
-    if not 0 <= layer < arch.n_layers:
-        raise ProbeError(
-            f"site {site!r}: decoder layer {layer} out of range: {arch.name} has {arch.n_layers} "
-            f"decoder layers (0..{arch.n_layers - 1})"
-        )
-    base = arch.table.decoder_layer_path(layer)
-    if hook == "hook_resid_post":
-        return base, "output"
-    if hook == "hook_resid_pre":
-        return base, "input"
-    return f"{base}.{arch.table.o_proj}", "input"
-
-
 def trace_sites(
     lm,
     inputs: dict[str, Any],
@@ -254,7 +223,8 @@ def trace_sites(
     weights: dict[str, Any] | None = None,
     envoy=None,
 ) -> dict[str, Any]:
-    """One nnsight trace over ``inputs``; the value at every site.
+    """One nnsight trace over ``inputs``; the value at every site (the reference the capture
+    engine, :func:`interp.capture.capture`, is tested against).
 
     Without ``weights`` each site gives its full ``[batch, pos, width]`` value (float32). With
     ``weights={site: W}`` (``W``: ``[batch, slot, pos]``) each site gives ``W @ value``
@@ -269,13 +239,13 @@ def trace_sites(
 
     from interp.arch import get_attr_path
 
+    points = lm.arch.hook_points(sites)  # execution order
     envoy = envoy if envoy is not None else wrap(lm.model)
-    ordered = sorted(dict.fromkeys(sites), key=_site_order)
+    ordered = [p.site for p in points]
     plan = []
-    for site in ordered:
-        path, kind = _envoy_path(lm.arch, site)
-        w = None if weights is None else weights.get(site)
-        plan.append((site, get_attr_path(envoy, path), kind, w))
+    for p in points:
+        w = None if weights is None else weights.get(p.site)
+        plan.append((p.site, get_attr_path(envoy, p.path), p.kind, w))
     batch = int(inputs["input_ids"].shape[0])
     saved: dict[str, Any] = {}
     shapes: dict[str, tuple] = {}
@@ -300,8 +270,7 @@ def trace_sites(
         raise ProbeError(
             f"{lm.arch.name}: expected [batch={batch}, pos, width] values at every site, found "
             + ", ".join(f"{s}: {v}" for s, v in bad.items())
-            + " (audio encoders that batch by window rather than by item cannot be reduced per "
-            "item; collect decoder layers only with audio_layers=())"
+            + _SHAPE_HINT
         )
     return saved
 
@@ -344,32 +313,6 @@ class BatchActivations:
     generated: list[list[int]]
 
 
-def _stop_ids(lm) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(lm.model, "generation_config", None), lm.tokenizer):
-        for attr in ("eos_token_id", "pad_token_id"):
-            v = getattr(source, attr, None)
-            if v is None:
-                continue
-            ids.update(int(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
-    return ids
-
-
-def _trim(ids: Sequence[int], stops: set[int]) -> list[int]:
-    out = []
-    for t in ids:
-        if int(t) in stops:
-            break
-        out.append(int(t))
-    return out
-
-
-def _position_ids(lm, attention_mask):
-    """Positions counted over real tokens only (what ``generate`` uses for left padding)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
-
-
 def prepare_batch(
     lm,
     items: Sequence[Any],
@@ -404,8 +347,8 @@ def prepare_batch(
             )
             # also stop at a generated audio placeholder: fed back, it would ask the model for
             # audio features it does not have (an untrained model does emit it)
-            stops = _stop_ids(lm) | {int(lm.arch.audio_token_id)}
-            generated = [_trim(row.tolist(), stops) for row in new]
+            stops = stop_ids(lm) | {int(lm.arch.audio_token_id)}
+            generated = [trim_at_stop(row, stops) for row in new]
         else:
             if len(generations) != len(items):
                 raise ProbeError(
@@ -436,8 +379,7 @@ def prepare_batch(
             # and the pads at the end are masked and never read
             inputs["input_ids"] = torch.cat([ids, gen_ids], dim=1)
             inputs["attention_mask"] = torch.cat([mask, gen_mask], dim=1)
-    if lm.arch.name not in _OWN_POSITION_IDS:
-        inputs["position_ids"] = _position_ids(lm, inputs["attention_mask"])
+    inputs = with_position_ids(lm.arch, inputs)
     return PreparedBatch(
         inputs=inputs, prompt_len=prompt_len, audio_mask=audio_mask, token_steps=steps,
         n_steps=n_steps, texts=texts, generated=generated,
@@ -494,7 +436,6 @@ def collect_batch(
     fmt: str,
     cfg: CollectConfig,
     *,
-    envoy=None,
     generations: Sequence[Sequence[int]] | None = None,
 ) -> BatchActivations:
     """Collect the reduced activations of one batch (see the module docstring)."""
@@ -513,8 +454,10 @@ def collect_batch(
             return _audio_frame_weights(lm, _inputs, value.shape[0], value.shape[1]).to(value.device)
 
         weights.update({s: w_audio for s in audio_sites})
-    envoy = envoy if envoy is not None else wrap(lm.model)
-    values = trace_sites(lm, prep.inputs, lm_sites + audio_sites, weights=weights, envoy=envoy)
+    try:
+        values = capture(lm, prep.inputs, lm_sites + audio_sites, weights=weights)
+    except SiteShapeError as exc:
+        raise ProbeError(f"{exc}{_SHAPE_HINT}") from None
     stacked = torch.stack([values[s].cpu() for s in lm_sites], dim=2)  # [batch, slot, layer, d]
     out = {}
     if "audio_mean" in cfg.positions:
@@ -641,7 +584,6 @@ def collect_activations(
     index = {**header, "chunks": [done[k] for k in sorted(done)]}
     run.write_json(INDEX_NAME, index)
 
-    envoy = wrap(lm.model)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -650,7 +592,7 @@ def collect_activations(
     for k, chunk in enumerate(planned):
         if k in done:
             continue
-        entry = _collect_chunk(lm, items, chunk, k, cfg, run, envoy)
+        entry = _collect_chunk(lm, items, chunk, k, cfg, run)
         done[k] = entry
         index["chunks"] = [done[j] for j in sorted(done)]
         index["complete"] = len(done) == len(planned)
@@ -666,7 +608,7 @@ def collect_activations(
     return ActivationStore(run.path)
 
 
-def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run, envoy) -> dict[str, Any]:
+def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run) -> dict[str, Any]:
     import torch
 
     from interp.tokenizer import clean_decoded
@@ -684,7 +626,7 @@ def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run, envoy) -> 
     for group in groups:
         fmt = group[0][1]
         batch_items = [items[i] for i, _, _ in group]
-        acts = collect_batch(lm, batch_items, fmt, cfg, envoy=envoy)
+        acts = collect_batch(lm, batch_items, fmt, cfg)
         for name in ("audio_mean", "last_prompt"):
             if name in acts.lm:
                 parts[name].append(acts.lm[name])

@@ -7,7 +7,9 @@ One context manager, two engines that compute exactly the same thing::
 
 - ``backend="torch"``: plain torch hooks on the vector's sites (a forward hook on decoder layer
   ``L`` for ``hook_resid_post``, a forward pre-hook on layer ``L`` for ``hook_resid_pre``, a
-  forward pre-hook on its ``o_proj`` for ``attn.hook_z``).  Every forward of the model inside
+  forward pre-hook on its ``o_proj`` for ``attn.hook_z``; sites resolved by
+  :meth:`interp.arch.Architecture.hook_point`, hooks installed by
+  :func:`interp.capture.site_hooks`).  Every forward of the model inside
   the block is steered; the hooks are removed when the block exits, whatever happens in it.
 - ``backend="nnsight"``: each ``generate`` call inside the block runs as one nnsight trace
   (``nnsight.NNsight(model).trace(fn=<generate>, **inputs)``) whose body loops over the
@@ -139,8 +141,7 @@ class AdaptiveAlpha:
 @dataclass(frozen=True, kw_only=True)
 class _Target:
     layer: int
-    path: str  # module path relative to the top model
-    kind: str  # "output" | "input"
+    point: Any  # interp.arch.HookPoint: module path from the top model, "output" | "input"
     delta: Tensor  # alpha * v, in the model's dtype and on its device
 
 
@@ -243,19 +244,14 @@ def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, b
         raise ConfigError(
             f"layers: expected a non-empty subset of the vector's layers {list(vec.layers)}, found {list(layers)}"
         )
+    from interp.arch import site_name
+
     param = next(lm.model.parameters())
-    table = lm.arch.table
     targets = []
     for L in sorted(set(layers)):
-        base = table.decoder_layer_path(L)
-        if vec.hook == "hook_resid_post":
-            path, kind = base, "output"
-        elif vec.hook == "hook_resid_pre":
-            path, kind = base, "input"
-        else:
-            path, kind = f"{base}.{table.o_proj}", "input"
+        point = lm.arch.hook_point(site_name(L, vec.hook))
         delta = (float(alpha) * vec.directions[L].to(torch.float32)).to(device=param.device, dtype=param.dtype)
-        targets.append(_Target(layer=L, path=path, kind=kind, delta=delta))
+        targets.append(_Target(layer=L, point=point, delta=delta))
     return tuple(targets)
 
 
@@ -264,35 +260,11 @@ def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, b
 # --------------------------------------------------------------------------------------------
 
 
-def _install_torch_hooks(steer: Steering) -> list[Any]:
-    from interp.arch import get_attr_path
+def _torch_hooks(steer: Steering):
+    """The torch engine: one hook per target, removed when the returned context exits."""
+    from interp.capture import site_hooks
 
-    handles = []
-    try:
-        for t in steer.targets:
-            module = get_attr_path(steer.lm.model, t.path)
-            if t.kind == "output":
-
-                def hook(module, args, output, t=t):
-                    if isinstance(output, tuple):
-                        return (steer._steer(output[0], t), *output[1:])
-                    return steer._steer(output, t)
-
-                handles.append(module.register_forward_hook(hook))
-            else:
-
-                def pre_hook(module, args, kwargs, t=t):
-                    if args:
-                        return (steer._steer(args[0], t), *args[1:]), kwargs
-                    key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
-                    return args, {**kwargs, key: steer._steer(kwargs[key], t)}
-
-                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-    except BaseException:
-        for h in handles:
-            h.remove()
-        raise
-    return handles
+    return site_hooks(steer.lm.model, [(t.point, lambda h, t=t: steer._steer(h, t)) for t in steer.targets])
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +289,7 @@ def _nnsight_generate(steer: Steering, kwargs: dict[str, Any]) -> Any:
 
     _check_generate_kwargs(kwargs)
     envoy = _envoy(steer.lm.model)
-    sites = [(get_attr_path(envoy, t.path), t) for t in steer.targets]
+    sites = [(get_attr_path(envoy, t.point.path), t) for t in steer.targets]
     generate = steer._original_generate
     results: list[Any] = []
 
@@ -336,7 +308,7 @@ def _nnsight_generate(steer: Steering, kwargs: dict[str, Any]) -> Any:
         with envoy.trace(fn=run, **kwargs) as tracer:
             for _step in tracer.iter[:]:
                 for env, t in sites:
-                    if t.kind == "output":
+                    if t.point.kind == "output":
                         env.output = steer._steer(env.output, t)
                     else:
                         env.input = steer._steer(env.input, t)
@@ -388,12 +360,13 @@ def apply_vector(
         )
     steer._original_generate = model.generate
     handles: list[Any] = []
+    stack = contextlib.ExitStack()
     try:
         if adaptive is not None:
             steer._gate = _Gate(steer, adaptive)
             handles.append(model.register_forward_pre_hook(steer._gate.on_forward, with_kwargs=True))
         if backend == "torch":
-            handles.extend(_install_torch_hooks(steer))
+            stack.enter_context(_torch_hooks(steer))
         if shadow:
 
             def generate(*args: Any, **kwargs: Any) -> Any:
@@ -404,6 +377,7 @@ def apply_vector(
             model.__dict__["generate"] = generate
         yield steer
     finally:
+        stack.close()
         for h in handles:
             h.remove()
         if shadow:

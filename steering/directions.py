@@ -48,11 +48,12 @@ the same number of heads per layer, drawn with a seed from the heads *not* in th
 overlapping it as little as possible when too few remain, then rescaled to the vector's norm at every layer, so the control differs
 in which heads are used and not in size).
 
-Capture is done with plain torch forward hooks (decoder-layer outputs and ``o_proj`` forward
-pre-hooks), reducing ``[batch, pos, width]`` to ``[batch, width]`` inside the hook; the forward
-stops after the deepest requested layer.  Left padding: ``position_ids`` are derived from the
-attention mask exactly as ``generate`` derives them, so a row's features do not depend on its
-batch (checked against one-by-one capture in the tests).
+Capture goes through the one engine, :func:`interp.capture.capture` (torch hooks on the
+decoder-layer outputs and ``o_proj`` inputs, resolved by :mod:`interp.arch`), reducing
+``[batch, pos, width]`` to ``[batch, width]`` inside the hook; the forward stops after the
+deepest requested layer.  Left padding: ``position_ids`` are derived from the attention mask
+exactly as ``generate`` derives them (:func:`interp.capture.with_position_ids`), so a row's
+features do not depend on its batch (checked against one-by-one capture in the tests).
 
 Public API: :data:`POSITIONS`, :data:`NORMALIZATIONS`, :data:`SITES`, :class:`PairedActivations`,
 :func:`collect_paired`, :func:`direction_from`, :func:`audio_minus_silence`,
@@ -72,7 +73,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import ArchitectureError, ConfigError, PromptError
+from interp.errors import ConfigError, PromptError
 
 __all__ = [
     "NORMALIZATIONS",
@@ -93,8 +94,6 @@ POSITIONS: tuple[str, ...] = ("last_prompt", "audio_mean")
 NORMALIZATIONS: tuple[str, ...] = ("none", "unit", "resid_norm")
 SITES: tuple[str, ...] = ("hook_resid_post", "attn.hook_z")
 METHODS: tuple[str, ...] = ("audio_minus_silence", "random_direction", "random_heads")
-# Architectures whose decoder computes its own (multimodal, 3-D) rotary positions.
-_OWN_POSITION_IDS = {"qwen2_5_omni_thinker"}
 
 Position = str | int
 
@@ -251,16 +250,6 @@ class PairedActivations:
         return src["real"] - src["silence"]
 
 
-class _Stop(Exception):
-    """Raised by the deepest capture hook: nothing after it is needed."""
-
-
-def position_ids_for(attention_mask: Tensor) -> Tensor:
-    """Positions counted over real tokens only (what ``generate`` uses with left padding)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
-
-
 def _position_weights(
     ids: Tensor, mask: Tensor, audio_token_id: int, positions: Sequence[Position], item_ids: Sequence[str]
 ) -> Float[Tensor, "batch pos"]:
@@ -297,64 +286,14 @@ def _position_weights(
     return w / len(positions)
 
 
-def _forward_inputs(lm, batch) -> dict[str, Any]:
-    from interp.generation import cast_features
-
-    inputs = dict(cast_features(lm, batch))
-    if lm.arch.name not in _OWN_POSITION_IDS:
-        inputs["position_ids"] = position_ids_for(inputs["attention_mask"])
-    return inputs
-
-
 def _capture_batch(lm, inputs: dict[str, Any], layers: Sequence[int], weights: Tensor, sites: Sequence[str]):
-    """Run one forward with capture hooks; returns {site: [batch, layer, width]} (float32, CPU)."""
-    model = lm.model
-    got: dict[tuple[str, int], Tensor] = {}
-    w = weights.to(inputs["input_ids"].device)
-    last = max(layers)
-    handles = []
+    """One forward through the capture engine; {site: [batch, layer, width]} (float32, CPU)."""
+    from interp.arch import site_name
+    from interp.capture import capture
 
-    def reduce(x: Tensor) -> Tensor:
-        return torch.einsum("bp,bpd->bd", w, x.float()).cpu()
-
-    def out_hook(layer):
-        def hook(module, args, output):
-            h = output[0] if isinstance(output, tuple) else output
-            got[("hook_resid_post", layer)] = reduce(h)
-            if layer == last:
-                raise _Stop
-
-        return hook
-
-    def z_hook(layer):
-        def hook(module, args):
-            got[("attn.hook_z", layer)] = reduce(args[0])
-
-        return hook
-
-    try:
-        for L in layers:
-            if "attn.hook_z" in sites:
-                handles.append(lm.arch.o_proj(model, L).register_forward_pre_hook(z_hook(L)))
-            handles.append(lm.arch.decoder_layer(model, L).register_forward_hook(out_hook(L)))
-        with torch.inference_mode():
-            try:
-                model(**inputs, use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    out = {}
-    for site in sites:
-        missing = [L for L in layers if (site, L) not in got]
-        if missing:
-            raise ArchitectureError(
-                f"capture at {site}: expected values from layers {list(layers)}, found none from {missing}; "
-                f"the architecture table of {lm.arch.name} may not match the model"
-            )
-        out[site] = torch.stack([got[(site, L)] for L in layers], dim=1)
-    return out
+    names = {(hook, L): site_name(L, hook) for hook in sites for L in layers}
+    got = capture(lm, inputs, list(names.values()), weights={s: weights for s in names.values()})
+    return {hook: torch.stack([got[names[(hook, L)]].cpu() for L in layers], dim=1) for hook in sites}
 
 
 def collect_paired(
@@ -369,8 +308,9 @@ def collect_paired(
 ) -> PairedActivations:
     """Activations of every item with its audio and with silence of the same length, at each
     of ``layers``, reduced to ``positions`` (see the module docstring)."""
+    from interp.capture import with_position_ids
     from interp.datasets import fingerprint
-    from interp.generation import batches, model_inputs
+    from interp.generation import batches, cast_features, model_inputs
 
     if not items:
         raise ConfigError("items: expected at least one item to fit a direction on, found none")
@@ -390,7 +330,7 @@ def collect_paired(
         ids_ref = None
         for mode in ("real", "silence"):
             batch = model_inputs(lm, chunk, fmt, mode)
-            inputs = _forward_inputs(lm, batch)
+            inputs = with_position_ids(lm.arch, cast_features(lm, batch))
             ids = inputs["input_ids"]
             if ids_ref is None:
                 ids_ref = ids

@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_cache():
     """``get(arch, seed=0) -> (model, processor)``, built once per session; do not mutate."""
-    from interp.tiny import build_tiny, canonical_arch
+    from auralens.testing.tiny import build_tiny, canonical_arch
 
     cache: dict[tuple[str, int], tuple] = {}
 

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import torch
 
-from interp.arch import describe
+from interp.arch import TABLES, describe
 from interp.attention_yield import (
     YieldConfig,
     YieldRecorder,
@@ -38,12 +38,13 @@ from interp.attention_yield import (
     time_bin_weights,
 )
 from interp.errors import ArchitectureError, ConfigError, PromptError
-from interp.tiny import TINY_ARCHS, tiny_batch
+from auralens.testing.tiny import TINY_ARCHS, tiny_batch
 
 N_NEW = 5
 ATOL = 1e-5
 BINS = 3
-OWN_POSITIONS = {"qwen2_5_omni_thinker"}  # computes its 3-D rotary positions itself
+# architectures that compute their 3-D rotary positions themselves (a fact of their table)
+OWN_POSITIONS = {t.name for t in TABLES.values() if t.own_position_ids}
 
 
 def _sharpen(model: Any, factor: float = 3.0) -> None:

@@ -19,7 +19,7 @@ import torch
 from interp import compat
 from interp.arch import describe
 from interp.attention_yield import YieldRecorder, audio_mask_from_ids
-from interp.tiny import tiny_batch
+from auralens.testing.tiny import tiny_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 N_NEW = 4

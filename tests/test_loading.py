@@ -8,7 +8,7 @@ import torch
 from interp.arch import ArchTable, describe, register_table, table_for_class
 from interp.errors import ArchitectureError, ConfigError
 from interp.loading import load_model
-from interp.tiny import TINY_ARCHS, save_tiny
+from auralens.testing.tiny import TINY_ARCHS, save_tiny
 
 
 @pytest.fixture(scope="module", params=TINY_ARCHS)

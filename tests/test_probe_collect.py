@@ -45,10 +45,11 @@ COT = "i hear two sounds\nsound 1 is tone\nso the answer is one"
 
 def test_nnsight_equals_output_hidden_states(lm, items):
     from interp.generation import cast_features, model_inputs
-    from probes.collect import LM_SITE, _position_ids, trace_sites
+    from interp.capture import position_ids
+    from probes.collect import LM_SITE, trace_sites
 
     batch = dict(cast_features(lm, model_inputs(lm, items[:3], "cot")))
-    batch["position_ids"] = _position_ids(lm, batch["attention_mask"])
+    batch["position_ids"] = position_ids(batch["attention_mask"])
     sites = [LM_SITE.format(L=L) for L in range(lm.arch.n_layers)]
     got = trace_sites(lm, batch, sites[::-1])  # any order in, execution order inside
     with torch.inference_mode():
@@ -273,12 +274,13 @@ def test_other_architectures(arch_name, items, tmp_path):
     """Tiny random-init models of the other real classes: nnsight collection equals
     output_hidden_states, batches equal single items; Omni's audio encoder (frames of all
     items flattened together) is refused with a clear error instead of being mis-reduced."""
-    tiny = pytest.importorskip("interp.tiny")
+    tiny = pytest.importorskip("auralens.testing.tiny")
     import warnings
 
     from interp.generation import cast_features, model_inputs
     from interp.loading import load_model
-    from probes.collect import LM_SITE, CollectConfig, _position_ids, collect_batch, trace_sites
+    from interp.capture import position_ids
+    from probes.collect import LM_SITE, CollectConfig, collect_batch, trace_sites
 
     tiny.save_tiny(arch_name, tmp_path)
     lm = load_model(str(tmp_path), device="cpu", dtype="float32")
@@ -286,7 +288,7 @@ def test_other_architectures(arch_name, items, tmp_path):
         warnings.simplefilter("ignore")  # 4 s cafe clips are longer than the tiny 2 s chunks
         batch = dict(cast_features(lm, model_inputs(lm, items[:3], "cot")))
         if arch_name != "qwen2_5_omni_thinker":  # Omni derives its 3-D rope positions itself
-            batch["position_ids"] = _position_ids(lm, batch["attention_mask"])
+            batch["position_ids"] = position_ids(batch["attention_mask"])
         got = trace_sites(lm, batch, [LM_SITE.format(L=0)])
         with torch.inference_mode():
             ref = lm.model(**batch, output_hidden_states=True).hidden_states

@@ -309,7 +309,7 @@ def test_adaptive_refuses_plain_forwards(lm, batch, vecs):
 @pytest.fixture(scope="module", params=["qwen2_5_omni_thinker", "audioflamingo3"])
 def tiny(request, tmp_path_factory):
     from interp.loading import load_model
-    from interp.tiny import save_tiny
+    from auralens.testing.tiny import save_tiny
 
     folder = tmp_path_factory.mktemp(request.param)
     save_tiny(request.param, folder)
@@ -317,7 +317,7 @@ def tiny(request, tmp_path_factory):
 
 
 def test_engines_agree_on_other_architectures(tiny):
-    from interp.tiny import tiny_batch
+    from auralens.testing.tiny import tiny_batch
     from steering.apply import apply_vector
     from steering.vector import SteeringVector, fingerprint
 

@@ -1,4 +1,4 @@
-"""Tiny random-init models of the real transformers classes (interp.tiny).
+"""Tiny random-init models of the real transformers classes (auralens.testing.tiny).
 
 Each architecture: saves and reloads (model class, AutoConfig, AutoProcessor), runs forward and
 generate() on a chat-template prompt whose audio placeholder the processor expanded, and its
@@ -13,7 +13,7 @@ import torch
 
 from interp.arch import describe, get_attr_path
 from interp.errors import ConfigError
-from interp.tiny import (
+from auralens.testing.tiny import (
     PRESETS,
     SAMPLING_RATE,
     TINY_ARCHS,

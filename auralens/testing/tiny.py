@@ -1,5 +1,9 @@
 """Tiny random-init models of the real transformers LALM classes, with processors built locally.
 
+Used by the tests (``tests/conftest.py``) and ``auralens bench``; the architecture facts (model
+class, names) come from the tables of :mod:`interp.arch`, what is here is how to build a small
+model and processor of each class.
+
 Every builder returns ``(model, processor)`` for one architecture, seeded, small enough for a test
 on 2 CPU cores, and of the *real* class (so every hook path is the one a 7B checkpoint takes):
 
@@ -23,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from interp.errors import ConfigError
+from interp.errors import ArchitectureError, ConfigError
 from interp.tokenizer import QWEN_AUDIO_SPECIALS, build_word_tokenizer
 
 SAMPLING_RATE = 16_000
@@ -115,30 +119,24 @@ AF3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_ALIASES = {
-    "qwen2_audio": "qwen2_audio",
-    "qwen2audio": "qwen2_audio",
-    "qwen2audioforconditionalgeneration": "qwen2_audio",
-    "qwen2_5_omni_thinker": "qwen2_5_omni_thinker",
-    "qwen2_5_omni": "qwen2_5_omni_thinker",
-    "qwen2_5omnithinkerforconditionalgeneration": "qwen2_5_omni_thinker",
-    "audioflamingo3": "audioflamingo3",
-    "audio_flamingo_3": "audioflamingo3",
-    "audioflamingo3forconditionalgeneration": "audioflamingo3",
-}
-
 TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3")
 
 
 def canonical_arch(arch_name: str) -> str:
-    """Table name (``interp.arch`` vocabulary) for an architecture or transformers class name."""
-    key = arch_name.strip().lower()
-    if key not in _ALIASES:
+    """Table name (``interp.arch`` vocabulary) for an architecture or transformers class name
+    (or an alias a table lists); only the architectures with a tiny builder are accepted."""
+    from interp.arch import table_by_name
+
+    try:
+        name = table_by_name(arch_name).name
+    except ArchitectureError:
+        name = None
+    if name not in TINY_ARCHS:
         raise ConfigError(
             f"arch_name {arch_name!r}: expected one of {', '.join(TINY_ARCHS)} (or their "
             "transformers class names)"
         )
-    return _ALIASES[key]
+    return name
 
 
 # --- processors ------------------------------------------------------------------------------
@@ -308,13 +306,12 @@ def build_config(
 
 
 def _model_class(arch: str):
+    """The transformers class of the architecture's table."""
     import transformers
 
-    return {
-        "qwen2_audio": transformers.Qwen2AudioForConditionalGeneration,
-        "qwen2_5_omni_thinker": transformers.Qwen2_5OmniThinkerForConditionalGeneration,
-        "audioflamingo3": transformers.AudioFlamingo3ForConditionalGeneration,
-    }[arch]
+    from interp.arch import table_by_name
+
+    return getattr(transformers, table_by_name(arch).model_class)
 
 
 def _fix_generation_config(model: Any, tokenizer: Any) -> None:
