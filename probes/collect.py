@@ -33,15 +33,15 @@ index lists whose file exists with the same rows. Memory is bounded by one chunk
 
 Public API: :data:`POSITIONS`, :data:`LM_SITE`, :data:`AUDIO_SITE`, :class:`CollectConfig`,
 :class:`BatchActivations`, :func:`wrap`, :func:`trace_sites`, :func:`prepare_batch`,
-:func:`collect_batch`, :func:`collect_activations`, :class:`ActivationStore`.
+:func:`collect_batch`, :func:`collect_activations`, and (from :mod:`probes.store`, the folder
+format) :class:`ActivationStore`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,15 @@ from jaxtyping import Float
 
 from interp.capture import SiteShapeError, capture, stop_ids, trim_at_stop, with_position_ids
 from interp.errors import ArchitectureError, ConfigError, ProbeError, PromptError
+from probes.store import (  # the folder format; re-exported here, where collections are written
+    ACTIVATIONS_DIR,
+    AUDIO_SITE,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    LM_SITE,
+    ActivationStore,
+    read_index,
+)
 
 __all__ = [
     "AUDIO_SITE",
@@ -66,13 +75,7 @@ __all__ = [
 ]
 
 POSITIONS: tuple[str, ...] = ("audio_mean", "last_prompt", "step_mean")
-#: site patterns of the probe table (the layer is its own column)
-LM_SITE = "lm.blocks.{L}.hook_resid_post"
-AUDIO_SITE = "audio_encoder.blocks.{L}.hook_resid_post"
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
-ACTIVATIONS_DIR = "activations"
-INDEX_NAME = f"{ACTIVATIONS_DIR}/index.json"
-FORMAT_VERSION = 1
 # Why a site's value cannot be reduced per item (added to the engine's error).
 _SHAPE_HINT = (
     " (audio encoders that batch by window rather than by item cannot be reduced per item; "
@@ -524,13 +527,6 @@ def _index_header(lm, cfg: CollectConfig, layers, audio_layers, n_rows: int, n_c
     }
 
 
-def _read_index(folder: Path) -> dict[str, Any] | None:
-    p = folder / INDEX_NAME
-    if not p.exists():
-        return None
-    return json.loads(p.read_text())
-
-
 def collect_activations(
     lm,
     items: Sequence[Any],
@@ -559,7 +555,7 @@ def collect_activations(
     rows = _plan_rows(items, cfg.formats)
     planned = list(_chunks(rows, cfg.chunk_size))
     header = _index_header(lm, cfg, layers, audio_layers, len(rows), len(planned))
-    old = _read_index(run.path)
+    old = read_index(run.path)
     done: dict[int, dict[str, Any]] = {}
     if old is not None:
         if not resume:
@@ -668,133 +664,3 @@ def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run) -> dict[st
     )
     return {"index": k, "file": name, "row_ids": [r[2] for r in chunk], "n_rows": len(chunk),
             "n_step_rows": n_step_rows}
-
-
-# --------------------------------------------------------------------------------------------
-# Reading back
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class ActivationStore:
-    """Read access to a collected ``activations/`` folder, one (site, position, layer) at a time.
-
-    ``rows`` is a DataFrame (row_id, item_id, format, n_steps, n_generated, text, chunk), in
-    storage order; :meth:`matrix` returns the features of one probe location as
-    ``(X [n, width] float32, rows)``, ``rows`` indexing :attr:`rows`. Only the requested layer
-    slice is read from each chunk file (safetensors ``get_slice``), so memory stays at one
-    ``[n_rows, width]`` matrix whatever the number of layers.
-    """
-
-    path: Path
-    index: dict[str, Any] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        index = _read_index(self.path)
-        if index is None:
-            raise ProbeError(f"activations in {str(self.path)!r}: expected {INDEX_NAME}, found none")
-        self.index = index
-        self._rows = None
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.index.get("complete")) and len(self.index["chunks"]) == self.index["n_chunks"]
-
-    @property
-    def sites(self) -> dict[str, dict[str, Any]]:
-        return self.index["sites"]
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.index["config"]
-
-    def _chunk_files(self) -> list[tuple[dict[str, Any], Path]]:
-        if not self.complete:
-            raise ProbeError(
-                f"activations in {str(self.path)!r}: expected a complete collection, found "
-                f"{len(self.index['chunks'])} of {self.index['n_chunks']} chunks (resume the run)"
-            )
-        return [(c, self.path / ACTIVATIONS_DIR / c["file"]) for c in self.index["chunks"]]
-
-    @property
-    def rows(self):
-        import pandas as pd
-        from safetensors import safe_open
-
-        if self._rows is None:
-            records = []
-            for entry, path in self._chunk_files():
-                with safe_open(str(path), framework="pt") as f:
-                    meta = f.metadata() or {}
-                for r in json.loads(meta.get("rows", "[]")):
-                    records.append({**r, "chunk": entry["index"]})
-            self._rows = pd.DataFrame.from_records(
-                records, columns=["row_id", "item_id", "format", "n_steps", "n_generated", "text", "chunk"]
-            )
-        return self._rows
-
-    def layers(self, site: str = LM_SITE) -> tuple[int, ...]:
-        self._check_site(site)
-        return tuple(self.sites[site]["layers"])
-
-    def positions(self, site: str = LM_SITE) -> tuple[str, ...]:
-        self._check_site(site)
-        return tuple(self.sites[site]["positions"])
-
-    def steps(self) -> tuple[int, ...]:
-        """Reasoning steps stored for at least one row."""
-        return tuple(range(min(int(self.rows["n_steps"].max() or 0), int(self.config["max_steps"]))))
-
-    def _check_site(self, site: str) -> None:
-        if site not in self.sites:
-            raise ProbeError(f"site {site!r}: expected one of {sorted(self.sites)}, found no activations for it")
-
-    def matrix(self, site: str, position: str, layer: int, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Features at one location: ``(X [n, width] float32, rows)``.
-
-        ``step`` is required for ``step_mean`` (rows: those whose generation reaches that
-        step) and must be ``None`` otherwise (rows: all).
-        """
-        from safetensors import safe_open
-
-        self._check_site(site)
-        layers = self.layers(site)
-        if layer not in layers:
-            raise ProbeError(
-                f"layer {layer!r} at {site}: expected one of the collected layers {list(layers)}"
-            )
-        if position not in self.positions(site):
-            raise ProbeError(
-                f"position {position!r} at {site}: expected one of {list(self.positions(site))}"
-            )
-        li = layers.index(layer)
-        if (position == "step_mean") != (step is not None):
-            raise ProbeError(
-                f"position {position!r}: {'a step is required' if step is None else 'takes no step'}, found step={step!r}"
-            )
-        key = ("audio_encoder." if site == AUDIO_SITE else "lm.") + position
-        xs, idx = [], []
-        start = 0
-        for entry, path in self._chunk_files():
-            with safe_open(str(path), framework="pt") as f:
-                keys = set(f.keys())
-                if position == "step_mean":
-                    if key in keys:
-                        srow = f.get_tensor(f"{key}.row").numpy()
-                        sidx = f.get_tensor(f"{key}.step").numpy()
-                        sel = np.flatnonzero(sidx == step)
-                        if sel.size:
-                            block = f.get_slice(key)[:, li, :].float().numpy()
-                            xs.append(block[sel])
-                            idx.append(srow[sel] + start)
-                else:
-                    if key not in keys:
-                        raise ProbeError(f"chunk {path.name}: expected tensor {key!r}, found {sorted(keys)}")
-                    xs.append(f.get_slice(key)[:, li, :].float().numpy())
-                    idx.append(np.arange(entry["n_rows"]) + start)
-            start += entry["n_rows"]
-        width = int(self.sites[site]["width"])
-        if not xs:
-            return np.zeros((0, width), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        return np.concatenate(xs).astype(np.float32, copy=False), np.concatenate(idx).astype(np.int64)

@@ -1,9 +1,11 @@
-"""Activation collection through nnsight: reference checks and streaming.
+"""Activation collection (the capture engine) against nnsight and hidden states; streaming.
 
-- nnsight's per-layer outputs equal an independent path, ``output_hidden_states=True`` of a plain
-  forward (``hidden_states[L + 1]`` is the output of layer L; in this transformers version the
-  last entry is after the final norm, so the last layer is compared through the norm);
-- audio-mean / last-prompt / step-mean reductions equal a hand computation from full residuals;
+- nnsight's per-layer outputs (``trace_sites``, the reference) equal an independent path,
+  ``output_hidden_states=True`` of a plain forward (``hidden_states[L + 1]`` is the output of
+  layer L; in this transformers version the last entry is after the final norm, so the last
+  layer is compared through the norm);
+- audio-mean / last-prompt / step-mean reductions of the capture engine equal a hand
+  computation from the full residuals read through nnsight;
 - a left-padded batch equals one item at a time to 1e-5;
 - chunked streaming writes several chunk files and a resumed run skips finished chunks;
 - labels from a known scene.
