@@ -319,7 +319,7 @@ def bench_yield_cmd(
     """Cost of recording the audio yield: recorder vs plain SDPA generate, eager and TransformerLens."""
     import torch
 
-    from interp.bench import bench_yield
+    from auralens.bench import bench_yield
     from interp.runs import check_dtype, check_int
 
     check_int("--new-tokens", new_tokens)
@@ -328,7 +328,7 @@ def bench_yield_cmd(
     if model == "qwen2-audio-7b-shaped":
         from interp.arch import describe
         from interp.loading import LoadedModel
-        from interp.tiny import build_shaped
+        from auralens.testing.tiny import build_shaped
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         m, proc = build_shaped("qwen2_audio", "qwen2-audio-7b", dtype=getattr(torch, "bfloat16" if dtype == "auto" else dtype), device=dev)

@@ -451,8 +451,8 @@ def check_dtype(dtype: Any) -> str:
 def check_model(model: str) -> None:
     """The model's config (read without loading weights) names a class with an architecture
     table (:mod:`interp.arch`): an unsupported or missing model fails before any folder exists."""
-    from interp.arch import table_for_class
-    from interp.loading import CONTAINERS, resolve_source
+    from interp.arch import table_for_checkpoint
+    from interp.loading import resolve_source
 
     if not isinstance(model, str) or not model:
         raise ConfigError(f"model: expected 'micro', a Hugging Face id or a checkpoint folder, found {model!r}")
@@ -474,7 +474,7 @@ def check_model(model: str) -> None:
     archs = list(getattr(config, "architectures", None) or [])
     if not archs:
         raise ArchitectureError(f"model {model!r}: its config.json names no architectures; expected one with a table")
-    table_for_class("Qwen2_5OmniThinkerForConditionalGeneration" if archs[0] in CONTAINERS else archs[0])
+    table_for_checkpoint(archs[0])
 
 
 def load_items(data: str, *, n: int | None, seed: int, allow_all: bool = False) -> list:
