@@ -9,10 +9,12 @@ fitted on the base, applied unchanged; ``vector_ft`` gives the fine-tuned model 
 attention-yield recorder, claims, error attribution), so every number here is computed by the
 same code as the perception-decay stage.
 
-``compare.parquet`` has one row per number, columns :data:`COMPARE_COLUMNS`:
+``compare.parquet`` has one row per number, columns :data:`COMPARE_COLUMNS`
+(:data:`interp.schemas.COMPARE`, checked on write):
 
 - ``system``: one of :data:`SYSTEMS` for measured rows (``source="measured"``); the model name
-  for rows quoted from the papers (``source="reported"``, :data:`REPORTED`; never measured here).
+  for rows quoted from the papers (``source="reported"``, :data:`interp.papers.REPORTED`; never
+  measured here).
 - ``metric`` / ``group`` (``<format>/<what>``):
 
   - ``accuracy``: ``<fmt>/all``, ``<fmt>/tier=...``, and ``category=``, ``task=``,
@@ -36,7 +38,8 @@ same code as the perception-decay stage.
     of fitting the vector (2 forwards per fit item × mean prompt tokens of the evaluated items ×
     2 · parameters).
 
-Also written: ``compare.html`` (self-contained plotly), ``summary.json`` and ``manifest.json``.
+Also written: ``compare.html`` (self-contained plotly, :func:`steering.figures.compare_figure`),
+``summary.json`` and ``manifest.json``.
 The same function runs a real checkpoint on MMAU test-mini (``data`` = the JSON, audio under
 ``test-mini-audios/`` beside it; MMAU's matching rule scores every answer): nothing but the
 claim and error-share rows needs a cafe scene, and those are left out when no item has one.
@@ -54,41 +57,16 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ConfigError
+from interp.papers import REPORTED, reported_rows
+from interp.schemas import COMPARE, SYSTEMS
 
-__all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "compare_figure", "reported_rows", "stage_compare"]
+__all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "reported_rows", "stage_compare"]
 
-SYSTEMS: tuple[str, ...] = ("base", "base+steering", "finetuned", "finetuned+steering")
-COMPARE_COLUMNS: tuple[str, ...] = ("system", "metric", "group", "value", "ci_low", "ci_high", "n", "source", "note")
+COMPARE_COLUMNS: tuple[str, ...] = COMPARE.names
 _DIRS = {"base": "base", "base+steering": "base_steering", "finetuned": "finetuned",
          "finetuned+steering": "finetuned_steering"}
 _GROUP_KEYS = ("tier", "category", "task", "difficulty", "sub_category")
 _ERROR_TYPES = ("perception", "reasoning", "unverifiable")
-
-_MPAR2 = "Mao et al., MPAR², arXiv 2603.02266"
-_GLAZER = "Glazer, Aharon, Fetaya, audio-specialist-head steering, Interspeech 2026"
-#: numbers quoted from the papers (fractions; the notes give them as the papers do)
-REPORTED: tuple[dict[str, Any], ...] = (
-    {"system": "Qwen2.5-Omni-7B", "metric": "accuracy", "group": "MMAU", "value": 0.6590,
-     "note": f"reported, not measured: MMAU 65.90 before MPAR² ({_MPAR2})"},
-    {"system": "Qwen2.5-Omni-7B+MPAR²", "metric": "accuracy", "group": "MMAU", "value": 0.7459,
-     "note": f"reported, not measured: MMAU 74.59 after MPAR² SFT + GRPO ({_MPAR2})"},
-    {"system": "Qwen2.5-Omni-7B", "metric": "claim_accuracy", "group": "CAFE perception", "value": 0.3174,
-     "note": f"reported, not measured: CAFE perception accuracy 31.74 before MPAR² ({_MPAR2})"},
-    {"system": "Qwen2.5-Omni-7B+MPAR²", "metric": "claim_accuracy", "group": "CAFE perception", "value": 0.6351,
-     "note": f"reported, not measured: CAFE perception accuracy 63.51 after MPAR² ({_MPAR2})"},
-    {"system": "Qwen2-Audio-7B-Instruct+steering", "metric": "gain_vs_unsteered", "group": "MMAU", "value": 0.080,
-     "note": f"reported, not measured: up to +8.0 points on MMAU, no training ({_GLAZER})"},
-    {"system": "R1-AQA+steering", "metric": "gain_vs_unsteered", "group": "MMAU", "value": 0.049,
-     "note": f"reported, not measured: up to +4.9 points on MMAU, no training ({_GLAZER})"},
-)
-
-
-def reported_rows():
-    """The papers' numbers as ``compare.parquet`` rows (``source="reported"``)."""
-    import pandas as pd
-
-    rows = [{**r, "ci_low": np.nan, "ci_high": np.nan, "n": 0, "source": "reported"} for r in REPORTED]
-    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
 
 
 def _row(system, metric, group, value, lo=np.nan, hi=np.nan, n=0, note="") -> dict[str, Any]:
@@ -264,6 +242,7 @@ def stage_compare(
     from interp.loading import load_model
     from interp.record import stage_record
     from interp.runs import RunFolder, check_dtype, check_formats, check_int, check_model, check_n, load_items, run_identity
+    from steering.figures import compare_figure
 
     # 1. validate: options, vectors, items and every audio header (nothing written yet)
     formats = check_formats(formats)
@@ -383,8 +362,8 @@ def stage_compare(
         if system.endswith("+steering"):
             rows.append(_row(system, "steering_fit_flops", "all", fits[system][0], note=fits[system][1]))
 
-    table = pd.concat([pd.DataFrame(rows, columns=list(COMPARE_COLUMNS)), reported_rows()], ignore_index=True)
-    run.write_table("compare.parquet", table)
+    table = pd.concat([COMPARE.frame(rows), reported_rows()], ignore_index=True)
+    COMPARE.write(run, table)
     run.write_figure("compare.html", compare_figure(table))
     summary = _summary(table, systems, formats)
     summary.update({"run": str(out), "base": base, "finetuned": finetuned, "data": data, "n": len(items),
@@ -436,61 +415,3 @@ def _finite(obj):
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
-
-
-_COLORS = {"base": "#636efa", "base+steering": "#00cc96", "finetuned": "#ef553b", "finetuned+steering": "#ab63fa"}
-
-
-def compare_figure(table):
-    """Six panels: accuracy by tier, claim accuracy by step, error shares, specialist yield by
-    step, training compute, and the papers' reported numbers (labelled as such)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=2, cols=3, subplot_titles=(
-        "accuracy by tier (95% CI)", "perceptual-claim accuracy by reasoning step", "share of wrong answers by cause",
-        "specialist heads' audio yield by step", "training compute (FLOPs)", "reported in the papers (not measured)"))
-    m = table[table.source == "measured"]
-    formats = sorted({g.split("/", 1)[0] for g in m.group if "/" in g})
-    for system, color in _COLORS.items():
-        s = m[m.system == system]
-        if s.empty:
-            continue
-        for fi, fmt in enumerate(formats):
-            name = system if len(formats) == 1 else f"{system} · {fmt}"
-            first = fi == 0
-
-            def pick(metric, prefix):
-                d = s[(s.metric == metric) & s.group.str.startswith(f"{fmt}/{prefix}")]
-                return d.assign(x=d.group.str.split("/", n=1).str[1].str.replace(prefix, "", regex=False))
-
-            acc = pick("accuracy", "")
-            acc = acc[acc.x.eq("all") | acc.x.str.startswith("tier=")]
-            fig.add_trace(go.Bar(x=acc.x, y=acc.value, name=name, marker_color=color, legendgroup=name, showlegend=first,
-                                 error_y={"type": "data", "symmetric": False, "array": acc.ci_high - acc.value,
-                                          "arrayminus": acc.value - acc.ci_low}), row=1, col=1)
-            for metric, col in (("claim_accuracy", 2), ("specialist_yield", 1)):
-                d = pick(metric, "step=")
-                d = d[d.x != "all"]
-                if len(d):
-                    fig.add_trace(go.Scatter(x=d.x.astype(int), y=d.value, mode="lines+markers", name=name,
-                                             line={"color": color}, legendgroup=name, showlegend=False,
-                                             error_y={"type": "data", "symmetric": False, "array": d.ci_high - d.value,
-                                                      "arrayminus": d.value - d.ci_low}),
-                                  row=1 if metric == "claim_accuracy" else 2, col=col)
-            err = pick("error_share", "")
-            if len(err):
-                fig.add_trace(go.Bar(x=err.x, y=err.value, name=name, marker_color=color, legendgroup=name,
-                                     showlegend=False), row=1, col=3)
-        cost = s[s.metric.isin(["training_flops", "steering_fit_flops"])].fillna({"value": 0.0})
-        if len(cost):
-            fig.add_trace(go.Bar(x=cost.metric, y=cost.value.clip(lower=1.0), name=system, marker_color=color,
-                                 legendgroup=system if len(formats) == 1 else None, showlegend=False), row=2, col=2)
-    rep = table[table.source == "reported"]
-    fig.add_trace(go.Bar(x=[f"{s} · {g}" for s, g in zip(rep.system, rep.group)], y=rep.value, marker_color="#888888",
-                         name="reported (papers)", text=[f"{v:.3f}" for v in rep.value], hovertext=list(rep.note)),
-                  row=2, col=3)
-    fig.update_yaxes(type="log", row=2, col=2)
-    fig.update_layout(title="Steering vs MPAR²-style fine-tuning on the same items", barmode="group",
-                      template="plotly_white", height=850)
-    return fig

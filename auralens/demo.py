@@ -135,9 +135,9 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
                          f"{flops:.2e}" if flops else "0"])
         _table(f"steering vs MPAR²-style fine-tuning on micro (structured answers, n={n}; measured)",
                ["system", "acc", "95% CI", "claims", "yield slope", "perc. err", "reas. err", "FLOPs"], rows)
-        Console().print("reported in the papers (not measured here): MPAR² on Qwen2.5-Omni-7B MMAU 65.90 -> 74.59, "
-                        "CAFE perception 31.74 -> 63.51; specialist-head steering up to +8.0 (Qwen2-Audio-7B-Instruct) "
-                        "and +4.9 (R1-AQA) on MMAU")
+        from interp.papers import reported_summary
+
+        Console().print(f"reported in the papers (not measured here): {reported_summary()}")
     else:
         Console().print(f"compare stage skipped: no fine-tuned micro in {FINETUNED_DIR} (run `auralens micro finetune`)")
 

@@ -37,6 +37,7 @@ def stage_eval(
     from interp.evaluate import run_eval, summarize, summary_json
     from interp.generation import GenerationConfig
     from interp.runs import RowLog, check_dtype, check_formats, check_int, load_items, open_run
+    from interp.schemas import ACCURACY, EVAL_ITEMS
 
     # 1. validate: options, items, every audio header
     formats = check_formats(formats)
@@ -55,7 +56,8 @@ def stage_eval(
         lm, items, formats=formats, audio_modes=("real", "silence") if silence else ("real",),
         cfg=cfg, log=log, progress=not quiet,
     )
-    run.write_table("accuracy.parquet", summarize(df))
+    EVAL_ITEMS.check(df)  # items.parquet, written row by row by the log
+    ACCURACY.write(run, summarize(df))
     res = summary_json(df)
     run.mark_stage("eval", n_rows=len(df))
     run.finish()

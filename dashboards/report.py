@@ -1,8 +1,9 @@
 """``auralens report RUN``: one self-contained HTML file with a run's figures.
 
 The file opens offline: plotly.js is inlined once in the head (no CDN, no remote script), and
-each figure is a ``<div>`` drawn by it.  The figures are those of the dashboard
-(:mod:`dashboards.figures`), computed from the same run-folder tables (:mod:`dashboards.data`);
+each figure is a ``<div>`` drawn by it.  The figures are those of the dashboard, the stages'
+HTML and the notebooks (:mod:`interp.figures`, :mod:`probes.figures`, :mod:`steering.figures`),
+computed from the same run-folder tables (:mod:`dashboards.data`);
 a stage that has not run gets a short note instead of its section.  A damaged file (a
 truncated parquet table, safetensors item or manifest.json) raises
 :class:`interp.errors.RunFolderError` naming it: a report never silently leaves it out.
@@ -15,7 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dashboards import data, figures
+from dashboards import data
+from interp import figures
+from probes.figures import accuracy_by_layer, accuracy_by_step, step_label
+from steering.figures import compare_bars, compare_table, steering_sweep
 
 __all__ = ["build_report_html", "write_report"]
 
@@ -139,13 +143,14 @@ def _probe_section(doc: _Doc, run: data.Run) -> None:
     probes = data.read_table(run.folder("probe"), "probes.parquet")
     if probes is None or probes.empty:
         return doc.note("The probe stage has not written probes.parquet yet.")
-    combos = probes[["site", "position"]].astype(str).drop_duplicates().head(4)
+    combos = probes[["site", "position"]].drop_duplicates().head(4)
     for site, position in combos.itertuples(index=False):
-        d = probes[(probes["site"].astype(str) == site) & (probes["position"].astype(str) == position)]
-        steps = sorted(set(d["step"].astype(object).map(figures.step_label)), key=lambda s: (s != "—", s.zfill(6)))
-        doc.fig(figures.probe_by_layer(probes, site=site, position=position, step=steps[0]))
+        d = probes[(probes["site"] == site) & (probes["position"] == position)]
+        steps = sorted(d["step"].astype(object).unique(), key=lambda v: (step_label(v) != "—", step_label(v).zfill(6)))
+        first = None if step_label(steps[0]) == "—" else steps[0]
+        doc.fig(accuracy_by_layer(probes, site=site, position=position, step=first))
         if len(steps) > 1:
-            doc.fig(figures.probe_by_step(probes, site=site, position=position))
+            doc.fig(accuracy_by_step(probes, site=site, position=position))
     doc.table(probes.sort_values("selectivity", ascending=False).head(15))
 
 
@@ -157,9 +162,9 @@ def _steer_section(doc: _Doc, run: data.Run) -> None:
     if steer is None or steer.empty:
         return doc.note("The steer stage has not written steering.parquet yet.")
     cats = sorted(steer["category"].astype(str).unique(), key=lambda c: (c != "all", c)) if "category" in steer else [None]
-    doc.fig(figures.steering_sweep(steer, category=cats[0], y="accuracy"))
+    doc.fig(steering_sweep(steer, category=cats[0], y="accuracy"))
     if "delta" in steer:
-        doc.fig(figures.steering_sweep(steer, category=cats[0], y="delta"))
+        doc.fig(steering_sweep(steer, category=cats[0], y="delta"))
         d = steer[steer["category"].astype(str) == cats[0]] if cats[0] is not None else steer
         best = d.loc[d.groupby([c for c in ("vector", "method", "layer", "positions", "format") if c in d], dropna=False)["delta"].idxmax()]
         doc.p("Best α per vector (largest gain over α=0):", "meta")
@@ -173,9 +178,9 @@ def _compare_section(doc: _Doc, run: data.Run) -> None:
     comp = data.read_table(run.folder("compare"), "compare.parquet")
     if comp is None or comp.empty:
         return doc.note("The compare stage has not written compare.parquet yet.")
-    doc.table(figures.compare_table(comp), max_rows=200)
+    doc.table(compare_table(comp), max_rows=200)
     for metric in dict.fromkeys(comp["metric"]):
-        doc.fig(figures.compare_bars(comp, metric=metric))
+        doc.fig(compare_bars(comp, metric=metric))
 
 
 def build_report_html(run_dir: str | Path, *, top_k: int = 8, max_tokens: int = 600) -> str:

@@ -3,8 +3,8 @@ without a model: random but valid tables and per-item arrays (numpy only, seeded
 
     python -m dashboards.synthetic runs/synthetic        # then: auralens dashboard runs/synthetic
 
-The numbers mean nothing; the shapes, columns and value ranges are those the stages write
-(see the run-folder schemas in the dashboard's docs).  ``long_item_tokens`` makes one item as
+The numbers mean nothing; the shapes and value ranges are those the stages write, and every
+table is built from, and checked against, its declaration in :mod:`interp.schemas`.  ``long_item_tokens`` makes one item as
 long as a real chain of thought (1,000 tokens by default) so responsiveness can be checked.
 """
 
@@ -15,6 +15,8 @@ import wave
 from pathlib import Path
 
 import numpy as np
+
+from interp import schemas
 
 __all__ = ["write_synthetic_run"]
 
@@ -50,9 +52,14 @@ def _write_wav(path: Path, seconds: float, rng, rate: int = 16000) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def _eval(folder: Path, rng, n_items: int) -> None:
-    import pandas as pd
+def _write(folder: Path, table: schemas.Table, df):
+    """``df`` as ``folder/<table.name>``, checked against its declaration (the real writers'
+    columns and kinds)."""
+    table.check(df).to_parquet(folder / table.name, index=False)
+    return df
 
+
+def _eval(folder: Path, rng, n_items: int) -> None:
     _manifest(folder, "eval", n_items)
     rows = []
     for i in range(n_items):
@@ -64,15 +71,13 @@ def _eval(folder: Path, rng, n_items: int) -> None:
                              "category": tier, "sub_category": "count", "format": fmt, "audio": audio, "answer": "B",
                              "prediction": "answer: B" if correct else "answer: C", "answer_span": "B" if correct else "C",
                              "matched_choice": "B" if correct else "C", "correct": correct})
-    items = pd.DataFrame(rows)
-    items.to_parquet(folder / "items.parquet", index=False)
+    items = _write(folder, schemas.EVAL_ITEMS, schemas.EVAL_ITEMS.frame(rows))
     acc = items.groupby(["audio", "format", "tier"], as_index=False).agg(accuracy=("correct", "mean"), n=("correct", "size"))
     acc["ci_low"], acc["ci_high"] = _ci(rng, acc["accuracy"].to_numpy(), acc["n"].to_numpy(), len(acc))
-    acc[["audio", "format", "tier", "accuracy", "ci_low", "ci_high", "n"]].to_parquet(folder / "accuracy.parquet", index=False)
+    _write(folder, schemas.ACCURACY, acc[list(schemas.ACCURACY.names)])
 
 
 def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_tokens: int, time_bins: int) -> None:
-    import pandas as pd
     from safetensors.numpy import save_file
 
     _manifest(folder, "record", n_items)
@@ -116,7 +121,7 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
                 # as interp.cafe.formats.Claim: sound = 0-based sound index, -1 for count claims
                 claims.append({"item_id": item_id, "step": s, "kind": "count", "sound": -1, "value": "2",
                                "claim_correct": bool(rng.random() < 0.8 - 0.08 * s)})
-    pd.DataFrame(items).to_parquet(folder / "items.parquet", index=False)
+    _write(folder, schemas.RECORD_ITEMS, schemas.RECORD_ITEMS.frame(items))
 
     arr = np.stack(per_item_step)  # [items, 8, L, H]
     heads_df = _heads(rng, layers, heads)
@@ -136,8 +141,7 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
                 for b in range(heads):
                     if hn[s, a, b]:
                         decay_rows.append(("head", axis, a, b, s, hm[s, a, b], hm[s, a, b] - 0.05, hm[s, a, b] + 0.05, int(hn[s, a, b])))
-    decay_df = pd.DataFrame(decay_rows, columns=["group", "axis", "layer", "head", "step", "mean_yield", "ci_low", "ci_high", "n"])
-    decay_df.to_parquet(folder / "decay.parquet", index=False)
+    decay_df = _write(folder, schemas.DECAY, schemas.DECAY.frame(decay_rows))
     summ = []
     for (g, axis, a, b), d in decay_df.groupby(["group", "axis", "layer", "head"]):
         d = d.sort_values("step")
@@ -145,14 +149,13 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
                      "slope": float(np.polyfit(d["step"], d["mean_yield"], 1)[0]) if len(d) > 1 else float("nan"),
                      "last_first_ratio": float(d["mean_yield"].iloc[-1] / d["mean_yield"].iloc[0]),
                      "first": float(d["mean_yield"].iloc[0]), "last": float(d["mean_yield"].iloc[-1]), "n_steps": len(d)})
-    pd.DataFrame(summ).to_parquet(folder / "decay_summary.parquet", index=False)
-    heads_df.to_parquet(folder / "heads.parquet", index=False)
-    claims_df = pd.DataFrame(claims)
-    claims_df.to_parquet(folder / "claims.parquet", index=False)
+    _write(folder, schemas.DECAY_SUMMARY, schemas.DECAY_SUMMARY.frame(summ))
+    _write(folder, schemas.HEADS, heads_df)
+    claims_df = _write(folder, schemas.CLAIMS, schemas.CLAIMS.frame(claims))
     ca = claims_df.groupby("step", as_index=False).agg(accuracy=("claim_correct", "mean"), n_claims=("claim_correct", "size"),
                                                        n_items=("item_id", "nunique"))
     ca["ci_low"], ca["ci_high"] = _ci(rng, ca["accuracy"].to_numpy(), ca["n_items"].to_numpy(), len(ca))
-    ca[["step", "accuracy", "ci_low", "ci_high", "n_claims", "n_items"]].to_parquet(folder / "claim_accuracy.parquet", index=False)
+    _write(folder, schemas.CLAIM_ACCURACY, ca[list(schemas.CLAIM_ACCURACY.names)])
 
 
 def _heads(rng, layers: int, heads: int):
@@ -165,12 +168,10 @@ def _heads(rng, layers: int, heads: int):
     df["contrast_rank"] = df["contrast"].rank(ascending=False, method="first").astype(int)
     df["contrast_dz"] = df["contrast"] * 5
     df["rank"] = df[["corr_rank", "contrast_rank"]].mean(axis=1).rank(method="first").astype(int)
-    return df.sort_values("rank").reset_index(drop=True)
+    return df[list(schemas.HEADS.names)].sort_values("rank").reset_index(drop=True)
 
 
 def _probe(folder: Path, rng, layers: int) -> None:
-    import pandas as pd
-
     _manifest(folder, "probe", 24)
     rows = []
     attrs = {"event_count": 1 / 4, "first_event": 1 / 6, "louder": 1 / 2}
@@ -185,17 +186,15 @@ def _probe(folder: Path, rng, layers: int) -> None:
                                  "step": step, "attribute": attr, "accuracy": acc, "control_accuracy": ctrl,
                                  "selectivity": acc - ctrl, "chance": chance, "ci_low": max(0.0, acc - 0.08),
                                  "ci_high": min(1.0, acc + 0.08), "n": 24})
-    df = pd.DataFrame(rows)
+    df = schemas.PROBES.frame(rows)
     df["step"] = df["step"].astype("Int64")
-    df.to_parquet(folder / "probes.parquet", index=False)
+    _write(folder, schemas.PROBES, df)
     html = "<html><body><p>synthetic probe figure</p></body></html>"
     (folder / "probes_by_layer.html").write_text(html)
     (folder / "probes_by_step.html").write_text(html)
 
 
 def _steer(folder: Path, rng, layers: int) -> None:
-    import pandas as pd
-
     _manifest(folder, "steer", 24)
     rows = []
     # the fitted vector and its random-direction control, as steering.pipeline names them
@@ -209,15 +208,16 @@ def _steer(folder: Path, rng, layers: int) -> None:
                     rows.append({"vector": vector, "method": method, "layer": layer, "alpha": alpha, "positions": "last_prompt",
                                  "category": category, "accuracy": acc, "ci_low": acc - 0.07, "ci_high": acc + 0.07, "n": 24,
                                  "delta": d, "delta_ci_low": d - 0.05, "delta_ci_high": d + 0.05, "format": "direct"})
-    pd.DataFrame(rows).to_parquet(folder / "steering.parquet", index=False)
+    _write(folder, schemas.STEERING, schemas.STEERING.frame(rows))
 
 
 def _compare(folder: Path, rng) -> None:
     """compare.parquet as :func:`auralens.compare.stage_compare` writes it: the same columns,
-    metrics and ``<format>/<what>`` groups, and the papers' rows from the same table."""
+    metrics and ``<format>/<what>`` groups, and the papers' rows (:mod:`interp.papers`)."""
     import pandas as pd
 
-    from auralens.compare import COMPARE_COLUMNS, SYSTEMS, reported_rows
+    from interp.papers import reported_rows
+    from interp.schemas import COMPARE, SYSTEMS
 
     _manifest(folder, "compare", 24)
     fmt, n = "structured", 24
@@ -256,8 +256,7 @@ def _compare(folder: Path, rng) -> None:
         row(system, "training_flops", "all", 0.0 if system.startswith("base") else 5.1e13, half=None, n=0)
         if system.endswith("+steering"):
             row(system, "steering_fit_flops", "all", 2.4e9, half=None, n=0)
-    table = pd.concat([pd.DataFrame(rows, columns=list(COMPARE_COLUMNS)), reported_rows()], ignore_index=True)
-    table.to_parquet(folder / "compare.parquet", index=False)
+    _write(folder, COMPARE, pd.concat([COMPARE.frame(rows), reported_rows()], ignore_index=True))
 
 
 def _quiet(fn):

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from interp.errors import ConfigError
+from interp.schemas import CLAIM_ACCURACY, DECAY, DECAY_SUMMARY
 from interp.stats import bootstrap_mean_ci
 
-DECAY_COLUMNS = ("group", "axis", "layer", "head", "step", "mean_yield", "ci_low", "ci_high", "n")
+DECAY_COLUMNS = DECAY.names  # the columns of decay.parquet (declared in interp.schemas)
 
 
 def _per_item_means(
@@ -48,8 +49,6 @@ def decay_table(
     generated tokens (axis "token_bin"), with bootstrap 95% CIs across items.
 
     ``yields[i]``: [n_tokens, layers, heads] of item i; ``steps[i]``: [n_tokens] step ids."""
-    import pandas as pd
-
     if not yields:
         raise ConfigError("decay_table: expected at least one item, found none")
     L, H = np.asarray(yields[0]).shape[1:]
@@ -82,14 +81,11 @@ def decay_table(
                     for head in range(H):
                         rows.append(("head", axis, layer, head, s, mean[s, layer, head], lo[s, layer, head],
                                      hi[s, layer, head], int(n[s, layer, head])))
-    df = pd.DataFrame(rows, columns=list(DECAY_COLUMNS))
-    return df
+    return DECAY.frame(rows)
 
 
 def decay_summary(table, *, axis: str = "step", min_n: int = 1):
     """Slope of mean yield per step (least squares) and last/first ratio, per group and head."""
-    import pandas as pd
-
     out = []
     t = table[(table["axis"] == axis) & (table["n"] >= min_n)]
     for (g, layer, head), d in t.groupby(["group", "layer", "head"], sort=False):
@@ -102,7 +98,7 @@ def decay_summary(table, *, axis: str = "step", min_n: int = 1):
         out.append({"group": g, "axis": axis, "layer": int(layer), "head": int(head), "slope": slope,
                     "last_first_ratio": ratio, "first": float(y[0]) if len(y) else float("nan"),
                     "last": float(y[-1]) if len(y) else float("nan"), "n_steps": int(len(y))})
-    return pd.DataFrame(out)
+    return DECAY_SUMMARY.frame(out)
 
 
 # ------------------------------------------------------------------------ outcome view
@@ -118,17 +114,15 @@ def claim_rows(item_id: str, text: str, scene: dict) -> list[dict]:
 
 def claim_accuracy_by_step(claims, *, n_boot: int = 1000, seed: int = 0):
     """Accuracy of perceptual claims made at step s, with item-bootstrap CIs."""
-    import pandas as pd
-
-    rows = []
     if len(claims) == 0:
-        return pd.DataFrame(columns=["step", "accuracy", "ci_low", "ci_high", "n_claims", "n_items"])
+        return CLAIM_ACCURACY.frame()
+    rows = []
     for s, d in claims.groupby("step"):
         per_item = d.groupby("item_id")["claim_correct"].mean().to_numpy(float)
         mean, lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, seed=seed)
         rows.append({"step": int(s), "accuracy": float(d["claim_correct"].mean()), "ci_low": float(lo),
                      "ci_high": float(hi), "n_claims": len(d), "n_items": len(per_item)})
-    return pd.DataFrame(rows)
+    return CLAIM_ACCURACY.frame(rows)
 
 
 def attribute_errors(items_df, claims) -> "object":

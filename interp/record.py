@@ -10,7 +10,8 @@ Run folder layout (read by the dashboard and the notebooks):
   (last-prompt-token yield with the audio replaced by silence), optional ``prompt_yield``
   [prompt_len, layers, heads]; metadata ``item_id``, ``text``, ``tokens`` (JSON)
 - ``decay.parquet``, ``decay_summary.parquet``, ``heads.parquet``, ``claims.parquet``,
-  ``claim_accuracy.parquet``, ``decay.html``
+  ``claim_accuracy.parquet`` (columns: :mod:`interp.schemas`, checked on write), ``decay.html``
+  (:func:`interp.figures.decay_curves`)
 """
 
 from __future__ import annotations
@@ -201,10 +202,10 @@ def load_yields(run, df) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray
 
 def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Heads, decay and outcome tables from the per-item files already in ``run``."""
-    import pandas as pd
-
     from interp.decay import attribute_errors, claim_accuracy_by_step, claim_rows, decay_summary, decay_table
+    from interp.figures import decay_curves
     from interp.listening import contrast_scores, correlation_scores, heads_table, top_k as pick_top
+    from interp.schemas import CLAIM_ACCURACY, CLAIMS, DECAY, DECAY_SUMMARY, HEADS, RECORD_ITEMS
 
     df = run.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
     ys, ss, last, sil = load_yields(run, df)
@@ -212,13 +213,13 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
     corr = correlation_scores(last, df["correct"].to_numpy())
     contrast, dz = contrast_scores(last, sil)
     heads = heads_table(correlation=corr, contrast=contrast, contrast_dz=dz)
-    run.write_table("heads.parquet", heads)
+    HEADS.write(run, heads)
     k = min(top_k, len(heads))
     top = pick_top(heads, k)
     decay = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed)
-    run.write_table("decay.parquet", decay)
+    DECAY.write(run, decay)
     summ = decay_summary(decay)
-    run.write_table("decay_summary.parquet", summ)
+    DECAY_SUMMARY.write(run, summ)
 
     by_id = {it.item_id: it for it in items}
     claims = []
@@ -226,13 +227,13 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
         it = by_id.get(r.item_id)
         if it is not None and it.scene:
             claims += claim_rows(r.item_id, r.prediction, it.scene)
-    claims_df = pd.DataFrame(claims, columns=["item_id", "step", "kind", "sound", "value", "claim_correct"])
-    run.write_table("claims.parquet", claims_df)
+    claims_df = CLAIMS.frame(claims)
+    CLAIMS.write(run, claims_df)
     claim_acc = claim_accuracy_by_step(claims_df, n_boot=n_boot, seed=seed)
-    run.write_table("claim_accuracy.parquet", claim_acc)
+    CLAIM_ACCURACY.write(run, claim_acc)
     df = attribute_errors(df, claims_df)
-    run.write_table("items.parquet", df)
-    run.write_figure("decay.html", decay_figure(decay))
+    RECORD_ITEMS.write(run, df)
+    run.write_figure("decay.html", decay_curves(decay))
 
     def curve(group):
         d = decay[(decay.group == group) & (decay.axis == "step")].sort_values("step")
@@ -250,23 +251,3 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
         "topk_decay": slope("topk"), "all_decay": slope("all"),
         "claim_accuracy_by_step": claim_acc.round(4).to_dict("records"), "error_shares": shares,
     }
-
-
-def decay_figure(decay):
-    """Mean yield per reasoning step with 95% CI bands: all heads vs the top-k heads."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    colors = {"all": "#636efa", "topk": "#ef553b"}
-    for group, name in (("all", "all heads"), ("topk", "top-k listening heads")):
-        d = decay[(decay.group == group) & (decay.axis == "step")].sort_values("step")
-        if d.empty:
-            continue
-        fig.add_trace(go.Scatter(x=list(d.step) + list(d.step[::-1]), y=list(d.ci_high) + list(d.ci_low[::-1]),
-                                 fill="toself", line={"width": 0}, fillcolor=colors[group], opacity=0.2,
-                                 name=f"{name} 95% CI", hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=d.step, y=d.mean_yield, mode="lines+markers", name=name,
-                                 line={"color": colors[group]}))
-    fig.update_layout(title="Audio attention yield by reasoning step", xaxis_title="reasoning step",
-                      yaxis_title="mean audio yield", template="plotly_white")
-    return fig

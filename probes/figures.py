@@ -1,9 +1,14 @@
-"""Plotly figures of probe tables (the DataFrame of :func:`probes.fit.probe_table`).
+"""Plotly figures of probe tables (``probes.parquet``, the DataFrame of :func:`probes.fit.probe_table`).
 
 - :func:`accuracy_by_layer`: score by layer, one colour per attribute: the probe's score as a
-  line inside its bootstrap CI band, the control task's score dashed, the chance level dotted.
+  line inside its bootstrap CI band, the control task's score dashed, the chance level dotted
+  (or, with ``metric="selectivity"``, score minus control).
 - :func:`accuracy_by_step`: the same by reasoning step, at each attribute's best layer.
+- :func:`step_label`: a row's step as text (``"—"`` for none), for pickers and captions.
 - :func:`write_html`: a self-contained HTML file (plotly.js embedded, no CDN).
+
+The probe stage writes its HTML with these functions; the dashboard, the offline report and
+the notebooks draw the same ones.
 
 Trace names are stable so tests and dashboards can find them: ``"{attribute}"``,
 ``"{attribute} control"``, ``"{attribute} chance"`` and ``"{attribute} 95% CI"`` (the
@@ -17,21 +22,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 from interp.errors import ProbeError
+from interp.plotting import LAYOUT, PALETTE, graph_objects, line_with_band, rgba
+from interp.schemas import PROBES
 
-__all__ = ["accuracy_by_layer", "accuracy_by_step", "best_layers", "write_html"]
+__all__ = ["accuracy_by_layer", "accuracy_by_step", "best_layers", "step_label", "write_html"]
 
-_PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
-_NEEDED = ("site", "layer", "position", "step", "attribute", "accuracy", "control_accuracy",
-           "chance", "ci_low", "ci_high", "selectivity", "n")  # fmt: skip
+_NEEDED = PROBES.names
+_METRICS = ("accuracy", "selectivity")
 
 
-def _rgba(hex_colour: str, alpha: float) -> str:
-    h = hex_colour.lstrip("#")
-    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
+def step_label(v: Any) -> str:
+    """A probe row's step as text: "—" for none (NaN/None/NA), "3" for 3 or 3.0."""
+    import numpy as np
+
+    if _is_na(v):
+        return "—"
+    if isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
 
 
 def _check_table(table: Any, name: str) -> None:
@@ -84,14 +92,18 @@ def _select(table, *, site: Any, position: Any, step: Any, use_step: bool, name:
 
 
 def _add_attribute_traces(
-    fig, sub, *, x: str, attribute: str, colour: str, hover: str, label: str | None = None
+    fig, sub, *, x: str, attribute: str, colour: str, hover: str, label: str | None = None,
+    metric: str = "accuracy",
 ) -> None:
-    import plotly.graph_objects as go
-
+    go = graph_objects()
     sub = sub.sort_values(x)
     xs = sub[x].tolist()
+    if metric == "selectivity":
+        line_with_band(fig, xs, sub["selectivity"], None, None, name=attribute, colour=colour,
+                       hover=f"{label or attribute}<br>{hover}=%{{x}}<br>selectivity=%{{y:.3f}}<extra></extra>")
+        return
     group = attribute
-    fill = _rgba(colour, 0.18)
+    fill = rgba(colour, 0.18)
     if sub["ci_low"].notna().any():
         fig.add_trace(go.Scatter(
             x=xs + xs[::-1],
@@ -123,6 +135,19 @@ def _add_attribute_traces(
 _Y_TITLE = "score (accuracy; R² for continuous attributes)"
 
 
+def _check_metric(metric: str, name: str) -> None:
+    if metric not in _METRICS:
+        raise ProbeError(f"{name} metric: expected one of {_METRICS}, found {metric!r}")
+
+
+def _layout(fig, *, title: str, xaxis_title: str, metric: str) -> None:
+    fig.update_layout(
+        title=title, xaxis_title=xaxis_title, **LAYOUT,
+        yaxis_title=_Y_TITLE if metric == "accuracy" else "selectivity (score minus control)",
+        legend_title_text="attribute (dashed: control, dotted: chance)" if metric == "accuracy" else "attribute",
+    )
+
+
 def accuracy_by_layer(
     table,
     *,
@@ -130,6 +155,7 @@ def accuracy_by_layer(
     site: Any = None,
     position: Any = None,
     step: Any = None,
+    metric: str = "accuracy",
     title: str | None = None,
 ):
     """Probe score by layer, one colour per attribute, for one (site, position, step).
@@ -137,9 +163,10 @@ def accuracy_by_layer(
     ``site``/``position``/``step`` filter the table (``None`` matches rows whose step is
     missing, the usual "prompt" probes, and leaves site/position unfiltered); after filtering
     exactly one combination must remain, else :class:`ProbeError` lists what was found.
+    ``metric="selectivity"`` plots score minus control instead (no band, control or chance).
     """
-    import plotly.graph_objects as go
-
+    go = graph_objects()
+    _check_metric(metric, "accuracy_by_layer")
     _check_table(table, "accuracy_by_layer table")
     sub = _select(table, site=site, position=position, step=step, use_step=True,
                   name="accuracy_by_layer")
@@ -154,16 +181,15 @@ def accuracy_by_layer(
                 f"found layer {rows['layer'][dup].iloc[0]!r} more than once"
             )
         _add_attribute_traces(fig, rows, x="layer", attribute=attribute,
-                              colour=_PALETTE[i % len(_PALETTE)], hover="layer")
+                              colour=PALETTE[i % len(PALETTE)], hover="layer", metric=metric)
     first = sub.iloc[0]
     where = f"{first['site']} · position {first['position']}"
     if not _is_na(first["step"]):
         where += f" · step {first['step']}"
-    fig.update_layout(
-        title=title or f"Probe score by layer ({where})",
-        xaxis_title="layer", yaxis_title=_Y_TITLE, template="plotly_white",
-        legend_title_text="attribute (dashed: control, dotted: chance)",
-    )
+    what = "score" if metric == "accuracy" else "selectivity"
+    _layout(fig, title=title or f"Probe {what} by layer ({where})", xaxis_title="layer", metric=metric)
+    if sub["layer"].nunique() <= 40:
+        fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -234,8 +260,7 @@ def accuracy_by_step(
     ``{attribute: layer}``. Only rows with a step are plotted; the hover text of the
     ``"{attribute}"`` trace names the chosen layer.
     """
-    import plotly.graph_objects as go
-
+    go = graph_objects()
     _check_table(table, "accuracy_by_step table")
     sub = _select(table, site=site, position=position, step="any", use_step=False,
                   name="accuracy_by_step")
@@ -259,15 +284,12 @@ def accuracy_by_step(
             raise ProbeError(f"accuracy_by_step: expected one row per step for {attribute!r} "
                              f"at layer {layer}, found duplicates")
         _add_attribute_traces(fig, rows, x="step", attribute=attribute,
-                              colour=_PALETTE[i % len(_PALETTE)], hover="step",
+                              colour=PALETTE[i % len(PALETTE)], hover="step",
                               label=f"{attribute} (layer {layer})")
     first = sub.iloc[0]
-    fig.update_layout(
-        title=title or (f"Probe score by reasoning step at the best layer "
-                        f"({first['site']} · position {first['position']}; best by {by})"),
-        xaxis_title="reasoning step", yaxis_title=_Y_TITLE, template="plotly_white",
-        legend_title_text="attribute (dashed: control, dotted: chance)",
-    )
+    _layout(fig, title=title or (f"Probe score by reasoning step at the best layer "
+                                 f"({first['site']} · position {first['position']}; best by {by})"),
+            xaxis_title="reasoning step", metric="accuracy")
     fig.update_xaxes(dtick=1)
     return fig
 

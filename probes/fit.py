@@ -34,6 +34,8 @@ import numpy as np
 from jaxtyping import Float
 
 from interp.errors import ConfigError, ProbeError
+from interp.schemas import PROBES
+from probes.inputs import as_1d, as_features, check_lengths, check_support, encode_groups, encode_labels
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -48,21 +50,8 @@ __all__ = [
     "run_probes",
 ]
 
-#: The columns of :func:`probe_table`, in order.
-TABLE_COLUMNS: tuple[str, ...] = (
-    "site",
-    "layer",
-    "position",
-    "step",
-    "attribute",
-    "accuracy",
-    "control_accuracy",
-    "selectivity",
-    "chance",
-    "ci_low",
-    "ci_high",
-    "n",
-)
+#: The columns of :func:`probe_table`, in order (``probes.parquet``, :data:`interp.schemas.PROBES`).
+TABLE_COLUMNS: tuple[str, ...] = PROBES.names
 
 _KINDS = ("logistic", "ridge")
 _CONTROLS = ("random_label_mapping", "none")
@@ -178,130 +167,6 @@ class ProbeResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Input checks
-# --------------------------------------------------------------------------------------------
-
-
-def _as_features(X: Any, attribute: str) -> np.ndarray:
-    if hasattr(X, "detach"):  # a torch tensor (any dtype, any device), without importing torch
-        X = X.detach().float().cpu().numpy()
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ProbeError(
-            f"X for attribute {attribute!r}: expected a 2-D array [batch, d_model], "
-            f"found shape {X.shape}"
-        )
-    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-        raise ProbeError(
-            f"X for attribute {attribute!r}: expected real numbers, found dtype {X.dtype}"
-        )
-    X = X.astype(np.float64, copy=False)
-    if X.shape[1] == 0:
-        raise ProbeError(f"X for attribute {attribute!r}: expected at least 1 feature, found 0")
-    finite = np.isfinite(X)
-    if not finite.all():
-        bad_rows = np.flatnonzero(~finite.all(axis=1))
-        raise ProbeError(
-            f"X for attribute {attribute!r}: expected finite features, found "
-            f"{int((~finite).sum())} non-finite values (NaN/inf) in {bad_rows.size} rows, "
-            f"first rows {bad_rows[:5].tolist()}"
-        )
-    return X
-
-
-def _as_1d(values: Any, what: str, attribute: str) -> np.ndarray:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ProbeError(
-            f"{what} for attribute {attribute!r}: expected 1-D, found shape {arr.shape}"
-        )
-    return arr
-
-
-def _check_lengths(attribute: str, **arrays: np.ndarray) -> None:
-    lengths = {name: len(a) for name, a in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        found = ", ".join(f"{name}={length}" for name, length in lengths.items())
-        raise ProbeError(
-            f"attribute {attribute!r}: expected X, y and groups with the same number of rows, "
-            f"found {found}"
-        )
-
-
-def _encode_labels(y: np.ndarray, attribute: str) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct classes and integer codes of categorical labels."""
-    try:
-        classes, codes = np.unique(y, return_inverse=True)
-    except TypeError as exc:
-        raise ProbeError(
-            f"y for attribute {attribute!r}: expected labels of one comparable type, found "
-            f"mixed types {sorted({type(v).__name__ for v in y.tolist()})}"
-        ) from exc
-    if y.dtype.kind == "f" and np.isnan(classes.astype(float)).any():
-        raise ProbeError(f"y for attribute {attribute!r}: expected labels, found NaN")
-    if y.dtype == object and any(v is None for v in classes.tolist()):
-        raise ProbeError(f"y for attribute {attribute!r}: expected labels, found None")
-    return classes, codes.reshape(-1)
-
-
-def _encode_groups(groups: np.ndarray) -> np.ndarray:
-    try:
-        return np.unique(groups, return_inverse=True)[1].reshape(-1)
-    except TypeError:  # mixed types: fall back to first-seen order
-        seen: dict[Hashable, int] = {}
-        return np.array([seen.setdefault(g, len(seen)) for g in groups.tolist()], dtype=np.int64)
-
-
-def _check_support(
-    codes: np.ndarray | None,
-    classes: np.ndarray | None,
-    y_cont: np.ndarray | None,
-    group_codes: np.ndarray,
-    config: ProbeConfig,
-    attribute: str,
-) -> None:
-    n_items = int(group_codes.max()) + 1 if group_codes.size else 0
-    k = config.n_folds
-    if n_items < k:
-        raise ProbeError(
-            f"attribute {attribute!r}: {k}-fold cross-validation by item needs at least {k} "
-            f"distinct items (groups), found {n_items} (in {group_codes.size} rows); "
-            f"lower n_folds or collect more items"
-        )
-    if codes is not None and classes is not None:
-        if classes.size < 2:
-            raise ProbeError(
-                f"attribute {attribute!r}: expected at least 2 classes, found only class "
-                f"{classes.tolist()[0]!r} in all {codes.size} rows"
-            )
-        items_per_class = np.zeros(classes.size, dtype=np.int64)
-        for c in range(classes.size):
-            items_per_class[c] = np.unique(group_codes[codes == c]).size
-        rare = np.flatnonzero(items_per_class < k)
-        if rare.size:
-            names = classes.tolist()
-            found = ", ".join(f"{names[c]!r}: {items_per_class[c]}" for c in rare)
-            raise ProbeError(
-                f"attribute {attribute!r}: {k}-fold stratified cross-validation by item needs "
-                f"every class in at least {k} distinct items, found {found}; lower n_folds, "
-                f"merge rare classes or collect more items"
-            )
-    if y_cont is not None:
-        if not np.isfinite(y_cont).all():
-            raise ProbeError(
-                f"y for attribute {attribute!r}: expected finite values for a ridge probe, found "
-                f"{int((~np.isfinite(y_cont)).sum())} NaN/inf"
-            )
-        if np.ptp(y_cont) == 0:
-            raise ProbeError(
-                f"attribute {attribute!r}: expected a varying continuous label, found the single "
-                f"value {y_cont.tolist()[0]!r} in all {y_cont.size} rows"
-            )
-
-
-# --------------------------------------------------------------------------------------------
 # Folds, control task, pipeline
 # --------------------------------------------------------------------------------------------
 
@@ -324,7 +189,7 @@ def make_folds(
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     y_arr = np.asarray(y)
-    g = _encode_groups(np.asarray(groups))
+    g = encode_groups(np.asarray(groups))
     placeholder = np.zeros((y_arr.shape[0], 1))
     if config.kind == "logistic":
         splitter = StratifiedGroupKFold(
@@ -375,7 +240,7 @@ def control_labels(
                 f"control key for attribute {attribute!r}: expected {n} entries (one per row of "
                 f"y), found {key_arr.shape[0]}"
             )
-        key_codes = _encode_groups(key_arr)
+        key_codes = encode_groups(key_arr)
     n_keys = int(key_codes.max()) + 1 if n else 0
     first_row = np.full(n_keys, -1, dtype=np.int64)
     # first row of each key (reverse assignment so the earliest index wins)
@@ -513,13 +378,13 @@ def fit_probe(
     config = ProbeConfig() if config is None else config
     if not isinstance(config, ProbeConfig):
         raise ProbeError(f"config: expected a ProbeConfig, found {type(config).__name__}")
-    X_arr = _as_features(X, attribute)
-    y_arr = _as_1d(y, "y", attribute)
-    g_arr = _as_1d(groups, "groups", attribute)
-    _check_lengths(attribute, X=X_arr, y=y_arr, groups=g_arr)
+    X_arr = as_features(X, attribute)
+    y_arr = as_1d(y, "y", attribute)
+    g_arr = as_1d(groups, "groups", attribute)
+    check_lengths(attribute, X=X_arr, y=y_arr, groups=g_arr)
     if control_key is not None:
-        key_arr = _as_1d(control_key, "control_key", attribute)
-        _check_lengths(attribute, X=X_arr, control_key=key_arr)
+        key_arr = as_1d(control_key, "control_key", attribute)
+        check_lengths(attribute, X=X_arr, control_key=key_arr)
     else:
         key_arr = None
     if control_y is not None:
@@ -527,17 +392,17 @@ def fit_probe(
             raise ProbeError(
                 f"attribute {attribute!r}: expected control_key or control_y, found both"
             )
-        control_arr = _as_1d(control_y, "control_y", attribute)
-        _check_lengths(attribute, X=X_arr, control_y=control_arr)
+        control_arr = as_1d(control_y, "control_y", attribute)
+        check_lengths(attribute, X=X_arr, control_y=control_arr)
     else:
         control_arr = None
     if X_arr.shape[0] == 0:
         raise ProbeError(f"attribute {attribute!r}: expected rows to probe, found 0")
-    group_codes = _encode_groups(g_arr)
+    group_codes = encode_groups(g_arr)
 
     if config.kind == "logistic":
-        classes, target = _encode_labels(y_arr, attribute)
-        _check_support(target, classes, None, group_codes, config, attribute)
+        classes, target = encode_labels(y_arr, attribute)
+        check_support(target, classes, None, group_codes, config.n_folds, attribute)
         chance = float(np.bincount(target).max() / target.size)
     else:
         if not np.issubdtype(y_arr.dtype, np.number) or y_arr.dtype.kind in "cb":
@@ -547,7 +412,7 @@ def fit_probe(
             )
         classes = None
         target = y_arr.astype(np.float64)
-        _check_support(None, None, target, group_codes, config, attribute)
+        check_support(None, None, target, group_codes, config.n_folds, attribute)
         chance = 0.0
 
     folds = make_folds(target, group_codes, config)
@@ -561,7 +426,7 @@ def fit_probe(
                 target, key=key_arr, seed=config.seed, attribute=attribute
             )
         elif config.kind == "logistic":
-            control_target = _encode_labels(control_arr, f"{attribute} (control_y)")[1]
+            control_target = encode_labels(control_arr, f"{attribute} (control_y)")[1]
         else:
             control_target = control_arr.astype(np.float64)
         control_pred, control_fold_scores = _oof_predict(X_arr, control_target, folds, config)
@@ -686,7 +551,7 @@ def probe_table(rows: Iterable[ProbeRow | Mapping[str, Any]]):
     if records and all(isinstance(r["layer"], (int, np.integer)) for r in records):
         table["layer"] = table["layer"].astype(np.int64)
     table["n"] = table["n"].astype(np.int64)
-    return table
+    return PROBES.check(table)
 
 
 def _is_missing(value: Any) -> bool:
@@ -813,7 +678,7 @@ def probe_results(
                 )
         else:
             X, rows = value, None
-        X_arr = _as_features(X, f"{key!r}")
+        X_arr = as_features(X, f"{key!r}")
         if rows is None:
             if X_arr.shape[0] != g_all.shape[0]:
                 raise ProbeError(

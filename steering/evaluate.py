@@ -21,8 +21,8 @@ category and ``"all"``:
 :func:`best_gain` picks the (layer, alpha, positions, format) with the largest gain of the
 main vector and reports it beside the controls at the same setting (and the paired difference
 vector − control).  It is chosen on the evaluation items themselves, so it is an optimistic
-estimate; the summary says so.  :func:`figures` draws accuracy (and delta) vs alpha per method
-with CI bands, one panel per layer.
+estimate; the summary says so.  :func:`figures` draws accuracy (and delta) vs alpha per vector,
+method, layer and positions with CI bands (:func:`steering.figures.steering_sweep`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ConfigError
+from interp.schemas import STEER_ITEMS, STEERING
 
 __all__ = [
     "BASELINE",
@@ -47,14 +48,10 @@ __all__ = [
     "steering_table",
 ]
 
-STEERING_COLUMNS: tuple[str, ...] = (
-    "vector", "method", "layer", "alpha", "positions", "category", "accuracy", "ci_low", "ci_high",
-    "n", "delta", "delta_ci_low", "delta_ci_high",
-)
-ITEM_COLUMNS: tuple[str, ...] = (
-    "row_id", "item_id", "vector", "method", "layer", "alpha", "positions", "format", "category",
-    "tier", "answer", "prediction", "answer_span", "matched_choice", "correct",
-)
+#: the columns of ``steering.parquet`` before ``format`` (all declared in :data:`interp.schemas.STEERING`)
+STEERING_COLUMNS: tuple[str, ...] = tuple(c for c in STEERING.names if c != "format")
+#: the columns of the steer stage's ``items.parquet`` (:data:`interp.schemas.STEER_ITEMS`)
+ITEM_COLUMNS: tuple[str, ...] = STEER_ITEMS.names
 BASELINE = "baseline"
 MAIN_METHOD = "audio_minus_silence"
 
@@ -240,8 +237,6 @@ def _with_alpha_zero(df, vectors_layers: dict[str, tuple[str, list[int]]], posit
 
 def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, alphas: Sequence[float] | None = None):
     """The ``steering.parquet`` table (:data:`STEERING_COLUMNS` plus ``format``) from item rows."""
-    import pandas as pd
-
     from interp.stats import bootstrap_mean_ci
 
     df = item_rows.copy()
@@ -273,11 +268,11 @@ def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, alphas: Sequ
                 "accuracy": float(mean[0]), "ci_low": float(lo[0]), "ci_high": float(hi[0]), "n": int(len(gc)),
                 "delta": float(mean[1]), "delta_ci_low": float(lo[1]), "delta_ci_high": float(hi[1]),
             })
-    cols = [*STEERING_COLUMNS, "format"]
-    table = pd.DataFrame(out, columns=cols)
+    table = STEERING.frame(out)
     table["layer"] = table["layer"].astype(int)
     table["n"] = table["n"].astype(int)
-    return table.sort_values(["vector", "layer", "positions", "format", "category", "alpha"]).reset_index(drop=True)
+    table = table.sort_values(["vector", "layer", "positions", "format", "category", "alpha"]).reset_index(drop=True)
+    return STEERING.check(table)
 
 
 def _paired_ci(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
@@ -337,45 +332,9 @@ def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, 
 
 
 def figures(table, *, category: str = "all") -> dict[str, Any]:
-    """Plotly figures: ``accuracy`` and ``delta`` vs alpha, one line per vector with its CI band,
-    one panel per (layer, positions, format)."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-    from plotly.subplots import make_subplots
+    """The two figures the steer stage writes: ``accuracy`` and ``delta`` (the paired gain over
+    alpha = 0) vs alpha for ``category``, one curve per (vector, method, layer, positions
+    [, format]) with its 95% bootstrap CI band (:func:`steering.figures.steering_sweep`)."""
+    from steering.figures import steering_sweep
 
-    t = table[table["category"] == category]
-    panels = sorted({(int(r.layer), r.positions, r.format) for r in t.itertuples()})
-    names = list(dict.fromkeys(t["vector"]))
-    colors = {n: qualitative.Plotly[i % len(qualitative.Plotly)] for i, n in enumerate(names)}
-    out = {}
-    for metric, lo_col, hi_col, title in (
-        ("accuracy", "ci_low", "ci_high", "Accuracy vs alpha"),
-        ("delta", "delta_ci_low", "delta_ci_high", "Accuracy gain over alpha = 0 (paired)"),
-    ):
-        fig = make_subplots(
-            rows=1, cols=max(1, len(panels)), shared_yaxes=True,
-            subplot_titles=[f"layer {L} · {p} · {f}" for L, p, f in panels] or [""],
-        )
-        for j, (L, p, f) in enumerate(panels, start=1):
-            for name in names:
-                g = t[(t["vector"] == name) & (t["layer"] == L) & (t["positions"] == p) & (t["format"] == f)].sort_values("alpha")
-                if g.empty:
-                    continue
-                col = colors[name]
-                x = g["alpha"].tolist()
-                fig.add_trace(go.Scatter(
-                    x=x + x[::-1], y=g[hi_col].tolist() + g[lo_col].tolist()[::-1], fill="toself",
-                    line=dict(width=0), fillcolor=col, opacity=0.18, hoverinfo="skip", showlegend=False,
-                    legendgroup=name,
-                ), row=1, col=j)
-                fig.add_trace(go.Scatter(
-                    x=x, y=g[metric].tolist(), mode="lines+markers", name=f"{name} ({g['method'].iloc[0]})",
-                    line=dict(color=col), legendgroup=name, showlegend=j == 1,
-                    customdata=np.stack([g[lo_col], g[hi_col], g["n"]], axis=-1),
-                    hovertemplate="alpha %{x}<br>" + metric + " %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>n %{customdata[2]}<extra></extra>",
-                ), row=1, col=j)
-            fig.update_xaxes(title_text="alpha", row=1, col=j)
-        fig.update_yaxes(title_text=metric, row=1, col=1)
-        fig.update_layout(title=f"{title} ({category}; 95% bootstrap CI)", template="plotly_white")
-        out[metric] = fig
-    return out
+    return {y: steering_sweep(table, category=category, y=y) for y in ("accuracy", "delta")}

@@ -16,9 +16,13 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import dashboards  # noqa: E402
-from dashboards import data, figures  # noqa: E402
+from dashboards import data  # noqa: E402
 from dashboards.synthetic import write_synthetic_run  # noqa: E402
+from interp import figures  # noqa: E402
 from interp.errors import RunFolderError  # noqa: E402
+from interp.papers import REPORTED  # noqa: E402
+from probes.figures import accuracy_by_layer  # noqa: E402
+from steering.figures import compare_table, steering_sweep  # noqa: E402
 
 APP = Path(dashboards.__file__).resolve().parent / "app.py"
 VIEWS = ("overview", "heads", "decay", "tokens", "probes", "steering", "compare")
@@ -250,14 +254,14 @@ def test_figure_builders_name_their_traces(full_run):
     assert names == ["all heads 95% CI", "all heads", "specialist heads 95% CI", "specialist heads", "L0H1 95% CI", "L0H1"]
     assert all(t.mode == "lines" and t.fill == "toself" for t in fig.data if t.name.endswith("95% CI"))
     probes = data.read_table(full_run / "probe", "probes.parquet")
-    fig = figures.probe_by_layer(probes, step="—")
+    fig = accuracy_by_layer(probes, step=None)
     assert {"event_count", "event_count control", "event_count chance", "event_count 95% CI"} <= {t.name for t in fig.data}
+    fig = accuracy_by_layer(probes, step=None, metric="selectivity")
+    assert {t.name for t in fig.data} == {"event_count", "first_event", "louder"}
     steer = data.read_table(full_run / "steer", "steering.parquet")
-    assert len(figures.steering_sweep(steer, y="delta").data) == 2 * 4  # 4 curves, each with a band
-    table = figures.compare_table(data.read_table(full_run / "compare", "compare.parquet"))
+    assert len(steering_sweep(steer, y="delta").data) == 2 * 4  # 4 curves, each with a band
+    table = compare_table(data.read_table(full_run / "compare", "compare.parquet"))
     assert list(table.columns[:5]) == ["metric", "group", "system", "source", "value"]
-    from auralens.compare import REPORTED
-
     assert list(table["source"]) == ["measured"] * (len(table) - len(REPORTED)) + ["reported"] * len(REPORTED)
     assert list(table["system"][:4]) == ["base", "base+steering", "finetuned", "finetuned+steering"]
     assert figures.decay_curves(None).layout.annotations  # an empty-state figure, not an error

@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from dashboards import data, figures, ui
+from dashboards import data, ui
+from interp import figures
 
 ctx = ui.context()
 st.title("Overview")

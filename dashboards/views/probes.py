@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dashboards import figures, ui
+from dashboards import ui
+from probes.figures import accuracy_by_layer, accuracy_by_step, step_label
 
 ctx = ui.context()
 st.title("Probes")
@@ -16,17 +17,19 @@ site = c1.selectbox("Site", sorted(probes["site"].astype(str).unique()), key="pr
 d = probes[probes["site"].astype(str) == site]
 position = c2.selectbox("Position", sorted(d["position"].astype(str).unique()), key="probe_pos")
 d = d[d["position"].astype(str) == position]
-steps = sorted(set(d["step"].astype(object).map(figures.step_label)), key=lambda s: (s != "—", s.zfill(6)))
-step = c3.selectbox("Reasoning step", steps, key="probe_step")
+# the picker shows labels ("—" for no step); the figure is given the step itself
+by_label = {step_label(v): v for v in d["step"].astype(object).unique()}
+label = c3.selectbox("Reasoning step", sorted(by_label, key=lambda s: (s != "—", s.zfill(6))), key="probe_step")
+step = None if label == "—" else by_label[label]
 metric = c4.radio("Metric", ["accuracy", "selectivity"], key="probe_metric")
 attrs = st.multiselect("Attributes", list(dict.fromkeys(d["attribute"])), default=list(dict.fromkeys(d["attribute"])),
                        key="probe_attrs")
-st.plotly_chart(figures.probe_by_layer(probes, site=site, position=position, step=step, attributes=attrs, metric=metric),
-                key="probe_layer")
-step_positions = sorted(probes.loc[probes["step"].notna() & (probes["site"].astype(str) == site), "position"].astype(str).unique())
+st.plotly_chart(accuracy_by_layer(d, step=step, attributes=attrs, metric=metric), key="probe_layer")
+stepped = probes[probes["step"].notna() & (probes["site"].astype(str) == site)]
+step_positions = sorted(stepped["position"].astype(str).unique())
 if step_positions:
-    st.plotly_chart(figures.probe_by_step(probes, site=site, position=step_positions[0],
-                                          title=f"Probe accuracy by reasoning step at {step_positions[0]} (best layer per attribute)"),
+    st.plotly_chart(accuracy_by_step(stepped[stepped["position"].astype(str) == step_positions[0]],
+                                     title=f"Probe accuracy by reasoning step at {step_positions[0]} (best layer per attribute)"),
                     key="probe_step_fig")
 else:
     st.caption("This run has no probes by reasoning step.")

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dashboards import figures, ui
+from dashboards import ui
+from steering.figures import steering_sweep
 
 ctx = ui.context()
 st.title("Steering")
@@ -19,7 +20,7 @@ layers = sorted(int(v) for v in steer["layer"].unique())
 chosen_layers = c3.multiselect("Layers", layers, default=layers, key="steer_layers")
 vectors = list(dict.fromkeys(steer["vector"]))
 chosen = st.multiselect("Vectors", vectors, default=vectors, key="steer_vectors")
-st.plotly_chart(figures.steering_sweep(steer, category=category, y=y, vectors=chosen, layers=chosen_layers), key="steer_sweep")
+st.plotly_chart(steering_sweep(steer, category=category, y=y, vectors=chosen, layers=chosen_layers), key="steer_sweep")
 d = steer[steer["category"].astype(str) == category]
 best = d.loc[d.groupby([c for c in ("vector", "method", "layer", "positions", "format") if c in d], dropna=False)["delta"].idxmax()]
 st.markdown("**Best α per vector** (largest gain over α=0)")
