@@ -25,26 +25,6 @@ import numpy as np
 from interp.errors import ConfigError
 
 
-def _trim_length(ids, eos_ids: set[int], pad_id: int | None) -> int:
-    """Generated tokens up to and including the first end-of-turn token."""
-    ids = ids.tolist()
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            return i + 1
-        if pad_id is not None and t == pad_id and i > 0:
-            return i
-    return len(ids)
-
-
-def _eos_ids(lm) -> set[int]:
-    ids = lm.model.generation_config.eos_token_id
-    ids = ids if isinstance(ids, list) else [ids]
-    out = {int(i) for i in ids if i is not None}
-    if lm.tokenizer.eos_token_id is not None:
-        out.add(int(lm.tokenizer.eos_token_id))
-    return out
-
-
 def _write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
     import io
 
@@ -135,7 +115,9 @@ def stage_record(
     run.update_manifest(architecture=lm.arch.to_dict())
     log = RowLog(run, "items.parquet", key="item_id", resume=resume)
     done = log.done()
-    eos = _eos_ids(lm)
+    from interp.capture import stop_ids, trim_at_stop
+
+    eos = stop_ids(lm, pad=False)
     sr = lm.processor.feature_extractor.sampling_rate
     indexed = [(i, it) for i, it in enumerate(items) if it.item_id not in done]
     bar = None
@@ -151,7 +133,7 @@ def stage_record(
         )
         rows = []
         for b, (idx, it) in enumerate(zip(idxs, its)):
-            n_tok = _trim_length(new[b], eos, lm.tokenizer.pad_token_id)
+            n_tok = len(trim_at_stop(new[b], eos, inclusive=True, pad_id=lm.tokenizer.pad_token_id))
             ids = new[b, :n_tok].cpu()
             steps, _ = token_steps(ids.tolist(), lm.tokenizer)
             text = clean_decoded(lm.tokenizer.decode(ids, skip_special_tokens=True))
