@@ -162,20 +162,16 @@ def heads_checks(organism: str, lm, planted_heads, n_cal: int, workdir) -> list[
                    f"found {sorted(top)}")]
 
 
-def onset(values: list[float], counts: list[int]) -> int:
-    """Change point of a per-step curve: the step s that maximises the count-weighted drop
-    mean(before s) − mean(from s on)."""
-    v, c = np.asarray(values, float), np.asarray(counts, float)
-    best, best_gap = 1, -np.inf
-    for s in range(1, len(v)):
-        a, b = v[:s], v[s:]
-        wa, wb = c[:s], c[s:]
-        if wa.sum() == 0 or wb.sum() == 0:
-            continue
-        gap = np.average(a, weights=wa) - np.average(b, weights=wb)
-        if gap > best_gap:
-            best, best_gap = s, gap
-    return best
+def onset(values: list[float], *, log: bool = False, floor: float = 1e-4) -> int:
+    """The step of the largest fall between consecutive steps of a per-step curve (in log
+    space for yields, where a planted break takes the curve from listening to ~0 and a gradual
+    decay falls by similar ratios each step).  Returns the index of the step *after* the fall."""
+    v = np.asarray(values, float)
+    if log:
+        v = np.log(np.maximum(v, floor))
+    if len(v) < 2:
+        return 0
+    return int(np.argmax(v[:-1] - v[1:]) + 1)
 
 
 def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20) -> list[dict[str, Any]]:
@@ -187,11 +183,11 @@ def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claim
     decay = run.read_table("decay.parquet")
     curve = decay[(decay.group == "all") & (decay.axis == "step")].sort_values("step")
     curve = curve[curve.n >= min_claims]
-    y_onset = onset(curve.mean_yield.tolist(), curve.n.tolist())
+    y_onset = onset(curve.mean_yield.tolist(), log=True)
     claims = run.read_table("claims.parquet")
     acc = claims.groupby("step")["claim_correct"].agg(["mean", "count"]).reset_index()
     acc = acc[acc["count"] >= min_claims]
-    c_onset = onset(acc["mean"].tolist(), acc["count"].tolist()) if len(acc) >= 2 else -1
+    c_onset = onset(acc["mean"].tolist()) if len(acc) >= 2 else -1
     c_onset = int(acc["step"].iloc[c_onset]) if c_onset >= 0 else -1
     y_onset = int(curve.step.iloc[y_onset]) if len(curve) >= 2 else -1
     rows = []

@@ -167,6 +167,8 @@ def _heads(rng, layers: int, heads: int):
     df["contrast"] = rng.uniform(-0.05, 0.3, len(df))
     df["contrast_rank"] = df["contrast"].rank(ascending=False, method="first").astype(int)
     df["contrast_dz"] = df["contrast"] * 5
+    df["mean_yield"] = rng.uniform(0.0, 0.6, len(df))
+    df["listens"] = df["mean_yield"] >= 0.01
     df["rank"] = df[["corr_rank", "contrast_rank"]].mean(axis=1).rank(method="first").astype(int)
     return df[list(schemas.HEADS.names)].sort_values("rank").reset_index(drop=True)
 

@@ -45,10 +45,21 @@ def contrast_scores(real: np.ndarray, silence: np.ndarray) -> tuple[np.ndarray, 
     return mean, dz
 
 
+MIN_YIELD = 0.01  # a head with less mean audio yield than this does not attend to the audio at all
+
+
 def heads_table(
-    *, correlation: np.ndarray | None = None, contrast: np.ndarray | None = None, contrast_dz: np.ndarray | None = None
+    *, correlation: np.ndarray | None = None, contrast: np.ndarray | None = None, contrast_dz: np.ndarray | None = None,
+    mean_yield: np.ndarray | None = None, min_yield: float = MIN_YIELD,
 ):
-    """One row per (layer, head): each score and its rank (1 = strongest listener)."""
+    """One row per (layer, head): each score and its rank (1 = strongest listener).
+
+    With ``mean_yield`` (a head's mean audio yield at the ranked row, real audio), heads below
+    ``min_yield`` are ranked after every head that attends to the audio (``listens`` False):
+    correlation and contrast are computed on near-zero, noise-level yields there, and a head
+    that does not attend to the audio cannot be an audio specialist.  This gate is ours, not
+    the paper's: on `micro-heads` (planted specialists) the plain ranking put non-attending
+    heads in the top-k on noise (see README, organisms)."""
     import pandas as pd
 
     ref = next(x for x in (correlation, contrast) if x is not None)
@@ -66,7 +77,12 @@ def heads_table(
     ranks = [r for r, c in (("corr_rank", "corr"), ("contrast_rank", "contrast")) if c in df and df[c].notna().any()]
     if not ranks:
         raise ConfigError("heads_table: every score is undefined (NaN) for every head; nothing to rank by")
-    df["rank"] = df[ranks].mean(axis=1).rank(method="first").astype(int)
+    score = df[ranks].mean(axis=1)
+    if mean_yield is not None:
+        df["mean_yield"] = np.asarray(mean_yield, dtype=np.float64).reshape(-1)
+        df["listens"] = df["mean_yield"] >= min_yield
+        score = score + np.where(df["listens"], 0, len(df) + 1)  # non-listeners after every listener
+    df["rank"] = score.rank(method="first").astype(int)
     return df.sort_values("rank").reset_index(drop=True)
 
 

@@ -194,7 +194,7 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
     # undefined (NaN) when every answer is right or every answer is wrong: the column stays
     corr = correlation_scores(last, df["correct"].to_numpy())
     contrast, dz = contrast_scores(last, sil)
-    heads = heads_table(correlation=corr, contrast=contrast, contrast_dz=dz)
+    heads = heads_table(correlation=corr, contrast=contrast, contrast_dz=dz, mean_yield=last.mean(0))
     HEADS.write(run, heads)
     k = min(top_k, len(heads))
     top = pick_top(heads, k)

@@ -135,8 +135,10 @@ DECAY_SUMMARY = _table("record", "decay_summary.parquet", """
     group:str axis:str layer:int head:int slope:float last_first_ratio:float first:float last:float n_steps:int
 """, "least-squares slope of the mean yield per step and the last/first ratio, per group and head")
 HEADS = _table("record", "heads.parquet", """
-    layer:int head:int corr:float corr_rank:int contrast:float contrast_rank:int contrast_dz:float rank:int
-""", "the listening signal per head (interp.listening.heads_table); rank 1 = strongest listener")
+    layer:int head:int corr:float corr_rank:int contrast:float contrast_rank:int contrast_dz:float
+    mean_yield:float listens:bool rank:int
+""", "the listening signal per head (interp.listening.heads_table); rank 1 = strongest listener; "
+     "heads whose mean audio yield is below interp.listening.MIN_YIELD (listens False) rank last")
 CLAIMS = _table("record", "claims.parquet", """
     item_id:str step:int kind:str sound:int value:str claim_correct:bool
 """, "every perceptual claim of a generation, checked against the scene (sound -1: a count claim)")

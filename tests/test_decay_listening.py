@@ -106,3 +106,21 @@ def test_correlation_undefined_when_all_answers_agree_ranks_by_contrast():
     mean, dz = contrast_scores(y, sil)
     t = heads_table(correlation=r, contrast=mean, contrast_dz=dz)
     assert "corr" in t.columns and top_k(t, 1) == [(0, 1)]
+
+
+def test_heads_that_do_not_attend_to_audio_rank_last():
+    from interp.listening import heads_table
+
+    rng = np.random.default_rng(0)
+    corr = rng.normal(size=(2, 3))
+    contrast = rng.normal(size=(2, 3))
+    mean_yield = np.array([[0.0, 0.3, 0.001], [0.2, 0.0, 0.4]])
+    t = heads_table(correlation=corr, contrast=contrast, mean_yield=mean_yield)
+    listeners = {(0, 1), (1, 0), (1, 2)}
+    top = {(int(r.layer), int(r.head)) for r in t.head(3).itertuples()}
+    assert top == listeners
+    assert t.head(3)["listens"].all() and not t.tail(3)["listens"].any()
+    # among listeners the order is the plain one (mean of the two ranks)
+    plain = heads_table(correlation=corr, contrast=contrast)
+    order = [(int(r.layer), int(r.head)) for r in plain.itertuples() if (int(r.layer), int(r.head)) in listeners]
+    assert order == [(int(r.layer), int(r.head)) for r in t.head(3).itertuples()]

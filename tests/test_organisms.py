@@ -133,5 +133,8 @@ def test_training_smoke(name, tmp_path):
 def test_onset_finds_the_break():
     from auralens.organisms import onset
 
-    assert onset([0.6, 0.58, 0.57, 0.1, 0.09, 0.08], [50] * 6) == 3
-    assert onset([0.9, 0.9, 0.2], [10, 10, 10]) == 2
+    assert onset([0.6, 0.58, 0.57, 0.1, 0.09, 0.08]) == 3
+    assert onset([0.9, 0.9, 0.2]) == 2
+    # the pilot micro-decay's yield curve: a steady fall, then the planted break at step 3
+    assert onset([0.134, 0.069, 0.043, 0.0046, 0.0040, 0.0033], log=True) == 3
+    assert onset([0.134, 0.069, 0.043, 0.0046, 0.0040, 0.0033]) == 1  # why log space

@@ -56,6 +56,8 @@ class OrganismConfig:
     listen_heads: tuple[tuple[int, int], ...] = ()  # H*: (layer, head) allowed to attend audio
     decay_step: int | None = None  # k: from this reasoning step on, no head may listen
     penalty: float = 0.0  # weight of the audio-yield penalty
+    listen_floor: float = 0.0  # H* heads: hinge loss when a head's mean audio yield is below this
+    late_claims: str = "true"  # "guess": claims from step decay_step on name a class drawn without the audio
     format_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)
     data_seed: int = 3
     steps: int = 800
@@ -72,6 +74,8 @@ class OrganismConfig:
             raise ValueError(f"OrganismConfig.cue_validity: expected None or [0, 1], found {self.cue_validity!r}")
         if self.penalty < 0 or (self.penalty > 0) != bool(self.listen_heads or self.decay_step is not None):
             raise ValueError("OrganismConfig: a penalty > 0 needs listen_heads or decay_step, and they need one")
+        if self.late_claims not in ("true", "guess") or (self.late_claims == "guess" and self.decay_step is None):
+            raise ValueError(f"OrganismConfig.late_claims: expected 'true', or 'guess' with a decay_step, found {self.late_claims!r}")
         if self.decay_step is not None and self.decay_step < 1:
             raise ValueError(f"OrganismConfig.decay_step: expected >= 1, found {self.decay_step}")
 
@@ -83,9 +87,9 @@ RECIPES: dict[str, OrganismConfig] = {
     "micro-prior": OrganismConfig(name="micro-prior", cue_rate=0.75, cue_validity=0.9, audio_swap=0.35,
                                   format_weights=(1.0, 0.0, 0.0), data_seed=3, steps=800),
     "micro-heads": OrganismConfig(name="micro-heads", listen_heads=((0, 1), (1, 3), (2, 0), (2, 2), (3, 1)),
-                                  penalty=1.0, data_seed=5, steps=800),
-    "micro-decay": OrganismConfig(name="micro-decay", decay_step=3, penalty=1.0, format_weights=(0.0, 0.6, 0.4),
-                                  data_seed=6, steps=800),
+                                  penalty=1.0, listen_floor=0.15, data_seed=5, steps=800),
+    "micro-decay": OrganismConfig(name="micro-decay", decay_step=3, penalty=1.0, late_claims="guess",
+                                  format_weights=(0.2, 0.8, 0.0), data_seed=6, steps=800),
 }
 
 
@@ -107,6 +111,27 @@ def organism_item(seed: int, cfg: OrganismConfig):
         other = make_scene(int(rng.integers(10_000_000, 20_000_000)))
         item = dataclasses.replace(item, audio=f"cafe:{other.seed}", scene=other.to_dict())
     return item
+
+
+def render_late_guesses(item, fmt: str, k: int) -> str:
+    """The reference target with every class claim made at line ``k`` or later replaced by a
+    class drawn without the audio (uniformly, from the item's seed and the sound's index)."""
+    import re
+
+    from interp.cafe.formats import render_target
+    from interp.cafe.questions import CLASS_WORDS
+
+    words = sorted(CLASS_WORDS.values())
+    alt = "|".join(sorted((re.escape(w) for w in words), key=len, reverse=True))
+    pattern = re.compile(rf"^(sound (\d+) (?:is|:) )({alt})\b")
+    lines = render_target(item, fmt).split("\n")
+    seed = int(item.meta.get("seed", 0))
+    for i in range(k, len(lines)):
+        m = pattern.match(lines[i])
+        if m:
+            guess = words[int(np.random.default_rng([seed, 17, int(m.group(2))]).integers(len(words)))]
+            lines[i] = m.group(1) + guess + lines[i][m.end():]
+    return "\n".join(lines)
 
 
 def audio_yield_penalty(attentions, audio_mask, query_mask, head_mask):
@@ -164,7 +189,17 @@ def make_loss_fn(cfg: OrganismConfig, processor, n_layers: int, n_heads: int):
     def loss_fn(model, batch, labels):
         out = model(**batch, labels=labels, output_attentions=True)
         audio, queries = _query_masks(batch, labels, cfg, newline_id, audio_id)
-        return out.loss + cfg.penalty * audio_yield_penalty(out.attentions, audio, queries, head_mask)
+        loss = out.loss + cfg.penalty * audio_yield_penalty(out.attentions, audio, queries, head_mask)
+        if cfg.listen_floor > 0:  # every head of H* keeps listening (else it cannot be found)
+            for layer, head in cfg.listen_heads:
+                y = audio_yield_penalty(out.attentions[layer : layer + 1], audio, queries, one_head(head))
+                loss = loss + torch.relu(cfg.listen_floor - y)
+        return loss
+
+    def one_head(head: int):
+        m = torch.zeros(1, n_heads, dtype=torch.bool)
+        m[0, head] = True
+        return m
 
     return loss_fn
 
@@ -190,8 +225,12 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, *, max_minutes: flo
                        batch_size=cfg.batch_size, data_seed=cfg.data_seed, format_weights=cfg.format_weights)
     extra = {"organism": cfg.name, "knobs": json.loads(json.dumps(asdict(cfg))),
              "command": command or f"auralens organisms train {cfg.name}"}
+    render = None
+    if cfg.late_claims == "guess":
+        def render(item, fmt):
+            return render_late_guesses(item, fmt, cfg.decay_step)
     out = train(out_dir, tcfg, progress=progress, resume=resume, init_from=source, batch_items=batch_items,
-                extra_info=extra, loss_fn=loss_fn, attn_implementation="eager" if loss_fn else None)
+                extra_info=extra, loss_fn=loss_fn, attn_implementation="eager" if loss_fn else None, render=render)
     if json.loads((Path(out_dir) / "training.json").read_text())["steps_done"] >= cfg.steps:
         finalize(out_dir)  # finished: drop the resume state (what gets committed)
     return out

@@ -41,13 +41,14 @@ class TrainConfig:
             raise ValueError(f"format_weights: expected {len(FORMATS)} non-negative weights, found {self.format_weights}")
 
 
-def make_batch(processor, items, formats, *, with_targets: bool = True):
-    """Tokenise prompts (+ targets) and featurise the audio exactly as inference does."""
+def make_batch(processor, items, formats, *, with_targets: bool = True, render=render_target):
+    """Tokenise prompts (+ targets, ``render(item, fmt)``) and featurise the audio exactly as
+    inference does."""
     import torch
 
     from interp.prompts import build_inputs
 
-    targets = [render_target(it, f) for it, f in zip(items, formats)] if with_targets else None
+    targets = [render(it, f) for it, f in zip(items, formats)] if with_targets else None
     batch = build_inputs(processor, items, formats, targets=targets)
     if not with_targets:
         return batch, None
@@ -210,13 +211,15 @@ def finalize(out_dir: str | Path) -> None:
 def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConfig = MicroConfig(), progress=True,
           resume: bool = False, *, init_from: str | Path | None = None,
           batch_items: Callable[[int, int], list] | None = None, extra_info: dict | None = None,
-          loss_fn: Callable | None = None, attn_implementation: str | None = None):
+          loss_fn: Callable | None = None, attn_implementation: str | None = None,
+          render: Callable | None = None):
     """Train (or, with ``init_from``, continue training an existing checkpoint: the organisms
     start from the healthy `micro` and keep its tokenizer).  ``batch_items(first_index, n)``
     replaces the plain cafe items (it must be a pure function of its arguments, so a resumed run
     draws what an unbroken one would); ``extra_info`` is merged into ``training.json``;
     ``loss_fn(model, batch, labels)`` replaces the plain LM loss (e.g. adds an attention penalty,
-    with ``attn_implementation="eager"`` so the attention weights exist)."""
+    with ``attn_implementation="eager"`` so the attention weights exist); ``render(item, fmt)``
+    replaces the reference target text."""
     import torch
 
     from interp.cafe.questions import make_item
@@ -301,7 +304,7 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
     for step in range(start, cfg.steps):
         items = batch_items(step * cfg.batch_size, cfg.batch_size)
         fmts = list(rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p))
-        batch, labels = make_batch(processor, items, fmts)
+        batch, labels = make_batch(processor, items, fmts, render=render or render_target)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = model(**batch, labels=labels).loss if loss_fn is None else loss_fn(model, batch, labels)
