@@ -141,6 +141,22 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     else:
         Console().print(f"compare stage skipped: no fine-tuned micro in {FINETUNED_DIR} (run `auralens micro finetune`)")
 
+    # --- stage 6: the toolkit against model organisms with planted deficits ------------------
+    from auralens.organisms import summary_rows, validate
+    from interp.micro.organisms import ORGANISMS, available
+
+    have = [name for name in ORGANISMS if available(name)]
+    if have:
+        org = validate(organisms=("micro", *have), n=12 if fast else n, n_cal=12 if fast else n,
+                       probes=not fast, keep=out / "organisms", resume=resume, min_claims=2 if fast else 20)
+        results["organisms"] = org
+        _table(f"what the toolkit finds: healthy micro vs the organisms (held-out items, n={12 if fast else n}; "
+               "full checks: `auralens organisms validate`)",
+               ["model", "conflict gap (neutral − conflict)", "listening heads recovered", "decay onset (yield / claims)",
+                "claims before − after k"], summary_rows(org))
+    else:
+        Console().print("organisms stage skipped: no organism weights (run `auralens organisms train NAME`)")
+
     results["seconds"] = round(time.time() - t0, 1)
     Console().print(f"demo finished in {results['seconds']} s; run folders under {out}/")
     return results

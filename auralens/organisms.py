@@ -16,7 +16,20 @@ pass/fail.  A failing check is reported as failing: thresholds are the issue's, 
                               selectivity (minus the control task) >= 0.20 — the information
                               is there although the answer follows the cue (our thresholds).
 
-healthy ``micro`` (negative control): ``|neutral − conflict| <= 0.05``.
+``micro-heads`` (planted specialist heads H*, in ``training.json``): the listening-signal
+ranking (``auralens record`` on ``cafe-neutral:calibration``, direct answers) puts at least 80%
+of H* in its top |H*|.
+
+``micro-decay`` (planted onset k), ``auralens record`` on ``cafe-neutral:test`` with chain of
+thought: the onset read from yield-by-step (largest fall, log space) and from class-claim
+accuracy by step (largest fall) are within ±1 of k; class claims from step k on are at least
+0.15 less accurate than before (paired by item, bootstrap CI).
+
+healthy ``micro`` (negative control): ``|neutral − conflict| <= 0.05``, and no break at
+micro-decay's k: the CI of its class-claim accuracy before k − from k on contains 0.
+
+Steps with fewer than ``min_claims`` items (yield) or claims (accuracy) are left out of the
+onset curves: a late step reached by a handful of long chains says little.
 """
 
 from __future__ import annotations
@@ -30,11 +43,12 @@ PROBE_ATTRIBUTES = ("n_events", "event1_class")
 
 
 def _check(organism: str, check: str, value: float, threshold: float, op: str,
-           ci: tuple[float, float] | None = None, n: int | None = None, note: str = "") -> dict[str, Any]:
-    ok = {">=": value >= threshold, "<=": value <= threshold}[op]
+           ci: tuple[float, float] | None = None, n: int | None = None, note: str = "",
+           found: dict[str, Any] | None = None) -> dict[str, Any]:
+    ok = {">=": value >= threshold, "<=": value <= threshold}[op]  # NaN fails both
     return {"organism": organism, "check": check, "value": round(float(value), 4),
             "ci": None if ci is None else [round(float(ci[0]), 4), round(float(ci[1]), 4)],
-            "threshold": f"{op} {threshold}", "pass": bool(ok), "n": n, "note": note}
+            "threshold": f"{op} {threshold}", "pass": bool(ok), "n": n, "note": note, "found": found or {}}
 
 
 def _correct_by_base(df, mode: str) -> dict[str, float]:
@@ -140,18 +154,18 @@ def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[st
     return rows
 
 
-def _record(lm, name: str, data: str, n: int, fmt: str, out) -> Any:
+def _record(lm, name: str, data: str, n: int, fmt: str, out, resume: bool = False) -> Any:
     from interp.record import stage_record
     from interp.runs import RunFolder
 
-    stage_record(model=name, data=data, n=n, fmt=fmt, out=out, lm=lm, quiet=True, n_boot=200,
+    stage_record(model=name, data=data, n=n, fmt=fmt, out=out, lm=lm, quiet=True, n_boot=200, resume=resume,
                  max_new_tokens=96 if fmt != "direct" else 8)
     return RunFolder.open(out)
 
 
-def heads_checks(organism: str, lm, planted_heads, n_cal: int, workdir) -> list[dict[str, Any]]:
+def heads_checks(organism: str, lm, planted_heads, n_cal: int, workdir, resume: bool = False) -> list[dict[str, Any]]:
     """Listening-signal ranking on the calibration split against the planted H*."""
-    run = _record(lm, organism, "cafe-neutral:calibration", n_cal, "direct", f"{workdir}/heads")
+    run = _record(lm, organism, "cafe-neutral:calibration", n_cal, "direct", f"{workdir}@heads", resume)
     heads = run.read_table("heads.parquet").sort_values("rank")
     k = len(planted_heads)
     top = {(int(r.layer), int(r.head)) for r in heads.head(k).itertuples()}
@@ -159,7 +173,7 @@ def heads_checks(organism: str, lm, planted_heads, n_cal: int, workdir) -> list[
     frac = len(top & truth) / k
     return [_check(organism, "listening_heads_recovered", frac, 0.80, ">=", None, n_cal,
                    f"top-{k} by the listening signal (calibration split) vs planted H* {sorted(truth)}; "
-                   f"found {sorted(top)}")]
+                   f"found {sorted(top)}", {"recovered": len(top & truth), "planted": k})]
 
 
 def onset(values: list[float], *, log: bool = False, floor: float = 1e-4) -> int:
@@ -174,46 +188,55 @@ def onset(values: list[float], *, log: bool = False, floor: float = 1e-4) -> int
     return int(np.argmax(v[:-1] - v[1:]) + 1)
 
 
-def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20) -> list[dict[str, Any]]:
+def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20,
+                 resume: bool = False) -> list[dict[str, Any]]:
     """Yield-by-step and claim-accuracy-by-step on the test split: onset and the before/after gap.
 
     For the healthy model (``k`` None) the same break is measured at the organism's planted k
     (passed by the caller as ``k_ref``) and must be absent: before/after CIs overlap."""
-    run = _record(lm, organism, "cafe-neutral:test", n, "cot", f"{workdir}/decay")
+    run = _record(lm, organism, "cafe-neutral:test", n, "cot", f"{workdir}@decay", resume)
     decay = run.read_table("decay.parquet")
     curve = decay[(decay.group == "all") & (decay.axis == "step")].sort_values("step")
     curve = curve[curve.n >= min_claims]
     y_onset = onset(curve.mean_yield.tolist(), log=True)
+    # class claims only: a count claim (step 0, nearly always right) would make any curve fall
+    # after step 0 whatever the model does (step index is confounded with what a step says)
     claims = run.read_table("claims.parquet")
+    claims = claims[claims["kind"] == "class"]
     acc = claims.groupby("step")["claim_correct"].agg(["mean", "count"]).reset_index()
     acc = acc[acc["count"] >= min_claims]
     c_onset = onset(acc["mean"].tolist()) if len(acc) >= 2 else -1
     c_onset = int(acc["step"].iloc[c_onset]) if c_onset >= 0 else -1
     y_onset = int(curve.step.iloc[y_onset]) if len(curve) >= 2 else -1
     rows = []
-    ref = k if k is not None else 3
+    ref = k if k is not None else 3  # the healthy control is cut where micro-decay's break was planted
     before = claims[claims.step < ref].groupby("item_id")["claim_correct"].mean()
     after = claims[claims.step >= ref].groupby("item_id")["claim_correct"].mean()
     both = before.index.intersection(after.index)
     gap, ci = _mean_ci((before[both] - after[both]).tolist()) if len(both) else (float("nan"), (float("nan"),) * 2)
+    found = {"yield_onset": y_onset, "claim_onset": c_onset, "claim_gap": round(float(gap), 4), "k": ref}
     if k is not None:
         rows.append(_check(organism, "yield_onset_error", abs(y_onset - k), 1, "<=", None, n,
-                           f"onset from yield-by-step = {y_onset}, planted k = {k}"))
+                           f"onset from yield-by-step = {y_onset}, planted k = {k}", found))
         rows.append(_check(organism, "claim_onset_error", abs(c_onset - k), 1, "<=", None, n,
                            f"onset from claim-accuracy-by-step = {c_onset}, planted k = {k}"))
         rows.append(_check(organism, "claim_gap_after_k", gap, 0.15, ">=", ci, len(both),
-                           "claim accuracy before k − from k on, paired by item"))
+                           "class-claim accuracy before k − from k on, paired by item", found))
     else:
         overlap = not (ci[0] > 0 or ci[1] < 0)
         rows.append(_check(organism, "no_claim_break_at_k", 0.0 if overlap else 1.0, 0.0, "<=", ci, len(both),
-                           f"claim accuracy before step {ref} − from it on: {gap:.3f}; CI must contain 0 "
-                           f"(yield onset {y_onset}, claim onset {c_onset}, reported only)"))
+                           f"class-claim accuracy before step {ref} − from it on: {gap:.3f}; CI must contain 0 "
+                           f"(yield onset {y_onset}, claim onset {c_onset}, reported only)", found))
     return rows
 
 
 def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-heads", "micro-decay"), n: int = 300,
-             n_cal: int = 200, probes: bool = True, workdir=None) -> dict[str, Any]:
-    """Every signature check of ``organisms`` on held-out items; see the module docstring."""
+             n_cal: int = 200, probes: bool = True, workdir=None, keep=None, resume: bool = False,
+             min_claims: int = 20) -> dict[str, Any]:
+    """Every signature check of ``organisms`` on held-out items; see the module docstring.
+
+    With ``keep`` (a folder), the record runs behind the head and decay checks are kept as
+    ``<keep>/<organism>@heads`` and ``<keep>/<organism>@decay`` (the dashboard lists them)."""
     import tempfile
 
     from interp.loading import load_model
@@ -224,20 +247,38 @@ def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-hea
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for name in organisms:
             lm = load_model(name, device="cpu", dtype="float32")
-            work = f"{tmp}/{name}"
+            work = f"{keep or tmp}/{name}"
             if name in ("micro", "micro-prior"):
                 acc = cue_accuracy(lm, n)
                 accuracy[name] = {k: round(float(np.mean(list(v.values()))), 4) for k, v in acc.items()}
             if name == "micro":
                 rows += healthy_checks(name, acc)
-                rows += decay_checks(name, lm, None, n, work)
+                rows += decay_checks(name, lm, None, n, work, resume=resume, min_claims=min_claims)
             elif name == "micro-prior":
                 rows += prior_checks(name, acc)
                 if probes:
-                    rows += probe_checks(name, lm, n, n_cal, work)
+                    rows += probe_checks(name, lm, n, n_cal, f"{tmp}/{name}-probe")  # activations: never kept
             elif name == "micro-heads":
-                rows += heads_checks(name, lm, planted(name)["listen_heads"], n_cal, work)
+                rows += heads_checks(name, lm, planted(name)["listen_heads"], n_cal, work, resume)
             elif name == "micro-decay":
-                rows += decay_checks(name, lm, planted(name)["decay_step"], n, work)
+                rows += decay_checks(name, lm, planted(name)["decay_step"], n, work, resume=resume,
+                                     min_claims=min_claims)
     return {"split": "test", "n": n, "accuracy": accuracy, "checks": rows,
             "passed": all(r["pass"] for r in rows)}
+
+
+def summary_rows(result: dict[str, Any]) -> list[list[Any]]:
+    """One row per model for the demo's table: conflict gap, heads recovered, decay onset."""
+    out = []
+    for name in dict.fromkeys(r["organism"] for r in result["checks"]):
+        acc = result["accuracy"].get(name, {})
+        gap = acc["neutral/real"] - acc["conflict/real"] if "neutral/real" in acc else None
+        found: dict[str, Any] = {}
+        for r in result["checks"]:
+            if r["organism"] == name:
+                found.update(r.get("found") or {})
+        heads = f"{found['recovered']}/{found['planted']}" if "recovered" in found else "-"
+        onset_ = f"{found['yield_onset']} / {found['claim_onset']} (k={found['k']})" if "yield_onset" in found else "-"
+        out.append([name, "-" if gap is None else round(gap, 3), heads, onset_,
+                    found.get("claim_gap", "-")])
+    return out

@@ -34,12 +34,18 @@ def _argv_values(flag: str) -> list[str]:
 
 
 def run_paths() -> list[Path]:
+    """The runs to pick from: each given folder, and the runs under its ``organisms/`` folder
+    (the demo's healthy-vs-organism record runs), so the picker switches between models."""
     paths = _argv_values("--run")
     if not paths and os.environ.get("AURALENS_RUNS"):
         paths = [p for p in os.environ["AURALENS_RUNS"].split(os.pathsep) if p]
     if not paths:
         return data.find_runs(Path("runs"))
-    return [Path(p) for p in paths]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        out.append(p)
+        out += [q for q in data.find_runs(p / "organisms", max_depth=1) if q not in out]
+    return out
 
 
 def live_model_name() -> str | None:

@@ -236,6 +236,14 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, *, max_minutes: flo
     return out
 
 
+def available(name: str) -> bool:
+    """Whether the embedded weights of organism ``name`` are present."""
+    from interp.loading import EMBEDDED
+    from interp.micro import WEIGHTS_DIR
+
+    return name in EMBEDDED and (WEIGHTS_DIR / EMBEDDED[name] / "config.json").exists()
+
+
 def planted(name: str) -> dict[str, Any]:
     """The knobs an embedded organism was trained with (its ``training.json``)."""
     from interp.loading import resolve_source
