@@ -187,7 +187,8 @@ def micro_finetune(
 ) -> None:
     """MPAR²-style fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
     from interp.micro import FINETUNED_DIR
-    from interp.micro.finetune import FinetuneConfig, finetune
+    from finetuning.config import FinetuneConfig
+    from finetuning.recipe import finetune
 
     given = {"sft_steps": sft_steps, "grpo_steps": grpo_steps, "grpo_lr": grpo_lr, "loss_type": loss_type,
              "max_minutes": minutes}

@@ -167,7 +167,7 @@ def _decay_rows(system, fmt, run, df, top, *, n_boot, seed) -> list[dict]:
 def _finetune_flops(lm) -> tuple[float, str]:
     p = Path(lm.source) / "finetune.json"
     if not p.exists():
-        return np.nan, f"no finetune.json in {lm.source} (not fine-tuned by interp.micro.finetune): training compute unknown"
+        return np.nan, f"no finetune.json in {lm.source} (not fine-tuned by finetuning.recipe): training compute unknown"
     info = json.loads(p.read_text())
     total = info.get("compute_flops", {}).get("total")
     if total is None:

@@ -19,7 +19,7 @@ from interp import schemas
 from interp.errors import RunFolderError
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("interp", "probes", "steering", "dashboards", "auralens")
+PACKAGES = ("interp", "probes", "steering", "finetuning", "dashboards", "auralens")
 HEAVY = ("torch", "transformers", "nnsight", "pandas", "plotly", "sklearn", "streamlit")
 
 
@@ -157,9 +157,10 @@ def test_no_import_cycles_at_import_time():
 
 
 @pytest.mark.parametrize("pkg, never", [
-    ("interp", ("probes", "steering", "dashboards", "auralens")),
-    ("probes", ("steering", "dashboards", "auralens")),
-    ("steering", ("dashboards", "auralens")),
+    ("interp", ("probes", "steering", "finetuning", "dashboards", "auralens")),
+    ("probes", ("steering", "finetuning", "dashboards", "auralens")),
+    ("steering", ("finetuning", "dashboards", "auralens")),
+    ("finetuning", ("probes", "steering", "dashboards", "auralens")),
     ("dashboards", ("auralens",)),
 ])
 def test_layering(pkg, never):

@@ -1,4 +1,4 @@
-"""MPAR²-style fine-tuning (interp.micro.finetune): rewards on hand-built traces, GRPO's
+"""MPAR²-style fine-tuning (the finetuning package): rewards on hand-built traces, GRPO's
 advantages and loss against hand computations, a GRPO update that raises the log-prob of the
 rewarded completion, and a tiny end-to-end fine-tune that writes a loadable checkpoint (+ resume).
 """
@@ -42,7 +42,7 @@ def _trace(item):
 
 # ------------------------------------------------------------------------------------ rewards
 def test_perfect_traces_get_every_reward_1(items):
-    from interp.micro.finetune import trace_rewards
+    from finetuning.rewards import trace_rewards
 
     for it in items:
         r = trace_rewards(_trace(it), it)
@@ -51,7 +51,7 @@ def test_perfect_traces_get_every_reward_1(items):
 
 def test_a_wrong_class_claim_costs_one_claim_of_three_per_sound(items):
     from interp.cafe.questions import CLASS_WORDS
-    from interp.micro.finetune import perception_reward
+    from finetuning.rewards import perception_reward
 
     it = _item(items, "identity", min_events=3)
     ev = it.scene["events"]
@@ -68,7 +68,7 @@ def test_a_wrong_class_claim_costs_one_claim_of_three_per_sound(items):
 
 def test_inconsistent_reasoning_is_measured_against_perception_not_truth(items):
     from interp.cafe.questions import CLASS_WORDS
-    from interp.micro.finetune import consistency_reward, perception_reward
+    from finetuning.rewards import consistency_reward, perception_reward
 
     it = _item(items, "identity", min_events=2)
     k = it.meta["facts"]["k"]
@@ -91,7 +91,7 @@ def test_inconsistent_reasoning_is_measured_against_perception_not_truth(items):
 
 
 def test_consistency_reads_reverse_class_and_loud_lists(items):
-    from interp.micro.finetune import consistency_reward
+    from finetuning.rewards import consistency_reward
 
     text = "\n".join([
         "<perception>", "sound 1 : tone low loud", "sound 2 : noise high soft", "sound 3 : buzz low loud", "</perception>",
@@ -104,7 +104,7 @@ def test_consistency_reads_reverse_class_and_loud_lists(items):
 
 
 def test_format_reward_counts_markers_once_each_in_order(items):
-    from interp.micro.finetune import format_reward
+    from finetuning.rewards import format_reward
 
     text = _trace(items[0])
     assert format_reward(text) == 1.0
@@ -117,7 +117,7 @@ def test_format_reward_counts_markers_once_each_in_order(items):
 
 
 def test_answer_reward_and_geometric_mean(items):
-    from interp.micro.finetune import answer_reward, combine_rewards, trace_rewards
+    from finetuning.rewards import answer_reward, combine_rewards, trace_rewards
 
     it = _item(items, "count")
     wrong = next(c for c in it.choices if c != it.answer)
@@ -138,7 +138,7 @@ def test_answer_reward_and_geometric_mean(items):
 
 # --------------------------------------------------------------------------------------- GRPO
 def test_group_advantages_match_a_hand_computation():
-    from interp.micro.finetune import group_advantages
+    from finetuning.grpo import group_advantages
 
     adv = group_advantages([1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.2, 0.4, 0.6, 0.8], 4)
     # group 1: mean 0.25, unbiased std sqrt((0.75² + 3·0.25²) / 3) = 0.5
@@ -153,7 +153,7 @@ def test_group_advantages_match_a_hand_computation():
 
 
 def test_grpo_loss_hand_values():
-    from interp.micro.finetune import grpo_loss
+    from finetuning.grpo import grpo_loss
 
     logp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
@@ -180,7 +180,7 @@ def test_grpo_loss_hand_values():
 
 
 def test_completion_mask_stops_after_the_first_eos():
-    from interp.micro.finetune import completion_mask
+    from finetuning.grpo import completion_mask
 
     ids = torch.tensor([[5, 6, 9, 0, 0], [5, 9, 6, 9, 0], [5, 6, 7, 8, 4]])
     m = completion_mask(ids, {9})
@@ -208,7 +208,8 @@ def _completions(lm, texts):
 
 def test_grpo_update_raises_the_rewarded_completion(micro, items):
     from interp.generation import model_inputs
-    from interp.micro.finetune import completion_logprobs, group_advantages, grpo_update, repeat_batch, trace_rewards
+    from finetuning.grpo import completion_logprobs, group_advantages, grpo_update, repeat_batch
+    from finetuning.rewards import trace_rewards
 
     lm = copy.copy(micro)
     lm.model = copy.deepcopy(micro.model)
@@ -247,7 +248,7 @@ def test_sampling_never_emits_the_audio_placeholder(micro, items):
     """An untrained policy samples every token; a generated <|AUDIO|> would break the log-prob
     forward (audio tokens without features), so it is suppressed in sampling and in the log-probs."""
     from interp.generation import model_inputs
-    from interp.micro.finetune import completion_logprobs, sample_completions
+    from finetuning.grpo import completion_logprobs, sample_completions
 
     torch.manual_seed(0)
     audio = micro.arch.audio_token_id
@@ -264,7 +265,7 @@ def test_sampling_never_emits_the_audio_placeholder(micro, items):
 def test_completion_logprobs_match_a_plain_forward(micro, items):
     """Left-padded prompts: the log-probs equal those of each row run alone (no padding)."""
     from interp.generation import model_inputs
-    from interp.micro.finetune import completion_logprobs
+    from finetuning.grpo import completion_logprobs
 
     two = [_item(items, "count"), _item(items, "identity", min_events=3)]
     batch = model_inputs(micro, two, "structured")
@@ -282,7 +283,8 @@ def test_completion_logprobs_match_a_plain_forward(micro, items):
 def test_run_sft_trains_with_audio_and_leaves_a_clean_model(micro, tmp_path):
     """TRL's SFTTrainer gets the audio features from make_batch; afterwards the model has no
     instance-level forward (a deepcopy must be an independent model) and no checkpointing."""
-    from interp.micro.finetune import FinetuneConfig, run_sft
+    from finetuning.config import FinetuneConfig
+    from finetuning.sft import run_sft
 
     lm = copy.copy(micro)
     lm.model = copy.deepcopy(micro.model)
@@ -309,7 +311,7 @@ def test_run_sft_trains_with_audio_and_leaves_a_clean_model(micro, tmp_path):
 
 
 def test_config_validation():
-    from interp.micro.finetune import FinetuneConfig
+    from finetuning.config import FinetuneConfig
 
     for bad in ({"loss_type": "mean"}, {"group_size": 1}, {"lr": 0.0}, {"data_seed": 7}, {"kl_coef": -1.0}, {"sft_steps": 0, "grpo_steps": 0},
                 {"temperature": float("nan")}, {"threads": True}, {"dtype": "int8"}):
@@ -324,7 +326,7 @@ TINY = dict(sft_steps=2, sft_batch_size=4, grpo_steps=2, grpo_lr=1e-3, grpo_prom
 
 
 def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch, small_micro_dir):
-    import interp.micro.finetune as ft
+    import finetuning.recipe as ft
     from interp.generation import GenerationConfig, generate_batch, model_inputs
     from interp.loading import load_model
 

@@ -1,0 +1,271 @@
+"""The whole MPAR²-style run (:func:`finetune`): SFT, then GRPO, checkpoints, resume, and the
+final folder with ``finetune.json``.  The recipe itself is described in :mod:`finetuning`.
+
+**Compute estimate** (``finetune.json["compute_flops"]``, N = parameters, tokens = non-padding
+positions, audio placeholders included): SFT ``6·N·tokens``; GRPO sampling ``2·N·(prompt +
+generated tokens)``; GRPO updates ``6·N·tokens`` per update; the reference model's forward
+``2·N·tokens`` (listed separately; it is real compute the paper's recipe also pays).
+
+**Budget** (``micro``): measured on the shared 2-core development machine
+(:data:`~finetuning.config.MEASURED`, 1 thread: 0.36 s per SFT step of 16, 2.3 s per GRPO step
+of 8 × 8 completions), the defaults —
+600 SFT steps (~4 min) and 400 GRPO steps (~16 min), each phase's ``finetune.json["timing"]``
+records the real figure — fit in 30 minutes with room for a busy machine (the shipped
+``micro-mpar2``: 600 + 400 steps in 19.2 minutes, 0.38 s and 2.30 s per step, 1 thread beside
+another 1-thread training run; with ``threads=2`` beside that run SFT took 5.7 s per step —
+never give torch more threads than free cores); ``max_minutes``
+(28) is a hard stop either way (SFT may use at most :data:`~finetuning.config.SFT_TIME_SHARE` of
+it; GRPO stops
+early enough to save).  GRPO's learning rate, on dev items (seed 8, 300 structured answers,
+greedy), each run 300 SFT + 100 GRPO steps: on the 1530-step micro 2e-4 added +3 points over SFT
+alone (0.600 → 0.633; base 0.523) at KL ~0.02/token, while 5e-4 (GRPO only) drifted to KL ~0.6;
+on the 4200-step micro (base 0.900, SFT 0.913) no GRPO setting beat SFT alone (0.83–0.89 over
+four runs: lr 1e-4 / 2e-4 × both aggregations), so the default is the conservative 1e-4 with
+``"dapo"``.  A model this sharp (mean log-prob −0.008 per sampled token at T = 1) yields few
+groups whose completions differ, hence little signal per step.
+
+**Resume** (``resume=True``): after SFT the SFT weights are checkpointed in
+``.<out>.work/sft``; GRPO checkpoints (weights and AdamW moments as safetensors, optimizer
+structure and curves as JSON; nothing pickled) every ``save_every`` steps in ``.<out>.work/grpo``.
+An interrupted SFT phase restarts from the base: the Trainer's own checkpoints (``optimizer.pt``,
+``rng_state.pth``: pickles) are never written (``save_strategy="no"``) nor resumed from, and its
+output folder is deleted after training; the phase is a few minutes.  An interrupted GRPO
+phase continues from its last checkpoint with the same items and sampling seeds.  The final
+folder (``model.safetensors``, config, processor, ``finetune.json``) appears in one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetuning.config import GRPO_SEED_OFFSET, SEED_BLOCK, SFT_TIME_SHARE, FinetuneConfig
+from finetuning.grpo import group_advantages, grpo_update, sample_completions
+from finetuning.rewards import REWARD_NAMES, combine_rewards, trace_rewards
+from finetuning.sft import run_sft
+from interp.errors import ConfigError
+
+__all__ = ["finetune"]
+
+_SAVE_RESERVE_MIN = 0.5  # GRPO stops this many minutes before max_minutes to save
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def _save_folder(folder: Path, model, processor, *, json_files: Mapping[str, Any], opt=None) -> None:
+    """Weights (safetensors), processor, JSON files and optimizer state (tensors as safetensors,
+    structure as JSON: :func:`interp.micro.train.save_optimizer`) into a temporary folder that
+    replaces ``folder`` only when complete.  Nothing is pickled."""
+    from interp.micro.train import save_optimizer
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    if opt is not None:
+        save_optimizer(tmp, opt)
+    for name, obj in json_files.items():
+        (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_weights(model, folder: Path) -> None:
+    """Load a checkpoint written by ``save_pretrained`` into ``model`` (strict).  Through
+    ``from_pretrained``: transformers renames keys on save (``model.audio_tower.*`` is stored as
+    ``audio_tower.*``), so the raw safetensors keys do not match ``model.state_dict()``."""
+    param = next(model.parameters())
+    loaded = type(model).from_pretrained(str(folder), dtype=param.dtype)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+# ----------------------------------------------------------------------------------- GRPO data
+def _items(cfg: FinetuneConfig, start: int, n: int):
+    from interp.cafe.questions import make_item
+
+    return [make_item(cfg.data_seed * SEED_BLOCK + start + i) for i in range(n)]
+
+
+# -------------------------------------------------------------------------------------- main
+def _n_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _base_training(source: str) -> dict[str, Any] | None:
+    """Provenance of an embedded / locally trained base: its training.json summary, if any."""
+    p = Path(source) / "training.json"
+    if not p.exists():
+        return None
+    info = json.loads(p.read_text())
+    return {k: info.get(k) for k in ("steps_done", "items_seen", "minutes", "final_loss")}
+
+
+def _compute(n_params: int, sft_tokens: int, sample_tokens: int, update_tokens: int, ref_tokens: int) -> dict[str, float]:
+    c = {
+        "sft": 6.0 * n_params * sft_tokens,
+        "grpo_sampling": 2.0 * n_params * sample_tokens,
+        "grpo_updates": 6.0 * n_params * update_tokens,
+        "grpo_reference": 2.0 * n_params * ref_tokens,
+    }
+    c["total"] = sum(c.values())
+    return c
+
+
+def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), *,
+             resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``base_dir`` (anything :func:`interp.loading.load_model` loads: ``"micro"``, a
+    folder, a hub id) the MPAR² way into ``out_dir``; returns what ``finetune.json`` holds."""
+    import copy
+
+    import torch
+
+    from interp.generation import model_inputs
+    from interp.loading import load_model
+
+    if not isinstance(cfg, FinetuneConfig):
+        raise ConfigError(f"cfg: expected a FinetuneConfig, found {type(cfg).__name__}")
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(f".{out_dir.name}.work")
+    cfg_dict = asdict(cfg)
+    runtime = {"max_minutes", "threads", "save_every"}  # may change between sessions
+    identity = {k: v for k, v in cfg_dict.items() if k not in runtime}
+    if (out_dir / "finetune.json").exists():
+        done = json.loads((out_dir / "finetune.json").read_text())
+        if resume and {k: v for k, v in done.get("config", {}).items() if k not in runtime} == identity:
+            return done
+        raise ConfigError(
+            f"finetune: expected no finished fine-tune in {out_dir}, found one (finetune.json); "
+            "choose another folder or remove it"
+        )
+    state: dict[str, Any] = {}
+    if resume and (work / "state.json").exists():
+        state = json.loads((work / "state.json").read_text())
+        old = {k: v for k, v in state.get("config", {}).items() if k not in runtime}
+        if old != identity or state.get("base") != str(base_dir):
+            raise ConfigError(f"finetune --resume: {work} was started with {old} on {state.get('base')}, not {identity} on {base_dir}")
+    elif work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    minutes_before = float(state.get("minutes", 0.0))
+
+    def minutes() -> float:
+        return minutes_before + (time.time() - t_start) / 60
+
+    def save_state(**changes) -> None:
+        state.update(changes, config=cfg_dict, base=str(base_dir), minutes=round(minutes(), 3))
+        (work / "state.json").write_text(json.dumps(state, indent=2))
+
+    lm = load_model(str(base_dir), dtype=cfg.dtype)
+    n_params = _n_params(lm.model)
+    torch.manual_seed(cfg.seed)
+
+    # ---- phase 1: SFT -------------------------------------------------------------------
+    if "sft" in state and (work / "sft" / "config.json").exists():
+        _load_weights(lm.model, work / "sft")
+        sft = state["sft"]
+    elif cfg.sft_steps > 0:
+        sft = run_sft(lm, cfg, work_dir=work, max_minutes=cfg.max_minutes * SFT_TIME_SHARE - minutes(), progress=progress)
+        torch.set_num_threads(cfg.threads)
+        _save_folder(work / "sft", lm.model, lm.processor, json_files={})
+        save_state(sft=sft)
+    else:
+        sft = {"steps": 0, "losses": [], "tokens": 0, "minutes": 0.0}
+        save_state(sft=sft)
+
+    # ---- phase 2: GRPO ------------------------------------------------------------------
+    policy = lm.model
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.grpo_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    grpo = state.get("grpo", {"steps": 0, "curves": [], "sample_tokens": 0, "update_tokens": 0, "ref_tokens": 0,
+                              "step_seconds": []})
+    from interp.micro.train import has_optimizer, load_optimizer
+
+    if grpo["steps"] and has_optimizer(work / "grpo"):
+        _load_weights(policy, work / "grpo")
+        load_optimizer(work / "grpo", opt)
+    suppress = [int(lm.arch.audio_token_id)]
+    bar = None
+    if progress and cfg.grpo_steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.grpo_steps, initial=grpo["steps"], desc="GRPO", unit="step")
+    stopped_early = False
+    for step in range(grpo["steps"], cfg.grpo_steps):
+        if minutes() > cfg.max_minutes - _SAVE_RESERVE_MIN:
+            stopped_early = True
+            break
+        t0 = time.time()
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        items = _items(cfg, GRPO_SEED_OFFSET + step * cfg.grpo_prompts, cfg.grpo_prompts)
+        batch = model_inputs(lm, items, "structured")
+        policy.eval()
+        rep, ids, mask = sample_completions(policy, lm.tokenizer, batch, group_size=cfg.group_size,
+                                            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                            generate_kwargs=lm.arch.table.generate_kwargs, suppress_ids=suppress)
+        from interp.tokenizer import clean_decoded
+
+        texts = [clean_decoded(t) for t in lm.tokenizer.batch_decode(ids * mask + lm.tokenizer.pad_token_id * (1 - mask),
+                                                                      skip_special_tokens=True)]
+        rewards = [trace_rewards(t, items[i // cfg.group_size]) for i, t in enumerate(texts)]
+        total = torch.tensor([r["total"] for r in rewards])
+        adv = group_advantages(total, cfg.group_size)
+        stats = grpo_update(policy, ref, opt, rep, ids, mask, adv, kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps,
+                            temperature=cfg.temperature, iterations=cfg.grpo_iterations, suppress_ids=suppress,
+                            loss_type=cfg.loss_type)
+        seq_tokens = int(rep["attention_mask"].sum() + mask.sum())
+        grpo["sample_tokens"] += seq_tokens
+        grpo["update_tokens"] += seq_tokens * cfg.grpo_iterations
+        grpo["ref_tokens"] += seq_tokens
+        g = total.view(-1, cfg.group_size)
+        row = {"step": step, **{k: round(float(np.mean([r[k] for r in rewards])), 4) for k in (*REWARD_NAMES, "total")},
+               "zero_std_groups": int((g.std(1) < 1e-8).sum()), "completion_tokens": round(float(mask.sum(1).float().mean()), 2),
+               **{k: float(f"{v:.6g}") for k, v in stats.items()}}
+        grpo["curves"].append(row)
+        grpo["step_seconds"].append(round(time.time() - t0, 3))
+        grpo["steps"] = step + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['total']:.3f}", acc=f"{row['answer']:.2f}", kl=f"{row['kl']:.3f}")
+        if cfg.save_every and grpo["steps"] % cfg.save_every == 0 and grpo["steps"] < cfg.grpo_steps:
+            _save_folder(work / "grpo", policy, lm.processor, json_files={}, opt=opt)
+            save_state(grpo=grpo)
+    if bar is not None:
+        bar.close()
+
+    # ---- final folder -------------------------------------------------------------------
+    policy.eval()
+    sft_steps_s = sft["minutes"] * 60 / max(sft["steps"], 1)
+    info = {
+        "recipe": "MPAR²-style SFT (TRL SFTTrainer) + GRPO (own loop), see finetuning",
+        "base": str(base_dir), "base_source": lm.source, "base_training": _base_training(lm.source),
+        "config": cfg_dict, "n_params": n_params,
+        "sft": sft,
+        "grpo": {k: v for k, v in grpo.items() if k not in ("step_seconds", "curves")},  # curves: reward_curves
+        "steps": {"sft": sft["steps"], "grpo": grpo["steps"]},
+        "stopped_early": stopped_early or sft["steps"] < cfg.sft_steps,
+        "minutes": round(minutes(), 3),
+        "timing": {"sft_seconds_per_step": round(sft_steps_s, 3),
+                   "grpo_seconds_per_step": round(float(np.mean(grpo["step_seconds"])), 3) if grpo["step_seconds"] else None,
+                   "threads": cfg.threads},
+        "reward_curves": grpo["curves"],
+        "compute_flops": _compute(n_params, sft["tokens"], grpo["sample_tokens"], grpo["update_tokens"], grpo["ref_tokens"]),
+        "rewards": {"combination": "geometric mean, no epsilon", "names": list(REWARD_NAMES)},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    _save_folder(out_dir, policy, lm.processor, json_files={"finetune.json": info})
+    shutil.rmtree(work, ignore_errors=True)
+    return info
