@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from interp.generation import AUDIO_MODES, GenerationConfig, batches, generate_batch, item_row, model_inputs
+from interp.generation import AUDIO_MODES, GenerationConfig, generate_batch, item_row, model_inputs
 from interp.items import Item
+from interp.runs import fill_rows
 from interp.stats import bootstrap_mean_ci
 
 
@@ -24,31 +25,15 @@ def run_eval(
 ):
     """Generate and score every (item, format, audio mode); rows go to ``log`` (a RowLog)
     after each batch, and rows already in it are skipped (resume)."""
-    import pandas as pd
 
-    done = log.done() if log is not None else set()
-    rows: list[dict[str, Any]] = []
-    jobs = [(f, a) for f in formats for a in audio_modes]
-    total = len(jobs) * len(items)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def rows_for(job, chunk):
+        fmt, mode = job
+        _, texts = generate_batch(lm, model_inputs(lm, chunk, fmt, mode), cfg)
+        return [item_row(it, fmt, mode, t) for it, t in zip(chunk, texts)]
 
-        bar = tqdm(total=total, desc="eval", unit="item", initial=len(done))
-    for fmt, mode in jobs:
-        todo = [it for it in items if f"{it.item_id}|{fmt}|{mode}" not in done]
-        for chunk in batches(todo, cfg.batch_size):
-            batch = model_inputs(lm, chunk, fmt, mode)
-            _, texts = generate_batch(lm, batch, cfg)
-            new_rows = [item_row(it, fmt, mode, t) for it, t in zip(chunk, texts)]
-            rows.extend(new_rows)
-            if log is not None:
-                log.extend(new_rows)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return log.frame() if log is not None else pd.DataFrame(rows)
+    return fill_rows([(f, a) for f in formats for a in audio_modes], items,
+                     key=lambda it, job: f"{it.item_id}|{job[0]}|{job[1]}", rows_for=rows_for,
+                     batch_size=cfg.batch_size, log=log, progress=progress, desc="eval", unit="item")
 
 
 def summarize(df, by: Sequence[str] = ("audio", "format", "tier")):

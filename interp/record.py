@@ -92,8 +92,8 @@ def stage_record(
     import torch
 
     from interp.audio import item_audio
-    from interp.generation import batches, score
-    from interp.runs import RowLog, check_dtype, check_formats, check_int, load_items, open_run
+    from interp.generation import score
+    from interp.runs import RowLog, check_dtype, check_formats, check_int, fill_rows, load_items, open_run
     from interp.steps import token_steps
     from interp.tokenizer import clean_decoded
 
@@ -114,18 +114,12 @@ def stage_record(
     )
     run.update_manifest(architecture=lm.arch.to_dict())
     log = RowLog(run, "items.parquet", key="item_id", resume=resume)
-    done = log.done()
     from interp.capture import stop_ids, trim_at_stop
 
     eos = stop_ids(lm, pad=False)
     sr = lm.processor.feature_extractor.sampling_rate
-    indexed = [(i, it) for i, it in enumerate(items) if it.item_id not in done]
-    bar = None
-    if not quiet:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(items), initial=len(items) - len(indexed), desc="record", unit="item")
-    for chunk in batches(indexed, batch_size):
+    def rows_for(_setting, chunk):
         idxs = [i for i, _ in chunk]
         its = [it for _, it in chunk]
         new, res, silence_last, prompt_len = record_batch(
@@ -159,11 +153,10 @@ def stage_record(
                 "prediction": text, **score(it, text), "n_tokens": int(n_tok),
                 "n_steps": int(steps.max() + 1) if len(steps) else 0, "audio_path": audio_path,
             })
-        log.extend(rows)
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+        return rows
+
+    fill_rows([fmt], list(enumerate(items)), key=lambda pair, _: pair[1].item_id, rows_for=rows_for,
+              batch_size=batch_size, log=log, progress=not quiet, desc="record", unit="item")
     summary = analyse_record(run, items, top_k=top_k, n_boot=n_boot, seed=seed)
     run.mark_stage("record", n_items=len(items))
     run.finish()

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +402,42 @@ class RowLog:
         import pandas as pd
 
         return pd.DataFrame(self.rows)
+
+
+def fill_rows(settings: Sequence, items: Sequence, *, key: Callable[[Any, Any], Hashable],
+              rows_for: Callable[[Any, Sequence], list[dict]], batch_size: int, log: RowLog | None = None,
+              progress: bool = True, desc: str = "rows", unit: str = "item"):
+    """The resumable row loop of the generating stages (evaluation, steering sweep, record).
+
+    For each of ``settings`` in turn, the ``items`` whose ``key(item, setting)`` ``log`` does not
+    hold yet, ``batch_size`` at a time: ``rows_for(setting, chunk)`` returns their rows, which go
+    to ``log`` (a :class:`RowLog`, rewritten after each chunk, so a crash loses one chunk at most)
+    or are kept in memory when there is none.  One progress bar over ``len(settings) *
+    len(items)`` rows starts at the rows already done.  Returns a DataFrame of every row, those
+    resumed from ``log`` included."""
+    import pandas as pd
+
+    done = log.done() if log is not None else set()
+    rows: list[dict] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(settings) * len(items), desc=desc, unit=unit, initial=len(done))
+    for setting in settings:
+        todo = [it for it in items if key(it, setting) not in done]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            new = rows_for(setting, chunk)
+            if log is not None:
+                log.extend(new)
+            else:
+                rows.extend(new)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return log.frame() if log is not None else pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -166,9 +166,8 @@ def _jobs(vectors: Mapping[str, Any], cfg: SweepConfig) -> list[tuple[str, str, 
 def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepConfig, *, log=None, progress: bool = True):
     """Generate and score the baseline and every steered setting; returns the item rows
     (DataFrame with :data:`ITEM_COLUMNS`).  ``vectors``: name -> SteeringVector."""
-    import pandas as pd
-
-    from interp.generation import GenerationConfig, batches, cast_features, generate_batch, model_inputs, score
+    from interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs, score
+    from interp.runs import fill_rows
     from steering.apply import apply_vector
 
     if not items:
@@ -181,42 +180,31 @@ def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepCo
             raise ConfigError(f"vectors: the name {BASELINE!r} is reserved for the unsteered run")
         vec.check_compatible(lm.arch)
     jobs = _jobs(vectors, cfg)  # validates layers before anything runs
-    done = log.done() if log is not None else set()
-    rows: list[dict[str, Any]] = []
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     settings = [(BASELINE, "none", -1, 0.0, "none", fmt) for fmt in cfg.formats] + jobs
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(settings) * len(items), desc="steering", unit="gen", initial=len(done))
-    for name, method, layer, alpha, pos, fmt in settings:
-        todo = [it for it in items if _row_id(it.item_id, name, layer, alpha, pos, fmt) not in done]
-        for chunk in batches(todo, cfg.batch_size):
-            batch = cast_features(lm, model_inputs(lm, chunk, fmt))
-            if name == BASELINE:
+    def rows_for(setting, chunk):
+        name, method, layer, alpha, pos, fmt = setting
+        batch = cast_features(lm, model_inputs(lm, chunk, fmt))
+        if name == BASELINE:
+            _, texts = generate_batch(lm, batch, gen)
+        else:
+            with apply_vector(lm, vectors[name], alpha=alpha, positions=pos, layers=[layer], backend=cfg.backend,
+                              adaptive=cfg.adaptive()):
                 _, texts = generate_batch(lm, batch, gen)
-            else:
-                with apply_vector(lm, vectors[name], alpha=alpha, positions=pos, layers=[layer], backend=cfg.backend,
-                                  adaptive=cfg.adaptive()):
-                    _, texts = generate_batch(lm, batch, gen)
-            new = [
-                {
-                    "row_id": _row_id(it.item_id, name, layer, alpha, pos, fmt), "item_id": it.item_id,
-                    "vector": name, "method": method, "layer": int(layer), "alpha": float(alpha),
-                    "positions": pos, "format": fmt, "category": it.category or it.tier or "", "tier": it.tier,
-                    "answer": it.answer, "prediction": t, **score(it, t),
-                }
-                for it, t in zip(chunk, texts)
-            ]
-            rows.extend(new)
-            if log is not None:
-                log.extend(new)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    df = log.frame() if log is not None else pd.DataFrame(rows)
+        return [
+            {
+                "row_id": _row_id(it.item_id, name, layer, alpha, pos, fmt), "item_id": it.item_id,
+                "vector": name, "method": method, "layer": int(layer), "alpha": float(alpha),
+                "positions": pos, "format": fmt, "category": it.category or it.tier or "", "tier": it.tier,
+                "answer": it.answer, "prediction": t, **score(it, t),
+            }
+            for it, t in zip(chunk, texts)
+        ]
+
+    df = fill_rows(settings, items, key=lambda it, s: _row_id(it.item_id, s[0], s[2], s[3], s[4], s[5]),
+                   rows_for=rows_for, batch_size=cfg.batch_size, log=log, progress=progress, desc="steering",
+                   unit="gen")
     return df[[c for c in ITEM_COLUMNS if c in df.columns]]
 
 
