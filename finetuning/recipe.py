@@ -59,27 +59,10 @@ _SAVE_RESERVE_MIN = 0.5  # GRPO stops this many minutes before max_minutes to sa
 
 # ------------------------------------------------------------------------------- checkpoints
 def _save_folder(folder: Path, model, processor, *, json_files: Mapping[str, Any], opt=None) -> None:
-    """Weights (safetensors), processor, JSON files and optimizer state (tensors as safetensors,
-    structure as JSON: :func:`interp.micro.train.save_optimizer`) into a temporary folder that
-    replaces ``folder`` only when complete.  Nothing is pickled."""
-    from interp.micro.train import save_optimizer
+    """One checkpoint (:func:`interp.micro.train.save_checkpoint`: atomic, no pickle)."""
+    from interp.micro.train import save_checkpoint
 
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".saving")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    if opt is not None:
-        save_optimizer(tmp, opt)
-    for name, obj in json_files.items():
-        (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    save_checkpoint(folder, model, processor, json_files=dict(json_files), opt=opt)
 
 
 def _load_weights(model, folder: Path) -> None:

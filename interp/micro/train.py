@@ -178,26 +178,34 @@ def load_optimizer(folder: str | Path, opt, *, rng: np.random.Generator | None =
     return False
 
 
-def _save(out_dir: Path, model, processor, opt, info: dict, rng: np.random.Generator | None = None) -> None:
-    """Checkpoint: weights (safetensors), processor, optimizer state (safetensors + JSON, see
-    :func:`save_optimizer`), RNG states and progress (JSON), each written to a temporary folder
-    that replaces the previous checkpoint only when complete.  Nothing is pickled."""
+def save_checkpoint(folder: str | Path, model, processor, *, json_files: dict, opt=None,
+                    rng: np.random.Generator | None = None) -> None:
+    """Checkpoint: weights (safetensors), processor, JSON files and, with ``opt``, the optimizer
+    state (safetensors + JSON, see :func:`save_optimizer`; with ``rng``, its state too), written
+    to a temporary folder that replaces ``folder`` only when complete.  Nothing is pickled."""
     import shutil
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".saving")
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".saving")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    save_optimizer(tmp, opt, rng=rng)
-    (tmp / "training.json").write_text(json.dumps(info, indent=2))
-    old = out_dir.with_name(out_dir.name + ".old")
+    if opt is not None:
+        save_optimizer(tmp, opt, rng=rng)
+    for name, obj in json_files.items():
+        (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
+    old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _save(out_dir: Path, model, processor, opt, info: dict, rng: np.random.Generator | None = None) -> None:
+    """A training checkpoint (see :func:`save_checkpoint`) with ``training.json``."""
+    save_checkpoint(out_dir, model, processor, json_files={"training.json": info}, opt=opt, rng=rng)
 
 
 def finalize(out_dir: str | Path) -> None:
