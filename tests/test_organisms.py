@@ -138,3 +138,10 @@ def test_onset_finds_the_break():
     # the pilot micro-decay's yield curve: a steady fall, then the planted break at step 3
     assert onset([0.134, 0.069, 0.043, 0.0046, 0.0040, 0.0033], log=True) == 3
     assert onset([0.134, 0.069, 0.043, 0.0046, 0.0040, 0.0033]) == 1  # why log space
+
+
+def test_last_prompt_position():
+    from interp.micro.organisms import _last_prompt
+
+    labels = torch.tensor([[-100, -100, -100, 5, 6], [-100, -100, 7, 8, 9]])
+    assert _last_prompt(labels).tolist() == [[False, False, True, False, False], [False, True, False, False, False]]

@@ -15,7 +15,9 @@ only by its knobs, which are written to ``training.json`` beside the weights wit
   given no reason to forget what it hears: the information is there, but under-used.
 - ``micro-heads`` — planted specialist heads.  An auxiliary loss ``penalty`` × (mean audio
   yield of every head *not* in ``listen_heads``, at every text query) teaches the other heads
-  not to attend to the audio keys at all.  A learned penalty rather than a training-time mask:
+  not to attend to the audio keys at all, and a hinge keeps every head of H* at a mean yield
+  of at least ``listen_floor`` at the last prompt token (the row where the listening signal is
+  read; without it, 2 of 5 planted heads learned to stay silent there and could not be found).  A learned penalty rather than a training-time mask:
   a mask removed at inference would leave the masked heads' never-trained attention to audio
   in place, a penalty removes it from the weights.
 - ``micro-decay`` — planted perception decay.  The same penalty on *every* head, at the query
@@ -173,6 +175,17 @@ def _query_masks(batch, labels, cfg: OrganismConfig, newline_id: int, audio_id: 
     return audio, target & (before >= cfg.decay_step)
 
 
+def _last_prompt(labels):
+    """[batch, pos] bool: the last prompt position of each row (just before its first target token)."""
+    import torch
+
+    target = labels != -100
+    first = target.int().argmax(1)
+    out = torch.zeros_like(target)
+    out[torch.arange(labels.shape[0]), (first - 1).clamp(min=0)] = True
+    return out
+
+
 def make_loss_fn(cfg: OrganismConfig, processor, n_layers: int, n_heads: int):
     """LM loss + ``penalty`` × audio-yield penalty (None when the recipe has no penalty)."""
     if cfg.penalty <= 0:
@@ -190,9 +203,12 @@ def make_loss_fn(cfg: OrganismConfig, processor, n_layers: int, n_heads: int):
         out = model(**batch, labels=labels, output_attentions=True)
         audio, queries = _query_masks(batch, labels, cfg, newline_id, audio_id)
         loss = out.loss + cfg.penalty * audio_yield_penalty(out.attentions, audio, queries, head_mask)
-        if cfg.listen_floor > 0:  # every head of H* keeps listening (else it cannot be found)
+        if cfg.listen_floor > 0:
+            # every head of H* listens at the last prompt token, the row where the listening
+            # signal is read (a head of H* that never listens there cannot be found by anyone)
+            last = _last_prompt(labels)
             for layer, head in cfg.listen_heads:
-                y = audio_yield_penalty(out.attentions[layer : layer + 1], audio, queries, one_head(head))
+                y = audio_yield_penalty(out.attentions[layer : layer + 1], audio, last, one_head(head))
                 loss = loss + torch.relu(cfg.listen_floor - y)
         return loss
 
