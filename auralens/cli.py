@@ -120,29 +120,129 @@ def _run(fn, *args, **kwargs):
     return _guarded(fn)(*args, **kwargs)
 
 
-@_command(app, "eval")
-def eval_cmd(
-    model: str = ModelOpt,
-    data: str = DataOpt,
-    n: int = typer.Option(300, "--n", help="Number of items (>= 1)."),
-    formats: str = typer.Option("direct,cot,structured", help="Comma-separated answer formats."),
-    silence: bool = typer.Option(True, "--silence/--no-silence", help="Also evaluate with the audio replaced by silence."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/eval-<model>)."),
-    resume: bool = ResumeOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print accuracy per tier and format as strict JSON."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Items per generation batch (>= 1)."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generated tokens per answer (>= 1)."),
-    seed: int = typer.Option(7, "--seed", help="Data seed (cafe)."),
-    dtype: str = DtypeOpt,
-) -> None:
+# --- commands derived from a stage's config dataclass (interp.stage_config) --------------------
+
+
+def _config_class(spec: str):
+    """``"module:Class"`` -> the class (imported when the command tree is built: the stage
+    modules import nothing heavy at module level)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _cli_annotation(tp):
+    """``X | None`` as ``Optional[X]`` (what typer understands)."""
+    import types
+    import typing
+
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return Optional[args[0]]
+    return tp
+
+
+def _flag_decls(f) -> list[str]:
+    """``--kebab-name`` (or the field's ``flag``), plus its short form."""
+    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    short = f.metadata.get("short")
+    return [flag, short] if short else [flag]
+
+
+def _config_params(config_cls) -> list:
+    """One keyword-only typer option per CLI field of ``config_cls``: ``--kebab-name``, the
+    field's default (as text for the comma lists) and its help."""
+    import dataclasses
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    params = []
+    for f in dataclasses.fields(config_cls):
+        m = f.metadata
+        if not m.get("cli", True):
+            continue
+        default = m.get("cli_default", dataclasses.MISSING)
+        parse = m.get("parse")
+        if default is dataclasses.MISSING:
+            default = f.default
+            if parse and default is not dataclasses.MISSING:
+                if default is None:
+                    default = ""
+                elif parse == "one":
+                    default = str(default[0])
+                else:
+                    default = ",".join(str(x) for x in default)
+        if default is dataclasses.MISSING:
+            default = ...
+        annotation = str if parse else (m.get("cli_type") or _cli_annotation(hints[f.name]))
+        decls = _flag_decls(f)
+        if annotation is bool and default is True and "/" not in decls[0]:
+            decls[0] = f"{decls[0]}/--no-{decls[0][2:]}"
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                        default=typer.Option(default, *decls, help=m["help"])))
+    return params
+
+
+def _from_flag(f, value):
+    """A flag's value as the field's: comma lists parsed, with errors naming the flag."""
+    parse = f.metadata.get("parse")
+    flag = _flag_decls(f)[0].split("/")[0]
+    if parse is None or value is None:
+        return value
+    if parse == "one":
+        return (value,)
+    if parse == "csv":
+        return _csv(flag, value)
+    if not value.strip() and f.default is None:
+        return None
+    return tuple(_numbers(flag, value, int if parse == "ints" else float))
+
+
+def _stage_command(group: typer.Typer, name: str, config: str):
+    """``@group.command(name)`` whose options are the CLI fields of the stage config ``config``
+    (``"module:Class"``, :func:`_config_params`), followed by the function's own options
+    (``--json``...).  The function receives the validated config first: ``fn(cfg, **own)``;
+    a config with a ``command`` field gets the command line.  (Commands call their stage with
+    ``**cfg.options()``, the keyword style, so a stage replaced in a test still sees keywords.)"""
+    import dataclasses
+    import inspect
+    import typing
+
+    config_cls = _config_class(config)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+
+    def deco(fn):
+        hints = typing.get_type_hints(fn)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+               for p in list(inspect.signature(fn).parameters.values())[1:]]
+        params = _config_params(config_cls)
+        names = {p.name for p in params}
+
+        def command(**kwargs):
+            options = {k: _from_flag(fields[k], kwargs.pop(k)) for k in list(kwargs) if k in names}
+            if "command" in fields:
+                options["command"] = _command_line()
+            return fn(config_cls(**options), **kwargs)
+
+        command.__name__, command.__qualname__, command.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        command.__module__ = fn.__module__
+        command.__signature__ = inspect.Signature(params + own)
+        command.__annotations__ = {p.name: p.annotation for p in params + own}
+        command.config_class = config_cls
+        return _command(group, name)(command)
+
+    return deco
+
+
+@_stage_command(app, "eval", "auralens.stages:EvalConfig")
+def eval_cmd(cfg, as_json: bool = typer.Option(False, "--json", help="Print accuracy per tier and format as strict JSON.")) -> None:
     """Accuracy per tier and answer format, with the audio and with silence."""
     from auralens.stages import stage_eval
 
-    res = stage_eval(
-        model=model, data=data, n=n, formats=_csv("--formats", formats), silence=silence,
-        out=out or Path("runs") / f"eval-{Path(model).name}", resume=resume, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, command=_command_line(), quiet=as_json,
-    )
+    res = stage_eval(**cfg.options(), quiet=as_json)
     if as_json:
         _echo_json(res)
 
@@ -359,30 +459,12 @@ def bench_yield_cmd(
         Console().print(f"max |recorder - eager| = {res['max_abs_err_recorder_vs_eager']:.2e}")
 
 
-@_command(app, "record")
-def record_cmd(
-    model: str = ModelOpt,
-    data: str = DataOpt,
-    n: int = typer.Option(60, "--n", help="Number of items (>= 1)."),
-    fmt: str = typer.Option("cot", "--format", help="direct | cot | structured"),
-    out: Path = typer.Option(Path("runs/record"), "--out", help="Run folder."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Generated tokens per answer (>= 1)."),
-    time_bins: int = typer.Option(8, "--time-bins", help="Split each head's audio yield over K bins of the clip."),
-    top_k: int = typer.Option(8, "--top-k", help="Number of listening heads in the top-k aggregate."),
-    all_prompt: bool = typer.Option(False, "--all-prompt", help="Also record every prompt position (heatmaps)."),
-    batch_size: int = BatchOpt,
-    resume: bool = ResumeOpt,
-    seed: int = SeedOpt,
-    dtype: str = DtypeOpt,
-    as_json: bool = JsonOpt,
-) -> None:
+@_stage_command(app, "record", "interp.record:RecordConfig")
+def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Per-head audio attention yield across reasoning steps: perception decay and listening heads."""
     from interp.record import stage_record
 
-    res = stage_record(model=model, data=data, n=n, fmt=fmt, out=out, resume=resume, batch_size=batch_size,
-                       max_new_tokens=max_new_tokens, time_bins=time_bins, top_k=top_k, all_prompt=all_prompt,
-                       seed=seed, dtype=dtype, quiet=as_json)
-    _echo_json(res)
+    _echo_json(stage_record(**cfg.options(), quiet=as_json))
 
 
 @_command(app, "probe")

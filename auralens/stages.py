@@ -1,64 +1,86 @@
 """Experiment stages shared by the CLI, the demo and the notebooks: each writes a run folder.
 
-Every stage has the same skeleton (:func:`interp.runs.open_run`): validate its options, load the
-items and check every audio header, check the run folder would accept the run, check and load
-the model, and only then create the folder and generate rows; ``finish()`` marks it complete.
+Every stage has the same skeleton (:func:`interp.runs.open_run`): validate its options (its
+config dataclass, :mod:`interp.stage_config`), load the items and check every audio header,
+check the run folder would accept the run, check and load the model, and only then create the
+folder and generate rows; ``finish()`` marks it complete.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp.record import stage_record  # noqa: F401  (re-exported: the perception-decay stage)
+from interp.record import RecordConfig, stage_record  # noqa: F401  (re-exported: the perception-decay stage)
+from interp.stage_config import StageConfig, option, takes_config
+
+MODEL_HELP = "'micro', a Hugging Face id or a local checkpoint folder."
+DATA_HELP = "'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl."
+DTYPE_HELP = "auto | float32 | bfloat16 | float16"
+RESUME_HELP = "Continue an interrupted run in --out (refused if any setting differs)."
 
 
-def _manifest(command: str, model: str, data: str, seed: int, n: int | None, config: dict[str, Any]) -> dict[str, Any]:
-    return {"command": command.split(" --resume")[0], "model": model, "data": data, "seed": seed, "n": n, "config": config}
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(StageConfig):
+    """``auralens eval``: accuracy per tier and answer format, with the audio and with silence."""
+
+    COMMAND = "auralens eval"
+
+    model: str = option("micro", short="-m", help=MODEL_HELP)
+    data: str = option("cafe", short="-d", help=DATA_HELP)
+    n: int = option(300, help="Number of items (>= 1).")
+    formats: tuple[str, ...] = option(("direct", "cot", "structured"), parse="csv",
+                                      help="Comma-separated answer formats.")
+    silence: bool = option(True, help="Also evaluate with the audio replaced by silence.")
+    out: Path | None = option(None, identity=False, help="Run folder (default: runs/eval-<model>).")
+    resume: bool = option(False, identity=False, help=RESUME_HELP)
+    batch_size: int = option(32, identity=False, help="Items per generation batch (>= 1).")
+    max_new_tokens: int = option(96, help="Generated tokens per answer (>= 1).")
+    seed: int = option(7, help="Data seed (cafe).")
+    dtype: str = option("auto", help=DTYPE_HELP)
+    command: str = option("auralens eval", identity=False, cli=False, help="The command line that started the run.")
+
+    def __post_init__(self) -> None:
+        from interp.runs import check_dtype, check_formats, check_int, check_n
+
+        check_n(self.n)
+        self._set("formats", check_formats(self.formats))
+        check_int("batch_size", self.batch_size)
+        check_int("max_new_tokens", self.max_new_tokens)
+        check_dtype(self.dtype)
+        if self.out is not None:
+            self._set("out", Path(self.out))
+
+    @property
+    def run_folder(self) -> Path:
+        """``out``, or ``runs/eval-<model folder name>``."""
+        return self.out if self.out is not None else Path("runs") / f"eval-{Path(self.model).name}"
 
 
-def stage_eval(
-    *,
-    model: str,
-    data: str,
-    n: int,
-    formats: tuple[str, ...] = ("direct", "cot", "structured"),
-    silence: bool = True,
-    out: Path,
-    resume: bool = False,
-    batch_size: int = 32,
-    max_new_tokens: int = 96,
-    seed: int = 7,
-    dtype: str = "auto",
-    command: str = "auralens eval",
-    quiet: bool = False,
-    lm=None,
-) -> dict[str, Any]:
+@takes_config(EvalConfig)
+def stage_eval(cfg: EvalConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
     from interp.evaluate import run_eval, summarize, summary_json
     from interp.generation import GenerationConfig
-    from interp.runs import RowLog, check_dtype, check_formats, check_int, load_items, open_run
+    from interp.runs import RowLog, load_items, open_run
     from interp.schemas import ACCURACY, EVAL_ITEMS
 
-    # 1. validate: options, items, every audio header
-    formats = check_formats(formats)
-    check_int("batch_size", batch_size)
-    check_int("max_new_tokens", max_new_tokens)
-    check_dtype(dtype)
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    items = load_items(data, n=n, seed=seed)
-    config = {"formats": list(formats), "silence": silence, "max_new_tokens": max_new_tokens, "dtype": dtype}
+    # 1. validate: options (EvalConfig), items, every audio header
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    items = load_items(cfg.data, n=cfg.n, seed=cfg.seed)
+    out = cfg.run_folder
     # 2-4. folder check, model, folder
-    run, lm = open_run(out, manifest=_manifest("auralens eval", model, data, seed, n, config), items=items,
-                       resume=resume, lm=lm, model=model, dtype=dtype)
+    run, lm = open_run(out, manifest=cfg.manifest(), items=items, resume=cfg.resume, lm=lm, model=cfg.model,
+                       dtype=cfg.dtype)
     # 5. rows
-    log = RowLog(run, "items.parquet", key="row_id", resume=resume)
+    log = RowLog(run, "items.parquet", key="row_id", resume=cfg.resume)
     df = run_eval(
-        lm, items, formats=formats, audio_modes=("real", "silence") if silence else ("real",),
-        cfg=cfg, log=log, progress=not quiet,
+        lm, items, formats=cfg.formats, audio_modes=("real", "silence") if cfg.silence else ("real",),
+        cfg=gen, log=log, progress=not quiet,
     )
     EVAL_ITEMS.check(df)  # items.parquet, written row by row by the log
     ACCURACY.write(run, summarize(df))
     res = summary_json(df)
     run.mark_stage("eval", n_rows=len(df))
     run.finish()
-    return {"model": model, "data": data, "n": len(items), "run": str(out), "accuracy": res}
+    return {"model": cfg.model, "data": cfg.data, "n": len(items), "run": str(out), "accuracy": res}

@@ -17,12 +17,14 @@ Run folder layout (read by the dashboard and the notebooks):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from interp.errors import ConfigError
+from interp.stage_config import StageConfig, option, takes_config
 
 
 def _write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
@@ -65,53 +67,61 @@ def record_batch(lm, chunk, fmt: str, *, max_new_tokens: int, time_bins: int, al
     return out[:, prompt_len:], rec.result, srec.result.total[:, 0], prompt_len
 
 
-def stage_record(
-    *,
-    model: str,
-    data: str,
-    n: int,
-    fmt: str = "cot",
-    out: Path,
-    resume: bool = False,
-    batch_size: int = 16,
-    max_new_tokens: int = 128,
-    time_bins: int = 8,
-    top_k: int = 8,
-    all_prompt: bool = False,
-    seed: int = 7,
-    n_boot: int = 1000,
-    dtype: str = "auto",
-    lm=None,
-    quiet: bool = False,
-    command: str = "auralens record",
-) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class RecordConfig(StageConfig):
+    """``auralens record``: per-head audio yield across reasoning steps (perception decay)."""
+
+    COMMAND = "auralens record"
+
+    model: str = option("micro", short="-m", help="'micro', a Hugging Face id or a local checkpoint folder.")
+    data: str = option("cafe", short="-d", help="'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl.")
+    n: int = option(60, help="Number of items (>= 1).")
+    fmt: str = option("cot", identity="format", flag="--format", help="direct | cot | structured")
+    out: Path = option(Path("runs/record"), identity=False, help="Run folder.")
+    max_new_tokens: int = option(128, help="Generated tokens per answer (>= 1).")
+    time_bins: int = option(8, help="Split each head's audio yield over K bins of the clip.")
+    top_k: int = option(8, help="Number of listening heads in the top-k aggregate.")
+    all_prompt: bool = option(False, help="Also record every prompt position (heatmaps).")
+    batch_size: int = option(16, identity=False, help="Items per generation batch (>= 1).")
+    resume: bool = option(False, identity=False,
+                          help="Continue an interrupted run in --out (refused if any setting differs).")
+    seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
+    n_boot: int = option(1000, identity=False, help="Bootstrap resamples of the confidence intervals (>= 1).")
+    dtype: str = option("auto", help="auto | float32 | bfloat16 | float16")
+    command: str = option("auralens record", identity=False, cli=False, help="The command line that started the run.")
+
+    def __post_init__(self) -> None:
+        from interp.runs import check_dtype, check_formats, check_int, check_n
+
+        if not isinstance(self.fmt, str):
+            raise ConfigError(f"format: expected one answer format, found {self.fmt!r}")
+        check_formats(self.fmt, "format")
+        check_n(self.n)
+        for name in ("top_k", "time_bins", "max_new_tokens", "batch_size", "n_boot"):
+            check_int(name, getattr(self, name))
+        check_dtype(self.dtype)
+        self._set("out", Path(self.out))
+
+
+@takes_config(RecordConfig)
+def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
     """Record per-head audio yield across reasoning steps; write decay and head tables.
 
-    Options, items and audio headers are checked, and the model loaded, before the run folder
-    is created (:func:`interp.runs.open_run`)."""
+    Options (:class:`RecordConfig`), items and audio headers are checked, and the model loaded,
+    before the run folder is created (:func:`interp.runs.open_run`).  Also callable with the
+    config's fields as keywords: ``stage_record(model=..., n=..., out=..., lm=...)``."""
     import torch
 
     from interp.audio import item_audio
     from interp.generation import score
-    from interp.runs import RowLog, check_dtype, check_formats, check_int, fill_rows, load_items, open_run
+    from interp.runs import RowLog, fill_rows, load_items, open_run
     from interp.steps import token_steps
     from interp.tokenizer import clean_decoded
 
-    if not isinstance(fmt, str):
-        raise ConfigError(f"format: expected one answer format, found {fmt!r}")
-    check_formats(fmt, "format")
-    for name, value in (("top_k", top_k), ("time_bins", time_bins), ("max_new_tokens", max_new_tokens),
-                        ("batch_size", batch_size), ("n_boot", n_boot)):
-        check_int(name, value)
-    check_dtype(dtype)
-    items = load_items(data, n=n, seed=seed)
-    config = {"format": fmt, "max_new_tokens": max_new_tokens, "time_bins": time_bins, "top_k": top_k,
-              "all_prompt": all_prompt, "dtype": dtype}
-    run, lm = open_run(
-        out, manifest={"command": "auralens record", "model": model, "data": data, "seed": seed, "n": n,
-                       "config": config},
-        items=items, resume=resume, lm=lm, model=model, dtype=dtype,
-    )
+    fmt, resume, all_prompt = cfg.fmt, cfg.resume, cfg.all_prompt
+    items = load_items(cfg.data, n=cfg.n, seed=cfg.seed)
+    run, lm = open_run(cfg.out, manifest=cfg.manifest(), items=items, resume=resume, lm=lm, model=cfg.model,
+                       dtype=cfg.dtype)
     run.update_manifest(architecture=lm.arch.to_dict())
     log = RowLog(run, "items.parquet", key="item_id", resume=resume)
     from interp.capture import stop_ids, trim_at_stop
@@ -123,7 +133,7 @@ def stage_record(
         idxs = [i for i, _ in chunk]
         its = [it for _, it in chunk]
         new, res, silence_last, prompt_len = record_batch(
-            lm, its, fmt, max_new_tokens=max_new_tokens, time_bins=time_bins, all_prompt=all_prompt
+            lm, its, fmt, max_new_tokens=cfg.max_new_tokens, time_bins=cfg.time_bins, all_prompt=all_prompt
         )
         rows = []
         for b, (idx, it) in enumerate(zip(idxs, its)):
@@ -156,8 +166,8 @@ def stage_record(
         return rows
 
     fill_rows([fmt], list(enumerate(items)), key=lambda pair, _: pair[1].item_id, rows_for=rows_for,
-              batch_size=batch_size, log=log, progress=not quiet, desc="record", unit="item")
-    summary = analyse_record(run, items, top_k=top_k, n_boot=n_boot, seed=seed)
+              batch_size=cfg.batch_size, log=log, progress=not quiet, desc="record", unit="item")
+    summary = analyse_record(run, items, top_k=cfg.top_k, n_boot=cfg.n_boot, seed=cfg.seed)
     run.mark_stage("record", n_items=len(items))
     run.finish()
     return summary

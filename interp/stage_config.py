@@ -1,0 +1,131 @@
+"""Stage configs: one keyword-only, frozen, validated dataclass per stage (SAELens-style).
+
+A stage's config holds every option with its default and a one-line help, declared with
+:func:`option`; ``__post_init__`` validates them with the :mod:`interp.runs` ``check_*`` helpers
+(a :class:`~interp.errors.ConfigError` names the option, the expected and the found value), so a
+bad option fails before anything is read or written.  From the same fields come
+
+- the run's identity: :meth:`StageConfig.identity` (the manifest ``config`` dict: every field
+  whose ``identity`` is not ``False``) and :meth:`StageConfig.manifest` (plus ``command``,
+  ``model``, ``data``, ``seed``, ``n``), which ``--resume`` compares;
+- the command line: ``auralens.cli`` turns each field into ``--kebab-name`` with its default and
+  help (``flag``, ``short``, ``parse``, ``cli`` in the field's metadata refine that);
+- the keyword call style: :func:`takes_config` lets ``stage(cfg, lm=...)`` and
+  ``stage(model=..., n=..., lm=...)`` both work (the keywords build the config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from interp.errors import ConfigError
+
+__all__ = ["StageConfig", "option", "takes_config"]
+
+#: manifest keys kept at the top level of the manifest, not in its ``config`` dict
+TOP_LEVEL = ("model", "data", "seed", "n")
+#: how the CLI turns a flag's text into the field's value (``auralens.cli``)
+PARSERS = ("csv", "ints", "floats", "one")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,  # noqa: A002 - the name click and typer use
+    identity: bool | str = True,
+    flag: str | None = None,
+    short: str | None = None,
+    cli: bool = True,
+    parse: str | None = None,
+    cli_default: Any = dataclasses.MISSING,
+    cli_type: Any = None,
+) -> Any:
+    """A config field with its one-line ``help``.
+
+    ``identity``: ``True`` (the field is part of the manifest ``config`` under its name), a
+    string (under that key) or ``False`` (it does not change the run's results: ``out``,
+    ``resume``, ``batch_size``...).  CLI: ``flag`` (default ``--kebab-name``; booleans that
+    default to true get ``--x/--no-x``), ``short`` (``-m``), ``cli=False`` (no flag: the value
+    is a Python object or rarely needed), ``parse`` (one of :data:`PARSERS`: ``csv`` = a comma
+    list of names, ``ints`` / ``floats`` = a comma list of numbers, ``""`` = ``None``;
+    ``one`` = a single value given as a 1-tuple), ``cli_default`` (the flag's default text when
+    it differs from the field's) and ``cli_type`` (the flag's type when the annotation is not
+    a plain ``str``/``int``/``float``/``bool``/``Path``)."""
+    if parse is not None and parse not in PARSERS:
+        raise ConfigError(f"option parse: expected one of {PARSERS}, found {parse!r}")
+    meta = {"help": help, "identity": identity, "flag": flag, "short": short, "cli": cli, "parse": parse,
+            "cli_default": cli_default, "cli_type": cli_type}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (recursively), as the value reads back from manifest.json."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class StageConfig:
+    """Base of the stage configs (``@dataclass(frozen=True, kw_only=True)`` subclasses)."""
+
+    #: the manifest ``command`` of the stage (``"auralens record"``)
+    COMMAND: ClassVar[str] = ""
+
+    def identity(self) -> dict[str, Any]:
+        """The manifest ``config`` dict: every field whose ``identity`` is not ``False``, except
+        the top-level keys (:data:`TOP_LEVEL`), tuples as lists."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            key = f.metadata.get("identity", True)
+            if key is False or f.name in TOP_LEVEL:
+                continue
+            out[f.name if key is True else key] = _plain(getattr(self, f.name))
+        return out
+
+    def manifest(self, **config: Any) -> dict[str, Any]:
+        """``command``, ``model``, ``data``, ``seed``, ``n`` and ``config`` (:meth:`identity`
+        updated with ``config``: values only known at run time, such as a vector's digest)."""
+        return {"command": self.COMMAND, **{k: getattr(self, k, None) for k in TOP_LEVEL},
+                "config": {**self.identity(), **config}}
+
+    def options(self) -> dict[str, Any]:
+        """Every field by name: ``stage(**cfg.options())`` is ``stage(cfg)``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def _set(self, name: str, value: Any) -> None:
+        """Normalise a field in ``__post_init__`` (the dataclass is frozen)."""
+        object.__setattr__(self, name, value)
+
+
+def field_names(config_cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(config_cls))
+
+
+def takes_config(config_cls: type) -> Callable:
+    """Decorate ``stage(cfg, *, lm=None, quiet=False, ...)`` so that it is also callable in the
+    keyword style ``stage(model=..., n=..., lm=...)``: the config's fields among the keywords
+    build ``config_cls`` (validated), the others go to the stage.  With both a config and
+    config keywords, the keywords replace those fields (``stage(cfg, n=10)``)."""
+    names = set(field_names(config_cls))
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(cfg: Any = None, /, **kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            if cfg is None:
+                cfg = config_cls(**given)
+            elif not isinstance(cfg, config_cls):
+                raise ConfigError(f"{fn.__name__}: expected a {config_cls.__name__}, found {type(cfg).__name__}")
+            elif given:
+                cfg = dataclasses.replace(cfg, **given)
+            return fn(cfg, **kwargs)
+
+        wrapper.config_class = config_cls
+        return wrapper
+
+    return deco
