@@ -467,30 +467,16 @@ def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
     _echo_json(stage_record(**cfg.options(), quiet=as_json))
 
 
-@_command(app, "probe")
-def probe_cmd(
-    model: str = ModelOpt,
-    data: str = DataOpt,
-    n: int = typer.Option(120, "--n", help="Number of items (>= 1)."),
-    out: Path = typer.Option(Path("runs/probe"), "--out", help="Run folder."),
-    positions: str = typer.Option("audio_mean,last_prompt,step_mean", help="Comma-separated positions."),
-    fmt: str = typer.Option("cot", "--format", help="Answer format generated for the step-mean position."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Items per forward pass (>= 1)."),
-    resume: bool = ResumeOpt,
-    seed: int = SeedOpt,
-    dtype: str = DtypeOpt,
-    as_json: bool = JsonOpt,
-) -> None:
+@_stage_command(app, "probe", "probes.pipeline:ProbeStageConfig")
+def probe_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Linear probes for audio attributes, by layer and by reasoning step."""
     from probes.pipeline import stage_probe
 
-    res = stage_probe(model=model, data=data, n=n, out=out, resume=resume, positions=_csv("--positions", positions),
-                      formats=(fmt,), seed=seed, quiet=as_json, batch_size=batch_size, dtype=dtype,
-                      command=_command_line())
+    res = stage_probe(**cfg.options(), quiet=as_json)
     if as_json:
         _echo_json(res)
     else:
-        typer.echo(f"wrote {out}")
+        typer.echo(f"wrote {cfg.out}")
 
 
 steer_app = typer.Typer(help="Audio-minus-silence steering vectors: fit and evaluate.", no_args_is_help=True)

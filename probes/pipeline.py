@@ -23,15 +23,17 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from interp.errors import ProbeError
+from interp.stage_config import StageConfig, option, takes_config
 from probes.collect import AUDIO_SITE, LM_SITE, POSITIONS, CollectConfig
 
-__all__ = ["load_probe_direction", "probe_direction", "stage_probe"]
+__all__ = ["ProbeStageConfig", "load_probe_direction", "probe_direction", "stage_probe"]
 
 DIRECTIONS_FILE = "probe_directions.safetensors"
 
@@ -450,72 +452,94 @@ def _save_directions(run, best: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def stage_probe(
-    *,
-    model: str,
-    data: str,
-    n: int | None,
-    out: str | Path,
-    resume: bool = False,
-    positions: Sequence[str] = POSITIONS,
-    formats: Sequence[str] = ("cot",),
-    seed: int = 7,
-    lm=None,
-    quiet: bool = False,
-    attributes: Sequence[str] | None = None,
-    layers: Sequence[int] | None = None,
-    audio_layers: Sequence[int] | None = (),
-    batch_size: int = 8,
-    chunk_size: int = 64,
-    max_new_tokens: int = 96,
-    max_steps: int = 8,
-    n_folds: int = 5,
-    n_bootstrap: int = 1000,
-    dtype: str = "auto",
-    command: str = "auralens probe",
-) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class ProbeStageConfig(StageConfig):
+    """``auralens probe``: linear probes for audio attributes, by layer and by reasoning step."""
+
+    COMMAND = "auralens probe"
+
+    model: str = option("micro", short="-m", help="'micro', a Hugging Face id or a local checkpoint folder.")
+    data: str = option("cafe", short="-d", help="'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl.")
+    n: int | None = option(120, cli_type=int, help="Number of items (>= 1).")
+    out: Path = option(Path("runs/probe"), identity=False, help="Run folder.")
+    positions: tuple[str, ...] = option(POSITIONS, parse="csv", help="Comma-separated positions.")
+    formats: tuple[str, ...] = option(("cot",), flag="--format", parse="one",
+                                      help="Answer format generated for the step-mean position.")
+    batch_size: int = option(8, help="Items per forward pass (>= 1).")
+    resume: bool = option(False, identity=False,
+                          help="Continue an interrupted run in --out (refused if any setting differs).")
+    seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
+    dtype: str = option("auto", help="auto | float32 | bfloat16 | float16")
+    attributes: tuple[str, ...] | None = option(None, cli=False, help="Attributes to probe (default: all with support).")
+    layers: tuple[int, ...] | None = option(None, cli=False, help="Decoder layers to read (default: all).")
+    audio_layers: tuple[int, ...] | None = option((), cli=False, help="Audio-encoder layers to read (None: all).")
+    chunk_size: int = option(64, help="Rows per activation chunk file (>= 1).")
+    max_new_tokens: int = option(96, help="Generated tokens for the step-mean position (>= 1).")
+    max_steps: int = option(8, help="Reasoning steps kept per row (>= 1).")
+    n_folds: int = option(5, help="Cross-validation folds (>= 2).")
+    n_bootstrap: int = option(1000, help="Bootstrap resamples of the confidence intervals (>= 1).")
+    command: str = option("auralens probe", identity=False, cli=False, help="The command line that started the run.")
+
+    def __post_init__(self) -> None:
+        from interp.runs import check_dtype, check_int, check_n
+
+        self.collect()  # positions, formats, layers, sizes
+        check_n(self.n, allow_none=True)
+        check_int("n_folds", self.n_folds, minimum=2)
+        check_int("n_bootstrap", self.n_bootstrap)
+        check_dtype(self.dtype)
+        attributes = self.attributes
+        if attributes is not None and (isinstance(attributes, str) or not list(attributes)):
+            raise ProbeError(f"attributes: expected a non-empty list of attribute names or None, found {attributes!r}")
+        self._set("out", Path(self.out))
+
+    def collect(self) -> CollectConfig:
+        """The activation collection's config (validated)."""
+        return CollectConfig(
+            positions=tuple(self.positions), formats=tuple(self.formats),
+            layers=None if self.layers is None else tuple(self.layers),
+            audio_layers=None if self.audio_layers is None else tuple(self.audio_layers), batch_size=self.batch_size,
+            chunk_size=self.chunk_size, max_new_tokens=self.max_new_tokens, max_steps=self.max_steps,
+        )
+
+    def manifest(self, **config: Any) -> dict[str, Any]:
+        # the collection's config as it normalises it (sorted layers, its own defaults)
+        return {**super().manifest(**self.collect().to_dict(), **config), "command_line": self.command}
+
+
+@takes_config(ProbeStageConfig)
+def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
     """Collect activations, probe every attribute x layer x position (x step), write the run.
 
     ``model``: ``micro``, an HF id or a folder (ignored for loading when ``lm`` is given, but
     recorded). ``data``: anything :func:`interp.datasets.load_dataset` takes. ``attributes``:
     default :data:`probes.labels.DEFAULT_ATTRIBUTES` for cafe (those without enough support
     are skipped and listed), ``category``/``sub_category`` for real datasets. Returns the
-    summary (also written to ``probe_summary.json``).
+    summary (also written to ``probe_summary.json``).  Options: :class:`ProbeStageConfig`
+    (or its fields as keywords).
     """
-    from interp.runs import check_dtype, check_int, load_items, open_run
+    from interp.runs import load_items, open_run
     from probes.collect import collect_activations
 
     t0 = time.perf_counter()
-    # 1. validate: options (CollectConfig checks positions, formats, layers, sizes), items, audio
-    cfg = CollectConfig(
-        positions=tuple(positions), formats=tuple(formats), layers=None if layers is None else tuple(layers),
-        audio_layers=None if audio_layers is None else tuple(audio_layers), batch_size=batch_size,
-        chunk_size=chunk_size, max_new_tokens=max_new_tokens, max_steps=max_steps,
-    )
-    check_int("n_folds", n_folds, minimum=2)
-    check_int("n_bootstrap", n_bootstrap)
-    check_dtype(dtype)
-    if attributes is not None and (isinstance(attributes, str) or not list(attributes)):
-        raise ProbeError(f"attributes: expected a non-empty list of attribute names or None, found {attributes!r}")
-    items = load_items(data, n=n, seed=seed, allow_all=True)
+    # 1. validate: options (ProbeStageConfig, its CollectConfig), items, audio
+    model, data, n, out, resume, attributes = cfg.model, cfg.data, cfg.n, cfg.out, cfg.resume, cfg.attributes
+    coll = cfg.collect()
+    items = load_items(data, n=n, seed=cfg.seed, allow_all=True)
     if attributes is not None:
         from probes.labels import label_table
 
         label_table(items, list(attributes))  # unknown attribute names, before any folder
-    config = {**cfg.to_dict(), "attributes": None if attributes is None else list(attributes),
-              "n_folds": n_folds, "n_bootstrap": n_bootstrap, "dtype": dtype}
     # 2-4. folder check, model (and its layer range), folder
     run, lm = open_run(
-        out, manifest={"command": "auralens probe", "command_line": command, "model": model, "data": data,
-                       "seed": seed, "n": n, "config": config},
-        items=items, resume=resume, lm=lm, model=model, dtype=dtype,
-        before_create=lambda m: cfg.resolve(m.arch),  # layer range errors before any folder or work
+        out, manifest=cfg.manifest(), items=items, resume=resume, lm=lm, model=model, dtype=cfg.dtype,
+        before_create=lambda m: coll.resolve(m.arch),  # layer range errors before any folder or work
     )
     t1 = time.perf_counter()
-    store = collect_activations(lm, items, run, cfg, resume=resume, progress=not quiet)
+    store = collect_activations(lm, items, run, coll, resume=resume, progress=not quiet)
     t2 = time.perf_counter()
     table, best, notes = probe_store(
-        store, items, attributes=attributes, n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed,
+        store, items, attributes=attributes, n_folds=cfg.n_folds, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
         progress=not quiet,
     )
     t3 = time.perf_counter()
