@@ -171,6 +171,8 @@ def _config_params(config_cls) -> list:
             if parse and default is not dataclasses.MISSING:
                 if default is None:
                     default = ""
+                elif isinstance(default, str):
+                    pass
                 elif parse == "one":
                     default = str(default[0])
                 else:
@@ -483,50 +485,21 @@ steer_app = typer.Typer(help="Audio-minus-silence steering vectors: fit and eval
 app.add_typer(steer_app, name="steer")
 
 
-@_command(steer_app, "fit")
-def steer_fit(
-    model: str = ModelOpt,
-    data: str = DataOpt,
-    n: int = typer.Option(64, "--n", help="Number of fit items (>= 1)."),
-    layers: str = typer.Option("", "--layers", help="Comma-separated decoder layers (default: the middle layer)."),
-    positions: str = typer.Option("last_prompt", "--positions", help="last_prompt | audio_mean"),
-    out: Path = typer.Option(Path("vec.safetensors"), "--out", help="Vector file (.safetensors, .gguf or .npz)."),
-    seed: int = typer.Option(0, "--seed", help="Data seed of the fit items."),
-    dtype: str = DtypeOpt,
-) -> None:
+@_stage_command(steer_app, "fit", "steering.pipeline:SteerFitConfig")
+def steer_fit(cfg) -> None:
     """Fit an audio-minus-silence direction and save it (format from the extension)."""
     from steering.pipeline import stage_steer_fit
 
-    lay = _numbers("--layers", layers, int) if layers.strip() else None
-    pos = _csv("--positions", positions)
-    vec = stage_steer_fit(model=model, data=data, n=n, layers=lay, positions=pos[0] if len(pos) == 1 else list(pos),
-                          out_vector=out, seed=seed, dtype=dtype)
-    typer.echo(f"wrote {out} (layers {sorted(vec.layers)}, method {vec.method})")
+    vec = stage_steer_fit(**cfg.options())
+    typer.echo(f"wrote {cfg.out_vector} (layers {sorted(vec.layers)}, method {vec.method})")
 
 
-@_command(steer_app, "eval")
-def steer_eval(
-    model: str = ModelOpt,
-    data: str = DataOpt,
-    vector: Path = typer.Option(..., "--vector", help="Steering vector file (safetensors, gguf or npz)."),
-    alphas: str = typer.Option("0,2,4,8", "--alphas", help="Comma-separated steering strengths."),
-    n: int = typer.Option(90, "--n", help="Number of items (>= 1)."),
-    out: Path = typer.Option(Path("runs/steer"), "--out", help="Run folder."),
-    controls: bool = typer.Option(True, "--controls/--no-controls", help="Also run the random-direction/random-heads controls."),
-    fmt: str = typer.Option("direct", "--format", help="Answer format: direct | cot | structured."),
-    batch_size: int = BatchOpt,
-    resume: bool = ResumeOpt,
-    seed: int = SeedOpt,
-    dtype: str = DtypeOpt,
-    as_json: bool = JsonOpt,
-) -> None:
+@_stage_command(steer_app, "eval", "steering.pipeline:SteerEvalConfig")
+def steer_eval(cfg, as_json: bool = JsonOpt) -> None:
     """Accuracy as a function of alpha (and layer), against random controls, with CIs."""
     from steering.pipeline import stage_steer_eval
 
-    res = stage_steer_eval(model=model, data=data, n=n, vector=vector, alphas=_numbers("--alphas", alphas),
-                           controls=controls, out=out, resume=resume, seed=seed, formats=(fmt,), quiet=as_json,
-                           batch_size=batch_size, dtype=dtype)
-    _echo_json(res)
+    _echo_json(stage_steer_eval(**cfg.options(), quiet=as_json))
 
 
 @_command(app, "export")

@@ -17,92 +17,117 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from interp.errors import ConfigError
+from interp.stage_config import StageConfig, option, takes_config
 
-__all__ = ["stage_steer_eval", "stage_steer_fit"]
-
-
-def _manifest(command: str, model: str, data: str, seed: int, n: int | None, config: dict[str, Any]) -> dict[str, Any]:
-    # the shape auralens.stages writes (steering does not import the CLI package)
-    return {"command": command, "model": model, "data": data, "seed": seed, "n": n, "config": config}
+__all__ = ["SteerEvalConfig", "SteerFitConfig", "stage_steer_eval", "stage_steer_fit"]
 
 
-def stage_steer_fit(
-    *,
-    model: str,
-    data: str,
-    n: int,
-    layers: Sequence[int] | None,
-    positions: str | int | Sequence[str | int] = "last_prompt",
-    heads_from: Any = None,
-    out_vector: str | Path,
-    seed: int,
-    lm=None,
-    k_heads: int | None = None,
-    site: str = "hook_resid_post",
-    normalize: str = "none",
-    fmt: str = "direct",
-    batch_size: int = 8,
-    dtype: str = "auto",
-    quiet: bool = True,
-):
+_MODEL_HELP = "'micro', a Hugging Face id or a local checkpoint folder."
+_DATA_HELP = "'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl."
+_DTYPE_HELP = "auto | float32 | bfloat16 | float16"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteerFitConfig(StageConfig):
+    """``auralens steer fit``: an audio-minus-silence direction, written to a vector file."""
+
+    COMMAND = "auralens steer fit"
+
+    model: str = option("micro", short="-m", help=_MODEL_HELP)
+    data: str = option("cafe", short="-d", help=_DATA_HELP)
+    n: int = option(64, help="Number of fit items (>= 1).")
+    layers: tuple[int, ...] | None = option(None, parse="ints",
+                                            help="Comma-separated decoder layers (default: the middle layer).")
+    positions: Any = option("last_prompt", parse="csv", help="last_prompt | audio_mean")
+    heads_from: Any = option(None, cli=False, help="Restrict to heads: pairs, 'L:H,...', a heads table or run folder.")
+    k_heads: int | None = option(None, cli=False, help="Keep the top-k heads of heads_from.")
+    out_vector: Path = option(Path("vec.safetensors"), flag="--out", identity=False,
+                              help="Vector file (.safetensors, .gguf or .npz).")
+    seed: int = option(0, help="Data seed of the fit items.")
+    site: str = option("hook_resid_post", help="Site of the direction (hook_resid_post, attn.hook_z...).")
+    normalize: str = option("none", help="Normalisation of the direction: none | unit | resid_norm.")
+    fmt: str = option("direct", identity="format", flag="--format", help="Answer format of the fit prompts.")
+    batch_size: int = option(8, identity=False, help="Items per forward pass (>= 1).")
+    dtype: str = option("auto", help=_DTYPE_HELP)
+
+    def __post_init__(self) -> None:
+        from interp.runs import check_dtype, check_formats, check_int, check_n
+        from steering.directions import NORMALIZATIONS, _site, parse_positions
+        from steering.formats import FORMATS as VECTOR_FORMATS
+
+        check_n(self.n)
+        parse_positions(self.positions)
+        if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)):
+                raise ConfigError(f"layers: expected a list of decoder layers or None, found {self.layers!r}")
+            self._set("layers", tuple(check_int("layers", L, minimum=0) for L in self.layers))
+            if not self.layers:
+                raise ConfigError("layers: expected at least one decoder layer (or None), found none")
+        _site(self.site)
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError(f"normalize: expected one of {list(NORMALIZATIONS)}, found {self.normalize!r}")
+        check_formats(self.fmt, "format")
+        check_int("batch_size", self.batch_size)
+        check_dtype(self.dtype)
+        out_vector = Path(self.out_vector)
+        self._set("out_vector", out_vector)
+        if out_vector.is_dir():
+            raise ConfigError(f"--out {str(out_vector)!r}: expected a vector file path, found a directory")
+        if out_vector.suffix.lower() not in VECTOR_FORMATS.values():
+            raise ConfigError(
+                f"--out {str(out_vector)!r}: expected an extension among {sorted(VECTOR_FORMATS.values())}, "
+                f"found {out_vector.suffix!r}"
+            )
+        for parent in out_vector.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(
+                        f"--out {str(out_vector)!r}: expected a folder path, found that {str(parent)!r} is a file")
+                break
+
+
+@takes_config(SteerFitConfig)
+def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     """Fit the audio-minus-silence vector on ``n`` items of ``data`` (data seed ``seed``) and
     write it to ``out_vector``.  Returns the :class:`~steering.vector.SteeringVector`.
+    Options: :class:`SteerFitConfig` (or its fields as keywords).
 
     ``layers``: decoder layers (default: those of the heads, else the middle layer).
     ``heads_from``: restrict to heads — (layer, head) pairs, ``"L:H,..."``, a heads table
     (parquet with layer/head/rank, e.g. from :func:`interp.listening.heads_table`) or a run
     folder holding ``heads.parquet``; ``k_heads`` keeps the top ones."""
     from interp.loading import load_model
-    from interp.runs import check_dtype, check_formats, check_int, check_model, load_items
-    from steering.directions import NORMALIZATIONS, _site, fit_with_controls, parse_heads, parse_positions
-    from steering.formats import FORMATS as VECTOR_FORMATS, export
+    from interp.runs import check_model, load_items
+    from steering.directions import fit_with_controls, parse_heads, parse_positions
+    from steering.formats import export
 
-    # validate everything before the model loads and before the vector file is written
-    pos = parse_positions(positions)
-    heads = parse_heads(heads_from, k=k_heads)
-    if layers is not None:
-        layers = [check_int("layers", L, minimum=0) for L in layers]
-        if not layers:
-            raise ConfigError("layers: expected at least one decoder layer (or None), found none")
-    _site(site)
-    if normalize not in NORMALIZATIONS:
-        raise ConfigError(f"normalize: expected one of {list(NORMALIZATIONS)}, found {normalize!r}")
-    check_formats(fmt, "format")
-    check_int("batch_size", batch_size)
-    check_dtype(dtype)
-    out_vector = Path(out_vector)
-    if out_vector.is_dir():
-        raise ConfigError(f"--out {str(out_vector)!r}: expected a vector file path, found a directory")
-    if out_vector.suffix.lower() not in VECTOR_FORMATS.values():
-        raise ConfigError(
-            f"--out {str(out_vector)!r}: expected an extension among {sorted(VECTOR_FORMATS.values())}, "
-            f"found {out_vector.suffix!r}"
-        )
-    for parent in out_vector.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--out {str(out_vector)!r}: expected a folder path, found that {str(parent)!r} is a file")
-            break
+    # validated by SteerFitConfig; the heads (a table or run folder may be read) before the model
+    model, data, n, seed, heads_from, site, normalize, fmt = (
+        cfg.model, cfg.data, cfg.n, cfg.seed, cfg.heads_from, cfg.site, cfg.normalize, cfg.fmt)
+    pos = parse_positions(cfg.positions)
+    heads = parse_heads(heads_from, k=cfg.k_heads)
+    layers = None if cfg.layers is None else list(cfg.layers)
+    out_vector = cfg.out_vector
     items = load_items(data, n=n, seed=seed)
     if lm is None:
         check_model(model)
-        lm = load_model(model, dtype=dtype)
+        lm = load_model(model, dtype=cfg.dtype)
     if layers is None and not heads:
         layers = [lm.arch.n_layers // 2]
     fit = {
         "model": model, "data": data, "n": len(items), "seed": int(seed), "positions": [str(p) for p in pos],
         "site": site, "normalize": normalize, "format": fmt,
         "heads_from": None if heads_from is None else str(heads_from) if isinstance(heads_from, (str, Path)) else "pairs",
-        "k_heads": k_heads,
+        "k_heads": cfg.k_heads,
     }
     vecs = fit_with_controls(
         lm, items, layers=layers, positions=pos, site=site, heads=heads, normalize=normalize, fmt=fmt,
-        batch_size=batch_size, seed=seed, controls=False, extra={"fit": fit}, progress=not quiet,
+        batch_size=cfg.batch_size, seed=seed, controls=False, extra={"fit": fit}, progress=not quiet,
     )
     vec = vecs["audio_minus_silence"]
     out_vector.parent.mkdir(parents=True, exist_ok=True)
@@ -126,79 +151,114 @@ def _fit_items(vec):
     return items, None
 
 
-def stage_steer_eval(
-    *,
-    model: str,
-    data: str,
-    n: int,
-    vector,
-    alphas: Sequence[float],
-    layers: Sequence[int] | None = None,
-    controls: bool = True,
-    out: str | Path,
-    resume: bool = False,
-    seed: int = 7,
-    formats: Sequence[str] = ("direct",),
-    lm=None,
-    quiet: bool = False,
-    positions: Sequence[str] = ("last_prompt",),
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
-    backend: str = "torch",
-    n_boot: int = 1000,
-    dtype: str = "auto",
-    adaptive_gain: float | None = None,
-    adaptive_heads: Any = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class SteerEvalConfig(StageConfig):
+    """``auralens steer eval``: accuracy as a function of alpha (and layer), against controls."""
+
+    COMMAND = "auralens steer eval"
+
+    model: str = option("micro", short="-m", help=_MODEL_HELP)
+    data: str = option("cafe", short="-d", help=_DATA_HELP)
+    vector: Any = option(identity=False, cli_type=Path, help="Steering vector file (safetensors, gguf or npz).")
+    alphas: tuple[float, ...] = option((0.0, 2.0, 4.0, 8.0), parse="floats", cli_default="0,2,4,8",
+                                       help="Comma-separated steering strengths.")
+    n: int = option(90, help="Number of items (>= 1).")
+    out: Path = option(Path("runs/steer"), identity=False, help="Run folder.")
+    controls: bool = option(True, help="Also run the random-direction/random-heads controls.")
+    formats: tuple[str, ...] = option(("direct",), flag="--format", parse="one",
+                                      help="Answer format: direct | cot | structured.")
+    batch_size: int = option(16, help="Items per generation batch (>= 1).")
+    resume: bool = option(False, identity=False,
+                          help="Continue an interrupted run in --out (refused if any setting differs).")
+    seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
+    # not part of the identity: runs before it was a config field do not record it
+    dtype: str = option("auto", identity=False, help=_DTYPE_HELP)
+    layers: tuple[int, ...] | None = option(None, cli=False, help="Layers to steer one at a time (default: the vector's).")
+    positions: tuple[str, ...] = option(("last_prompt",), cli=False, help="Position modes of apply_vector.")
+    max_new_tokens: int = option(32, help="Generated tokens per answer (>= 1).")
+    backend: str = option("torch", help="torch | nnsight (identical results; torch is faster).")
+    n_boot: int = option(1000, help="Bootstrap resamples of the confidence intervals (>= 1).")
+    adaptive_gain: float | None = option(None, help="Steer with adaptive alpha of this gain (gated by listening heads).")
+    adaptive_heads: Any = option(None, identity=False, cli=False,
+                                 help="Heads gating the adaptive alpha (default: the vector's own heads).")
+
+    def __post_init__(self) -> None:
+        from interp.runs import check_dtype, check_n
+
+        check_n(self.n)
+        check_dtype(self.dtype)
+        if self.adaptive_gain is not None and (isinstance(self.adaptive_gain, bool) or
+                                               not isinstance(self.adaptive_gain, (int, float))):
+            raise ConfigError(f"adaptive_gain: expected a number or None, found {self.adaptive_gain!r}")
+        sweep = self.sweep()  # alphas, layers, positions, formats, sizes, backend
+        for name in ("alphas", "layers", "positions", "formats"):
+            self._set(name, getattr(sweep, name))
+        if self.vector is None:
+            raise ConfigError("vector: expected a steering vector file or a SteeringVector, found None")
+        if isinstance(self.vector, str):
+            self._set("vector", Path(self.vector))
+        self._set("out", Path(self.out))
+
+    def sweep(self, gate_heads: tuple = ()):
+        """The sweep's :class:`~steering.evaluate.SweepConfig` (adaptive alpha only with heads)."""
+        from steering.evaluate import SweepConfig
+
+        return SweepConfig(
+            alphas=tuple(self.alphas), layers=None if self.layers is None else tuple(self.layers),
+            positions=tuple(self.positions), formats=tuple(self.formats), max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size, backend=self.backend, n_boot=self.n_boot, seed=self.seed,
+            adaptive_gain=self.adaptive_gain if gate_heads else None, adaptive_heads=tuple(gate_heads),
+        )
+
+
+@takes_config(SteerEvalConfig)
+def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
     """Sweep alpha x layer x position mode with ``vector`` (a file or a SteeringVector) and its
     controls on ``n`` items of ``data`` (data seed ``seed``, also the controls' seed); write the
-    run folder ``out`` (see the module docstring) and return the summary.
+    run folder ``out`` (see the module docstring) and return the summary.  Options:
+    :class:`SteerEvalConfig` (or its fields as keywords).
 
     ``adaptive_gain``: steer with adaptive alpha (:class:`steering.apply.AdaptiveAlpha`) gated
     by ``adaptive_heads`` (same spellings as ``heads_from``; default: the vector's own heads)."""
     import hashlib
 
     from interp.loading import load_model
-    from interp.runs import RowLog, RunFolder, check_dtype, check_model, load_items, run_identity
+    from interp.runs import RowLog, RunFolder, check_model, load_items, run_identity
     from steering.directions import collect_paired, parse_heads, random_direction, random_heads
-    from steering.evaluate import SweepConfig, best_gain, figures, run_sweep, steering_table
+    from steering.evaluate import best_gain, figures, run_sweep, steering_table
     from steering.formats import export, load_vector
     from steering.vector import SteeringVector
 
-    # 1. validate: options (SweepConfig checks alphas, layers, positions, formats, sizes), the
-    #    vector file, the items and every audio header
-    check_dtype(dtype)
+    model, data, n, vector, controls, out, resume, seed = (
+        cfg.model, cfg.data, cfg.n, cfg.vector, cfg.controls, cfg.out, cfg.resume, cfg.seed)
+    # 1. validate: options (SteerEvalConfig, its SweepConfig), the vector file, the items and
+    #    every audio header
     vec = vector if isinstance(vector, SteeringVector) else load_vector(vector)
     gate_heads: tuple = ()
-    if adaptive_gain is not None:
-        gate_heads = parse_heads(adaptive_heads) if adaptive_heads is not None else vec.heads
+    if cfg.adaptive_gain is not None:
+        gate_heads = parse_heads(cfg.adaptive_heads) if cfg.adaptive_heads is not None else vec.heads
         if not gate_heads:
             raise ConfigError(
                 "adaptive_gain: expected specialist heads for the listening signal (adaptive_heads=...), "
                 "found none and the vector is not head-restricted"
             )
-    cfg = SweepConfig(
-        alphas=tuple(alphas), layers=None if layers is None else tuple(layers), positions=tuple(positions),
-        formats=tuple(formats), max_new_tokens=max_new_tokens, batch_size=batch_size, backend=backend,
-        n_boot=n_boot, seed=seed, adaptive_gain=adaptive_gain, adaptive_heads=gate_heads,
-    )
-    if cfg.layers is not None:
-        missing = [L for L in cfg.layers if L not in vec.layers]
+    sweep = cfg.sweep(gate_heads)
+    if sweep.layers is not None:
+        missing = [L for L in sweep.layers if L not in vec.layers]
         if missing:
             raise ConfigError(f"layers {missing}: the vector has directions at layers {list(vec.layers)} only")
     items = load_items(data, n=n, seed=seed)
     digest = hashlib.sha256(vec.stacked().float().cpu().numpy().tobytes()).hexdigest()
-    config = {
-        **cfg.to_dict(), "controls": bool(controls), "vector_method": vec.method, "vector_sha256": digest,
-        "vector_fingerprint": vec.data_fingerprint, "vector_source": str(vector) if vector is not vec else None,
-    }
-    manifest = {**_manifest("auralens steer eval", model, data, seed, n, config), **run_identity(items)}
+    # the sweep as SweepConfig normalises it (float alphas, the resolved gate heads), the vector
+    manifest = {**cfg.manifest(**sweep.to_dict(), vector_method=vec.method, vector_sha256=digest,
+                               vector_fingerprint=vec.data_fingerprint,
+                               vector_source=str(vector) if vector is not vec else None), **run_identity(items)}
     # 2. the folder would accept this run (read-only)
     RunFolder.check(out, manifest=manifest, resume=resume)
     # 3. the model, and what depends on it
     if lm is None:
         check_model(model)
-        lm = load_model(model, dtype=dtype)
+        lm = load_model(model, dtype=cfg.dtype)
     vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
     name = vec.method if vec.method not in ("random_direction", "random_heads") else f"{vec.method}_vector"
     vectors: dict[str, SteeringVector] = {name: vec}
@@ -224,8 +284,8 @@ def stage_steer_eval(
     for vname, v in vectors.items():
         export(v, run.file(f"vectors/{vname}.safetensors"))
     log = RowLog(run, "items.parquet", key="row_id", resume=resume)
-    rows = run_sweep(lm, items, vectors, cfg, log=log, progress=not quiet)
-    table = steering_table(rows, n_boot=cfg.n_boot, seed=cfg.seed, alphas=sorted({0.0, *cfg.alphas}))
+    rows = run_sweep(lm, items, vectors, sweep, log=log, progress=not quiet)
+    table = steering_table(rows, n_boot=sweep.n_boot, seed=sweep.seed, alphas=sorted({0.0, *sweep.alphas}))
     run.write_table("steering.parquet", table)
     figs = figures(table)
     run.write_figure("steering_accuracy.html", figs["accuracy"])
@@ -233,10 +293,10 @@ def stage_steer_eval(
     overlap = len(fit_ids & {it.item_id for it in items})
     if overlap:
         notes.append(f"{overlap} of the {len(items)} evaluation items were also fit items (in-sample)")
-    best = best_gain(table, rows, main=name, n_boot=cfg.n_boot, seed=cfg.seed)
+    best = best_gain(table, rows, main=name, n_boot=sweep.n_boot, seed=sweep.seed)
     summary = {
         "model": model, "data": data, "n": len(items), "run": str(out), "vector": name,
-        "method": vec.method, "layers": list(vec.layers), "alphas": list(cfg.alphas), "vectors": list(vectors),
+        "method": vec.method, "layers": list(vec.layers), "alphas": list(sweep.alphas), "vectors": list(vectors),
         "best": best, "fit_overlap": overlap, "notes": notes,
     }
     run.write_json("summary.json", summary)
