@@ -176,16 +176,23 @@ def _discover(path: Path, problems: list[str], *, depth: int = 2) -> dict[str, P
     if own is not None:
         stages[own] = path
 
-    def walk(p: Path, level: int) -> None:
-        for sub in _subdirs(p):
-            kind = _safe_kind(sub, problems)
-            if kind is not None:
-                stages.setdefault(kind, sub)
-            elif level < depth and not (sub / "manifest.json").exists():
-                walk(sub, level + 1)
+    def walk(start: Path) -> None:
+        # breadth first: a stage folder right inside ``path`` wins over one deeper down (the
+        # demo's organisms/<model>@decay record runs must not stand in for its record/)
+        frontier = [start]
+        for _level in range(1, depth + 1):
+            nxt: list[Path] = []
+            for p in frontier:
+                for sub in _subdirs(p):
+                    kind = _safe_kind(sub, problems)
+                    if kind is not None:
+                        stages.setdefault(kind, sub)
+                    elif not (sub / "manifest.json").exists():
+                        nxt.append(sub)
+            frontier = nxt
 
     if own is None:
-        walk(path, 1)
+        walk(path)
     else:  # a stage folder: only stage folders right inside it (never its internals)
         for sub in _subdirs(path):
             if (sub / "manifest.json").exists():

@@ -44,7 +44,9 @@ def run_paths() -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         out.append(p)
-        out += [q for q in data.find_runs(p / "organisms", max_depth=1) if q not in out]
+        org = p / "organisms"
+        if org.is_dir():
+            out += [q for q in sorted(org.iterdir()) if q.is_dir() and data.is_run(q) and q not in out]
     return out
 
 

@@ -530,3 +530,17 @@ def test_synthetic_tables_match_the_real_writers(demo_run, full_run):
         real_keys = set(f.keys())
     with __import__("safetensors").safe_open(str(full_run / "record" / "yields" / "00000.safetensors"), "numpy") as f:
         assert real_keys <= set(f.keys())
+
+
+def test_the_demo_organism_runs_are_in_the_run_picker(demo_run, monkeypatch):
+    """The demo's healthy-vs-organism record runs sit under <out>/organisms/ and the dashboard
+    lists them beside the demo itself, so the picker switches between the models."""
+    from dashboards import ui
+
+    monkeypatch.setattr(ui, "_argv_values", lambda flag: [str(demo_run)] if flag == "--run" else [])
+    paths = ui.run_paths()
+    assert paths[0] == demo_run
+    names = {p.name for p in paths[1:]}
+    assert {"micro@decay", "micro-heads@heads", "micro-decay@decay"} <= names
+    for p in paths[1:]:
+        assert data.open_run(p).has("record")
