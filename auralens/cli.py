@@ -370,27 +370,12 @@ def organisms_validate(
     Console().print(t)
 
 
-@_command(app, "compare")
-def compare_cmd(
-    base: str = typer.Option("micro", "--base", help="The base model ('micro', an HF id or a folder)."),
-    finetuned: str = typer.Option("micro-mpar2", "--finetuned", help="The fine-tuned model ('micro-mpar2', an HF id or a folder)."),
-    vector: Path = typer.Option(..., "--vector", help="Steering vector file fitted on --base."),
-    data: str = DataOpt,
-    n: int = typer.Option(90, "--n", help="Number of items (>= 1)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Default: the vector's default alpha."),
-    fmt: str = typer.Option("structured", "--format", help="Answer format: direct | cot | structured."),
-    out: Path = typer.Option(Path("runs/compare"), "--out", help="Run folder."),
-    resume: bool = ResumeOpt,
-    seed: int = SeedOpt,
-    dtype: str = DtypeOpt,
-    as_json: bool = JsonOpt,
-) -> None:
+@_stage_command(app, "compare", "auralens.compare:CompareConfig")
+def compare_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Base, base + steering, fine-tuned, fine-tuned + steering on the same items."""
     from auralens.compare import stage_compare
 
-    res = stage_compare(base=base, finetuned=finetuned, vector=vector, data=data, n=n, out=out, resume=resume,
-                        formats=(fmt,), alpha=alpha, seed=seed, dtype=dtype, quiet=as_json)
-    _echo_json(res)
+    _echo_json(stage_compare(**cfg.options(), quiet=as_json))
 
 
 @_command(app, "demo")

@@ -51,16 +51,18 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from interp.errors import ConfigError
+from interp.stage_config import StageConfig, option, takes_config
 from interp.papers import REPORTED, reported_rows
 from interp.schemas import COMPARE, SYSTEMS
 
-__all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "reported_rows", "stage_compare"]
+__all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "CompareConfig", "reported_rows", "stage_compare"]
 
 COMPARE_COLUMNS: tuple[str, ...] = COMPARE.names
 _DIRS = {"base": "base", "base+steering": "base_steering", "finetuned": "finetuned",
@@ -194,29 +196,59 @@ def _vector_digest(vec) -> str:
     return hashlib.sha256(vec.stacked().float().cpu().numpy().tobytes()).hexdigest()
 
 
-def stage_compare(
-    *,
-    base: str,
-    finetuned: str,
-    vector: Any,
-    data: str,
-    n: int,
-    out: str | Path,
-    resume: bool = False,
-    formats: Sequence[str] = ("structured",),
-    alpha: float | None = None,
-    seed: int = 7,
-    lm_base=None,
-    lm_ft=None,
-    quiet: bool = False,
-    positions: str = "last_prompt",
-    batch_size: int = 16,
-    max_new_tokens: int = 128,
-    top_k: int = 8,
-    n_boot: int = 1000,
-    dtype: str = "auto",
-    vector_ft: Any = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig(StageConfig):
+    """``auralens compare``: base, base + steering, fine-tuned, fine-tuned + steering."""
+
+    COMMAND = "auralens compare"
+
+    base: str = option("micro", help="The base model ('micro', an HF id or a folder).")
+    finetuned: str = option("micro-mpar2", help="The fine-tuned model ('micro-mpar2', an HF id or a folder).")
+    vector: Any = option(identity=False, cli_type=Path,
+                         help="Steering vector file fitted on --base (None: the steered systems are skipped).")
+    data: str = option("cafe", short="-d", help="'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl.")
+    n: int = option(90, help="Number of items (>= 1).")
+    alpha: float | None = option(None, help="Default: the vector's default alpha.")
+    formats: tuple[str, ...] = option(("structured",), flag="--format", parse="one",
+                                      help="Answer format: direct | cot | structured.")
+    out: Path = option(Path("runs/compare"), identity=False, help="Run folder.")
+    resume: bool = option(False, identity=False,
+                          help="Continue an interrupted run in --out (refused if any setting differs).")
+    seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
+    dtype: str = option("auto", help="auto | float32 | bfloat16 | float16")
+    positions: str = option("last_prompt", help="Where the steering applies: last_prompt | generated | both.")
+    batch_size: int = option(16, identity=False, help="Items per generation batch (>= 1).")
+    max_new_tokens: int = option(128, help="Generated tokens per answer (>= 1).")
+    top_k: int = option(8, help="Specialist (listening) heads measured per model.")
+    n_boot: int = option(1000, identity=False, help="Bootstrap resamples of the confidence intervals (>= 1).")
+    vector_ft: Any = option(None, identity=False, cli=False,
+                            help="The fine-tuned model's own vector (default: --vector, applied unchanged).")
+
+    def __post_init__(self) -> None:
+        from interp.runs import check_dtype, check_formats, check_int, check_n
+
+        self._set("formats", check_formats(self.formats))
+        check_n(self.n)
+        for name in ("batch_size", "max_new_tokens", "top_k", "n_boot"):
+            check_int(name, getattr(self, name))
+        check_dtype(self.dtype)
+        alpha = self.alpha
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha)):
+            raise ConfigError(f"alpha: expected a finite number or None, found {alpha!r}")
+        try:
+            from steering.apply import POSITION_MODES
+        except ImportError:  # the steering package is optional for this stage
+            POSITION_MODES = (self.positions,)
+        if self.positions not in POSITION_MODES:
+            raise ConfigError(f"positions: expected one of {list(POSITION_MODES)}, found {self.positions!r}")
+        self._set("out", Path(self.out))
+
+    def manifest(self, **config: Any) -> dict[str, Any]:
+        return {**super().manifest(**config), "model": f"{self.base} vs {self.finetuned}"}
+
+
+@takes_config(CompareConfig)
+def stage_compare(cfg: CompareConfig, *, lm_base=None, lm_ft=None, quiet: bool = False) -> dict[str, Any]:
     """Base, base + steering, fine-tuned, fine-tuned + steering on the same items; writes the run
     folder ``out`` (see the module docstring) and returns its summary.
 
@@ -241,18 +273,15 @@ def stage_compare(
     from interp.listening import top_k as pick_top
     from interp.loading import load_model
     from interp.record import stage_record
-    from interp.runs import RunFolder, check_dtype, check_formats, check_int, check_model, check_n, load_items, run_identity
+    from interp.runs import RunFolder, check_model, load_items, run_identity
     from steering.figures import compare_figure
 
-    # 1. validate: options, vectors, items and every audio header (nothing written yet)
-    formats = check_formats(formats)
-    check_n(n)
-    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("top_k", top_k),
-                        ("n_boot", n_boot)):
-        check_int(name, value)
-    check_dtype(dtype)
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha)):
-        raise ConfigError(f"alpha: expected a finite number or None, found {alpha!r}")
+    # 1. validate: options (CompareConfig), vectors, items and every audio header (nothing written yet)
+    base, finetuned, vector, vector_ft, data, n, out, resume, formats, alpha, seed = (
+        cfg.base, cfg.finetuned, cfg.vector, cfg.vector_ft, cfg.data, cfg.n, cfg.out, cfg.resume, cfg.formats,
+        cfg.alpha, cfg.seed)
+    positions, batch_size, max_new_tokens, top_k, n_boot, dtype = (
+        cfg.positions, cfg.batch_size, cfg.max_new_tokens, cfg.top_k, cfg.n_boot, cfg.dtype)
     notes: list[str] = []
     vec = vec_ft = None
     apply_vector = None
@@ -276,14 +305,11 @@ def stage_compare(
     systems = [s for s in SYSTEMS if vec is not None or "steering" not in s]
 
     items = load_items(data, n=n, seed=seed)
-    config = {"base": base, "finetuned": finetuned, "formats": list(formats), "alpha": alpha, "positions": positions,
-              "max_new_tokens": max_new_tokens, "top_k": top_k, "dtype": dtype,
-              "vector_sha256": _vector_digest(vec) if vec is not None else None,
-              "vector_source": str(vector) if vec is not None and vector is not vec else None,
-              "vector_ft_sha256": _vector_digest(vec_ft) if vec is not None and vec_ft is not vec else None,
-              "alpha_ft": alpha_ft}
-    manifest = {"command": "auralens compare", "model": f"{base} vs {finetuned}", "data": data, "seed": seed,
-                "n": n, "config": config, **run_identity(items)}
+    manifest = {**cfg.manifest(alpha=alpha, alpha_ft=alpha_ft,
+                               vector_sha256=_vector_digest(vec) if vec is not None else None,
+                               vector_source=str(vector) if vec is not None and vector is not vec else None,
+                               vector_ft_sha256=_vector_digest(vec_ft) if vec is not None and vec_ft is not vec else None),
+                **run_identity(items)}
     # 2. the folder would accept this run (read-only); 3. the models
     RunFolder.check(out, manifest=manifest, resume=resume)
     if lm_base is None:
