@@ -23,13 +23,9 @@ bench_app = typer.Typer(help="Benchmarks (wall-time ratios in one process).", no
 app.add_typer(micro_app, name="micro")
 app.add_typer(bench_app, name="bench")
 
-ModelOpt = typer.Option("micro", "--model", "-m", help="'micro', a Hugging Face id or a local checkpoint folder.")
-DataOpt = typer.Option("cafe", "--data", "-d", help="'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl.")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16")
-SeedOpt = typer.Option(7, "--seed", help="Data seed (cafe items, bootstrap and controls).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run in --out (refused if any setting differs).")
 JsonOpt = typer.Option(False, "--json", help="Print the result as strict JSON (NaN/Infinity as null).")
-BatchOpt = typer.Option(16, "--batch-size", help="Items per generation batch (>= 1).")
 
 
 def _command_line() -> str:
