@@ -112,13 +112,22 @@ def _audio_features(lm, items, folder) -> Any:
     return collect_activations(lm, items, folder, cfg)
 
 
-def _matrix(store, items, layer: int):
-    """Audio-mean features at ``layer`` and the item of each row."""
+def _matrix(store, items, layer: int, attr: str, min_per_class: int = 5):
+    """Audio-mean features at ``layer``, the label of ``attr`` and the item of each row; rows
+    of a class held by fewer than ``min_per_class`` items are left out (5-fold CV by item needs
+    every class in every fold's training part); returns how many were left out."""
+    from collections import Counter
+
     from probes.collect import LM_SITE
+    from probes.labels import cafe_labels
 
     X, idx = store.matrix(LM_SITE, "audio_mean", layer)
     by_id = {it.item_id: it for it in items}
-    return X, [by_id[i] for i in store.rows["item_id"].to_numpy()[idx]]
+    its = [by_id[i] for i in store.rows["item_id"].to_numpy()[idx]]
+    y = [cafe_labels(it.scene)[attr] for it in its]
+    counts = Counter(y)
+    keep = [i for i, v in enumerate(y) if v is not None and counts[v] >= min_per_class]
+    return X[keep], [y[i] for i in keep], [its[i].item_id for i in keep], len(y) - len(keep)
 
 
 def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[str, Any]]:
@@ -128,7 +137,6 @@ def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[st
     from interp.cafe.cues import cue_items
     from probes.collect import LM_SITE
     from probes.fit import ProbeConfig, fit_probe
-    from probes.labels import cafe_labels
 
     stores = {}
     items = {}
@@ -139,16 +147,15 @@ def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[st
     for attr in PROBE_ATTRIBUTES:
         best, best_acc = None, -math.inf
         for layer in stores["calibration"].layers(LM_SITE):
-            X, its = _matrix(stores["calibration"], items["calibration"], layer)
-            y = [cafe_labels(it.scene)[attr] for it in its]
-            r = fit_probe(X, y, [it.item_id for it in its], ProbeConfig(n_bootstrap=0), attribute=attr)
+            X, y, groups, _ = _matrix(stores["calibration"], items["calibration"], layer, attr)
+            r = fit_probe(X, y, groups, ProbeConfig(n_bootstrap=0), attribute=attr)
             if r.accuracy > best_acc:
                 best, best_acc = layer, r.accuracy
-        X, its = _matrix(stores["test"], items["test"], best)
-        y = [cafe_labels(it.scene)[attr] for it in its]
-        r = fit_probe(X, y, [it.item_id for it in its], ProbeConfig(), attribute=attr)
+        X, y, groups, dropped = _matrix(stores["test"], items["test"], best, attr)
+        r = fit_probe(X, y, groups, ProbeConfig(), attribute=attr)
+        rare = f"; {dropped} items of classes held by < 5 items left out" if dropped else ""
         rows.append(_check(organism, f"probe_{attr}_accuracy", r.accuracy, 0.70, ">=", (r.ci_low, r.ci_high), r.n,
-                           f"layer {best} (chosen on calibration), chance {r.chance:.3f}"))
+                           f"layer {best} (chosen on calibration), chance {r.chance:.3f}{rare}"))
         rows.append(_check(organism, f"probe_{attr}_selectivity", r.selectivity, 0.20, ">=", None, r.n,
                            f"accuracy − control task {r.control_accuracy:.3f}"))
     return rows
