@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from interp.stage_config import RESUME_HELP
+
 app = typer.Typer(
     name="auralens",
     help="Is the model still listening while it reasons? Audio attention yield, perception decay, "
@@ -24,7 +26,7 @@ app.add_typer(micro_app, name="micro")
 app.add_typer(bench_app, name="bench")
 
 DtypeOpt = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16")
-ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run in --out (refused if any setting differs).")
+ResumeOpt = typer.Option(False, "--resume", help=RESUME_HELP)
 JsonOpt = typer.Option(False, "--json", help="Print the result as strict JSON (NaN/Infinity as null).")
 
 

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ConfigError
-from interp.stage_config import StageConfig, option, takes_config
+from interp.stage_config import DATA_HELP, DTYPE_HELP, MODEL_HELP, RESUME_HELP, StageConfig, option, takes_config  # noqa: F401
 from interp.papers import REPORTED, reported_rows
 from interp.schemas import COMPARE, SYSTEMS
 
@@ -206,16 +206,16 @@ class CompareConfig(StageConfig):
     finetuned: str = option("micro-mpar2", help="The fine-tuned model ('micro-mpar2', an HF id or a folder).")
     vector: Any = option(identity=False, cli_type=Path,
                          help="Steering vector file fitted on --base (None: the steered systems are skipped).")
-    data: str = option("cafe", short="-d", help="'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl.")
+    data: str = option("cafe", short="-d", help=DATA_HELP)
     n: int = option(90, help="Number of items (>= 1).")
     alpha: float | None = option(None, help="Default: the vector's default alpha.")
     formats: tuple[str, ...] = option(("structured",), flag="--format", parse="one",
                                       help="Answer format: direct | cot | structured.")
     out: Path = option(Path("runs/compare"), identity=False, help="Run folder.")
     resume: bool = option(False, identity=False,
-                          help="Continue an interrupted run in --out (refused if any setting differs).")
+                          help=RESUME_HELP)
     seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
-    dtype: str = option("auto", help="auto | float32 | bfloat16 | float16")
+    dtype: str = option("auto", help=DTYPE_HELP)
     positions: str = option("last_prompt", help="Where the steering applies: last_prompt | generated | both.")
     batch_size: int = option(16, identity=False, help="Items per generation batch (>= 1).")
     max_new_tokens: int = option(128, help="Generated tokens per answer (>= 1).")

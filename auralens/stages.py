@@ -13,12 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from interp.record import RecordConfig, stage_record  # noqa: F401  (re-exported: the perception-decay stage)
-from interp.stage_config import StageConfig, option, takes_config
+from interp.stage_config import DATA_HELP, DTYPE_HELP, MODEL_HELP, RESUME_HELP, StageConfig, option, takes_config
 
-MODEL_HELP = "'micro', a Hugging Face id or a local checkpoint folder."
-DATA_HELP = "'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl."
-DTYPE_HELP = "auto | float32 | bfloat16 | float16"
-RESUME_HELP = "Continue an interrupted run in --out (refused if any setting differs)."
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ConfigError
-from interp.stage_config import StageConfig, option, takes_config
+from interp.stage_config import DATA_HELP, DTYPE_HELP, MODEL_HELP, RESUME_HELP, StageConfig, option, takes_config  # noqa: F401
 
 
 def _write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
@@ -73,8 +73,8 @@ class RecordConfig(StageConfig):
 
     COMMAND = "auralens record"
 
-    model: str = option("micro", short="-m", help="'micro', a Hugging Face id or a local checkpoint folder.")
-    data: str = option("cafe", short="-d", help="'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl.")
+    model: str = option("micro", short="-m", help=MODEL_HELP)
+    data: str = option("cafe", short="-d", help=DATA_HELP)
     n: int = option(60, help="Number of items (>= 1).")
     fmt: str = option("cot", identity="format", flag="--format", help="direct | cot | structured")
     out: Path = option(Path("runs/record"), identity=False, help="Run folder.")
@@ -84,10 +84,10 @@ class RecordConfig(StageConfig):
     all_prompt: bool = option(False, help="Also record every prompt position (heatmaps).")
     batch_size: int = option(16, identity=False, help="Items per generation batch (>= 1).")
     resume: bool = option(False, identity=False,
-                          help="Continue an interrupted run in --out (refused if any setting differs).")
+                          help=RESUME_HELP)
     seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
     n_boot: int = option(1000, identity=False, help="Bootstrap resamples of the confidence intervals (>= 1).")
-    dtype: str = option("auto", help="auto | float32 | bfloat16 | float16")
+    dtype: str = option("auto", help=DTYPE_HELP)
     command: str = option("auralens record", identity=False, cli=False, help="The command line that started the run.")
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ProbeError
-from interp.stage_config import StageConfig, option, takes_config
+from interp.stage_config import DATA_HELP, DTYPE_HELP, MODEL_HELP, RESUME_HELP, StageConfig, option, takes_config  # noqa: F401
 from probes.collect import AUDIO_SITE, LM_SITE, POSITIONS, CollectConfig
 
 __all__ = ["ProbeStageConfig", "load_probe_direction", "probe_direction", "stage_probe"]
@@ -458,8 +458,8 @@ class ProbeStageConfig(StageConfig):
 
     COMMAND = "auralens probe"
 
-    model: str = option("micro", short="-m", help="'micro', a Hugging Face id or a local checkpoint folder.")
-    data: str = option("cafe", short="-d", help="'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl.")
+    model: str = option("micro", short="-m", help=MODEL_HELP)
+    data: str = option("cafe", short="-d", help=DATA_HELP)
     n: int | None = option(120, cli_type=int, help="Number of items (>= 1).")
     out: Path = option(Path("runs/probe"), identity=False, help="Run folder.")
     positions: tuple[str, ...] = option(POSITIONS, parse="csv", help="Comma-separated positions.")
@@ -467,9 +467,9 @@ class ProbeStageConfig(StageConfig):
                                       help="Answer format generated for the step-mean position.")
     batch_size: int = option(8, help="Items per forward pass (>= 1).")
     resume: bool = option(False, identity=False,
-                          help="Continue an interrupted run in --out (refused if any setting differs).")
+                          help=RESUME_HELP)
     seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
-    dtype: str = option("auto", help="auto | float32 | bfloat16 | float16")
+    dtype: str = option("auto", help=DTYPE_HELP)
     attributes: tuple[str, ...] | None = option(None, cli=False, help="Attributes to probe (default: all with support).")
     layers: tuple[int, ...] | None = option(None, cli=False, help="Decoder layers to read (default: all).")
     audio_layers: tuple[int, ...] | None = option((), cli=False, help="Audio-encoder layers to read (None: all).")

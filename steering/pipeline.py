@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from interp.errors import ConfigError
+from interp.stage_config import DATA_HELP as _DATA_HELP
+from interp.stage_config import DTYPE_HELP as _DTYPE_HELP
+from interp.stage_config import MODEL_HELP as _MODEL_HELP
+from interp.stage_config import RESUME_HELP as _RESUME_HELP
 from interp.stage_config import StageConfig, option, takes_config
 
 __all__ = ["SteerEvalConfig", "SteerFitConfig", "stage_steer_eval", "stage_steer_fit"]
-
-
-_MODEL_HELP = "'micro', a Hugging Face id or a local checkpoint folder."
-_DATA_HELP = "'cafe', an MMAU/MMAR JSON file, or a folder with questions.jsonl."
-_DTYPE_HELP = "auto | float32 | bfloat16 | float16"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,7 +168,7 @@ class SteerEvalConfig(StageConfig):
                                       help="Answer format: direct | cot | structured.")
     batch_size: int = option(16, help="Items per generation batch (>= 1).")
     resume: bool = option(False, identity=False,
-                          help="Continue an interrupted run in --out (refused if any setting differs).")
+                          help=_RESUME_HELP)
     seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
     # not part of the identity: runs before it was a config field do not record it
     dtype: str = option("auto", identity=False, help=_DTYPE_HELP)
