@@ -319,8 +319,9 @@ class RunFolder:
         return self.path / name
 
     def write_json(self, name: str, obj: Any) -> Path:
+        """Strict JSON (non-finite floats as null, see :func:`dumps_strict`), written atomically."""
         p = self.file(name)
-        atomic_write_text(p, json.dumps(obj, indent=2, default=str))
+        atomic_write_text(p, dumps_strict(obj))
         return p
 
     def write_table(self, name: str, df) -> Path:

@@ -175,3 +175,16 @@ def test_strict_json_has_null_for_non_finite():
                          "d": np.array([np.nan, 2.0]), "e": (True, None)})
     obj = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
     assert obj == {"a": None, "b": [None, None, 1.5], "c": 3, "d": [None, 2.0], "e": [True, None]}
+
+
+def test_json_files_in_a_run_folder_are_strict(tmp_path):
+    import json as _json
+
+    from interp.runs import RunFolder
+
+    run = RunFolder(tmp_path)
+    run.write_json("summary.json", {"gain": float("nan"), "ok": [1.0, float("inf")], "path": tmp_path})
+    text = (tmp_path / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert _json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))) == {
+        "gain": None, "ok": [1.0, None], "path": str(tmp_path)}
