@@ -145,3 +145,27 @@ def test_last_prompt_position():
 
     labels = torch.tensor([[-100, -100, -100, 5, 6], [-100, -100, 7, 8, 9]])
     assert _last_prompt(labels).tolist() == [[False, False, True, False, False], [False, True, False, False, False]]
+
+
+def test_resume_refuses_changed_knobs(tmp_path):
+    from interp.errors import ConfigError
+    from interp.micro.organisms import train_organism
+
+    cfg = dataclasses.replace(RECIPES["micro-prior"], steps=3, batch_size=2)
+    # interrupted after its first step by the time budget: resume state kept
+    train_organism(cfg, tmp_path / "o", progress=False, threads=1, max_minutes=1e-6)
+    assert (tmp_path / "o" / "optimizer.json").exists()
+    before = (tmp_path / "o" / "training.json").read_bytes()
+    with pytest.raises(ConfigError, match="knobs"):
+        train_organism(dataclasses.replace(cfg, audio_swap=0.5), tmp_path / "o", progress=False, threads=1, resume=True)
+    assert (tmp_path / "o" / "training.json").read_bytes() == before
+
+
+def test_resume_of_a_finished_run_is_refused(tmp_path):
+    from interp.errors import ConfigError
+    from interp.micro.organisms import train_organism
+
+    cfg = dataclasses.replace(RECIPES["micro-prior"], steps=1, batch_size=2)
+    train_organism(cfg, tmp_path / "o", progress=False, threads=1)
+    with pytest.raises(ConfigError, match="finished run"):
+        train_organism(cfg, tmp_path / "o", progress=False, threads=1, resume=True)

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from interp.errors import ConfigError
+
 ORGANISMS = ("micro-prior", "micro-heads", "micro-decay")
 
 
@@ -71,15 +73,15 @@ class OrganismConfig:
         for name in ("cue_rate", "audio_swap"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"OrganismConfig.{name}: expected a probability in [0, 1], found {v!r}")
+                raise ConfigError(f"OrganismConfig.{name}: expected a probability in [0, 1], found {v!r}")
         if self.cue_validity is not None and not 0.0 <= self.cue_validity <= 1.0:
-            raise ValueError(f"OrganismConfig.cue_validity: expected None or [0, 1], found {self.cue_validity!r}")
+            raise ConfigError(f"OrganismConfig.cue_validity: expected None or [0, 1], found {self.cue_validity!r}")
         if self.penalty < 0 or (self.penalty > 0) != bool(self.listen_heads or self.decay_step is not None):
-            raise ValueError("OrganismConfig: a penalty > 0 needs listen_heads or decay_step, and they need one")
+            raise ConfigError("OrganismConfig: a penalty > 0 needs listen_heads or decay_step, and they need one")
         if self.late_claims not in ("true", "guess") or (self.late_claims == "guess" and self.decay_step is None):
-            raise ValueError(f"OrganismConfig.late_claims: expected 'true', or 'guess' with a decay_step, found {self.late_claims!r}")
+            raise ConfigError(f"OrganismConfig.late_claims: expected 'true', or 'guess' with a decay_step, found {self.late_claims!r}")
         if self.decay_step is not None and self.decay_step < 1:
-            raise ValueError(f"OrganismConfig.decay_step: expected >= 1, found {self.decay_step}")
+            raise ConfigError(f"OrganismConfig.decay_step: expected >= 1, found {self.decay_step}")
 
 
 RECIPES: dict[str, OrganismConfig] = {

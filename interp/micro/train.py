@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from interp.cafe.formats import FORMATS, render_target
+from interp.errors import ConfigError
 from interp.micro.build import MicroConfig, build_model, build_processor
 
 
@@ -36,9 +37,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_minutes <= 0:
-            raise ValueError(f"invalid TrainConfig: {self}")
+            raise ConfigError(
+                f"TrainConfig: expected steps, batch_size >= 1 and lr, max_minutes > 0, found steps={self.steps}, "
+                f"batch_size={self.batch_size}, lr={self.lr}, max_minutes={self.max_minutes}"
+            )
         if len(self.format_weights) != len(FORMATS) or min(self.format_weights) < 0:
-            raise ValueError(f"format_weights: expected {len(FORMATS)} non-negative weights, found {self.format_weights}")
+            raise ConfigError(f"format_weights: expected {len(FORMATS)} non-negative weights, found {self.format_weights}")
 
 
 def make_batch(processor, items, formats, *, with_targets: bool = True, render=render_target):
@@ -248,6 +252,11 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
             return [make_item(cfg.data_seed * 100_000 + first + i) for i in range(n)]
     start, losses, minutes_before, history = 0, [], 0.0, []
     resuming = resume and has_optimizer(out_dir)
+    if resume and not resuming and (out_dir / "training.json").exists():
+        raise ConfigError(
+            f"--resume: {out_dir} holds a finished run (its resume state was dropped when it completed); "
+            "expected an interrupted run; choose another --out to train again"
+        )
     if resuming:
         # from_pretrained maps the checkpoint's saved key names back onto the module tree
         frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -264,8 +273,13 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
         runtime = {"max_minutes", "threads", "save_every", "steps"}
         old_cfg = {k: v for k, v in info.get("train_config", {}).items() if k not in runtime}
         new_cfg = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in runtime}
+        old_knobs, new_knobs = info.get("knobs"), json.loads(json.dumps((extra_info or {}).get("knobs")))
+        if old_knobs != new_knobs:
+            raise ConfigError(
+                f"--resume: {out_dir} was trained with organism knobs {old_knobs}; this run asks for {new_knobs}"
+            )
         if old_cfg != new_cfg or cfg.steps < info["steps_done"]:
-            raise ValueError(
+            raise ConfigError(
                 f"--resume: {out_dir} was trained with {old_cfg} for {info['steps_done']} steps; "
                 f"this run asks for {new_cfg} and {cfg.steps} steps"
             )
