@@ -142,7 +142,7 @@ class AdaptiveAlpha:
 class _Target:
     layer: int
     point: Any  # interp.arch.HookPoint: module path from the top model, "output" | "input"
-    delta: Tensor  # alpha * v, in the model's dtype and on its device
+    delta: Tensor  # alpha * v ([width], or [batch, width] per input), in the model's dtype and on its device
 
 
 @dataclass(kw_only=True, eq=False)
@@ -176,6 +176,10 @@ class Steering:
 
     # called by both engines at every site visit
     def _steer(self, h: Tensor, target: _Target) -> Tensor:
+        if target.delta.ndim == 2 and target.delta.shape[0] != h.shape[0]:
+            raise ConfigError(
+                f"per_row steering: the directions have {target.delta.shape[0]} rows, the batch has {h.shape[0]}"
+            )
         scale = self._gate.scale(h, target.layer) if self._gate is not None else None
         out = steer_tensor(h, target.delta, self.positions, scale)
         if out is not h:
@@ -224,7 +228,8 @@ def steer_tensor(
 # --------------------------------------------------------------------------------------------
 
 
-def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, backend: str) -> tuple[_Target, ...]:
+def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, backend: str,
+          per_row: Any = None) -> tuple[_Target, ...]:
     from steering.vector import SteeringVector
 
     if not isinstance(vec, SteeringVector):
@@ -246,13 +251,39 @@ def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, b
         )
     from interp.arch import site_name
 
+    rows = _check_per_row(vec, layers, per_row)
     param = next(lm.model.parameters())
     targets = []
     for L in sorted(set(layers)):
         point = lm.arch.hook_point(site_name(L, vec.hook))
-        delta = (float(alpha) * vec.directions[L].to(torch.float32)).to(device=param.device, dtype=param.dtype)
+        d = vec.directions[L] if rows is None else rows[L]
+        delta = (float(alpha) * d.to(torch.float32)).to(device=param.device, dtype=param.dtype)
         targets.append(_Target(layer=L, point=point, delta=delta))
     return tuple(targets)
+
+
+def _check_per_row(vec, layers: Sequence[int], per_row: Any) -> dict[int, Tensor] | None:
+    """Per-input directions ``{layer: [batch, width]}`` (one row per batch row), or ``None``."""
+    if per_row is None:
+        return None
+    if not isinstance(per_row, dict):
+        raise ConfigError(f"per_row: expected {{layer: [batch, width] tensor}} or None, found {type(per_row).__name__}")
+    out: dict[int, Tensor] = {}
+    sizes = set()
+    for L in layers:
+        t = per_row.get(L)
+        if not isinstance(t, Tensor) or t.ndim != 2 or t.shape[1] != vec.width:
+            raise ConfigError(
+                f"per_row[{L}]: expected a [batch, {vec.width}] tensor for each steered layer, found "
+                f"{None if t is None else tuple(getattr(t, 'shape', ()))}"
+            )
+        if not torch.isfinite(t).all():
+            raise ConfigError(f"per_row[{L}]: expected finite values")
+        sizes.add(int(t.shape[0]))
+        out[L] = t
+    if len(sizes) != 1:
+        raise ConfigError(f"per_row: expected the same batch size at every layer, found {sorted(sizes)}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,13 +363,18 @@ def apply_vector(
     layers: Sequence[int] | None = None,
     adaptive: AdaptiveAlpha | None = None,
     backend: str = "torch",
+    per_row: dict[int, Tensor] | None = None,
 ) -> Iterator[Steering]:
     """Steer ``lm`` with ``vec`` (``h <- h + alpha * v``) inside the block; see the module docstring.
 
     ``layers`` restricts steering to some of the vector's layers (default: all of them).
+    ``per_row``: per-input directions ``{layer: [batch, width]}`` that replace ``vec``'s at those
+    layers, row ``i`` added to batch row ``i`` (``h <- h + alpha * s(x_i)``, see
+    :func:`steering.directions.per_input_directions`); every generate call in the block must
+    then have that batch size.
     Everything is validated before the block runs; the hooks (torch) or the ``generate``
     shadow (nnsight) are removed on exit, also when the block raises."""
-    targets = _plan(lm, vec, alpha, positions, layers, backend)
+    targets = _plan(lm, vec, alpha, positions, layers, backend, per_row)
     if adaptive is not None:
         if not isinstance(adaptive, AdaptiveAlpha):
             raise ConfigError(f"adaptive: expected an AdaptiveAlpha or None, found {type(adaptive).__name__}")

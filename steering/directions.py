@@ -86,6 +86,7 @@ __all__ = [
     "fit_with_controls",
     "parse_heads",
     "parse_positions",
+    "per_input_directions",
     "random_direction",
     "random_heads",
 ]
@@ -625,4 +626,52 @@ def fit_with_controls(
         out["random_direction"] = random_direction(vec, seed=seed)
         if vec.heads:
             out["random_heads"] = random_heads(acts, lm, vec, seed=seed)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Per-input directions s(x)
+# --------------------------------------------------------------------------------------------
+
+
+def per_input_directions(
+    lm,
+    items: Sequence[Any],
+    vec,
+    *,
+    layers: Sequence[int] | None = None,
+    fmt: str | None = None,
+    batch_size: int = 8,
+) -> dict[int, Float[Tensor, "item d_model"]]:
+    """The per-input direction ``s(x) = h_L(x) - h_L(x with silence of the same length)`` of
+    every item, at each of ``layers`` (default: ``vec``'s), read at ``vec``'s fit positions
+    (``extra['positions']``, e.g. the last prompt token) — the same quantity whose mean over the
+    calibration split is ``vec`` (the paper's adaptive variant: one silence forward per item,
+    beside the real one, both through :func:`collect_paired`).
+
+    Scaled like ``vec``: when ``vec`` was normalised (``unit``/``resid_norm``), ``s(x)`` at
+    layer ``L`` is multiplied by the same factor ``target_norm[L] / raw_norm[L]``, so that the
+    calibration mean of ``s(x)`` is ``vec`` and one beta means the same push on average.
+    Residual-stream vectors only (``hook_resid_post``, no head restriction)."""
+    if vec.hook != "hook_resid_post" or vec.heads:
+        raise ConfigError(
+            f"per-input steering: expected a residual-stream vector without heads (hook_resid_post), "
+            f"found {vec.describe()}"
+        )
+    layers = tuple(vec.layers if layers is None else layers)
+    missing = [L for L in layers if L not in vec.layers]
+    if missing:
+        raise ConfigError(f"layers {missing}: the vector has directions at layers {list(vec.layers)} only")
+    pos = parse_positions(vec.extra.get("positions", "last_prompt"))
+    acts = collect_paired(lm, items, layers=layers, positions=pos, fmt=fmt or vec.extra.get("format", "direct"),
+                          batch_size=batch_size)
+    diff = acts.diff("resid")  # [item, layer, d_model]
+    raw = vec.extra.get("raw_norm", {}) or {}
+    target = vec.extra.get("target_norm", {}) or {}
+    out = {}
+    for i, L in enumerate(acts.layers):
+        s = diff[:, i]
+        if str(L) in target and float(raw.get(str(L), 0.0)) > 0:
+            s = s * (float(target[str(L)]) / float(raw[str(L)]))
+        out[L] = s.float().contiguous()
     return out

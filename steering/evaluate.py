@@ -40,6 +40,7 @@ from interp.schemas import STEER_ITEMS, STEERING
 __all__ = [
     "BASELINE",
     "ITEM_COLUMNS",
+    "PerInput",
     "STEERING_COLUMNS",
     "SweepConfig",
     "best_gain",
@@ -136,6 +137,45 @@ class SweepConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+@dataclass(frozen=True, eq=False)
+class PerInput:
+    """A vector applied per input: at each batch, ``s(x)`` of every item is computed
+    (:func:`steering.directions.per_input_directions`, one silence forward per item beside the
+    real one) and row ``i`` gets ``h <- h + alpha * s(x_i)``.
+
+    ``random_seed`` makes it the matched control: a fixed seeded random unit direction times
+    ``||s(x_i)||`` (same per-item norm, random orientation); method ``random_direction``."""
+
+    vector: Any
+    random_seed: int | None = None
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.vector.layers
+
+    @property
+    def method(self) -> str:
+        return "random_direction" if self.random_seed is not None else self.vector.method
+
+    def check_compatible(self, arch, model_id=None) -> None:
+        self.vector.check_compatible(arch, model_id)
+
+    def rows(self, lm, chunk, layers, fmt: str, batch_size: int):
+        import torch
+
+        from steering.directions import per_input_directions
+
+        s = per_input_directions(lm, chunk, self.vector, layers=layers, fmt=fmt, batch_size=batch_size)
+        if self.random_seed is None:
+            return s
+        out = {}
+        for L, v in s.items():
+            g = torch.Generator().manual_seed(int(self.random_seed) * 1009 + int(L))
+            r = torch.randn(v.shape[1], generator=g)
+            out[L] = torch.linalg.vector_norm(v, dim=-1, keepdim=True) * (r / torch.linalg.vector_norm(r))
+        return out
+
+
 def _alpha_key(alpha: float) -> str:
     return repr(float(alpha))
 
@@ -189,8 +229,10 @@ def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepCo
         if name == BASELINE:
             _, texts = generate_batch(lm, batch, gen)
         else:
-            with apply_vector(lm, vectors[name], alpha=alpha, positions=pos, layers=[layer], backend=cfg.backend,
-                              adaptive=cfg.adaptive()):
+            v = vectors[name]
+            per_row = v.rows(lm, chunk, [layer], fmt, cfg.batch_size) if isinstance(v, PerInput) else None
+            with apply_vector(lm, v.vector if isinstance(v, PerInput) else v, alpha=alpha, positions=pos,
+                              layers=[layer], backend=cfg.backend, adaptive=cfg.adaptive(), per_row=per_row):
                 _, texts = generate_batch(lm, batch, gen)
         return [
             {

@@ -28,7 +28,11 @@ from interp.stage_config import MODEL_HELP as _MODEL_HELP
 from interp.stage_config import RESUME_HELP as _RESUME_HELP
 from interp.stage_config import StageConfig, option, takes_config
 
-__all__ = ["SteerEvalConfig", "SteerFitConfig", "stage_steer_eval", "stage_steer_fit"]
+__all__ = ["MODES", "PROTOCOLS", "SteerEvalConfig", "SteerFitConfig", "eval_splits", "fit_spec", "overlap",
+           "split_record", "stage_steer_eval", "stage_steer_fit"]
+
+PROTOCOLS: tuple[str, ...] = ("dev_test", "sweep")
+MODES: tuple[str, ...] = ("mean", "per_input")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +45,7 @@ class SteerFitConfig(StageConfig):
     data: str = option("cafe", short="-d", help=_DATA_HELP)
     n: int = option(64, help="Number of fit items (>= 1).")
     layers: tuple[int, ...] | None = option(None, parse="ints",
-                                            help="Comma-separated decoder layers (default: the middle layer).")
+                                            help="Comma-separated decoder layers (default: the last layer, the final representation).")
     positions: Any = option("last_prompt", parse="csv", help="last_prompt | audio_mean")
     heads_from: Any = option(None, cli=False, help="Restrict to heads: pairs, 'L:H,...', a heads table or run folder.")
     k_heads: int | None = option(None, cli=False, help="Keep the top-k heads of heads_from.")
@@ -112,14 +116,16 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     heads = parse_heads(heads_from, k=cfg.k_heads)
     layers = None if cfg.layers is None else list(cfg.layers)
     out_vector = cfg.out_vector
+    data = fit_spec(data)  # cafe-<condition> -> cafe-<condition>:calibration
     items = load_items(data, n=n, seed=seed)
     if lm is None:
         check_model(model)
         lm = load_model(model, dtype=cfg.dtype)
     if layers is None and not heads:
-        layers = [lm.arch.n_layers // 2]
+        layers = [lm.arch.n_layers - 1]  # the final representation (the paper's steering site)
     fit = {
         "model": model, "data": data, "n": len(items), "seed": int(seed), "positions": [str(p) for p in pos],
+        "split": split_record(data, seed, items),
         "site": site, "normalize": normalize, "format": fmt,
         "heads_from": None if heads_from is None else str(heads_from) if isinstance(heads_from, (str, Path)) else "pairs",
         "k_heads": cfg.k_heads,
@@ -132,6 +138,76 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     out_vector.parent.mkdir(parents=True, exist_ok=True)
     export(vec, out_vector)
     return vec
+
+
+def fit_spec(data: str) -> str:
+    """The fit data: a cue dataset without a split fits on its calibration split."""
+    from interp.datasets import CUE_DATASETS
+
+    base, _, split = str(data).partition(":")
+    return f"{base}:calibration" if base in CUE_DATASETS and not split else str(data)
+
+
+def _seed_range(spec: str, seed: int, n: int) -> list[int] | None:
+    """[first, last + 1) of the scene seeds behind ``spec`` (cafe datasets), else None."""
+    from interp.datasets import CUE_DATASETS
+
+    base, _, split = spec.partition(":")
+    if base in CUE_DATASETS:
+        from interp.cafe.cues import split_seeds
+
+        r = split_seeds(split or "test", n)
+        return [r.start, r.stop]
+    if base == "cafe":
+        return [int(seed) * 100_000, int(seed) * 100_000 + n]
+    return None
+
+
+def split_record(spec: str, seed: int, items) -> dict[str, Any]:
+    """What identifies one split: its spec, data seed, scene-seed range and item-id fingerprint."""
+    from interp.runs import run_identity
+
+    ident = run_identity(items)
+    return {"data": spec, "seed": int(seed), "n": len(items), "seeds": _seed_range(spec, seed, len(items)),
+            "ids_sha256": ident["items"]["ids_sha256"], "data_fingerprint": ident["data_fingerprint"]}
+
+
+def eval_splits(data: str, seed: int) -> dict[str, tuple[str, int]]:
+    """``{"dev": (spec, data seed), "test": (spec, data seed)}`` of the dev/test protocol.
+
+    Cue datasets use their fixed ``:dev`` / ``:test`` splits; plain ``cafe`` (or
+    ``cafe:<tiers>``) uses the disjoint data seeds ``seed`` (dev) and ``seed + 1`` (test).
+    Anything else has no split: ConfigError."""
+    from interp.datasets import CUE_DATASETS
+
+    base, _, split = str(data).partition(":")
+    if base in CUE_DATASETS:
+        if split:
+            raise ConfigError(
+                f"data {data!r}: the dev/test protocol takes the dataset without a split (it uses "
+                f"{base}:dev to choose beta and {base}:test to report), found ':{split}'"
+            )
+        return {"dev": (f"{base}:dev", int(seed)), "test": (f"{base}:test", int(seed))}
+    if base == "cafe":
+        return {"dev": (str(data), int(seed)), "test": (str(data), int(seed) + 1)}
+    raise ConfigError(
+        f"data {data!r}: expected a dataset with dev/test splits (cafe, cafe-neutral|congruent|conflict), "
+        "found one without; use protocol='sweep' for an in-sample sweep"
+    )
+
+
+def _item_keys(it) -> set:
+    """What makes two items share data: the item id without its cue condition, and the audio."""
+    iid = str(it.item_id)
+    for cond in ("-neutral", "-congruent", "-conflict"):
+        iid = iid.removesuffix(cond)
+    return {("id", iid), ("audio", str(it.audio))}
+
+
+def overlap(fit_items, items) -> int:
+    """Number of ``items`` that share an item (any cue condition) or an audio clip with ``fit_items``."""
+    keys = set().union(*(_item_keys(it) for it in fit_items)) if fit_items else set()
+    return sum(1 for it in items if _item_keys(it) & keys)
 
 
 def _fit_items(vec):
@@ -172,8 +248,13 @@ class SteerEvalConfig(StageConfig):
     seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
     # not part of the identity: runs before it was a config field do not record it
     dtype: str = option("auto", identity=False, help=_DTYPE_HELP)
-    layers: tuple[int, ...] | None = option(None, cli=False, help="Layers to steer one at a time (default: the vector's).")
-    positions: tuple[str, ...] = option(("last_prompt",), cli=False, help="Position modes of apply_vector.")
+    layers: tuple[int, ...] | None = option(None, parse="ints",
+                                            help="Layers to steer, one at a time, chosen on dev (default: the vector's).")
+    positions: tuple[str, ...] | None = option(None, cli_type=str,
+                                               help="last_prompt | generated | both (default: both with dev_test, last_prompt with sweep).")
+    protocol: str = option("dev_test", help="dev_test: beta/layer/mode chosen on dev, reported on test | sweep: in-sample sweep.")
+    modes: tuple[str, ...] | None = option(None, cli_type=str,
+                                           help="mean (the fitted v) | per_input (s(x) per item); default mean,per_input with dev_test.")
     max_new_tokens: int = option(32, help="Generated tokens per answer (>= 1).")
     backend: str = option("torch", help="torch | nnsight (identical results; torch is faster).")
     n_boot: int = option(1000, help="Bootstrap resamples of the confidence intervals (>= 1).")
@@ -189,6 +270,20 @@ class SteerEvalConfig(StageConfig):
         if self.adaptive_gain is not None and (isinstance(self.adaptive_gain, bool) or
                                                not isinstance(self.adaptive_gain, (int, float))):
             raise ConfigError(f"adaptive_gain: expected a number or None, found {self.adaptive_gain!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol: expected one of {list(PROTOCOLS)}, found {self.protocol!r}")
+        dev_test = self.protocol == "dev_test"
+        if isinstance(self.positions, str):
+            self._set("positions", tuple(p.strip() for p in self.positions.split(",") if p.strip()) or None)
+        if self.positions is None:
+            self._set("positions", ("both",) if dev_test else ("last_prompt",))
+        modes = self.modes if self.modes is not None else (("mean", "per_input") if dev_test else ("mean",))
+        if isinstance(modes, str):
+            modes = tuple(m.strip() for m in modes.split(",") if m.strip())
+        if (not isinstance(modes, (tuple, list)) or not modes or len(set(modes)) != len(modes)
+                or any(m not in MODES for m in modes)):
+            raise ConfigError(f"modes: expected distinct values among {list(MODES)}, found {modes!r}")
+        self._set("modes", tuple(modes))
         sweep = self.sweep()  # alphas, layers, positions, formats, sizes, backend
         for name in ("alphas", "layers", "positions", "formats"):
             self._set(name, getattr(sweep, name))
@@ -228,6 +323,8 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> d
     from steering.formats import export, load_vector
     from steering.vector import SteeringVector
 
+    if cfg.protocol == "dev_test":
+        return _stage_dev_test(cfg, lm=lm, quiet=quiet)
     model, data, n, vector, controls, out, resume, seed = (
         cfg.model, cfg.data, cfg.n, cfg.vector, cfg.controls, cfg.out, cfg.resume, cfg.seed)
     # 1. validate: options (SteerEvalConfig, its SweepConfig), the vector file, the items and
@@ -260,7 +357,11 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> d
         lm = load_model(model, dtype=cfg.dtype)
     vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
     name = vec.method if vec.method not in ("random_direction", "random_heads") else f"{vec.method}_vector"
-    vectors: dict[str, SteeringVector] = {name: vec}
+    vectors: dict[str, Any] = {name: vec}
+    if "per_input" in cfg.modes:
+        from steering.evaluate import PerInput
+
+        vectors["per_input"] = PerInput(vec)
     notes: list[str] = []
     fit_ids: set[str] = set()
     fit_items, why = _fit_items(vec)
@@ -281,7 +382,8 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> d
     run = RunFolder.create(out, manifest=manifest, resume=resume)
     run.file("vectors").mkdir(parents=True, exist_ok=True)
     for vname, v in vectors.items():
-        export(v, run.file(f"vectors/{vname}.safetensors"))
+        if isinstance(v, SteeringVector):
+            export(v, run.file(f"vectors/{vname}.safetensors"))
     log = RowLog(run, "items.parquet", key="row_id", resume=resume)
     rows = run_sweep(lm, items, vectors, sweep, log=log, progress=not quiet)
     table = steering_table(rows, n_boot=sweep.n_boot, seed=sweep.seed, alphas=sorted({0.0, *sweep.alphas}))
@@ -300,5 +402,204 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> d
     }
     run.write_json("summary.json", summary)
     run.mark_stage("steer_eval", n_rows=len(rows))
+    run.finish()
+    return summary
+
+
+def _paired_stats(rows, name: str, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Accuracy of ``name`` and of the baseline on the same items, and the paired gain with its
+    bootstrap CI over items (:func:`interp.stats.bootstrap_mean_ci`)."""
+    import numpy as np
+
+    from interp.stats import bootstrap_mean_ci
+    from steering.evaluate import BASELINE
+
+    base = rows[rows["vector"] == BASELINE].set_index("item_id")["correct"].astype(float)
+    got = rows[rows["vector"] == name].set_index("item_id")["correct"].astype(float)
+    common = base.index.intersection(got.index)
+    vals = np.stack([base[common].to_numpy(), got[common].to_numpy(), (got[common] - base[common]).to_numpy()], -1)
+    mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
+    return {"n": int(len(common)), "base": float(mean[0]), "base_ci": [float(lo[0]), float(hi[0])],
+            "steered": float(mean[1]), "steered_ci": [float(lo[1]), float(hi[1])],
+            "gain": float(mean[2]), "ci": [float(lo[2]), float(hi[2])]}
+
+
+def _select_on_dev(table, names: dict[str, str]) -> dict[str, Any]:
+    """The (mode, layer, beta, positions, format) with the largest dev gain (ties: smaller |beta|)."""
+    t = table[(table["category"] == "all") & (table["alpha"] != 0.0) & (table["vector"].isin(list(names)))].copy()
+    if t.empty:
+        raise ConfigError("alphas: expected at least one non-zero beta to choose on dev, found none")
+    t["abs_alpha"] = t["alpha"].abs()
+    best = t.sort_values(["delta", "abs_alpha", "layer"], ascending=[False, True, True]).iloc[0]
+    return {
+        "vector": str(best["vector"]), "mode": names[str(best["vector"])], "layer": int(best["layer"]),
+        "layers": [int(best["layer"])], "beta": float(best["alpha"]), "positions": str(best["positions"]),
+        "format": str(best["format"]),
+        "dev": {"n": int(best["n"]), "steered": float(best["accuracy"]),
+                "base": float(best["accuracy"] - best["delta"]), "gain": float(best["delta"]),
+                "ci": [float(best["delta_ci_low"]), float(best["delta_ci_high"])]},
+    }
+
+
+def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
+    """The dev/test protocol of :func:`stage_steer_eval` (``protocol="dev_test"``).
+
+    1. validate everything before any generation: the vector (model, width, layers), the
+       splits (dev/test from :func:`eval_splits`), and that the vector's fit items share no item
+       or audio clip with the dev or test items (the fit data are rebuilt from
+       ``extra['fit']``; a vector whose fit data cannot be rebuilt is refused);
+    2. dev: sweep beta x layer x positions x mode (``mean``: the fitted v; ``per_input``:
+       s(x) of each item) -> ``items.parquet``, ``steering.parquet``, figures;
+    3. choose the setting with the largest dev gain (ties: the smaller |beta|);
+    4. test: baseline, the chosen setting, and its controls at the same setting (random
+       direction of equal norm — per item for per_input —, random heads for head-restricted
+       vectors) -> ``test_items.parquet``; paired bootstrap CIs over items;
+    5. ``vectors/selected.safetensors`` records the chosen setting and the split fingerprints
+       (``extra['steer']``); ``summary.json`` = the returned summary."""
+    import dataclasses
+    import hashlib
+
+    from interp.loading import load_model
+    from interp.runs import RowLog, RunFolder, check_model, load_items, run_identity
+    from steering.directions import collect_paired, parse_heads, random_direction, random_heads
+    from steering.evaluate import PerInput, figures, run_sweep, steering_table
+    from steering.formats import export, load_vector
+    from steering.vector import SteeringVector
+
+    model, data, n, vector, out, resume, seed = cfg.model, cfg.data, cfg.n, cfg.vector, cfg.out, cfg.resume, cfg.seed
+    # 1. validate
+    vec = vector if isinstance(vector, SteeringVector) else load_vector(vector)
+    gate_heads: tuple = ()
+    if cfg.adaptive_gain is not None:
+        gate_heads = parse_heads(cfg.adaptive_heads) if cfg.adaptive_heads is not None else vec.heads
+        if not gate_heads:
+            raise ConfigError("adaptive_gain: expected specialist heads for the listening signal, found none")
+    sweep = cfg.sweep(gate_heads)
+    if sweep.layers is not None:
+        missing = [L for L in sweep.layers if L not in vec.layers]
+        if missing:
+            raise ConfigError(f"layers {missing}: the vector has directions at layers {list(vec.layers)} only")
+    modes = tuple(cfg.modes)
+    notes: list[str] = []
+    if "per_input" in modes and (vec.hook != "hook_resid_post" or vec.heads):
+        if modes == ("per_input",):
+            raise ConfigError(f"modes: per_input needs a residual-stream vector without heads, found {vec.describe()}")
+        modes = tuple(m for m in modes if m != "per_input")
+        notes.append("per_input mode skipped: the vector is head-restricted or not in the residual stream")
+    fit = vec.extra.get("fit") if isinstance(vec.extra.get("fit"), dict) else {}
+    if fit.get("model") is not None and lm is None and str(fit["model"]) != str(model):
+        raise ConfigError(f"vector: fitted on model {fit['model']!r}, expected one fitted on {model!r}")
+    splits = eval_splits(data, seed)
+    dev_items = load_items(splits["dev"][0], n=n, seed=splits["dev"][1])
+    test_items = load_items(splits["test"][0], n=n, seed=splits["test"][1])
+    fit_items, why = _fit_items(vec)
+    if fit_items is None:
+        raise ConfigError(f"vector: cannot check that its fit items are disjoint from the test items: {why}")
+    for split, its in (("test", test_items), ("dev", dev_items)):
+        k = overlap(fit_items, its)
+        if k:
+            raise ConfigError(
+                f"vector: fitted on {fit.get('data')!r} (seed {fit.get('seed')}), which shares {k} of the "
+                f"{len(its)} {split} items ({splits[split][0]}, seed {splits[split][1]}); expected disjoint splits "
+                "(fit on the calibration split)"
+            )
+    records = {"calibration": fit.get("split") or {"data": fit.get("data"), "seed": fit.get("seed"),
+                                                   "data_fingerprint": vec.data_fingerprint},
+               "dev": split_record(splits["dev"][0], splits["dev"][1], dev_items),
+               "test": split_record(splits["test"][0], splits["test"][1], test_items)}
+    digest = hashlib.sha256(vec.stacked().float().cpu().numpy().tobytes()).hexdigest()
+    manifest = {**cfg.manifest(**sweep.to_dict(), vector_method=vec.method, vector_sha256=digest,
+                               vector_fingerprint=vec.data_fingerprint,
+                               vector_source=str(vector) if vector is not vec else None,
+                               splits={k: v for k, v in records.items() if k != "calibration"},
+                               fit_split=records["calibration"]),
+                **run_identity(dev_items + test_items)}
+    RunFolder.check(out, manifest=manifest, resume=resume)
+    if lm is None:
+        check_model(model)
+        lm = load_model(model, dtype=cfg.dtype)
+    vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
+    if fit.get("model") is not None and str(fit["model"]) not in (str(model), str(lm.model_id), str(getattr(lm, "source", ""))):
+        raise ConfigError(f"vector: fitted on model {fit['model']!r}, evaluated on {model!r}")
+    # 2. dev sweep
+    mean_name = vec.method if vec.method not in ("random_direction", "random_heads") else f"{vec.method}_vector"
+    dev_vectors: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    if "mean" in modes:
+        dev_vectors[mean_name], names[mean_name] = vec, "mean"
+    if "per_input" in modes:
+        dev_vectors["per_input"], names["per_input"] = PerInput(vec), "per_input"
+    run = RunFolder.create(out, manifest=manifest, resume=resume)
+    run.file("vectors").mkdir(parents=True, exist_ok=True)
+    dev_rows = run_sweep(lm, dev_items, dev_vectors, sweep, log=RowLog(run, "items.parquet", key="row_id", resume=resume),
+                         progress=not quiet)
+    table = steering_table(dev_rows, n_boot=sweep.n_boot, seed=sweep.seed, alphas=sorted({0.0, *sweep.alphas}))
+    run.write_table("steering.parquet", table)
+    figs = figures(table)
+    run.write_figure("steering_accuracy.html", figs["accuracy"])
+    run.write_figure("steering_delta.html", figs["delta"])
+    # 3. choose on dev
+    sel = _select_on_dev(table, names)
+    # 4. test: the chosen setting and its controls
+    main = dev_vectors[sel["vector"]]
+    test_vectors: dict[str, Any] = {sel["vector"]: main}
+    if cfg.controls:
+        if sel["mode"] == "per_input":
+            test_vectors["random_direction"] = PerInput(vec, random_seed=seed)
+        else:
+            test_vectors["random_direction"] = random_direction(vec, seed=seed)
+            if vec.heads:
+                fc = vec.extra["fit"]
+                acts = collect_paired(lm, fit_items, layers=vec.layers, positions=fc.get("positions", ["last_prompt"]),
+                                      fmt=fc.get("format", "direct"))
+                test_vectors["random_heads"] = random_heads(acts, lm, vec, seed=seed)
+            else:
+                notes.append("random_heads control skipped: the vector is not head-restricted")
+    test_sweep = dataclasses.replace(sweep, alphas=(sel["beta"],), layers=(sel["layer"],),
+                                     positions=(sel["positions"],), formats=(sel["format"],))
+    test_rows = run_sweep(lm, test_items, test_vectors, test_sweep,
+                          log=RowLog(run, "test_items.parquet", key="row_id", resume=resume), progress=not quiet)
+    nb, sd = sweep.n_boot, sweep.seed
+    test = _paired_stats(test_rows, sel["vector"], n_boot=nb, seed=sd)
+    ctrl: dict[str, Any] = {}
+    for cname in test_vectors:
+        if cname == sel["vector"]:
+            continue
+        c = _paired_stats(test_rows, cname, n_boot=nb, seed=sd)
+        import numpy as np
+
+        from steering.evaluate import _paired_ci
+
+        a = test_rows[test_rows["vector"] == sel["vector"]].set_index("item_id")["correct"].astype(float)
+        b = test_rows[test_rows["vector"] == cname].set_index("item_id")["correct"].astype(float)
+        common = a.index.intersection(b.index)
+        d, lo, hi = _paired_ci(np.asarray(a[common]), np.asarray(b[common]), n_boot=nb, seed=sd)
+        ctrl[cname] = {"steered": c["steered"], "gain": c["gain"], "ci": c["ci"],
+                       "vector_minus_control": d, "vector_minus_control_ci": [lo, hi]}
+    # 5. the chosen vector, with its provenance
+    steer_meta = {"mode": sel["mode"], "layers": sel["layers"], "positions": sel["positions"], "beta": sel["beta"],
+                  "format": sel["format"], "chosen_on": "dev", "splits": records}
+    export(dataclasses.replace(vec, extra={**vec.extra, "steer": steer_meta}, source=None),
+           run.file("vectors/selected.safetensors"))
+    for cname, v in test_vectors.items():
+        if isinstance(v, SteeringVector) and cname != sel["vector"]:
+            export(v, run.file(f"vectors/{cname}.safetensors"))
+    summary = {
+        "model": model, "data": data, "protocol": "dev_test", "run": str(out), "vector": mean_name,
+        "method": vec.method, "layers": list(vec.layers), "alphas": list(sweep.alphas), "modes": list(modes),
+        "selected": sel, "test": test, "controls": ctrl,
+        # the chosen setting on test, in the shape of the sweep protocol's "best" (for its readers)
+        "best": {"vector": sel["vector"], "layer": sel["layer"], "alpha": sel["beta"], "positions": sel["positions"],
+                 "format": sel["format"], "mode": sel["mode"], "accuracy": test["steered"],
+                 "baseline_accuracy": test["base"], "delta": test["gain"], "delta_ci": test["ci"], "n": test["n"],
+                 "selection": "chosen on the dev split, reported on the test split",
+                 "controls": {k: {"accuracy": v["steered"], "delta": v["gain"], "delta_ci": v["ci"],
+                                  "vector_minus_control": v["vector_minus_control"],
+                                  "vector_minus_control_ci": v["vector_minus_control_ci"]} for k, v in ctrl.items()}},
+        "splits": {k: {kk: v.get(kk) for kk in ("data", "seed", "n", "seeds", "ids_sha256")} for k, v in records.items()},
+        "notes": notes,
+    }
+    run.write_json("summary.json", summary)
+    run.mark_stage("steer_eval", n_rows=len(dev_rows) + len(test_rows))
     run.finish()
     return summary

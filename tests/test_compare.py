@@ -35,7 +35,8 @@ def vector_file(models, tmp_path_factory):
     from steering.pipeline import stage_steer_fit
 
     path = tmp_path_factory.mktemp("vec") / "vec.safetensors"
-    stage_steer_fit(model="micro", data="cafe", n=4, layers=None, out_vector=path, seed=11, lm=models[0])
+    stage_steer_fit(model="micro", data="cafe", n=4, layers=[models[0].arch.n_layers // 2], out_vector=path, seed=11,
+                    lm=models[0])  # the middle layer: the fit default is now the last
     return path
 
 

@@ -57,7 +57,7 @@ def test_fit_defaults_and_heads_table(lm, tmp_path):
 
     vec = stage_steer_fit(model=lm.source, data="cafe", n=3, layers=None, positions="audio_mean",
                           out_vector=tmp_path / "new" / "v.npz", seed=1, lm=lm)
-    assert vec.layers == (lm.arch.n_layers // 2,) and vec.heads == ()  # the middle layer
+    assert vec.layers == (lm.arch.n_layers - 1,) and vec.heads == ()  # the last layer (final representation)
     assert (tmp_path / "new" / "v.npz").exists()  # the folder is created
     corr = np.zeros((lm.arch.n_layers, lm.arch.n_heads))
     corr[2, 1], corr[0, 3] = 0.9, 0.5
@@ -77,7 +77,7 @@ def test_eval_writes_the_run_folder(lm, fitted, tmp_path):
     _, path = fitted
     out = tmp_path / "run"
     kw = dict(model=lm.source, data="cafe", n=4, vector=path, alphas=[0, 3.0], layers=[1], out=out, seed=7,
-              lm=lm, quiet=True, max_new_tokens=6, batch_size=4, n_boot=200)
+              lm=lm, quiet=True, max_new_tokens=6, batch_size=4, n_boot=200, protocol="sweep")
     res = stage_steer_eval(**kw)
     table = pd.read_parquet(out / "steering.parquet")
     assert list(table.columns[: len(COLUMNS)]) == COLUMNS
@@ -119,7 +119,7 @@ def test_eval_adaptive_and_errors(lm, fitted, tmp_path):
     vec, path = fitted
     res = stage_steer_eval(model=lm.source, data="cafe", n=2, vector=vec, alphas=[2.0], out=tmp_path / "a",
                            seed=7, lm=lm, quiet=True, max_new_tokens=4, controls=False, adaptive_gain=1.0,
-                           positions=("both",), n_boot=50)
+                           positions=("both",), n_boot=50, protocol="sweep")
     assert res["vectors"] == ["audio_minus_silence"]
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert m["config"]["adaptive_gain"] == 1.0 and m["config"]["adaptive_heads"] == [[1, 0], [1, 2], [2, 3]]
