@@ -148,7 +148,12 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
         summ.append({"group": g, "axis": axis, "layer": int(a), "head": int(b),
                      "slope": float(np.polyfit(d["step"], d["mean_yield"], 1)[0]) if len(d) > 1 else float("nan"),
                      "last_first_ratio": float(d["mean_yield"].iloc[-1] / d["mean_yield"].iloc[0]),
-                     "first": float(d["mean_yield"].iloc[0]), "last": float(d["mean_yield"].iloc[-1]), "n_steps": len(d)})
+                     "first": float(d["mean_yield"].iloc[0]), "last": float(d["mean_yield"].iloc[-1]), "n_steps": len(d),
+                     # as interp.decay.decay_summary: item-bootstrap CIs for the groups, none for single heads
+                     **({"slope_ci_low": np.nan, "slope_ci_high": np.nan, "ratio_ci_low": np.nan, "ratio_ci_high": np.nan,
+                         "n_items": -1} if g == "head" else
+                        {"slope_ci_low": -0.2, "slope_ci_high": -0.01, "ratio_ci_low": 0.2, "ratio_ci_high": 0.9,
+                         "n_items": n_items})})
     _write(folder, schemas.DECAY_SUMMARY, schemas.DECAY_SUMMARY.frame(summ))
     _write(folder, schemas.HEADS, heads_df)
     claims_df = _write(folder, schemas.CLAIMS, schemas.CLAIMS.frame(claims))

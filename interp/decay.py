@@ -4,6 +4,7 @@ of perceptual claims by step (outcome view), with error attribution (perception 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ from interp.schemas import CLAIM_ACCURACY, DECAY, DECAY_SUMMARY
 from interp.stats import bootstrap_mean_ci
 
 DECAY_COLUMNS = DECAY.names  # the columns of decay.parquet (declared in interp.schemas)
+REACH_FRAC = 0.5  # S_max: the last step reached by at least this share of the items
 
 
 def _per_item_means(
@@ -43,16 +45,28 @@ def decay_table(
     n_boot: int = 1000,
     seed: int = 0,
     per_head: bool = True,
+    step_types: Sequence[np.ndarray] | None = None,
+    reach_frac: float = REACH_FRAC,
+    return_per_item: bool = False,
 ):
     """The decay table: per head (group "head"), all heads ("all") and top-k heads ("topk"),
     mean yield per reasoning step (axis "step") and per token-position bin of ``token_bin``
     generated tokens (axis "token_bin"), with bootstrap 95% CIs across items.
 
-    ``yields[i]``: [n_tokens, layers, heads] of item i; ``steps[i]``: [n_tokens] step ids."""
+    ``yields[i]``: [n_tokens, layers, heads] of item i; ``steps[i]``: [n_tokens] step ids.
+
+    With ``step_types`` (per item, per token ``"claim"`` or ``"reasoning"``, the type of the
+    token's step: :func:`step_types_of`), the step axis is also reported on claim steps only
+    (groups ``all:claim``, ``topk:claim``) and on reasoning steps only (``...:reasoning``).
+    Always on the step axis: ``all:reach_last`` / ``topk:reach_last``, the items whose chain
+    reaches step S_max (:func:`reach_last_step`), the same items at every step 0..S_max.
+    With ``return_per_item``: also ``{group: [items, steps]}`` of the non-head step-axis
+    groups (for :func:`decay_summary`'s item-bootstrap CIs)."""
     if not yields:
         raise ConfigError("decay_table: expected at least one item, found none")
     L, H = np.asarray(yields[0]).shape[1:]
     rows = []
+    per_item_groups: dict[str, np.ndarray] = {}
     axes = {
         "step": [np.asarray(s) for s in steps],
         "token_bin": [np.arange(len(y)) // token_bin for y in yields],
@@ -68,10 +82,17 @@ def decay_table(
         if top_heads:
             sel = np.array([per_item[:, :, layer, head] for layer, head in top_heads])  # [k, items, S]
             groups["topk"] = sel.mean(0)
+        if axis == "step":
+            groups.update(_step_subsets(yields, index, n_index, groups, top_heads, step_types, reach_frac))
+            per_item_groups = groups
         for g, vals in groups.items():
-            mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a subset's step no resample holds
+                mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
             n = (~np.isnan(vals)).sum(0)
-            for s in range(n_index):
+            for s in range(vals.shape[1]):
+                if g.endswith((":claim", ":reasoning", ":reach_last")) and not n[s]:
+                    continue  # a subset's step with no item: no row
                 rows.append((g, axis, -1, -1, s, mean[s], lo[s], hi[s], int(n[s])))
         if per_head:
             mean, lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, seed=seed)  # [S, L, H]
@@ -81,11 +102,114 @@ def decay_table(
                     for head in range(H):
                         rows.append(("head", axis, layer, head, s, mean[s, layer, head], lo[s, layer, head],
                                      hi[s, layer, head], int(n[s, layer, head])))
-    return DECAY.frame(rows)
+    table = DECAY.frame(rows)
+    return (table, per_item_groups) if return_per_item else table
 
 
-def decay_summary(table, *, axis: str = "step", min_n: int = 1):
-    """Slope of mean yield per step (least squares) and last/first ratio, per group and head."""
+def reach_last_step(n_steps: Sequence[int], reach_frac: float = REACH_FRAC) -> int:
+    """S_max: the largest step s reached (chain of more than s steps) by at least
+    ``reach_frac`` of the items (at least one); -1 when no item has a step."""
+    n = np.asarray(n_steps, dtype=np.int64)
+    if not len(n) or n.max() <= 0:
+        return -1
+    need = max(1, int(np.ceil(reach_frac * len(n))))
+    reached = [(n > s).sum() for s in range(int(n.max()))]
+    ok = [s for s, c in enumerate(reached) if c >= need]
+    return max(ok) if ok else 0
+
+
+def _step_subsets(yields, index, n_index, groups, top_heads, step_types, reach_frac) -> dict[str, np.ndarray]:
+    """The step-axis subsets of :func:`decay_table`: by step type, and the reach-last items."""
+    out: dict[str, np.ndarray] = {}
+
+    def agg(per_item):
+        d = {"all": per_item.reshape(*per_item.shape[:2], -1).mean(-1)}
+        if top_heads:
+            d["topk"] = np.array([per_item[:, :, layer, head] for layer, head in top_heads]).mean(0)
+        return d
+
+    if step_types is not None:
+        if len(step_types) != len(yields):
+            raise ConfigError(f"decay_table: expected one step-type array per item ({len(yields)}), found {len(step_types)}")
+        for kind in STEP_TYPES:
+            masked = [np.where(np.asarray(t) == kind, ix, -1) for ix, t in zip(index, step_types)]
+            for g, v in agg(_per_item_means(yields, masked, n_index)).items():
+                out[f"{g}:{kind}"] = v
+    n_steps = [int(ix.max()) + 1 if len(ix) else 0 for ix in index]
+    s_max = min(reach_last_step(n_steps, reach_frac), n_index - 1)
+    if s_max >= 0:
+        keep = np.array([k > s_max for k in n_steps])
+        for g, v in groups.items():
+            sub = np.full((len(yields), s_max + 1), np.nan)
+            sub[keep] = v[keep, : s_max + 1]
+            out[f"{g}:reach_last"] = sub
+    return out
+
+
+STEP_TYPES = ("claim", "reasoning")
+
+
+def step_types_of(text: str, steps: np.ndarray) -> np.ndarray:
+    """Per token, the type of its step: ``"claim"`` when the step's text holds a perceptual
+    claim (:func:`interp.cafe.formats.parse_claims`), else ``"reasoning"``.  ``text``: the
+    generation, cut into steps as the tokens were (:func:`interp.steps.char_steps`)."""
+    from interp.cafe.formats import parse_claims
+    from interp.steps import char_steps
+
+    steps = np.asarray(steps)
+    cs = char_steps(text) if text else np.zeros(0, dtype=np.int64)
+    out = np.full(len(steps), "reasoning", dtype=object)
+    for k in np.unique(steps):
+        piece = "".join(c for c, s in zip(text, cs) if s == k).replace("\n", " ")
+        if parse_claims(piece):
+            out[steps == k] = "claim"
+    return out
+
+
+def _slopes(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Least-squares slope of each row of ``y`` [B, S] against ``x`` [S], NaNs left out."""
+    ok = ~np.isnan(y)
+    cnt = ok.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = np.where(ok, x, 0.0).sum(1) / cnt
+        ym = np.where(ok, y, 0.0).sum(1) / cnt
+        dx = np.where(ok, x[None] - xm[:, None], 0.0)
+        dy = np.where(ok, y - ym[:, None], 0.0)
+        out = (dx * dy).sum(1) / (dx**2).sum(1)
+    out[cnt < 2] = np.nan
+    return out
+
+
+def curve_ci(per_item: np.ndarray, steps: Sequence[int], *, n_boot: int = 1000, seed: int = 0,
+             alpha: float = 0.05) -> dict[str, float]:
+    """Item-bootstrap CIs of the slope and of the last/first ratio of the mean curve over
+    ``steps`` (the steps the point estimate used): items are resampled with replacement, the
+    mean curve, its slope and ratio recomputed each time; percentile intervals."""
+    v = np.asarray(per_item, dtype=np.float64)[:, list(steps)]
+    nan = float("nan")
+    if len(steps) < 2 or not len(v):
+        return {"slope_ci_low": nan, "slope_ci_high": nan, "ratio_ci_low": nan, "ratio_ci_high": nan}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(v), size=(n_boot, len(v)))
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps of a resample
+        boot = np.nanmean(v[idx], axis=1)  # [B, S]
+        slope = _slopes(boot, np.asarray(steps, dtype=np.float64))
+        ratio = np.where(boot[:, 0] > 0, boot[:, -1] / boot[:, 0], np.nan)
+        q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+        s_lo, s_hi = np.nanpercentile(slope, q) if np.isfinite(slope).any() else (nan, nan)
+        r_lo, r_hi = np.nanpercentile(ratio, q) if np.isfinite(ratio).any() else (nan, nan)
+    return {"slope_ci_low": float(s_lo), "slope_ci_high": float(s_hi), "ratio_ci_low": float(r_lo),
+            "ratio_ci_high": float(r_hi)}
+
+
+def decay_summary(table, *, axis: str = "step", min_n: int = 1, per_item: dict[str, np.ndarray] | None = None,
+                  n_boot: int = 1000, seed: int = 0):
+    """Slope of mean yield per step (least squares) and last/first ratio, per group and head.
+
+    With ``per_item`` (``{group: [items, steps]}``, from ``decay_table(..., return_per_item=True)``)
+    the groups found there get item-bootstrap 95% CIs on the slope and on the ratio
+    (:func:`curve_ci`) and ``n_items`` (items with a value at some used step); the others NaN."""
     out = []
     t = table[(table["axis"] == axis) & (table["n"] >= min_n)]
     for (g, layer, head), d in t.groupby(["group", "layer", "head"], sort=False):
@@ -95,9 +219,17 @@ def decay_summary(table, *, axis: str = "step", min_n: int = 1):
         x, y = x[ok], y[ok]
         slope = float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 else float("nan")
         ratio = float(y[-1] / y[0]) if len(y) >= 2 and y[0] > 0 else float("nan")
+        nan = float("nan")
+        ci = {"slope_ci_low": nan, "slope_ci_high": nan, "ratio_ci_low": nan, "ratio_ci_high": nan}
+        n_items = -1
+        if per_item is not None and axis == "step" and g in per_item and len(x):
+            used = [int(v) for v in x]
+            ci = curve_ci(per_item[g], used, n_boot=n_boot, seed=seed)
+            n_items = int((~np.isnan(per_item[g][:, used])).any(1).sum())
         out.append({"group": g, "axis": axis, "layer": int(layer), "head": int(head), "slope": slope,
                     "last_first_ratio": ratio, "first": float(y[0]) if len(y) else float("nan"),
-                    "last": float(y[-1]) if len(y) else float("nan"), "n_steps": int(len(y))})
+                    "last": float(y[-1]) if len(y) else float("nan"), "n_steps": int(len(y)), **ci,
+                    "n_items": n_items})
     return DECAY_SUMMARY.frame(out)
 
 
@@ -113,33 +245,95 @@ def claim_rows(item_id: str, text: str, scene: dict) -> list[dict]:
 
 
 def claim_accuracy_by_step(claims, *, n_boot: int = 1000, seed: int = 0):
-    """Accuracy of perceptual claims made at step s, with item-bootstrap CIs."""
+    """Accuracy of perceptual claims made at step s: the item-level mean (each item's share of
+    right claims at that step, averaged over items), with the 95% CI of the same mean from the
+    item bootstrap (point estimate and CI of one statistic)."""
     if len(claims) == 0:
         return CLAIM_ACCURACY.frame()
     rows = []
     for s, d in claims.groupby("step"):
         per_item = d.groupby("item_id")["claim_correct"].mean().to_numpy(float)
         mean, lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, seed=seed)
-        rows.append({"step": int(s), "accuracy": float(d["claim_correct"].mean()), "ci_low": float(lo),
+        rows.append({"step": int(s), "accuracy": float(mean), "ci_low": float(lo),
                      "ci_high": float(hi), "n_claims": len(d), "n_items": len(per_item)})
     return CLAIM_ACCURACY.frame(rows)
 
 
-def attribute_errors(items_df, claims) -> "object":
-    """For every answer: ``correct``, ``perception`` (some perceptual claim was wrong),
-    ``reasoning`` (all claims right, answer wrong) or ``unverifiable`` (wrong, no claims)."""
-    wrong_claim = set(claims.loc[~claims["claim_correct"], "item_id"]) if len(claims) else set()
-    any_claim = set(claims["item_id"]) if len(claims) else set()
+def claim_accuracy_overall(claims, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Item-level mean claim accuracy over all steps, with its item-bootstrap 95% CI."""
+    if len(claims) == 0:
+        return {"accuracy": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_items": 0}
+    per_item = claims.groupby("item_id")["claim_correct"].mean().to_numpy(float)
+    mean, lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, seed=seed)
+    return {"accuracy": float(mean), "ci_low": float(lo), "ci_high": float(hi), "n_items": int(len(per_item))}
+
+
+def depends_on(item) -> set[tuple[str, int]] | None:
+    """The perceptual facts a cafe question depends on, as ``(claim kind, sound index)``
+    pairs (sound -1: the count), from the question's ``facts`` (interp.cafe.questions);
+    None when unknown (not a cafe item): then every claim counts.
+
+    count: the count; identity / last: the class of sound k; louder / higher: the loudness /
+    pitch of sounds i and j; first_of_two: the classes of sounds ia and ib; after: the classes
+    of sounds ia and ia + 1; count_loud: the loudness of every sound."""
+    meta = getattr(item, "meta", None) or {}
+    f = meta.get("facts")
+    qt = getattr(item, "sub_category", None)
+    if f is None or not getattr(item, "scene", None):
+        return None
+    n = len(item.scene.get("events", ()))
+    if qt == "count":
+        return {("count", -1)}
+    if qt in ("identity", "last"):
+        return {("class", int(f["k"]))}
+    if qt in ("louder", "higher"):
+        kind = "loudness" if f.get("attr") == "loudness_level" else "pitch"
+        return {(kind, int(f["i"])), (kind, int(f["j"]))}
+    if qt == "first_of_two":
+        return {("class", int(f["ia"])), ("class", int(f["ib"]))}
+    if qt == "after":
+        return {("class", int(f["ia"])), ("class", int(f["ia"]) + 1)}
+    if qt == "count_loud":
+        return {("loudness", k) for k in range(n)}
+    return None
+
+
+ERROR_TYPES = ("perception", "reasoning", "unverifiable")
+
+
+def attribute_errors(items_df, claims, depends: dict[str, set[tuple[str, int]] | None] | None = None) -> "object":
+    """For every answer: ``correct``, ``perception`` (a perceptual claim the question depends
+    on was wrong), ``reasoning`` (the claims it depends on were made and all right, answer
+    wrong) or ``unverifiable`` (wrong, none of the claims it depends on was made).
+
+    ``depends``: item id -> :func:`depends_on` of the item; an item missing there (or None)
+    depends on every claim (any wrong claim is a perception error)."""
+    depends = depends or {}
+    by_item = {i: d for i, d in claims.groupby("item_id")} if len(claims) else {}
 
     def label(r):
         if r["correct"]:
             return "correct"
-        if r["item_id"] in wrong_claim:
-            return "perception"
-        if r["item_id"] in any_claim:
-            return "reasoning"
-        return "unverifiable"
+        d = by_item.get(r["item_id"])
+        if d is None or not len(d):
+            return "unverifiable"
+        dep = depends.get(r["item_id"])
+        if dep is not None:
+            keys = list(zip(d["kind"], d["sound"].astype(int)))
+            d = d[[k in dep for k in keys]]
+            if not len(d):
+                return "unverifiable"
+        return "perception" if (~d["claim_correct"].astype(bool)).any() else "reasoning"
 
     out = items_df.copy()
-    out["error_type"] = out.apply(label, axis=1)
+    out["error_type"] = out.apply(label, axis=1) if len(out) else []
     return out
+
+
+def error_shares(items_df) -> dict[str, float]:
+    """Shares of the wrong answers by error type (they sum to 1 over the wrong answers)."""
+    wrong = items_df[items_df["error_type"] != "correct"]
+    if not len(wrong):
+        return {t: 0.0 for t in ERROR_TYPES}
+    vc = wrong["error_type"].value_counts(normalize=True)
+    return {t: round(float(vc.get(t, 0.0)), 4) for t in ERROR_TYPES}

@@ -122,8 +122,14 @@ def heads_score_heatmap(heads, column: str = "rank", *, title: str | None = None
 def decay_curves(decay, *, axis: str = "step", heads: Sequence[tuple[int, int]] = (),
                  groups: Sequence[str] = ("all", "topk"), title: str | None = None):
     """Mean yield per reasoning step (or token bin) with 95% CIs: all heads, the specialist
-    (top-k) heads, and any individual ``heads`` chosen."""
+    (top-k) heads, and any individual ``heads`` chosen.  ``groups`` may also name the step
+    subsets of :func:`interp.decay.decay_table` (``"topk:claim"``, ``"all:reach_last"``...)."""
     names = {"all": "all heads", "topk": "specialist heads"}
+    subsets = {"claim": "claim steps", "reasoning": "reasoning steps", "reach_last": "items reaching the last step"}
+    for g in groups:
+        base, _, sub = g.partition(":")
+        if sub in subsets:
+            names[g] = f"{names.get(base, base)}, {subsets[sub]}"
     title = title or ("Perception decay: audio yield by reasoning step" if axis == "step" else "Audio yield by generated-token bin")
     if decay is None or len(decay) == 0:
         return empty_figure(title, "no decay table")

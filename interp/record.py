@@ -88,6 +88,14 @@ class RecordConfig(StageConfig):
     seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
     n_boot: int = option(1000, identity=False, help="Bootstrap resamples of the confidence intervals (>= 1).")
     dtype: str = option("auto", help=DTYPE_HELP)
+    heads_from: str = option("", identity=False,
+                             help="Rank the listening heads on another run: a record run folder (its heads.parquet) "
+                                  "or a heads.parquet file, e.g. of a calibration split.")
+    calibration: str = option("auto", identity=False,
+                              help="Dataset to rank the heads on, recorded first into <out>/calibration: 'auto' "
+                                   "(<D>:calibration when measuring a cafe cue dataset's dev/test split, else none), "
+                                   "'none' (rank on the measured items: biased) or a dataset spec.")
+    n_cal: int = option(0, identity=False, help="Calibration items (0: as many as --n).")
     command: str = option("auralens record", identity=False, cli=False, help="The command line that started the run.")
 
     def __post_init__(self) -> None:
@@ -100,7 +108,33 @@ class RecordConfig(StageConfig):
         for name in ("top_k", "time_bins", "max_new_tokens", "batch_size", "n_boot"):
             check_int(name, getattr(self, name))
         check_dtype(self.dtype)
+        if not isinstance(self.n_cal, int) or isinstance(self.n_cal, bool) or self.n_cal < 0:
+            raise ConfigError(f"n_cal: expected an integer >= 0 (0: as many as n), found {self.n_cal!r}")
+        if self.heads_from and self.calibration not in ("auto", "none"):
+            raise ConfigError(f"heads_from / calibration: expected one source of heads, found both "
+                              f"{self.heads_from!r} and {self.calibration!r}")
         self._set("out", Path(self.out))
+
+    def calibration_data(self) -> str | None:
+        """The dataset the heads are ranked on when recorded here (None: no calibration run)."""
+        if self.heads_from or self.calibration == "none":
+            return None
+        if self.calibration != "auto":
+            return self.calibration
+        from interp.datasets import CUE_DATASETS
+
+        name, _, split = str(self.data).partition(":")
+        if name in CUE_DATASETS and (split or "test") != "calibration":
+            return f"{name}:calibration"
+        return None
+
+    def heads_source(self) -> str:
+        """What ranks the heads, for the manifest: ``run:<path>``, ``calibration:<data>:<n>``
+        or ``same items``."""
+        if self.heads_from:
+            return f"run:{self.heads_from}"
+        cal = self.calibration_data()
+        return f"calibration:{cal}:{self.n_cal or self.n}" if cal else "same items"
 
 
 @takes_config(RecordConfig)
@@ -120,8 +154,12 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False) -> dict[str
 
     fmt, resume, all_prompt = cfg.fmt, cfg.resume, cfg.all_prompt
     items = load_items(cfg.data, n=cfg.n, seed=cfg.seed)
-    run, lm = open_run(cfg.out, manifest=cfg.manifest(), items=items, resume=resume, lm=lm, model=cfg.model,
-                       dtype=cfg.dtype)
+    ext_heads = read_heads_source(cfg.heads_from) if cfg.heads_from else None
+    cal_data = cfg.calibration_data()
+    if cal_data:
+        load_items(cal_data, n=cfg.n_cal or cfg.n, seed=cfg.seed)  # checked before the folder is made
+    run, lm = open_run(cfg.out, manifest=cfg.manifest(heads_from=cfg.heads_source()), items=items, resume=resume,
+                       lm=lm, model=cfg.model, dtype=cfg.dtype)
     run.update_manifest(architecture=lm.arch.to_dict())
     log = RowLog(run, "items.parquet", key="item_id", resume=resume)
     from interp.capture import stop_ids, trim_at_stop
@@ -167,10 +205,61 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False) -> dict[str
 
     fill_rows([fmt], list(enumerate(items)), key=lambda pair, _: pair[1].item_id, rows_for=rows_for,
               batch_size=cfg.batch_size, log=log, progress=not quiet, desc="record", unit="item")
-    summary = analyse_record(run, items, top_k=cfg.top_k, n_boot=cfg.n_boot, seed=cfg.seed)
+    if cal_data:
+        import dataclasses
+
+        from interp.runs import RunFolder
+
+        cal_cfg = dataclasses.replace(cfg, data=cal_data, n=cfg.n_cal or cfg.n, out=Path(run.path) / "calibration",
+                                      calibration="none", heads_from="", n_cal=0)
+        stage_record(cal_cfg, lm=lm, quiet=quiet)
+        ext_heads = read_heads_source(str(RunFolder.open(cal_cfg.out).path))
+    heads_info = None
+    if ext_heads is not None:
+        heads_info = {**ext_heads, "source": cfg.heads_source()}
+    summary = analyse_record(run, items, top_k=cfg.top_k, n_boot=cfg.n_boot, seed=cfg.seed, heads_from=heads_info)
     run.mark_stage("record", n_items=len(items))
     run.finish()
     return summary
+
+
+def read_heads_source(path: str) -> dict[str, Any]:
+    """A heads table ranked elsewhere: ``{"heads": DataFrame, "item_ids": set | None, "data": str | None,
+    "path": str}`` from a record run folder (its heads.parquet, items.parquet and manifest) or a
+    heads.parquet file (item ids read from the items.parquet beside it, when there is one)."""
+    import pandas as pd
+
+    from interp.schemas import HEADS
+
+    p = Path(path)
+    file = p / "heads.parquet" if p.is_dir() else p
+    if not file.is_file():
+        raise ConfigError(f"heads_from: expected a record run folder with heads.parquet or a heads.parquet file, "
+                          f"found {'nothing' if not p.exists() else 'no heads.parquet'} at {str(p)!r}")
+    heads = pd.read_parquet(file)
+    missing = [c for c in ("layer", "head", "rank") if c not in heads.columns]
+    if missing:
+        raise ConfigError(f"heads_from {str(file)!r}: expected the columns of {HEADS.path}, missing {missing}")
+    ids, data = None, None
+    items_file = file.parent / "items.parquet"
+    if items_file.is_file():
+        ids = set(pd.read_parquet(items_file, columns=["item_id"])["item_id"].astype(str))
+    man = file.parent / "manifest.json"
+    if man.is_file():
+        data = json.loads(man.read_text()).get("data")
+    return {"heads": heads, "item_ids": ids, "data": data, "path": str(file)}
+
+
+def heads_selection(measured_ids, ranked_ids) -> str:
+    """How the heads were selected relative to the measured items."""
+    if ranked_ids is None:
+        return "unknown items (a heads table without its items)"
+    shared = len(set(measured_ids) & set(ranked_ids))
+    if shared == 0:
+        return "calibration items (disjoint)"
+    if set(measured_ids) <= set(ranked_ids):
+        return "same items (biased)"
+    return f"overlapping items (biased: {shared} of {len(set(measured_ids))} measured items ranked the heads)"
 
 
 def load_yields(run, df) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
@@ -185,9 +274,31 @@ def load_yields(run, df) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray
     return ys, ss, np.stack(last), np.stack(sil)
 
 
-def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Heads, decay and outcome tables from the per-item files already in ``run``."""
-    from interp.decay import attribute_errors, claim_accuracy_by_step, claim_rows, decay_summary, decay_table
+def load_step_types(run, df, steps) -> list[np.ndarray]:
+    """Per item, per token: the type of its step (:func:`interp.decay.step_types_of`)."""
+    from safetensors import safe_open
+
+    from interp.decay import step_types_of
+
+    out = []
+    for idx, s in zip(df["item_index"], steps):
+        with safe_open(str(run.file(f"yields/{int(idx):05d}.safetensors")), "np") as f:
+            text = (f.metadata() or {}).get("text", "")
+        out.append(step_types_of(text, s))
+    return out
+
+
+def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int = 0,
+                   heads_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Heads, decay and outcome tables from the per-item files already in ``run``.
+
+    ``heads_from`` (:func:`read_heads_source`, plus ``source``): rank the heads there (e.g. on a
+    calibration split) instead of on these items; the summary's ``heads_selection`` says which
+    items ranked them (``"same items (biased)"`` without it)."""
+    from interp.decay import (
+        attribute_errors, claim_accuracy_by_step, claim_accuracy_overall, claim_rows, decay_summary, decay_table,
+        depends_on, error_shares,
+    )
     from interp.figures import decay_curves
     from interp.listening import contrast_scores, correlation_scores, heads_table, top_k as pick_top
     from interp.schemas import CLAIM_ACCURACY, CLAIMS, DECAY, DECAY_SUMMARY, HEADS, RECORD_ITEMS
@@ -198,12 +309,35 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
     corr = correlation_scores(last, df["correct"].to_numpy())
     contrast, dz = contrast_scores(last, sil)
     heads = heads_table(correlation=corr, contrast=contrast, contrast_dz=dz, mean_yield=last.mean(0))
+    measured = [str(i) for i in df["item_id"]]
+    if heads_from is not None:
+        L, H = last.shape[1:]
+        ext = heads_from["heads"]
+        if len(ext) and (int(ext["layer"].max()) >= L or int(ext["head"].max()) >= H):
+            raise ConfigError(f"heads_from {heads_from.get('path')!r}: expected heads of a {L}x{H} model, found layer "
+                              f"{int(ext['layer'].max())} / head {int(ext['head'].max())}")
+        selection = heads_selection(measured, heads_from.get("item_ids"))
+        heads = ext[[c for c in HEADS.names if c in ext.columns]].copy()
+        for c in HEADS.names:
+            if c not in heads.columns:
+                heads[c] = np.nan
+        heads = heads[list(HEADS.names)].sort_values("rank").reset_index(drop=True)
+    else:
+        selection = "same items (biased)"
     HEADS.write(run, heads)
+    ranked_by = {"heads_selection": selection,
+                 "heads_source": (heads_from or {}).get("source", "same items"),
+                 "heads_ranked_on": (heads_from or {}).get("data") or "the measured items",
+                 "heads_ranked_on_items": (len(heads_from["item_ids"]) if heads_from and heads_from.get("item_ids")
+                                           is not None else (None if heads_from else len(measured)))}
+    run.update_manifest(heads=ranked_by)
     k = min(top_k, len(heads))
     top = pick_top(heads, k)
-    decay = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed)
+    types = load_step_types(run, df, ss)
+    decay, per_item = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed, step_types=types,
+                                  return_per_item=True)
     DECAY.write(run, decay)
-    summ = decay_summary(decay)
+    summ = decay_summary(decay, per_item=per_item, n_boot=n_boot, seed=seed)
     DECAY_SUMMARY.write(run, summ)
 
     by_id = {it.item_id: it for it in items}
@@ -216,7 +350,8 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
     CLAIMS.write(run, claims_df)
     claim_acc = claim_accuracy_by_step(claims_df, n_boot=n_boot, seed=seed)
     CLAIM_ACCURACY.write(run, claim_acc)
-    df = attribute_errors(df, claims_df)
+    depends = {i: depends_on(by_id[i]) for i in df["item_id"] if i in by_id}
+    df = attribute_errors(df, claims_df, depends)
     RECORD_ITEMS.write(run, df)
     run.write_figure("decay.html", decay_curves(decay))
 
@@ -226,13 +361,30 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
                  "ci_high": round(float(r.ci_high), 4), "n": int(r.n)} for r in d.itertuples()]
 
     def slope(group):
-        s = summ[summ.group == group]
-        return {"slope": float(s.slope.iloc[0]), "last_first_ratio": float(s.last_first_ratio.iloc[0])} if len(s) else {}
+        s = summ[(summ.group == group) & (summ.axis == "step")]
+        if not len(s):
+            return {}
+        r = s.iloc[0]
+        out = {"slope": float(r.slope), "slope_ci": [float(r.slope_ci_low), float(r.slope_ci_high)],
+               "last_first_ratio": float(r.last_first_ratio),
+               "ratio_ci": [float(r.ratio_ci_low), float(r.ratio_ci_high)], "n_steps": int(r.n_steps),
+               "n_items": int(r.n_items)}
+        return {k: ([round(x, 5) for x in v] if isinstance(v, list) else round(v, 5) if isinstance(v, float) else v)
+                for k, v in out.items()}
 
-    shares = df["error_type"].value_counts(normalize=True).round(4).to_dict()
+    reach = decay[(decay.group == "all:reach_last") & (decay.axis == "step")]
+    wrong = int((~df["correct"].astype(bool)).sum())
     return {
         "run": str(run.path), "n": len(df), "accuracy": round(float(df["correct"].mean()), 4),
+        **ranked_by,
         "top_heads": [list(h) for h in top], "topk_curve": curve("topk"), "all_curve": curve("all"),
         "topk_decay": slope("topk"), "all_decay": slope("all"),
-        "claim_accuracy_by_step": claim_acc.round(4).to_dict("records"), "error_shares": shares,
+        "decay_by_step_type": {g: slope(g) for g in ("all:claim", "all:reasoning", "topk:claim", "topk:reasoning")},
+        "decay_reach_last": {"s_max": int(reach.step.max()) if len(reach) else None,
+                             "all": slope("all:reach_last"), "topk": slope("topk:reach_last")},
+        "claim_accuracy": {k: (round(v, 4) if isinstance(v, float) else v)
+                           for k, v in claim_accuracy_overall(claims_df, n_boot=n_boot, seed=seed).items()},
+        "claim_accuracy_by_step": claim_acc.round(4).to_dict("records"),
+        "error_shares": error_shares(df), "error_shares_of": "wrong answers", "n_wrong": wrong,
+        "perception_error_rule": "a wrong claim about a fact the question depends on (interp.decay.depends_on)",
     }

@@ -130,10 +130,15 @@ RECORD_ITEMS = _table("record", "items.parquet", """
 DECAY = _table("record", "decay.parquet", """
     group:str axis:str layer:int head:int step:int mean_yield:float ci_low:float ci_high:float n:int
 """, "mean yield per step (axis step) or token bin (axis token_bin) of all heads, the top-k heads "
-     "(layer = head = -1) and each head (group head), with 95% CIs across items")
+     "(layer = head = -1) and each head (group head), with 95% CIs across items; on the step axis "
+     "also 'all:claim'/'topk:claim' (claim steps only), '...:reasoning' (reasoning steps only) and "
+     "'...:reach_last' (only the items whose chain reaches step S_max, steps 0..S_max)")
 DECAY_SUMMARY = _table("record", "decay_summary.parquet", """
     group:str axis:str layer:int head:int slope:float last_first_ratio:float first:float last:float n_steps:int
-""", "least-squares slope of the mean yield per step and the last/first ratio, per group and head")
+    slope_ci_low:float slope_ci_high:float ratio_ci_low:float ratio_ci_high:float n_items:int
+""", "least-squares slope of the mean yield per step and the last/first ratio, per group and head; "
+     "item-bootstrap 95% CIs of both for the all/topk groups and their subsets (NaN for single heads, "
+     "n_items -1 there)")
 HEADS = _table("record", "heads.parquet", """
     layer:int head:int corr:float corr_rank:int contrast:float contrast_rank:int contrast_dz:float
     mean_yield:float listens:bool rank:int
@@ -144,7 +149,8 @@ CLAIMS = _table("record", "claims.parquet", """
 """, "every perceptual claim of a generation, checked against the scene (sound -1: a count claim)")
 CLAIM_ACCURACY = _table("record", "claim_accuracy.parquet", """
     step:int accuracy:float ci_low:float ci_high:float n_claims:int n_items:int
-""", "accuracy of the claims made at each reasoning step, CI from the item bootstrap")
+""", "accuracy of the claims made at each reasoning step: the item-level mean (items' shares of "
+     "right claims, averaged) and its item-bootstrap 95% CI")
 
 # ------------------------------------------------------------------------------------ probe
 PROBES = _table("probe", "probes.parquet", """

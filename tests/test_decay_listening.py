@@ -88,7 +88,8 @@ def test_claim_accuracy_and_error_attribution():
     bad = good.replace(f"sound 1 : {ev[0]['cls'].replace('_', ' ')}", f"sound 1 : {wrong_cls}")
     claims = pd.DataFrame(claim_rows("a", good, it.scene) + claim_rows("b", bad, it.scene))
     by_step = claim_accuracy_by_step(claims, n_boot=100)
-    assert by_step.loc[by_step.step == 1, "accuracy"].iloc[0] == pytest.approx(2 / 3 * 0.5 + 0.5)
+    # item-level mean: item a all right, item b 2 of 3 claims of step 1 right
+    assert by_step.loc[by_step.step == 1, "accuracy"].iloc[0] == pytest.approx((1 + 2 / 3) / 2)
     items = pd.DataFrame([{"item_id": "a", "correct": False}, {"item_id": "b", "correct": False},
                           {"item_id": "c", "correct": True}, {"item_id": "d", "correct": False}])
     lab = attribute_errors(items, claims).set_index("item_id")["error_type"].to_dict()
@@ -124,3 +125,101 @@ def test_heads_that_do_not_attend_to_audio_rank_last():
     plain = heads_table(correlation=corr, contrast=contrast)
     order = [(int(r.layer), int(r.head)) for r in plain.itertuples() if (int(r.layer), int(r.head)) in listeners]
     assert order == [(int(r.layer), int(r.head)) for r in t.head(3).itertuples()]
+
+
+def test_decay_by_step_type_and_reach_last_subset_match_naive_means():
+    from interp.decay import reach_last_step
+
+    yields, steps = _fake(n_items=16)
+    types = [np.where(s % 2 == 0, "claim", "reasoning").astype(object) for s in steps]
+    df, per_item = decay_table(yields, steps, top_heads=[(0, 1)], n_boot=100, step_types=types, return_per_item=True)
+    n_steps = [int(s.max()) + 1 for s in steps]
+    s_max = reach_last_step(n_steps)
+    assert sum(n > s_max for n in n_steps) >= 8 and (s_max == max(n_steps) - 1 or sum(n > s_max + 1 for n in n_steps) < 8)
+    keep = [i for i, n in enumerate(n_steps) if n > s_max]
+    for step in range(s_max + 1):
+        naive = [yields[i][steps[i] == step].mean() for i in keep if (steps[i] == step).any()]
+        row = df[(df.group == "all:reach_last") & (df.step == step)].iloc[0]
+        assert row.mean_yield == pytest.approx(np.mean(naive)) and row.n == len(naive)
+    assert df[df.group == "all:reach_last"].step.max() == s_max
+    # claim steps are the even ones here: no row at odd steps, the plain mean at even ones
+    claim = df[df.group == "all:claim"]
+    assert set(claim.step) == {s for s in range(5) if s % 2 == 0}
+    assert set(df[df.group == "all:reasoning"].step) == {1, 3}
+    row = claim[claim.step == 2].iloc[0]
+    plain = df[(df.group == "all") & (df.axis == "step") & (df.step == 2)].iloc[0]
+    assert row.mean_yield == pytest.approx(plain.mean_yield)
+    assert set(per_item) >= {"all", "topk", "all:claim", "topk:reasoning", "all:reach_last"}
+
+
+def test_summary_cis_bootstrap_the_slope_over_items():
+    yields, steps = _fake(n_items=30)
+    df, per_item = decay_table(yields, steps, n_boot=100, return_per_item=True, per_head=False)
+    summ = decay_summary(df, per_item=per_item, n_boot=500, seed=1)
+    r = summ[(summ.group == "all") & (summ.axis == "step")].iloc[0]
+    assert r.slope_ci_low <= r.slope <= r.slope_ci_high and r.slope_ci_high < 0
+    assert r.ratio_ci_low <= r.last_first_ratio <= r.ratio_ci_high and r.n_items == 30
+    # against a naive loop of the same resamples
+    rng = np.random.default_rng(1)
+    v = per_item["all"][:, :5]
+    idx = rng.integers(0, len(v), size=(500, len(v)))
+    naive = [np.polyfit(np.arange(5), np.nanmean(v[i], 0), 1)[0] for i in idx]
+    assert r.slope_ci_low == pytest.approx(np.percentile(naive, 2.5), abs=1e-9)
+    # identical items: a zero-width interval
+    flat = [np.full((10, 2, 2), 0.5) for _ in range(5)]
+    st = [np.repeat(np.arange(5), 2) for _ in range(5)]
+    d2, p2 = decay_table(flat, st, n_boot=50, return_per_item=True)
+    s2 = decay_summary(d2, per_item=p2, n_boot=50)
+    r2 = s2[(s2.group == "all") & (s2.axis == "step")].iloc[0]
+    assert r2.slope_ci_low == pytest.approx(0, abs=1e-12) and r2.slope_ci_high == pytest.approx(0, abs=1e-12)
+    heads = s2[s2.group == "head"]
+    assert heads.slope_ci_low.isna().all() and (heads.n_items == -1).all()
+
+
+def test_step_types_follow_the_claims_of_each_step():
+    from interp.decay import step_types_of
+
+    text = "i hear two sounds\nthe first sound is sound 1\nsound 1 is tone\nso the answer is tone"
+    steps = np.array([0, 0, 1, 1, 2, 2, 3])
+    assert list(step_types_of(text, steps)) == ["claim", "claim", "reasoning", "reasoning", "claim", "claim",
+                                                "reasoning"]
+
+
+def test_perception_errors_count_only_claims_the_question_depends_on():
+    from interp.cafe import make_item
+    from interp.decay import depends_on, error_shares
+
+    it = next(i for i in (make_item(s, tier="perception", qtype="identity") for s in range(50))
+              if len(i.scene["events"]) >= 2)
+    k = it.meta["facts"]["k"]
+    assert depends_on(it) == {("class", k)}
+    other = (k + 1) % len(it.scene["events"])
+    claims = pd.DataFrame([
+        {"item_id": "x", "step": 1, "kind": "class", "sound": other, "value": "tone", "claim_correct": False},
+        {"item_id": "x", "step": 2, "kind": "class", "sound": k, "value": "tone", "claim_correct": True},
+        {"item_id": "y", "step": 1, "kind": "class", "sound": k, "value": "tone", "claim_correct": False},
+        {"item_id": "z", "step": 1, "kind": "class", "sound": other, "value": "tone", "claim_correct": False},
+    ])
+    items = pd.DataFrame([{"item_id": i, "correct": False} for i in "xyz"] + [{"item_id": "w", "correct": True}])
+    dep = {i: depends_on(it) for i in "xyzw"}
+    lab = attribute_errors(items, claims, dep).set_index("item_id")["error_type"].to_dict()
+    assert lab == {"x": "reasoning", "y": "perception", "z": "unverifiable", "w": "correct"}
+    # without the dependency any wrong claim is a perception error (the old rule)
+    assert attribute_errors(items, claims).set_index("item_id")["error_type"]["x"] == "perception"
+    shares = error_shares(attribute_errors(items, claims, dep))
+    assert shares == {"perception": pytest.approx(1 / 3, abs=1e-4), "reasoning": pytest.approx(1 / 3, abs=1e-4),
+                      "unverifiable": pytest.approx(1 / 3, abs=1e-4)}
+    for qt, facts_kind in (("count", "count"), ("louder", "loudness"), ("higher", "pitch")):
+        d = depends_on(make_item(5, tier="perception", qtype=qt))
+        assert {kd for kd, _ in d} == {facts_kind}
+    assert depends_on(make_item(5, tier="multihop", qtype="after")) == {
+        ("class", make_item(5, tier="multihop", qtype="after").meta["facts"]["ia"] + i) for i in (0, 1)}
+
+
+def test_claim_accuracy_point_estimate_is_the_item_level_mean():
+    claims = pd.DataFrame([{"item_id": "a", "step": 0, "claim_correct": c, "kind": "class", "sound": 0, "value": "t"}
+                           for c in (True, True, True, False)]
+                          + [{"item_id": "b", "step": 0, "claim_correct": False, "kind": "class", "sound": 0, "value": "t"}])
+    r = claim_accuracy_by_step(claims, n_boot=200).iloc[0]
+    assert r.accuracy == pytest.approx((0.75 + 0.0) / 2) and r.ci_low <= r.accuracy <= r.ci_high
+    assert r.n_claims == 5 and r.n_items == 2

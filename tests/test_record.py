@@ -28,7 +28,9 @@ def test_files_and_columns(run):
     assert len(items) == 5 and set(items.error_type) <= {"correct", "perception", "reasoning", "unverifiable"}
     decay = run.read_table("decay.parquet")
     assert list(decay.columns) == ["group", "axis", "layer", "head", "step", "mean_yield", "ci_low", "ci_high", "n"]
-    assert {"all", "topk", "head"} == set(decay.group)
+    assert {"all", "topk", "head", "all:reach_last", "topk:reach_last"} <= set(decay.group)
+    assert set(decay.group) <= {"all", "topk", "head"} | {f"{g}:{s}" for g in ("all", "topk")
+                                                         for s in ("claim", "reasoning", "reach_last")}
     heads = run.read_table("heads.parquet")
     assert {"layer", "head", "corr", "contrast", "rank"} <= set(heads.columns)
     assert run.manifest["status"] == "complete" and run.has("decay.html") and run.has("claim_accuracy.parquet")
@@ -77,3 +79,42 @@ def test_resume_skips_done_items(run, tmp_path):
                        max_new_tokens=48, time_bins=4, top_k=3, n_boot=200, quiet=True)
     after = {p.name: p.stat().st_mtime_ns for p in (out / "yields").iterdir()}
     assert before == after and res["n"] == 5
+
+
+def test_heads_ranked_on_calibration_items_by_default_for_cue_test_splits(tmp_path, run):
+    common = dict(model="micro", fmt="cot", batch_size=4, max_new_tokens=48, time_bins=2, top_k=2, n_boot=50,
+                  quiet=True)
+    res = stage_record(data="cafe-neutral", n=4, n_cal=3, out=tmp_path / "a", **common)
+    assert res["heads_selection"] == "calibration items (disjoint)"
+    assert res["heads_ranked_on"] == "cafe-neutral:calibration" and res["heads_ranked_on_items"] == 3
+    a = RunFolder.open(tmp_path / "a")
+    assert a.manifest["config"]["heads_from"] == "calibration:cafe-neutral:calibration:3"
+    assert a.manifest["heads"]["heads_selection"] == "calibration items (disjoint)"
+    cal = RunFolder.open(tmp_path / "a" / "calibration")
+    assert a.read_table("heads.parquet")[["layer", "head", "rank"]].equals(cal.read_table("heads.parquet")[["layer", "head", "rank"]])
+    assert res["error_shares_of"] == "wrong answers" and set(res["error_shares"]) == {"perception", "reasoning",
+                                                                                         "unverifiable"}
+    summ = a.read_table("decay_summary.parquet")
+    r = summ[(summ.group == "all") & (summ.axis == "step")].iloc[0]
+    assert r.slope_ci_low <= r.slope <= r.slope_ci_high and r.n_items == 4
+    # heads taken from a run on the same items: said to be biased; none: the same
+    same = stage_record(data="cafe", n=5, heads_from=str(run.path), out=tmp_path / "b", **common)
+    assert same["heads_selection"] == "same items (biased)"
+    none = stage_record(data="cafe-neutral", n=3, calibration="none", out=tmp_path / "c", **common)
+    assert none["heads_selection"] == "same items (biased)" and not (tmp_path / "c" / "calibration").exists()
+
+
+def test_heads_options_are_checked(tmp_path):
+    from interp.errors import ConfigError
+    from interp.record import RecordConfig
+
+    with pytest.raises(ConfigError, match="n_cal"):
+        RecordConfig(n_cal=-1)
+    with pytest.raises(ConfigError, match="heads_from"):
+        RecordConfig(heads_from="x", calibration="cafe-neutral:calibration")
+    with pytest.raises(ConfigError, match="heads_from"):
+        stage_record(model="micro", data="cafe", n=2, heads_from=str(tmp_path / "nothing"), out=tmp_path / "o",
+                     quiet=True)
+    assert RecordConfig(data="cafe-conflict:dev").calibration_data() == "cafe-conflict:calibration"
+    assert RecordConfig(data="cafe-conflict:calibration").calibration_data() is None
+    assert RecordConfig(data="cafe").calibration_data() is None

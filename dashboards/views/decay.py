@@ -23,10 +23,15 @@ else:
     default = [h for h in ui.specialists(run, 2) if h in options]
     chosen = c2.multiselect("Also show single heads", options, default=default, key="decay_heads",
                             format_func=lambda h: f"L{h[0]}H{h[1]}")
-    st.plotly_chart(figures.decay_curves(decay, axis=axis, heads=chosen), key="decay_curves")
+    subsets = {"all items, every step": "", "claim steps only": ":claim", "reasoning steps only": ":reasoning",
+               "items reaching the last step": ":reach_last"}
+    present = {k: v for k, v in subsets.items() if not v or f"all{v}" in set(decay["group"])}
+    subset = present[st.selectbox("Subset", list(present), key="decay_subset")] if axis == "step" else ""
+    st.plotly_chart(figures.decay_curves(decay, axis=axis, heads=chosen, groups=(f"all{subset}", f"topk{subset}")),
+                    key="decay_curves")
     summ = ui.table(run, "record", "decay_summary.parquet")
     if summ is not None:
-        st.markdown("**Decay summary** (slope of mean yield per step; last/first ratio)")
+        st.markdown("**Decay summary** (slope of mean yield per step; last/first ratio; item-bootstrap 95% CIs)")
         s = summ[summ["axis"] == axis] if "axis" in summ else summ
         st.dataframe(s[s["group"] != "head"], hide_index=True)
         with st.expander("Per-head slopes (steepest decay first)"):
