@@ -108,7 +108,8 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     Console().print(
         f"steering (layer {b['layer']}, alpha {b['alpha']}, {b['positions']}): accuracy {b['baseline_accuracy']:.3f} -> "
         f"{b['accuracy']:.3f}, gain {b['delta']:+.3f} (95% CI [{b['delta_ci'][0]:+.3f}, {b['delta_ci'][1]:+.3f}], "
-        f"n={b['n']}; chosen on these items, optimistic); controls at the same setting: {ctrl or 'n/a'}"
+        f"n={b['n']}; {b.get('selection', 'chosen on these items, optimistic')}); controls at the same setting: "
+        f"{ctrl or 'n/a'}"
     )
 
     # --- stage 5: steering vs MPAR²-style fine-tuning, on the same items --------------------
