@@ -106,6 +106,27 @@ TABLES: dict[str, ArchTable] = {
             projector="model.multi_modal_projector",
             aliases=("audio_flamingo_3",),
         ),
+        ArchTable(
+            name="musicflamingo",
+            model_class="MusicFlamingoForConditionalGeneration",
+            decoder_layers="model.language_model.layers",
+            final_norm="model.language_model.norm",
+            audio_tower="model.audio_tower",
+            audio_layers="model.audio_tower.layers",
+            projector="model.multi_modal_projector",
+            aliases=("music_flamingo",),
+        ),
+        ArchTable(
+            name="glmasr",
+            model_class="GlmAsrForConditionalGeneration",
+            decoder_layers="model.language_model.layers",
+            final_norm="model.language_model.norm",
+            audio_tower="model.audio_tower",
+            audio_layers="model.audio_tower.layers",
+            projector="model.multi_modal_projector",
+            audio_o_proj="self_attn.o_proj",
+            aliases=("glm_asr",),
+        ),
     ]
 }
 

@@ -7,8 +7,9 @@ cache are compared, to 1e-5, with
 (a) transformers' eager attention, ``output_attentions=True``, on one teacher-forced forward over
     prompt + generated tokens, summing each head's weights over the audio keys;
 (b) TransformerLens 4.3's ``TransformerBridge`` ``blocks.{L}.attn.hook_pattern`` on the same
-    sequence.  TL has adapters for ``Qwen2AudioForConditionalGeneration`` and
-    ``AudioFlamingo3ForConditionalGeneration`` (booted from the HF object with
+    sequence.  TL has adapters for ``Qwen2AudioForConditionalGeneration``,
+    ``AudioFlamingo3ForConditionalGeneration``, ``MusicFlamingoForConditionalGeneration`` and
+    ``GlmAsrForConditionalGeneration`` (booted from the HF object with
     ``boot_transformers(folder, hf_model=...)``), none for the Qwen2.5-Omni thinker: there the
     bridge wraps a ``Qwen2ForCausalLM`` holding the thinker decoder's weights, fed the thinker's
     own merged ``inputs_embeds`` (text + projected audio) and positions.  With audio and text
@@ -365,7 +366,11 @@ def test_sdpa_kernel_runs_and_outputs_are_unchanged(arch_name, tiny_model, monke
     def eager_forbidden(*args, **kwargs):
         raise AssertionError("eager attention ran while recording")
 
-    for mod in (m_qwen2, m_qa, m_omni, m_af3):
+    import sys
+
+    # every transformers module that defines one of the model's submodules (llama, glmasr, ...)
+    own = {sys.modules[type(m).__module__] for m in model.modules() if type(m).__module__.startswith("transformers.")}
+    for mod in {m_qwen2, m_qa, m_omni, m_af3, *own}:
         monkeypatch.setattr(mod, "eager_attention_forward", eager_forbidden, raising=False)
     sdpa = AttentionInterface._global_mapping["sdpa"]
     decoder_attn = {arch.attention(model, layer) for layer in range(arch.n_layers)}

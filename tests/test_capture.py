@@ -19,6 +19,7 @@ import torch
 
 from auralens.testing.tiny import TINY_ARCHS, tiny_batch
 from interp.arch import (
+    get_attr_path,
     SITE_HOOKS,
     TABLES,
     container_table,
@@ -73,7 +74,7 @@ def test_every_site_resolves_to_its_module(arch_name, tiny_model):
         expected = {
             "hook_resid_pre": (layer, "input"),
             "hook_resid_post": (layer, "output"),
-            "attn.hook_z": (layer.self_attn.out_proj, "input"),
+            "attn.hook_z": (get_attr_path(layer, arch.table.audio_o_proj), "input"),
         }
         for hook, (module, kind) in expected.items():
             got, got_kind = arch.module_for_site(model, site_name(L, hook, "audio_encoder"))

@@ -30,29 +30,37 @@ CLASSES = {
     "qwen2_audio": "Qwen2AudioForConditionalGeneration",
     "qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
     "audioflamingo3": "AudioFlamingo3ForConditionalGeneration",
+    "musicflamingo": "MusicFlamingoForConditionalGeneration",
+    "glmasr": "GlmAsrForConditionalGeneration",
 }
 PROCESSORS = {
     "qwen2_audio": "Qwen2AudioProcessor",
     # Qwen2_5OmniProcessor needs a torchvision video processor; see build_tiny_processor.
     "qwen2_5_omni_thinker": "Qwen2AudioProcessor",
     "audioflamingo3": "AudioFlamingo3Processor",
+    "musicflamingo": "MusicFlamingoProcessor",
+    "glmasr": "GlmAsrProcessor",
 }
 # The feature-key names each model's forward takes for the mel-spectrogram mask.
 FEATURE_MASK = {
     "qwen2_audio": "feature_attention_mask",
     "qwen2_5_omni_thinker": "feature_attention_mask",
     "audioflamingo3": "input_features_mask",
+    "musicflamingo": "input_features_mask",
+    "glmasr": "input_features_mask",
 }
 
 
-def _n_audio_tokens(n_samples: int, chunk_seconds: int = 2) -> int:
-    """Audio tokens of one clip: mel frames -> conv stride 2 -> avg-pool stride 2, per chunk."""
+def _n_audio_tokens(n_samples: int, chunk_seconds: int = 2, arch_name: str = "qwen2_audio") -> int:
+    """Audio tokens of one clip: mel frames -> conv stride 2 -> avg-pool stride 2, per chunk
+    (GLM-ASR: conv stride 2, then 4 frames merged into one token)."""
     frames = n_samples // 160
     per_chunk = chunk_seconds * 100
     total = 0
     while frames > 0:
         f = min(frames, per_chunk)
-        total += ((f - 1) // 2 + 1 - 2) // 2 + 1
+        conv = (f - 1) // 2 + 1
+        total += (conv - 4) // 4 + 1 if arch_name == "glmasr" else (conv - 2) // 2 + 1
         frames -= f
     return total
 
@@ -82,7 +90,7 @@ def test_save_reload_forward_generate(arch_name, tmp_path):
     batch = processor(text=[text], audio=[audio], sampling_rate=SAMPLING_RATE, return_tensors="pt")
     audio_id = describe(model).audio_token_id
     n_audio = int((batch["input_ids"] == audio_id).sum())
-    assert n_audio == _n_audio_tokens(audio.shape[0]) > 1
+    assert n_audio == _n_audio_tokens(audio.shape[0], arch_name=arch_name) > 1
     assert FEATURE_MASK[arch_name] in batch
     assert batch["input_features"].shape[1] == model.config.audio_config.num_mel_bins
 
@@ -133,7 +141,7 @@ def test_batch_is_left_padded_with_different_lengths(arch_name, tiny_model):
     assert (mask[:, -1] == 1).all()  # left padding: every row ends on a real token
     audio_id = describe(model).audio_token_id
     counts = (batch["input_ids"] == audio_id).sum(1)
-    assert counts.tolist() == [_n_audio_tokens(int(d * SAMPLING_RATE)) for d in (1.3, 0.7)]
+    assert counts.tolist() == [_n_audio_tokens(int(d * SAMPLING_RATE), arch_name=arch_name) for d in (1.3, 0.5)]
 
 
 def test_seeded():

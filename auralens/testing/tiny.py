@@ -82,6 +82,9 @@ OMNI_SPECIALS = [
     "<|vision_eos|>",
 ]
 AF3_SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>"]
+MF_SPECIALS = [*AF3_SPECIALS, "<|sound_bos|>", "<|sound_eos|>"]
+# GLM-ASR's placeholder is "<|pad|>" (not the padding token "<pad>").
+GLMASR_SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>", "<|begin_of_audio|>", "<|end_of_audio|>"]
 
 # A chat template in the Qwen2.5-Omni layout (audio block inside the user turn).
 OMNI_CHAT_TEMPLATE = (
@@ -119,7 +122,21 @@ AF3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3")
+# A chat template in the GLM-ASR layout (the audio block, begin/end markers around the placeholder).
+GLMASR_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'audio' %}<|begin_of_audio|><|pad|><|end_of_audio|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3", "musicflamingo", "glmasr")
 
 
 def canonical_arch(arch_name: str) -> str:
@@ -179,6 +196,28 @@ def build_tiny_processor(
     if arch == "qwen2_5_omni_thinker":
         tok = build_word_tokenizer(TINY_WORDS, specials=OMNI_SPECIALS)
         return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok, chat_template=OMNI_CHAT_TEMPLATE)
+    if arch == "musicflamingo":
+        from transformers import MusicFlamingoProcessor
+
+        tok = build_word_tokenizer(TINY_WORDS, specials=MF_SPECIALS)
+        return MusicFlamingoProcessor(
+            feature_extractor=fe,
+            tokenizer=tok,
+            chat_template=AF3_CHAT_TEMPLATE,
+            audio_token="<sound>",
+            max_audio_len=4 * chunk_seconds,
+        )
+    if arch == "glmasr":
+        from transformers import GlmAsrProcessor
+
+        tok = build_word_tokenizer(TINY_WORDS, specials=GLMASR_SPECIALS)
+        return GlmAsrProcessor(
+            feature_extractor=fe,
+            tokenizer=tok,
+            chat_template=GLMASR_CHAT_TEMPLATE,
+            audio_token="<|pad|>",
+            max_audio_len=4 * chunk_seconds,
+        )
     tok = build_word_tokenizer(TINY_WORDS, specials=AF3_SPECIALS)
     return AudioFlamingo3Processor(
         feature_extractor=fe,
@@ -286,6 +325,53 @@ def build_config(
             audio_end_token_id=ids["<|audio_eos|>"],
             vision_start_token_id=ids["<|vision_bos|>"],
             user_token_id=ids["user"],
+        )
+    af3_audio = dict(
+        model_type="audioflamingo3_encoder",
+        num_mel_bins=n_mels,
+        max_source_positions=max_source_positions,
+        hidden_size=audio["d_model"],
+        num_hidden_layers=audio["encoder_layers"],
+        num_attention_heads=audio["encoder_attention_heads"],
+        intermediate_size=audio["encoder_ffn_dim"],
+    )
+    llama_text = dict(
+        common_text,
+        model_type="llama",
+        head_dim=text["hidden_size"] // text["num_attention_heads"],
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+    )
+    llama_text.pop("use_sliding_window")
+    if arch == "musicflamingo":
+        from transformers import MusicFlamingoConfig
+
+        ids = _ids(tokenizer, ["<sound>", "<|sound_bos|>", "<|sound_eos|>"])
+        return MusicFlamingoConfig(
+            text_config=dict(common_text, model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": rope_theta}),
+            audio_config=af3_audio,
+            audio_token_id=ids["<sound>"],
+            audio_bos_token_id=ids["<|sound_bos|>"],
+            audio_eos_token_id=ids["<|sound_eos|>"],
+        )
+    if arch == "glmasr":
+        from transformers import GlmAsrConfig
+
+        ids = _ids(tokenizer, ["<|pad|>"])
+        d = audio["d_model"]
+        return GlmAsrConfig(
+            text_config=llama_text,
+            audio_config=dict(
+                model_type="glmasr_encoder",
+                num_mel_bins=n_mels,
+                max_position_embeddings=max_source_positions,
+                hidden_size=d,
+                num_hidden_layers=audio["encoder_layers"],
+                num_attention_heads=audio["encoder_attention_heads"],
+                # the projector reads 4 merged frames: intermediate_size must be 4 * hidden_size
+                intermediate_size=4 * d,
+            ),
+            audio_token_id=ids["<|pad|>"],
+            tie_word_embeddings=False,
         )
     from transformers import AudioFlamingo3Config
 
@@ -411,7 +497,7 @@ def chat_prompt(processor: Any, question: str, n_audios: int = 1) -> str:
 def tiny_batch(
     processor: Any,
     *,
-    durations: Sequence[float] = (1.3, 0.7),
+    durations: Sequence[float] = (1.3, 0.5),
     questions: Sequence[str] = (
         "what is the sound ?",
         "how many events are there in this clip ? answer with one word",
