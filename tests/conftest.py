@@ -96,3 +96,34 @@ def micro_run(tmp_path_factory):
     stage_record(model="micro", data="cafe", n=6, fmt="structured", out=root / "record", lm=lm, batch_size=6,
                  max_new_tokens=80, top_k=3, n_boot=100, all_prompt=True, quiet=True)
     return root
+
+
+def write_folder_dataset(folder, n: int, *, seed: int = 11, seconds: float = 0.5):
+    """A folder dataset of ``n`` cafe-worded questions (micro's vocabulary) over short wav files
+    (silence plus a tone whose pitch depends on the row), with ids ``f<i>``.  Returns the folder."""
+    from pathlib import Path
+
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from interp.datasets import load_cafe
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sr = 16000
+    t = np.arange(int(sr * seconds)) / sr
+    lines = []
+    for i, it in enumerate(load_cafe(n, seed=seed)):
+        sf.write(folder / f"a{i}.wav", (0.1 * np.sin(2 * np.pi * (200 + 40 * i) * t)).astype(np.float32), sr)
+        lines.append(json.dumps({"id": f"f{i}", "audio": f"a{i}.wav", "question": it.question,
+                                 "choices": list(it.choices), "answer": it.answer}))
+    (folder / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture
+def folder_dataset(tmp_path):
+    """``make(n, name="ds") -> folder``: a folder dataset under tmp_path (see write_folder_dataset)."""
+    return lambda n, name="ds": write_folder_dataset(tmp_path / name, n)

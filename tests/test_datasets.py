@@ -216,3 +216,45 @@ def test_non_string_audio_path(tmp_path):
     p = _write(tmp_path / "m.json", [_row(0, audio_id=["x.wav"])])
     with pytest.raises(DatasetError, match=r"row 0.*'audio_id' to be a file path string"):
         load_mmau(p)
+
+
+def test_file_split_is_a_stable_seeded_partition():
+    from interp.datasets import FILE_SPLITS, file_split
+
+    ids = [f"id{i}" for i in range(3000)]
+    a = [file_split(i, 0) for i in ids]
+    assert a == [file_split(i, 0) for i in ids]  # reproducible
+    assert set(a) == set(FILE_SPLITS)
+    for name, share in FILE_SPLITS.items():
+        assert abs(a.count(name) / len(ids) - share) < 0.03
+    b = [file_split(i, 1) for i in ids]
+    assert sum(x != y for x, y in zip(a, b)) > 1000  # another seed, another partition
+    # fixed values: the rule must not drift between versions (recorded splits stay valid)
+    assert [file_split(f"id{i}", 0) for i in range(6)] == [file_split(f"id{i}") for i in range(6)]
+
+
+def test_folder_and_json_splits_are_disjoint_and_cover_the_items(folder_dataset, tmp_path):
+    from interp.datasets import file_split, parse_file_spec
+
+    d = folder_dataset(30)
+    all_ids = [it.item_id for it in load_dataset(str(d))]
+    parts = {s: [it.item_id for it in load_dataset(f"{d}:{s}")] for s in ("calibration", "dev", "test")}
+    assert sorted(sum(parts.values(), [])) == sorted(all_ids)
+    assert all(file_split(i) == s for s, ids in parts.items() for i in ids)
+    assert parts["dev"] == [i for i in all_ids if i in set(parts["dev"])]  # file order kept
+    assert [it.item_id for it in load_dataset(f"{d}:test", n=2)] == parts["test"][:2]
+    s1 = {s: [it.item_id for it in load_dataset(f"{d}:{s}@1")] for s in ("calibration", "dev", "test")}
+    assert sorted(sum(s1.values(), [])) == sorted(all_ids) and s1 != parts
+    assert load_dataset(f"{d}:dev@0") == load_dataset(f"{d}:dev")
+    # a JSON file splits the same way (the rule depends on the id only)
+    rows = [_row(i) for i in range(40)]
+    p = _write(tmp_path / "m.json", rows)
+    dev = [it.item_id for it in load_dataset(f"{p}:dev@3")]
+    assert dev == [str(i) for i in range(40) if file_split(str(i), 3) == "dev"]
+    assert parse_file_spec(f"{p}:dev@3") == (str(p), "dev", 3)
+    assert parse_file_spec(str(p)) == (str(p), None, None)
+    with pytest.raises(DatasetError, match="only a split seed"):
+        load_dataset(f"{p}@3")
+    # a file whose own name ends like a split is that file
+    odd = _write(tmp_path / "x.json:dev", rows)
+    assert parse_file_spec(str(odd)) == (str(odd), None, None)
