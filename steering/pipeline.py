@@ -33,6 +33,7 @@ __all__ = ["MODES", "PROTOCOLS", "SteerEvalConfig", "SteerFitConfig", "eval_spli
 
 PROTOCOLS: tuple[str, ...] = ("dev_test", "sweep")
 MODES: tuple[str, ...] = ("mean", "per_input")
+HEADS_USES: tuple[str, ...] = ("restrict", "layers")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,8 +48,13 @@ class SteerFitConfig(StageConfig):
     layers: tuple[int, ...] | None = option(None, parse="ints",
                                             help="Comma-separated decoder layers (default: the last layer, the final representation).")
     positions: Any = option("last_prompt", parse="csv", help="last_prompt | audio_mean")
-    heads_from: Any = option(None, cli=False, help="Restrict to heads: pairs, 'L:H,...', a heads table or run folder.")
-    k_heads: int | None = option(None, cli=False, help="Keep the top-k heads of heads_from.")
+    heads_from: Any = option(None, cli_type=str,
+                             help="Specialist heads: 'L:H,...', a heads.parquet or a record run folder (ranked on a "
+                                  "calibration split, never on the eval's dev/test). Without --layers the layer set is "
+                                  "the layers of the top --k-heads heads.")
+    k_heads: int | None = option(None, help="Keep the top-k heads of --heads-from (rank 1 = strongest).")
+    heads_use: str = option("restrict", help="restrict: the direction restricted to the heads' o_proj-input slices | "
+                                             "layers: the heads only choose the layers (a residual-stream direction).")
     out_vector: Path = option(Path("vec.safetensors"), flag="--out", identity=False,
                               help="Vector file (.safetensors, .gguf or .npz).")
     seed: int = option(0, help="Data seed of the fit items.")
@@ -65,6 +71,12 @@ class SteerFitConfig(StageConfig):
 
         check_n(self.n)
         parse_positions(self.positions)
+        if self.heads_use not in HEADS_USES:
+            raise ConfigError(f"heads_use: expected one of {list(HEADS_USES)}, found {self.heads_use!r}")
+        if self.k_heads is not None:
+            check_int("k_heads", self.k_heads)
+        if self.heads_use == "layers" and self.heads_from is None:
+            raise ConfigError("heads_use='layers': expected --heads-from (the heads whose layers to use), found none")
         if self.layers is not None:
             if isinstance(self.layers, (str, bytes)):
                 raise ConfigError(f"layers: expected a list of decoder layers or None, found {self.layers!r}")
@@ -100,10 +112,19 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     write it to ``out_vector``.  Returns the :class:`~steering.vector.SteeringVector`.
     Options: :class:`SteerFitConfig` (or its fields as keywords).
 
-    ``layers``: decoder layers (default: those of the heads, else the middle layer).
-    ``heads_from``: restrict to heads — (layer, head) pairs, ``"L:H,..."``, a heads table
-    (parquet with layer/head/rank, e.g. from :func:`interp.listening.heads_table`) or a run
-    folder holding ``heads.parquet``; ``k_heads`` keeps the top ones."""
+    ``data``: a cue dataset or a file dataset (MMAU/MMAR .json or folder; ``path@<split seed>``)
+    without a split fits on its calibration split (:func:`fit_spec`).
+    ``layers``: decoder layers (default: the layers of the top-``k_heads`` heads of
+    ``heads_from``, else the last layer).
+    ``heads_from``: specialist heads — (layer, head) pairs, ``"L:H,..."``, a heads table
+    (parquet with layer/head/rank, e.g. from :func:`interp.listening.heads_table`) or a record
+    run folder holding ``heads.parquet``; ``k_heads`` keeps the top ones (rank 1 = strongest).
+    ``heads_use``: ``restrict`` (a head-restricted direction) or ``layers`` (the heads only
+    pick the layer set; a residual-stream direction, usable with per-input steering).
+    The heads must be ranked on a calibration split: a heads table whose run manifest names a
+    dev/test split (or the whole dataset) of the fit data's dataset is refused
+    (:func:`check_heads_data`); the vector records ``layers_from`` (option | heads | default),
+    the heads and the heads' data in ``extra['fit']``."""
     from interp.loading import load_model
     from interp.runs import check_model, load_items
     from steering.directions import fit_with_controls, parse_heads, parse_positions
@@ -116,22 +137,34 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     heads = parse_heads(heads_from, k=cfg.k_heads)
     layers = None if cfg.layers is None else list(cfg.layers)
     out_vector = cfg.out_vector
-    data = fit_spec(data)  # cafe-<condition> -> cafe-<condition>:calibration
+    data = fit_spec(data)  # cafe-<condition> -> cafe-<condition>:calibration; FILE -> FILE:calibration
+    heads_data = _heads_data(heads_from)
+    if heads_data is not None:
+        check_heads_data(heads_data, [data])
     items = load_items(data, n=n, seed=seed)
     if lm is None:
         check_model(model)
         lm = load_model(model, dtype=cfg.dtype)
-    if layers is None and not heads:
+    if layers is not None:
+        layers_from = "option"
+    elif heads:
+        layers = sorted({L for L, _ in heads})
+        layers_from = f"heads: the layers of the top {len(heads)} heads"
+    else:
         layers = [lm.arch.n_layers - 1]  # the final representation (the paper's steering site)
+        layers_from = "default: the last layer"
     fit = {
         "model": model, "data": data, "n": len(items), "seed": int(seed), "positions": [str(p) for p in pos],
         "split": split_record(data, seed, items),
         "site": site, "normalize": normalize, "format": fmt,
         "heads_from": None if heads_from is None else str(heads_from) if isinstance(heads_from, (str, Path)) else "pairs",
-        "k_heads": cfg.k_heads,
+        "k_heads": cfg.k_heads, "heads_use": cfg.heads_use if heads else None,
+        "heads": [list(h) for h in heads], "heads_data": heads_data,
+        "layers": [int(L) for L in layers], "layers_from": layers_from,
     }
     vecs = fit_with_controls(
-        lm, items, layers=layers, positions=pos, site=site, heads=heads, normalize=normalize, fmt=fmt,
+        lm, items, layers=layers, positions=pos, site=site,
+        heads=heads if cfg.heads_use == "restrict" else (), normalize=normalize, fmt=fmt,
         batch_size=cfg.batch_size, seed=seed, controls=False, extra={"fit": fit}, progress=not quiet,
     )
     vec = vecs["audio_minus_silence"]
@@ -140,12 +173,79 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     return vec
 
 
-def fit_spec(data: str) -> str:
-    """The fit data: a cue dataset without a split fits on its calibration split."""
+def _heads_data(heads_from) -> str | None:
+    """The dataset a heads table was ranked on (its record run's manifest ``data``), if known."""
+    if not isinstance(heads_from, (str, Path)):
+        return None
+    p = Path(heads_from)
+    if not (p.is_dir() or p.suffix == ".parquet"):
+        return None  # 'L:H,...' pairs
+    from interp.record import read_heads_source
+
+    return read_heads_source(str(p)).get("data")
+
+
+def _split_family(spec: str) -> tuple[Any, str | None, int]:
+    """(dataset family, split or None = the whole dataset, split seed) of a data spec.
+
+    The three cue conditions are one family (they share their items); a file dataset is its
+    resolved path; a cue dataset without a split is its test split."""
     from interp.datasets import CUE_DATASETS
 
+    spec = str(spec)
+    base, _, split = spec.partition(":")
+    if base in CUE_DATASETS:
+        return "cafe-cue", split or "test", 0
+    fs = _file_spec(spec)
+    if fs is not None:
+        return str(Path(fs[0]).resolve()), fs[1], int(fs[2] or 0)
+    return spec, None, 0
+
+
+def check_heads_data(heads_data: str, specs) -> None:
+    """Refuse heads ranked on data that is not a calibration split of the dataset of ``specs``
+    (the fit data, or the eval's dev/test): same dataset (cue datasets: any condition) and a
+    split other than calibration (or the whole file dataset, or calibration under another split
+    seed) -> ConfigError.  Heads without a recorded dataset (a bare heads.parquet, pairs) and
+    datasets without splits (plain cafe) are not checked."""
+    fam, split, sseed = _split_family(heads_data)
+    for spec in specs:
+        f2, _, ss2 = _split_family(spec)
+        if fam != f2 or (fam != "cafe-cue" and _file_spec(spec) is None):
+            continue  # another dataset, or one without calibration/dev/test splits (plain cafe)
+        if split == "calibration" and sseed == ss2:
+            continue
+        raise ConfigError(
+            f"heads_from: the heads were ranked on {heads_data!r}, which is not the calibration split of the "
+            f"dataset of {spec!r} (it is or contains its dev/test items); expected heads from a calibration run "
+            f"(auralens record --data <dataset>:calibration)"
+        )
+
+
+def fit_spec(data: str) -> str:
+    """The fit data: a cue dataset without a split fits on its calibration split."""
+    from interp.datasets import CUE_DATASETS, file_split_spec
+
     base, _, split = str(data).partition(":")
-    return f"{base}:calibration" if base in CUE_DATASETS and not split else str(data)
+    if base in CUE_DATASETS:
+        return f"{base}:calibration" if not split else str(data)
+    fs = _file_spec(data)
+    if fs is not None and fs[1] is None:  # a file dataset (JSON or folder) without a split
+        return file_split_spec(fs[0], "calibration", fs[2] or 0)
+    return str(data)
+
+
+def _file_spec(data: str) -> tuple[str, str | None, int | None] | None:
+    """(path, split, split seed) of a file dataset spec (an MMAU/MMAR .json or a folder), else None."""
+    from interp.datasets import CUE_DATASETS, parse_file_spec
+
+    data = str(data)
+    if data == "cafe" or data.startswith("cafe:") or data.partition(":")[0] in CUE_DATASETS:
+        return None
+    path, split, split_seed = parse_file_spec(data)
+    if Path(path).suffix == ".json" or Path(path).is_dir():
+        return path, split, split_seed
+    return None
 
 
 def _seed_range(spec: str, seed: int, n: int) -> list[int] | None:
@@ -168,18 +268,39 @@ def split_record(spec: str, seed: int, items) -> dict[str, Any]:
     from interp.runs import run_identity
 
     ident = run_identity(items)
-    return {"data": spec, "seed": int(seed), "n": len(items), "seeds": _seed_range(spec, seed, len(items)),
-            "ids_sha256": ident["items"]["ids_sha256"], "data_fingerprint": ident["data_fingerprint"]}
+    rec = {"data": spec, "seed": int(seed), "n": len(items), "seeds": _seed_range(spec, seed, len(items)),
+           "ids_sha256": ident["items"]["ids_sha256"], "data_fingerprint": ident["data_fingerprint"]}
+    fs = _file_spec(spec)
+    if fs is not None and fs[1] is not None:  # a file dataset's hashed item-id split
+        from interp.datasets import FILE_SPLITS
+
+        rec.update(split=fs[1], split_seed=int(fs[2] or 0),
+                   split_rule="sha256('<split seed>:<item id>') -> u in [0,1): "
+                              + ", ".join(f"{k} {v:.0%}" for k, v in FILE_SPLITS.items()))
+    return rec
 
 
 def eval_splits(data: str, seed: int) -> dict[str, tuple[str, int]]:
     """``{"dev": (spec, data seed), "test": (spec, data seed)}`` of the dev/test protocol.
 
     Cue datasets use their fixed ``:dev`` / ``:test`` splits; plain ``cafe`` (or
-    ``cafe:<tiers>``) uses the disjoint data seeds ``seed`` (dev) and ``seed + 1`` (test).
+    ``cafe:<tiers>``) uses the disjoint data seeds ``seed`` (dev) and ``seed + 1`` (test); a
+    file dataset (MMAU/MMAR .json or a folder, ``path`` or ``path@<split seed>``) uses its hashed
+    item-id splits ``path:dev[@s]`` / ``path:test[@s]`` (:func:`interp.datasets.file_split`).
     Anything else has no split: ConfigError."""
-    from interp.datasets import CUE_DATASETS
+    from interp.datasets import CUE_DATASETS, file_split_spec
 
+    fs = _file_spec(data)
+    if fs is not None:
+        path, split, split_seed = fs
+        if split:
+            raise ConfigError(
+                f"data {data!r}: the dev/test protocol takes the dataset without a split (it uses "
+                f"{file_split_spec(path, 'dev', split_seed or 0)} to choose beta and "
+                f"{file_split_spec(path, 'test', split_seed or 0)} to report), found ':{split}'"
+            )
+        return {"dev": (file_split_spec(path, "dev", split_seed or 0), int(seed)),
+                "test": (file_split_spec(path, "test", split_seed or 0), int(seed))}
     base, _, split = str(data).partition(":")
     if base in CUE_DATASETS:
         if split:
@@ -191,7 +312,8 @@ def eval_splits(data: str, seed: int) -> dict[str, tuple[str, int]]:
     if base == "cafe":
         return {"dev": (str(data), int(seed)), "test": (str(data), int(seed) + 1)}
     raise ConfigError(
-        f"data {data!r}: expected a dataset with dev/test splits (cafe, cafe-neutral|congruent|conflict), "
+        f"data {data!r}: expected a dataset with dev/test splits (cafe, cafe-neutral|congruent|conflict, an "
+        "MMAU/MMAR .json file or a folder with questions.jsonl), "
         "found one without; use protocol='sweep' for an in-sample sweep"
     )
 
@@ -503,6 +625,8 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> di
                 f"{len(its)} {split} items ({splits[split][0]}, seed {splits[split][1]}); expected disjoint splits "
                 "(fit on the calibration split)"
             )
+    if fit.get("heads_data"):
+        check_heads_data(fit["heads_data"], [splits["dev"][0], splits["test"][0]])
     records = {"calibration": fit.get("split") or {"data": fit.get("data"), "seed": fit.get("seed"),
                                                    "data_fingerprint": vec.data_fingerprint},
                "dev": split_record(splits["dev"][0], splits["dev"][1], dev_items),

@@ -126,7 +126,7 @@ def test_refusals_before_generation(lm, fitted, tmp_path):
     with pytest.raises(ConfigError, match="without a split"):
         stage_steer_eval(data="cafe-conflict:test", vector=vec, out=tmp_path / "b", **kw)
     with pytest.raises(ConfigError, match="splits"):
-        stage_steer_eval(data=str(tmp_path), vector=vec, out=tmp_path / "c", **kw)
+        stage_steer_eval(data=str(tmp_path / "x.txt"), vector=vec, out=tmp_path / "c", **kw)
     with pytest.raises(ConfigError, match="fitted on model"):
         stage_steer_eval(data="cafe-conflict", vector=path, out=tmp_path / "d", model="micro-prior", n=3, alphas=[1.0],
                          quiet=True)
@@ -138,3 +138,89 @@ def test_refusals_before_generation(lm, fitted, tmp_path):
         stage_steer_eval(data="cafe-conflict", vector=vec, out=tmp_path / "g", modes=("bogus",), **kw)
     for name in "abcdefg":
         assert not (tmp_path / name).exists()
+
+
+def test_file_dataset_fit_on_calibration_eval_on_dev_and_test(lm, folder_dataset, tmp_path):
+    """A folder dataset: fit on its hashed calibration split, choose on dev, report on test."""
+    from interp.datasets import file_split, load_dataset
+    from steering.formats import load_vector
+    from steering.pipeline import stage_steer_eval, stage_steer_fit
+
+    d = folder_dataset(24)
+    vec = stage_steer_fit(model=lm.source, data=str(d), n=3, out_vector=tmp_path / "f.safetensors", lm=lm)
+    fit = vec.extra["fit"]
+    assert fit["data"] == f"{d}:calibration"
+    assert fit["split"]["split"] == "calibration" and fit["split"]["split_seed"] == 0
+    assert "sha256" in fit["split"]["split_rule"] and len(fit["split"]["ids_sha256"]) == 64
+    cal = [it.item_id for it in load_dataset(f"{d}:calibration", n=3)]
+    assert all(file_split(i) == "calibration" for i in cal)
+    out = tmp_path / "run"
+    res = stage_steer_eval(model=lm.source, data=str(d), n=2, vector=tmp_path / "f.safetensors", alphas=[0, 2.0],
+                           out=out, lm=lm, quiet=True, max_new_tokens=2, batch_size=2, n_boot=50, modes="mean")
+    assert res["splits"]["dev"]["data"] == f"{d}:dev" and res["splits"]["test"]["data"] == f"{d}:test"
+    assert res["splits"]["calibration"]["data"] == f"{d}:calibration"
+    test_ids = set(pd.read_parquet(out / "test_items.parquet")["item_id"])
+    dev_ids = set(pd.read_parquet(out / "items.parquet")["item_id"])
+    assert all(file_split(i) == "test" for i in test_ids) and all(file_split(i) == "dev" for i in dev_ids)
+    meta = load_vector(out / "vectors" / "selected.safetensors").extra["steer"]
+    assert meta["splits"]["test"]["split_seed"] == 0 and meta["splits"]["dev"]["split"] == "dev"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["splits"]["test"]["ids_sha256"] == res["splits"]["test"]["ids_sha256"]
+    # split seed 1 in the spec: fit on <d>:calibration@1; a vector fitted on dev/test is refused
+    v1 = stage_steer_fit(model=lm.source, data=f"{d}@1", n=2, out_vector=tmp_path / "g.safetensors", lm=lm)
+    assert v1.extra["fit"]["data"] == f"{d}:calibration@1" and v1.extra["fit"]["split"]["split_seed"] == 1
+    leaky = stage_steer_fit(model=lm.source, data=f"{d}:test", n=2, out_vector=tmp_path / "h.safetensors", lm=lm)
+    with pytest.raises(ConfigError, match="expected disjoint splits"):
+        stage_steer_eval(model=lm.source, data=str(d), n=2, vector=leaky, alphas=[1.0], out=tmp_path / "x", lm=lm,
+                         quiet=True, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="without a split"):
+        stage_steer_eval(model=lm.source, data=f"{d}:dev", n=2, vector=vec, alphas=[1.0], out=tmp_path / "y", lm=lm,
+                         quiet=True, max_new_tokens=2)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_heads_choose_the_layer_set_and_must_come_from_calibration(lm, folder_dataset, tmp_path):
+    """--heads-from without --layers: the layers of the top-k heads, recorded; heads ranked on
+    the eval's dev/test split (or the whole file dataset) are refused."""
+    import numpy as np
+
+    from interp.listening import heads_table
+    from steering.pipeline import check_heads_data, stage_steer_eval, stage_steer_fit
+
+    d = folder_dataset(24)
+    corr = np.zeros((lm.arch.n_layers, lm.arch.n_heads))
+    corr[1, 2], corr[0, 1], corr[2, 0] = 0.9, 0.7, 0.1
+    for name, data in (("cal", f"{d}:calibration"), ("leak", f"{d}:dev"), ("cue", "cafe-neutral")):
+        (tmp_path / name).mkdir()
+        heads_table(correlation=corr).to_parquet(tmp_path / name / "heads.parquet")
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"data": data}))
+    kw = dict(model=lm.source, n=2, lm=lm)
+    vec = stage_steer_fit(data=str(d), heads_from=str(tmp_path / "cal"), k_heads=2, heads_use="layers",
+                          out_vector=tmp_path / "l.safetensors", **kw)
+    fit = vec.extra["fit"]
+    assert vec.layers == (0, 1) and vec.heads == () and vec.hook == "hook_resid_post"
+    assert fit["layers"] == [0, 1] and fit["layers_from"].startswith("heads")
+    assert fit["heads"] == [[1, 2], [0, 1]] and fit["heads_data"] == f"{d}:calibration"
+    restricted = stage_steer_fit(data=str(d), heads_from=str(tmp_path / "cal"), k_heads=1, site="attn.hook_z",
+                                 out_vector=tmp_path / "r.safetensors", **kw)
+    assert restricted.heads == ((1, 2),) and restricted.layers == (1,)
+    assert stage_steer_fit(data=str(d), out_vector=tmp_path / "d.safetensors", **kw).extra["fit"]["layers_from"] \
+        .startswith("default")
+    with pytest.raises(ConfigError, match="calibration run"):
+        stage_steer_fit(data=str(d), heads_from=str(tmp_path / "leak"), out_vector=tmp_path / "x.safetensors", **kw)
+    with pytest.raises(ConfigError, match="calibration run"):
+        stage_steer_fit(data="cafe-conflict", heads_from=str(tmp_path / "cue"), out_vector=tmp_path / "y.safetensors",
+                        **kw)
+    with pytest.raises(ConfigError, match="heads_use"):
+        stage_steer_fit(data=str(d), heads_use="layers", out_vector=tmp_path / "z.safetensors", **kw)
+    check_heads_data("cafe-neutral:calibration", ["cafe-conflict:dev", "cafe-conflict:test"])
+    check_heads_data("cafe", ["cafe"])  # no splits to check
+    for bad in (str(d), f"{d}:calibration@1", f"{d}:test"):
+        with pytest.raises(ConfigError, match="calibration run"):
+            check_heads_data(bad, [f"{d}:dev", f"{d}:test"])
+    # the eval re-checks the vector's recorded heads data and runs with it
+    res = stage_steer_eval(data=str(d), vector=vec, alphas=[0, 1.0], out=tmp_path / "run", quiet=True,
+                           max_new_tokens=2, batch_size=2, n_boot=20, **kw)
+    assert res["selected"]["layer"] in (0, 1)
+    for name in "xyz":
+        assert not (tmp_path / f"{name}.safetensors").exists()
