@@ -127,6 +127,16 @@ TABLES: dict[str, ArchTable] = {
             audio_o_proj="self_attn.o_proj",
             aliases=("glm_asr",),
         ),
+        ArchTable(
+            name="qwen3_asr",
+            model_class="Qwen3ASRForConditionalGeneration",
+            decoder_layers="model.language_model.layers",
+            final_norm="model.language_model.norm",
+            audio_tower="model.audio_tower",
+            audio_layers="model.audio_tower.layers",
+            projector="model.multi_modal_projector",
+            aliases=("qwen3asr",),
+        ),
     ]
 }
 

@@ -49,6 +49,10 @@ def _inputs(lm, processor):
     return with_position_ids(lm.arch, tiny_batch(processor))
 
 
+# Audio encoders that flatten the frames of all items into one sequence (no batch axis).
+FLAT_AUDIO = {"qwen2_5_omni_thinker", "qwen3_asr"}
+
+
 def _hook_count(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
@@ -101,7 +105,7 @@ def test_capture_equals_nnsight(arch_name, tiny_model):
     lm = _lm(model)
     inputs = _inputs(lm, processor)
     sites = [site_name(L, h) for L in range(lm.arch.n_layers) for h in SITE_HOOKS]
-    if arch_name != "qwen2_5_omni_thinker":  # Omni's encoder flattens the frames of all items
+    if arch_name not in FLAT_AUDIO:
         sites += [site_name(L, h, "audio_encoder") for L in range(lm.arch.n_audio_layers) for h in SITE_HOOKS]
     got = capture(lm, inputs, sites[::-1])
     ref = trace_sites(lm, inputs, sites)
@@ -117,7 +121,7 @@ def test_capture_equals_nnsight(arch_name, tiny_model):
     torch.testing.assert_close(red[lm_sites[0]], torch.bmm(w3, ref[lm_sites[0]]), atol=1e-5, rtol=0)
     torch.testing.assert_close(red[lm_sites[-1]], torch.bmm(w3[:, :1], ref[lm_sites[-1]])[:, 0], atol=1e-5, rtol=0)
     assert _hook_count(model) == 0
-    if arch_name == "qwen2_5_omni_thinker":
+    if arch_name in FLAT_AUDIO:
         with pytest.raises(SiteShapeError, match="audio_encoder.blocks.0.hook_resid_post"):
             capture(lm, inputs, ["audio_encoder.blocks.0.hook_resid_post", "lm.blocks.0.hook_resid_post"])
         assert _hook_count(model) == 0

@@ -32,6 +32,7 @@ CLASSES = {
     "audioflamingo3": "AudioFlamingo3ForConditionalGeneration",
     "musicflamingo": "MusicFlamingoForConditionalGeneration",
     "glmasr": "GlmAsrForConditionalGeneration",
+    "qwen3_asr": "Qwen3ASRForConditionalGeneration",
 }
 PROCESSORS = {
     "qwen2_audio": "Qwen2AudioProcessor",
@@ -40,6 +41,7 @@ PROCESSORS = {
     "audioflamingo3": "AudioFlamingo3Processor",
     "musicflamingo": "MusicFlamingoProcessor",
     "glmasr": "GlmAsrProcessor",
+    "qwen3_asr": "Qwen3ASRProcessor",
 }
 # The feature-key names each model's forward takes for the mel-spectrogram mask.
 FEATURE_MASK = {
@@ -48,13 +50,20 @@ FEATURE_MASK = {
     "audioflamingo3": "input_features_mask",
     "musicflamingo": "input_features_mask",
     "glmasr": "input_features_mask",
+    "qwen3_asr": "input_features_mask",
 }
 
 
 def _n_audio_tokens(n_samples: int, chunk_seconds: int = 2, arch_name: str = "qwen2_audio") -> int:
     """Audio tokens of one clip: mel frames -> conv stride 2 -> avg-pool stride 2, per chunk
-    (GLM-ASR: conv stride 2, then 4 frames merged into one token)."""
+    (GLM-ASR: conv stride 2, then 4 frames merged into one token; Qwen3-ASR: 13 tokens per full
+    100-frame window, three stride-2 convs over the last partial one)."""
     frames = n_samples // 160
+    if arch_name == "qwen3_asr":
+        rest = frames % 100
+        for _ in range(3):
+            rest = (rest - 1) // 2 + 1
+        return rest + frames // 100 * 13
     per_chunk = chunk_seconds * 100
     total = 0
     while frames > 0:

@@ -44,6 +44,8 @@ TINY_TEXT = dict(
     max_position_embeddings=1024,
     rope_theta=10_000.0,
 )
+# Qwen3-ASR's encoder window (mel frames / 2 per chunk); the real 50 = 1 s chunks of 13 tokens.
+QWEN3_ASR_WINDOW = 50
 TINY_AUDIO = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64)
 
 # Qwen2-Audio-7B-Instruct's real dimensions (config.json of the released checkpoint).
@@ -122,6 +124,12 @@ AF3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+QWEN3_ASR_SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"]
+# Qwen3-ASR's processor reads its audio tokens from the tokenizer's named special tokens.
+QWEN3_ASR_NAMED = {"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>"}
+# A chat template in the Qwen3-ASR layout (audio block inside the user turn).
+QWEN3_ASR_CHAT_TEMPLATE = OMNI_CHAT_TEMPLATE.replace("<|audio_bos|><|AUDIO|><|audio_eos|>", "<|audio_start|><|audio_pad|><|audio_end|>")
+
 # A chat template in the GLM-ASR layout (the audio block, begin/end markers around the placeholder).
 GLMASR_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -136,7 +144,7 @@ GLMASR_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3", "musicflamingo", "glmasr")
+TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3", "musicflamingo", "glmasr", "qwen3_asr")
 
 
 def canonical_arch(arch_name: str) -> str:
@@ -218,6 +226,23 @@ def build_tiny_processor(
             audio_token="<|pad|>",
             max_audio_len=4 * chunk_seconds,
         )
+    if arch == "qwen3_asr":
+        from transformers import PreTrainedTokenizerFast, Qwen3ASRFeatureExtractor, Qwen3ASRProcessor
+
+        base = build_word_tokenizer(TINY_WORDS, specials=QWEN3_ASR_SPECIALS)
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=base.backend_tokenizer,
+            unk_token="<unk>",
+            pad_token="<pad>",
+            eos_token="<|im_end|>",
+            additional_special_tokens=QWEN3_ASR_SPECIALS[2:],
+            extra_special_tokens=QWEN3_ASR_NAMED,
+        )
+        tok.padding_side = "left"
+        qfe = Qwen3ASRFeatureExtractor(
+            feature_size=n_mels, sampling_rate=SAMPLING_RATE, chunk_length=chunk_seconds, n_window=QWEN3_ASR_WINDOW
+        )
+        return Qwen3ASRProcessor(feature_extractor=qfe, tokenizer=tok, chat_template=QWEN3_ASR_CHAT_TEMPLATE)
     tok = build_word_tokenizer(TINY_WORDS, specials=AF3_SPECIALS)
     return AudioFlamingo3Processor(
         feature_extractor=fe,
@@ -342,6 +367,30 @@ def build_config(
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
     )
     llama_text.pop("use_sliding_window")
+    if arch == "qwen3_asr":
+        from transformers import Qwen3ASRConfig
+
+        ids = _ids(tokenizer, ["<|audio_pad|>"])
+        return Qwen3ASRConfig(
+            text_config=dict(
+                common_text,
+                model_type="qwen3",
+                head_dim=text["hidden_size"] // text["num_attention_heads"],
+                rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+            ),
+            audio_config=dict(
+                model_type="qwen3_asr_encoder",
+                num_mel_bins=n_mels,
+                n_window=QWEN3_ASR_WINDOW,
+                output_dim=text["hidden_size"],
+                downsample_hidden_size=16,
+                **audio,
+            ),
+            audio_token_id=ids["<|audio_pad|>"],
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
+        )
     if arch == "musicflamingo":
         from transformers import MusicFlamingoConfig
 
@@ -406,6 +455,13 @@ def _fix_generation_config(model: Any, tokenizer: Any) -> None:
     gc.eos_token_id = tokenizer.eos_token_id
     gc.bos_token_id = None
     gc.do_sample = False
+    # A random-init model may emit its own audio placeholder, which a teacher-forced forward over
+    # prompt + generated tokens would then take for an audio position; trained models never do.
+    from interp.arch import table_for_class
+
+    audio_id = getattr(model.config, table_for_class(type(model).__name__).audio_token_attr, None)
+    if audio_id is not None:
+        gc.suppress_tokens = [int(audio_id)]
 
 
 # --- public builders -------------------------------------------------------------------------
