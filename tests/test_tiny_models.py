@@ -186,3 +186,17 @@ def test_shaped_preset_config_has_qwen2_audio_7b_dims():
     assert (t.intermediate_size, t.vocab_size) == (11008, 156032)
     assert (a.encoder_layers, a.d_model, a.num_mel_bins, a.max_source_positions) == (32, 1280, 128, 1500)
     assert proc.feature_extractor.chunk_length == 30 and proc.feature_extractor.feature_size == 128
+
+
+def test_unsupported_classes_are_real_and_have_no_table():
+    """Every class listed as unsupported exists in transformers and gets the no-table error."""
+    import transformers
+
+    from interp.arch import TABLES, UNSUPPORTED, table_for_class
+    from interp.errors import ArchitectureError
+
+    for cls, reason in UNSUPPORTED.items():
+        assert hasattr(transformers, cls), cls
+        assert cls not in TABLES and reason
+        with pytest.raises(ArchitectureError, match="no architecture table"):
+            table_for_class(cls)
