@@ -33,6 +33,14 @@ Positions (``positions=``), for a batch left-padded as the processor pads it:
   token generated at step ``t-1`` read back at step ``t``).  The last generated token is never
   read back, so it is never steered.
 - ``"both"``: the two together.
+- ``"answer"``: only the decoding steps that emit the answer: in each row, every decoding step
+  from the one whose query token completes the text ``answer :`` in that row's *generated*
+  tokens (the marker of every answer format, :mod:`interp.cafe.formats`; for ``direct`` the
+  first two generated tokens) to the end.  So the first answer token and everything after it are
+  produced by steered forwards; the prompt and the tokens before the marker are not steered,
+  and a row that never writes ``answer :`` is never steered.  The marker is found by decoding
+  the row's generated tokens so far with the model's tokenizer (case-insensitive regex
+  ``answer\s*:\s*$``), so it does not depend on how a tokenizer splits ``answer :``.
 
 A forward is a prefill when its query length is > 1 and a decoding step when it is 1 (with the
 KV cache, ``generate``'s default; ``use_cache=False`` is refused because every step would then
@@ -72,6 +80,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -93,7 +102,8 @@ __all__ = [
     "steered_generate",
 ]
 
-POSITION_MODES: tuple[str, ...] = ("last_prompt", "generated", "both")
+POSITION_MODES: tuple[str, ...] = ("last_prompt", "generated", "both", "answer")
+ANSWER_MARKER = re.compile(r"answer\s*:\s*$", re.IGNORECASE)
 BACKENDS: tuple[str, ...] = ("torch", "nnsight")
 _DANGLING = r".*was never reached: the loop asked for a step the run did not make.*"
 
@@ -164,6 +174,7 @@ class Steering:
     yields: list[Any] = field(default_factory=list)
     _original_generate: Any = None
     _gate: Any = None
+    _answer: Any = None
 
     def generate(self, **kwargs: Any) -> Any:
         """``lm.model.generate(**kwargs)``, steered."""
@@ -181,6 +192,11 @@ class Steering:
                 f"per_row steering: the directions have {target.delta.shape[0]} rows, the batch has {h.shape[0]}"
             )
         scale = self._gate.scale(h, target.layer) if self._gate is not None else None
+        if self._answer is not None and h.shape[-2] == 1:  # a decoding step: only rows past the marker
+            mask = self._answer.mask(h)
+            if not bool(mask.any()):
+                return h
+            scale = mask if scale is None else scale * mask
         out = steer_tensor(h, target.delta, self.positions, scale)
         if out is not h:
             self.n_edits += 1
@@ -212,6 +228,8 @@ def steer_tensor(
     column); one with a single position is a decoding step (``generated`` edits it).  Returns
     ``h`` itself when nothing is to be added at this forward."""
     prefill = h.shape[-2] > 1
+    if positions == "answer":  # the row mask (which rows are past ``answer :``) comes as ``scale``
+        positions = "generated"
     if prefill and positions in ("last_prompt", "both"):
         add = delta if scale is None else scale.to(h.dtype)[:, None] * delta
         out = h.clone()
@@ -401,6 +419,9 @@ def apply_vector(
         if adaptive is not None:
             steer._gate = _Gate(steer, adaptive)
             handles.append(model.register_forward_pre_hook(steer._gate.on_forward, with_kwargs=True))
+        if positions == "answer":
+            steer._answer = _AnswerMask(lm)
+            handles.append(model.register_forward_pre_hook(steer._answer.on_forward, with_kwargs=True))
         if backend == "torch":
             stack.enter_context(_torch_hooks(steer))
         if shadow:
@@ -508,6 +529,39 @@ class _Gate:
 
     def close(self) -> None:
         self.rec = None
+
+
+class _AnswerMask:
+    """Which rows have written ``answer :`` (``positions="answer"``; see the module docstring).
+
+    A forward pre-hook on the model reads each forward's ``input_ids``: a prefill resets the
+    rows; a decoding step appends its query token to each row's generated tokens and arms the
+    rows whose decoded text now ends with ``answer :``.  Armed rows stay armed."""
+
+    def __init__(self, lm):
+        self.tok = getattr(lm.processor, "tokenizer", lm.processor)
+        self.history: list[list[int]] = []
+        self.armed: Tensor | None = None
+
+    def on_forward(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not isinstance(ids, Tensor):
+            raise ConfigError("positions='answer': expected input_ids in every forward to find the answer marker")
+        if ids.shape[-1] > 1:  # the prefill: a new generate call
+            self.history = [[] for _ in range(ids.shape[0])]
+            self.armed = torch.zeros(ids.shape[0], dtype=torch.bool)
+            return None
+        if self.armed is None or len(self.history) != ids.shape[0]:
+            raise ConfigError("positions='answer': a decoding step without its prefill (or another batch size)")
+        for i, t in enumerate(ids[:, -1].tolist()):
+            self.history[i].append(int(t))
+            if not self.armed[i]:
+                text = self.tok.decode(self.history[i], skip_special_tokens=True)
+                self.armed[i] = bool(ANSWER_MARKER.search(text))
+        return None
+
+    def mask(self, h: Tensor) -> Tensor:
+        return self.armed.to(device=h.device, dtype=torch.float32)
 
 
 def _mean_heads(rec, layers, heads_by_layer) -> Float[Tensor, "batch"]:

@@ -373,7 +373,7 @@ class SteerEvalConfig(StageConfig):
     layers: tuple[int, ...] | None = option(None, parse="ints",
                                             help="Layers to steer, one at a time, chosen on dev (default: the vector's).")
     positions: tuple[str, ...] | None = option(None, cli_type=str,
-                                               help="last_prompt | generated | both (default: both with dev_test, last_prompt with sweep).")
+                                               help="last_prompt | generated | both | answer (the generated tokens from the one after 'answer :' on) (default: both with dev_test, last_prompt with sweep).")
     protocol: str = option("dev_test", help="dev_test: beta/layer/mode chosen on dev, reported on test | sweep: in-sample sweep.")
     modes: tuple[str, ...] | None = option(None, cli_type=str,
                                            help="mean (the fitted v) | per_input (s(x) per item); default mean,per_input with dev_test.")

@@ -360,3 +360,51 @@ def test_vector_apply_sugar_equals_apply_vector(lm):
             b = lm.model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert torch.equal(a, b) and s1.n_edits == s2.n_edits > 0
     assert not any(m._forward_hooks for m in lm.model.modules())
+
+
+def test_answer_mask_arms_after_the_marker_in_generated_tokens(lm):
+    from steering.apply import _AnswerMask
+
+    m = _AnswerMask(lm)
+    tok = lm.tokenizer
+    gen = tok("answer : chirp up", add_special_tokens=False)["input_ids"]
+    other = tok("sound one is noise", add_special_tokens=False)["input_ids"]
+    m.on_forward(None, (), {"input_ids": torch.zeros(2, 7, dtype=torch.long)})  # prefill: reset
+    armed_at = None
+    for step in range(min(len(gen), len(other))):
+        m.on_forward(None, (), {"input_ids": torch.tensor([[gen[step]], [other[step]]])})
+        if armed_at is None and bool(m.armed[0]):
+            armed_at = step
+        assert not bool(m.armed[1])  # a row that never writes the marker is never steered
+    assert armed_at is not None and tok.decode(gen[: armed_at + 1]).replace(" ", "").endswith("answer:")
+    assert tok.decode(gen[:armed_at]).strip().endswith("answer")  # not before the marker is complete
+    m.on_forward(None, (), {"input_ids": torch.zeros(2, 5, dtype=torch.long)})  # a new generate call
+    assert not bool(m.armed.any())
+
+
+@pytest.mark.parametrize("backend", ["torch", "nnsight"])
+def test_answer_positions_steer_only_rows_past_the_marker(lm, batch, vecs, backend, monkeypatch):
+    """Rows that wrote the marker are steered from the step that reads it on; other rows are
+    bit-identical to the unsteered run.  (The untrained model never writes ``answer :``; row 0 is
+    armed once it has two generated tokens, as if they were ``answer :``.)"""
+    import steering.apply as apply_mod
+
+    orig = apply_mod._AnswerMask.on_forward
+
+    def on_forward(self, module, args, kwargs):
+        orig(self, module, args, kwargs)
+        if self.history and len(self.history[0]) >= 2:
+            self.armed[0] = True
+
+    monkeypatch.setattr(apply_mod._AnswerMask, "on_forward", on_forward)
+    base = _gen(lm, batch, n=5)
+    with apply_mod.apply_vector(lm, vecs["resid"], alpha=ALPHA, positions="answer", layers=[1],
+                                backend=backend) as s:
+        with torch.inference_mode():
+            out = s.generate(**batch, **_kw(lm, 5))
+    assert s.n_edits > 0
+    for t in range(2):  # the prefill and the step reading the first generated token: never steered
+        assert torch.equal(out.logits[t], base.logits[t])
+    assert not torch.equal(out.logits[2][0], base.logits[2][0])  # the step reading the marker's end
+    assert torch.equal(out.sequences[1:], base.sequences[1:])  # rows without the marker: untouched
+    assert all(torch.equal(a[1:], b[1:]) for a, b in zip(out.logits, base.logits))
