@@ -33,8 +33,8 @@ PARSERS = ("csv", "ints", "floats", "one")
 
 # one-line helps shared by every stage's options (the CLI shows them)
 MODEL_HELP = "'micro' (or micro-prior, micro-heads, micro-decay, micro-mpar2), a Hugging Face id or a local checkpoint folder."
-DATA_HELP = ("'cafe', 'cafe-neutral|congruent|conflict[:calibration|dev|test]', an MMAU/MMAR JSON file, "
-             "or a folder with questions.jsonl.")
+DATA_HELP = ("'cafe', 'cafe-neutral|congruent|conflict[:calibration|dev|test]', an MMAU/MMAR JSON file "
+             "or a folder with questions.jsonl, optionally ':calibration|dev|test[@seed]' (20/20/60 by item id).")
 DTYPE_HELP = "auto | float32 | bfloat16 | float16"
 RESUME_HELP = "Continue an interrupted run in --out (refused if any setting differs)."
 
