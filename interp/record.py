@@ -93,7 +93,8 @@ class RecordConfig(StageConfig):
                                   "or a heads.parquet file, e.g. of a calibration split.")
     calibration: str = option("auto", identity=False,
                               help="Dataset to rank the heads on, recorded first into <out>/calibration: 'auto' "
-                                   "(<D>:calibration when measuring a cafe cue dataset's dev/test split, else none), "
+                                   "(<D>:calibration when measuring a cafe cue dataset's or a file dataset's dev/test split, "
+                                   "same split seed; else none: a whole file or plain cafe ranks on its own items), "
                                    "'none' (rank on the measured items: biased) or a dataset spec.")
     n_cal: int = option(0, identity=False, help="Calibration items (0: as many as --n).")
     command: str = option("auralens record", identity=False, cli=False, help="The command line that started the run.")
@@ -121,11 +122,18 @@ class RecordConfig(StageConfig):
             return None
         if self.calibration != "auto":
             return self.calibration
-        from interp.datasets import CUE_DATASETS
+        from interp.datasets import CUE_DATASETS, file_split_spec, parse_file_spec
 
         name, _, split = str(self.data).partition(":")
-        if name in CUE_DATASETS and (split or "test") != "calibration":
-            return f"{name}:calibration"
+        if name in CUE_DATASETS:
+            return f"{name}:calibration" if (split or "test") != "calibration" else None
+        if name == "cafe":
+            return None
+        # a file dataset's dev/test split: rank on its calibration split (same split seed);
+        # a whole file (no split) keeps ranking on the measured items ("same items (biased)")
+        path, fsplit, fseed = parse_file_spec(str(self.data))
+        if fsplit in ("dev", "test"):
+            return file_split_spec(path, "calibration", fseed or 0)
         return None
 
     def heads_source(self) -> str:

@@ -118,3 +118,22 @@ def test_heads_options_are_checked(tmp_path):
     assert RecordConfig(data="cafe-conflict:dev").calibration_data() == "cafe-conflict:calibration"
     assert RecordConfig(data="cafe-conflict:calibration").calibration_data() is None
     assert RecordConfig(data="cafe").calibration_data() is None
+
+
+def test_calibration_auto_for_file_datasets(tmp_path, folder_dataset):
+    from interp.record import RecordConfig
+
+    assert RecordConfig(data="x/m.json:test").calibration_data() == "x/m.json:calibration"
+    assert RecordConfig(data="x/m.json:dev@3").calibration_data() == "x/m.json:calibration@3"
+    assert RecordConfig(data="x/m.json:calibration").calibration_data() is None
+    assert RecordConfig(data="x/m.json").calibration_data() is None  # whole file: ranked on its own items
+    assert RecordConfig(data="cafe:perception").calibration_data() is None
+    assert RecordConfig(data="x/m.json:test", calibration="none").calibration_data() is None
+    d = folder_dataset(20)
+    common = dict(model="micro", fmt="cot", batch_size=4, max_new_tokens=24, time_bins=2, top_k=2, n_boot=20,
+                  quiet=True)
+    res = stage_record(data=f"{d}:test", n=3, n_cal=2, out=tmp_path / "f", **common)
+    assert res["heads_selection"] == "calibration items (disjoint)"
+    assert res["heads_ranked_on"] == f"{d}:calibration" and res["heads_ranked_on_items"] == 2
+    whole = stage_record(data=str(d), n=3, out=tmp_path / "w", **common)
+    assert whole["heads_selection"] == "same items (biased)" and not (tmp_path / "w" / "calibration").exists()
