@@ -192,7 +192,7 @@ def _probe(folder: Path, rng, layers: int) -> None:
                     rows.append({"site": site, "layer": layer, "position": "last_prompt" if step is None else "step_mean",
                                  "step": step, "attribute": attr, "accuracy": acc, "control_accuracy": ctrl,
                                  "selectivity": acc - ctrl, "chance": chance, "ci_low": max(0.0, acc - 0.08),
-                                 "ci_high": min(1.0, acc + 0.08), "n": 24})
+                                 "ci_high": min(1.0, acc + 0.08), "n": 24, "split": "report"})
     df = schemas.PROBES.frame(rows)
     df["step"] = df["step"].astype("Int64")
     _write(folder, schemas.PROBES, df)

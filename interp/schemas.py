@@ -155,9 +155,11 @@ CLAIM_ACCURACY = _table("record", "claim_accuracy.parquet", """
 # ------------------------------------------------------------------------------------ probe
 PROBES = _table("probe", "probes.parquet", """
     site:str layer:int position:any step:any attribute:str accuracy:float control_accuracy:float
-    selectivity:float chance:float ci_low:float ci_high:float n:int
-""", "one probe per (site, layer, position, step, attribute); step is a nullable integer "
-     "(missing for prompt positions); accuracy is R² for continuous attributes")
+    selectivity:float chance:float ci_low:float ci_high:float n:int split:str
+""", "one probe per (site, layer, position, step, attribute, split); step is a nullable integer "
+     "(missing for prompt positions); accuracy is R² for continuous attributes; split: the items "
+     "the probe was cross-validated on, 'select' (chooses the best layer/position), 'report' "
+     "(disjoint items, the scores reported there) or 'all' (no split)")
 GENERATIONS = _table("probe", "generations.parquet", """
     row_id:str item_id:str format:str n_steps:int n_generated:int text:str chunk:int
 """, "the generated answer of each probed (item, format) and the activation chunk holding it")

@@ -8,7 +8,8 @@
 - :func:`write_html`: a self-contained HTML file (plotly.js embedded, no CDN).
 
 The probe stage writes its HTML with these functions; the dashboard, the offline report and
-the notebooks draw the same ones.
+the notebooks draw the same ones. A table with several splits (column ``split``) is drawn
+from its ``report`` rows.
 
 Trace names are stable so tests and dashboards can find them: ``"{attribute}"``,
 ``"{attribute} control"``, ``"{attribute} chance"`` and ``"{attribute} 95% CI"`` (the
@@ -27,7 +28,19 @@ from interp.schemas import PROBES
 
 __all__ = ["accuracy_by_layer", "accuracy_by_step", "best_layers", "step_label", "write_html"]
 
-_NEEDED = PROBES.names
+_NEEDED = tuple(c for c in PROBES.names if c != "split")  # tables from before the split column still plot
+
+
+def _one_split(table):
+    """The rows of one split: a table holding probes of several splits (``select`` and
+    ``report``, see :mod:`probes.pipeline`) is drawn from its ``report`` rows (else its first
+    split), so every (attribute, layer) has one score."""
+    if "split" not in table.columns:
+        return table
+    splits = list(dict.fromkeys(table["split"].astype(str)))
+    if len(splits) <= 1:
+        return table
+    return table[table["split"].astype(str) == ("report" if "report" in splits else splits[0])]
 _METRICS = ("accuracy", "selectivity")
 
 
@@ -65,8 +78,9 @@ def _same(series, value):
 
 
 def _select(table, *, site: Any, position: Any, step: Any, use_step: bool, name: str):
-    """Filter on the given location values and check one (site, position[, step]) remains."""
-    sub = table
+    """Filter on the given location values and check one (site, position[, step]) remains
+    (of one split: :func:`_one_split`)."""
+    sub = _one_split(table)
     for col, value in (("site", site), ("position", position)):
         if value is not None:
             sub = sub[_same(sub[col], value)]
@@ -256,8 +270,9 @@ def accuracy_by_step(
 ):
     """Probe score by reasoning step, each attribute at its best layer.
 
-    The best layer is :func:`best_layers` (mean ``by`` over steps) unless ``layers`` gives
-    ``{attribute: layer}``. Only rows with a step are plotted; the hover text of the
+    The best layer is :func:`best_layers` (mean ``by`` over steps; on the ``select`` rows of a
+    table with ``select`` and ``report`` splits, drawn from the ``report`` rows) unless
+    ``layers`` gives ``{attribute: layer}``. Only rows with a step are plotted; the hover text of the
     ``"{attribute}"`` trace names the chosen layer.
     """
     go = graph_objects()
@@ -269,6 +284,13 @@ def accuracy_by_step(
         raise ProbeError("accuracy_by_step: expected rows with a reasoning step, found none "
                          "(every row has step None)")
     attrs = _attributes(sub, attributes, "accuracy_by_step")
+    if layers is None and "split" in table.columns and set(table["split"].astype(str)) >= {"select", "report"}:
+        # the layer is chosen on the select split and its curve drawn from the report split
+        sel = table[table["split"].astype(str) == "select"]
+        sel = _select(sel, site=site, position=position, step="any", use_step=False, name="accuracy_by_step")
+        sel = sel[sel["step"].notna()]
+        layers = best_layers(sel, by=by) if not sel.empty else {}
+        attrs = [a for a in attrs if a in layers]  # an attribute with no select-split steps is not drawn
     chosen = best_layers(sub, by=by) if layers is None else dict(layers)
     fig = go.Figure()
     for i, attribute in enumerate(attrs):

@@ -487,6 +487,7 @@ class ProbeRow:
     step: Any
     attribute: str
     result: ProbeResult
+    split: str = "all"  # the items it was cross-validated on: "select", "report" or "all"
 
     def as_record(self) -> dict[str, Any]:
         """The row of :func:`probe_table` for this probe."""
@@ -504,6 +505,7 @@ class ProbeRow:
             "ci_low": r.ci_low,
             "ci_high": r.ci_high,
             "n": r.n,
+            "split": self.split,
         }
 
 
@@ -532,8 +534,10 @@ def probe_table(rows: Iterable[ProbeRow | Mapping[str, Any]]):
                 raise ProbeError(
                     f"probe_table rows[{i}]: expected keys {missing}, found {sorted(row)}"
                 )
-            records.append(ProbeRow(**location, result=row["result"]).as_record())
+            records.append(ProbeRow(**location, result=row["result"], split=row.get("split", "all")).as_record())
             continue
+        if "split" not in row:  # tables written before the split column: one set of items
+            row = {**row, "split": "all"}
         missing = [k for k in TABLE_COLUMNS if k not in row]
         if missing:
             raise ProbeError(

@@ -8,7 +8,8 @@ position (and x reasoning step for ``step_mean``) with :mod:`probes.fit`, and wr
 - ``probes.parquet``         exactly :data:`probes.fit.TABLE_COLUMNS`
 - ``probes_by_layer.html``   score by layer, one panel per (site, position)
 - ``probes_by_step.html``    score by reasoning step at each attribute's best layer
-- ``probe_summary.json``     per attribute: best layer and scores; decay over steps
+- ``probe_summary.json``     per attribute: best layer (chosen on the select split) and its
+  scores on the disjoint report split; decay over steps
 - ``probe_directions.safetensors``  the best probe's direction per attribute (for steering)
 - ``labels.parquet``, ``generations.parquet`` and ``activations/`` (chunks + index)
 
@@ -16,10 +17,29 @@ position (and x reasoning step for ``step_mean``) with :mod:`probes.fit`, and wr
 its location) into a plain ``{"directions": {layer: tensor}, "site": ..., "metadata": ...}``
 dict; ``steering.from_probe.probe_to_steering_vector`` wraps that into a SteeringVector
 (probes never imports steering). :func:`load_probe_direction` reads one back from a run.
+
+**Selection and report splits.** The best (layer, position) of each attribute is chosen on one
+set of items and its scores are reported on another, disjoint one (:func:`probe_splits`):
+
+- a cafe cue dataset or a file dataset ``D`` (``D:test``, ``D:dev``, ``D@s``, a whole file):
+  chosen on ``D:calibration`` (same split seed), reported on ``D``'s split (``test`` when none
+  is named); ``n`` items of each are loaded;
+- plain ``cafe`` (or ``D:calibration`` itself): the ``n`` items ordered by
+  ``sha256("<seed>:<item id>")``, the first half selects and the rest reports.
+
+Probes are cross-validated (by item) within each split separately: ``probes.parquet`` holds every
+(layer, position[, step]) score of both, its ``split`` column saying which (``select`` /
+``report``). The summary's ``best`` is the report split's score at the location the select split
+chose (``selection`` holds the select split's own score); ``best_chosen_on`` / ``reported_on``
+name the splits and the manifest's ``splits`` lists their item ids.  The saved direction is the
+select split's probe (fitted on items the report scores never saw).  Decay over steps: the layer
+is chosen on the select split, the curve is the report split's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import html
 import time
 from collections.abc import Sequence
@@ -227,12 +247,19 @@ def probe_store(
     n_bootstrap: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    splits: dict[str, Sequence[str]] | None = None,
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Probe every location of ``store`` for every attribute.
 
-    Returns ``(table, best, notes)``: the :func:`probes.fit.probe_table` DataFrame, the best
-    prompt-position :class:`ProbeRow` per attribute (highest accuracy, earliest layer on ties)
-    and ``notes = {"skipped": {attribute: reason}, "skipped_steps": {attribute: {position:
+    ``splits``: ``{"select": item ids, "report": item ids}`` (disjoint): every location is probed
+    on each split separately (CV within it), the best chosen on ``select``. None: one split,
+    ``"all"`` the items, chosen and reported on the same items.
+
+    Returns ``(table, best, notes)``: the :func:`probes.fit.probe_table` DataFrame (its ``split``
+    column says on which items), ``best = {attribute: (chosen, reported)}``: the best
+    prompt-position :class:`ProbeRow` on the select split (highest accuracy, earliest layer on
+    ties) and the report split's row at that location (the same row without splits), and
+    ``notes = {"skipped": {attribute: reason}, "skipped_steps": {attribute: {position:
     [steps without enough items]}}, "dropped_classes": {attribute: {class: n_items}}}``.
 
     With ``attributes=None`` (the defaults), classes in fewer items than folds are left out of
@@ -251,6 +278,10 @@ def probe_store(
     if not attributes:
         raise ProbeError("attributes: expected at least one attribute to probe, found none")
     rows = store.rows
+    if splits is None:
+        splits = {"all": list(dict.fromkeys(rows["item_id"]))}
+    elif set(splits) != {"select", "report"} or set(splits["select"]) & set(splits["report"]):
+        raise ProbeError(f"splits: expected disjoint 'select' and 'report' item ids, found keys {sorted(splits)}")
     by_id = {it.item_id: it for it in items}
     missing = sorted(set(rows["item_id"]) - set(by_id))
     if missing:
@@ -262,6 +293,7 @@ def probe_store(
     fmt_of = rows["format"].to_numpy(dtype=object)
     config = ProbeConfig(n_folds=n_folds, n_bootstrap=n_bootstrap, seed=seed)
     n_layers = int(store.index["n_layers"])
+    in_split = {name: np.isin(groups, np.asarray(list(ids), dtype=object)) for name, ids in splits.items()}
 
     skipped: dict[str, str] = {}
     skipped_steps: dict[str, dict[str, list[int]]] = {}
@@ -269,20 +301,31 @@ def probe_store(
     if not explicit:
         # default attributes: leave out the rows of classes too rare for the folds (e.g. the
         # class of a 4th event on a few dozen items) rather than losing the whole attribute
+        # (in any split: each split is cross-validated on its own)
         for a in attributes:
             per_class: dict[Any, set] = {}
-            for v, g in zip(labels[a].tolist(), groups.tolist()):
-                if v is not None:
-                    per_class.setdefault(v, set()).add(g)
-            rare = {c: len(gs) for c, gs in per_class.items() if len(gs) < n_folds}
+            rare: dict[Any, int] = {}
+            for mask in in_split.values():
+                split_class: dict[Any, set] = {}
+                for v, g in zip(labels[a][mask].tolist(), groups[mask].tolist()):
+                    if v is not None:
+                        split_class.setdefault(v, set()).add(g)
+                        per_class.setdefault(v, set()).add(g)
+                rare.update({c: len(gs) for c, gs in split_class.items() if len(gs) < n_folds and c not in rare})
             if rare and len(per_class) - len(rare) >= 2:
                 labels[a] = np.array([None if v in rare else v for v in labels[a].tolist()], dtype=object)
                 dropped[a] = {str(c): n for c, n in rare.items()}
     usable: list[str] = []
     for a in attributes:
+        reason = None
         for fmt in formats:
-            sel = fmt_of == fmt
-            reason = label_support(labels[a][sel], groups[sel], n_folds)
+            for split, mask in in_split.items():
+                sel = (fmt_of == fmt) & mask
+                reason = label_support(labels[a][sel], groups[sel], n_folds)
+                if reason is not None:
+                    if len(in_split) > 1:
+                        reason = f"{split} split: {reason}"
+                    break
             if reason is not None:
                 break
         if reason is None:
@@ -299,6 +342,9 @@ def probe_store(
 
     records: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
+    by_location: dict[tuple, Any] = {}
+    choose_on = "select" if "select" in splits else "all"
+    report_on = "report" if "report" in splits else "all"
     locations = _locations(store, formats)
     bar = None
     if progress:
@@ -306,29 +352,33 @@ def probe_store(
 
         bar = tqdm(total=len(locations), desc="probes", unit="location")
     for site, position, fmt, layer, step in locations:
-        X, idx = store.matrix(site, position, layer, step)
-        keep = fmt_of[idx] == fmt
-        X, idx = X[keep], idx[keep]
+        X_all, idx_all = store.matrix(site, position, layer, step)
         name = _position_name(position, fmt, formats)
-        attrs = usable
-        if step is not None:
-            attrs = []
-            for a in usable:
-                reason = label_support(labels[a][idx], groups[idx], n_folds)
-                if reason is None:
-                    attrs.append(a)
-                else:
-                    listed = skipped_steps.setdefault(a, {}).setdefault(name, [])
-                    if int(step) not in listed:
-                        listed.append(int(step))
-        if attrs:
+        for split, mask in in_split.items():
+            keep = (fmt_of[idx_all] == fmt) & mask[idx_all]
+            X, idx = X_all[keep], idx_all[keep]
+            attrs = usable
+            if step is not None:
+                attrs = []
+                for a in usable:
+                    reason = label_support(labels[a][idx], groups[idx], n_folds)
+                    if reason is None:
+                        attrs.append(a)
+                    else:
+                        listed = skipped_steps.setdefault(a, {}).setdefault(name, [])
+                        if int(step) not in listed:
+                            listed.append(int(step))
+            if not attrs:
+                continue
             key = (site, int(layer), name, step)
             results = probe_results(
                 {key: (X, idx)}, {a: labels[a] for a in attrs}, groups, config, n_layers=n_layers
             )
             for r in results:
+                r = dataclasses.replace(r, split=split)
                 records.append(r.as_record())
-                if step is None and site == LM_SITE:
+                by_location[(split, site, int(layer), name, step, r.attribute)] = r
+                if step is None and site == LM_SITE and split == choose_on:
                     cur = best.get(r.attribute)
                     if cur is None or r.result.accuracy > cur.result.accuracy:
                         best[r.attribute] = r
@@ -336,6 +386,11 @@ def probe_store(
             bar.update(1)
     if bar is not None:
         bar.close()
+    for a, row in list(best.items()):
+        best[a] = (row, by_location.get((report_on, row.site, int(row.layer), row.position, row.step, a)))
+    for a in skipped_steps.values():
+        for steps in a.values():
+            steps.sort()
     notes = {"skipped": skipped, "skipped_steps": skipped_steps, "dropped_classes": dropped}
     return probe_table(records), best, notes
 
@@ -364,14 +419,15 @@ def _page(title: str, panels: list[tuple[str, Any]], note: str = "") -> str:
 def _figures(table) -> tuple[str, str]:
     from probes.figures import accuracy_by_layer, accuracy_by_step
 
+    shown = table[table["split"] == "report"] if (table["split"] == "report").any() else table  # the plotted split
     prompt = table[table["step"].isna()]
     layer_panels = []
-    for (site, position), _ in prompt.groupby(["site", "position"], sort=False):
+    for (site, position), _ in shown[shown["step"].isna()].groupby(["site", "position"], sort=False):
         fig = accuracy_by_layer(prompt, site=site, position=position)
         layer_panels.append((f"{site} · {position}", fig))
     stepped = table[table["step"].notna()]
     step_panels = []
-    for (site, position), _ in stepped.groupby(["site", "position"], sort=False):
+    for (site, position), _ in shown[shown["step"].notna()].groupby(["site", "position"], sort=False):
         fig = accuracy_by_step(stepped, site=site, position=position)
         step_panels.append((f"{site} · {position}", fig))
     by_layer = _page(
@@ -380,7 +436,7 @@ def _figures(table) -> tuple[str, str]:
     )
     by_step = _page(
         "Probe score by reasoning step", step_panels,
-        "Each attribute at its best layer (mean accuracy over steps); dashed: control task, dotted: chance."
+        "Report split; each attribute at its best layer (mean accuracy over steps on the select split); dashed: control task, dotted: chance."
         if step_panels else
         "No reasoning-step probes: step_mean was not collected, or no step had enough items "
         "(see probe_summary.json, 'skipped' and 'skipped_steps').",
@@ -388,26 +444,37 @@ def _figures(table) -> tuple[str, str]:
     return by_layer, by_step
 
 
+def _scores(r) -> dict[str, Any]:
+    return {"accuracy": float(r.accuracy), "control_accuracy": float(r.control_accuracy),
+            "selectivity": float(r.selectivity), "chance": float(r.chance),
+            "ci": [float(r.ci_low), float(r.ci_high)], "n": int(r.n)}
+
+
 def _summary(table, best: dict[str, Any], notes: dict[str, Any]) -> dict[str, Any]:
     from probes.figures import best_layers
 
     out: dict[str, Any] = {}
     stepped = table[table["step"].notna()]
-    for attribute, row in best.items():
-        r = row.result
+    splits = set(table["split"].astype(str))
+    choose_on, report_on = ("select", "report") if "select" in splits else ("all", "all")
+    for attribute, (row, reported) in best.items():
+        loc = {"site": row.site, "layer": int(row.layer), "position": row.position}
         entry: dict[str, Any] = {
-            "best": {
-                "site": row.site, "layer": int(row.layer), "position": row.position,
-                "accuracy": float(r.accuracy), "control_accuracy": float(r.control_accuracy),
-                "selectivity": float(r.selectivity), "chance": float(r.chance),
-                "ci": [float(r.ci_low), float(r.ci_high)], "n": int(r.n),
-            },
+            # the report split's scores at the location the select split chose
+            "best": {**loc, **(_scores(reported.result) if reported is not None else
+                               {"accuracy": None, "control_accuracy": None, "selectivity": None})},
+            "selection": {**loc, **_scores(row.result)},
             "decay": None,
         }
-        mine = stepped[stepped["attribute"] == attribute]
+        mine = stepped[(stepped["attribute"] == attribute) & (stepped["site"] == LM_SITE)]
         for position, sub in mine.groupby("position", sort=False):
-            layer = best_layers(sub, site=LM_SITE, position=position)[attribute]
-            at = sub[sub["layer"] == layer].sort_values("step")
+            chooser, shown = sub[sub["split"] == choose_on], sub[sub["split"] == report_on]
+            if chooser.empty or shown.empty:
+                continue
+            layer = best_layers(chooser, site=LM_SITE, position=position)[attribute]
+            at = shown[shown["layer"] == layer].sort_values("step")
+            if at.empty:
+                continue
             steps = [int(s) for s in at["step"]]
             acc = [float(a) for a in at["accuracy"]]
             decay = {"position": position, "layer": int(layer), "steps": steps, "accuracy": acc,
@@ -433,15 +500,16 @@ def _save_directions(run, best: dict[str, Any]) -> None:
     import torch
 
     tensors, info = {}, {}
-    for attribute, row in best.items():
-        r = row.result
+    for attribute, (row, reported) in best.items():
+        r = row.result  # the select split's probe: fitted on items the reported scores never saw
         tensors[attribute] = torch.tensor(np.asarray(r.direction), dtype=torch.float32)
         info[attribute] = {
             "site": row.site, "layer": int(row.layer), "position": row.position, "step": row.step,
             "kind": r.kind, "classes": None if r.classes is None else [_jsonable(c) for c in r.classes],
             "intercept": np.asarray(r.intercept, dtype=float).tolist(), "accuracy": float(r.accuracy),
             "control_accuracy": float(r.control_accuracy), "selectivity": float(r.selectivity),
-            "n": int(r.n),
+            "n": int(r.n), "fit_on": row.split,
+            "reported_accuracy": None if reported is None else float(reported.result.accuracy),
         }
     if tensors:
         run.write_tensors(DIRECTIONS_FILE, tensors, metadata={"probes": json.dumps(info)})
@@ -507,6 +575,34 @@ class ProbeStageConfig(StageConfig):
         return {**super().manifest(**self.collect().to_dict(), **config), "command_line": self.command}
 
 
+def probe_splits(data: str, *, seed: int) -> tuple[str, str] | None:
+    """``(select spec, report spec)`` for a cafe cue dataset or a file dataset: its
+    ``calibration`` split and the named one (``test`` when none; same split seed); None for plain
+    ``cafe`` and for a ``calibration`` split itself (those split their own items in halves:
+    :func:`half_split`)."""
+    from interp.datasets import CUE_DATASETS, file_split_spec, parse_file_spec
+
+    name, _, split = str(data).partition(":")
+    if name in CUE_DATASETS:
+        split = split or "test"
+        return None if split == "calibration" else (f"{name}:calibration", f"{name}:{split}")
+    if name == "cafe":
+        return None
+    path, fsplit, fseed = parse_file_spec(str(data))
+    if fsplit == "calibration":
+        return None
+    return file_split_spec(path, "calibration", fseed or 0), file_split_spec(path, fsplit or "test", fseed or 0)
+
+
+def half_split(item_ids: Sequence[str], *, seed: int) -> dict[str, list[str]]:
+    """The items ordered by ``sha256("<seed>:<item id>")``: the first half (rounded down) selects,
+    the rest reports.  Depends only on the ids and the seed; the halves are disjoint."""
+    ids = list(dict.fromkeys(str(i) for i in item_ids))
+    order = sorted(ids, key=lambda i: hashlib.sha256(f"{int(seed)}:{i}".encode()).hexdigest())
+    chosen = set(order[: len(order) // 2])
+    return {"select": [i for i in ids if i in chosen], "report": [i for i in ids if i not in chosen]}
+
+
 @takes_config(ProbeStageConfig)
 def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
     """Collect activations, probe every attribute x layer x position (x step), write the run.
@@ -525,7 +621,21 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
     # 1. validate: options (ProbeStageConfig, its CollectConfig), items, audio
     model, data, n, out, resume, attributes = cfg.model, cfg.data, cfg.n, cfg.out, cfg.resume, cfg.attributes
     coll = cfg.collect()
-    items = load_items(data, n=n, seed=cfg.seed, allow_all=True)
+    specs = probe_splits(data, seed=cfg.seed)
+    if specs is not None:
+        sel_items = load_items(specs[0], n=n, seed=cfg.seed, allow_all=True)
+        rep_items = load_items(specs[1], n=n, seed=cfg.seed, allow_all=True)
+        overlap = {it.item_id for it in sel_items} & {it.item_id for it in rep_items}
+        if overlap:
+            raise ProbeError(f"splits {specs}: expected disjoint items, found {len(overlap)} shared")
+        items = sel_items + rep_items
+        split_ids = {"select": [it.item_id for it in sel_items], "report": [it.item_id for it in rep_items]}
+        split_names = {"select": specs[0], "report": specs[1]}
+    else:
+        items = load_items(data, n=n, seed=cfg.seed, allow_all=True)
+        split_ids = half_split([it.item_id for it in items], seed=cfg.seed)
+        rule = f"sha256('{cfg.seed}:<item id>') order"
+        split_names = {"select": f"{data}: first half by {rule}", "report": f"{data}: second half by {rule}"}
     if attributes is not None:
         from probes.labels import label_table
 
@@ -535,12 +645,14 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
         out, manifest=cfg.manifest(), items=items, resume=resume, lm=lm, model=model, dtype=cfg.dtype,
         before_create=lambda m: coll.resolve(m.arch),  # layer range errors before any folder or work
     )
+    run.update_manifest(splits={k: {"data": split_names[k], "n": len(split_ids[k]), "item_ids": split_ids[k]}
+                                for k in ("select", "report")})
     t1 = time.perf_counter()
     store = collect_activations(lm, items, run, coll, resume=resume, progress=not quiet)
     t2 = time.perf_counter()
     table, best, notes = probe_store(
         store, items, attributes=attributes, n_folds=cfg.n_folds, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
-        progress=not quiet,
+        progress=not quiet, splits=split_ids,
     )
     t3 = time.perf_counter()
     run.write_table("probes.parquet", table)
@@ -560,6 +672,8 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
     result = {
         "model": model, "data": data, "n": len(items), "run": str(out),
         "n_rows": int(len(store.rows)), "n_probes": int(len(table)),
+        "best_chosen_on": split_names["select"], "reported_on": split_names["report"],
+        "n_select": len(split_ids["select"]), "n_report": len(split_ids["report"]),
         **summary,
         "timing_s": {"load": round(t1 - t0, 2), "collect": round(t2 - t1, 2), "probe": round(t3 - t2, 2),
                      "write": round(t4 - t3, 2), "total": round(t4 - t0, 2)},

@@ -53,7 +53,7 @@ def test_run_folder_table_and_figures(run, lm):
     assert set(table["site"]) == {"lm.blocks.{L}.hook_resid_post", "audio_encoder.blocks.{L}.hook_resid_post"}
     assert set(table["position"]) == {"audio_mean", "last_prompt", "step_mean"}
     lm_prompt = table[(table["site"] == "lm.blocks.{L}.hook_resid_post") & table["step"].isna()]
-    for (attribute, position), sub in lm_prompt.groupby(["attribute", "position"]):
+    for (attribute, position, _split), sub in lm_prompt.groupby(["attribute", "position", "split"]):
         assert sorted(sub["layer"]) == list(range(lm.arch.n_layers)), (attribute, position)
     steps = table[table["position"] == "step_mean"]
     assert not steps.empty and steps["step"].notna().all()
@@ -69,10 +69,20 @@ def test_run_folder_table_and_figures(run, lm):
     assert summary["n"] == N_ITEMS and summary["n_probes"] == len(table)
     probed = set(table.loc[table["site"] == "lm.blocks.{L}.hook_resid_post", "attribute"])
     assert set(summary["attributes"]) == probed
+    # the best location is chosen on the select half and scored on the disjoint report half
+    assert set(table["split"]) == {"select", "report"}
+    man = json.loads((out / "manifest.json").read_text())["splits"]
+    sel_ids, rep_ids = set(man["select"]["item_ids"]), set(man["report"]["item_ids"])
+    assert not sel_ids & rep_ids and len(sel_ids | rep_ids) == N_ITEMS and len(sel_ids) == N_ITEMS // 2
+    assert summary["best_chosen_on"] == man["select"]["data"] and summary["reported_on"] == man["report"]["data"]
     for attribute, entry in summary["attributes"].items():
-        best = entry["best"]
+        best, chosen = entry["best"], entry["selection"]
         sub = lm_prompt[lm_prompt["attribute"] == attribute]
-        assert best["accuracy"] == pytest.approx(sub["accuracy"].max())
+        sel, rep = sub[sub["split"] == "select"], sub[sub["split"] == "report"]
+        assert chosen["accuracy"] == pytest.approx(sel["accuracy"].max())
+        at = rep[(rep["layer"] == best["layer"]) & (rep["position"] == best["position"])]
+        assert len(at) == 1 and best["accuracy"] == pytest.approx(at["accuracy"].iloc[0])
+        assert (best["layer"], best["position"]) == (chosen["layer"], chosen["position"])
         assert best["selectivity"] == pytest.approx(best["accuracy"] - best["control_accuracy"])
         if entry["decay"] is not None and len(entry["decay"]["steps"]) >= 2:
             assert isinstance(entry["decay"]["falls"], bool)
