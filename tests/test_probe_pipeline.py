@@ -173,3 +173,16 @@ def test_probe_direction_to_steering_vector(run, lm, tmp_path):
                 load_probe_direction(out, a)
             got = load_probe_direction(out, a, target=m["classes"][0])
             assert abs(float(got["directions"][m["layer"]].norm()) - 1) < 1e-5
+
+
+def test_probe_splits_are_disjoint_and_named():
+    from probes.pipeline import half_split, probe_splits
+
+    assert probe_splits("cafe-neutral", seed=7) == ("cafe-neutral:calibration", "cafe-neutral:test")
+    assert probe_splits("cafe-conflict:dev", seed=7) == ("cafe-conflict:calibration", "cafe-conflict:dev")
+    assert probe_splits("cafe-neutral:calibration", seed=7) is None and probe_splits("cafe", seed=7) is None
+    assert probe_splits("x/m.json", seed=7) == ("x/m.json:calibration", "x/m.json:test")
+    assert probe_splits("x/m.json:dev@2", seed=7) == ("x/m.json:calibration@2", "x/m.json:dev@2")
+    h = half_split([f"i{k}" for k in range(9)], seed=3)
+    assert len(h["select"]) == 4 and not set(h["select"]) & set(h["report"])
+    assert h == half_split([f"i{k}" for k in range(9)], seed=3) != half_split([f"i{k}" for k in range(9)], seed=4)
