@@ -99,7 +99,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     vec_path = out / "vectors" / "audio_minus_silence.safetensors"
     stage_steer_fit(model="micro", data="cafe", n=16 if fast else 48, layers=None, positions="last_prompt",
                     out_vector=vec_path, seed=11, lm=lm)
-    st = stage_steer_eval(model="micro", data="cafe", n=n, vector=vec_path, alphas=[0.0, 4.0, 16.0], out=out / "steer",
+    st = stage_steer_eval(model="micro", data="cafe", n=n, vector=vec_path, alphas=[0.0, 1.0, 2.0, 4.0], out=out / "steer",
                           resume=resume, seed=7, formats=("direct",), lm=lm, quiet=True, batch_size=30, **quick)
     results["steer"] = st
     b = st["best"]
