@@ -383,6 +383,11 @@ class SteerEvalConfig(StageConfig):
     adaptive_gain: float | None = option(None, help="Steer with adaptive alpha of this gain (gated by listening heads).")
     adaptive_heads: Any = option(None, identity=False, cli=False,
                                  help="Heads gating the adaptive alpha (default: the vector's own heads).")
+    # not part of the identity when None (runs before it existed); recorded in the manifest when set
+    control_model: str | None = option(None, identity=False, cli_type=str,
+                                       help="dev_test: also run the selected setting (same mode, layer, beta, positions; "
+                                            "mean v refitted on the same calibration items) on this model, e.g. a "
+                                            "healthy one (negative control): controls['model_without_deficit'].")
 
     def __post_init__(self) -> None:
         from interp.runs import check_dtype, check_n
@@ -414,6 +419,13 @@ class SteerEvalConfig(StageConfig):
         if isinstance(self.vector, str):
             self._set("vector", Path(self.vector))
         self._set("out", Path(self.out))
+        if self.control_model is not None:
+            if not isinstance(self.control_model, (str, Path)) or not str(self.control_model):
+                raise ConfigError(f"control_model: expected a model name or checkpoint folder, found {self.control_model!r}")
+            if self.protocol != "dev_test":
+                raise ConfigError("control_model: expected protocol='dev_test' (it runs the setting chosen on dev), "
+                                  f"found {self.protocol!r}")
+            self._set("control_model", str(self.control_model))
 
     def sweep(self, gate_heads: tuple = ()):
         """The sweep's :class:`~steering.evaluate.SweepConfig` (adaptive alpha only with heads)."""
@@ -428,14 +440,16 @@ class SteerEvalConfig(StageConfig):
 
 
 @takes_config(SteerEvalConfig)
-def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
+def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bool = False) -> dict[str, Any]:
     """Sweep alpha x layer x position mode with ``vector`` (a file or a SteeringVector) and its
     controls on ``n`` items of ``data`` (data seed ``seed``, also the controls' seed); write the
     run folder ``out`` (see the module docstring) and return the summary.  Options:
     :class:`SteerEvalConfig` (or its fields as keywords).
 
     ``adaptive_gain``: steer with adaptive alpha (:class:`steering.apply.AdaptiveAlpha`) gated
-    by ``adaptive_heads`` (same spellings as ``heads_from``; default: the vector's own heads)."""
+    by ``adaptive_heads`` (same spellings as ``heads_from``; default: the vector's own heads).
+    ``control_model`` (dev_test only; ``control_lm``: that model already loaded): see
+    :func:`_stage_dev_test`."""
     import hashlib
 
     from interp.loading import load_model
@@ -446,7 +460,7 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> d
     from steering.vector import SteeringVector
 
     if cfg.protocol == "dev_test":
-        return _stage_dev_test(cfg, lm=lm, quiet=quiet)
+        return _stage_dev_test(cfg, lm=lm, control_lm=control_lm, quiet=quiet)
     model, data, n, vector, controls, out, resume, seed = (
         cfg.model, cfg.data, cfg.n, cfg.vector, cfg.controls, cfg.out, cfg.resume, cfg.seed)
     # 1. validate: options (SteerEvalConfig, its SweepConfig), the vector file, the items and
@@ -528,6 +542,75 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> d
     return summary
 
 
+def _at_layer(v, layer: int):
+    """``v`` (a SteeringVector or a PerInput) with its direction at ``layer`` only."""
+    import dataclasses
+
+    from steering.evaluate import PerInput
+
+    if isinstance(v, PerInput):
+        return dataclasses.replace(v, vector=_at_layer(v.vector, layer))
+    return dataclasses.replace(v, directions={layer: v.directions[layer]})
+
+
+def _refit_at(lm, vec, fit_items, fc: dict, layer: int, *, batch_size: int, method: str, extra: dict):
+    """The audio-minus-silence vector refitted with ``lm`` on the vector's calibration items at
+    ``layer`` (residual stream, same positions, format and normalisation as ``vec``)."""
+    from steering.directions import collect_paired, direction_from
+
+    acts = collect_paired(lm, fit_items, layers=[layer], positions=fc.get("positions", ["last_prompt"]),
+                          fmt=fc.get("format", "direct"), batch_size=batch_size)
+    return direction_from(acts, lm, site=vec.hook, layers=[layer],
+                          normalize=fc.get("normalize", vec.extra.get("normalize", "none")), method=method,
+                          extra={**extra, "fit": fc})
+
+
+def _random_heads_layers(fit: dict, arch, seed: int):
+    """The random-heads control of a residual vector whose layer set is the layers of its top-k
+    specialist heads (``heads_use == 'layers'``): k heads drawn (seeded) without replacement
+    from the non-specialist heads of the same heads table (all the model's heads when the table
+    cannot be read again), preferring heads outside the specialist layers when there are at
+    least k of them; specialist head j is matched with drawn head j, so the vector's layer
+    ``L`` maps to the layer of the drawn head matched with the best-ranked specialist in ``L``.
+    Returns ``{"heads", "layers", "layer_for", "pool"}`` or the reason it does not apply (str)."""
+    import numpy as np
+
+    from steering.directions import parse_heads
+
+    heads = [tuple(int(x) for x in h) for h in (fit.get("heads") or [])]
+    if not heads:
+        return "the vector has no specialist heads (its layers are not taken from heads)"
+    if fit.get("heads_use") != "layers" or not str(fit.get("layers_from", "")).startswith("heads"):
+        return (f"the vector's layers were not taken from its heads (heads_use={fit.get('heads_use')!r}, "
+                f"layers_from={fit.get('layers_from')!r})")
+    table, pool_from = None, "the heads table"
+    src = fit.get("heads_from")
+    if isinstance(src, str) and src != "pairs" and (Path(src).is_dir() or Path(src).suffix == ".parquet"):
+        try:
+            table = list(parse_heads(src))
+        except ConfigError:
+            table = None
+    if table is None:
+        table = [(L, h) for L in range(arch.n_layers) for h in range(arch.n_heads)]
+        pool_from = "all heads of the model (the heads table cannot be read again)"
+    spec, spec_layers = set(heads), {L for L, _ in heads}
+    others = [h for h in table if h not in spec and 0 <= h[0] < arch.n_layers and 0 <= h[1] < arch.n_heads]
+    outside = [h for h in others if h[0] not in spec_layers]
+    k = len(heads)
+    if len(outside) >= k:
+        pool, pool_desc = outside, f"non-specialist heads of {pool_from} outside the specialist layers"
+    elif len(others) >= k:
+        pool, pool_desc = others, f"non-specialist heads of {pool_from} (fewer than k outside the specialist layers)"
+    else:
+        return f"fewer than k={k} non-specialist heads in {pool_from}"
+    rng = np.random.default_rng(int(seed))
+    drawn = [pool[int(i)] for i in rng.choice(len(pool), size=k, replace=False)]
+    layer_for = {}
+    for (L, _), (Lc, _) in zip(heads, drawn):
+        layer_for.setdefault(L, Lc)
+    return {"heads": drawn, "layers": sorted({L for L, _ in drawn}), "layer_for": layer_for, "pool": pool_desc}
+
+
 def _paired_stats(rows, name: str, *, n_boot: int, seed: int) -> dict[str, Any]:
     """Accuracy of ``name`` and of the baseline on the same items, and the paired gain with its
     bootstrap CI over items (:func:`interp.stats.bootstrap_mean_ci`)."""
@@ -563,7 +646,7 @@ def _select_on_dev(table, names: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
+def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bool = False) -> dict[str, Any]:
     """The dev/test protocol of :func:`stage_steer_eval` (``protocol="dev_test"``).
 
     1. validate everything before any generation: the vector (model, width, layers), the
@@ -574,8 +657,15 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> di
        s(x) of each item) -> ``items.parquet``, ``steering.parquet``, figures;
     3. choose the setting with the largest dev gain (ties: the smaller |beta|);
     4. test: baseline, the chosen setting, and its controls at the same setting (random
-       direction of equal norm — per item for per_input —, random heads for head-restricted
-       vectors) -> ``test_items.parquet``; paired bootstrap CIs over items;
+       direction of equal norm — per item for per_input —; random heads: for head-restricted
+       vectors the same heads count at random heads, for residual vectors whose layers came
+       from specialist heads (``heads_use='layers'``) the same mode at the layer of k random
+       non-specialist heads (:func:`_random_heads_layers`), else ``{"skipped": reason}``)
+       -> ``test_items.parquet``; paired bootstrap CIs over items;
+       with ``control_model`` (validated, same architecture and width, before any generation):
+       the same setting and procedure on that model (``mean``: v refitted with it on the same
+       calibration items; ``per_input``: its own s(x)) on the same test items ->
+       ``control_model_items.parquet``, ``controls["model_without_deficit"]``;
     5. ``vectors/selected.safetensors`` records the chosen setting and the split fingerprints
        (``extra['steer']``); ``summary.json`` = the returned summary."""
     import dataclasses
@@ -636,7 +726,8 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> di
                                vector_fingerprint=vec.data_fingerprint,
                                vector_source=str(vector) if vector is not vec else None,
                                splits={k: v for k, v in records.items() if k != "calibration"},
-                               fit_split=records["calibration"]),
+                               fit_split=records["calibration"],
+                               **({"control_model": cfg.control_model} if cfg.control_model else {})),
                 **run_identity(dev_items + test_items)}
     RunFolder.check(out, manifest=manifest, resume=resume)
     if lm is None:
@@ -645,6 +736,21 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> di
     vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
     if fit.get("model") is not None and str(fit["model"]) not in (str(model), str(lm.model_id), str(getattr(lm, "source", ""))):
         raise ConfigError(f"vector: fitted on model {fit['model']!r}, evaluated on {model!r}")
+    if cfg.control_model is not None or control_lm is not None:
+        if control_lm is None:
+            try:
+                check_model(cfg.control_model)
+            except ConfigError as exc:
+                raise ConfigError(f"control_model: {exc}") from None
+            control_lm = load_model(cfg.control_model, dtype=cfg.dtype)
+        try:
+            vec.check_compatible(control_lm.arch)
+        except Exception as exc:  # VectorFileError: another architecture / width / too few layers
+            raise ConfigError(f"control_model {cfg.control_model or control_lm.model_id!r}: {exc}") from None
+        if vec.n_layers != control_lm.arch.n_layers:
+            raise ConfigError(f"control_model {cfg.control_model or control_lm.model_id!r}: expected "
+                              f"{vec.n_layers} decoder layers like the vector's model, found {control_lm.arch.n_layers}")
+    rh_draw = _random_heads_layers(fit, lm.arch, seed) if cfg.controls and not vec.heads else None
     # 2. dev sweep
     mean_name = vec.method if vec.method not in ("random_direction", "random_heads") else f"{vec.method}_vector"
     dev_vectors: dict[str, Any] = {}
@@ -665,21 +771,36 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> di
     # 3. choose on dev
     sel = _select_on_dev(table, names)
     # 4. test: the chosen setting and its controls
-    main = dev_vectors[sel["vector"]]
+    L_sel = sel["layer"]
+    main = _at_layer(dev_vectors[sel["vector"]], L_sel)
     test_vectors: dict[str, Any] = {sel["vector"]: main}
+    skipped: dict[str, Any] = {}
+    rh_info: dict[str, Any] = {}
+    fc = vec.extra.get("fit") if isinstance(vec.extra.get("fit"), dict) else {}
     if cfg.controls:
         if sel["mode"] == "per_input":
-            test_vectors["random_direction"] = PerInput(vec, random_seed=seed)
+            test_vectors["random_direction"] = PerInput(_at_layer(vec, L_sel), random_seed=seed)
         else:
-            test_vectors["random_direction"] = random_direction(vec, seed=seed)
-            if vec.heads:
-                fc = vec.extra["fit"]
+            test_vectors["random_direction"] = _at_layer(random_direction(vec, seed=seed), L_sel)
+        if vec.heads:
+            if sel["mode"] == "mean":
                 acts = collect_paired(lm, fit_items, layers=vec.layers, positions=fc.get("positions", ["last_prompt"]),
                                       fmt=fc.get("format", "direct"))
-                test_vectors["random_heads"] = random_heads(acts, lm, vec, seed=seed)
-            else:
-                notes.append("random_heads control skipped: the vector is not head-restricted")
-    test_sweep = dataclasses.replace(sweep, alphas=(sel["beta"],), layers=(sel["layer"],),
+                test_vectors["random_heads"] = _at_layer(random_heads(acts, lm, vec, seed=seed), L_sel)
+        elif isinstance(rh_draw, str):
+            skipped["random_heads"] = {"skipped": rh_draw}
+            notes.append(f"random_heads control skipped: {rh_draw}")
+        else:  # a residual vector whose layers are the specialist heads' layers: the same at random heads' layers
+            L_ctrl = rh_draw["layer_for"][L_sel]
+            cvec = _refit_at(lm, vec, fit_items, fc, L_ctrl, batch_size=cfg.batch_size, method="random_heads",
+                             extra={"control_of": vec.method, "seed": int(seed),
+                                    "random_heads": [list(h) for h in rh_draw["heads"]]})
+            test_vectors["random_heads"] = PerInput(cvec) if sel["mode"] == "per_input" else cvec
+            rh_info = {"heads": [list(h) for h in rh_draw["heads"]], "layer": int(L_ctrl),
+                       "vector_layer": int(L_sel), "layers": rh_draw["layers"], "pool": rh_draw["pool"],
+                       "same_layer_as_vector": bool(L_ctrl == L_sel), "mode": sel["mode"]}
+    # each vector at its own single layer (the selected one; random heads: their matched layer)
+    test_sweep = dataclasses.replace(sweep, alphas=(sel["beta"],), layers=None,
                                      positions=(sel["positions"],), formats=(sel["format"],))
     test_rows = run_sweep(lm, test_items, test_vectors, test_sweep,
                           log=RowLog(run, "test_items.parquet", key="row_id", resume=resume), progress=not quiet)
@@ -700,6 +821,31 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> di
         d, lo, hi = _paired_ci(np.asarray(a[common]), np.asarray(b[common]), n_boot=nb, seed=sd)
         ctrl[cname] = {"steered": c["steered"], "gain": c["gain"], "ci": c["ci"],
                        "vector_minus_control": d, "vector_minus_control_ci": [lo, hi]}
+        if cname == "random_heads" and not vec.heads:
+            ctrl[cname].update(rh_info)
+    ctrl.update(skipped)
+    # the negative-control model: the same selected setting, the same procedure, the same test items
+    if control_lm is not None:
+        if sel["mode"] == "per_input" or not vec.heads:
+            cm = _refit_at(control_lm, vec, fit_items, fc, L_sel, batch_size=cfg.batch_size, method=vec.method,
+                           extra={"control_model": cfg.control_model or str(control_lm.model_id)})
+        else:  # head-restricted: the same heads, refitted with the control model
+            cacts = collect_paired(control_lm, fit_items, layers=[L_sel], positions=fc.get("positions", ["last_prompt"]),
+                                   fmt=fc.get("format", "direct"), batch_size=cfg.batch_size)
+            from steering.directions import direction_from
+
+            cm = direction_from(cacts, control_lm, site=vec.hook, heads=[h for h in vec.heads if h[0] == L_sel],
+                                layers=[L_sel], normalize=fc.get("normalize", vec.extra.get("normalize", "none")),
+                                method=vec.method, extra={"control_model": cfg.control_model or str(control_lm.model_id)})
+        cm_vectors = {sel["vector"]: PerInput(cm) if sel["mode"] == "per_input" else cm}
+        cm_rows = run_sweep(control_lm, test_items, cm_vectors, test_sweep,
+                            log=RowLog(run, "control_model_items.parquet", key="row_id", resume=resume),
+                            progress=not quiet)
+        cs = _paired_stats(cm_rows, sel["vector"], n_boot=nb, seed=sd)
+        ctrl["model_without_deficit"] = {
+            "model": cfg.control_model or str(control_lm.model_id), "n": cs["n"], "base": cs["base"],
+            "steered": cs["steered"], "gain": cs["gain"], "ci": cs["ci"], "mode": sel["mode"], "layer": int(L_sel),
+            "beta": sel["beta"], "positions": sel["positions"]}
     # 5. the chosen vector, with its provenance
     steer_meta = {"mode": sel["mode"], "layers": sel["layers"], "positions": sel["positions"], "beta": sel["beta"],
                   "format": sel["format"], "chosen_on": "dev", "splits": records}
@@ -719,7 +865,8 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, quiet: bool = False) -> di
                  "selection": "chosen on the dev split, reported on the test split",
                  "controls": {k: {"accuracy": v["steered"], "delta": v["gain"], "delta_ci": v["ci"],
                                   "vector_minus_control": v["vector_minus_control"],
-                                  "vector_minus_control_ci": v["vector_minus_control_ci"]} for k, v in ctrl.items()}},
+                                  "vector_minus_control_ci": v["vector_minus_control_ci"]} for k, v in ctrl.items()
+                              if "vector_minus_control" in v}},
         "splits": {k: {kk: v.get(kk) for kk in ("data", "seed", "n", "seeds", "ids_sha256")} for k, v in records.items()},
         "notes": notes,
     }

@@ -98,7 +98,9 @@ def test_dev_test_protocol(lm, fitted, tmp_path):
     assert sel["mode"] in ("mean", "per_input") and sel["beta"] in (2.0, -2.0) and sel["positions"] == "both"
     assert test["n"] == 3 and test["ci"][0] <= test["gain"] <= test["ci"][1]
     assert abs(test["steered"] - test["base"] - test["gain"]) < 1e-9
-    assert set(res["controls"]) == {"random_direction"}
+    assert set(res["controls"]) == {"random_direction", "random_heads"}  # a stable shape
+    assert "no specialist heads" in res["controls"]["random_heads"]["skipped"]
+    assert set(res["best"]["controls"]) == {"random_direction"}
     assert res["splits"]["dev"]["data"] == "cafe-conflict:dev" and res["splits"]["test"]["data"] == "cafe-conflict:test"
     table = pd.read_parquet(out / "steering.parquet")  # the whole dev sweep
     assert set(table["vector"]) == {"audio_minus_silence", "per_input"} and set(table["alpha"]) == {0.0, 2.0, -2.0}
@@ -224,3 +226,78 @@ def test_heads_choose_the_layer_set_and_must_come_from_calibration(lm, folder_da
     assert res["selected"]["layer"] in (0, 1)
     for name in "xyz":
         assert not (tmp_path / f"{name}.safetensors").exists()
+
+
+def test_random_heads_control_for_layers_from_heads(lm, folder_dataset, tmp_path):
+    """heads_use='layers': the same mode at the layer of k random non-specialist heads of the
+    same table (seeded, outside the specialist layers when possible), reported like the others."""
+    import numpy as np
+
+    from interp.listening import heads_table
+    from steering.pipeline import _random_heads_layers, stage_steer_eval, stage_steer_fit
+
+    d = folder_dataset(24)
+    corr = np.zeros((lm.arch.n_layers, lm.arch.n_heads))
+    corr[1, 2], corr[0, 1] = 0.9, 0.7
+    (tmp_path / "cal").mkdir()
+    heads_table(correlation=corr).to_parquet(tmp_path / "cal" / "heads.parquet")
+    (tmp_path / "cal" / "manifest.json").write_text(json.dumps({"data": f"{d}:calibration"}))
+    vec = stage_steer_fit(model=lm.source, data=str(d), heads_from=str(tmp_path / "cal"), k_heads=2,
+                          heads_use="layers", out_vector=tmp_path / "l.safetensors", n=2, lm=lm)
+    fit = vec.extra["fit"]
+    draw = _random_heads_layers(fit, lm.arch, 7)
+    assert draw == _random_heads_layers(fit, lm.arch, 7)  # seeded
+    assert len(draw["heads"]) == 2 and all(L == 2 for L, _ in draw["heads"])  # outside layers 0, 1
+    assert draw["layer_for"] == {1: 2, 0: 2}
+    assert "no specialist heads" in _random_heads_layers({**fit, "heads": []}, lm.arch, 7)
+    for mode in ("per_input", "mean"):
+        res = stage_steer_eval(model=lm.source, data=str(d), vector=vec, alphas=[0, 2.0], out=tmp_path / mode,
+                               n=2, lm=lm, quiet=True, max_new_tokens=2, batch_size=2, n_boot=20, modes=(mode,),
+                               layers=[1])
+        rh = res["controls"]["random_heads"]
+        assert rh["mode"] == mode and rh["layer"] == 2 and rh["vector_layer"] == 1 and not rh["same_layer_as_vector"]
+        assert rh["heads"] == [list(h) for h in draw["heads"]]
+        for key in ("steered", "gain", "ci", "vector_minus_control", "vector_minus_control_ci"):
+            assert key in rh
+        assert set(res["best"]["controls"]) == {"random_direction", "random_heads"}
+        rows = pd.read_parquet(tmp_path / mode / "test_items.parquet")
+        assert set(rows.loc[rows["vector"] == "random_heads", "layer"]) == {2}
+        assert set(rows.loc[rows["vector"] == res["selected"]["vector"], "layer"]) == {1}
+
+
+def test_control_model_without_deficit(lm, fitted, small_micro_dir, tmp_path):
+    """--control-model: the selected setting on another model of the same architecture, same
+    test items; another width is refused before anything is written."""
+    from interp.loading import load_model
+    from interp.micro.build import MicroConfig, build_model, build_processor
+    from steering.pipeline import stage_steer_eval
+
+    _, path = fitted
+    kw = dict(model=lm.source, data="cafe-conflict", n=2, vector=path, alphas=[0, 2.0], lm=lm, quiet=True,
+              max_new_tokens=2, batch_size=2, n_boot=20)
+    for mode in ("mean", "per_input"):
+        res = stage_steer_eval(out=tmp_path / mode, control_model=str(small_micro_dir), modes=(mode,), **kw)
+        cm = res["controls"]["model_without_deficit"]
+        assert cm["model"] == str(small_micro_dir) and cm["mode"] == mode and cm["n"] == 2
+        assert abs(cm["steered"] - cm["base"] - cm["gain"]) < 1e-9 and cm["ci"][0] <= cm["gain"] <= cm["ci"][1]
+        # the same weights: the control model reproduces the vector's own test numbers
+        assert cm["base"] == res["test"]["base"] and cm["steered"] == res["test"]["steered"]
+        rows = pd.read_parquet(tmp_path / mode / "control_model_items.parquet")
+        assert set(rows["item_id"]) == set(pd.read_parquet(tmp_path / mode / "test_items.parquet")["item_id"])
+        manifest = json.loads((tmp_path / mode / "manifest.json").read_text())
+        assert manifest["config"]["control_model"] == str(small_micro_dir)
+    other = tmp_path / "wide"
+    cfg = MicroConfig(layers=3, d_model=32, heads=4, kv_heads=2, ffn=64, d_audio=32)
+    proc = build_processor(cfg)
+    build_model(proc, cfg).save_pretrained(other)
+    proc.save_pretrained(other)
+    with pytest.raises(ConfigError, match="control_model.*d_model"):
+        stage_steer_eval(out=tmp_path / "bad", control_model=str(other), **kw)
+    with pytest.raises(ConfigError, match="control_model.*d_model"):
+        stage_steer_eval(out=tmp_path / "bad2", control_lm=load_model(str(other), device="cpu", dtype="float32"), **kw)
+    with pytest.raises(ConfigError, match="^control_model: model"):
+        stage_steer_eval(out=tmp_path / "bad3", control_model="/nonexistent/ckpt", **kw)
+    with pytest.raises(ConfigError, match="dev_test"):
+        stage_steer_eval(out=tmp_path / "bad4", control_model=str(small_micro_dir), protocol="sweep", **kw)
+    for name in ("bad", "bad2", "bad3", "bad4"):
+        assert not (tmp_path / name).exists()
