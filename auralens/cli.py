@@ -30,6 +30,48 @@ ResumeOpt = typer.Option(False, "--resume", help=RESUME_HELP)
 JsonOpt = typer.Option(False, "--json", help="Print the result as strict JSON (NaN/Infinity as null).")
 
 
+@app.callback()
+def _root(
+    arch_table: list[Path] = typer.Option(
+        [], "--arch-table", help="Register an architecture table from a JSON file (repeatable) before the command runs."),
+) -> None:
+    """Is the model still listening while it reasons?"""
+    import os
+
+    from interp.arch import load_table_file
+
+    extra = [Path(p) for p in os.environ.get("AURALENS_ARCH_TABLES", "").split(os.pathsep) if p]
+    for path in [*extra, *arch_table]:
+        _guarded(load_table_file)(path)
+
+
+@app.command("models")
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the list as strict JSON.")) -> None:
+    """Every model class auralens has a table for (and those it cannot support yet, with why)."""
+    from auralens.testing.tiny import TINY_ARCHS
+    from interp.arch import TABLES, UNSUPPORTED, load_entry_point_tables
+
+    _guarded(load_entry_point_tables)()
+    rows = [{"class": t.model_class, "table": t.name, "aliases": list(t.aliases),
+             "containers": list(t.containers), "tiny_exactness_tests": t.name in TINY_ARCHS}
+            for t in sorted(TABLES.values(), key=lambda t: t.name)]
+    res = {"supported": rows, "unsupported": [{"class": k, "why": v} for k, v in sorted(UNSUPPORTED.items())]}
+    if as_json:
+        _echo_json(res)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="model classes with an architecture table")
+    for col in ("class", "table", "tiny-model exactness tests"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["class"], r["table"], "yes" if r["tiny_exactness_tests"] else "no (user table)")
+    Console().print(t)
+    for r in res["unsupported"]:
+        Console().print(f"not supported: {r['class']}: {r['why']}")
+
+
 def _command_line() -> str:
     return "auralens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 

@@ -184,6 +184,84 @@ def register_table(table: ArchTable, *, overwrite: bool = False) -> None:
     TABLES[table.model_class] = table
 
 
+ENTRY_POINT_GROUP = "auralens.arch_tables"
+_TUPLE_FIELDS = ("containers", "aliases")
+
+
+def table_from_dict(data: Any, *, where: str = "table") -> ArchTable:
+    """An :class:`ArchTable` from plain data (a JSON object), each key checked: an unknown key, a
+    missing required key or a value of the wrong type is an :class:`ArchitectureError` naming it."""
+    import dataclasses
+
+    if not isinstance(data, dict):
+        raise ArchitectureError(f"{where}: expected a JSON object with ArchTable fields, found {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(ArchTable)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ArchitectureError(f"{where}: unknown key(s) {unknown}; expected keys among {sorted(fields)}")
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise ArchitectureError(f"{where}: expected the required key(s) {missing}, found only {sorted(data)}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        default = fields[name].default
+        if name in _TUPLE_FIELDS:
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            value = tuple(value) if ok else value
+            kind = "a list of strings"
+        elif name == "generate_kwargs":
+            ok, kind = isinstance(value, dict), "an object"
+        elif isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif name in required:
+            ok, kind = isinstance(value, str) and bool(value), "a non-empty string"
+        else:
+            ok, kind = isinstance(value, str), "a string"
+        if not ok:
+            raise ArchitectureError(f"{where}: key {name!r} expected {kind}, found {value!r}")
+        values[name] = value
+    return ArchTable(**values)
+
+
+def load_table_file(path: str | Any) -> list[ArchTable]:
+    """Register the table(s) in a JSON file (one object, or a list of them) for classes auralens
+    does not know, or to override a built-in table on purpose (``auralens --arch-table FILE``)."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArchitectureError(f"--arch-table {str(p)!r}: expected a JSON file, found nothing there") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArchitectureError(f"--arch-table {str(p)!r}: expected a UTF-8 JSON file, found {exc}") from None
+    rows = data if isinstance(data, list) else [data]
+    tables = [table_from_dict(row, where=f"--arch-table {str(p)!r} table {i}") for i, row in enumerate(rows)]
+    for table in tables:
+        register_table(table, overwrite=True)
+    return tables
+
+
+def load_entry_point_tables() -> list[ArchTable]:
+    """Tables that installed packages provide under the ``auralens.arch_tables`` entry-point
+    group (each entry point loads an ArchTable, a dict of its fields, or a list of either).
+    Called on the first unknown class, never at import."""
+    from importlib.metadata import entry_points
+
+    found = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        for item in obj if isinstance(obj, (list, tuple)) else [obj]:
+            table = item if isinstance(item, ArchTable) else table_from_dict(item, where=f"entry point {ep.name!r}")
+            if table.model_class not in TABLES:
+                register_table(table)
+            found.append(table)
+    return found
+
+
 def get_attr_path(root: Any, path: str) -> Any:
     obj = root
     for part in path.split("."):
@@ -343,14 +421,19 @@ def parse_site(site: str) -> tuple[str, int, str]:
 
 
 def table_for_class(class_name: str) -> ArchTable:
+    if class_name not in TABLES:
+        load_entry_point_tables()  # packages may provide it (first miss only costs a scan)
     try:
         return TABLES[class_name]
     except KeyError:
         known = ", ".join(sorted(TABLES))
+        why = f" ({UNSUPPORTED[class_name]})" if class_name in UNSUPPORTED else ""
         raise ArchitectureError(
-            f"no architecture table for model class {class_name!r} (known: {known}). Add one with "
-            "interp.arch.register_table(ArchTable(name=..., model_class=..., decoder_layers=..., "
-            "final_norm=..., audio_tower=..., audio_layers=..., projector=...))"
+            f"no architecture table for model class {class_name!r}{why}; auralens knows: {known}. "
+            "Give one without Python: `auralens --arch-table FILE.json ...` (a JSON object with the "
+            "ArchTable fields name, model_class, decoder_layers, final_norm, audio_tower, audio_layers, "
+            f"projector, ...), a package entry point in the {ENTRY_POINT_GROUP!r} group, or "
+            "interp.arch.register_table(ArchTable(...))"
         ) from None
 
 
