@@ -14,8 +14,7 @@ the dependencies to it and ``requirements.lock`` pins the exact versions ``make`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 # Tested ranges: (oldest tested, first untested).  Keep in sync with pyproject.toml (a test
@@ -40,10 +39,6 @@ def find_cache(kwargs: dict[str, Any]) -> Any | None:
     keyword arguments, so the next rename does not silently turn decode steps into prompts."""
     from transformers.cache_utils import Cache
 
-    for key in ("cache", "past_key_values"):
-        value = kwargs.get(key)
-        if isinstance(value, Cache):
-            return value
     for value in kwargs.values():
         if isinstance(value, Cache):
             return value
@@ -138,19 +133,6 @@ def set_attn_impl(config: Any, value: Any) -> None:
     config._attn_implementation_internal = value
 
 
-@contextmanager
-def attn_impl_swapped(configs: list[Any], value: str) -> Iterator[None]:
-    """Within the block, every config in ``configs`` uses implementation ``value``."""
-    saved = [(c, get_attn_impl(c)) for c in configs]
-    try:
-        for c, _ in saved:
-            set_attn_impl(c, value)
-        yield
-    finally:
-        for c, v in saved:
-            set_attn_impl(c, v)
-
-
 # --- Qwen2.5-Omni container ----------------------------------------------------------------------
 
 def unwrap_container(outer: Any, attribute: str) -> Any:
@@ -189,16 +171,3 @@ def boot_transformer_bridge(folder: str, *, hf_model: Any, tokenizer: Any):
     finally:
         if saved is not None:
             tl_helpers._ensure_torchvision = saved
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the packages in :data:`TESTED` (missing ones omitted)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in TESTED:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out

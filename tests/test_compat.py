@@ -116,8 +116,9 @@ def test_attention_registry_roundtrip_and_impl_swap(tiny_model):
     compat.register_attention("auralens-test", compat.attention_functions()["sdpa"], "sdpa")
     try:
         assert "auralens-test" in compat.registered_attention_names()
-        with compat.attn_impl_swapped([cfg], "auralens-test"):
-            assert cfg._attn_implementation == "auralens-test"
+        compat.set_attn_impl(cfg, "auralens-test")
+        assert cfg._attn_implementation == "auralens-test"
+        compat.set_attn_impl(cfg, before)
         assert compat.get_attn_impl(cfg) == before
     finally:
         compat.unregister_attention("auralens-test")
