@@ -214,16 +214,10 @@ def load_cue_dataset(spec: str, *, n: int | None = None) -> list[Item]:
 
     The split (calibration | dev | test, default test) is a fixed seed range: the same ids for
     every model and every stage; the three conditions share their underlying items."""
-    from interp.cafe.cues import SPLIT_SIZE, SPLITS, cue_items
+    from interp.cafe.cues import cue_items
 
     name, _, split = spec.partition(":")
-    split = split or "test"
-    if split not in SPLITS:
-        raise DatasetError(f"dataset {spec!r}: expected a split in {tuple(SPLITS)} after ':', found {split!r}")
-    n = 300 if n is None else n
-    if not 0 < n <= SPLIT_SIZE:
-        raise DatasetError(f"dataset {spec!r}: expected n in 1..{SPLIT_SIZE}, found {n}")
-    return cue_items(name.removeprefix("cafe-"), split, n)
+    return cue_items(name.removeprefix("cafe-"), split or "test", 300 if n is None else n, where=f"dataset {spec!r}")
 
 
 FILE_SPLITS: dict[str, float] = {"calibration": 0.2, "dev": 0.2, "test": 0.6}

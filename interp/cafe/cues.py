@@ -22,6 +22,7 @@ import dataclasses
 
 import numpy as np
 
+from interp.errors import DatasetError
 from interp.items import Item
 
 CONDITIONS = ("neutral", "congruent", "conflict")
@@ -52,17 +53,20 @@ def with_cue(item: Item, condition: str, *, cue_choice: str | None = None) -> It
     return dataclasses.replace(item, item_id=f"{item.item_id}-{condition}", question=question, meta=meta)
 
 
-def split_seeds(split: str, n: int) -> range:
+def split_seeds(split: str, n: int, *, where: str = "cue dataset") -> range:
+    """The fixed seed range of ``split``; a bad split or ``n`` is a DatasetError naming ``where``."""
     if split not in SPLITS:
-        raise ValueError(f"split: expected one of {tuple(SPLITS)}, found {split!r}")
+        raise DatasetError(f"{where}: expected a split in {tuple(SPLITS)} after ':', found {split!r}")
     if not 0 < n <= SPLIT_SIZE:
-        raise ValueError(f"n: expected 1..{SPLIT_SIZE}, found {n}")
+        raise DatasetError(f"{where}: expected n in 1..{SPLIT_SIZE}, found {n}")
     return range(SPLITS[split], SPLITS[split] + n)
 
 
-def cue_items(condition: str, split: str, n: int, *, tiers: tuple[str, ...] | None = None) -> list[Item]:
+def cue_items(condition: str, split: str, n: int, *, tiers: tuple[str, ...] | None = None,
+              where: str = "cue dataset") -> list[Item]:
     """``n`` items of ``split`` in ``condition`` (tiers cycled as in plain cafe)."""
     from interp.cafe.questions import TIERS, make_item
 
     tiers = tiers or TIERS
-    return [with_cue(make_item(s, tier=tiers[i % len(tiers)]), condition) for i, s in enumerate(split_seeds(split, n))]
+    seeds = split_seeds(split, n, where=where)
+    return [with_cue(make_item(s, tier=tiers[i % len(tiers)]), condition) for i, s in enumerate(seeds)]
