@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ConfigError
-from interp.stage_config import DATA_HELP, DTYPE_HELP, MODEL_HELP, RESUME_HELP, StageConfig, option, takes_config  # noqa: F401
+from interp.stage_config import DATA_HELP, DTYPE_HELP, RESUME_HELP, StageConfig, option, takes_config
 from interp.papers import REPORTED, reported_rows
 from interp.schemas import COMPARE, SYSTEMS
 

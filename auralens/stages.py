@@ -13,18 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from interp.record import RecordConfig, stage_record  # noqa: F401  (re-exported: the perception-decay stage)
-from interp.stage_config import DATA_HELP, DTYPE_HELP, MODEL_HELP, RESUME_HELP, StageConfig, option, takes_config
+from interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig(StageConfig):
+class EvalConfig(ModelDataConfig):
     """``auralens eval``: accuracy per tier and answer format, with the audio and with silence."""
 
     COMMAND = "auralens eval"
 
-    model: str = option("micro", short="-m", help=MODEL_HELP)
-    data: str = option("cafe", short="-d", help=DATA_HELP)
     n: int = option(300, help="Number of items (>= 1).")
     formats: tuple[str, ...] = option(("direct", "cot", "structured"), parse="csv",
                                       help="Comma-separated answer formats.")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ConfigError
-from interp.stage_config import DATA_HELP, DTYPE_HELP, MODEL_HELP, RESUME_HELP, StageConfig, option, takes_config  # noqa: F401
+from interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 
 
 def _write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
@@ -68,13 +68,11 @@ def record_batch(lm, chunk, fmt: str, *, max_new_tokens: int, time_bins: int, al
 
 
 @dataclass(frozen=True, kw_only=True)
-class RecordConfig(StageConfig):
+class RecordConfig(ModelDataConfig):
     """``auralens record``: per-head audio yield across reasoning steps (perception decay)."""
 
     COMMAND = "auralens record"
 
-    model: str = option("micro", short="-m", help=MODEL_HELP)
-    data: str = option("cafe", short="-d", help=DATA_HELP)
     n: int = option(60, help="Number of items (>= 1).")
     fmt: str = option("cot", identity="format", flag="--format", help="direct | cot | structured")
     out: Path = option(Path("runs/record"), identity=False, help="Run folder.")

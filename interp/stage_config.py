@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from interp.errors import ConfigError
 
-__all__ = ["StageConfig", "option", "takes_config"]
+__all__ = ["ModelDataConfig", "StageConfig", "option", "takes_config"]
 
 #: manifest keys kept at the top level of the manifest, not in its ``config`` dict
 TOP_LEVEL = ("model", "data", "seed", "n")
@@ -112,6 +112,14 @@ class StageConfig:
 
 def field_names(config_cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(config_cls))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelDataConfig(StageConfig):
+    """A stage over one model and one dataset: the two options every such stage starts with."""
+
+    model: str = option("micro", short="-m", help=MODEL_HELP)
+    data: str = option("cafe", short="-d", help=DATA_HELP)
 
 
 def takes_config(config_cls: type) -> Callable:

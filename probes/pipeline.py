@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ProbeError
-from interp.stage_config import DATA_HELP, DTYPE_HELP, MODEL_HELP, RESUME_HELP, StageConfig, option, takes_config  # noqa: F401
+from interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 from probes.collect import AUDIO_SITE, LM_SITE, POSITIONS, CollectConfig
 
 __all__ = ["ProbeStageConfig", "load_probe_direction", "probe_direction", "stage_probe"]
@@ -521,13 +521,11 @@ def _save_directions(run, best: dict[str, Any]) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProbeStageConfig(StageConfig):
+class ProbeStageConfig(ModelDataConfig):
     """``auralens probe``: linear probes for audio attributes, by layer and by reasoning step."""
 
     COMMAND = "auralens probe"
 
-    model: str = option("micro", short="-m", help=MODEL_HELP)
-    data: str = option("cafe", short="-d", help=DATA_HELP)
     n: int | None = option(120, cli_type=int, help="Number of items (>= 1).")
     out: Path = option(Path("runs/probe"), identity=False, help="Run folder.")
     positions: tuple[str, ...] = option(POSITIONS, parse="csv", help="Comma-separated positions.")

@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from interp.errors import ConfigError
-from interp.stage_config import DATA_HELP as _DATA_HELP
 from interp.stage_config import DTYPE_HELP as _DTYPE_HELP
-from interp.stage_config import MODEL_HELP as _MODEL_HELP
 from interp.stage_config import RESUME_HELP as _RESUME_HELP
-from interp.stage_config import StageConfig, option, takes_config
+from interp.stage_config import ModelDataConfig, option, takes_config
 
 __all__ = ["MODES", "PROTOCOLS", "SteerEvalConfig", "SteerFitConfig", "eval_splits", "fit_spec", "overlap",
            "split_record", "stage_steer_eval", "stage_steer_fit"]
@@ -37,13 +35,11 @@ HEADS_USES: tuple[str, ...] = ("restrict", "layers")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SteerFitConfig(StageConfig):
+class SteerFitConfig(ModelDataConfig):
     """``auralens steer fit``: an audio-minus-silence direction, written to a vector file."""
 
     COMMAND = "auralens steer fit"
 
-    model: str = option("micro", short="-m", help=_MODEL_HELP)
-    data: str = option("cafe", short="-d", help=_DATA_HELP)
     n: int = option(64, help="Number of fit items (>= 1).")
     layers: tuple[int, ...] | None = option(None, parse="ints",
                                             help="Comma-separated decoder layers (default: the last layer, the final representation).")
@@ -349,13 +345,11 @@ def _fit_items(vec):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SteerEvalConfig(StageConfig):
+class SteerEvalConfig(ModelDataConfig):
     """``auralens steer eval``: accuracy as a function of alpha (and layer), against controls."""
 
     COMMAND = "auralens steer eval"
 
-    model: str = option("micro", short="-m", help=_MODEL_HELP)
-    data: str = option("cafe", short="-d", help=_DATA_HELP)
     vector: Any = option(identity=False, cli_type=Path, help="Steering vector file (safetensors, gguf or npz).")
     alphas: tuple[float, ...] = option((0.0, 2.0, 4.0, 8.0), parse="floats", cli_default="0,2,4,8",
                                        help="Comma-separated steering strengths.")
