@@ -69,7 +69,8 @@ def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32) -> dict[
                       cfg=GenerationConfig(max_new_tokens=16, batch_size=batch_size), progress=False)
         for mode in ("real", "silence"):
             out[f"{cond}/{mode}"] = _correct_by_base(df, mode)
-        out["chance"] = {it.item_id.rsplit("-", 1)[0]: 1.0 / len(it.choices) for it in items}
+    # the three conditions share their underlying items (and choices): chance from any of them
+    out["chance"] = {it.item_id.rsplit("-", 1)[0]: 1.0 / len(it.choices) for it in items}
     return out
 
 
