@@ -33,6 +33,21 @@ from typing import Any
 from interp.errors import ArchitectureError
 
 
+#: How a processor bounds one clip (:attr:`ArchTable.audio_windowing`):
+#:
+#: - ``one_chunk``: one window of ``feature_extractor.chunk_length`` seconds, padded to it and cut
+#:   past it (Qwen2-Audio: 30 s; Qwen2.5-Omni: 300 s); the maximum is that window.
+#: - ``windows``: consecutive windows of ``feature_extractor.chunk_length`` seconds, each encoded on
+#:   its own, the audio tokens of all windows in order; at most ``processor.max_audio_len //
+#:   chunk_length`` whole windows (Audio Flamingo 3: 20 x 30 s = 600 s; GLM-ASR: 655 // 30 = 21
+#:   windows, so 630 s, not the 655 s it names).
+#: - ``unbounded``: the processor neither cuts nor windows the clip (Qwen3-ASR: its encoder
+#:   chunks the mel frames itself, 13 tokens per 1-s window); the table's ``max_audio_seconds``
+#:   (None: no maximum) is the maximum.
+AUDIO_WINDOWING = {"one_chunk": "one padded window", "windows": "whole windows up to max_audio_len",
+                   "unbounded": "not cut by the processor"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ArchTable:
     """Static module paths of one model class (dotted attribute paths from the top model)."""
@@ -63,6 +78,33 @@ class ArchTable:
     container_attr: str = ""
     # Other spellings of the name (lower case), e.g. for test-model builders and the CLI.
     aliases: tuple[str, ...] = ()
+    # How the processor bounds a clip (one of AUDIO_WINDOWING; see there), the released
+    # checkpoint's maximum clip and window in seconds (None: the processor sets no maximum), and
+    # the processor classes these limits apply to (interp.audio.audio_limits finds the table of a
+    # processor by its class; the values the processor itself carries win at run time).
+    audio_windowing: str = "one_chunk"
+    max_audio_seconds: float | None = None
+    window_seconds: float | None = None
+    processor_classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"table {self.name!r}"
+        if self.audio_windowing not in AUDIO_WINDOWING:
+            raise ArchitectureError(
+                f"{where}: audio_windowing expected one of {sorted(AUDIO_WINDOWING)}, found {self.audio_windowing!r}"
+            )
+        for key in ("max_audio_seconds", "window_seconds"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                raise ArchitectureError(f"{where}: {key} expected a positive number of seconds or null, found {v!r}")
+        if self.audio_windowing == "windows" and self.window_seconds is None:
+            raise ArchitectureError(f"{where}: audio_windowing 'windows' expected window_seconds, found null")
+        if (self.max_audio_seconds is not None and self.window_seconds is not None
+                and self.max_audio_seconds < self.window_seconds):
+            raise ArchitectureError(
+                f"{where}: max_audio_seconds expected >= window_seconds ({self.window_seconds}), "
+                f"found {self.max_audio_seconds}"
+            )
 
     def decoder_layer_path(self, layer: int) -> str:
         return f"{self.decoder_layers}.{layer}"
@@ -80,6 +122,9 @@ TABLES: dict[str, ArchTable] = {
             audio_layers="model.audio_tower.layers",
             projector="model.multi_modal_projector",
             aliases=("qwen2audio",),
+            max_audio_seconds=30.0,
+            window_seconds=30.0,
+            processor_classes=("Qwen2AudioProcessor",),
         ),
         ArchTable(
             name="qwen2_5_omni_thinker",
@@ -95,6 +140,10 @@ TABLES: dict[str, ArchTable] = {
             container_class="Qwen2_5OmniForConditionalGeneration",
             container_attr="thinker",
             aliases=("qwen2_5_omni",),
+            # the released preprocessor_config.json: chunk_length 300, n_samples 4800000
+            max_audio_seconds=300.0,
+            window_seconds=300.0,
+            processor_classes=("Qwen2_5OmniProcessor",),
         ),
         ArchTable(
             name="audioflamingo3",
@@ -105,6 +154,10 @@ TABLES: dict[str, ArchTable] = {
             audio_layers="model.audio_tower.layers",
             projector="model.multi_modal_projector",
             aliases=("audio_flamingo_3",),
+            audio_windowing="windows",
+            max_audio_seconds=600.0,
+            window_seconds=30.0,
+            processor_classes=("AudioFlamingo3Processor",),
         ),
         ArchTable(
             name="musicflamingo",
@@ -115,6 +168,11 @@ TABLES: dict[str, ArchTable] = {
             audio_layers="model.audio_tower.layers",
             projector="model.multi_modal_projector",
             aliases=("music_flamingo",),
+            audio_windowing="windows",
+            # MusicFlamingoProcessor: max_audio_len 1200 over 30-s windows
+            max_audio_seconds=1200.0,
+            window_seconds=30.0,
+            processor_classes=("MusicFlamingoProcessor",),
         ),
         ArchTable(
             name="glmasr",
@@ -126,6 +184,11 @@ TABLES: dict[str, ArchTable] = {
             projector="model.multi_modal_projector",
             audio_o_proj="self_attn.o_proj",
             aliases=("glm_asr",),
+            audio_windowing="windows",
+            # GlmAsrProcessor: max_audio_len 655 -> 655 // 30 = 21 whole 30-s windows = 630 s
+            max_audio_seconds=630.0,
+            window_seconds=30.0,
+            processor_classes=("GlmAsrProcessor",),
         ),
         ArchTable(
             name="qwen3_asr",
@@ -136,6 +199,11 @@ TABLES: dict[str, ArchTable] = {
             audio_layers="model.audio_tower.layers",
             projector="model.multi_modal_projector",
             aliases=("qwen3asr",),
+            # Qwen3ASRProcessor: truncation=False; the encoder windows 100 mel frames (1 s) itself
+            audio_windowing="unbounded",
+            max_audio_seconds=None,
+            window_seconds=1.0,
+            processor_classes=("Qwen3ASRProcessor",),
         ),
     ]
 }
@@ -185,7 +253,8 @@ def register_table(table: ArchTable, *, overwrite: bool = False) -> None:
 
 
 ENTRY_POINT_GROUP = "auralens.arch_tables"
-_TUPLE_FIELDS = ("containers", "aliases")
+_TUPLE_FIELDS = ("containers", "aliases", "processor_classes")
+_SECONDS_FIELDS = ("max_audio_seconds", "window_seconds")
 
 
 def table_from_dict(data: Any, *, where: str = "table") -> ArchTable:
@@ -213,6 +282,12 @@ def table_from_dict(data: Any, *, where: str = "table") -> ArchTable:
             kind = "a list of strings"
         elif name == "generate_kwargs":
             ok, kind = isinstance(value, dict), "an object"
+        elif name in _SECONDS_FIELDS:
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
+            value = float(value) if ok and value is not None else value
+            kind = "a positive number of seconds or null"
+        elif name == "audio_windowing":
+            ok, kind = value in AUDIO_WINDOWING, f"one of {sorted(AUDIO_WINDOWING)}"
         elif isinstance(default, bool):
             ok, kind = isinstance(value, bool), "true or false"
         elif name in required:
@@ -222,7 +297,10 @@ def table_from_dict(data: Any, *, where: str = "table") -> ArchTable:
         if not ok:
             raise ArchitectureError(f"{where}: key {name!r} expected {kind}, found {value!r}")
         values[name] = value
-    return ArchTable(**values)
+    try:
+        return ArchTable(**values)
+    except ArchitectureError as exc:  # the cross-field checks of ArchTable.__post_init__
+        raise ArchitectureError(f"{where}: {exc}") from None
 
 
 def load_table_file(path: str | Any) -> list[ArchTable]:

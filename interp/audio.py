@@ -133,16 +133,19 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(x.astype(np.float32), sr_in, sr_out, quality="HQ").astype(np.float32)
 
 
-def _clip(x: np.ndarray, target_sr: int, max_seconds: float | None, name: str, seconds: float | None = None) -> np.ndarray:
+def _clip(
+    x: np.ndarray, target_sr: int, max_seconds: float | None, name: str, seconds: float | None = None, model: str = ""
+) -> np.ndarray:
     """Clip to ``max_seconds`` with a warning that gives the input's full length (``seconds``,
-    when only part of it was read)."""
+    when only part of it was read), the maximum and the model (``model``) whose maximum it is."""
     if max_seconds is None:
         return x
-    keep = int(max_seconds * target_sr)
+    keep = int(round(max_seconds * target_sr))
     full = seconds if seconds is not None else len(x) / target_sr
     if len(x) > keep or full > max_seconds:
+        whose = f" of {model}" if model else ""
         warnings.warn(
-            f"audio {name}: {full:.2f} s is longer than the model's maximum {max_seconds:.2f} s; "
+            f"audio {name}: {full:.2f} s is longer than the model's maximum {max_seconds:.2f} s{whose}; "
             "clipped to the maximum",
             stacklevel=3,
         )
@@ -151,7 +154,7 @@ def _clip(x: np.ndarray, target_sr: int, max_seconds: float | None, name: str, s
 
 
 def prepare(
-    x: np.ndarray, sr: int, *, target_sr: int, max_seconds: float | None = None, name: str = "<array>"
+    x: np.ndarray, sr: int, *, target_sr: int, max_seconds: float | None = None, name: str = "<array>", model: str = ""
 ) -> np.ndarray:
     """Mono, resampled to ``target_sr`` and clipped to ``max_seconds`` (with a warning)."""
     x = np.asarray(x)
@@ -164,7 +167,7 @@ def prepare(
         # clip before resampling too (with a margin), so a long array is not resampled whole
         seconds = len(x) / sr
         x = x[: _frames_needed(max_seconds, sr)]
-        return _clip(resample(x, sr, target_sr), target_sr, max_seconds, name, seconds)
+        return _clip(resample(x, sr, target_sr), target_sr, max_seconds, name, seconds, model)
     return resample(x, sr, target_sr)
 
 
@@ -173,7 +176,7 @@ def _frames_needed(max_seconds: float, sr: int) -> int:
     return int(math.ceil((max_seconds + _RESAMPLE_MARGIN_S) * sr))
 
 
-def load_audio(path: str | Path, *, target_sr: int, max_seconds: float | None = None) -> np.ndarray:
+def load_audio(path: str | Path, *, target_sr: int, max_seconds: float | None = None, model: str = "") -> np.ndarray:
     """Mono waveform at ``target_sr``, clipped to ``max_seconds`` (with a warning).
 
     Only the frames the clip needs are decoded (plus a short resampling margin); the header gives
@@ -182,7 +185,7 @@ def load_audio(path: str | Path, *, target_sr: int, max_seconds: float | None = 
     max_frames = _frames_needed(max_seconds, header.samplerate) if max_seconds is not None else None
     data, header = _read(path, max_frames)
     x = resample(to_mono(data), header.samplerate, target_sr)
-    return _clip(x, target_sr, max_seconds, repr(str(path)), header.seconds)
+    return _clip(x, target_sr, max_seconds, repr(str(path)), header.seconds, model)
 
 
 def silence_like(x: np.ndarray) -> np.ndarray:
@@ -190,22 +193,138 @@ def silence_like(x: np.ndarray) -> np.ndarray:
     return np.zeros_like(np.asarray(x, dtype=np.float32))
 
 
-def processor_limits(processor) -> tuple[int, float | None]:
+@dataclass(frozen=True)
+class AudioLimits:
+    """How long a clip one processor takes and how it windows it (:func:`audio_limits`).
+
+    ``max_seconds``: clips are cut past this (None: never); ``window_seconds``: the clip is encoded
+    in consecutive windows of this length, the audio tokens of all windows in order (None or
+    ``>= max_seconds``: one window); ``windowing``: the table's ``audio_windowing``; ``model``: who
+    sets these limits, for messages (the table and the processor class)."""
+
+    sample_rate: int
+    max_seconds: float | None
+    window_seconds: float | None
+    windowing: str
+    model: str
+
+    def windows(self, seconds: float) -> list[tuple[float, float]]:
+        """``(start, end)`` seconds of each window of a clip of ``seconds`` (after clipping)."""
+        seconds = min(seconds, self.max_seconds) if self.max_seconds is not None else seconds
+        w = self.window_seconds
+        if not w or w >= seconds:
+            return [(0.0, float(seconds))]
+        n = max(1, math.ceil(seconds / w - 1e-9))
+        return [(i * w, min((i + 1) * w, float(seconds))) for i in range(n)]
+
+    def to_dict(self) -> dict:
+        return {"sample_rate": self.sample_rate, "max_seconds": self.max_seconds,
+                "window_seconds": self.window_seconds, "windowing": self.windowing, "model": self.model}
+
+
+def table_for_processor(processor) -> object | None:
+    """The :class:`interp.arch.ArchTable` whose ``processor_classes`` name this processor's class
+    (None: no table does)."""
+    from interp.arch import TABLES
+
+    name = type(processor).__name__
+    return next((t for t in TABLES.values() if name in t.processor_classes), None)
+
+
+def audio_limits(processor, table=None) -> AudioLimits:
+    """The maximum clip and the windows of ``processor``, as its table's ``audio_windowing`` says
+    to read them (``table`` default: the table naming the processor's class).
+
+    The processor's own values win over the table's (a checkpoint may configure a shorter
+    window): ``one_chunk`` -> one window of ``feature_extractor.chunk_length``; ``windows`` ->
+    windows of ``chunk_length``, at most ``max_audio_len // chunk_length`` whole ones (what the
+    processor keeps); ``unbounded`` -> the table's values.  A processor no table names keeps the
+    old rule: one window of ``chunk_length``."""
+    from interp.errors import ArchitectureError
+
     fe = processor.feature_extractor
     sr = int(fe.sampling_rate)
     chunk = getattr(fe, "chunk_length", None)
-    return sr, (float(chunk) if chunk else None)
+    chunk = float(chunk) if chunk else None
+    table = table if table is not None else table_for_processor(processor)
+    cls = type(processor).__name__
+    if table is None:
+        return AudioLimits(sr, chunk, chunk, "one_chunk", f"{cls} (no table names it: one chunk_length window)")
+    model = f"{table.name} ({cls})"
+    if table.audio_windowing == "one_chunk":
+        window = chunk or table.window_seconds
+        return AudioLimits(sr, window, window, "one_chunk", model)
+    if table.audio_windowing == "windows":
+        window = chunk or table.window_seconds
+        max_len = getattr(processor, "max_audio_len", None) or table.max_audio_seconds
+        if not window or not max_len:
+            raise ArchitectureError(
+                f"{model}: audio_windowing 'windows' expected the processor's feature_extractor.chunk_length "
+                f"and max_audio_len (or the table's window_seconds and max_audio_seconds), found {window!r} and {max_len!r}"
+            )
+        n = max(1, int(float(max_len) // window))
+        return AudioLimits(sr, n * window, window, "windows", model)
+    return AudioLimits(sr, table.max_audio_seconds, table.window_seconds, table.audio_windowing, model)
+
+
+def processor_limits(processor) -> tuple[int, float | None]:
+    """``(sample rate, maximum clip seconds)`` of a processor (:func:`audio_limits`)."""
+    lim = audio_limits(processor)
+    return lim.sample_rate, lim.max_seconds
+
+
+def token_seconds(
+    seconds: float, n_tokens: int, limits: AudioLimits, tokens_per_window: list[int] | None = None
+) -> np.ndarray:
+    """``[n_tokens, 2]`` start/end seconds of each audio placeholder token of one clip.
+
+    Tokens come window by window (:meth:`AudioLimits.windows`), each window's tokens evenly over
+    that window.  ``tokens_per_window`` gives the count of each window when known (the encoder's
+    output lengths); otherwise the ``n_tokens`` are shared in proportion to the windows' lengths
+    (the encoders here emit a fixed number of tokens per second, so this is exact up to one
+    token at each window edge)."""
+    spans = limits.windows(seconds)
+    if tokens_per_window is None:
+        total = spans[-1][1]
+        edges = [round(n_tokens * end / total) for _, end in spans]
+        tokens_per_window = [b - a for a, b in zip([0, *edges[:-1]], edges)]
+    if len(tokens_per_window) != len(spans) or sum(tokens_per_window) != n_tokens:
+        raise AudioInputError(
+            f"token_seconds: expected {len(spans)} window counts summing to {n_tokens} tokens, "
+            f"found {list(tokens_per_window)}"
+        )
+    out = np.zeros((n_tokens, 2), dtype=np.float64)
+    i = 0
+    for (a, b), n in zip(spans, tokens_per_window):
+        if n:
+            edges = np.linspace(a, b, n + 1)
+            out[i:i + n, 0], out[i:i + n, 1] = edges[:-1], edges[1:]
+        i += n
+    return out
+
+
+def time_bin_seconds(token_secs: np.ndarray, time_bins: int) -> np.ndarray:
+    """``[time_bins, 2]`` start/end seconds of each recorder time bin: bin ``k`` holds the tokens
+    of rank ``r`` with ``floor(r * time_bins / n) == k`` (:func:`interp.attention_yield.time_bin_weights`)."""
+    n = len(token_secs)
+    if n < time_bins:
+        raise AudioInputError(f"time_bin_seconds: expected at least time_bins={time_bins} tokens, found {n}")
+    bins = (np.arange(n) * time_bins) // n
+    return np.array([[token_secs[bins == k, 0].min(), token_secs[bins == k, 1].max()] for k in range(time_bins)])
 
 
 def item_audio(item, processor, *, root: str | Path | None = None) -> np.ndarray:
-    """The waveform an item refers to, at the processor's rate, clipped to its maximum."""
-    sr, max_s = processor_limits(processor)
+    """The waveform an item refers to, at the processor's rate, clipped only past the maximum its
+    table and processor allow (:func:`audio_limits`; a warning names that maximum and the model)."""
+    lim = audio_limits(processor)
+    sr, max_s = lim.sample_rate, lim.max_seconds
     if item.audio.startswith("cafe:"):
         from interp.cafe.scenes import Scene, make_scene, synthesize
 
         scene = Scene.from_dict(item.scene) if item.scene else make_scene(int(item.audio.split(":", 1)[1]))
-        return prepare(synthesize(scene), scene.sample_rate, target_sr=sr, max_seconds=max_s, name=item.item_id)
+        return prepare(synthesize(scene), scene.sample_rate, target_sr=sr, max_seconds=max_s, name=item.item_id,
+                       model=lim.model)
     path = Path(item.audio)
     if root is not None and not path.is_absolute():
         path = Path(root) / path
-    return load_audio(path, target_sr=sr, max_seconds=max_s)
+    return load_audio(path, target_sr=sr, max_seconds=max_s, model=lim.model)
