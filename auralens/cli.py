@@ -113,9 +113,11 @@ def _command(group: typer.Typer, name: str):
 
 def _echo_json(obj) -> None:
     """The one --json printer: strict JSON, non-finite floats as null (interp.runs.dumps_strict)."""
+    from interp.distributed import is_main
     from interp.runs import dumps_strict
 
-    typer.echo(dumps_strict(obj))
+    if is_main():  # under a multi-process launch every rank has the same result: rank 0 prints it
+        typer.echo(dumps_strict(obj))
 
 
 def _csv(option: str, value: str) -> tuple[str, ...]:
@@ -326,16 +328,22 @@ def micro_finetune(
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
     seed: int = typer.Option(0, "--seed", help="Fine-tuning seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    recipe: str = typer.Option("mpar2", "--recipe", help="mpar2 (geometric-mean rewards) | hyper (PAUSE tokens, weighted rewards)."),
+    cue_mix: Optional[str] = typer.Option(None, "--cue-mix", help="Training items: chance (cues at chance validity) | none."),
 ) -> None:
-    """MPAR²-style fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
+    """MPAR²-style (or HyPeR-style, --recipe hyper) fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
     from interp.micro import FINETUNED_DIR
+
+    _finetune(base, out or FINETUNED_DIR, recipe=recipe, sft_steps=sft_steps, grpo_steps=grpo_steps, grpo_lr=grpo_lr,
+              loss_type=loss_type, max_minutes=minutes, cue_mix=cue_mix, threads=threads, seed=seed, resume=resume)
+
+
+def _finetune(base, out, *, threads, seed, resume, **given) -> None:
     from finetuning.config import FinetuneConfig
     from finetuning.recipe import finetune
 
-    given = {"sft_steps": sft_steps, "grpo_steps": grpo_steps, "grpo_lr": grpo_lr, "loss_type": loss_type,
-             "max_minutes": minutes}
     cfg = FinetuneConfig(threads=threads, seed=seed, **{k: v for k, v in given.items() if v is not None})
-    info = finetune(base, out or FINETUNED_DIR, cfg, resume=resume)
+    info = finetune(base, out, cfg, resume=resume)
     _echo_json({k: v for k, v in info.items() if not isinstance(v, (list, dict))})
 
 
@@ -370,6 +378,32 @@ def organisms_train(
         raise ConfigError("organism 'micro': pass --out (it starts from the embedded micro and must not overwrite it)")
     train_organism(cfg, folder, max_minutes=minutes, threads=threads, resume=resume, command=_command_line())
     typer.echo(f"saved {name} to {folder}")
+
+
+@_command(organisms_app, "finetune")
+def organisms_finetune(
+    name: str = typer.Argument(..., help="Organism to fine-tune: micro, micro-prior or micro-decay."),
+    recipe: str = typer.Option("mpar2", "--recipe", help="mpar2 | hyper."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: the embedded NAME-RECIPE folder)."),
+    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help="SFT steps (default: FinetuneConfig's)."),
+    grpo_steps: Optional[int] = typer.Option(None, "--grpo-steps", help="GRPO steps (default: FinetuneConfig's)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
+    seed: int = typer.Option(0, "--seed", help="Fine-tuning seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Fine-tune an organism with one arm (MPAR²-style or HyPeR-style) into NAME-RECIPE (e.g. micro-prior-hyper)."""
+    from interp.errors import ConfigError
+    from interp.loading import EMBEDDED
+    from interp.micro import WEIGHTS_DIR
+
+    target = f"{name}-{recipe}"
+    if target not in EMBEDDED:
+        arms = sorted(k for k in EMBEDDED if k.endswith(("-mpar2", "-hyper")))
+        raise ConfigError(f"organisms finetune: expected NAME in micro, micro-prior, micro-decay and --recipe in mpar2, hyper "
+                          f"(one of {arms}), found {name!r} with {recipe!r}")
+    _finetune(name, out or WEIGHTS_DIR / EMBEDDED[target], recipe=recipe, sft_steps=sft_steps, grpo_steps=grpo_steps,
+              max_minutes=minutes, threads=threads, seed=seed, resume=resume)
 
 
 @_command(organisms_app, "validate")

@@ -7,13 +7,20 @@ from dataclasses import dataclass
 
 from interp.errors import ConfigError
 
-__all__ = ["GRPO_SEED_OFFSET", "LOSS_TYPES", "MEASURED", "SEED_BLOCK", "SFT_TIME_SHARE", "FinetuneConfig"]
+__all__ = ["CUE_MIXES", "GRPO_SEED_OFFSET", "LOSS_TYPES", "MEASURED", "RECIPES", "SEED_BLOCK", "SFT_TIME_SHARE",
+           "FinetuneConfig"]
 
 SFT_TIME_SHARE = 0.4  # SFT stops after this share of max_minutes, leaving the rest to GRPO
 # seeds: SFT items data_seed*100000 + i, GRPO prompts data_seed*100000 + 50000 + i
 SEED_BLOCK, GRPO_SEED_OFFSET = 100_000, 50_000
 #: GRPO's loss aggregations (see :func:`finetuning.grpo.grpo_loss`).
 LOSS_TYPES: tuple[str, ...] = ("dapo", "grpo")
+#: the two arms: MPAR²-style (geometric mean of five rewards) and HyPeR-style (PAUSE + weighted sum)
+RECIPES: tuple[str, ...] = ("mpar2", "hyper")
+#: training items: ``"none"`` plain cafe questions; ``"chance"`` the healthy micro's distribution —
+#: half the questions carry a text cue naming a uniformly drawn choice (right at chance), so a cue
+#: is seen and carries no information (:data:`interp.micro.organisms.RECIPES` ``["micro"]``)
+CUE_MIXES: tuple[str, ...] = ("none", "chance")
 
 #: seconds per step measured on the shared 2-core development machine (micro; 1 torch thread while
 #: another training run held the other core), from which the default step counts were set:
@@ -38,6 +45,10 @@ class FinetuneConfig:
         data_seed: cafe item block (keep it different from the evaluation seed, 7 by default).
         threads: torch CPU threads.  save_every: GRPO checkpoint period (steps; 0 = never).
         dtype: model dtype ("float32" on CPU; "bfloat16" for a 7B model on GPU).
+        recipe: ``"mpar2"`` (:mod:`finetuning`) or ``"hyper"`` (:mod:`finetuning.hyper`).
+        cue_mix: the training items (:data:`CUE_MIXES`).
+        pause_quantile, max_pauses: HyPeR's PAUSE rule (entropy threshold = this quantile of the
+            Stage-I model's next-token entropies; pauses per answer); unused by ``"mpar2"``.
     """
 
     sft_steps: int = 600
@@ -59,6 +70,10 @@ class FinetuneConfig:
     threads: int = 2
     save_every: int = 20
     dtype: str = "float32"
+    recipe: str = "mpar2"
+    cue_mix: str = "chance"
+    pause_quantile: float = 0.9
+    max_pauses: int = 3
 
     def __post_init__(self) -> None:
         ints = {"sft_steps": 0, "sft_batch_size": 1, "grpo_steps": 0, "grpo_prompts": 1, "group_size": 2,
@@ -93,6 +108,15 @@ class FinetuneConfig:
             )
         if self.loss_type not in LOSS_TYPES:
             raise ConfigError(f"FinetuneConfig.loss_type: expected one of {list(LOSS_TYPES)}, found {self.loss_type!r}")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"FinetuneConfig.recipe: expected one of {list(RECIPES)}, found {self.recipe!r}")
+        if self.cue_mix not in CUE_MIXES:
+            raise ConfigError(f"FinetuneConfig.cue_mix: expected one of {list(CUE_MIXES)}, found {self.cue_mix!r}")
+        q = self.pause_quantile
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
+            raise ConfigError(f"FinetuneConfig.pause_quantile: expected a number in (0, 1), found {q!r}")
+        if isinstance(self.max_pauses, bool) or not isinstance(self.max_pauses, int) or self.max_pauses < 1:
+            raise ConfigError(f"FinetuneConfig.max_pauses: expected an integer >= 1, found {self.max_pauses!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"FinetuneConfig.dtype: expected float32, bfloat16 or float16, found {self.dtype!r}")
 

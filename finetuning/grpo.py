@@ -98,10 +98,11 @@ def sample_completions(model, tokenizer, batch, *, group_size: int, temperature:
 
 
 def completion_logprobs(model, batch: Mapping[str, Any], ids, mask, *, temperature: float = 1.0,
-                        suppress_ids: Sequence[int] = ()):
+                        suppress_ids: Sequence[int] = (), loss_mask=None):
     """Log-probability of each completion token under ``model`` (logits / temperature, the
     ``suppress_ids`` removed as in sampling), with the prompt's audio features passed through:
-    [rows, new] (0 where ``mask`` is 0)."""
+    [rows, new] (0 where ``loss_mask``, default ``mask``, is 0: tokens the policy did not choose,
+    e.g. forced PAUSE tokens, whose log-prob may be -inf).  ``mask`` is what the sequence holds."""
     import torch
 
     prompt = batch["input_ids"]
@@ -115,7 +116,8 @@ def completion_logprobs(model, batch: Mapping[str, Any], ids, mask, *, temperatu
     if suppress_ids:
         logits[..., list(suppress_ids)] = float("-inf")
     logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    return logp * mask
+    keep = mask if loss_mask is None else loss_mask
+    return logp.masked_fill(keep == 0, 0.0)
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, kl_coef: float, clip_eps: float, loss_type: str = "dapo"):
@@ -145,21 +147,25 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, kl_coef: float, cli
 
 def grpo_update(policy, ref, opt, batch, ids, mask, advantages, *, kl_coef: float, clip_eps: float = 0.2,
                 temperature: float = 1.0, iterations: int = 1, max_grad_norm: float = 1.0,
-                suppress_ids: Sequence[int] = (), loss_type: str = "dapo") -> dict[str, float]:
+                suppress_ids: Sequence[int] = (), loss_type: str = "dapo", loss_mask=None) -> dict[str, float]:
     """``iterations`` optimiser steps of GRPO on one sampled batch (completions ``ids`` with
-    ``mask`` for the rows of ``batch``, and their ``advantages``)."""
+    ``mask`` for the rows of ``batch``, and their ``advantages``).  ``loss_mask`` (default
+    ``mask``): the tokens that are the policy's actions (a forced PAUSE is in ``mask``, not here)."""
     import torch
 
+    lmask = mask if loss_mask is None else loss_mask
     with torch.no_grad():
-        ref_logp = completion_logprobs(ref, batch, ids, mask, temperature=temperature, suppress_ids=suppress_ids)
+        ref_logp = completion_logprobs(ref, batch, ids, mask, temperature=temperature, suppress_ids=suppress_ids,
+                                       loss_mask=lmask)
         old_logp = None
     stats: dict[str, float] = {}
     policy.train()
     for _ in range(iterations):
-        logp = completion_logprobs(policy, batch, ids, mask, temperature=temperature, suppress_ids=suppress_ids)
+        logp = completion_logprobs(policy, batch, ids, mask, temperature=temperature, suppress_ids=suppress_ids,
+                                   loss_mask=lmask)
         if old_logp is None:
             old_logp = logp.detach()
-        loss, stats = grpo_loss(logp, old_logp, ref_logp, advantages.to(logp.device), mask,
+        loss, stats = grpo_loss(logp, old_logp, ref_logp, advantages.to(logp.device), lmask,
                                 kl_coef=kl_coef, clip_eps=clip_eps, loss_type=loss_type)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -75,10 +75,19 @@ def _load_weights(model, folder: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- GRPO data
-def _items(cfg: FinetuneConfig, start: int, n: int):
+def train_item(cfg: FinetuneConfig, seed: int):
+    """One training item of seed ``seed`` under ``cfg.cue_mix`` (SFT and GRPO share it)."""
     from interp.cafe.questions import make_item
 
-    return [make_item(cfg.data_seed * SEED_BLOCK + start + i) for i in range(n)]
+    if cfg.cue_mix == "none":
+        return make_item(seed)
+    from interp.micro.organisms import RECIPES, organism_item
+
+    return organism_item(seed, RECIPES["micro"])  # the healthy model's items: cues at chance validity
+
+
+def _items(cfg: FinetuneConfig, start: int, n: int):
+    return [train_item(cfg, cfg.data_seed * SEED_BLOCK + start + i) for i in range(n)]
 
 
 # -------------------------------------------------------------------------------------- main
@@ -109,7 +118,8 @@ def _compute(n_params: int, sft_tokens: int, sample_tokens: int, update_tokens: 
 def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), *,
              resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``base_dir`` (anything :func:`interp.loading.load_model` loads: ``"micro"``, a
-    folder, a hub id) the MPAR² way into ``out_dir``; returns what ``finetune.json`` holds."""
+    folder, a hub id) with ``cfg.recipe`` (MPAR²-style or HyPeR-style) into ``out_dir``; returns
+    what ``finetune.json`` holds."""
     import copy
 
     import torch
@@ -169,6 +179,29 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         sft = {"steps": 0, "losses": [], "tokens": 0, "minutes": 0.0}
         save_state(sft=sft)
 
+    # ---- HyPeR: the PAUSE token and its entropy threshold (calibrated once, kept in the state) ---
+    pause_cfg = None
+    reward_fn, reward_names = trace_rewards, REWARD_NAMES
+    if cfg.recipe == "hyper":
+        from finetuning.hyper import HYPER_REWARD_NAMES, add_pause_token, calibrate_threshold, hyper_rewards
+        from interp.pause import PauseConfig
+
+        reward_fn, reward_names = hyper_rewards, HYPER_REWARD_NAMES
+        pause_id = add_pause_token(lm)
+        if "pause" not in state:
+            torch.manual_seed(cfg.seed * 1_000_003 - 1)
+            cal = model_inputs(lm, _items(cfg, SEED_BLOCK - 1000, 16), "structured")
+            thr = calibrate_threshold(lm.model, lm.tokenizer, cal, pause_id=pause_id, quantile=cfg.pause_quantile,
+                                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                      generate_kwargs=lm.arch.table.generate_kwargs,
+                                      suppress_ids=[int(lm.arch.audio_token_id)])
+            save_state(pause=PauseConfig(token_id=pause_id, entropy_threshold=round(thr, 6),
+                                         max_pauses=cfg.max_pauses).to_json())
+        pause_cfg = PauseConfig(**state["pause"])
+    from interp.pause import generate_kwargs_for
+
+    gen_kwargs = {**lm.arch.table.generate_kwargs, **generate_kwargs_for(pause_cfg)}
+
     # ---- phase 2: GRPO ------------------------------------------------------------------
     policy = lm.model
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -198,23 +231,29 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         policy.eval()
         rep, ids, mask = sample_completions(policy, lm.tokenizer, batch, group_size=cfg.group_size,
                                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                            generate_kwargs=lm.arch.table.generate_kwargs, suppress_ids=suppress)
+                                            generate_kwargs=gen_kwargs, suppress_ids=suppress)
         from interp.tokenizer import clean_decoded
 
         texts = [clean_decoded(t) for t in lm.tokenizer.batch_decode(ids * mask + lm.tokenizer.pad_token_id * (1 - mask),
                                                                       skip_special_tokens=True)]
-        rewards = [trace_rewards(t, items[i // cfg.group_size]) for i, t in enumerate(texts)]
+        rewards = [reward_fn(t, items[i // cfg.group_size]) for i, t in enumerate(texts)]
         total = torch.tensor([r["total"] for r in rewards])
         adv = group_advantages(total, cfg.group_size)
+        loss_mask, lp_suppress = mask, suppress
+        if pause_cfg is not None:  # a forced pause is not an action of the policy
+            loss_mask = mask * (ids != pause_cfg.token_id).long()
+            lp_suppress = [*suppress, pause_cfg.token_id]
         stats = grpo_update(policy, ref, opt, rep, ids, mask, adv, kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps,
-                            temperature=cfg.temperature, iterations=cfg.grpo_iterations, suppress_ids=suppress,
-                            loss_type=cfg.loss_type)
+                            temperature=cfg.temperature, iterations=cfg.grpo_iterations, suppress_ids=lp_suppress,
+                            loss_type=cfg.loss_type, loss_mask=loss_mask)
         seq_tokens = int(rep["attention_mask"].sum() + mask.sum())
         grpo["sample_tokens"] += seq_tokens
         grpo["update_tokens"] += seq_tokens * cfg.grpo_iterations
         grpo["ref_tokens"] += seq_tokens
         g = total.view(-1, cfg.group_size)
-        row = {"step": step, **{k: round(float(np.mean([r[k] for r in rewards])), 4) for k in (*REWARD_NAMES, "total")},
+        pauses = float((ids == pause_cfg.token_id).sum(1).float().mean()) if pause_cfg is not None else 0.0
+        row = {"step": step, **{k: round(float(np.mean([r[k] for r in rewards])), 4) for k in (*reward_names, "total")},
+               "pauses_per_completion": round(pauses, 3),
                "zero_std_groups": int((g.std(1) < 1e-8).sum()), "completion_tokens": round(float(mask.sum(1).float().mean()), 2),
                **{k: float(f"{v:.6g}") for k, v in stats.items()}}
         grpo["curves"].append(row)
@@ -233,7 +272,11 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
     policy.eval()
     sft_steps_s = sft["minutes"] * 60 / max(sft["steps"], 1)
     info = {
-        "recipe": "MPAR²-style SFT (TRL SFTTrainer) + GRPO (own loop), see finetuning",
+        "recipe": cfg.recipe,
+        "recipe_description": ("MPAR²-style SFT (TRL SFTTrainer) + GRPO (own loop), see finetuning" if cfg.recipe == "mpar2"
+                               else "HyPeR-style Stage I SFT (TRL SFTTrainer) + Stage II GRPO with PAUSE tokens, "
+                                    "see finetuning.hyper"),
+        "pause": pause_cfg.to_json() if pause_cfg is not None else None,
         "base": str(base_dir), "base_source": lm.source, "base_training": _base_training(lm.source),
         "config": cfg_dict, "n_params": n_params,
         "sft": sft,
@@ -246,9 +289,16 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
                    "threads": cfg.threads},
         "reward_curves": grpo["curves"],
         "compute_flops": _compute(n_params, sft["tokens"], grpo["sample_tokens"], grpo["update_tokens"], grpo["ref_tokens"]),
-        "rewards": {"combination": "geometric mean, no epsilon", "names": list(REWARD_NAMES)},
+        "rewards": ({"combination": "geometric mean, no epsilon", "names": list(REWARD_NAMES)} if cfg.recipe == "mpar2"
+                    else {"combination": "0.7 answer + 0.2 perceptual_consistency + 0.1 length, + format (binary)",
+                          "names": list(reward_names)}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    _save_folder(out_dir, policy, lm.processor, json_files={"finetune.json": info})
+    files = {"finetune.json": info}
+    if pause_cfg is not None:
+        from interp.pause import PAUSE_FILE
+
+        files[PAUSE_FILE] = pause_cfg.to_json()
+    _save_folder(out_dir, policy, lm.processor, json_files=files)
     shutil.rmtree(work, ignore_errors=True)
     return info

@@ -1,4 +1,4 @@
-"""The four rewards of a generated trace and their combination (MPAR²'s).
+"""The five rewards of a generated trace and their combination (MPAR²'s).
 
 **Rewards** (each in [0, 1], from the generated text alone plus the item's ground truth):
 
@@ -13,12 +13,23 @@
   and sound b`` / ``no sound is loud`` / ``that is N loud sounds`` (the set of sounds perceived as
   loud).  Reward = consistent / checked; a reasoning section with nothing checkable is
   vacuously consistent (1), a missing or empty one scores 0.
+- *review* (MPAR²'s review-accuracy reward): the checkable claims of the ``<review>`` section
+  checked against the *scene* (the truth, where consistency compares with what was perceived):
+  correct / checked; a missing review, or one with nothing checkable, scores 0 — the review is
+  there to re-check what was heard, so a review that checks nothing earns nothing.
 - *answer*: MMAU matching (:func:`interp.generation.score`) of the final ``answer : X`` span.
 - *format*: the seven markers ``<perception> </perception> <reasoning> </reasoning> <review>
   </review> answer :`` each on its own line; score = (longest run of markers that occur exactly
   once and appear in the canonical order) / 7.
 
-**Combined reward: the plain geometric mean** ``(r_p · r_c · r_a · r_f)^(1/4)``, as the paper
+**Perception-rich decomposition.**  MPAR² rewards perception that is decomposed into
+attributes rather than a one-line caption.  In cafe every sound has three checkable attributes
+(class, pitch, loudness), and the perception reward's denominator ``max(claims, 3 · sounds)``
+already pays only for a decomposition that covers each attribute of each sound: "sound 1 : tone"
+alone earns at most 1/3 for that sound.  So there is no separate decomposition term (it would
+double-count the same coverage).
+
+**Combined reward: the plain geometric mean** ``(r_p · r_c · r_v · r_a · r_f)^(1/5)``, as the paper
 combines its rewards: a wrong answer, or no perception section, zeroes the reward (no
 epsilon).  That is the paper's point — perception counts only inside a trace that is also
 consistent, well-formed and right — and GRPO tolerates it: a group whose rewards are all zero
@@ -44,11 +55,12 @@ __all__ = [
     "consistency_reward",
     "format_reward",
     "perception_reward",
+    "review_reward",
     "split_sections",
     "trace_rewards",
 ]
 
-REWARD_NAMES: tuple[str, ...] = ("perception", "consistency", "answer", "format")
+REWARD_NAMES: tuple[str, ...] = ("perception", "consistency", "review", "answer", "format")
 FORMAT_MARKERS: tuple[str, ...] = (
     "<perception>", "</perception>", "<reasoning>", "</reasoning>", "<review>", "</review>", "answer :",
 )
@@ -158,6 +170,17 @@ def consistency_reward(text: str) -> float:
     return sum(checks) / len(checks)
 
 
+def review_reward(text: str, scene: Mapping[str, Any]) -> float:
+    """Share of the review section's checkable claims that the scene supports (0 when the
+    section is missing or checks nothing)."""
+    from interp.cafe.formats import check_claims
+
+    claims = _claims_in(text, split_sections(text)["review"])
+    if not claims:
+        return 0.0
+    return sum(ok for _, ok in check_claims(claims, dict(scene))) / len(claims)
+
+
 def answer_reward(text: str, item) -> float:
     """1 when the final answer span matches the item's answer under MMAU's rule, else 0."""
     from interp.generation import score
@@ -186,7 +209,7 @@ def format_reward(text: str) -> float:
 
 
 def combine_rewards(rewards: Mapping[str, float]) -> float:
-    """The geometric mean of the four rewards (MPAR²'s combination; no epsilon: one zero zeroes it)."""
+    """The geometric mean of the five rewards (MPAR²'s combination; no epsilon: one zero zeroes it)."""
     vals = [float(rewards[k]) for k in REWARD_NAMES]
     for k, v in zip(REWARD_NAMES, vals):
         if not 0.0 <= v <= 1.0:
@@ -195,13 +218,14 @@ def combine_rewards(rewards: Mapping[str, float]) -> float:
 
 
 def trace_rewards(text: str, item) -> dict[str, float]:
-    """The four rewards of one generated trace for ``item`` (which needs a cafe scene) and
+    """The five rewards of one generated trace for ``item`` (which needs a cafe scene) and
     their geometric mean under ``"total"``."""
     if not item.scene:
         raise ConfigError(f"item {item.item_id!r}: expected a cafe scene (ground truth) for the perception reward, found none")
     r = {
         "perception": perception_reward(text, item.scene),
         "consistency": consistency_reward(text),
+        "review": review_reward(text, item.scene),
         "answer": answer_reward(text, item),
         "format": format_reward(text),
     }

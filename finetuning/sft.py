@@ -23,7 +23,7 @@ def run_sft(lm, cfg: FinetuneConfig, *, work_dir: Path, max_minutes: float, prog
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from interp.cafe.questions import make_item
+    from finetuning.recipe import train_item
     from interp.micro.train import make_batch
 
     n_items = cfg.sft_steps * cfg.sft_batch_size
@@ -31,7 +31,7 @@ def run_sft(lm, cfg: FinetuneConfig, *, work_dir: Path, max_minutes: float, prog
     tokens = {"n": 0}
 
     def collate(rows):
-        items = [make_item(int(r["seed"])) for r in rows]
+        items = [train_item(cfg, int(r["seed"])) for r in rows]
         batch, labels = make_batch(lm.processor, items, ["structured"] * len(items))
         tokens["n"] += int(batch["attention_mask"].sum())
         return {**batch, "labels": labels}

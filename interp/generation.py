@@ -65,7 +65,7 @@ def generate_batch(lm, batch, cfg: GenerationConfig) -> tuple[Any, list[str]]:
             max_new_tokens=cfg.max_new_tokens,
             do_sample=cfg.do_sample,
             pad_token_id=lm.tokenizer.pad_token_id,
-            **lm.arch.table.generate_kwargs,
+            **lm.generate_kwargs,
         )
     new = out[:, batch["input_ids"].shape[1] :]
     texts = [clean_decoded(t) for t in lm.tokenizer.batch_decode(new, skip_special_tokens=True)]

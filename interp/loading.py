@@ -14,7 +14,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # attribute holding the LALM}.  The facts live in the architecture tables (ArchTable.containers,
 # e.g. Qwen2.5-Omni thinker + talker); this mapping is derived from them for older callers.
 CONTAINERS = containers()
-EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2", "micro-prior": "prior", "micro-heads": "heads", "micro-decay": "decay"}
+EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2", "micro-prior": "prior", "micro-heads": "heads", "micro-decay": "decay",
+            # the fine-tuned arms of issue 14 (`auralens organisms finetune ORGANISM --recipe mpar2|hyper`)
+            "micro-hyper": "hyper", "micro-prior-mpar2": "prior-mpar2", "micro-prior-hyper": "prior-hyper",
+            "micro-decay-mpar2": "decay-mpar2", "micro-decay-hyper": "decay-hyper"}
 
 
 @dataclass(kw_only=True)
@@ -35,8 +38,27 @@ class LoadedModel:
     def tokenizer(self):
         return self.processor.tokenizer
 
+    @property
+    def pause(self):
+        """The folder's PAUSE rule (:mod:`interp.pause`), or ``None``."""
+        if not hasattr(self, "_pause"):
+            from interp.pause import read_pause_config
 
-_TRAIN_COMMAND = {"micro": "auralens micro train", "micro-mpar2": "auralens micro finetune"}
+            self._pause = read_pause_config(self.source)
+        return self._pause
+
+    @property
+    def generate_kwargs(self) -> dict:
+        """What every ``generate`` call of this model adds: the table's ``generate_kwargs`` and the
+        folder's PAUSE rule, if it has one (a PAUSE-trained model is measured as it was trained)."""
+        from interp.pause import generate_kwargs_for
+
+        return {**self.arch.table.generate_kwargs, **generate_kwargs_for(self.pause)}
+
+
+_TRAIN_COMMAND = {"micro": "auralens micro train", "micro-mpar2": "auralens organisms finetune micro --recipe mpar2",
+                  **{f"{o}-{r}": f"auralens organisms finetune {o} --recipe {r}"
+                     for o in ("micro", "micro-prior", "micro-decay") for r in ("mpar2", "hyper")}}
 
 
 def resolve_source(name_or_path: str) -> str:

@@ -57,7 +57,7 @@ def record_batch(lm, chunk, fmt: str, *, max_new_tokens: int, time_bins: int, al
     with torch.inference_mode(), rec:
         out = lm.model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id,
-            **lm.arch.table.generate_kwargs,
+            **lm.generate_kwargs,
         )
     sbatch = cast_features(lm, model_inputs(lm, chunk, fmt, "silence"))
     srec = YieldRecorder(lm.model, lm.arch, audio_mask_from_ids(sbatch["input_ids"], lm.arch))
@@ -165,7 +165,7 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False) -> dict[str
     if cal_data:
         load_items(cal_data, n=cfg.n_cal or cfg.n, seed=cfg.seed)  # checked before the folder is made
     run, lm = open_run(cfg.out, manifest=cfg.manifest(heads_from=cfg.heads_source()), items=items, resume=resume,
-                       lm=lm, model=cfg.model, dtype=cfg.dtype)
+                       lm=lm, model=cfg.model, dtype=cfg.dtype, device_map=cfg.device_map)
     run.update_manifest(architecture=lm.arch.to_dict())
     log = RowLog(run, "items.parquet", key="item_id", resume=resume)
     from interp.capture import stop_ids, trim_at_stop
@@ -223,10 +223,16 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False) -> dict[str
     heads_info = None
     if ext_heads is not None:
         heads_info = {**ext_heads, "source": cfg.heads_source()}
-    summary = analyse_record(run, items, top_k=cfg.top_k, n_boot=cfg.n_boot, seed=cfg.seed, heads_from=heads_info)
-    run.mark_stage("record", n_items=len(items))
-    run.finish()
-    return summary
+
+    def finish():  # rank 0 ranks the heads over every item and writes the tables (interp.distributed)
+        summary = analyse_record(run, items, top_k=cfg.top_k, n_boot=cfg.n_boot, seed=cfg.seed, heads_from=heads_info)
+        run.mark_stage("record", n_items=len(items))
+        run.finish()
+        return summary
+
+    from interp.distributed import on_main
+
+    return on_main(finish)
 
 
 def read_heads_source(path: str) -> dict[str, Any]:
