@@ -210,15 +210,22 @@ TABLES: dict[str, ArchTable] = {
 
 
 #: Audio-in/text-out classes of transformers 5.24 without a table yet, and why (checked against
-#: what can be built offline here: no hub access, no mistral_common / torchaudio / torchvision /
-#: timm in the environment).  A table needs a tiny model + locally built processor that pass the
+#: what can be built offline here: no hub access; mistral_common conflicts with the locked numpy;
+#: no torchaudio / torchvision / timm in the environment).  A table needs a tiny model + locally built processor that pass the
 #: exactness tests (tests/test_attention_yield.py) before it is added.
 UNSUPPORTED: dict[str, str] = {
     "VoxtralForConditionalGeneration": (
-        "VoxtralProcessor tokenizes through mistral_common's MistralCommonBackend (tekken.json), "
-        "which is not installed, so no processor can be built offline; the fusion itself is "
-        "token-level (audio_token_id, 4 encoder frames merged per token), so a table is "
-        "straightforward once a processor can be built"
+        "VoxtralProcessor tokenizes through mistral_common (MistralCommonBackend over a tekken.json), "
+        "and mistral_common 1.12.0 (the only wheel here) requires numpy<2.4 on Python <= 3.12 while "
+        "requirements.lock pins numpy 2.4.6: adding it would downgrade numpy for the whole project "
+        "(pip resolves numpy 2.3.5), so it is not in the lock. Checked outside the lock "
+        "(PYTHONPATH overlay): a tiny tekken.json with [AUDIO] at id 24 and a VoxtralProcessor can be "
+        "built offline, but the processor takes audio only through apply_chat_template(tokenize=True) "
+        "with base64/path audio (its __call__ refuses audio), so interp.prompts.build_inputs needs a "
+        "Voxtral branch; it pads every clip to a multiple of 30 s (pad_to_multiple_of 480000) and emits "
+        "audio tokens for the padding too (12.5 per second), so time bins would span the padded "
+        "length; and AutoProcessor reloads the saved processor with a TokenizersBackend, not "
+        "MistralCommonBackend. Fusion is token-level (audio_token_id 24, 4 encoder frames per token)"
     ),
     "GraniteSpeechForConditionalGeneration": (
         "GraniteSpeechFeatureExtractor computes its mel features with torchaudio "
