@@ -47,13 +47,16 @@ def _root(
 
 @app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the list as strict JSON.")) -> None:
-    """Every model class auralens has a table for (and those it cannot support yet, with why)."""
-    from auralens.testing.tiny import TINY_ARCHS
+    """Every model class auralens has a table for, its maximum audio and windows, what was tested
+    here (and the classes it cannot support yet, with why)."""
+    from auralens.testing.verified import tested_here
     from interp.arch import TABLES, UNSUPPORTED, load_entry_point_tables
 
     _guarded(load_entry_point_tables)()
     rows = [{"class": t.model_class, "table": t.name, "aliases": list(t.aliases),
-             "containers": list(t.containers), "tiny_exactness_tests": t.name in TINY_ARCHS}
+             "containers": list(t.containers), "processor_classes": list(t.processor_classes),
+             "max_audio_seconds": t.max_audio_seconds, "window_seconds": t.window_seconds,
+             "audio_windowing": t.audio_windowing, "tested_here": tested_here(t.name)}
             for t in sorted(TABLES.values(), key=lambda t: t.name)]
     res = {"supported": rows, "unsupported": [{"class": k, "why": v} for k, v in sorted(UNSUPPORTED.items())]}
     if as_json:
@@ -62,11 +65,17 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the lis
     from rich.console import Console
     from rich.table import Table
 
+    def seconds(v):
+        return "no maximum" if v is None else f"{v:g} s"
+
     t = Table(title="model classes with an architecture table")
-    for col in ("class", "table", "tiny-model exactness tests"):
+    for col in ("class", "table", "max audio", "windows", "tested here"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["class"], r["table"], "yes" if r["tiny_exactness_tests"] else "no (user table)")
+        done = r["tested_here"]
+        t.add_row(r["class"], r["table"], seconds(r["max_audio_seconds"]),
+                  f"{r['audio_windowing']}, {seconds(r['window_seconds'])}",
+                  ", ".join(k for k, v in done.items() if v is True) or "-" if done else "no (user table)")
     Console().print(t)
     for r in res["unsupported"]:
         Console().print(f"not supported: {r['class']}: {r['why']}")

@@ -76,7 +76,11 @@ def test_models_json_lists_tables_and_the_unsupported(tables):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     names = {r["table"]: r for r in out["supported"]}
-    assert names["qwen2_audio"]["tiny_exactness_tests"] is True
+    af3 = names["audioflamingo3"]
+    assert (af3["max_audio_seconds"], af3["window_seconds"], af3["audio_windowing"]) == (600.0, 30.0, "windows")
+    assert af3["tested_here"]["tiny_exactness"] is True and af3["tested_here"]["long_audio"] is True
+    assert af3["tested_here"]["real_checkpoint"] is False and af3["tested_here"]["transformers"]
+    assert names["qwen3_asr"]["max_audio_seconds"] is None
     assert {r["class"] for r in out["unsupported"]} == set(arch.UNSUPPORTED)
 
 

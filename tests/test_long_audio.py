@@ -2,9 +2,11 @@
 Flamingo, GLM-ASR) are not cut at one window, only past their maximum.
 
 The tiny models' processors use 2-s windows and ``max_audio_len`` 8 s (4 windows), the shape of
-the real Audio Flamingo 3 (30-s windows up to 600 s).  A 5-s clip is 3 windows: it reaches the
-model whole, its audio tokens are the processor's, the recorder's yields over it equal eager
-attention within 1e-5, and its time bins map the tokens of all windows onto [0, 5] s in order.
+the real Audio Flamingo 3 (30-s windows up to 600 s).  For each windowed class, a 5-s clip is 3
+windows: it reaches the model whole, its audio tokens are the processor's, the recorder's yields
+over it (batched with a 3.3-s clip, left-padded) equal eager attention within 1e-5 (prompt rows,
+generated rows, each time bin), and its time bins map the tokens of all windows onto [0, 5] s in
+order.  Past the maximum the clip is cut to it, with a warning naming the maximum and the model.
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ def _item(tmp_path, seconds: float, seed: int = 0, name: str = "clip") -> Item:
 
 
 def _window_tokens(model, batch) -> list[int]:
-    """Audio tokens each window yields, from the model's own encoder output lengths."""
-    _, post = model.model.audio_tower._get_feat_extract_output_lengths(batch["input_features_mask"].sum(-1))
-    return [int(n) for n in post]
+    """Audio tokens each window yields: the encoder's output lengths (AF3, Music Flamingo), or the
+    model's own audio features of that window alone (GLM-ASR)."""
+    f, m = batch["input_features"], batch["input_features_mask"]
+    tower = model.model.audio_tower
+    if hasattr(tower, "_get_feat_extract_output_lengths"):
+        return [int(n) for n in tower._get_feat_extract_output_lengths(m.sum(-1))[1]]
+    with torch.no_grad():
+        return [int(model.get_audio_features(f[i : i + 1], m[i : i + 1]).pooler_output.shape[0]) for i in range(len(f))]
 
 
 def test_tables_state_max_audio_and_windowing():
@@ -92,10 +99,15 @@ def test_real_af3_processor_defaults_give_600_s():
     assert len(lim.windows(70.0)) == 3 and lim.windows(70.0)[-1] == (60.0, 70.0)
 
 
-@pytest.fixture(scope="module")
-def af3_long(tiny_cache, tmp_path_factory):
-    """Tiny AF3 (sharpened), a batch of a 5-s clip (3 windows) and a 3.3-s one, left-padded."""
-    model, processor = tiny_cache("audioflamingo3")
+_LONG: dict[str, tuple] = {}
+
+
+@pytest.fixture(params=WINDOWED)
+def windowed(request, tiny_cache, tmp_path_factory):
+    """A tiny windowed model (sharpened), a batch of a 5-s clip (3 windows) and a 3.3-s one, left-padded."""
+    if request.param in _LONG:
+        return _LONG[request.param]
+    model, processor = tiny_cache(request.param)
     model, processor = copy.deepcopy(model), copy.deepcopy(processor)
     arch = describe(model)
     with torch.no_grad():
@@ -111,22 +123,24 @@ def af3_long(tiny_cache, tmp_path_factory):
         warnings.simplefilter("error")  # neither clip is past the 8-s maximum: no clipping warning
         audios = [item_audio(it, processor) for it in items]
     batch = build_inputs(processor, None, "cot", audios=audios, questions=["what is the sound ?"] * 2)
-    return model, processor, arch, items, audios, batch
+    _LONG[request.param] = (model, processor, arch, items, audios, batch)
+    return _LONG[request.param]
 
 
-def test_windowed_clip_is_not_cut_and_tokens_are_the_processors(af3_long):
-    model, processor, arch, items, audios, batch = af3_long
+def test_windowed_clip_is_not_cut_and_tokens_are_the_processors(windowed):
+    model, processor, arch, items, audios, batch = windowed
     assert [len(a) for a in audios] == [5 * SAMPLING_RATE, int(3.3 * SAMPLING_RATE)]
     # the processor split the clips into 3 + 2 windows of at most 2 s
     assert batch["input_features"].shape[0] == 5
     per_window = _window_tokens(model, batch)
-    assert per_window == [50, 50, 25, 50, 32]
+    if arch.name == "audioflamingo3":
+        assert per_window == [50, 50, 25, 50, 32]  # 25 tokens per second
     counts = (batch["input_ids"] == arch.audio_token_id).sum(1).tolist()
-    assert counts == [125, 82] == [sum(per_window[:3]), sum(per_window[3:])]
-    # the same clip cut at one window (the old behaviour) has a third of the tokens
+    assert counts == [sum(per_window[:3]), sum(per_window[3:])]
+    # the same clip cut at one window (the old behaviour) has the first window's tokens only
     one = processor(text=[batch_text(processor)], audio=[audios[0][: 2 * SAMPLING_RATE]],
                     sampling_rate=SAMPLING_RATE, return_tensors="pt")
-    assert int((one["input_ids"] == arch.audio_token_id).sum()) == 50
+    assert int((one["input_ids"] == arch.audio_token_id).sum()) == per_window[0] < counts[0]
     with torch.no_grad():
         out = model(**batch)
     assert torch.isfinite(out.logits).all()
@@ -138,8 +152,8 @@ def batch_text(processor) -> str:
     return chat_text(processor, "what is the sound ?")
 
 
-def test_windowed_yields_match_eager_and_time_bins_span_the_clip(af3_long):
-    model, processor, arch, items, audios, batch = af3_long
+def test_windowed_yields_match_eager_and_time_bins_span_the_clip(windowed):
+    model, processor, arch, items, audios, batch = windowed
     audio_mask = audio_mask_from_ids(batch["input_ids"], arch)
     rec = YieldRecorder(model, arch, audio_mask, rows="all_prompt", time_bins=BINS)
     with torch.no_grad(), rec:
@@ -170,15 +184,15 @@ def test_windowed_yields_match_eager_and_time_bins_span_the_clip(af3_long):
         seconds = len(audio) / SAMPLING_RATE
         where = audio_mask[b].nonzero().flatten().tolist()
         secs = token_seconds(seconds, len(where), lim, wins)
-        # the proportional split (no encoder lengths) is the encoder's own split here
-        np.testing.assert_allclose(token_seconds(seconds, len(where), lim), secs, atol=1e-9)
+        # the proportional split (no encoder lengths) is the encoder's own split within one token
+        np.testing.assert_allclose(token_seconds(seconds, len(where), lim), secs, atol=lim.window_seconds / per_window[0] + 1e-9)
         assert secs[0, 0] == 0.0 and secs[-1, 1] == pytest.approx(seconds)
         assert (np.diff(secs[:, 0]) > 0).all() and np.allclose(secs[1:, 0], secs[:-1, 1])
         edges = time_bin_seconds(secs, BINS)
         assert edges[0, 0] == 0.0 and edges[-1, 1] == pytest.approx(seconds)
         assert (np.diff(edges[:, 0]) > 0).all() and np.allclose(edges[1:, 0], edges[:-1, 1])
         # each bin is a fifth of the clip to within one token, whatever window its tokens are in
-        np.testing.assert_allclose(edges[:, 0], np.arange(BINS) * seconds / BINS, atol=seconds / len(where) + 1e-9)
+        np.testing.assert_allclose(edges[:, 0], np.arange(BINS) * seconds / BINS, atol=2 * lim.window_seconds / per_window[0])
         # and each recorded bin is eager attention summed over exactly those tokens
         for k in range(BINS):
             keys = torch.zeros_like(audio_mask)

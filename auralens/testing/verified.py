@@ -1,0 +1,30 @@
+"""What was verified here, per architecture table (``auralens models --json`` shows it).
+
+A claim, checked by ``tests/test_verified.py`` so it cannot drift: every table marked
+``tiny_exactness`` has a tiny builder (``TINY_ARCHS``) and the exactness tests of
+``tests/test_attention_yield.py`` are parametrised over it; ``transformer_lens`` only where that
+comparison runs rather than skips; ``long_audio`` only where ``tests/test_long_audio.py`` runs a
+multi-window clip through the model; ``transformers``/``torch`` are the versions installed when
+the suite last passed here (the test fails on any other version until the suite is rerun and these
+are updated).  Real checkpoints: none was run (no GPU, no hub in the sessions that built these).
+"""
+
+from __future__ import annotations
+
+TESTED_WITH = {"transformers": "5.24.0", "torch": "2.13.0+cpu"}
+
+#: table name -> what its tests cover here
+TESTED_HERE: dict[str, dict[str, bool]] = {
+    "qwen2_audio": {"tiny_exactness": True, "transformer_lens": True, "long_audio": False, "real_checkpoint": False},
+    "qwen2_5_omni_thinker": {"tiny_exactness": True, "transformer_lens": True, "long_audio": False, "real_checkpoint": False},
+    "audioflamingo3": {"tiny_exactness": True, "transformer_lens": True, "long_audio": True, "real_checkpoint": False},
+    "musicflamingo": {"tiny_exactness": True, "transformer_lens": True, "long_audio": True, "real_checkpoint": False},
+    "glmasr": {"tiny_exactness": True, "transformer_lens": True, "long_audio": True, "real_checkpoint": False},
+    "qwen3_asr": {"tiny_exactness": True, "transformer_lens": False, "long_audio": False, "real_checkpoint": False},
+}
+
+
+def tested_here(table_name: str) -> dict | None:
+    """The record for one table (None: nothing was run here, e.g. a user table)."""
+    row = TESTED_HERE.get(table_name)
+    return None if row is None else {**row, **TESTED_WITH}
