@@ -6,7 +6,8 @@ module only gathers them for notebooks and scripts:
 - :mod:`interp.figures`   eval and record: accuracy, error attribution, per-head yields,
                           perception decay, claim accuracy, one item's tokens and time bins
 - :mod:`probes.figures`   probe score by layer and by reasoning step
-- :mod:`steering.figures` the α sweep, and steering vs fine-tuning
+- :mod:`steering.figures` the α sweep, and steering vs fine-tuning (the measured systems x
+                          organisms grid; the papers' reported numbers apart)
 
 Importing it imports plotly only when a figure is drawn.
 """
@@ -27,7 +28,17 @@ from interp.figures import (
     yield_heatmap,
 )
 from probes.figures import accuracy_by_layer, accuracy_by_step, best_layers, step_label, write_html
-from steering.figures import compare_bars, compare_figure, compare_table, steering_sweep
+from steering.figures import (
+    compare_bars,
+    compare_figure,
+    compare_grid,
+    compare_table,
+    condition_label,
+    cost_table,
+    reported_figure,
+    reported_table,
+    steering_sweep,
+)
 
 __all__ = [
     "accuracy_bars",
@@ -37,11 +48,16 @@ __all__ = [
     "claim_accuracy_curve",
     "compare_bars",
     "compare_figure",
+    "compare_grid",
     "compare_table",
+    "condition_label",
+    "cost_table",
     "decay_curves",
     "error_types_bar",
     "heads_score_heatmap",
     "item_step_curve",
+    "reported_figure",
+    "reported_table",
     "steering_sweep",
     "step_label",
     "time_bins_by_step",

@@ -19,7 +19,15 @@ from typing import Any
 from dashboards import data
 from interp import figures
 from probes.figures import accuracy_by_layer, accuracy_by_step, step_label
-from steering.figures import compare_bars, compare_table, steering_sweep
+from steering.figures import (
+    compare_figure,
+    compare_grid,
+    compare_table,
+    cost_table,
+    reported_figure,
+    reported_table,
+    steering_sweep,
+)
 
 __all__ = ["build_report_html", "write_report"]
 
@@ -178,9 +186,37 @@ def _compare_section(doc: _Doc, run: data.Run) -> None:
     comp = data.read_table(run.folder("compare"), "compare.parquet")
     if comp is None or comp.empty:
         return doc.note("The compare stage has not written compare.parquet yet.")
-    doc.table(compare_table(comp), max_rows=200)
-    for metric in dict.fromkeys(comp["metric"]):
-        doc.fig(compare_bars(comp, metric=metric))
+    source = comp["source"].astype(str) if "source" in comp else None
+    measured = comp if source is None else comp[source != "reported"]
+    reported = comp.iloc[:0] if source is None else comp[source == "reported"]
+    doc.h(3, "Measured: systems × organisms")
+    if measured.empty:
+        doc.note("This compare run has no measured rows.")
+    else:
+        doc.p("Each cell: value [95% CI] on the held-out items of that condition; gains are paired bootstraps "
+              "against base on the same items.", "meta")
+        doc.p("Accuracy:", "meta")
+        doc.table(compare_grid(measured, metric="accuracy"), max_rows=200)
+        gains = compare_grid(measured, metric="gain_vs_base")
+        if len(gains):
+            doc.p("Gain over base (paired):", "meta")
+            doc.table(gains, max_rows=200)
+        doc.fig(compare_figure(measured))
+        cost = cost_table(measured)
+        if len(cost):
+            doc.p("Cost: training minutes and FLOPs (0: nothing trained), the steering vector's fit FLOPs, and per "
+                  "condition the forward passes, PAUSE tokens and generated tokens per item:", "meta")
+            doc.table(cost, max_rows=200)
+        doc.p("Every measured number:", "meta")
+        doc.table(compare_table(measured), max_rows=400)
+    doc.h(3, "Quoted from the papers (not measured here)")
+    if reported.empty:
+        doc.note("No reported rows in this run.")
+    else:
+        doc.note("Other models on other benchmarks (MMAU, CAFE perception), as the papers state them: different "
+                 "quantities from the measured cafe accuracies above, so never drawn on the same axis.")
+        doc.table(reported_table(reported))
+        doc.fig(reported_figure(reported))
 
 
 def build_report_html(run_dir: str | Path, *, top_k: int = 8, max_tokens: int = 600) -> str:

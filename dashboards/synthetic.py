@@ -219,51 +219,79 @@ def _steer(folder: Path, rng, layers: int) -> None:
 
 
 def _compare(folder: Path, rng) -> None:
-    """compare.parquet as :func:`auralens.compare.stage_compare` writes it: the same columns,
-    metrics and ``<format>/<what>`` groups, and the papers' rows (:mod:`interp.papers`)."""
+    """compare.parquet as :func:`auralens.compare.stage_compare` writes it (the
+    :data:`interp.schemas.COMPARE` columns): 2 organisms x the 5 systems x 3 cue conditions, the
+    cost rows, and the papers' rows (:mod:`interp.papers`); plus summary.json."""
     import pandas as pd
 
     from interp.papers import reported_rows
     from interp.schemas import COMPARE, SYSTEMS
 
     _manifest(folder, "compare", 24)
-    fmt, n = "structured", 24
-    acc = {"base": 0.5, "base+steering": 0.56, "finetuned": 0.66, "finetuned+steering": 0.67}
+    n = 24
+    organisms = ("micro", "micro-decay")
+    conditions = ("cafe-neutral:test", "cafe-congruent:test", "cafe-conflict:test")
+    formats = {"base": "cot", "base+steering": "cot", "mpar2": "structured", "mpar2+steering": "structured",
+               "hyper": "cot"}
+    acc = {"base": 0.5, "base+steering": 0.56, "mpar2": 0.66, "mpar2+steering": 0.67, "hyper": 0.63}
+    shift = {"cafe-neutral:test": 0.0, "cafe-congruent:test": 0.08, "cafe-conflict:test": -0.15}
     rows = []
 
-    def row(system, metric, group, value, half=0.06, n=n, note=""):
+    def row(org, system, cond, metric, group, value, half=0.06, n=n, note="", fmt=None):
         value = float(value)
         lo, hi = (value - half, value + half) if half is not None else (float("nan"), float("nan"))
-        rows.append({"system": system, "metric": metric, "group": group, "value": value, "ci_low": lo, "ci_high": hi,
-                     "n": int(n), "source": "measured", "note": note})
+        rows.append({"organism": org, "system": system, "condition": cond,
+                     "format": (formats[system] if cond else "") if fmt is None else fmt, "metric": metric,
+                     "group": group, "value": value, "ci_low": lo, "ci_high": hi, "n": int(n), "source": "measured",
+                     "note": note})
 
-    for system in SYSTEMS:
-        a = float(np.clip(acc[system] + rng.normal(0, 0.02), 0, 1))
-        row(system, "accuracy", f"{fmt}/all", a)
-        for tier in TIERS:
-            row(system, "accuracy", f"{fmt}/tier={tier}", np.clip(a + rng.normal(0, 0.05), 0, 1), half=0.1, n=n // 3)
-        row(system, "claim_accuracy", f"{fmt}/all", np.clip(a + 0.1, 0, 1), n=3 * n)
-        for s in range(4):
-            row(system, "claim_accuracy", f"{fmt}/step={s}", np.clip(a + 0.15 - 0.05 * s, 0, 1), half=0.1, n=n)
-        for et, share in zip(("perception", "reasoning", "unverifiable"), rng.dirichlet([3, 2, 1])):
-            row(system, "error_share", f"{fmt}/{et}", share, half=0.1, n=round((1 - a) * n))
-    for system in SYSTEMS:
-        if system != "base":
-            row(system, "gain_vs_base", f"{fmt}/all", acc[system] - acc["base"], half=0.05,
-                note="paired bootstrap over items vs base")
-        if system.endswith("+steering"):
-            plain = system.removesuffix("+steering")
-            row(system, "gain_vs_unsteered", f"{fmt}/all", acc[system] - acc[plain], half=0.04,
-                note=f"paired bootstrap over items vs {plain}")
-        slope = -0.02 if system.startswith("base") else -0.005
-        for s in range(4):
-            row(system, "specialist_yield", f"{fmt}/step={s}", 0.4 + slope * s, half=0.03)
-        row(system, "yield_slope_specialists", f"{fmt}/all", slope, half=None, n=4)
-        row(system, "yield_slope_all_heads", f"{fmt}/all", slope / 2, half=None, n=4)
-        row(system, "training_flops", "all", 0.0 if system.startswith("base") else 5.1e13, half=None, n=0)
-        if system.endswith("+steering"):
-            row(system, "steering_fit_flops", "all", 2.4e9, half=None, n=0)
+    summary: dict = {"organisms": {}}
+    for org in organisms:
+        hurt = 0.1 if org != "micro" else 0.0  # the organism's planted deficit
+        summary["organisms"][org] = {"systems": {}}
+        for system in SYSTEMS:
+            per_cond = summary["organisms"][org]["systems"].setdefault(system, {})
+            for cond in conditions:
+                a = float(np.clip(acc[system] - hurt + shift[cond] + rng.normal(0, 0.02), 0, 1))
+                row(org, system, cond, "accuracy", "all", a)
+                per_cond[cond] = {"accuracy": {"value": a, "ci": [a - 0.06, a + 0.06], "n": n}}
+                for tier in TIERS:
+                    row(org, system, cond, "accuracy", f"tier={tier}", np.clip(a + rng.normal(0, 0.05), 0, 1), half=0.1,
+                        n=n // 3)
+                if system != "base":
+                    g = a - (acc["base"] - hurt + shift[cond])
+                    row(org, system, cond, "gain_vs_base", "all", g, half=0.05, note="paired bootstrap over items vs base")
+                    per_cond[cond]["gain_vs_base"] = {"value": g, "ci": [g - 0.05, g + 0.05], "n": n}
+                if system.endswith("+steering"):
+                    plain = system.removesuffix("+steering")
+                    row(org, system, cond, "gain_vs_unsteered", "all", acc[system] - acc[plain], half=0.04,
+                        note=f"paired bootstrap over items vs {plain}")
+                decay = 0.08 if org == "micro-decay" and not system.startswith("mpar2") else 0.02
+                row(org, system, cond, "claim_accuracy", "all", np.clip(a + 0.1, 0, 1), n=3 * n)
+                for s in range(4):
+                    row(org, system, cond, "claim_accuracy", f"step={s}", np.clip(a + 0.15 - decay * s, 0, 1), half=0.1)
+                row(org, system, cond, "claim_onset", "all", 2.0, half=None, note="first step below the early accuracy")
+                row(org, system, cond, "claim_gap", "all", 2 * decay, half=0.05,
+                    note="class-claim accuracy before the onset minus after")
+                for et, share in zip(("perception", "reasoning", "unverifiable"), rng.dirichlet([3, 2, 1])):
+                    row(org, system, cond, "error_share", et, share, half=0.1, n=round((1 - a) * n))
+                slope = -0.02 if system.startswith("base") else -0.005
+                for s in range(4):
+                    row(org, system, cond, "specialist_yield", f"step={s}", 0.4 + slope * s, half=0.03)
+                row(org, system, cond, "yield_slope_specialists", "all", slope, half=None, n=4)
+                row(org, system, cond, "yield_slope_all_heads", "all", slope / 2, half=None, n=4)
+                tokens = 60.0 + (25.0 if system == "hyper" else 0.0) + rng.normal(0, 2)
+                row(org, system, cond, "generated_tokens", "all", tokens, half=4.0)
+                row(org, system, cond, "forwards_per_item", "all", tokens + (1 if system.endswith("+steering") else 0),
+                    half=None, note="per-input steering adds a silence pass" if system.endswith("+steering") else "")
+                row(org, system, cond, "pauses_per_item", "all", 3.0 if system == "hyper" else 0.0, half=None)
+            trained = system.startswith(("mpar2", "hyper"))
+            row(org, system, "", "training_flops", "all", 5.1e13 if trained else 0.0, half=None, n=0)
+            row(org, system, "", "training_minutes", "all", 24.0 if trained else 0.0, half=None, n=0)
+            if system.endswith("+steering"):
+                row(org, system, "", "steering_fit_flops", "all", 2.4e9, half=None, n=0)
     _write(folder, COMPARE, pd.concat([COMPARE.frame(rows), reported_rows()], ignore_index=True))
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def _quiet(fn):

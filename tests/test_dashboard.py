@@ -21,6 +21,7 @@ from dashboards.synthetic import write_synthetic_run  # noqa: E402
 from interp import figures  # noqa: E402
 from interp.errors import RunFolderError  # noqa: E402
 from interp.papers import REPORTED  # noqa: E402
+from interp.schemas import SYSTEMS  # noqa: E402
 from probes.figures import accuracy_by_layer  # noqa: E402
 from steering.figures import compare_table, steering_sweep  # noqa: E402
 
@@ -87,6 +88,24 @@ def test_every_view_renders_its_figures(full_run, monkeypatch):
         assert not at.info, (view, [i.value for i in at.info])
     _goto(at, "tokens")
     assert len(at.get("html")) == 1 and len(at.get("audio")) == 1
+
+
+def test_compare_view_shows_the_grid_and_keeps_reported_numbers_apart(full_run, monkeypatch):
+    at = _goto(_app(monkeypatch, full_run), "compare")
+    figs = _figs(at)
+    reported = [f for f in figs if "Quoted from the papers" in _title(f)]
+    measured = [f for f in figs if f not in reported]
+    assert len(reported) == 1 and len(measured) == 2, [_title(f) for f in figs]
+    names = {r.system for r in REPORTED}
+    for f in measured:  # no paper's model on a measured axis
+        assert not names & {t.get("name") for t in f["data"]}
+        assert not names & {x for t in f["data"] for x in (t.get("x") or []) if isinstance(x, str)}
+    assert {t["name"] for t in reported[0]["data"]} == {"reported (papers)"}
+    headers = [h.value for h in at.header]
+    assert headers == ["Measured: systems × organisms", "Quoted from the papers (not measured here)"]
+    grid = at.dataframe[0].value
+    assert list(grid.columns) == ["organism", "system", "neutral", "congruent", "conflict"]
+    assert set(grid["organism"]) == {"micro", "micro-decay"}
 
 
 def test_heatmap_follows_the_step_slider(full_run, monkeypatch):
@@ -263,7 +282,8 @@ def test_figure_builders_name_their_traces(full_run):
     table = compare_table(data.read_table(full_run / "compare", "compare.parquet"))
     assert list(table.columns[:5]) == ["metric", "group", "system", "source", "value"]
     assert list(table["source"]) == ["measured"] * (len(table) - len(REPORTED)) + ["reported"] * len(REPORTED)
-    assert list(table["system"][:4]) == ["base", "base+steering", "finetuned", "finetuned+steering"]
+    assert list(dict.fromkeys(table["system"][table["source"] == "measured"])) == list(SYSTEMS)
+    assert set(table["organism"][table["source"] == "reported"]) == {""}
     assert figures.decay_curves(None).layout.annotations  # an empty-state figure, not an error
 
 
