@@ -65,7 +65,7 @@ def stage_eval(cfg: EvalConfig, *, lm=None, quiet: bool = False) -> dict[str, An
     out = cfg.run_folder
     # 2-4. folder check, model, folder
     run, lm = open_run(out, manifest=cfg.manifest(), items=items, resume=cfg.resume, lm=lm, model=cfg.model,
-                       dtype=cfg.dtype)
+                       dtype=cfg.dtype, device_map=cfg.device_map)
     # 5. rows
     log = RowLog(run, "items.parquet", key="row_id", resume=cfg.resume)
     df = run_eval(
@@ -73,8 +73,14 @@ def stage_eval(cfg: EvalConfig, *, lm=None, quiet: bool = False) -> dict[str, An
         cfg=gen, log=log, progress=not quiet,
     )
     EVAL_ITEMS.check(df)  # items.parquet, written row by row by the log
-    ACCURACY.write(run, summarize(df))
-    res = summary_json(df)
-    run.mark_stage("eval", n_rows=len(df))
-    run.finish()
-    return {"model": cfg.model, "data": cfg.data, "n": len(items), "run": str(out), "accuracy": res}
+
+    def finish():  # rank 0 writes the tables (interp.distributed); every rank returns its summary
+        ACCURACY.write(run, summarize(df))
+        res = summary_json(df)
+        run.mark_stage("eval", n_rows=len(df))
+        run.finish()
+        return {"model": cfg.model, "data": cfg.data, "n": len(items), "run": str(out), "accuracy": res}
+
+    from interp.distributed import on_main
+
+    return on_main(finish)

@@ -144,8 +144,12 @@ class RecordConfig(ModelDataConfig):
 
 
 @takes_config(RecordConfig)
-def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
+def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False, around_batch=None) -> dict[str, Any]:
     """Record per-head audio yield across reasoning steps; write decay and head tables.
+
+    ``around_batch(lm, items)``: a context manager entered around each batch's generation (e.g.
+    steering with a per-input direction of those items, :mod:`auralens.compare`); it is not part
+    of the run's identity — the caller names it in ``model``.
 
     Options (:class:`RecordConfig`), items and audio headers are checked, and the model loaded,
     before the run folder is created (:func:`interp.runs.open_run`).  Also callable with the
@@ -176,9 +180,12 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False) -> dict[str
     def rows_for(_setting, chunk):
         idxs = [i for i, _ in chunk]
         its = [it for _, it in chunk]
-        new, res, silence_last, prompt_len = record_batch(
-            lm, its, fmt, max_new_tokens=cfg.max_new_tokens, time_bins=cfg.time_bins, all_prompt=all_prompt
-        )
+        import contextlib
+
+        with around_batch(lm, its) if around_batch is not None else contextlib.nullcontext():
+            new, res, silence_last, prompt_len = record_batch(
+                lm, its, fmt, max_new_tokens=cfg.max_new_tokens, time_bins=cfg.time_bins, all_prompt=all_prompt
+            )
         rows = []
         for b, (idx, it) in enumerate(zip(idxs, its)):
             n_tok = len(trim_at_stop(new[b], eos, inclusive=True, pad_id=lm.tokenizer.pad_token_id))

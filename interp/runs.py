@@ -216,8 +216,20 @@ def verify_files(folder: str | Path) -> None:
             raise _unreadable(folder, str(p.relative_to(folder)), kind, exc) from None
 
 
+def _skip_write() -> bool:
+    """Under a multi-process launch, ranks other than 0 write only their own files (inside
+    :func:`interp.distributed.rank_local`: per-item files, their row shard); the run's shared
+    files (manifest, tables, figures) are rank 0's."""
+    from interp import distributed
+
+    return not distributed.writes_allowed()
+
+
 class RunFolder:
-    """One run's folder.  Create with :meth:`create` (fresh or ``resume=True``) or :meth:`open`."""
+    """One run's folder.  Create with :meth:`create` (fresh or ``resume=True``) or :meth:`open`.
+
+    Under ``accelerate launch`` / ``torchrun`` (:mod:`interp.distributed`) the write methods
+    and the manifest updates are no-ops on ranks other than 0, except inside the row loop."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -302,11 +314,15 @@ class RunFolder:
         return _read_manifest(self.path)
 
     def update_manifest(self, **changes: Any) -> None:
+        if _skip_write():
+            return
         m = self.manifest
         m.update(changes)
         self.write_json("manifest.json", m)
 
     def mark_stage(self, stage: str, **info: Any) -> None:
+        if _skip_write():
+            return
         m = self.manifest
         m.setdefault("stages", {})[stage] = {"finished_at": _now(), **info}
         self.write_json("manifest.json", m)
@@ -321,12 +337,14 @@ class RunFolder:
     def write_json(self, name: str, obj: Any) -> Path:
         """Strict JSON (non-finite floats as null, see :func:`dumps_strict`), written atomically."""
         p = self.file(name)
-        atomic_write_text(p, dumps_strict(obj))
+        if not _skip_write():
+            atomic_write_text(p, dumps_strict(obj))
         return p
 
     def write_table(self, name: str, df) -> Path:
         p = self.file(name)
-        _atomic_via(p, lambda tmp: df.to_parquet(tmp, index=False))
+        if not _skip_write():
+            _atomic_via(p, lambda tmp: df.to_parquet(tmp, index=False))
         return p
 
     def read_table(self, name: str):
@@ -347,6 +365,8 @@ class RunFolder:
         from safetensors.torch import save_file
 
         p = self.file(name)
+        if _skip_write():
+            return p
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         _atomic_via(p, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         return p
@@ -368,9 +388,15 @@ class RunFolder:
 
     def write_figure(self, name: str, fig) -> Path:
         p = self.file(name)
+        if _skip_write():
+            return p
         html = fig.to_html(include_plotlyjs=True, full_html=True)
         atomic_write_text(p, html)
         return p
+
+
+#: where the ranks of a multi-process launch keep their rows (``<table stem>.rank<r>.parquet``)
+SHARDS_DIR = "shards"
 
 
 class RowLog:
@@ -389,6 +415,41 @@ class RowLog:
 
     def done(self) -> set:
         return {r[self.key] for r in self.rows}
+
+    def reload(self) -> None:
+        """Read the rows back from the folder (another rank may have merged rows into it)."""
+        self.rows = self.run.read_table(self.name).to_dict("records") if self.run.has(self.name) else []
+
+    def shard_files(self) -> list[Path]:
+        """Row shards of this table left by the ranks of a multi-process launch."""
+        return sorted((self.run.path / SHARDS_DIR).glob(f"{Path(self.name).stem}.rank*.parquet"))
+
+    def merge_shards(self, order: dict | None = None) -> bool:
+        """Move the rows of :meth:`shard_files` into this table (rows already in it first, a
+        key seen twice kept once), sorted stably by ``order[key]`` (a key not in ``order``
+        last), and delete the shards.  Returns whether there were any."""
+        shards = self.shard_files()
+        if not shards:
+            return False
+        self.reload()
+        rows, seen = [], set()
+        for part in [self.rows] + [self.run.read_table(str(p.relative_to(self.run.path))).to_dict("records")
+                                    for p in shards]:
+            for r in part:
+                if r[self.key] not in seen:
+                    seen.add(r[self.key])
+                    rows.append(r)
+        if order is not None:
+            rows.sort(key=lambda r: order.get(r[self.key], len(order)))
+        self.rows = rows
+        self.flush()
+        for p in shards:
+            p.unlink()
+        try:
+            (self.run.path / SHARDS_DIR).rmdir()
+        except OSError:  # other tables' shards still there
+            pass
+        return True
 
     def extend(self, rows: Iterable[dict]) -> None:
         self.rows.extend(rows)
@@ -415,30 +476,68 @@ def fill_rows(settings: Sequence, items: Sequence, *, key: Callable[[Any, Any], 
     to ``log`` (a :class:`RowLog`, rewritten after each chunk, so a crash loses one chunk at most)
     or are kept in memory when there is none.  One progress bar over ``len(settings) *
     len(items)`` rows starts at the rows already done.  Returns a DataFrame of every row, those
-    resumed from ``log`` included."""
+    resumed from ``log`` included.  A row's ``log.key`` value is its ``key(item, setting)``.
+
+    Under a multi-process launch (:mod:`interp.distributed`) the same batches are formed and
+    dealt round-robin to the ranks; each rank writes its rows to its own shard
+    (``shards/<table>.rank<r>.parquet``) and, after a barrier, rank 0 merges them into the
+    table in the single-process order; every rank returns the whole table.  Shards a crashed
+    launch left are merged first (by any world size, one process included), so their rows
+    count as done."""
     import pandas as pd
 
+    from interp import distributed as dist
+
+    order: dict = {}
+    for setting in settings:
+        for it in items:
+            order.setdefault(key(it, setting), len(order))
+    merged = False
+    if log is not None:
+        merged = dist.on_main(lambda: log.merge_shards(order))
+        if merged:
+            log.reload()
     done = log.done() if log is not None else set()
-    rows: list[dict] = []
+    batches: list[tuple[Any, Sequence]] = []
+    for setting in settings:
+        todo = [it for it in items if key(it, setting) not in done]
+        batches += [(setting, todo[start : start + batch_size]) for start in range(0, len(todo), batch_size)]
+    ranked = dist.active()
+    mine = dist.shard(list(enumerate(batches)))
+    out = log
+    if ranked and log is not None:
+        out = RowLog(log.run, f"{SHARDS_DIR}/{Path(log.name).stem}.rank{dist.rank()}.parquet", key=log.key)
+    rows: list[tuple[int, list[dict]]] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(settings) * len(items), desc=desc, unit=unit, initial=len(done))
-    for setting in settings:
-        todo = [it for it in items if key(it, setting) not in done]
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
+        total = sum(len(c) for _, (_, c) in mine) if ranked else len(settings) * len(items)
+        bar = tqdm(total=total, desc=desc if not ranked else f"{desc} [rank {dist.rank()}]", unit=unit,
+                   initial=0 if ranked else len(done))
+    with dist.rank_local():
+        for j, (setting, chunk) in mine:
             new = rows_for(setting, chunk)
-            if log is not None:
-                log.extend(new)
+            if out is not None:
+                out.extend(new)
             else:
-                rows.extend(new)
+                rows.append((j, new))
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    return log.frame() if log is not None else pd.DataFrame(rows)
+    if not ranked:
+        if merged:  # a crashed launch's rows and these: in the single-process order, as a launch writes them
+            log.rows.sort(key=lambda r: order.get(r[log.key], len(order)))
+            log.flush()
+        return log.frame() if log is not None else pd.DataFrame([r for _, part in rows for r in part])
+    if log is None:  # in-memory rows: gathered to every rank, in the single-process order
+        parts = sorted((p for got in dist.gather_objects(rows) for p in got), key=lambda p: p[0])
+        return pd.DataFrame([r for _, part in parts for r in part])
+    dist.barrier()
+    dist.on_main(lambda: log.merge_shards(order))
+    log.reload()
+    return log.frame()
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,23 +650,47 @@ def open_run(
     lm=None,
     model: str | None = None,
     dtype: str = "auto",
+    device_map: Any = None,
     before_create=None,
 ):
     """Steps 2-4 of a stage, after its own validation: check the folder would accept the run
-    (read-only), check the model's config and load it (unless ``lm`` is given), call
+    (read-only), check the model's config and load it (unless ``lm`` is given; ``device_map``:
+    the ``--device-map`` text or value, :func:`interp.stage_config.parse_device_map`), call
     ``before_create(lm)`` (model-dependent checks), and only then create the folder.
-    Returns ``(run, lm)``; the manifest gets :func:`run_identity` of ``items``."""
-    manifest = {**manifest, **run_identity(items)}
-    RunFolder.check(out, manifest=manifest, resume=resume)
-    if lm is None:
-        from interp.loading import load_model
+    Returns ``(run, lm)``; the manifest gets :func:`run_identity` of ``items``.
 
-        check_dtype(dtype)
-        check_model(model)
-        lm = load_model(model, dtype=dtype)
-    if before_create is not None:
-        before_create(lm)
-    return RunFolder.create(out, manifest=manifest, resume=resume), lm
+    Under a multi-process launch every rank does the checks and loads its model (on its own
+    device), the ranks agree (an error on any rank is raised on all), rank 0 creates the
+    folder and the others wait for it (:mod:`interp.distributed`)."""
+    from interp import distributed as dist
+    from interp.stage_config import parse_device_map
+
+    manifest = {**manifest, **run_identity(items)}
+    device_map = parse_device_map(device_map)
+
+    def prepare():
+        RunFolder.check(out, manifest=manifest, resume=resume)
+        loaded = lm
+        if loaded is None:
+            from interp.loading import load_model
+
+            check_dtype(dtype)
+            check_model(model)
+            loaded = load_model(model, dtype=dtype, device=None if device_map is not None else dist.device(),
+                                device_map=device_map)
+        if before_create is not None:
+            before_create(loaded)
+        return loaded
+
+    lm = dist.agree(prepare)
+    world = dist.world()
+
+    def create():
+        run = RunFolder.create(out, manifest=manifest, resume=resume)
+        run.update_manifest(processes=world)  # not identity: a resumption may use another number
+        return run
+
+    return dist.on_main(create), lm
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from interp.errors import ConfigError
 
-__all__ = ["ModelDataConfig", "StageConfig", "option", "takes_config"]
+__all__ = ["ModelDataConfig", "StageConfig", "option", "parse_device_map", "takes_config"]
 
 #: manifest keys kept at the top level of the manifest, not in its ``config`` dict
 TOP_LEVEL = ("model", "data", "seed", "n")
@@ -37,6 +37,11 @@ DATA_HELP = ("'cafe', 'cafe-neutral|congruent|conflict[:calibration|dev|test]', 
              "or a folder with questions.jsonl, optionally ':calibration|dev|test[@seed]' (20/20/60 by item id).")
 DTYPE_HELP = "auto | float32 | bfloat16 | float16"
 RESUME_HELP = "Continue an interrupted run in --out (refused if any setting differs)."
+DEVICE_MAP_HELP = ("Spread the model over devices (transformers device_map): 'auto', 'balanced', 'sequential', or a "
+                   "JSON object of module name -> device such as '{\"model.layers.0\": 0, \"lm_head\": \"cpu\"}'; "
+                   "default: the whole model on one device.")
+#: the device_map strings transformers/accelerate understand
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def option(
@@ -120,6 +125,38 @@ class ModelDataConfig(StageConfig):
 
     model: str = option("micro", short="-m", help=MODEL_HELP)
     data: str = option("cafe", short="-d", help=DATA_HELP)
+    device_map: str | None = option(None, identity=False, cli_type=str, help=DEVICE_MAP_HELP)
+
+
+def parse_device_map(value: Any) -> str | dict[str, Any] | None:
+    """``--device-map`` as transformers takes it: None (``None``, ``""``, ``"none"``), one of
+    :data:`DEVICE_MAP_STRATEGIES`, or a dict of module name -> device (given as a dict or as a
+    JSON object string; a device is an int GPU index or a string such as ``"cpu"``, ``"cuda:1"``,
+    ``"disk"``).  Anything else is a :class:`ConfigError` naming ``device_map``."""
+    import json
+
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text in DEVICE_MAP_STRATEGIES:
+            return text
+        if not text.startswith("{"):
+            raise ConfigError(f"device_map: expected one of {list(DEVICE_MAP_STRATEGIES)}, 'none' or a JSON object "
+                              f"of module -> device, found {value!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"device_map: expected a JSON object of module -> device, found {value!r} ({exc})") from None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"device_map: expected a non-empty object of module -> device, found {value!r}")
+    for k, v in value.items():
+        ok = isinstance(k, str) and ((isinstance(v, int) and not isinstance(v, bool) and v >= 0) or
+                                     (isinstance(v, str) and bool(v)))
+        if not ok:
+            raise ConfigError(f"device_map: expected module name -> device (a GPU index or a name such as 'cpu'), "
+                              f"found {k!r}: {v!r}")
+    return dict(value)
 
 
 def takes_config(config_cls: type) -> Callable:

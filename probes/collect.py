@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -569,7 +570,7 @@ def collect_activations(
                     f"run folder {str(run.path)!r}: cannot resume the activation collection, {key} "
                     f"differs: the folder has {old.get(key)!r}, this run has {header[key]!r}"
                 )
-        for entry in old.get("chunks", []):
+        for entry in [*old.get("chunks", []), *_rank_entries(run.path)]:
             k = entry["index"]
             if (
                 k < len(planned)
@@ -577,31 +578,73 @@ def collect_activations(
                 and (run.path / ACTIVATIONS_DIR / entry["file"]).exists()
             ):
                 done[k] = entry
+    from interp import distributed as dist
+
+    ranked = dist.active()
+    dist.barrier()  # every rank has read the old index before rank 0 rewrites it
     index = {**header, "chunks": [done[k] for k in sorted(done)]}
-    run.write_json(INDEX_NAME, index)
+    dist.on_main(lambda: (run.write_json(INDEX_NAME, index), _drop_rank_indexes(run.path)))
+    # the chunks not done yet, dealt round-robin to the ranks (all of them without a launch);
+    # a rank lists its finished chunks in activations/index.rank<r>.json, merged by rank 0 at the end
+    mine = dist.shard([k for k in range(len(planned)) if k not in done])
+    my_entries: list[dict[str, Any]] = []
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(rows), desc="activations", unit="row", initial=sum(len(planned[k]) for k in done))
-    for k, chunk in enumerate(planned):
-        if k in done:
-            continue
-        entry = _collect_chunk(lm, items, chunk, k, cfg, run)
-        done[k] = entry
-        index["chunks"] = [done[j] for j in sorted(done)]
-        index["complete"] = len(done) == len(planned)
-        run.write_json(INDEX_NAME, index)
-        if bar is not None:
-            bar.update(len(chunk))
-        if on_chunk is not None:
-            on_chunk(len(done), len(planned))
+        total = sum(len(planned[k]) for k in mine) if ranked else len(rows)
+        bar = tqdm(total=total, desc="activations" + (f" [rank {dist.rank()}]" if ranked else ""), unit="row",
+                   initial=0 if ranked else sum(len(planned[k]) for k in done))
+    with dist.rank_local():
+        for k in mine:
+            entry = _collect_chunk(lm, items, planned[k], k, cfg, run)
+            if ranked:
+                my_entries.append(entry)
+                run.write_json(f"{ACTIVATIONS_DIR}/index.rank{dist.rank()}.json", {"chunks": my_entries})
+            else:
+                done[k] = entry
+                index["chunks"] = [done[j] for j in sorted(done)]
+                index["complete"] = len(done) == len(planned)
+                run.write_json(INDEX_NAME, index)
+            if bar is not None:
+                bar.update(len(planned[k]))
+            if on_chunk is not None:
+                on_chunk(len(done) + len(my_entries), len(planned))
     if bar is not None:
         bar.close()
-    index["complete"] = True
-    run.write_json(INDEX_NAME, index)
+    dist.barrier()
+
+    def complete():
+        for entry in _rank_entries(run.path):
+            done[entry["index"]] = entry
+        index["chunks"] = [done[j] for j in sorted(done)]
+        index["complete"] = True
+        run.write_json(INDEX_NAME, index)
+        _drop_rank_indexes(run.path)
+
+    dist.on_main(complete)
     return ActivationStore(run.path)
+
+
+def _rank_indexes(folder: Path) -> list[Path]:
+    return sorted((Path(folder) / ACTIVATIONS_DIR).glob("index.rank*.json"))
+
+
+def _rank_entries(folder: Path) -> list[dict[str, Any]]:
+    """The chunks the ranks of a multi-process launch finished (their ``index.rank<r>.json``)."""
+    out: list[dict[str, Any]] = []
+    for p in _rank_indexes(folder):
+        try:
+            out += json.loads(p.read_text()).get("chunks", [])
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue  # unreadable: its chunks are collected again
+    return out
+
+
+def _drop_rank_indexes(folder: Path) -> None:
+    for p in _rank_indexes(folder):
+        p.unlink()
 
 
 def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run) -> dict[str, Any]:

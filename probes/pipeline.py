@@ -641,6 +641,7 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
     # 2-4. folder check, model (and its layer range), folder
     run, lm = open_run(
         out, manifest=cfg.manifest(), items=items, resume=resume, lm=lm, model=model, dtype=cfg.dtype,
+        device_map=cfg.device_map,
         before_create=lambda m: coll.resolve(m.arch),  # layer range errors before any folder or work
     )
     run.update_manifest(splits={k: {"data": split_names[k], "n": len(split_ids[k]), "item_ids": split_ids[k]}
@@ -648,35 +649,41 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
     t1 = time.perf_counter()
     store = collect_activations(lm, items, run, coll, resume=resume, progress=not quiet)
     t2 = time.perf_counter()
-    table, best, notes = probe_store(
-        store, items, attributes=attributes, n_folds=cfg.n_folds, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
-        progress=not quiet, splits=split_ids,
-    )
-    t3 = time.perf_counter()
-    run.write_table("probes.parquet", table)
-    by_layer, by_step = _figures(table)
-    from interp.runs import atomic_write_text
 
-    atomic_write_text(run.file("probes_by_layer.html"), by_layer)
-    atomic_write_text(run.file("probes_by_step.html"), by_step)
-    _save_directions(run, best)
-    from probes.labels import label_table
+    def fit():  # rank 0 fits the probes on every item's activations (interp.distributed)
+        table, best, notes = probe_store(
+            store, items, attributes=attributes, n_folds=cfg.n_folds, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
+            progress=not quiet, splits=split_ids,
+        )
+        t3 = time.perf_counter()
+        run.write_table("probes.parquet", table)
+        by_layer, by_step = _figures(table)
+        from interp.runs import atomic_write_text
 
-    labels = label_table(items, list(table["attribute"].unique()))
-    run.write_table("labels.parquet", labels.astype(str).where(labels.notna(), None).reset_index())
-    run.write_table("generations.parquet", store.rows)
-    summary = _summary(table, best, notes)
-    t4 = time.perf_counter()
-    result = {
-        "model": model, "data": data, "n": len(items), "run": str(out),
-        "n_rows": int(len(store.rows)), "n_probes": int(len(table)),
-        "best_chosen_on": split_names["select"], "reported_on": split_names["report"],
-        "n_select": len(split_ids["select"]), "n_report": len(split_ids["report"]),
-        **summary,
-        "timing_s": {"load": round(t1 - t0, 2), "collect": round(t2 - t1, 2), "probe": round(t3 - t2, 2),
-                     "write": round(t4 - t3, 2), "total": round(t4 - t0, 2)},
-    }
-    run.write_json("probe_summary.json", result)
-    run.mark_stage("probe", n_rows=result["n_rows"], n_probes=result["n_probes"])
-    run.finish()
-    return result
+        atomic_write_text(run.file("probes_by_layer.html"), by_layer)
+        atomic_write_text(run.file("probes_by_step.html"), by_step)
+        _save_directions(run, best)
+        from probes.labels import label_table
+
+        labels = label_table(items, list(table["attribute"].unique()))
+        run.write_table("labels.parquet", labels.astype(str).where(labels.notna(), None).reset_index())
+        run.write_table("generations.parquet", store.rows)
+        summary = _summary(table, best, notes)
+        t4 = time.perf_counter()
+        result = {
+            "model": model, "data": data, "n": len(items), "run": str(out),
+            "n_rows": int(len(store.rows)), "n_probes": int(len(table)),
+            "best_chosen_on": split_names["select"], "reported_on": split_names["report"],
+            "n_select": len(split_ids["select"]), "n_report": len(split_ids["report"]),
+            **summary,
+            "timing_s": {"load": round(t1 - t0, 2), "collect": round(t2 - t1, 2), "probe": round(t3 - t2, 2),
+                         "write": round(t4 - t3, 2), "total": round(t4 - t0, 2)},
+        }
+        run.write_json("probe_summary.json", result)
+        run.mark_stage("probe", n_rows=result["n_rows"], n_probes=result["n_probes"])
+        run.finish()
+        return result
+
+    from interp.distributed import on_main
+
+    return on_main(fit)

@@ -321,13 +321,18 @@ def collect_paired(
     pos = parse_positions(positions)
     sites = ("hook_resid_post", "attn.hook_z")
     parts: dict[str, dict[str, list[Tensor]]] = {s: {"real": [], "silence": []} for s in sites}
+    from interp import distributed as dist
+
     chunks = list(batches(list(items), batch_size))
+    # under a multi-process launch each rank captures every world-th batch; the per-item
+    # reductions are gathered to every rank below, in batch order (interp.distributed)
+    mine = dist.shard(list(range(len(chunks))))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(items), desc="audio-minus-silence", unit="item")
-    for chunk in chunks:
+        bar = tqdm(total=sum(len(chunks[j]) for j in mine), desc="audio-minus-silence", unit="item")
+    for chunk in [chunks[j] for j in mine]:
         ids_ref = None
         for mode in ("real", "silence"):
             batch = model_inputs(lm, chunk, fmt, mode)
@@ -348,6 +353,11 @@ def collect_paired(
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    if dist.active():
+        got = dist.gather_objects({j: {s: {m: parts[s][m][i].cpu() for m in parts[s]} for s in sites}
+                                   for i, j in enumerate(mine)})
+        by_batch = {j: v for part in got for j, v in part.items()}
+        parts = {s: {m: [by_batch[j][s][m] for j in range(len(chunks))] for m in ("real", "silence")} for s in sites}
     cat = {s: {m: torch.cat(v) for m, v in parts[s].items()} for s in sites}
     return PairedActivations(
         layers=layers,

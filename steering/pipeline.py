@@ -24,6 +24,7 @@ from typing import Any
 from interp.errors import ConfigError
 from interp.stage_config import DTYPE_HELP as _DTYPE_HELP
 from interp.stage_config import RESUME_HELP as _RESUME_HELP
+from interp.distributed import barrier, is_main, on_main
 from interp.stage_config import ModelDataConfig, option, takes_config
 
 __all__ = ["MODES", "PROTOCOLS", "SteerEvalConfig", "SteerFitConfig", "eval_splits", "fit_spec", "overlap",
@@ -102,6 +103,15 @@ class SteerFitConfig(ModelDataConfig):
                 break
 
 
+def _placement(cfg) -> dict[str, Any]:
+    """Where the model goes: ``--device-map`` (checked), else this rank's device under a launch."""
+    from interp.distributed import device
+    from interp.stage_config import parse_device_map
+
+    device_map = parse_device_map(cfg.device_map)
+    return {"device_map": device_map} if device_map is not None else {"device": device()}
+
+
 @takes_config(SteerFitConfig)
 def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     """Fit the audio-minus-silence vector on ``n`` items of ``data`` (data seed ``seed``) and
@@ -140,7 +150,7 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     items = load_items(data, n=n, seed=seed)
     if lm is None:
         check_model(model)
-        lm = load_model(model, dtype=cfg.dtype)
+        lm = load_model(model, dtype=cfg.dtype, **_placement(cfg))
     if layers is not None:
         layers_from = "option"
     elif heads:
@@ -164,8 +174,10 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
         batch_size=cfg.batch_size, seed=seed, controls=False, extra={"fit": fit}, progress=not quiet,
     )
     vec = vecs["audio_minus_silence"]
-    out_vector.parent.mkdir(parents=True, exist_ok=True)
-    export(vec, out_vector)
+    if is_main():  # every rank has the same vector (the activations are gathered)
+        out_vector.parent.mkdir(parents=True, exist_ok=True)
+        export(vec, out_vector)
+    barrier()
     return vec
 
 
@@ -484,7 +496,7 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: b
     # 3. the model, and what depends on it
     if lm is None:
         check_model(model)
-        lm = load_model(model, dtype=cfg.dtype)
+        lm = load_model(model, dtype=cfg.dtype, **_placement(cfg))
     vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
     name = vec.method if vec.method not in ("random_direction", "random_heads") else f"{vec.method}_vector"
     vectors: dict[str, Any] = {name: vec}
@@ -509,11 +521,12 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: b
                                   fmt=fitcfg.get("format", "direct"))
             vectors["random_heads"] = random_heads(acts, lm, vec, seed=seed)
     # 4. the folder, 5. the rows
-    run = RunFolder.create(out, manifest=manifest, resume=resume)
+    run = on_main(lambda: RunFolder.create(out, manifest=manifest, resume=resume))
     run.file("vectors").mkdir(parents=True, exist_ok=True)
     for vname, v in vectors.items():
         if isinstance(v, SteeringVector):
-            export(v, run.file(f"vectors/{vname}.safetensors"))
+            if is_main():
+                export(v, run.file(f"vectors/{vname}.safetensors"))
     log = RowLog(run, "items.parquet", key="row_id", resume=resume)
     rows = run_sweep(lm, items, vectors, sweep, log=log, progress=not quiet)
     table = steering_table(rows, n_boot=sweep.n_boot, seed=sweep.seed, alphas=sorted({0.0, *sweep.alphas}))
@@ -533,6 +546,7 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: b
     run.write_json("summary.json", summary)
     run.mark_stage("steer_eval", n_rows=len(rows))
     run.finish()
+    barrier()  # rank 0 has written every file (the other ranks skipped them: interp.distributed)
     return summary
 
 
@@ -726,7 +740,7 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
     RunFolder.check(out, manifest=manifest, resume=resume)
     if lm is None:
         check_model(model)
-        lm = load_model(model, dtype=cfg.dtype)
+        lm = load_model(model, dtype=cfg.dtype, **_placement(cfg))
     vec.check_compatible(lm.arch, lm.model_id if vector is not vec else None)
     if fit.get("model") is not None and str(fit["model"]) not in (str(model), str(lm.model_id), str(getattr(lm, "source", ""))):
         raise ConfigError(f"vector: fitted on model {fit['model']!r}, evaluated on {model!r}")
@@ -736,7 +750,7 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
                 check_model(cfg.control_model)
             except ConfigError as exc:
                 raise ConfigError(f"control_model: {exc}") from None
-            control_lm = load_model(cfg.control_model, dtype=cfg.dtype)
+            control_lm = load_model(cfg.control_model, dtype=cfg.dtype, **_placement(cfg))
         try:
             vec.check_compatible(control_lm.arch)
         except Exception as exc:  # VectorFileError: another architecture / width / too few layers
@@ -753,7 +767,7 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
         dev_vectors[mean_name], names[mean_name] = vec, "mean"
     if "per_input" in modes:
         dev_vectors["per_input"], names["per_input"] = PerInput(vec), "per_input"
-    run = RunFolder.create(out, manifest=manifest, resume=resume)
+    run = on_main(lambda: RunFolder.create(out, manifest=manifest, resume=resume))
     run.file("vectors").mkdir(parents=True, exist_ok=True)
     dev_rows = run_sweep(lm, dev_items, dev_vectors, sweep, log=RowLog(run, "items.parquet", key="row_id", resume=resume),
                          progress=not quiet)
@@ -843,11 +857,13 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
     # 5. the chosen vector, with its provenance
     steer_meta = {"mode": sel["mode"], "layers": sel["layers"], "positions": sel["positions"], "beta": sel["beta"],
                   "format": sel["format"], "chosen_on": "dev", "splits": records}
-    export(dataclasses.replace(vec, extra={**vec.extra, "steer": steer_meta}, source=None),
-           run.file("vectors/selected.safetensors"))
+    if is_main():
+        export(dataclasses.replace(vec, extra={**vec.extra, "steer": steer_meta}, source=None),
+               run.file("vectors/selected.safetensors"))
     for cname, v in test_vectors.items():
         if isinstance(v, SteeringVector) and cname != sel["vector"]:
-            export(v, run.file(f"vectors/{cname}.safetensors"))
+            if is_main():
+                export(v, run.file(f"vectors/{cname}.safetensors"))
     summary = {
         "model": model, "data": data, "protocol": "dev_test", "run": str(out), "vector": mean_name,
         "method": vec.method, "layers": list(vec.layers), "alphas": list(sweep.alphas), "modes": list(modes),
@@ -867,4 +883,5 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
     run.write_json("summary.json", summary)
     run.mark_stage("steer_eval", n_rows=len(dev_rows) + len(test_rows))
     run.finish()
+    barrier()  # rank 0 has written every file (the other ranks skipped them: interp.distributed)
     return summary
