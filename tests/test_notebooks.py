@@ -23,10 +23,9 @@ NOTEBOOKS = {
     "02_probes.ipynb": {"needs": [("probes.pipeline", "stage_probe")], "models": ["micro"]},
     "03_steering.ipynb": {"needs": [("steering.pipeline", "stage_steer_fit"), ("steering.pipeline", "stage_steer_eval")],
                           "models": ["micro"]},
-    "04_steering_vs_finetuning.ipynb": {
-        "needs": [("steering.pipeline", "stage_steer_fit"), ("steering.pipeline", "stage_steer_eval")],
-        "models": ["micro", "micro-mpar2"],
-    },
+    # the fine-tuned arms join when their weights exist (the notebook checks)
+    "04_steering_vs_finetuning.ipynb": {"needs": [("auralens.compare", "stage_compare")],
+                                        "models": ["micro", "micro-decay"]},
 }
 ALLOWED = {"interp", "probes", "steering", "dashboards", "auralens", "numpy", "pandas", "IPython"}
 CELL_TIMEOUT_S = 900
