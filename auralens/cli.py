@@ -455,7 +455,7 @@ def organisms_validate(
 
 @_stage_command(app, "compare", "auralens.compare:CompareConfig")
 def compare_cmd(cfg, as_json: bool = JsonOpt) -> None:
-    """Base, base + steering, fine-tuned, fine-tuned + steering on the same items."""
+    """Base, base + steering, MPAR²-style, MPAR² + steering and HyPeR-style fine-tunes on the same items, per organism."""
     from auralens.compare import stage_compare
 
     _echo_json(stage_compare(**cfg.options(), quiet=as_json))

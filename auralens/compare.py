@@ -1,48 +1,53 @@
-"""Steering vs MPAR²-style fine-tuning, on the same model family and the same items
-(``auralens compare``).
+"""Steering against fine-tuning where there is something to repair (``auralens compare``).
 
-Four systems answer the same ``n`` items of ``data`` (data seed ``seed``): ``base``,
-``base+steering`` (the vector at its ``default_alpha`` or the given ``alpha``, through
-:func:`steering.apply.apply_vector`), ``finetuned`` and ``finetuned+steering`` (by default the same vector,
-fitted on the base, applied unchanged; ``vector_ft`` gives the fine-tuned model its own).  Each (system, format) is one
-:func:`interp.record.stage_record` run in ``<out>/<system>/<format>/`` (generation with the
-attention-yield recorder, claims, error attribution), so every number here is computed by the
-same code as the perception-decay stage.
+**The grid.**  For each base model of ``base`` (comma-separated: ``micro,micro-prior,micro-decay``,
+or one real checkpoint), five systems answer the *same* items of every condition of ``data``
+(default the held-out test splits ``cafe-neutral:test, cafe-congruent:test, cafe-conflict:test``):
 
-``compare.parquet`` has one row per number, columns :data:`COMPARE_COLUMNS`
-(:data:`interp.schemas.COMPARE`, checked on write):
+- ``base`` — the model as it is, in ``base_format`` (``auto``: the format it was trained on,
+  read from its ``training.json``; ``structured`` when it has none);
+- ``base+steering`` — the paper's protocol (:func:`steering.pipeline.stage_steer_eval`,
+  ``dev_test``): an audio-minus-silence vector fitted on the steering data's calibration split,
+  mode (fixed ``v`` or per-input ``s(x)``), layer, β and positions chosen on its dev split, then
+  applied unchanged here (``steer``: ``auto`` runs fit and selection inside this run folder, a
+  path reuses a ``steer eval`` run, ``none`` skips the steered systems);
+- ``mpar2`` — the MPAR²-style fine-tune (:mod:`finetuning`; ``auto``: ``<base>-mpar2``), in
+  ``ft_format``; ``mpar2+steering`` — with its own fitted and dev-chosen vector
+  (``steer_mpar2="auto"``; ``"same"`` applies the base's setting unchanged);
+- ``hyper`` — the HyPeR-style fine-tune (:mod:`finetuning.hyper`; ``auto``: ``<base>-hyper``),
+  which generates with its PAUSE rule (``pause.json``).
 
-- ``system``: one of :data:`SYSTEMS` for measured rows (``source="measured"``); the model name
-  for rows quoted from the papers (``source="reported"``, :data:`interp.papers.REPORTED`; never
-  measured here).
-- ``metric`` / ``group`` (``<format>/<what>``):
+Every (system, condition) is one :func:`interp.record.stage_record` run, so every number comes
+from the same code as the perception-decay stage; the specialist heads of each model are ranked
+once on the calibration split of the first condition (never on the reported items).
 
-  - ``accuracy``: ``<fmt>/all``, ``<fmt>/tier=...``, and ``category=``, ``task=``,
-    ``difficulty=``, ``sub_category=`` wherever they split the items differently (MMAU: task
-    sound/music/speech, category, difficulty); 95% item-bootstrap CI.
-  - ``gain_vs_base`` / ``gain_vs_unsteered``: accuracy difference with the paired bootstrap
-    (per-item differences resampled) against ``base`` / the same model without steering.
-  - ``claim_accuracy``: accuracy of the perceptual claims (``<fmt>/all`` and ``<fmt>/step=s``
-    per reasoning step; value pooled over claims, CI from the item bootstrap, ``n`` claims);
-    only for items with a cafe scene.
-  - ``error_share``: share of the wrong answers attributed to ``perception`` / ``reasoning`` /
-    ``unverifiable`` (:func:`interp.decay.attribute_errors`); only with scenes.
-  - ``specialist_yield``: mean audio yield of the specialist heads per reasoning step
-    (``<fmt>/step=s``, CI over items); ``yield_slope_specialists`` / ``yield_slope_all_heads``:
-    least-squares slope of the mean yield over steps (:func:`interp.decay.decay_summary`,
-    negative = perception decay).  The specialists are the top-k heads of the *unsteered* run of
-    the same model (:func:`interp.listening.top_k` on its ``heads.parquet``), so a steered
-    system is measured on the heads of its own model.
-  - ``training_flops``: from the fine-tuned folder's ``finetune.json`` (``compute_flops.total``;
-    0 for the base and for steering, which trains nothing); ``steering_fit_flops``: an estimate
-    of fitting the vector (2 forwards per fit item × mean prompt tokens of the evaluated items ×
-    2 · parameters).
+``compare.parquet`` (:data:`interp.schemas.COMPARE`): one row per number, with ``organism`` (the
+base model), ``system``, ``condition`` (the dataset), ``format``, ``metric`` and ``group``:
 
-Also written: ``compare.html`` (self-contained plotly, :func:`steering.figures.compare_figure`),
-``summary.json`` and ``manifest.json``.
-The same function runs a real checkpoint on MMAU test-mini (``data`` = the JSON, audio under
-``test-mini-audios/`` beside it; MMAU's matching rule scores every answer): nothing but the
-claim and error-share rows needs a cafe scene, and those are left out when no item has one.
+- ``accuracy`` (``all``, ``tier=...`` and the other groupings that split the items; item-bootstrap
+  CI); ``gain_vs_base`` (paired bootstrap over items against ``base`` on the same condition);
+  ``gain_vs_unsteered`` (a steered system against its own model);
+- ``claim_accuracy`` (``all`` and ``step=s``), ``claim_onset`` (the step after the largest fall of
+  class-claim accuracy, :func:`auralens.organisms.onset`; -1 when fewer than two steps have
+  ``min_claims`` claims) and ``claim_gap`` (class-claim accuracy before the onset − from it on,
+  paired by item, CI); ``error_share`` (``perception`` / ``reasoning`` / ``unverifiable``, shares
+  *of the wrong answers*); ``specialist_yield`` by step and ``yield_slope_specialists`` /
+  ``yield_slope_all_heads``;
+- cost: ``generated_tokens`` (per item, CI), ``pauses_per_item`` (HyPeR's PAUSE tokens, part of
+  the generated tokens), ``forwards_per_item`` (one per generated token, +2 for per-input steering:
+  the real and silence passes that give ``s(x)``); ``training_flops`` / ``training_minutes`` (from
+  the fine-tune's ``finetune.json``; 0 for base and steering) and ``steering_fit_flops``
+  (condition and format empty).
+
+The papers' numbers are added as ``source="reported"`` rows (:mod:`interp.papers`: other models,
+other benchmarks — never on an axis with these).  Also written: ``compare.html``,
+``summary.json``, ``manifest.json``; per organism its steering runs (``<organism>/steer/``) and
+record runs (``<organism>/<system>/<condition>/``).
+
+**Real checkpoints** (one GPU; see the README): ``--base Qwen/Qwen2-Audio-7B-Instruct --mpar2
+<MPAR²-tuned folder> --hyper none --data mmau-test-mini.json:test`` or R1-AQA as ``--mpar2``
+(it is Qwen2-Audio after GRPO): the same code path; MMAU has no scenes, so the claim and
+error-share rows are left out.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,22 +63,32 @@ from typing import Any
 import numpy as np
 
 from interp.errors import ConfigError
-from interp.stage_config import DATA_HELP, DTYPE_HELP, RESUME_HELP, StageConfig, option, takes_config
 from interp.papers import REPORTED, reported_rows
 from interp.schemas import COMPARE, SYSTEMS
+from interp.stage_config import DTYPE_HELP, RESUME_HELP, StageConfig, option, takes_config
 
 __all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "CompareConfig", "reported_rows", "stage_compare"]
 
 COMPARE_COLUMNS: tuple[str, ...] = COMPARE.names
-_DIRS = {"base": "base", "base+steering": "base_steering", "finetuned": "finetuned",
-         "finetuned+steering": "finetuned_steering"}
+_DIRS = {"base": "base", "base+steering": "base_steering", "mpar2": "mpar2", "mpar2+steering": "mpar2_steering",
+         "hyper": "hyper"}
 _GROUP_KEYS = ("tier", "category", "task", "difficulty", "sub_category")
 _ERROR_TYPES = ("perception", "reasoning", "unverifiable")
+_FORMATS = ("direct", "cot", "structured")
+DEFAULT_DATA = "cafe-neutral:test,cafe-congruent:test,cafe-conflict:test"
 
 
-def _row(system, metric, group, value, lo=np.nan, hi=np.nan, n=0, note="") -> dict[str, Any]:
-    return {"system": system, "metric": metric, "group": group, "value": float(value), "ci_low": float(lo),
-            "ci_high": float(hi), "n": int(n), "source": "measured", "note": note}
+# --------------------------------------------------------------------------------- rows
+class _Rows(list):
+    """Rows of one (organism, system, condition, format) cell."""
+
+    def __init__(self, organism: str, system: str, condition: str, fmt: str):
+        super().__init__()
+        self.key = {"organism": organism, "system": system, "condition": condition, "format": fmt}
+
+    def add(self, metric, group, value, lo=np.nan, hi=np.nan, n=0, note="") -> None:
+        self.append({**self.key, "metric": metric, "group": group, "value": float(value), "ci_low": float(lo),
+                     "ci_high": float(hi), "n": int(n), "source": "measured", "note": note})
 
 
 def _mean_ci(values, *, n_boot: int, seed: int) -> tuple[float, float, float]:
@@ -100,52 +115,63 @@ def _groupings(df) -> list[str]:
     return keys
 
 
-def _accuracy_rows(system, fmt, df, *, n_boot, seed) -> list[dict]:
-    rows = []
+def _accuracy(rows: _Rows, df, *, n_boot, seed) -> None:
     m, lo, hi = _mean_ci(df["correct"], n_boot=n_boot, seed=seed)
-    rows.append(_row(system, "accuracy", f"{fmt}/all", m, lo, hi, len(df)))
+    rows.add("accuracy", "all", m, lo, hi, len(df))
     for key in _groupings(df):
         for val, g in df.groupby(df[key].fillna("").astype(str), sort=True):
             m, lo, hi = _mean_ci(g["correct"], n_boot=n_boot, seed=seed)
-            rows.append(_row(system, "accuracy", f"{fmt}/{key}={val}", m, lo, hi, len(g)))
-    return rows
+            rows.add("accuracy", f"{key}={val}", m, lo, hi, len(g))
 
 
-def _gain_row(system, metric, fmt, df, ref, ref_name, *, n_boot, seed) -> dict:
+def _gain(rows: _Rows, metric, df, ref, ref_name, *, n_boot, seed) -> None:
     a = df.set_index("item_id")["correct"].astype(float)
     b = ref.set_index("item_id")["correct"].astype(float)
     common = a.index.intersection(b.index)
-    d = (a[common] - b[common]).to_numpy()
-    m, lo, hi = _mean_ci(d, n_boot=n_boot, seed=seed)
-    return _row(system, metric, f"{fmt}/all", m, lo, hi, len(d), note=f"paired bootstrap over items vs {ref_name}")
+    m, lo, hi = _mean_ci((a[common] - b[common]).to_numpy(), n_boot=n_boot, seed=seed)
+    rows.add(metric, "all", m, lo, hi, len(common), note=f"paired bootstrap over items vs {ref_name}")
 
 
-def _claim_rows(system, fmt, run, *, n_boot, seed) -> list[dict]:
+def _claims(rows: _Rows, run, *, n_boot, seed, min_claims: int) -> None:
+    from auralens.organisms import onset
+
     claims = run.read_table("claims.parquet")
     if not len(claims):
-        return []
+        return
     per_item = claims.groupby("item_id")["claim_correct"].mean().to_numpy(float)
     _, lo, hi = _mean_ci(per_item, n_boot=n_boot, seed=seed)
-    rows = [_row(system, "claim_accuracy", f"{fmt}/all", claims["claim_correct"].mean(), lo, hi, len(claims),
-                 note="perceptual claims checked against the scene; value pooled over claims, CI over items")]
+    rows.add("claim_accuracy", "all", claims["claim_correct"].mean(), lo, hi, len(claims),
+             note="perceptual claims checked against the scene; value pooled over claims, CI over items")
     for r in run.read_table("claim_accuracy.parquet").itertuples():
-        rows.append(_row(system, "claim_accuracy", f"{fmt}/step={int(r.step)}", r.accuracy, r.ci_low, r.ci_high,
-                         r.n_claims, note="claims made at this reasoning step"))
-    return rows
+        rows.add("claim_accuracy", f"step={int(r.step)}", r.accuracy, r.ci_low, r.ci_high, r.n_claims,
+                 note="claims made at this reasoning step")
+    # onset and gap on class claims (a step-0 count claim would make any curve fall after step 0)
+    cls = claims[claims["kind"] == "class"]
+    acc = cls.groupby("step")["claim_correct"].agg(["mean", "count"]).reset_index()
+    acc = acc[acc["count"] >= min_claims]
+    if len(acc) < 2:
+        rows.add("claim_onset", "all", -1, n=len(cls),
+                 note=f"fewer than two steps with {min_claims} class claims: no onset")
+        return
+    k = int(acc["step"].iloc[onset(acc["mean"].tolist())])
+    rows.add("claim_onset", "all", k, n=len(cls), note="step after the largest fall of class-claim accuracy by step")
+    before = cls[cls.step < k].groupby("item_id")["claim_correct"].mean()
+    after = cls[cls.step >= k].groupby("item_id")["claim_correct"].mean()
+    both = before.index.intersection(after.index)
+    m, lo, hi = _mean_ci((before[both] - after[both]).to_numpy(float), n_boot=n_boot, seed=seed)
+    rows.add("claim_gap", "all", m, lo, hi, len(both),
+             note=f"class-claim accuracy before step {k} - from it on, paired by item")
 
 
-def _error_rows(system, fmt, df, *, n_boot, seed) -> list[dict]:
+def _errors(rows: _Rows, df, *, n_boot, seed) -> None:
     wrong = df[~df["correct"].astype(bool)]
-    rows = []
     for et in _ERROR_TYPES:
         ind = (wrong["error_type"] == et).to_numpy(float)
         m, lo, hi = _mean_ci(ind, n_boot=n_boot, seed=seed) if len(ind) else (np.nan,) * 3
-        rows.append(_row(system, "error_share", f"{fmt}/{et}", m, lo, hi, len(wrong),
-                         note="share of the wrong answers (interp.decay.attribute_errors)"))
-    return rows
+        rows.add("error_share", et, m, lo, hi, len(wrong), note="share of the wrong answers (interp.decay.attribute_errors)")
 
 
-def _decay_rows(system, fmt, run, df, top, *, n_boot, seed) -> list[dict]:
+def _decay(rows: _Rows, run, df, top, *, n_boot, seed) -> None:
     from interp.decay import decay_summary, decay_table
     from interp.record import load_yields
 
@@ -153,28 +179,58 @@ def _decay_rows(system, fmt, run, df, top, *, n_boot, seed) -> list[dict]:
     table = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed, per_head=False)
     summ = decay_summary(table)
     heads = ", ".join(f"{L}:{h}" for L, h in top)
-    rows = []
     for r in table[(table.group == "topk") & (table.axis == "step")].sort_values("step").itertuples():
-        rows.append(_row(system, "specialist_yield", f"{fmt}/step={int(r.step)}", r.mean_yield, r.ci_low, r.ci_high,
-                         r.n, note=f"mean audio yield of heads {heads}"))
+        rows.add("specialist_yield", f"step={int(r.step)}", r.mean_yield, r.ci_low, r.ci_high, r.n,
+                 note=f"mean audio yield of heads {heads} (ranked on calibration items)")
     for group, metric in (("topk", "yield_slope_specialists"), ("all", "yield_slope_all_heads")):
         s = summ[summ.group == group]
         if len(s):
-            rows.append(_row(system, metric, f"{fmt}/all", s.slope.iloc[0], n=int(s.n_steps.iloc[0]),
-                             note=f"least-squares slope of mean yield per reasoning step"
-                                  f"{' (heads ' + heads + ')' if group == 'topk' else ''}; < 0 = perception decay"))
-    return rows
+            rows.add(metric, "all", s.slope.iloc[0], n=int(s.n_steps.iloc[0]),
+                     note="least-squares slope of mean yield per reasoning step; < 0 = perception decay")
 
 
-def _finetune_flops(lm) -> tuple[float, str]:
+def _inference_cost(rows: _Rows, run, df, pause_id: int | None, extra_forwards: int, *, n_boot, seed) -> None:
+    toks = df["n_tokens"].to_numpy(float)
+    m, lo, hi = _mean_ci(toks, n_boot=n_boot, seed=seed)
+    rows.add("generated_tokens", "all", m, lo, hi, len(df), note="generated tokens per item (end-of-turn included)")
+    pauses = np.zeros(len(df))
+    if pause_id is not None:
+        for i, idx in enumerate(df["item_index"]):
+            ids = run.read_tensors(f"yields/{int(idx):05d}.safetensors", framework="np")["token_ids"]
+            pauses[i] = float((ids == pause_id).sum())
+    rows.add("pauses_per_item", "all", pauses.mean(), n=len(df), note="PAUSE tokens per answer (HyPeR's rule)")
+    rows.add("forwards_per_item", "all", toks.mean() + extra_forwards, n=len(df),
+             note="one forward per generated token" + (f", +{extra_forwards} for s(x) (real and silence passes)"
+                                                         if extra_forwards else ""))
+
+
+# ------------------------------------------------------------------------------ models
+def _embedded_arm(base: str, recipe: str) -> str | None:
+    from interp.micro.organisms import available
+
+    name = f"{base}-{recipe}"
+    return name if available(name) else None
+
+
+def _native_format(lm) -> str:
+    """The format a micro model was trained on (its training.json format weights), else structured."""
+    p = Path(lm.source) / "training.json"
+    if p.is_file():
+        w = (json.loads(p.read_text()).get("train_config") or {}).get("format_weights")
+        if isinstance(w, list) and len(w) == len(_FORMATS):
+            return _FORMATS[int(np.argmax(w))]
+    return "structured"
+
+
+def _finetune_cost(lm) -> tuple[float, float, str]:
     p = Path(lm.source) / "finetune.json"
     if not p.exists():
-        return np.nan, f"no finetune.json in {lm.source} (not fine-tuned by finetuning.recipe): training compute unknown"
+        return np.nan, np.nan, f"no finetune.json in {lm.source}: training compute unknown"
     info = json.loads(p.read_text())
-    total = info.get("compute_flops", {}).get("total")
-    if total is None:
-        return np.nan, f"{p} records no compute_flops"
-    return float(total), f"from {p.name}: 6·N·tokens (SFT, GRPO updates) + 2·N·tokens (sampling, reference)"
+    total = (info.get("compute_flops") or {}).get("total")
+    return (float(total) if total is not None else np.nan, float(info.get("minutes", np.nan)),
+            f"from {p.name}: 6·N·tokens (SFT, GRPO updates) + 2·N·tokens (sampling, reference); "
+            f"{info.get('timing', {}).get('threads', '?')} CPU threads")
 
 
 def _fit_flops(vec, lm, items, fmt) -> tuple[float, str]:
@@ -187,86 +243,197 @@ def _fit_flops(vec, lm, items, fmt) -> tuple[float, str]:
     batch = model_inputs(lm, sample, fit.get("format", fmt))
     mean_tokens = float(batch["attention_mask"].sum()) / len(sample)
     n_params = sum(p.numel() for p in lm.model.parameters())
-    flops = 2.0 * n_params * 2 * fit["n"] * mean_tokens
-    return flops, (f"estimate: {fit['n']} fit items × 2 forwards (audio, silence) × {mean_tokens:.0f} mean prompt "
-                   f"tokens × 2·N; no training")
+    return (2.0 * n_params * 2 * fit["n"] * mean_tokens,
+            f"estimate: {fit['n']} fit items × 2 forwards (audio, silence) × {mean_tokens:.0f} mean prompt tokens × 2·N")
 
 
-def _vector_digest(vec) -> str:
+def _digest(vec) -> str:
     return hashlib.sha256(vec.stacked().float().cpu().numpy().tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- steering
+@dataclass(frozen=True)
+class _Steer:
+    """A chosen steering setting: the vector, mode, layer, beta, positions (from a steer eval run)."""
+
+    vec: Any
+    mode: str
+    layer: int
+    beta: float
+    positions: str
+    fmt: str
+    source: str
+
+    def around(self, batch_size: int, fmt: str):
+        """``around_batch`` for :func:`interp.record.stage_record`: steer each generated batch
+        (per-input ``s(x)`` read from the prompts in ``fmt``, the format being recorded)."""
+        from steering.apply import apply_vector
+
+        def ctx(lm, items):
+            per_row = None
+            if self.mode == "per_input":
+                from steering.evaluate import PerInput
+
+                per_row = PerInput(self.vec).rows(lm, list(items), [self.layer], fmt, batch_size)
+            return apply_vector(lm, self.vec, alpha=self.beta, positions=self.positions, layers=[self.layer],
+                                per_row=per_row)
+
+        return ctx
+
+    @property
+    def extra_forwards(self) -> int:
+        return 2 if self.mode == "per_input" else 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "mode": self.mode, "layer": self.layer, "beta": self.beta,
+                "positions": self.positions, "chosen_in_format": self.fmt, "vector_sha256": _digest(self.vec),
+                "method": self.vec.method, "fitted_on": self.vec.model_id}
+
+
+def read_steer_run(path) -> _Steer:
+    """The setting a ``steer eval`` (dev_test) run chose on dev (``vectors/selected.safetensors``)."""
+    from steering.formats import load_vector
+
+    f = Path(path) / "vectors" / "selected.safetensors"
+    if not f.is_file():
+        raise ConfigError(f"steer run {str(path)!r}: expected a `auralens steer eval` dev_test run folder with "
+                          f"vectors/selected.safetensors, found {'no such folder' if not Path(path).exists() else 'none'}")
+    vec = load_vector(f)
+    s = (vec.extra or {}).get("steer")
+    if not isinstance(s, dict) or s.get("chosen_on") != "dev":
+        raise ConfigError(f"steer run {str(path)!r}: expected a setting chosen on dev (extra['steer']), found {s!r}")
+    return _Steer(vec=vec, mode=str(s["mode"]), layer=int(s["layers"][0]), beta=float(s["beta"]),
+                  positions=str(s["positions"]), fmt=str(s.get("format", "")), source=str(path))
+
+
+def _select_steering(lm, model: str, fmt: str, folder: Path, cfg: "CompareConfig", quiet: bool) -> _Steer:
+    """The paper's protocol for one model: fit on the steering data's calibration split, choose
+    mode / layer / beta / positions on its dev split (:func:`steering.pipeline.stage_steer_eval`)."""
+    from steering.pipeline import stage_steer_eval, stage_steer_fit
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vec_path = folder / "vector.safetensors"
+    if not vec_path.exists():
+        stage_steer_fit(model=model, data=cfg.steer_data, n=cfg.n_cal, out_vector=vec_path, seed=cfg.seed, fmt=fmt,
+                        lm=lm)
+    stage_steer_eval(model=model, data=cfg.steer_data, vector=vec_path, n=cfg.n_dev, out=folder / "eval",
+                     formats=(fmt,), alphas=cfg.betas, controls=False, seed=cfg.seed, resume=cfg.resume,
+                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, n_boot=cfg.n_boot, lm=lm,
+                     quiet=quiet)
+    return read_steer_run(folder / "eval")
+
+
+# ------------------------------------------------------------------------------- config
+def _split_list(value, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    out = tuple(str(v) for v in value if str(v).strip())
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"{name}: expected a comma-separated list of distinct values, found {value!r}")
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
 class CompareConfig(StageConfig):
-    """``auralens compare``: base, base + steering, fine-tuned, fine-tuned + steering."""
+    """``auralens compare``: base, base + steering, MPAR²-style, MPAR² + steering, HyPeR-style."""
 
     COMMAND = "auralens compare"
 
-    base: str = option("micro", help="The base model ('micro', an HF id or a folder).")
-    finetuned: str = option("micro-mpar2", help="The fine-tuned model ('micro-mpar2', an HF id or a folder).")
-    vector: Any = option(identity=False, cli_type=Path,
-                         help="Steering vector file fitted on --base (None: the steered systems are skipped).")
-    data: str = option("cafe", short="-d", help=DATA_HELP)
-    n: int = option(90, help="Number of items (>= 1).")
-    alpha: float | None = option(None, help="Default: the vector's default alpha.")
-    formats: tuple[str, ...] = option(("structured",), flag="--format", parse="one",
-                                      help="Answer format: direct | cot | structured.")
+    base: str = option("micro,micro-prior,micro-decay",
+                       help="Comma-separated base models ('micro', an organism, an HF id or a folder): one grid row each.")
+    mpar2: str = option("auto", help="MPAR²-style fine-tune: auto (<base>-mpar2, embedded) | none | a model (one base only).")
+    hyper: str = option("auto", help="HyPeR-style fine-tune: auto (<base>-hyper, embedded) | none | a model (one base only).")
+    steer: str = option("auto", help="base+steering: auto (fit on --steer-data's calibration split, choose on its dev "
+                                     "split, in this run folder) | none | a `steer eval` dev_test run folder (one base only).")
+    steer_mpar2: str = option("auto", help="mpar2+steering: auto (its own fit and dev choice) | same (the base's "
+                                           "setting unchanged) | none | a steer eval run folder.")
+    steer_data: str = option("cafe-conflict", help="Dataset whose calibration/dev splits fit and choose the steering.")
+    data: str = option(DEFAULT_DATA, short="-d", help="Comma-separated conditions (datasets) the systems answer; "
+                                                      "held-out splits (':test').")
+    n: int = option(100, help="Items per condition (>= 1).")
+    n_cal: int = option(64, help="Calibration items: the steering fit and the specialist-head ranking (>= 1).")
+    n_dev: int = option(60, help="Dev items on which the steering setting is chosen (>= 1).")
+    betas: tuple[float, ...] = option((0.0, 2.0, 4.0, 8.0), parse="floats", cli_default="0,2,4,8",
+                                      help="Steering strengths swept on dev.")
+    base_format: str = option("auto", help="Answer format of base systems: auto (the format the model was trained on) | "
+                                           "direct | cot | structured.")
+    ft_format: str = option("structured", help="Answer format of the fine-tuned systems.")
     out: Path = option(Path("runs/compare"), identity=False, help="Run folder.")
-    resume: bool = option(False, identity=False,
-                          help=RESUME_HELP)
-    seed: int = option(7, help="Data seed (cafe items, bootstrap and controls).")
+    resume: bool = option(False, identity=False, help=RESUME_HELP)
+    seed: int = option(7, help="Data seed (cafe items, bootstrap).")
     dtype: str = option("auto", help=DTYPE_HELP)
-    positions: str = option("last_prompt", help="Where the steering applies: last_prompt | generated | both.")
     batch_size: int = option(16, identity=False, help="Items per generation batch (>= 1).")
     max_new_tokens: int = option(128, help="Generated tokens per answer (>= 1).")
     top_k: int = option(8, help="Specialist (listening) heads measured per model.")
+    min_claims: int = option(20, help="Claims a step needs to enter the onset.")
     n_boot: int = option(1000, identity=False, help="Bootstrap resamples of the confidence intervals (>= 1).")
-    vector_ft: Any = option(None, identity=False, cli=False,
-                            help="The fine-tuned model's own vector (default: --vector, applied unchanged).")
 
     def __post_init__(self) -> None:
         from interp.runs import check_dtype, check_formats, check_int, check_n
 
-        self._set("formats", check_formats(self.formats))
-        check_n(self.n)
-        for name in ("batch_size", "max_new_tokens", "top_k", "n_boot"):
+        bases = _split_list(self.base, "base")
+        self._set("base", ",".join(bases))
+        self._set("data", ",".join(_split_list(self.data, "data")))
+        for name in ("mpar2", "hyper", "steer", "steer_mpar2"):
+            v = getattr(self, name)
+            v = "none" if v is None else str(v)
+            self._set(name, v)
+            keyword = v in ("auto", "none") or (name == "steer_mpar2" and v == "same")
+            if not keyword and len(bases) > 1:
+                raise ConfigError(f"{name}: a model or run folder ({v!r}) applies to one base model; found {len(bases)} "
+                                  f"({', '.join(bases)}): use auto or none")
+        for name in ("n", "n_cal", "n_dev"):
+            check_n(getattr(self, name))
+        for name in ("batch_size", "max_new_tokens", "top_k", "n_boot", "min_claims"):
             check_int(name, getattr(self, name))
         check_dtype(self.dtype)
-        alpha = self.alpha
-        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha)):
-            raise ConfigError(f"alpha: expected a finite number or None, found {alpha!r}")
-        try:
-            from steering.apply import POSITION_MODES
-        except ImportError:  # the steering package is optional for this stage
-            POSITION_MODES = (self.positions,)
-        if self.positions not in POSITION_MODES:
-            raise ConfigError(f"positions: expected one of {list(POSITION_MODES)}, found {self.positions!r}")
+        if self.base_format != "auto":
+            check_formats(self.base_format, "base_format")
+        check_formats(self.ft_format, "ft_format")
+        betas = tuple(float(b) for b in self.betas)
+        if not betas or not all(np.isfinite(betas)):
+            raise ConfigError(f"betas: expected finite numbers, found {self.betas!r}")
+        self._set("betas", betas)
         self._set("out", Path(self.out))
 
+    @property
+    def bases(self) -> tuple[str, ...]:
+        return tuple(self.base.split(","))
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return tuple(self.data.split(","))
+
     def manifest(self, **config: Any) -> dict[str, Any]:
-        return {**super().manifest(**config), "model": f"{self.base} vs {self.finetuned}"}
+        return {**super().manifest(**config), "model": self.base}
 
 
+def _cond_dir(cond: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", cond).strip("_") or "data"
+
+
+def _calibration_spec(cond: str) -> str | None:
+    base, _, split = cond.rpartition(":")
+    return f"{base}:calibration" if base and split.split("@")[0] == "test" else None
+
+
+# -------------------------------------------------------------------------------- stage
 @takes_config(CompareConfig)
-def stage_compare(cfg: CompareConfig, *, lm_base=None, lm_ft=None, quiet: bool = False) -> dict[str, Any]:
-    """Base, base + steering, fine-tuned, fine-tuned + steering on the same items; writes the run
-    folder ``out`` (see the module docstring) and returns its summary.
+def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool = False) -> dict[str, Any]:
+    """The grid (see the module docstring); writes ``out`` and returns its summary.
 
-    ``vector``: a vector file or a :class:`~steering.vector.SteeringVector` (``None``: the
-    steered systems are skipped, with a note); ``vector_ft``: a vector for the fine-tuned model
-    (default: ``vector``, applied unchanged).  ``alpha``: default each vector's
-    ``default_alpha``.  ``lm_base`` / ``lm_ft``: already loaded models (else loaded from
-    ``base`` / ``finetuned``; the same spec loads once).
+    ``models``: already loaded models by name (e.g. ``{"micro": lm}``), loaded otherwise.
 
     Returns (also ``summary.json``; missing values are ``None``)::
 
-        {"systems": {system: {fmt: {"accuracy": {"value", "ci": [low, high], "n"},
-                                    "accuracy_by_tier": {tier: value},
-                                    "claim_accuracy", "gain_vs_base", "gain_vs_unsteered",
-                                    "yield_slope_specialists": {"value", "ci", "n"} or None,
-                                    "error_shares": {"perception", "reasoning", "unverifiable"}},
-                              "training_flops": float or None}},
-         "run", "base", "finetuned", "data", "n", "alpha", "notes": [str]}
+        {"organisms": {base: {"systems": {system: {condition: {"accuracy", "gain_vs_base",
+                                                              "gain_vs_unsteered", "claim_accuracy",
+                                                              "claim_onset", "claim_gap", "error_shares",
+                                                              "generated_tokens", "forwards_per_item",
+                                                              "pauses_per_item"}}},
+                              "models": {system: model}, "formats": {system: fmt},
+                              "training": {system: {"flops", "minutes"}}, "steering": {system: setting}}},
+         "run", "data", "n", "notes"}
     """
     import pandas as pd
 
@@ -274,161 +441,188 @@ def stage_compare(cfg: CompareConfig, *, lm_base=None, lm_ft=None, quiet: bool =
     from interp.loading import load_model
     from interp.record import stage_record
     from interp.runs import RunFolder, check_model, load_items, run_identity
+
+    models = dict(models or {})
+    notes: list[str] = []
+    # 1. validate: options (CompareConfig), models named, items and audio headers, steer runs
+    plan: dict[str, dict[str, str | None]] = {}
+    for base in cfg.bases:
+        arms = {}
+        for recipe in ("mpar2", "hyper"):
+            v = getattr(cfg, recipe)
+            arms[recipe] = None if v == "none" else (_embedded_arm(base, recipe) if v == "auto" else v)
+            if v == "auto" and arms[recipe] is None:
+                notes.append(f"{base}: no embedded {base}-{recipe} (train it with `auralens organisms finetune {base} "
+                             f"--recipe {recipe}`): the {recipe} systems were skipped")
+        plan[base] = arms
+    given_steer = {k: read_steer_run(getattr(cfg, k)) for k in ("steer", "steer_mpar2")
+                   if getattr(cfg, k) not in ("auto", "none", "same")}
+    items_by_cond = {c: load_items(c, n=cfg.n, seed=cfg.seed) for c in cfg.conditions}
+    cal_spec = _calibration_spec(cfg.conditions[0])
+    if cal_spec:
+        load_items(cal_spec, n=cfg.n_cal, seed=cfg.seed)
+    if cfg.steer == "auto" or cfg.steer_mpar2 == "auto":
+        from steering.pipeline import eval_splits
+
+        eval_splits(cfg.steer_data, cfg.seed)  # it has calibration/dev splits
+    all_items = [it for c in cfg.conditions for it in items_by_cond[c]]
+    manifest = {**cfg.manifest(steer_runs={k: s.describe() for k, s in given_steer.items()},
+                               arms={b: a for b, a in plan.items()}),
+                **run_identity(all_items)}
+    # 2. the folder would accept this run; 3. every model exists
+    RunFolder.check(cfg.out, manifest=manifest, resume=cfg.resume)
+    for base, arms in plan.items():
+        for m in (base, *[a for a in arms.values() if a]):
+            if m not in models:
+                check_model(m)
+    run = RunFolder.create(cfg.out, manifest=manifest, resume=cfg.resume)
+
+    def get(name: str):
+        if name not in models:
+            models[name] = load_model(name, dtype=cfg.dtype)
+        return models[name]
+
+    tables, summary_org = [], {}
+    for base in cfg.bases:
+        org_dir = Path(run.path) / _cond_dir(base)
+        lm_base = get(base)
+        fmt_base = _native_format(lm_base) if cfg.base_format == "auto" else cfg.base_format
+        systems: dict[str, dict[str, Any]] = {"base": {"model": base, "lm": lm_base, "fmt": fmt_base, "steer": None}}
+        steer_base = None
+        if cfg.steer != "none":
+            steer_base = given_steer.get("steer") or _select_steering(lm_base, base, fmt_base, org_dir / "steer" / "base",
+                                                                      cfg, quiet)
+            systems["base+steering"] = {"model": base, "lm": lm_base, "fmt": fmt_base, "steer": steer_base}
+        if plan[base]["mpar2"]:
+            m = plan[base]["mpar2"]
+            lm_m = get(m)
+            systems["mpar2"] = {"model": m, "lm": lm_m, "fmt": cfg.ft_format, "steer": None}
+            if cfg.steer_mpar2 != "none" and not (cfg.steer_mpar2 == "same" and steer_base is None):
+                if cfg.steer_mpar2 == "same":
+                    st = steer_base
+                    notes.append(f"{base}: mpar2+steering applies the base's vector and setting unchanged")
+                else:
+                    st = given_steer.get("steer_mpar2") or _select_steering(lm_m, m, cfg.ft_format,
+                                                                            org_dir / "steer" / "mpar2", cfg, quiet)
+                systems["mpar2+steering"] = {"model": m, "lm": lm_m, "fmt": cfg.ft_format, "steer": st}
+        if plan[base]["hyper"]:
+            m = plan[base]["hyper"]
+            systems["hyper"] = {"model": m, "lm": get(m), "fmt": cfg.ft_format, "steer": None}
+        # the specialist heads of each model, ranked once on calibration items (never the reported ones)
+        heads_runs: dict[str, str | None] = {}
+        for sys_name, spec in systems.items():
+            if spec["steer"] is not None or spec["model"] in heads_runs:
+                continue
+            if cal_spec is None:
+                heads_runs[spec["model"]] = None
+                notes.append(f"{base}/{sys_name}: {cfg.conditions[0]!r} has no calibration split: specialist heads "
+                             "ranked on the reported items (biased)")
+                continue
+            hdir = org_dir / "heads" / _DIRS[sys_name]
+            stage_record(model=spec["model"], data=cal_spec, n=cfg.n_cal, fmt=spec["fmt"], out=hdir, resume=cfg.resume,
+                         lm=spec["lm"], quiet=quiet, seed=cfg.seed, batch_size=cfg.batch_size,
+                         max_new_tokens=cfg.max_new_tokens, top_k=cfg.top_k, n_boot=cfg.n_boot, calibration="none")
+            heads_runs[spec["model"]] = str(hdir)
+        rows: list[dict] = []
+        frames: dict[tuple[str, str], Any] = {}
+        for cond in cfg.conditions:
+            for sys_name, spec in systems.items():
+                lm, st = spec["lm"], spec["steer"]
+                sub = org_dir / _DIRS[sys_name] / _cond_dir(cond)
+                label = spec["model"] + (f" + steering({st.mode}, L{st.layer}, beta={st.beta})" if st else "")
+                stage_record(model=label, data=cond, n=cfg.n, fmt=spec["fmt"], out=sub, resume=cfg.resume, lm=lm,
+                             quiet=quiet, seed=cfg.seed, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                             top_k=cfg.top_k, n_boot=cfg.n_boot, calibration="none",
+                             heads_from=heads_runs.get(spec["model"]) or "",
+                             around_batch=st.around(cfg.batch_size, spec["fmt"]) if st else None)
+                srun = RunFolder.open(sub)
+                df = srun.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
+                meta = pd.DataFrame([{"item_id": it.item_id, "task": it.task, "difficulty": it.difficulty}
+                                     for it in items_by_cond[cond]])
+                df = df.merge(meta, on="item_id", how="left")
+                frames[(sys_name, cond)] = (srun, df)
+                r = _Rows(base, sys_name, cond, spec["fmt"])
+                _accuracy(r, df, n_boot=cfg.n_boot, seed=cfg.seed)
+                if any(it.scene for it in items_by_cond[cond]):
+                    _claims(r, srun, n_boot=cfg.n_boot, seed=cfg.seed, min_claims=cfg.min_claims)
+                    _errors(r, df, n_boot=cfg.n_boot, seed=cfg.seed)
+                pause = lm.pause.token_id if lm.pause is not None else None
+                _inference_cost(r, srun, df, pause, st.extra_forwards if st else 0, n_boot=cfg.n_boot, seed=cfg.seed)
+                rows += r
+        for cond in cfg.conditions:
+            for sys_name, spec in systems.items():
+                srun, df = frames[(sys_name, cond)]
+                r = _Rows(base, sys_name, cond, spec["fmt"])
+                if sys_name != "base":
+                    _gain(r, "gain_vs_base", df, frames[("base", cond)][1], "base", n_boot=cfg.n_boot, seed=cfg.seed)
+                if sys_name.endswith("+steering"):
+                    plain = sys_name.removesuffix("+steering")
+                    _gain(r, "gain_vs_unsteered", df, frames[(plain, cond)][1], plain, n_boot=cfg.n_boot, seed=cfg.seed)
+                plain_run = frames[(sys_name.removesuffix("+steering"), cond)][0]
+                heads = plain_run.read_table("heads.parquet")
+                top = pick_top(heads, min(cfg.top_k, len(heads)))
+                _decay(r, srun, df, top, n_boot=cfg.n_boot, seed=cfg.seed)
+                rows += r
+        # training and fit cost (condition and format empty)
+        training = {}
+        for sys_name, spec in systems.items():
+            r = _Rows(base, sys_name, "", "")
+            if sys_name.startswith("base"):
+                r.add("training_flops", "all", 0.0, note="no training (the base model's own training not counted)")
+                r.add("training_minutes", "all", 0.0, note="no training")
+                training[sys_name] = {"flops": 0.0, "minutes": 0.0}
+            else:
+                flops, minutes, note = _finetune_cost(spec["lm"])
+                r.add("training_flops", "all", flops, note=note)
+                r.add("training_minutes", "all", minutes, note="wall-clock minutes of the fine-tune (finetune.json)")
+                training[sys_name] = {"flops": flops, "minutes": minutes}
+            if spec["steer"] is not None:
+                f, note = _fit_flops(spec["steer"].vec, spec["lm"], items_by_cond[cfg.conditions[0]], spec["fmt"])
+                r.add("steering_fit_flops", "all", f, note=note)
+            rows += r
+        table = COMPARE.frame(rows)
+        tables.append(table)
+        summary_org[base] = {
+            "systems": _summary(table, list(systems), cfg.conditions),
+            "models": {s: v["model"] for s, v in systems.items()},
+            "formats": {s: v["fmt"] for s, v in systems.items()},
+            "training": training,
+            "steering": {s: v["steer"].describe() for s, v in systems.items() if v["steer"] is not None},
+        }
+
     from steering.figures import compare_figure
 
-    # 1. validate: options (CompareConfig), vectors, items and every audio header (nothing written yet)
-    base, finetuned, vector, vector_ft, data, n, out, resume, formats, alpha, seed = (
-        cfg.base, cfg.finetuned, cfg.vector, cfg.vector_ft, cfg.data, cfg.n, cfg.out, cfg.resume, cfg.formats,
-        cfg.alpha, cfg.seed)
-    positions, batch_size, max_new_tokens, top_k, n_boot, dtype = (
-        cfg.positions, cfg.batch_size, cfg.max_new_tokens, cfg.top_k, cfg.n_boot, cfg.dtype)
-    notes: list[str] = []
-    vec = vec_ft = None
-    apply_vector = None
-    if vector is None:
-        notes.append("no steering vector given: the steered systems were skipped")
-    else:
-        try:
-            from steering.apply import apply_vector
-            from steering.formats import load_vector
-            from steering.vector import SteeringVector
-        except ImportError as exc:  # the steering package is optional for this stage
-            notes.append(f"steering is unavailable ({exc}): the steered systems were skipped")
-        else:
-            vec = vector if isinstance(vector, SteeringVector) else load_vector(vector)
-            vec_ft = vec if vector_ft is None else (
-                vector_ft if isinstance(vector_ft, SteeringVector) else load_vector(vector_ft))
-    alpha_ft = None
-    if vec is not None:
-        alpha_ft = float(alpha if alpha is not None else vec_ft.default_alpha)
-        alpha = float(alpha if alpha is not None else vec.default_alpha)
-    systems = [s for s in SYSTEMS if vec is not None or "steering" not in s]
-
-    items = load_items(data, n=n, seed=seed)
-    manifest = {**cfg.manifest(alpha=alpha, alpha_ft=alpha_ft,
-                               vector_sha256=_vector_digest(vec) if vec is not None else None,
-                               vector_source=str(vector) if vec is not None and vector is not vec else None,
-                               vector_ft_sha256=_vector_digest(vec_ft) if vec is not None and vec_ft is not vec else None),
-                **run_identity(items)}
-    # 2. the folder would accept this run (read-only); 3. the models
-    RunFolder.check(out, manifest=manifest, resume=resume)
-    if lm_base is None:
-        check_model(base)
-    if lm_ft is None and finetuned != base:
-        check_model(finetuned)
-    lm_base = lm_base or load_model(base, dtype=dtype)
-    if lm_ft is None:
-        lm_ft = lm_base if finetuned == base else load_model(finetuned, dtype=dtype)
-    if vec is not None:
-        vec.check_compatible(lm_base.arch)
-        vec_ft.check_compatible(lm_ft.arch)
-        notes.append(f"steering: vector {vec.method} fitted on {vec.model_id!r}, layers {list(vec.layers)}, "
-                     f"alpha {alpha}, positions {positions}"
-                     + ("; applied unchanged to both models" if vec_ft is vec else
-                        f"; the fine-tuned model's own vector fitted on {vec_ft.model_id!r}, layers "
-                        f"{list(vec_ft.layers)}, alpha {alpha_ft}"))
-    # 4. the folder, then the rows (one record run per system and format)
-    run = RunFolder.create(out, manifest=manifest, resume=resume)
-    has_scene = any(it.scene for it in items)
-    if not has_scene:
-        notes.append("no item has a cafe scene: claim accuracy and error attribution rows are left out")
-    meta = pd.DataFrame([{"item_id": it.item_id, "task": it.task, "difficulty": it.difficulty} for it in items])
-
-    rows: list[dict] = []
-    frames: dict[tuple[str, str], Any] = {}
-    for system in systems:
-        on_base = system.startswith("base")
-        lm = lm_base if on_base else lm_ft
-        v, a = (vec, alpha) if on_base else (vec_ft, alpha_ft)
-        steered = system.endswith("+steering")
-        label = f"{base if on_base else finetuned}{f' + steering(alpha={a})' if steered else ''}"
-        for fmt in formats:
-            sub = run.file(f"{_DIRS[system]}/{fmt}")
-            ctx = apply_vector(lm, v, alpha=a, positions=positions) if steered else contextlib.nullcontext()
-            with ctx:
-                stage_record(model=label, data=data, n=n, fmt=fmt, out=sub, resume=resume, lm=lm, quiet=quiet,
-                             seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens, top_k=top_k,
-                             n_boot=n_boot)
-            srun = RunFolder.open(sub)
-            df = srun.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
-            df = df.merge(meta, on="item_id", how="left")
-            frames[(system, fmt)] = (srun, df)
-            rows += _accuracy_rows(system, fmt, df, n_boot=n_boot, seed=seed)
-            if has_scene:
-                rows += _claim_rows(system, fmt, srun, n_boot=n_boot, seed=seed)
-                rows += _error_rows(system, fmt, df, n_boot=n_boot, seed=seed)
-
-    # paired gains, and the specialists' yield (heads of the unsteered run of the same model)
-    for system in systems:
-        for fmt in formats:
-            srun, df = frames[(system, fmt)]
-            if system != "base":
-                rows.append(_gain_row(system, "gain_vs_base", fmt, df, frames[("base", fmt)][1], "base",
-                                      n_boot=n_boot, seed=seed))
-            if system.endswith("+steering"):
-                plain = system.removesuffix("+steering")
-                rows.append(_gain_row(system, "gain_vs_unsteered", fmt, df, frames[(plain, fmt)][1], plain,
-                                      n_boot=n_boot, seed=seed))
-            plain_run = frames[(system.removesuffix("+steering"), fmt)][0]
-            heads = plain_run.read_table("heads.parquet")
-            top = pick_top(heads, min(top_k, len(heads)))
-            rows += _decay_rows(system, fmt, srun, df, top, n_boot=n_boot, seed=seed)
-
-    # cost
-    ft_flops, ft_note = _finetune_flops(lm_ft)
-    fits = {}
-    if vec is not None:
-        fits["base+steering"] = _fit_flops(vec, lm_base, items, formats[0])
-        fits["finetuned+steering"] = _fit_flops(vec_ft, lm_ft, items, formats[0])
-    for system in systems:
-        if system.startswith("base"):
-            rows.append(_row(system, "training_flops", "all", 0.0, note="no training (the base model's own training not counted)"))
-        else:
-            rows.append(_row(system, "training_flops", "all", ft_flops, note=ft_note))
-        if system.endswith("+steering"):
-            rows.append(_row(system, "steering_fit_flops", "all", fits[system][0], note=fits[system][1]))
-
-    table = pd.concat([COMPARE.frame(rows), reported_rows()], ignore_index=True)
+    table = pd.concat([*tables, reported_rows()], ignore_index=True)
     COMPARE.write(run, table)
     run.write_figure("compare.html", compare_figure(table))
-    summary = _summary(table, systems, formats)
-    summary.update({"run": str(out), "base": base, "finetuned": finetuned, "data": data, "n": len(items),
-                    "alpha": alpha, "alpha_ft": alpha_ft, "notes": notes})
-    summary = _finite(summary)
+    summary = _finite({"organisms": summary_org, "run": str(cfg.out), "data": list(cfg.conditions), "n": cfg.n,
+                       "notes": notes})
     run.write_json("summary.json", summary)
-    run.mark_stage("compare", systems=list(systems), formats=list(formats))
+    run.mark_stage("compare", organisms=list(cfg.bases), conditions=list(cfg.conditions))
     run.finish()
     return summary
 
 
-def _summary(table, systems, formats) -> dict[str, Any]:
-    m = table[table.source == "measured"]
-
-    def get(system, metric, group):
-        r = m[(m.system == system) & (m.metric == metric) & (m.group == group)]
+def _summary(table, systems, conditions) -> dict[str, Any]:
+    def get(s, c, metric, group="all"):
+        r = table[(table.system == s) & (table.condition == c) & (table.metric == metric) & (table.group == group)]
         if not len(r):
             return None
         r = r.iloc[0]
         return {"value": round(float(r.value), 4), "ci": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)],
                 "n": int(r.n)}
 
-    out: dict[str, Any] = {"systems": {}}
+    out: dict[str, Any] = {}
     for s in systems:
-        per = {}
-        for fmt in formats:
-            tiers = m[(m.system == s) & (m.metric == "accuracy") & m.group.str.startswith(f"{fmt}/tier=")]
-            per[fmt] = {
-                "accuracy": get(s, "accuracy", f"{fmt}/all"),
-                "accuracy_by_tier": {g.split("=", 1)[1]: round(float(v), 4) for g, v in zip(tiers.group, tiers.value)},
-                "claim_accuracy": get(s, "claim_accuracy", f"{fmt}/all"),
-                "gain_vs_base": get(s, "gain_vs_base", f"{fmt}/all"),
-                "gain_vs_unsteered": get(s, "gain_vs_unsteered", f"{fmt}/all"),
-                "yield_slope_specialists": get(s, "yield_slope_specialists", f"{fmt}/all"),
-                "error_shares": {et: (get(s, "error_share", f"{fmt}/{et}") or {}).get("value") for et in _ERROR_TYPES},
-            }
-        flops = get(s, "training_flops", "all")
-        per["training_flops"] = None if flops is None or np.isnan(flops["value"]) else flops["value"]
-        out["systems"][s] = per
+        out[s] = {c: {"accuracy": get(s, c, "accuracy"), "gain_vs_base": get(s, c, "gain_vs_base"),
+                      "gain_vs_unsteered": get(s, c, "gain_vs_unsteered"),
+                      "claim_accuracy": get(s, c, "claim_accuracy"), "claim_onset": get(s, c, "claim_onset"),
+                      "claim_gap": get(s, c, "claim_gap"),
+                      "error_shares": {et: (get(s, c, "error_share", et) or {}).get("value") for et in _ERROR_TYPES},
+                      "generated_tokens": get(s, c, "generated_tokens"),
+                      "forwards_per_item": get(s, c, "forwards_per_item"),
+                      "pauses_per_item": get(s, c, "pauses_per_item")}
+                  for c in conditions}
     return out
 
 

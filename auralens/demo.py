@@ -112,35 +112,35 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
         f"{ctrl or 'n/a'}"
     )
 
-    # --- stage 5: steering vs MPAR²-style fine-tuning, on the same items --------------------
-    from interp.micro import FINETUNED_DIR
+    # --- stage 5: steering vs fine-tuning (MPAR²- and HyPeR-style) on an organism -------------
+    from interp.micro.organisms import available as _available
 
-    if (FINETUNED_DIR / "config.json").exists():
+    org = "micro-prior"  # the text-prior organism: conflict items are where listening is repaired or not
+    if _available(org):
         from auralens.compare import stage_compare
 
-        cmp = stage_compare(base="micro", finetuned="micro-mpar2", vector=vec_path, data="cafe", n=n,
-                            out=out / "compare", resume=resume, formats=("structured",), seed=7, lm_base=lm,
-                            quiet=True, batch_size=30, max_new_tokens=gen_tokens, top_k=4, n_boot=n_boot)
+        cmp = stage_compare(base=org, data="cafe-neutral:test,cafe-conflict:test", n=n, out=out / "compare",
+                            resume=resume, seed=7, quiet=True, batch_size=30, max_new_tokens=gen_tokens, top_k=4,
+                            n_boot=n_boot, n_cal=16 if fast else 32, n_dev=16 if fast else 32, betas=(0.0, 2.0, 4.0))
         results["compare"] = cmp
+        org_sum = cmp["organisms"][org]
         rows = []
-        for system, per in cmp["systems"].items():
-            d = per.get("structured", {})
-            acc, cl = d.get("accuracy") or {}, d.get("claim_accuracy") or {}
-            slope = (d.get("yield_slope_specialists") or {}).get("value")
-            shares = d.get("error_shares") or {}
-            flops = per.get("training_flops")
-            rows.append([system, acc.get("value", float("nan")),
-                         f"[{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]" if acc.get("ci") else "",
-                         cl.get("value", float("nan")), slope if slope is not None else float("nan"),
-                         shares.get("perception"), shares.get("reasoning"),
-                         f"{flops:.2e}" if flops else "0"])
-        _table(f"steering vs MPAR²-style fine-tuning on micro (structured answers, n={n}; measured)",
-               ["system", "acc", "95% CI", "claims", "yield slope", "perc. err", "reas. err", "FLOPs"], rows)
+        for system, per in org_sum["systems"].items():
+            row = [system, org_sum["formats"][system]]
+            for cond in ("cafe-neutral:test", "cafe-conflict:test"):
+                acc, gain = (per[cond].get("accuracy") or {}), (per[cond].get("gain_vs_base") or {})
+                row += [acc.get("value", float("nan")),
+                        f"{gain['value']:+.3f} [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]" if gain.get("ci") else ""]
+            row.append((per["cafe-conflict:test"].get("forwards_per_item") or {}).get("value"))
+            row.append(org_sum["training"][system]["minutes"])
+            rows.append(row)
+        _table(f"steering vs fine-tuning on {org} (held-out test items, n={n} per condition; measured)",
+               ["system", "format", "neutral", "gain", "conflict", "gain", "fwd/item", "train min"], rows)
         from interp.papers import reported_summary
 
-        Console().print(f"reported in the papers (not measured here): {reported_summary()}")
+        Console().print(f"reported in the papers (not measured here; other models and benchmarks): {reported_summary()}")
     else:
-        Console().print(f"compare stage skipped: no fine-tuned micro in {FINETUNED_DIR} (run `auralens micro finetune`)")
+        Console().print(f"compare stage skipped: no {org} weights (run `auralens organisms train {org}`)")
 
     # --- stage 6: the toolkit against model organisms with planted deficits ------------------
     from auralens.organisms import summary_rows, validate

@@ -27,8 +27,8 @@ class Reported:
     note: str  # the number as the paper states it, and where
 
     def row(self) -> dict:
-        return {"system": self.system, "metric": self.metric, "group": self.group, "value": self.value,
-                "note": self.note}
+        return {"organism": "", "system": self.system, "condition": self.group, "format": "", "metric": self.metric,
+                "group": "all", "value": self.value, "note": self.note}
 
 
 def _mpar2(system: str, metric: str, group: str, value: float, text: str) -> Reported:

@@ -176,10 +176,13 @@ STEER_ITEMS = _table("steer", "items.parquet", """
 
 # ---------------------------------------------------------------------------------- compare
 #: the measured systems of compare.parquet, in display order (reported rows name the paper's model)
-SYSTEMS: tuple[str, ...] = ("base", "base+steering", "finetuned", "finetuned+steering")
+SYSTEMS: tuple[str, ...] = ("base", "base+steering", "mpar2", "mpar2+steering", "hyper")
 COMPARE = _table("compare", "compare.parquet", """
-    system:str metric:str group:str value:float ci_low:float ci_high:float n:int source:str note:str
-""", "one number per row: measured (source measured) or quoted from a paper (source reported)")
+    organism:str system:str condition:str format:str metric:str group:str value:float ci_low:float ci_high:float
+    n:int source:str note:str
+""", "one number per row: measured (source measured; organism = the base model of the grid cell, condition = "
+     "the dataset, format = the answer format of that system) or quoted from a paper (source reported; organism "
+     "empty, system = the paper's model, condition = the benchmark)")
 
 TABLES: dict[str, Table] = {t.path: t for t in (
     EVAL_ITEMS, ACCURACY, RECORD_ITEMS, DECAY, DECAY_SUMMARY, HEADS, CLAIMS, CLAIM_ACCURACY, PROBES, GENERATIONS,
