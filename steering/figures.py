@@ -145,8 +145,11 @@ def _condition_labels(conditions) -> dict[str, str]:
 
 
 def _conditions(m) -> list[str]:
-    """The measured conditions (not the cost rows' ""), neutral / congruent / conflict first."""
+    """The measured conditions (not the cost rows' ""), neutral / congruent / conflict first;
+    ``[""]`` when every row has an empty condition (one unnamed condition)."""
     conds = [c for c in dict.fromkeys(m["condition"]) if c]
+    if not conds and len(m):
+        return [""]
     rank = {name: i for i, name in enumerate(_CONDITION_ORDER)}
     return sorted(conds, key=lambda c: (rank.get(condition_label(c), len(rank)), conds.index(c)))
 
@@ -169,15 +172,22 @@ def _colour(system: str, systems: Sequence[str]) -> str:
 
 
 def _series(d, systems: Sequence[str]):
-    """``(name, system, rows)`` per (system, format) of ``d``: the name is the system, with its
-    answer format when that system appears in more than one."""
+    """``(name, system, rows)`` per system of ``d``; a system answering in more than one format
+    for the same organism and condition is split into one series per format (``"system · fmt"``).
+    A format that only differs between organisms (each base model in its own) stays one series,
+    the format in the hover."""
     out = []
     for system in systems:
         s = d[d["system"] == system]
-        fmts = [f for f in dict.fromkeys(s["format"])]
-        for fmt in fmts:
-            name = system if len(fmts) == 1 else f"{system} · {fmt or '—'}"
-            out.append((name, system, s[s["format"] == fmt]))
+        if s.empty:
+            continue
+        keys = [k for k in ("organism", "condition", "metric", "group") if k in s]
+        split = bool(len(s)) and bool((s.groupby(keys)["format"].nunique() > 1).any())
+        if not split:
+            out.append((system, system, s))
+            continue
+        for fmt in dict.fromkeys(s["format"]):
+            out.append((f"{system} · {fmt or '—'}", system, s[s["format"] == fmt]))
     return out
 
 
@@ -196,14 +206,15 @@ def _bars(fig, s, keys, x, *, index, name: str, colour: str, showlegend: bool, l
     v = s["value"].to_numpy(float)
     lo, hi = s["ci_low"].to_numpy(float), s["ci_high"].to_numpy(float)
     kw = {} if row is None else {"row": row, "col": col}
-    custom = np.stack([lo, hi, s["n"].to_numpy(float)], -1)
+    formats = s["format"].fillna("").astype(str) if "format" in s else [""] * len(s)
+    custom = [[a, b, c, f"{f} answers" if f else ""] for a, b, c, f in zip(lo, hi, s["n"].to_numpy(float), formats)]
     fig.add_trace(graph_objects().Bar(
         x=x, y=v, name=name, marker_color=colour, legendgroup=legendgroup, showlegend=showlegend,
         error_y=dict(type="data", symmetric=False, array=np.nan_to_num(hi - v), arrayminus=np.nan_to_num(v - lo),
                      visible=bool(np.isfinite(lo).any() or np.isfinite(hi).any())),
         customdata=custom,
         hovertemplate=f"{name}<br>%{{x}}: %{{y:{fmt}}}<br>95% CI [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
-                      f"<br>n=%{{customdata[2]:.0f}}<extra></extra>"), **kw)
+                      f"<br>n=%{{customdata[2]:.0f}} %{{customdata[3]}}<extra></extra>"), **kw)
 
 
 def compare_table(compare):
@@ -231,22 +242,23 @@ def compare_table(compare):
 
 def compare_grid(compare, *, metric: str = "accuracy", group: str = "all"):
     """The systems x organisms grid of one measured ``metric`` (``group``): one row per
-    (organism, system), one column per condition, each cell ``value [ci_low, ci_high]``.
+    (organism, system) with its answer format, one column per condition, each cell
+    ``value [ci_low, ci_high]``.
     Reported rows are never in it (see :func:`reported_table`)."""
     import pandas as pd
 
     m = _measured(compare)
     if m is None:
-        return pd.DataFrame(columns=["organism", "system"])
+        return pd.DataFrame(columns=["organism", "system", "format"])
     d = m[(m["metric"] == metric) & (m["group"] == group)]
     if d.empty:
-        return pd.DataFrame(columns=["organism", "system"])
+        return pd.DataFrame(columns=["organism", "system", "format"])
     conds = _conditions(d) or [""]
     labels = _condition_labels(conds)
     rows = []
     for org in _organisms(d):
         for name, _system, s in _series(d[d["organism"] == org], _systems(d)):
-            r = {"organism": org, "system": name}
+            r = {"organism": org, "system": name, "format": ", ".join(f for f in dict.fromkeys(s["format"]) if f)}
             for c in conds:
                 x = s[s["condition"] == c]
                 if len(x):

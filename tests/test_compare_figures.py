@@ -128,7 +128,7 @@ def test_empty_and_reported_only_tables_give_empty_state_figures(table):
 
 def test_tables_keep_measured_and_reported_apart(table):
     grid = compare_grid(table)
-    assert list(grid.columns) == ["organism", "system", "neutral", "congruent", "conflict"]
+    assert list(grid.columns) == ["organism", "system", "format", "neutral", "congruent", "conflict"]
     assert len(grid) == 2 * len(SYSTEMS)
     cell = grid.iloc[0]["conflict"]
     assert cell.count("[") == 1 and cell.endswith("]")
@@ -147,3 +147,18 @@ def test_tables_keep_measured_and_reported_apart(table):
     assert list(full["source"]) == ["measured"] * (len(full) - len(REPORTED)) + ["reported"] * len(REPORTED)
     bars = compare_bars(table, metric="accuracy")
     assert all(set(t.x) <= {"micro", "micro-decay"} for t in bars.data)
+
+
+def test_a_format_per_organism_stays_one_series_two_formats_split(table):
+    """Each base model answers in its own format (micro direct, micro-decay cot): still one
+    ``base`` series; one system in two formats on the same organism: a series per format."""
+    m = table[(table["source"] == "measured") & (table["metric"] == "accuracy") & (table["group"] == "all")
+              & table["system"].isin(["base", "mpar2"])].copy()
+    m.loc[(m["system"] == "base") & (m["organism"] == "micro"), "format"] = "direct"
+    fig = compare_figure(m)
+    assert [t.name for t in fig.data if t.xaxis == "x"] == ["base", "mpar2"]
+    grid = compare_grid(m)
+    assert list(grid.loc[grid["system"] == "base", "format"]) == ["direct", "cot"]
+    both = pd.concat([m, m[m["system"] == "mpar2"].assign(format="direct", value=0.1)])
+    names = [t.name for t in compare_figure(both).data if t.xaxis == "x"]
+    assert names == ["base", "mpar2 · structured", "mpar2 · direct"]

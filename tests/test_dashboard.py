@@ -104,7 +104,7 @@ def test_compare_view_shows_the_grid_and_keeps_reported_numbers_apart(full_run, 
     headers = [h.value for h in at.header]
     assert headers == ["Measured: systems × organisms", "Quoted from the papers (not measured here)"]
     grid = at.dataframe[0].value
-    assert list(grid.columns) == ["organism", "system", "neutral", "congruent", "conflict"]
+    assert list(grid.columns) == ["organism", "system", "format", "neutral", "congruent", "conflict"]
     assert set(grid["organism"]) == {"micro", "micro-decay"}
 
 

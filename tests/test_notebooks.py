@@ -23,7 +23,7 @@ NOTEBOOKS = {
     "02_probes.ipynb": {"needs": [("probes.pipeline", "stage_probe")], "models": ["micro"]},
     "03_steering.ipynb": {"needs": [("steering.pipeline", "stage_steer_fit"), ("steering.pipeline", "stage_steer_eval")],
                           "models": ["micro"]},
-    # the fine-tuned arms join when their weights exist (the notebook checks)
+    # the fine-tuned arms join where their weights exist (compare's auto skips the others, with a note)
     "04_steering_vs_finetuning.ipynb": {"needs": [("auralens.compare", "stage_compare")],
                                         "models": ["micro", "micro-decay"]},
 }
