@@ -544,8 +544,12 @@ def test_synthetic_tables_match_the_real_writers(demo_run, full_run):
     if "compare" in _demo_stages():
         real = pd.read_parquet(demo_run / "compare" / "compare.parquet")
         syn = pd.read_parquet(full_run / "compare" / "compare.parquet")
-        assert set(syn["metric"]) == set(real["metric"])
+        # every metric compare writes is in the synthetic table; the synthetic one has no other
+        # metric than those compare leaves out on a small run (no onset found: no claim_gap)
+        assert set(real["metric"]) <= set(syn["metric"])
+        assert set(syn["metric"]) - set(real["metric"]) <= {"claim_gap", "claim_onset"}
         assert "perception_accuracy" not in set(syn["metric"])
+        assert set(syn.loc[syn["source"] == "measured", "system"]) >= set(real.loc[real["source"] == "measured", "system"])
     with __import__("safetensors").safe_open(str(next((demo_run / "record" / "yields").glob("*.safetensors"))), "numpy") as f:
         real_keys = set(f.keys())
     with __import__("safetensors").safe_open(str(full_run / "record" / "yields" / "00000.safetensors"), "numpy") as f:
