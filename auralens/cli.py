@@ -129,6 +129,14 @@ def _echo_json(obj) -> None:
         typer.echo(dumps_strict(obj))
 
 
+def _say(text: str) -> None:
+    """One line on stdout, from rank 0 only under a multi-process launch (interp.distributed)."""
+    from interp.distributed import is_main
+
+    if is_main():
+        typer.echo(text)
+
+
 def _csv(option: str, value: str) -> tuple[str, ...]:
     from interp.errors import ConfigError
 
@@ -546,7 +554,7 @@ def probe_cmd(cfg, as_json: bool = JsonOpt) -> None:
     if as_json:
         _echo_json(res)
     else:
-        typer.echo(f"wrote {cfg.out}")
+        _say(f"wrote {cfg.out}")
 
 
 steer_app = typer.Typer(help="Audio-minus-silence steering vectors: fit and evaluate.", no_args_is_help=True)
@@ -559,7 +567,7 @@ def steer_fit(cfg) -> None:
     from steering.pipeline import stage_steer_fit
 
     vec = stage_steer_fit(**cfg.options())
-    typer.echo(f"wrote {cfg.out_vector} (layers {sorted(vec.layers)}, method {vec.method})")
+    _say(f"wrote {cfg.out_vector} (layers {sorted(vec.layers)}, method {vec.method})")
 
 
 @_stage_command(steer_app, "eval", "steering.pipeline:SteerEvalConfig")

@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["active", "agree", "barrier", "device", "gather_objects", "is_main", "on_main", "rank", "rank_local",
+__all__ = ["active", "agree", "barrier", "collective", "device", "gather_objects", "is_main", "on_main", "rank", "rank_local",
            "shard", "world", "writes_allowed"]
 
 _STATE: dict[str, Any] = {"group": None, "initialized": False, "local": 0, "solo": False}
@@ -109,6 +109,13 @@ def active() -> bool:
     return world() > 1
 
 
+def collective() -> bool:
+    """True where all ranks reach this point together (a launch, outside :func:`rank_local` and
+    :func:`on_main`): only there may a step split its work and gather it.  Inside a rank's own
+    share of a row loop (e.g. per-input steering's activations for one batch) work stays local."""
+    return active() and _STATE["local"] == 0 and not _STATE["solo"]
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -126,18 +133,17 @@ def device() -> str | None:
 
 
 def barrier() -> None:
-    if active() and not _STATE["solo"]:
+    if collective():
         import torch.distributed as dist
 
         dist.barrier(group=_STATE["group"])
 
 
 def gather_objects(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without a launch)."""
-    if not active():
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without a launch, or
+    where the ranks do not run together: see :func:`collective`)."""
+    if not collective():
         return [obj]
-    if _STATE["solo"]:
-        raise RuntimeError("gather_objects inside on_main: only rank 0 runs there")
     import torch.distributed as dist
 
     out: list[Any] = [None] * world()
@@ -146,8 +152,9 @@ def gather_objects(obj: Any) -> list[Any]:
 
 
 def shard(seq: Sequence[T]) -> list[T]:
-    """This rank's share of ``seq``: elements ``rank, rank + world, ...`` (all of it without a launch)."""
-    return list(seq[rank() :: world()])
+    """This rank's share of ``seq``: elements ``rank, rank + world, ...`` (all of it without a
+    launch, or where the ranks do not run together: see :func:`collective`)."""
+    return list(seq[rank() :: world()]) if collective() else list(seq)
 
 
 def agree(fn: Callable[[], T]) -> T:
@@ -159,7 +166,7 @@ def agree(fn: Callable[[], T]) -> T:
         out = fn()
     except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
         err = exc
-    if not active():
+    if not collective():
         if err is not None:
             raise err
         return out
@@ -174,8 +181,9 @@ def agree(fn: Callable[[], T]) -> T:
 
 def on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only (writes the run's tables and figures); every rank returns its
-    result, or raises its error.  Barriers inside ``fn`` are no-ops (only rank 0 is there)."""
-    if not active():
+    result, or raises its error.  Barriers inside ``fn`` are no-ops (only rank 0 is there);
+    where the ranks do not run together (:func:`collective`) ``fn`` simply runs here."""
+    if not collective():
         return fn()
     res: tuple[str, Any] = ("ok", None)
     if is_main():

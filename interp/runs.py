@@ -502,7 +502,7 @@ def fill_rows(settings: Sequence, items: Sequence, *, key: Callable[[Any, Any], 
     for setting in settings:
         todo = [it for it in items if key(it, setting) not in done]
         batches += [(setting, todo[start : start + batch_size]) for start in range(0, len(todo), batch_size)]
-    ranked = dist.active()
+    ranked = dist.collective()
     mine = dist.shard(list(enumerate(batches)))
     out = log
     if ranked and log is not None:

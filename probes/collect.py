@@ -580,7 +580,7 @@ def collect_activations(
                 done[k] = entry
     from interp import distributed as dist
 
-    ranked = dist.active()
+    ranked = dist.collective()
     dist.barrier()  # every rank has read the old index before rank 0 rewrites it
     index = {**header, "chunks": [done[k] for k in sorted(done)]}
     dist.on_main(lambda: (run.write_json(INDEX_NAME, index), _drop_rank_indexes(run.path)))

@@ -326,7 +326,8 @@ def collect_paired(
     chunks = list(batches(list(items), batch_size))
     # under a multi-process launch each rank captures every world-th batch; the per-item
     # reductions are gathered to every rank below, in batch order (interp.distributed)
-    mine = dist.shard(list(range(len(chunks))))
+    split = dist.collective()
+    mine = dist.shard(list(range(len(chunks)))) if split else list(range(len(chunks)))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -353,7 +354,7 @@ def collect_paired(
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    if dist.active():
+    if split:
         got = dist.gather_objects({j: {s: {m: parts[s][m][i].cpu() for m in parts[s]} for s in sites}
                                    for i, j in enumerate(mine)})
         by_batch = {j: v for part in got for j, v in part.items()}
