@@ -1,4 +1,6 @@
-"""`auralens bench yield`: what recording the audio yield costs, in one process.
+"""`auralens bench yield`: what recording the audio yield costs, in one process; `auralens bench
+stages` (:func:`bench_stages`): data-parallel throughput of the stages and the recorder's cost
+by batch size.
 
 Phases, on the same model and inputs (wall time, peak memory):
  (a) plain ``generate`` with SDPA and nothing recorded — the reference;
@@ -210,3 +212,163 @@ def _bench_tl(lm, batch, full_ids, a: float, device: str, source_folder: str | N
     del bridge
     return {"seconds": dt, "ratio": dt / a, "peak_bytes": int(mem),
             "note": "one forward over the full sequence (no generation), patterns cached for every layer"}
+
+
+# --------------------------------------------------------------------------------------------
+# `auralens bench stages`: data-parallel throughput and the recorder's cost by batch size
+# --------------------------------------------------------------------------------------------
+
+#: the stages `bench stages` times, as command-line arguments (``{n}`` the item count)
+STAGE_ARGS = {
+    "record": ["record", "--model", "micro", "--data", "cafe", "--n", "{n}", "--batch-size", "4",
+               "--max-new-tokens", "32", "--n-boot", "100", "--json"],
+    "probe": ["probe", "--model", "micro", "--data", "cafe", "--n", "{n}", "--positions", "audio_mean,last_prompt",
+              "--batch-size", "8", "--chunk-size", "8", "--n-folds", "3", "--n-bootstrap", "100", "--json"],
+    "steer_eval": ["steer", "eval", "--model", "micro", "--data", "cafe", "--vector", "{vector}", "--n", "{n}",
+                   "--alphas", "0,4", "--batch-size", "4", "--max-new-tokens", "16", "--n-boot", "100",
+                   "--no-controls", "--json"],
+}
+
+
+def _launch_cmd(processes: int, port: int) -> list[str]:
+    """``python -m auralens`` in one process, ``torchrun --nproc-per-node N -m auralens --`` in N."""
+    import sys
+    from pathlib import Path
+
+    if processes == 1:
+        return [sys.executable, "-m", "auralens"]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    return [str(torchrun), "--nproc-per-node", str(processes), "--master-port", str(port), "-m", "auralens", "--"]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_stages(
+    *,
+    processes: tuple[int, ...] = (1, 2),
+    n: dict[str, int] | None = None,
+    recorder_batches: tuple[int, ...] = (1, 8, 32),
+    new_tokens: int = 32,
+    repeats: int = 5,
+    threads: int = 1,
+    workdir: str | None = None,
+) -> dict[str, Any]:
+    """Items per second of ``record``, ``probe`` and ``steer eval`` on micro at each number of
+    ``processes`` (each a separate launch: wall time of the whole command, so process start,
+    imports and model load are included), the speed-up over one process, and the recorder's
+    overhead (median ratio of ``generate`` with :class:`~interp.attention_yield.YieldRecorder`
+    to plain ``generate``) at each batch size of ``recorder_batches``.  ``threads``: torch
+    threads per process (``OMP_NUM_THREADS``)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    n = {"record": 48, "probe": 96, "steer_eval": 32, **(n or {})}
+    small = {k: max(1, v // 4) if k != "probe" else max(24, v // 4) for k, v in n.items()}
+    tmp = Path(workdir or tempfile.mkdtemp(prefix="auralens-bench-stages-"))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(k, None)
+    vector = tmp / "vector.safetensors"
+    subprocess.run([sys.executable, "-m", "auralens", "steer", "fit", "--model", "micro", "--data", "cafe", "--n", "16",
+                    "--out", str(vector)], env=env, check=True, capture_output=True, text=True)
+
+    def wall(stage: str, p: int, items: int) -> float:
+        out = tmp / f"{stage}-{p}-{items}"
+        cmd = [*_launch_cmd(p, _free_port()), *[a.format(n=items, vector=vector) for a in STAGE_ARGS[stage]],
+               "--out", str(out)]
+        t = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        dt = time.perf_counter() - t
+        if done.returncode != 0:
+            raise RuntimeError(f"bench stages: {' '.join(cmd)} failed: {done.stderr[-2000:]}")
+        return dt
+
+    stages: dict[str, Any] = {}
+    for stage in STAGE_ARGS:
+        row: dict[str, Any] = {"items": n[stage], "items_small": small[stage], "processes": {}}
+        for p in processes:
+            dt, dt_small = wall(stage, p, n[stage]), wall(stage, p, small[stage])
+            marginal = (n[stage] - small[stage]) / (dt - dt_small) if dt > dt_small else None
+            row["processes"][str(p)] = {"seconds": round(dt, 3), "items_per_s": round(n[stage] / dt, 3),
+                                        "seconds_small": round(dt_small, 3),
+                                        "items_per_s_marginal": None if marginal is None else round(marginal, 3)}
+        first = row["processes"][str(processes[0])]
+        for p in processes:
+            r = row["processes"][str(p)]
+            r["speedup"] = round(first["seconds"] / r["seconds"], 3)
+            r["speedup_marginal"] = (round(r["items_per_s_marginal"] / first["items_per_s_marginal"], 3)
+                                     if r["items_per_s_marginal"] and first["items_per_s_marginal"] else None)
+        stages[stage] = row
+    if workdir is None:  # the run folders were only timed
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "model": "micro", "device": "cuda" if _cuda() else "cpu",
+        "threads_per_process": threads, "cpu_count": os.cpu_count(),
+        "launcher": "torchrun --nproc-per-node N -m auralens -- (N > 1); python -m auralens (N = 1)",
+        "timing": ("seconds / items_per_s / speedup: wall time of the whole command (process start, imports, "
+                   "model load included); *_marginal: (items - items_small) / (seconds - seconds_small), the "
+                   "rate once the fixed cost of a launch is paid"),
+        "stages": stages,
+        "recorder_overhead": bench_recorder_batches(batches=recorder_batches, new_tokens=new_tokens, repeats=repeats,
+                                                    threads=threads),
+    }
+
+
+def bench_recorder_batches(*, batches: tuple[int, ...] = (1, 8, 32), new_tokens: int = 32, repeats: int = 3,
+                           threads: int = 1) -> dict[str, Any]:
+    """Median wall time of plain ``generate`` and of ``generate`` with the yield recorder on
+    micro, per batch size (cafe items, ``new_tokens`` forced), and their ratio."""
+    import torch
+
+    from interp.attention_yield import YieldRecorder, audio_mask_from_ids
+    from interp.datasets import load_dataset
+    from interp.generation import cast_features, model_inputs
+    from interp.loading import load_model
+
+    torch.set_num_threads(threads)
+    device = "cuda" if _cuda() else "cpu"
+    lm = load_model("micro", device=device)
+    items = load_dataset("cafe", n=max(batches), seed=0)
+    gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+               pad_token_id=lm.tokenizer.pad_token_id)
+    out: dict[str, Any] = {}
+    for b in batches:
+        batch = cast_features(lm, model_inputs(lm, items[:b], "cot"))
+        amask = audio_mask_from_ids(batch["input_ids"], lm.arch)
+
+        def plain():
+            with torch.inference_mode():
+                return lm.model.generate(**batch, **gen)
+
+        def recorded():
+            with torch.inference_mode(), YieldRecorder(lm.model, lm.arch, amask, time_bins=8):
+                return lm.model.generate(**batch, **gen)
+
+        plain(), recorded()  # warm-up
+        tp, tr = [], []
+        for _ in range(repeats):
+            tp.append(_timed(plain, device)[0])
+            tr.append(_timed(recorded, device)[0])
+        a, r = statistics.median(tp), statistics.median(tr)
+        out[str(b)] = {"plain_s": round(a, 4), "recorded_s": round(r, 4), "ratio": round(r / a, 3),
+                       "tokens_per_s_plain": round(b * new_tokens / a, 1),
+                       "tokens_per_s_recorded": round(b * new_tokens / r, 1)}
+    return {"model": "micro", "device": device, "new_tokens": new_tokens, "repeats": repeats, "batches": out}

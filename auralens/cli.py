@@ -537,6 +537,54 @@ def bench_yield_cmd(
         Console().print(f"max |recorder - eager| = {res['max_abs_err_recorder_vs_eager']:.2e}")
 
 
+@_command(bench_app, "stages")
+def bench_stages_cmd(
+    processes: str = typer.Option("1,2", "--processes", help="Comma-separated process counts (1 = no launcher)."),
+    n: int = typer.Option(0, "--n", help="Items per stage (0: record 48, probe 96, steer eval 32)."),
+    batches: str = typer.Option("1,8,32", "--recorder-batches", help="Batch sizes of the recorder-overhead timing."),
+    threads: int = typer.Option(1, "--threads", help="torch threads per process (OMP_NUM_THREADS)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed repeats of the recorder phases (>= 1)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Items/s of record, probe and steer eval on micro at 1 and 2 processes (torchrun), and the recorder's overhead by batch size."""
+    from auralens.bench import bench_stages
+    from interp.runs import check_int
+
+    procs = tuple(_numbers("--processes", processes, int))
+    sizes = tuple(_numbers("--recorder-batches", batches, int))
+    for name, v in [("--processes", x) for x in procs] + [("--recorder-batches", x) for x in sizes] + \
+            [("--threads", threads), ("--repeats", repeats)]:
+        check_int(name, v)
+    if n:
+        check_int("--n", n)
+    res = bench_stages(processes=procs, n={k: n for k in ("record", "probe", "steer_eval")} if n else None,
+                       recorder_batches=sizes, threads=threads, repeats=repeats)
+    if as_json:
+        _echo_json(res)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"bench stages: micro on {res['device']}, {threads} thread(s) per process")
+    for c in ("stage", "items", "processes", "seconds", "items/s", "speed-up", "items/s after start-up", "speed-up"):
+        t.add_column(c)
+
+    def num(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    for stage, row in res["stages"].items():
+        for p, r in row["processes"].items():
+            t.add_row(stage, str(row["items"]), p, num(r["seconds"]), num(r["items_per_s"]), num(r["speedup"]),
+                      num(r["items_per_s_marginal"]), num(r["speedup_marginal"]))
+    Console().print(t)
+    t = Table(title=f"recorder overhead ({res['recorder_overhead']['new_tokens']} new tokens)")
+    for c in ("batch", "plain s", "recorded s", "ratio"):
+        t.add_column(c)
+    for b, r in res["recorder_overhead"]["batches"].items():
+        t.add_row(b, f"{r['plain_s']:.3f}", f"{r['recorded_s']:.3f}", f"{r['ratio']:.3f}")
+    Console().print(t)
+
+
 @_stage_command(app, "record", "interp.record:RecordConfig")
 def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Per-head audio attention yield across reasoning steps: perception decay and listening heads."""

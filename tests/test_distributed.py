@@ -271,3 +271,21 @@ def test_recorder_capture_and_steering_on_a_dispatched_model():
         with torch.inference_mode(), apply_vector(lm, vec, alpha=4.0, layers=[1]):
             logits.append(lm.model(**batch).logits)
     torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_bench_recorder_batches_smoke():
+    """The recorder part of `auralens bench stages` runs (numbers are not checked: not a timed test)."""
+    from auralens.bench import bench_recorder_batches
+
+    res = bench_recorder_batches(batches=(1, 2), new_tokens=2, repeats=1)
+    assert set(res["batches"]) == {"1", "2"}
+    assert all(r["ratio"] > 0 for r in res["batches"].values())
+
+
+def test_bench_stages_rejects_bad_options():
+    from typer.testing import CliRunner
+
+    from auralens.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "stages", "--processes", "1,0"])
+    assert res.exit_code == 2 and "--processes" in res.output
