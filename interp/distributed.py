@@ -35,6 +35,15 @@ rank returns rank 0's summary; direction means gather the per-item activations t
 On other ranks :class:`interp.runs.RunFolder` skips writes of the run's shared files outside
 the row loop (:func:`writes_allowed`), as a safety net for stages whose tail interleaves
 writes and sweeps (``steer eval``): every rank computes the same values, rank 0 writes them.
+Work is split and gathered only where all ranks run together (:func:`collective`): inside a
+rank's own share of a row loop (:func:`rank_local`, e.g. per-input steering collecting one
+batch's activations) or inside :func:`on_main`, every helper here works locally.
+
+Launchers: ``torchrun`` and ``accelerate launch --multi_gpu`` (torchrun underneath; on a
+machine without GPUs its processes use the CPU and gloo) set ``WORLD_SIZE``; ``accelerate
+launch --cpu --num_processes N`` starts N processes only through MPI (``--mpirun_hostfile``),
+whose world size is read too (untested here: no MPI installed).  Under ``torchrun`` put ``--``
+before the auralens arguments (its parser takes ``--n`` for an abbreviation of ``--nnodes``).
 
 The process group: ``accelerate.PartialState`` (it reads the ``torchrun`` / ``accelerate
 launch`` environment and picks nccl on GPUs, gloo on CPU); object collectives and barriers use

@@ -41,7 +41,7 @@ def _single(args: list[str], out: Path) -> dict:
     p = subprocess.run([sys.executable, "-m", "auralens", *args, "--out", str(out)], cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout)
+    return _json_out(p)
 
 
 def _launch(args: list[str], out: Path, launcher: str, n: int = 2) -> dict:
@@ -59,7 +59,15 @@ def _launch(args: list[str], out: Path, launcher: str, n: int = 2) -> dict:
     p = subprocess.run([*cmd, "-m", "auralens", "--", *args, "--out", str(out)], cwd=ROOT,
                        env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout)
+    return _json_out(p)
+
+
+def _json_out(p) -> dict:
+    try:
+        return json.loads(p.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"expected one JSON summary on stdout ({exc}); stdout: {p.stdout[-2000:]!r}; "
+                             f"stderr: {p.stderr[-2000:]!r}") from None
 
 
 def _free_port() -> int:
