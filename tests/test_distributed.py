@@ -130,9 +130,19 @@ def assert_same_run(a: Path, b: Path) -> None:
             assert pa.read_bytes() == pb.read_bytes(), name
 
 
+@pytest.fixture(scope="module")
+def one_record(tmp_path_factory):
+    """The single-process record run the launches are compared with: (folder, summary)."""
+    out = tmp_path_factory.mktemp("one") / "one-record"
+    return out, _single(RECORD, out)
+
+
 @pytest.mark.distributed
-def test_two_process_record_and_probe_equal_one_process(tmp_path):
-    one = {"record": _single(RECORD, tmp_path / "one-record"), "probe": _single(PROBE, tmp_path / "one-probe")}
+def test_two_process_record_and_probe_equal_one_process(tmp_path, one_record):
+    import shutil
+
+    shutil.copytree(one_record[0], tmp_path / "one-record")
+    one = {"record": one_record[1], "probe": _single(PROBE, tmp_path / "one-probe")}
     two = {"record": _launch(RECORD, tmp_path / "two-record", "accelerate"),
            "probe": _launch(PROBE, tmp_path / "two-probe", "torchrun")}
     for stage in ("record", "probe"):
@@ -141,6 +151,40 @@ def test_two_process_record_and_probe_equal_one_process(tmp_path):
         assert_same_run(tmp_path / f"one-{stage}", tmp_path / f"two-{stage}")
         _close(_strip(one[stage]), _strip(two[stage]), f"{stage} summary")
     assert not (tmp_path / "two-record" / "shards").exists()
+
+
+@pytest.mark.distributed
+def test_killed_rank_resumes(tmp_path, one_record):
+    """Rank 1 of a 2-process record is killed after its first batch (torchrun then stops rank
+    0); the same command with --resume finishes the run, identical to one process."""
+    import time
+
+    port = str(_free_port())
+    cmd = [str(VENV_BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", port, "-m", "auralens", "--",
+           *RECORD, "--out", str(tmp_path / "two")]
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shard = tmp_path / "two" / "shards" / "items.rank1.parquet"
+    deadline = time.time() + 240
+    while not shard.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert shard.exists(), "rank 1 wrote no shard"
+    killed = False
+    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"RANK=1" in environ:
+            os.kill(int(pid), 9)
+            killed = True
+    proc.wait(timeout=240)
+    if not killed or proc.returncode == 0:
+        pytest.skip("the launch finished before rank 1 could be killed")
+    assert (tmp_path / "two" / "shards").exists()
+    two = _launch([*RECORD, "--resume"], tmp_path / "two", "torchrun")
+    assert_same_run(one_record[0], tmp_path / "two")
+    _close(_strip(one_record[1]), _strip(two), "record summary")
 
 
 # --- no launcher: the helpers are no-ops ----------------------------------------------------------
