@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["active", "agree", "barrier", "collective", "device", "gather_objects", "is_main", "on_main", "rank", "rank_local",
+__all__ = ["active", "agree", "barrier", "collective", "device", "placement", "gather_objects", "is_main", "on_main", "rank", "rank_local",
            "shard", "world", "writes_allowed"]
 
 _STATE: dict[str, Any] = {"group": None, "initialized": False, "local": 0, "solo": False}
@@ -139,6 +139,24 @@ def device() -> str | None:
     if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"):
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     return "cpu"
+
+
+def placement(device_map: Any) -> dict[str, Any]:
+    """``load_model`` keywords for where this rank's model goes: ``{"device_map": ...}`` for a
+    ``--device-map`` (text or value, checked by :func:`interp.stage_config.parse_device_map`),
+    else ``{"device": ...}`` (:func:`device`).  A device map under a multi-process launch is a
+    :class:`~interp.errors.ConfigError`: every rank would spread its replica over the same
+    devices (model and data parallelism together are not supported yet)."""
+    from interp.errors import ConfigError
+    from interp.stage_config import parse_device_map
+
+    device_map = parse_device_map(device_map)
+    if device_map is None:
+        return {"device": device()}
+    if active():
+        raise ConfigError(f"device_map {device_map!r}: expected one process per model spread over devices, found "
+                          f"{world()} processes; launch without accelerate/torchrun or drop --device-map")
+    return {"device_map": device_map}
 
 
 def barrier() -> None:

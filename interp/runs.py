@@ -663,10 +663,9 @@ def open_run(
     device), the ranks agree (an error on any rank is raised on all), rank 0 creates the
     folder and the others wait for it (:mod:`interp.distributed`)."""
     from interp import distributed as dist
-    from interp.stage_config import parse_device_map
 
     manifest = {**manifest, **run_identity(items)}
-    device_map = parse_device_map(device_map)
+    where = dist.placement(device_map)  # a bad --device-map fails here, before anything is read
 
     def prepare():
         RunFolder.check(out, manifest=manifest, resume=resume)
@@ -676,8 +675,7 @@ def open_run(
 
             check_dtype(dtype)
             check_model(model)
-            loaded = load_model(model, dtype=dtype, device=None if device_map is not None else dist.device(),
-                                device_map=device_map)
+            loaded = load_model(model, dtype=dtype, **where)
         if before_create is not None:
             before_create(loaded)
         return loaded

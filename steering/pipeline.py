@@ -105,11 +105,9 @@ class SteerFitConfig(ModelDataConfig):
 
 def _placement(cfg) -> dict[str, Any]:
     """Where the model goes: ``--device-map`` (checked), else this rank's device under a launch."""
-    from interp.distributed import device
-    from interp.stage_config import parse_device_map
+    from interp.distributed import placement
 
-    device_map = parse_device_map(cfg.device_map)
-    return {"device_map": device_map} if device_map is not None else {"device": device()}
+    return placement(cfg.device_map)
 
 
 @takes_config(SteerFitConfig)

@@ -341,3 +341,14 @@ def test_bench_stages_rejects_bad_options():
 
     res = CliRunner().invoke(app, ["bench", "stages", "--processes", "1,0"])
     assert res.exit_code == 2 and "--processes" in res.output
+
+
+def test_device_map_with_several_processes_is_refused(monkeypatch):
+    from interp import distributed as dist
+
+    assert dist.placement(None) == {"device": None}
+    assert dist.placement("auto") == {"device_map": "auto"}
+    monkeypatch.setattr(dist, "active", lambda: True)
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    with pytest.raises(ConfigError, match="device_map.*2 processes"):
+        dist.placement("auto")
