@@ -76,7 +76,8 @@ def _folder_dataset(root, n=3, *, bad_at=None):
     (["record", "--n", "0"], ["n:"]),
     (["probe", "--positions", "nowhere"], ["positions", "nowhere"]),
     (["probe", "--n", "0"], ["n:"]),
-    (["compare", "--vector", "missing.safetensors", "--format", "bogus"], ["formats", "bogus"]),
+    (["compare", "--base", "micro", "--ft-format", "bogus"], ["ft_format", "bogus"]),
+    (["compare", "--base", "micro,micro-prior", "--mpar2", "some/folder"], ["mpar2", "one base model"]),
 ])
 def test_bad_option_leaves_no_folder(tmp_path, args, needles):
     out = tmp_path / "run"

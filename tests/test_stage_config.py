@@ -37,9 +37,10 @@ def test_identity_is_what_the_stages_always_recorded():
         "config": {"formats": ["direct", "cot", "structured"], "silence": True, "max_new_tokens": 96, "dtype": "auto"}}
     assert RecordConfig(n=2, fmt="structured").identity() == {
         "format": "structured", "max_new_tokens": 128, "time_bins": 8, "top_k": 8, "all_prompt": False, "dtype": "auto"}
-    m = CompareConfig(vector=None, n=2).manifest(alpha=4.0)
-    assert m["model"] == "micro vs micro-mpar2" and m["config"]["alpha"] == 4.0
-    assert set(m["config"]) == {"base", "finetuned", "formats", "alpha", "positions", "max_new_tokens", "top_k", "dtype"}
+    m = CompareConfig(base="micro-prior", n=2).manifest(arms={"micro-prior": {"mpar2": "micro-prior-mpar2"}})
+    assert m["model"] == "micro-prior" and m["n"] == 2 and m["config"]["arms"] == {"micro-prior": {"mpar2": "micro-prior-mpar2"}}
+    assert set(m["config"]) == {"base", "mpar2", "hyper", "steer", "steer_mpar2", "steer_data", "n_cal", "n_dev", "betas",
+                                "base_format", "ft_format", "max_new_tokens", "top_k", "min_claims", "dtype", "arms"}
 
 
 @pytest.mark.parametrize("kwargs, needle", [
