@@ -44,8 +44,15 @@ from interp.errors import ArchitectureError
 #: - ``unbounded``: the processor neither cuts nor windows the clip (Qwen3-ASR: its encoder
 #:   chunks the mel frames itself, 13 tokens per 1-s window); the table's ``max_audio_seconds``
 #:   (None: no maximum) is the maximum.
+#: - ``padded_windows``: consecutive windows of ``feature_extractor.chunk_length`` seconds, each
+#:   encoded on its own, the last one padded to a whole window *and given audio tokens for the
+#:   padding* (Voxtral: 30-s windows, 375 tokens each, so a 3-s clip has 375 audio tokens, not 37).
+#:   Token and time-bin seconds (interp.audio.token_seconds) then span the padded windows
+#:   ``[0, ceil(seconds / window) * window]``, not the clip; the table's ``max_audio_seconds``
+#:   (None: the processor cuts nothing) is the maximum.
 AUDIO_WINDOWING = {"one_chunk": "one padded window", "windows": "whole windows up to max_audio_len",
-                   "unbounded": "not cut by the processor"}
+                   "unbounded": "not cut by the processor",
+                   "padded_windows": "whole windows, the padding of the last one has audio tokens too"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,8 +104,10 @@ class ArchTable:
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 raise ArchitectureError(f"{where}: {key} expected a positive number of seconds or null, found {v!r}")
-        if self.audio_windowing == "windows" and self.window_seconds is None:
-            raise ArchitectureError(f"{where}: audio_windowing 'windows' expected window_seconds, found null")
+        if self.audio_windowing in ("windows", "padded_windows") and self.window_seconds is None:
+            raise ArchitectureError(
+                f"{where}: audio_windowing {self.audio_windowing!r} expected window_seconds, found null"
+            )
         if (self.max_audio_seconds is not None and self.window_seconds is not None
                 and self.max_audio_seconds < self.window_seconds):
             raise ArchitectureError(
@@ -205,28 +214,35 @@ TABLES: dict[str, ArchTable] = {
             window_seconds=1.0,
             processor_classes=("Qwen3ASRProcessor",),
         ),
+        ArchTable(
+            name="voxtral",
+            model_class="VoxtralForConditionalGeneration",
+            decoder_layers="model.language_model.layers",
+            final_norm="model.language_model.norm",
+            audio_tower="model.audio_tower",
+            audio_layers="model.audio_tower.layers",
+            projector="model.multi_modal_projector",
+            # audio_token_id 24 ([AUDIO] of the tekken tokenizer); 4 encoder frames per token
+            aliases=("voxtral_mini", "voxtral_small"),
+            # VoxtralProcessor (through mistral_common) pads each clip to a multiple of 30 s
+            # (pad_to_multiple_of 480000, tekken chunk_length_s 30) and gives the padding audio tokens
+            # too (12.5 per second, 375 per window); it cuts nothing: the bound is the 32k context
+            # (the model card states 30 min for transcription, 40 min for understanding).  Audio
+            # enters only through apply_chat_template (interp.prompts.build_inputs has the branch).
+            audio_windowing="padded_windows",
+            max_audio_seconds=None,
+            window_seconds=30.0,
+            processor_classes=("VoxtralProcessor",),
+        ),
     ]
 }
 
 
 #: Audio-in/text-out classes of transformers 5.24 without a table yet, and why (checked against
-#: what can be built offline here: no hub access; mistral_common conflicts with the locked numpy;
-#: no torchaudio / torchvision / timm in the environment).  A table needs a tiny model + locally built processor that pass the
+#: what can be built offline here: no hub access; no torchaudio / torchvision / timm in the
+#: environment).  A table needs a tiny model + locally built processor that pass the
 #: exactness tests (tests/test_attention_yield.py) before it is added.
 UNSUPPORTED: dict[str, str] = {
-    "VoxtralForConditionalGeneration": (
-        "VoxtralProcessor tokenizes through mistral_common (MistralCommonBackend over a tekken.json), "
-        "and mistral_common 1.12.0 (the only wheel here) requires numpy<2.4 on Python <= 3.12 while "
-        "requirements.lock pins numpy 2.4.6: adding it would downgrade numpy for the whole project "
-        "(pip resolves numpy 2.3.5), so it is not in the lock. Checked outside the lock "
-        "(PYTHONPATH overlay): a tiny tekken.json with [AUDIO] at id 24 and a VoxtralProcessor can be "
-        "built offline, but the processor takes audio only through apply_chat_template(tokenize=True) "
-        "with base64/path audio (its __call__ refuses audio), so interp.prompts.build_inputs needs a "
-        "Voxtral branch; it pads every clip to a multiple of 30 s (pad_to_multiple_of 480000) and emits "
-        "audio tokens for the padding too (12.5 per second), so time bins would span the padded "
-        "length; and AutoProcessor reloads the saved processor with a TokenizersBackend, not "
-        "MistralCommonBackend. Fusion is token-level (audio_token_id 24, 4 encoder frames per token)"
-    ),
     "GraniteSpeechForConditionalGeneration": (
         "GraniteSpeechFeatureExtractor computes its mel features with torchaudio "
         "(requires_backends), which is not installed"

@@ -209,9 +209,15 @@ class AudioLimits:
     model: str
 
     def windows(self, seconds: float) -> list[tuple[float, float]]:
-        """``(start, end)`` seconds of each window of a clip of ``seconds`` (after clipping)."""
+        """``(start, end)`` seconds of each window of a clip of ``seconds`` (after clipping).
+
+        ``padded_windows`` (Voxtral): whole windows, the last one ending at the padded length
+        ``ceil(seconds / window) * window``, since the padding has audio tokens too."""
         seconds = min(seconds, self.max_seconds) if self.max_seconds is not None else seconds
         w = self.window_seconds
+        if self.windowing == "padded_windows" and w:
+            n = max(1, math.ceil(seconds / w - 1e-9))
+            return [(i * w, (i + 1) * w) for i in range(n)]
         if not w or w >= seconds:
             return [(0.0, float(seconds))]
         n = max(1, math.ceil(seconds / w - 1e-9))
@@ -238,8 +244,9 @@ def audio_limits(processor, table=None) -> AudioLimits:
     The processor's own values win over the table's (a checkpoint may configure a shorter
     window): ``one_chunk`` -> one window of ``feature_extractor.chunk_length``; ``windows`` ->
     windows of ``chunk_length``, at most ``max_audio_len // chunk_length`` whole ones (what the
-    processor keeps); ``unbounded`` -> the table's values.  A processor no table names keeps the
-    old rule: one window of ``chunk_length``."""
+    processor keeps); ``padded_windows`` -> windows of ``chunk_length`` (the last padded, with
+    audio tokens for the padding), the table's maximum; ``unbounded`` -> the table's values.  A
+    processor no table names keeps the old rule: one window of ``chunk_length``."""
     from interp.errors import ArchitectureError
 
     fe = processor.feature_extractor
@@ -264,6 +271,8 @@ def audio_limits(processor, table=None) -> AudioLimits:
             )
         n = max(1, int(float(max_len) // window))
         return AudioLimits(sr, n * window, window, "windows", model)
+    if table.audio_windowing == "padded_windows":
+        return AudioLimits(sr, table.max_audio_seconds, chunk or table.window_seconds, "padded_windows", model)
     return AudioLimits(sr, table.max_audio_seconds, table.window_seconds, table.audio_windowing, model)
 
 
@@ -279,8 +288,9 @@ def token_seconds(
     """``[n_tokens, 2]`` start/end seconds of each audio placeholder token of one clip.
 
     Tokens come window by window (:meth:`AudioLimits.windows`), each window's tokens evenly over
-    that window.  ``tokens_per_window`` gives the count of each window when known (the encoder's
-    output lengths); otherwise the ``n_tokens`` are shared in proportion to the windows' lengths
+    that window (``padded_windows``: the last window is the padded one, so the tokens past the
+    clip's end are the padding's).  ``tokens_per_window`` gives the count of each window when
+    known (the encoder's output lengths); otherwise the ``n_tokens`` are shared in proportion to the windows' lengths
     (the encoders here emit a fixed number of tokens per second, so this is exact up to one
     token at each window edge)."""
     spans = limits.windows(seconds)

@@ -46,6 +46,8 @@ def build_inputs(
             f"build_inputs: expected one audio per question, found {0 if questions is None else len(questions)} "
             f"questions and {0 if audios is None else len(audios)} audios"
         )
+    if is_voxtral(processor):
+        return voxtral_inputs(processor, questions, audios, targets=targets)
     texts = [chat_text(processor, q) for q in questions]
     if targets is not None:
         eos = processor.tokenizer.eos_token or ""
@@ -58,4 +60,76 @@ def build_inputs(
         batch = processor(text=texts, **{audio_kwarg: list(audios)}, sampling_rate=sr, return_tensors="pt", padding=True)
     finally:
         tok.padding_side = old_side
+    return batch
+
+
+def is_voxtral(processor) -> bool:
+    """Voxtral's processor takes audio only through ``apply_chat_template`` (its ``__call__``
+    refuses audio), so its prompts are built by :func:`voxtral_inputs`."""
+    return type(processor).__name__ == "VoxtralProcessor"
+
+
+def _wav_base64(audio: np.ndarray, sr: int) -> str:
+    """A clip as base64 WAV with 32-bit float samples (decoded back bit-identical)."""
+    import base64
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(audio, dtype=np.float32), sr, format="WAV", subtype="FLOAT")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def voxtral_inputs(
+    processor, questions: Sequence[str], audios: Sequence[np.ndarray], *, targets: Sequence[str] | None = None
+) -> Any:
+    """A left-padded batch for Voxtral through its processor's own ``apply_chat_template``
+    (``tokenize=True``): one user turn per row, the clip (base64 WAV, float samples) then the
+    question; with ``targets`` an assistant turn holding the answer, continued
+    (``continue_final_message``: mistral_common serves no conversation ending on a plain assistant
+    turn) and closed with the tokenizer's ``</s>``, for teacher forcing.
+
+    mistral_common pads each clip to a multiple of the tokenizer's ``chunk_length_s`` and gives
+    the padding audio tokens too; the mel features are padded and cut into windows the same way:
+    ``pad_to_multiple_of`` and ``max_source_positions`` are the feature extractor's own window
+    (``n_samples``, ``nb_max_frames``: 480000 and 3000 for the released 30-s processor, the class
+    defaults), so a processor with another window (the tiny test one) stays consistent."""
+    fe = processor.feature_extractor
+    sr = int(fe.sampling_rate)
+    if targets is not None and len(targets) != len(questions):
+        raise PromptError(f"build_inputs: expected one target per question, found {len(targets)} and {len(questions)}")
+    conversations = []
+    for i, (question, audio) in enumerate(zip(questions, audios)):
+        content = [{"type": "audio", "base64": _wav_base64(audio, sr)}, {"type": "text", "text": question}]
+        conv = [{"role": "user", "content": content}]
+        if targets is not None:
+            conv.append({"role": "assistant", "content": targets[i]})
+        conversations.append(conv)
+    tok = processor.tokenizer
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        batch = processor.apply_chat_template(
+            conversations,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            # the answer turn is continued (a prefix); its end-of-turn is appended below
+            continue_final_message=targets is not None,
+            processor_kwargs={
+                "text_kwargs": {"padding": True, "padding_side": "left"},
+                "audio_kwargs": {"sampling_rate": sr, "pad_to_multiple_of": int(fe.n_samples),
+                                 "max_source_positions": int(fe.nb_max_frames)},
+            },
+        )
+    finally:
+        tok.padding_side = old_side
+    if targets is not None:  # rows are left-padded: every row ends on its last column
+        import torch
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        eos = torch.full((ids.shape[0], 1), int(tok.eos_token_id), dtype=ids.dtype)
+        batch["input_ids"] = torch.cat([ids, eos], 1)
+        batch["attention_mask"] = torch.cat([mask, torch.ones_like(eos, dtype=mask.dtype)], 1)
     return batch

@@ -15,7 +15,7 @@ cache are compared, to 1e-5, with
     own merged ``inputs_embeds`` (text + projected audio) and positions.  With audio and text
     only, the thinker's 3-D multimodal rotary positions have three equal components, so its rotary
     embedding is Qwen2's; the test checks that, and that the wrapped decoder reproduces the
-    thinker's logits, before comparing patterns.  Classes TL has no adapter for (Qwen3-ASR) are
+    thinker's logits, before comparing patterns.  Classes TL has no adapter for (Qwen3-ASR, Voxtral) are
     skipped there and covered by (a).
 
 Decoder q/k projections are scaled up so the random-init attention is far from uniform and the

@@ -1,5 +1,6 @@
 """Long audio: each table's maximum clip and windows; windowed classes (Audio Flamingo 3, Music
-Flamingo, GLM-ASR) are not cut at one window, only past their maximum.
+Flamingo, GLM-ASR) are not cut at one window, only past their maximum; Voxtral pads each clip to
+whole windows and gives the padding audio tokens too, so its time bins span the padded windows.
 
 The tiny models' processors use 2-s windows and ``max_audio_len`` 8 s (4 windows), the shape of
 the real Audio Flamingo 3 (30-s windows up to 600 s).  For each windowed class, a 5-s clip is 3
@@ -31,6 +32,8 @@ ATOL = 1e-5
 N_NEW = 4
 BINS = 5
 WINDOWED = ("audioflamingo3", "musicflamingo", "glmasr")
+# classes whose processor pads the last window whole and gives the padding audio tokens too
+PADDED = ("voxtral",)
 
 
 def _item(tmp_path, seconds: float, seed: int = 0, name: str = "clip") -> Item:
@@ -61,6 +64,7 @@ def test_tables_state_max_audio_and_windowing():
         "musicflamingo": ("windows", 1200.0, 30.0),
         "glmasr": ("windows", 630.0, 30.0),  # max_audio_len 655 keeps 21 whole 30-s windows
         "qwen3_asr": ("unbounded", None, 1.0),
+        "voxtral": ("padded_windows", None, 30.0),  # 30-s windows, the padding has tokens; no cut
     }
     for name, (windowing, max_s, window) in expect.items():
         t = table_by_name(name)
@@ -79,6 +83,9 @@ def test_tiny_processor_limits(arch_name, tiny_cache):
         assert table_by_name(arch_name).name in lim.model
     elif arch_name == "qwen3_asr":  # the processor cuts nothing
         assert (lim.windowing, lim.max_seconds, lim.window_seconds) == ("unbounded", None, 1.0)
+    elif arch_name == "voxtral":  # whole 2-s windows, the last one padded (with audio tokens)
+        assert (lim.windowing, lim.max_seconds, lim.window_seconds) == ("padded_windows", None, 2.0)
+        assert lim.windows(5.0) == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]
     else:  # one padded 2-s chunk (the tiny Omni thinker uses a Qwen2AudioProcessor)
         assert (lim.windowing, lim.max_seconds, lim.window_seconds) == ("one_chunk", 2.0, 2.0)
 
@@ -97,6 +104,27 @@ def test_real_af3_processor_defaults_give_600_s():
     lim = audio_limits(proc)
     assert (lim.max_seconds, lim.window_seconds) == (600.0, 30.0)
     assert len(lim.windows(70.0)) == 3 and lim.windows(70.0)[-1] == (60.0, 70.0)
+
+
+def test_real_voxtral_window_gives_375_tokens_per_30_s():
+    """A VoxtralProcessor with the released shapes (128 mels, 30-s windows, tekken chunk_length_s
+    30): build_inputs passes the class's own defaults (pad_to_multiple_of 480000,
+    max_source_positions 3000), and a 3-s clip becomes one padded window of 375 audio tokens."""
+    from transformers import MistralCommonBackend, VoxtralProcessor, WhisperFeatureExtractor
+
+    from auralens.testing.tiny import VOXTRAL_AUDIO_ID, _tiny_tekken_file
+
+    fe = WhisperFeatureExtractor(feature_size=128, chunk_length=30)
+    proc = VoxtralProcessor(feature_extractor=fe, tokenizer=MistralCommonBackend(str(_tiny_tekken_file(128, 30))))
+    assert (fe.n_samples, fe.nb_max_frames) == (480000, 3000) == (
+        proc.audio_kwargs["pad_to_multiple_of"], proc.audio_kwargs["max_source_positions"])
+    lim = audio_limits(proc)
+    assert (lim.windowing, lim.max_seconds, lim.window_seconds) == ("padded_windows", None, 30.0)
+    assert lim.windows(70.0) == [(0.0, 30.0), (30.0, 60.0), (60.0, 90.0)]
+    batch = build_inputs(proc, None, "cot", audios=[np.zeros(3 * SAMPLING_RATE, np.float32)],
+                         questions=["what is the sound ?"])
+    assert tuple(batch["input_features"].shape) == (1, 128, 3000)
+    assert int((batch["input_ids"] == VOXTRAL_AUDIO_ID).sum()) == 375
 
 
 _LONG: dict[str, tuple] = {}
@@ -194,6 +222,76 @@ def test_windowed_yields_match_eager_and_time_bins_span_the_clip(windowed):
         # each bin is a fifth of the clip to within one token, whatever window its tokens are in
         np.testing.assert_allclose(edges[:, 0], np.arange(BINS) * seconds / BINS, atol=2 * lim.window_seconds / per_window[0])
         # and each recorded bin is eager attention summed over exactly those tokens
+        for k in range(BINS):
+            keys = torch.zeros_like(audio_mask)
+            for rank, pos in enumerate(where):
+                if rank * BINS // len(where) == k:
+                    keys[b, pos] = True
+            torch.testing.assert_close(res.binned[b, ..., k], yields(keys)[b, p - 1 : p - 1 + N_NEW], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch_name", PADDED)
+def test_padded_windows_tokens_yields_and_time_bins_span_the_padded_clip(arch_name, tiny_cache, tmp_path):
+    """Voxtral (tiny: 2-s windows, 25 tokens each): a 5-s clip is not cut, it is padded to 3 whole
+    windows (75 audio tokens, the last 12.5 for the padding), a 3.3-s one to 2 (50); the yields
+    equal eager attention (prompt rows, generated rows, each time bin), and token / time-bin
+    seconds span the padded windows [0, 6] and [0, 4] s, not the clips."""
+    model, processor = tiny_cache(arch_name)
+    model, processor = copy.deepcopy(model), copy.deepcopy(processor)
+    arch = describe(model)
+    with torch.no_grad():
+        for layer in range(arch.n_layers):
+            attn = arch.attention(model, layer)
+            for lin in (attn.q_proj, attn.k_proj):
+                lin.weight.mul_(3.0)
+    items = [_item(tmp_path, 5.0, 0, "five"), _item(tmp_path, 3.3, 1, "three")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no maximum: nothing is clipped
+        audios = [item_audio(it, processor) for it in items]
+    assert [len(a) for a in audios] == [5 * SAMPLING_RATE, int(3.3 * SAMPLING_RATE)]
+    batch = build_inputs(processor, None, "cot", audios=audios, questions=["what is the sound ?"] * 2)
+    assert batch["input_features"].shape[0] == 5  # 3 + 2 whole windows
+    with torch.no_grad():
+        per_window = [int(model.get_audio_features(batch["input_features"][i : i + 1]).pooler_output.shape[0])
+                      for i in range(5)]
+    assert per_window == [25] * 5
+    counts = (batch["input_ids"] == arch.audio_token_id).sum(1).tolist()
+    assert counts == [75, 50]
+
+    audio_mask = audio_mask_from_ids(batch["input_ids"], arch)
+    rec = YieldRecorder(model, arch, audio_mask, rows="all_prompt", time_bins=BINS)
+    with torch.no_grad(), rec:
+        seq = model.generate(**batch, max_new_tokens=N_NEW, min_new_tokens=N_NEW, do_sample=False)
+    res = rec.result
+    p = batch["input_ids"].shape[1]
+    mask = torch.cat([batch["attention_mask"], torch.ones(2, N_NEW, dtype=torch.long)], 1)
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        attns = eager(input_ids=seq, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
+                      input_features=batch["input_features"], output_attentions=True).attentions
+
+    def yields(keys):
+        k = torch.nn.functional.pad(keys, (0, seq.shape[1] - keys.shape[1])).float()
+        return torch.stack([(a.float() * k[:, None, None, :]).sum(-1) for a in attns], 2).permute(0, 3, 2, 1)
+
+    real = batch["attention_mask"].bool()
+    ref = yields(audio_mask)
+    torch.testing.assert_close(res.total, ref[:, p - 1 : p - 1 + N_NEW], atol=ATOL, rtol=0)
+    torch.testing.assert_close(res.prompt_total[real], ref[:, :p][real], atol=ATOL, rtol=0)
+
+    lim = audio_limits(processor)
+    for b, (audio, padded) in enumerate(zip(audios, (6.0, 4.0))):
+        seconds = len(audio) / SAMPLING_RATE
+        where = audio_mask[b].nonzero().flatten().tolist()
+        secs = token_seconds(seconds, len(where), lim, per_window[: len(where) // 25])
+        np.testing.assert_allclose(token_seconds(seconds, len(where), lim), secs, atol=1e-9)
+        # 12.5 tokens per second of the padded windows: token r covers [0.08 r, 0.08 (r + 1)]
+        np.testing.assert_allclose(secs[:, 0], np.arange(len(where)) * 0.08, atol=1e-9)
+        assert secs[-1, 1] == pytest.approx(padded) and padded > seconds
+        edges = time_bin_seconds(secs, BINS)
+        assert edges[0, 0] == 0.0 and edges[-1, 1] == pytest.approx(padded)
+        assert np.allclose(edges[1:, 0], edges[:-1, 1])
         for k in range(BINS):
             keys = torch.zeros_like(audio_mask)
             for rank, pos in enumerate(where):

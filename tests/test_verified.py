@@ -53,10 +53,11 @@ def test_transformer_lens_claims_match_the_comparison_that_runs():
 
 
 def test_long_audio_claims_are_the_windowed_tests():
-    from tests.test_long_audio import WINDOWED
+    from tests.test_long_audio import PADDED, WINDOWED
 
-    assert {n for n, r in TESTED_HERE.items() if r["long_audio"]} == set(WINDOWED)
+    assert {n for n, r in TESTED_HERE.items() if r["long_audio"]} == set(WINDOWED) | set(PADDED)
     assert all(table_by_name(n).audio_windowing == "windows" for n in WINDOWED)
+    assert all(table_by_name(n).audio_windowing == "padded_windows" for n in PADDED)
 
 
 def test_no_real_checkpoint_is_claimed():

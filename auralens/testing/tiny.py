@@ -12,6 +12,8 @@ on 2 CPU cores, and of the *real* class (so every hook path is the one a 7B chec
                              (see :func:`build_tiny_processor` for why it is not
                              ``Qwen2_5OmniProcessor``)
 - ``audioflamingo3``         ``AudioFlamingo3ForConditionalGeneration`` + ``AudioFlamingo3Processor``
+- ``voxtral``                ``VoxtralForConditionalGeneration`` + ``VoxtralProcessor`` over a tiny
+                             tekken.json (mistral_common's ``MistralCommonBackend``)
 
 Shapes shared by all of them: a Qwen2-style decoder with grouped-query attention (4 query heads,
 2 key/value heads, head_dim 16, d_model 64, 2 layers), a 2-layer Whisper-style audio encoder on
@@ -144,7 +146,16 @@ GLMASR_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3", "musicflamingo", "glmasr", "qwen3_asr")
+# Voxtral's tokenizer is mistral_common's tekken (MistralCommonBackend over a tekken.json): the
+# control tokens in mistral_common's order (<unk> 0, <s> 1, </s> 2, [INST] 3, [/INST] 4, ... <pad>
+# 11), [AUDIO] at 24 (VoxtralProcessor hard-codes audio_token_id 24), then the byte vocabulary and
+# TINY_WORDS (every prefix, so BPE merges reach whole words).
+VOXTRAL_NUM_SPECIAL = 100
+VOXTRAL_AUDIO_ID = 24
+VOXTRAL_FRAME_RATE = 12.5  # audio tokens per second (4 encoder frames of 20 ms merged)
+
+TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3", "musicflamingo", "glmasr", "qwen3_asr",
+              "voxtral")
 
 
 def canonical_arch(arch_name: str) -> str:
@@ -179,6 +190,74 @@ def _feature_extractor(n_mels: int, chunk_seconds: int):
         padding_value=0.0,
         return_attention_mask=True,
     )
+
+
+def tiny_tekken(n_mels: int = TINY_MELS, chunk_seconds: int = TINY_CHUNK_SECONDS) -> dict:
+    """A tiny tekken tokenizer file (the format of Voxtral's ``tekken.json``), as JSON data.
+
+    Audio section as in the released file but for the tiny shapes: 16 kHz, 12.5 tokens per second,
+    ``chunk_length_s`` = the feature extractor's window (the processor pads each clip to a
+    multiple of it and gives the padding audio tokens)."""
+    import base64
+
+    from mistral_common.tokens.tokenizers.base import SpecialTokens
+
+    names = [t.value for t in SpecialTokens]
+    ranks: dict[str, int] = {n: i for i, n in enumerate(names[:20])}  # <unk> .. [TOOL_CONTENT]
+    for i in range(20, VOXTRAL_AUDIO_ID):
+        ranks[f"<SPECIAL_{i}>"] = i
+    ranks.update({"[AUDIO]": VOXTRAL_AUDIO_ID, "[BEGIN_AUDIO]": VOXTRAL_AUDIO_ID + 1,
+                  "[TRANSCRIBE]": VOXTRAL_AUDIO_ID + 2})
+    nxt = VOXTRAL_AUDIO_ID + 3
+    for n in names:
+        if n not in ranks:
+            ranks[n], nxt = nxt, nxt + 1
+    for i in range(nxt, VOXTRAL_NUM_SPECIAL):
+        ranks[f"<SPECIAL_{i}>"] = i
+    specials = [{"rank": r, "token_str": n, "is_control": True} for n, r in sorted(ranks.items(), key=lambda x: x[1])]
+    pieces: list[bytes] = [bytes([i]) for i in range(256)]
+    seen = set(pieces)
+    for word in TINY_WORDS:
+        for w in (word, " " + word):
+            b = w.encode()
+            for k in range(2, len(b) + 1):
+                if b[:k] not in seen:
+                    seen.add(b[:k])
+                    pieces.append(b[:k])
+    vocab = [{"rank": i, "token_bytes": base64.b64encode(b).decode("ascii"),
+              "token_str": b.decode("utf-8", "replace")} for i, b in enumerate(pieces)]
+    pattern = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+               r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|"
+               r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    return {
+        "config": {"pattern": pattern, "num_vocab_tokens": len(vocab),
+                   "default_vocab_size": len(vocab) + VOXTRAL_NUM_SPECIAL,
+                   "default_num_special_tokens": VOXTRAL_NUM_SPECIAL, "version": "v7"},
+        "vocab": vocab,
+        "special_tokens": specials,
+        "audio": {"sampling_rate": SAMPLING_RATE, "frame_rate": VOXTRAL_FRAME_RATE,
+                  "audio_encoding_config": {"num_mel_bins": n_mels, "hop_length": 160, "window_size": 400},
+                  "chunk_length_s": float(chunk_seconds)},
+    }
+
+
+def _tiny_tekken_file(n_mels: int, chunk_seconds: int) -> Path:
+    """``tekken.json`` of :func:`tiny_tekken` in a per-content temporary folder (MistralCommonBackend
+    reads a file and keeps its path: ``save_pretrained`` copies it next to the model)."""
+    import hashlib
+    import json
+    import os
+    import tempfile
+
+    text = json.dumps(tiny_tekken(n_mels, chunk_seconds), sort_keys=True)
+    folder = Path(tempfile.gettempdir()) / f"auralens-tiny-tekken-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    path = folder / "tekken.json"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"tekken.json.{os.getpid()}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return path
 
 
 def build_tiny_processor(
@@ -226,6 +305,13 @@ def build_tiny_processor(
             audio_token="<|pad|>",
             max_audio_len=4 * chunk_seconds,
         )
+    if arch == "voxtral":
+        # The real pair: VoxtralProcessor over mistral_common's MistralCommonBackend (tekken.json)
+        # and a Whisper feature extractor; clips are padded to chunk_seconds multiples.
+        from transformers import MistralCommonBackend, VoxtralProcessor
+
+        tok = MistralCommonBackend(str(_tiny_tekken_file(n_mels, chunk_seconds)))
+        return VoxtralProcessor(feature_extractor=fe, tokenizer=tok)
     if arch == "qwen3_asr":
         from transformers import PreTrainedTokenizerFast, Qwen3ASRFeatureExtractor, Qwen3ASRProcessor
 
@@ -367,6 +453,25 @@ def build_config(
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
     )
     llama_text.pop("use_sliding_window")
+    if arch == "voxtral":
+        from transformers import VoxtralConfig
+
+        d = audio["d_model"]
+        return VoxtralConfig(
+            text_config=llama_text,
+            audio_config=dict(
+                model_type="voxtral_encoder",
+                num_mel_bins=n_mels,
+                max_source_positions=max_source_positions,
+                hidden_size=d,
+                num_hidden_layers=audio["encoder_layers"],
+                num_attention_heads=audio["encoder_attention_heads"],
+                # the projector reads 4 merged frames: intermediate_size must be 4 * hidden_size
+                intermediate_size=4 * d,
+            ),
+            audio_token_id=int(tokenizer.convert_tokens_to_ids("[AUDIO]")),
+            projector_hidden_act="gelu",
+        )
     if arch == "qwen3_asr":
         from transformers import Qwen3ASRConfig
 
@@ -577,6 +682,10 @@ def tiny_batch(
     audios = [
         (0.1 * rng.standard_normal(int(d * SAMPLING_RATE))).astype(np.float32) for d in durations
     ]
+    if type(processor).__name__ == "VoxtralProcessor":  # audio enters only via apply_chat_template
+        from interp.prompts import build_inputs
+
+        return build_inputs(processor, None, "cot", audios=audios, questions=list(questions))
     texts = [chat_prompt(processor, q) for q in questions]
     processor.tokenizer.padding_side = "left"
     return processor(

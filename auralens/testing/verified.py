@@ -4,9 +4,10 @@ A claim, checked by ``tests/test_verified.py`` so it cannot drift: every table m
 ``tiny_exactness`` has a tiny builder (``TINY_ARCHS``) and the exactness tests of
 ``tests/test_attention_yield.py`` are parametrised over it; ``transformer_lens`` only where that
 comparison runs rather than skips; ``long_audio`` only where ``tests/test_long_audio.py`` runs a
-multi-window clip through the model; ``transformers``/``torch`` are the versions installed when
-the suite last passed here (the test fails on any other version until the suite is rerun and these
-are updated).  Real checkpoints: none was run (no GPU, no hub in the sessions that built these).
+multi-window clip through the model (``WINDOWED``, and ``PADDED`` for Voxtral's padded windows);
+``transformers``/``torch`` are the versions installed when the suite last passed here (the test
+fails on any other version until the suite is rerun and these are updated).  Real checkpoints:
+none was run (no GPU, no hub in the sessions that built these).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ TESTED_HERE: dict[str, dict[str, bool]] = {
     "musicflamingo": {"tiny_exactness": True, "transformer_lens": True, "long_audio": True, "real_checkpoint": False},
     "glmasr": {"tiny_exactness": True, "transformer_lens": True, "long_audio": True, "real_checkpoint": False},
     "qwen3_asr": {"tiny_exactness": True, "transformer_lens": False, "long_audio": False, "real_checkpoint": False},
+    "voxtral": {"tiny_exactness": True, "transformer_lens": False, "long_audio": True, "real_checkpoint": False},
 }
 
 
