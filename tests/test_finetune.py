@@ -1,6 +1,7 @@
-"""MPAR²-style fine-tuning (the finetuning package): rewards on hand-built traces, GRPO's
-advantages and loss against hand computations, a GRPO update that raises the log-prob of the
-rewarded completion, and a tiny end-to-end fine-tune that writes a loadable checkpoint (+ resume).
+"""The fine-tuning arms (the finetuning package): MPAR²'s and HyPeR's rewards on hand-built
+traces, GRPO's advantages and loss against hand computations, a GRPO update that raises the
+log-prob of the rewarded completion, the PAUSE rule (interp.pause) against hand-built logits, and
+tiny end-to-end fine-tunes (both recipes) that write loadable checkpoints (+ resume).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def test_perfect_traces_get_every_reward_1(items):
 
     for it in items:
         r = trace_rewards(_trace(it), it)
-        assert r == {"perception": 1.0, "consistency": 1.0, "answer": 1.0, "format": 1.0, "total": 1.0}, (it.item_id, r)
+        assert r == {"perception": 1.0, "consistency": 1.0, "review": 1.0, "answer": 1.0, "format": 1.0, "total": 1.0}, (
+            it.item_id, r)
 
 
 def test_a_wrong_class_claim_costs_one_claim_of_three_per_sound(items):
@@ -126,8 +128,8 @@ def test_answer_reward_and_geometric_mean(items):
     bad = text.replace(f"answer : {it.answer}", f"answer : {wrong}")
     assert answer_reward(bad, it) == 0.0
     assert trace_rewards(bad, it)["total"] == 0.0  # geometric mean, no epsilon: a wrong answer zeroes it
-    r = {"perception": 0.25, "consistency": 1.0, "answer": 1.0, "format": 0.5}
-    assert combine_rewards(r) == pytest.approx((0.25 * 0.5) ** 0.25)
+    r = {"perception": 0.25, "consistency": 1.0, "review": 1.0, "answer": 1.0, "format": 0.5}
+    assert combine_rewards(r) == pytest.approx((0.25 * 0.5) ** 0.2)
     with pytest.raises(ConfigError, match="perception"):
         combine_rewards({**r, "perception": 1.5})
     from interp.items import Item
@@ -391,3 +393,100 @@ def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch
     assert ft.finetune(str(small_micro_dir), out, cfg, progress=False, resume=True)["finished_at"] == stored["finished_at"]
     with pytest.raises(ConfigError, match="finetune.json"):
         ft.finetune(str(small_micro_dir), out, cfg, progress=False)
+
+
+# ------------------------------------------------------------------------- review and HyPeR
+def test_review_reward_checks_the_review_against_the_scene(items):
+    from finetuning.rewards import review_reward
+
+    it = _item(items, "count", min_events=2)
+    text = _trace(it)
+    assert review_reward(text, it.scene) == 1.0
+    from interp.cafe.formats import COUNT_WORDS
+
+    n = len(it.scene["events"])
+    wrong = text.replace(f"i heard {COUNT_WORDS[n]} sounds", f"i heard {COUNT_WORDS[n + 1]} sounds")
+    assert wrong != text and review_reward(wrong, it.scene) == 0.0
+    no_review = text.replace("<review>", "").replace("</review>", "")
+    assert review_reward(no_review, it.scene) == 0.0
+
+
+def test_hyper_rewards_are_their_weighted_sum(items):
+    from finetuning.hyper import HYPER_WEIGHTS, hyper_rewards, length_reward
+
+    it = _item(items, "count", min_events=2)
+    text = _trace(it)
+    r = hyper_rewards(text, it)
+    assert r == {"answer": 1.0, "perceptual_consistency": 1.0, "length": 1.0, "format": 1.0, "total": 2.0}
+    wrong = next(c for c in it.choices if c != it.answer)
+    bad = hyper_rewards(text.replace(f"answer : {it.answer}", f"answer : {wrong}"), it)
+    # a wrong answer keeps the other terms (a weighted sum, not a product), length halved
+    assert bad["answer"] == 0.0 and bad["length"] == 0.5 and bad["total"] == pytest.approx(
+        HYPER_WEIGHTS["perceptual_consistency"] * 1.0 + HYPER_WEIGHTS["length"] * 0.5 + 1.0)
+    # no rationale claims: their base score 0.2; a broken format: 0 (all or nothing)
+    lines = text.split("\n")
+    a, b = lines.index("<reasoning>"), lines.index("</review>")
+    bare = "\n".join(lines[: a + 1] + ["</reasoning>", "<review>", "</review>"] + lines[b + 1:])
+    assert hyper_rewards(bare, it)["perceptual_consistency"] == 0.2
+    assert hyper_rewards(text.replace("<review>\n", ""), it)["format"] == 0.0
+    # their window: 0 below Lmin/2, ramp, 1 inside [0.8, 1.5] x reference, ramp down, 0 past 1.5 x Lmax
+    assert [length_reward(n, 10) for n in (4, 6, 8, 15, 18.75, 23)] == pytest.approx([0.0, 0.5, 1.0, 1.0, 0.5, 0.0])
+
+
+def test_the_pause_rule_forces_pauses_only_where_entropy_is_high():
+    from interp.pause import PauseConfig, PauseProcessor, count_pauses
+
+    pid = 5
+    proc = PauseProcessor(PauseConfig(token_id=pid, entropy_threshold=0.5, max_pauses=2))
+    sharp = torch.tensor([10.0, 0, 0, 0, 0, 0])  # entropy ~0.002 nats
+    flat = torch.zeros(6)  # entropy ln 5 over the non-pause tokens
+    scores = torch.stack([sharp, flat, flat, flat])
+    ids = torch.tensor([[1, 2], [1, 2], [pid, pid], [2, pid]])  # row 2: cap used; row 3: just paused
+    out = proc(ids, scores.clone())
+    assert torch.isinf(out[0, pid]) and out[0].argmax() == 0  # low entropy: never a pause
+    assert out[1].argmax() == pid and torch.isinf(out[1, :pid]).all()  # forced
+    assert torch.isinf(out[2, pid]) and torch.isinf(out[3, pid])  # cap reached / no two in a row
+    assert count_pauses(ids, proc.cfg) == [0, 0, 2, 1] and count_pauses(ids, None) == [0, 0, 0, 0]
+    with pytest.raises(ConfigError, match="entropy_threshold"):
+        PauseConfig(token_id=1, entropy_threshold=float("nan"))
+
+
+def test_completion_logprobs_leave_forced_pauses_out():
+    from finetuning.grpo import completion_logprobs
+
+    class Tiny(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            logits = torch.zeros(*input_ids.shape, 6)
+            return type("O", (), {"logits": logits})()
+
+    batch = {"input_ids": torch.tensor([[1, 2]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)}
+    ids, mask = torch.tensor([[3, 5, 4]]), torch.ones(1, 3, dtype=torch.long)
+    loss_mask = mask * (ids != 5).long()
+    lp = completion_logprobs(Tiny(), batch, ids, mask, suppress_ids=[5], loss_mask=loss_mask)
+    assert torch.isfinite(lp).all() and lp[0, 1] == 0.0
+    assert lp[0, 0] == pytest.approx(-math.log(5))  # the pause removed from the distribution
+
+
+def test_hyper_finetune_adds_the_pause_token_and_keeps_the_rule(tmp_path, small_micro_dir):
+    import finetuning.recipe as ft
+    from interp.generation import GenerationConfig, generate_batch, model_inputs
+    from interp.loading import load_model
+    from interp.pause import PAUSE_TOKEN
+
+    cfg = ft.FinetuneConfig(**{**TINY, "save_every": 0}, recipe="hyper")
+    out = tmp_path / "hyper"
+    info = ft.finetune(str(small_micro_dir), out, cfg, progress=False)
+    assert info["recipe"] == "hyper" and info["rewards"]["names"] == ["answer", "perceptual_consistency", "length", "format"]
+    pause = json.loads((out / "pause.json").read_text())
+    assert pause == info["pause"] and pause["max_pauses"] == 3 and pause["entropy_threshold"] >= 0
+    assert {"pauses_per_completion", "perceptual_consistency"} <= set(info["reward_curves"][0])
+    lm = load_model(str(out), device="cpu", dtype="float32")
+    assert lm.tokenizer.convert_tokens_to_ids(PAUSE_TOKEN) == pause["token_id"] == lm.model.config.text_config.vocab_size - 1
+    assert lm.pause is not None and "logits_processor" in lm.generate_kwargs
+    from interp.cafe.questions import make_items
+
+    new, texts = generate_batch(lm, model_inputs(lm, make_items(3, seed=5), "structured"), GenerationConfig(max_new_tokens=24))
+    assert all(PAUSE_TOKEN not in t for t in texts)  # a special token: decoded text skips it
+    assert int((new == pause["token_id"]).sum(1).max()) <= 3
+    with pytest.raises(ConfigError, match="recipe"):
+        ft.FinetuneConfig(recipe="dpo")
