@@ -475,7 +475,16 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
         for m in (base, *[a for a in arms.values() if a]):
             if m not in models:
                 check_model(m)
-    run = RunFolder.create(cfg.out, manifest=manifest, resume=cfg.resume)
+    from interp import distributed as dist
+
+    # under a launcher rank 0 creates the folder; the sub-stages share their items across ranks
+    # (interp.distributed) and the run's own files are rank 0's writes
+    def create():
+        run = RunFolder.create(cfg.out, manifest=manifest, resume=cfg.resume)
+        run.update_manifest(processes=dist.world())  # not identity: a resumption may use another number
+        return run
+
+    run = dist.on_main(create)
 
     def get(name: str):
         if name not in models:

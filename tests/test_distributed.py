@@ -153,6 +153,25 @@ def test_two_process_record_and_probe_equal_one_process(tmp_path, one_record):
     assert not (tmp_path / "two-record" / "shards").exists()
 
 
+COMPARE = ["compare", "--base", "micro", "--mpar2", "none", "--hyper", "none", "--steer", "none", "--data",
+           "cafe-neutral:test", "--n", "4", "--n-cal", "4", "--batch-size", "2", "--max-new-tokens", "24",
+           "--n-boot", "20", "--json"]
+
+
+@pytest.mark.distributed
+def test_two_process_compare_equals_one_process(tmp_path):
+    """compare: rank 0 creates the folder, its record sub-runs (heads on calibration, then the
+    test items) share items across the ranks; compare.parquet equals the single-process run's."""
+    import pandas as pd
+
+    _single(COMPARE, tmp_path / "one")
+    _launch(COMPARE, tmp_path / "two", "torchrun")
+    a = pd.read_parquet(tmp_path / "one" / "compare.parquet")
+    b = pd.read_parquet(tmp_path / "two" / "compare.parquet")
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6)
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
+
+
 @pytest.mark.distributed
 def test_killed_rank_resumes(tmp_path, one_record):
     """Rank 1 of a 2-process record is killed after its first batch (torchrun then stops rank
