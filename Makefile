@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements.lock
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/auralens demo --out runs/demo
+	$(VENV)/bin/auralens demo --out runs/demo --replace
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)

@@ -474,12 +474,27 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the stage run folders."),
     n: int = typer.Option(60, "--n", help="Items per stage (>= 1)."),
     resume: bool = ResumeOpt,
+    replace: bool = typer.Option(False, "--replace", help="Move an earlier demo in --out aside to <out>.previous "
+                                                          "(replacing an older .previous) and start afresh."),
 ) -> None:
     """Run every stage on the embedded `micro` model and print the summaries (<= 5 min on 2 cores)."""
     from auralens.demo import run_demo
+    from interp.errors import ConfigError
     from interp.runs import check_n
 
     check_n(n)
+    if replace and resume:
+        raise ConfigError("--replace and --resume: expected one of them (start afresh or continue), found both")
+    if replace and out.exists():
+        import shutil
+
+        if not out.is_dir():
+            raise ConfigError(f"--out {str(out)!r}: expected a folder, found a file")
+        prev = out.with_name(out.name + ".previous")
+        if prev.exists():
+            shutil.rmtree(prev)
+        out.rename(prev)
+        typer.echo(f"moved the earlier demo to {prev}", err=True)
     run_demo(out=out, n=n, resume=resume, command=_command_line())
 
 
