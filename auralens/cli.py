@@ -347,12 +347,16 @@ def micro_finetune(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     recipe: str = typer.Option("mpar2", "--recipe", help="mpar2 (geometric-mean rewards) | hyper (PAUSE tokens, weighted rewards)."),
     cue_mix: Optional[str] = typer.Option(None, "--cue-mix", help="Training items: chance (cues at chance validity) | none."),
+    pause_quantile: Optional[float] = typer.Option(None, "--pause-quantile",
+                                                   help="hyper: entropy quantile of the PAUSE threshold (default 0.9)."),
+    max_pauses: Optional[int] = typer.Option(None, "--max-pauses", help="hyper: PAUSE tokens per answer (default 3)."),
 ) -> None:
     """MPAR²-style (or HyPeR-style, --recipe hyper) fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
     from interp.micro import FINETUNED_DIR
 
     _finetune(base, out or FINETUNED_DIR, recipe=recipe, sft_steps=sft_steps, grpo_steps=grpo_steps, grpo_lr=grpo_lr,
-              loss_type=loss_type, max_minutes=minutes, cue_mix=cue_mix, threads=threads, seed=seed, resume=resume)
+              loss_type=loss_type, max_minutes=minutes, cue_mix=cue_mix, threads=threads, seed=seed, resume=resume,
+              pause_quantile=pause_quantile, max_pauses=max_pauses)
 
 
 def _finetune(base, out, *, threads, seed, resume, **given) -> None:

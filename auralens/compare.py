@@ -462,9 +462,11 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
     if cal_spec:
         load_items(cal_spec, n=cfg.n_cal, seed=cfg.seed)
     if cfg.steer == "auto" or cfg.steer_mpar2 == "auto":
-        from steering.pipeline import eval_splits
+        from steering.pipeline import eval_splits, fit_spec
 
-        eval_splits(cfg.steer_data, cfg.seed)  # it has calibration/dev splits
+        dev_spec, dev_seed = eval_splits(cfg.steer_data, cfg.seed)["dev"]  # it has calibration/dev splits
+        load_items(fit_spec(cfg.steer_data), n=cfg.n_cal, seed=cfg.seed)  # and their items and audio are readable
+        load_items(dev_spec, n=cfg.n_dev, seed=dev_seed)
     all_items = [it for c in cfg.conditions for it in items_by_cond[c]]
     manifest = {**cfg.manifest(steer_runs={k: s.describe() for k, s in given_steer.items()},
                                arms={b: a for b, a in plan.items()}),

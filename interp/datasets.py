@@ -203,6 +203,10 @@ def load_folder(folder: str | Path) -> list[Item]:
 def load_cafe(n: int, *, seed: int = 7, tiers: tuple[str, ...] | None = None) -> list[Item]:
     from interp.cafe.questions import TIERS, make_items
 
+    bad = [t for t in (tiers or ()) if t not in TIERS]
+    if bad or (tiers is not None and not tiers):
+        raise DatasetError(f"dataset 'cafe:{','.join(tiers or ())}': expected tiers among {list(TIERS)} after 'cafe:', "
+                           f"found {bad or 'none'}")
     return make_items(n, seed=seed, tiers=tiers or TIERS)
 
 

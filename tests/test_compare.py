@@ -200,6 +200,8 @@ def test_bad_options_fail_before_the_folder(tmp_path, arms):
         stage_compare(base="micro", base_format="essay", out=out)
     with pytest.raises(AuralensError, match="data"):
         stage_compare(base="micro", data="cafe-neutral:test,cafe-neutral:test", out=out)
+    with pytest.raises(AuralensError, match="cafe:x"):  # the steering's data, checked before anything is written
+        stage_compare(base="micro", steer_data="cafe:x", n=2, out=out)
     assert not out.exists()
 
 

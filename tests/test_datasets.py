@@ -258,3 +258,12 @@ def test_folder_and_json_splits_are_disjoint_and_cover_the_items(folder_dataset,
     # a file whose own name ends like a split is that file
     odd = _write(tmp_path / "x.json:dev", rows)
     assert parse_file_spec(str(odd)) == (str(odd), None, None)
+
+
+def test_unknown_cafe_tier_is_a_dataset_error():
+    from interp.errors import DatasetError
+    from interp.runs import load_items
+
+    with pytest.raises(DatasetError, match="cafe:x.*perception"):
+        load_items("cafe:x", n=2, seed=7)
+    assert {it.tier for it in load_items("cafe:temporal", n=3, seed=7)} == {"temporal"}
