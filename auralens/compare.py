@@ -200,8 +200,9 @@ def _inference_cost(rows: _Rows, run, df, pause_id: int | None, extra_forwards: 
             pauses[i] = float((ids == pause_id).sum())
     rows.add("pauses_per_item", "all", pauses.mean(), n=len(df), note="PAUSE tokens per answer (HyPeR's rule)")
     rows.add("forwards_per_item", "all", toks.mean() + extra_forwards, n=len(df),
-             note="one forward per generated token" + (f", +{extra_forwards} for s(x) (real and silence passes)"
-                                                         if extra_forwards else ""))
+             note="one forward per generated token" + (
+                 "" if not extra_forwards else ", +1 for s(x) (its silence pass; the real pass is the generation's prefill)"
+                 if extra_forwards == 1 else f", +{extra_forwards} for s(x) (real and silence passes)"))
 
 
 # ------------------------------------------------------------------------------ models
@@ -282,7 +283,11 @@ class _Steer:
 
     @property
     def extra_forwards(self) -> int:
-        return 2 if self.mode == "per_input" else 0
+        if self.mode != "per_input":
+            return 0
+        from steering.evaluate import PerInput
+
+        return PerInput(self.vec).extra_forwards([self.layer])  # 1 (silence) where the real pass is folded
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "mode": self.mode, "layer": self.layer, "beta": self.beta,

@@ -73,7 +73,8 @@ missing layer (:meth:`~steering.vector.SteeringVector.check_compatible`), a non-
 an unknown position mode or backend, layers the vector does not have.
 
 Public API: :data:`POSITION_MODES`, :data:`BACKENDS`, :class:`AdaptiveAlpha`,
-:class:`Steering`, :func:`apply_vector`, :func:`steer_tensor`, :func:`steered_generate`.
+:class:`FoldedRows`, :class:`Steering`, :func:`apply_vector`, :func:`steer_tensor`,
+:func:`steered_generate`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ __all__ = [
     "BACKENDS",
     "POSITION_MODES",
     "AdaptiveAlpha",
+    "FoldedRows",
     "Steering",
     "apply_vector",
     "steer_tensor",
@@ -148,11 +150,48 @@ class AdaptiveAlpha:
         return 1.0 + self.gain * (1.0 - ratio).clamp(0.0, 1.0)
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class FoldedRows:
+    """Per-input directions whose real pass is the generation's own prefill (``per_row=`` of
+    :func:`apply_vector`; built by :func:`steering.directions.silence_rows`).
+
+    Holds only ``h_L(silence)`` at the last prompt token of every row.  At the first prefill of
+    the steering context the hook at ``layer`` reads the still unsteered ``h_L`` at column ``-1``
+    of every row (the last prompt token, left padding), forms ``s_i = direction(h_real_i -
+    h_sil_i)`` and keeps ``alpha * s_i`` for every later forward of the context (the decoding
+    steps, and any further full forward, e.g. the record stage's silence pass, which the
+    two-pass path steers with the same ``s``).  Exact (identical to precomputing ``s`` with a
+    separate real forward, up to float noise between a cached prefill and an uncached forward)
+    when ``layer`` is the only steered site, nothing else modifies the model upstream of it,
+    and the context's first forward is the generation's prefill of the same prompts: checked at
+    that prefill (same prompt tokens per row, and audio inputs that are not the silent ones).
+
+    Attributes:
+        layer: the one steered decoder layer (site ``hook_resid_post``).
+        silence: ``[batch, width]`` float32, ``h_L(silence)`` at the last prompt token.
+        direction: ``[batch, width]`` raw difference -> the direction to add (scaling like the
+            vector, the random control), float32 on the hidden states' device.
+        prompts: each row's prompt tokens (padding excluded), or ``None`` (not checked).
+        features: the silent batch's floating-point inputs (audio features), or ``None``.
+    """
+
+    layer: int
+    silence: Tensor
+    direction: Any
+    prompts: tuple[tuple[int, ...], ...] | None = None
+    features: dict[str, Tensor] | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.silence.shape[0])
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Target:
     layer: int
     point: Any  # interp.arch.HookPoint: module path from the top model, "output" | "input"
-    delta: Tensor  # alpha * v ([width], or [batch, width] per input), in the model's dtype and on its device
+    delta: Tensor | None  # alpha * v ([width], or [batch, width] per input), in the model's dtype and on its device
+    fold: FoldedRows | None = None  # delta formed at the first prefill (see FoldedRows)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -175,6 +214,8 @@ class Steering:
     _original_generate: Any = None
     _gate: Any = None
     _answer: Any = None
+    _folded: dict[int, Tensor] = field(default_factory=dict)  # layer -> alpha * s(x) formed at the prefill
+    _fold_check: Any = None
 
     def generate(self, **kwargs: Any) -> Any:
         """``lm.model.generate(**kwargs)``, steered."""
@@ -187,9 +228,10 @@ class Steering:
 
     # called by both engines at every site visit
     def _steer(self, h: Tensor, target: _Target) -> Tensor:
-        if target.delta.ndim == 2 and target.delta.shape[0] != h.shape[0]:
+        delta = target.delta if target.fold is None else self._fold_delta(h, target)
+        if delta.ndim == 2 and delta.shape[0] != h.shape[0]:
             raise ConfigError(
-                f"per_row steering: the directions have {target.delta.shape[0]} rows, the batch has {h.shape[0]}"
+                f"per_row steering: the directions have {delta.shape[0]} rows, the batch has {h.shape[0]}"
             )
         scale = self._gate.scale(h, target.layer) if self._gate is not None else None
         if self._answer is not None and h.shape[-2] == 1:  # a decoding step: only rows past the marker
@@ -197,10 +239,30 @@ class Steering:
             if not bool(mask.any()):
                 return h
             scale = mask if scale is None else scale * mask
-        out = steer_tensor(h, target.delta, self.positions, scale)
+        out = steer_tensor(h, delta, self.positions, scale)
         if out is not h:
             self.n_edits += 1
         return out
+
+    def _fold_delta(self, h: Tensor, target: _Target) -> Tensor:
+        """``alpha * s(x)`` of a folded target: formed from the still unsteered ``h`` at the
+        context's first prefill (column ``-1``: the last prompt token), kept afterwards."""
+        fold = target.fold
+        got = self._folded.get(target.layer)
+        if got is not None:
+            return got
+        if h.shape[-2] == 1:
+            raise ConfigError("folded per-input steering: a decoding step before any prefill; expected "
+                              "generate's prefill of the prompts first")
+        if h.shape[0] != fold.n_rows:
+            raise ConfigError(
+                f"per_row steering: the directions have {fold.n_rows} rows, the batch has {h.shape[0]}"
+            )
+        real = h[:, -1, :].float()
+        s = fold.direction(real - fold.silence.to(device=real.device, dtype=torch.float32))
+        delta = (self.alpha * s.to(torch.float32)).to(dtype=next(self.lm.model.parameters()).dtype)
+        self._folded[target.layer] = delta
+        return delta
 
 
 def _check_generate_kwargs(kwargs: dict[str, Any]) -> None:
@@ -269,8 +331,19 @@ def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, b
         )
     from interp.arch import site_name
 
-    rows = _check_per_row(vec, layers, per_row)
     param = next(lm.model.parameters())
+    if isinstance(per_row, FoldedRows):
+        if vec.hook != "hook_resid_post" or tuple(sorted(set(layers))) != (per_row.layer,):
+            raise ConfigError(
+                f"per_row: folded per-input directions steer exactly their layer {per_row.layer} "
+                f"(hook_resid_post); found layers {sorted(set(layers))} of {vec.describe()}"
+            )
+        if per_row.silence.ndim != 2 or per_row.silence.shape[1] != vec.width:
+            raise ConfigError(f"per_row: expected [batch, {vec.width}] silence activations, found "
+                              f"{tuple(per_row.silence.shape)}")
+        point = lm.arch.hook_point(site_name(per_row.layer, vec.hook))
+        return (_Target(layer=per_row.layer, point=point, delta=None, fold=per_row),)
+    rows = _check_per_row(vec, layers, per_row)
     targets = []
     for L in sorted(set(layers)):
         point = lm.arch.hook_point(site_name(L, vec.hook))
@@ -389,7 +462,8 @@ def apply_vector(
     ``per_row``: per-input directions ``{layer: [batch, width]}`` that replace ``vec``'s at those
     layers, row ``i`` added to batch row ``i`` (``h <- h + alpha * s(x_i)``, see
     :func:`steering.directions.per_input_directions`); every generate call in the block must
-    then have that batch size.
+    then have that batch size.  Or a :class:`FoldedRows` (one layer, the only one steered):
+    ``s(x)`` is formed from the block's first prefill (see :class:`FoldedRows`).
     Everything is validated before the block runs; the hooks (torch) or the ``generate``
     shadow (nnsight) are removed on exit, also when the block raises."""
     targets = _plan(lm, vec, alpha, positions, layers, backend, per_row)
@@ -419,6 +493,10 @@ def apply_vector(
         if adaptive is not None:
             steer._gate = _Gate(steer, adaptive)
             handles.append(model.register_forward_pre_hook(steer._gate.on_forward, with_kwargs=True))
+        folds = [t.fold for t in targets if t.fold is not None]
+        if folds:
+            steer._fold_check = _FoldCheck(steer, folds[0])
+            handles.append(model.register_forward_pre_hook(steer._fold_check.on_forward, with_kwargs=True))
         if positions == "answer":
             steer._answer = _AnswerMask(lm)
             handles.append(model.register_forward_pre_hook(steer._answer.on_forward, with_kwargs=True))
@@ -562,6 +640,43 @@ class _AnswerMask:
 
     def mask(self, h: Tensor) -> Tensor:
         return self.armed.to(device=h.device, dtype=torch.float32)
+
+
+class _FoldCheck:
+    """The exactness check of folded per-input steering (:class:`FoldedRows`): a forward
+    pre-hook on the model that, at the prefill that forms ``s(x)`` (the context's first), makes
+    sure it is the prefill of the same prompts as the silence pass (row by row, padding
+    excluded) and not the silent prompts themselves (their audio features)."""
+
+    def __init__(self, steer: Steering, fold: FoldedRows):
+        self.steer, self.fold = steer, fold
+
+    def on_forward(self, module, args, kwargs):
+        if self.fold.layer in self.steer._folded:  # s(x) already formed: later forwards are not checked
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not isinstance(ids, Tensor):
+            raise ConfigError("folded per-input steering: expected input_ids in the prefill to check its prompts")
+        if ids.shape[-1] == 1:
+            return None  # a decoding step before any prefill: refused by the steering hook
+        if self.fold.prompts is not None:
+            mask = kwargs.get("attention_mask")
+            mask = torch.ones_like(ids, dtype=torch.bool) if not isinstance(mask, Tensor) else mask.bool()
+            if ids.shape[0] != len(self.fold.prompts):
+                raise ConfigError(f"per_row steering: the directions have {len(self.fold.prompts)} rows, the "
+                                  f"batch has {ids.shape[0]}")
+            for i, want in enumerate(self.fold.prompts):
+                if tuple(int(t) for t in ids[i][mask[i]].tolist()) != want:
+                    raise ConfigError(
+                        f"folded per-input steering: row {i} of the prefill is not the prompt its silence pass "
+                        "was run on; expected generate() on the same items, in the same order"
+                    )
+        feats = self.fold.features or {}
+        if feats and all(isinstance(kwargs.get(k), Tensor) and kwargs[k].shape == v.shape
+                         and torch.equal(kwargs[k].to(v.device), v) for k, v in feats.items()):
+            raise ConfigError("folded per-input steering: the prefill that forms s(x) has the silent audio; "
+                              "expected generate() on the real audio first in the steering context")
+        return None
 
 
 def _mean_heads(rec, layers, heads_by_layer) -> Float[Tensor, "batch"]:

@@ -58,7 +58,7 @@ features do not depend on its batch (checked against one-by-one capture in the t
 Public API: :data:`POSITIONS`, :data:`NORMALIZATIONS`, :data:`SITES`, :class:`PairedActivations`,
 :func:`collect_paired`, :func:`direction_from`, :func:`audio_minus_silence`,
 :func:`random_direction`, :func:`random_heads`, :func:`fit_with_controls`, :func:`parse_positions`,
-:func:`parse_heads`.
+:func:`parse_heads`, :func:`per_input_directions`, :func:`can_fold`, :func:`silence_rows`.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ __all__ = [
     "SITES",
     "PairedActivations",
     "audio_minus_silence",
+    "can_fold",
     "collect_paired",
     "direction_from",
     "fit_with_controls",
@@ -89,6 +90,7 @@ __all__ = [
     "per_input_directions",
     "random_direction",
     "random_heads",
+    "silence_rows",
 ]
 
 POSITIONS: tuple[str, ...] = ("last_prompt", "audio_mean")
@@ -240,6 +242,10 @@ class PairedActivations:
     data_fingerprint: str
     resid: dict[str, Float[Tensor, "item layer d_model"]]
     z: dict[str, Float[Tensor, "item layer hz"]]
+    #: each item's prompt tokens (padding excluded), when the items were one local batch
+    prompts: tuple[tuple[int, ...], ...] | None = None
+    #: the floating-point model inputs (audio features) of the last mode collected, when one local batch
+    features: dict[str, Tensor] | None = None
 
     def layer_index(self, layer: int) -> int:
         if layer not in self.layers:
@@ -306,9 +312,13 @@ def collect_paired(
     fmt: str = "direct",
     batch_size: int = 8,
     progress: bool = False,
+    modes: Sequence[str] = ("real", "silence"),
 ) -> PairedActivations:
     """Activations of every item with its audio and with silence of the same length, at each
-    of ``layers``, reduced to ``positions`` (see the module docstring)."""
+    of ``layers``, reduced to ``positions`` (see the module docstring).
+
+    ``modes``: which passes to run (default both; ``("silence",)`` for the folded per-input
+    path, :func:`silence_rows`, whose real pass is the generation's own prefill)."""
     from interp.capture import with_position_ids
     from interp.datasets import fingerprint
     from interp.generation import batches, cast_features, model_inputs
@@ -319,8 +329,13 @@ def collect_paired(
         raise ConfigError(f"batch_size: expected a positive integer, found {batch_size!r}")
     layers = _check_layers(lm.arch, layers)
     pos = parse_positions(positions)
+    modes = tuple(modes)
+    if not modes or len(set(modes)) != len(modes) or any(m not in ("real", "silence") for m in modes):
+        raise ConfigError(f"modes: expected distinct values among ['real', 'silence'], found {list(modes)}")
     sites = ("hook_resid_post", "attn.hook_z")
-    parts: dict[str, dict[str, list[Tensor]]] = {s: {"real": [], "silence": []} for s in sites}
+    parts: dict[str, dict[str, list[Tensor]]] = {s: {m: [] for m in modes} for s in sites}
+    prompts: list[tuple[int, ...]] = []
+    features: dict[str, Tensor] | None = None
     from interp import distributed as dist
 
     chunks = list(batches(list(items), batch_size))
@@ -335,10 +350,14 @@ def collect_paired(
         bar = tqdm(total=sum(len(chunks[j]) for j in mine), desc="audio-minus-silence", unit="item")
     for chunk in [chunks[j] for j in mine]:
         ids_ref = None
-        for mode in ("real", "silence"):
+        for mode in modes:
             batch = model_inputs(lm, chunk, fmt, mode)
             inputs = with_position_ids(lm.arch, cast_features(lm, batch))
             ids = inputs["input_ids"]
+            if mode == modes[-1]:
+                mask = inputs["attention_mask"].bool()
+                prompts.extend(tuple(int(t) for t in ids[i][mask[i]].tolist()) for i in range(ids.shape[0]))
+                features = {k: v for k, v in inputs.items() if isinstance(v, Tensor) and v.is_floating_point()}
             if ids_ref is None:
                 ids_ref = ids
             elif not torch.equal(ids_ref, ids):
@@ -358,8 +377,9 @@ def collect_paired(
         got = dist.gather_objects({j: {s: {m: parts[s][m][i].cpu() for m in parts[s]} for s in sites}
                                    for i, j in enumerate(mine)})
         by_batch = {j: v for part in got for j, v in part.items()}
-        parts = {s: {m: [by_batch[j][s][m] for j in range(len(chunks))] for m in ("real", "silence")} for s in sites}
+        parts = {s: {m: [by_batch[j][s][m] for j in range(len(chunks))] for m in modes} for s in sites}
     cat = {s: {m: torch.cat(v) for m, v in parts[s].items()} for s in sites}
+    one_batch = len(chunks) == 1 and not split
     return PairedActivations(
         layers=layers,
         positions=pos,
@@ -368,6 +388,8 @@ def collect_paired(
         data_fingerprint=fingerprint(list(items)),
         resid=cat["hook_resid_post"],
         z=cat["attn.hook_z"],
+        prompts=tuple(prompts) if one_batch else None,
+        features=features if one_batch else None,
     )
 
 
@@ -645,6 +667,28 @@ def fit_with_controls(
 # --------------------------------------------------------------------------------------------
 
 
+def _check_per_input(vec, layers: Sequence[int] | None) -> tuple[int, ...]:
+    if vec.hook != "hook_resid_post" or vec.heads:
+        raise ConfigError(
+            f"per-input steering: expected a residual-stream vector without heads (hook_resid_post), "
+            f"found {vec.describe()}"
+        )
+    layers = tuple(vec.layers if layers is None else layers)
+    missing = [L for L in layers if L not in vec.layers]
+    if missing:
+        raise ConfigError(f"layers {missing}: the vector has directions at layers {list(vec.layers)} only")
+    return layers
+
+
+def _scale_like(vec, layer: int, s: Tensor) -> Tensor:
+    """``s`` scaled like ``vec`` at ``layer`` (``target_norm / raw_norm`` when ``vec`` was normalised)."""
+    raw = vec.extra.get("raw_norm", {}) or {}
+    target = vec.extra.get("target_norm", {}) or {}
+    if str(layer) in target and float(raw.get(str(layer), 0.0)) > 0:
+        s = s * (float(target[str(layer)]) / float(raw[str(layer)]))
+    return s
+
+
 def per_input_directions(
     lm,
     items: Sequence[Any],
@@ -658,31 +702,74 @@ def per_input_directions(
     every item, at each of ``layers`` (default: ``vec``'s), read at ``vec``'s fit positions
     (``extra['positions']``, e.g. the last prompt token) — the same quantity whose mean over the
     calibration split is ``vec`` (the paper's adaptive variant: one silence forward per item,
-    beside the real one, both through :func:`collect_paired`).
+    beside the real one, both through :func:`collect_paired`).  :func:`silence_rows` is the
+    folded variant that runs only the silence forward (the real one is the generation's prefill).
 
     Scaled like ``vec``: when ``vec`` was normalised (``unit``/``resid_norm``), ``s(x)`` at
     layer ``L`` is multiplied by the same factor ``target_norm[L] / raw_norm[L]``, so that the
     calibration mean of ``s(x)`` is ``vec`` and one beta means the same push on average.
     Residual-stream vectors only (``hook_resid_post``, no head restriction)."""
-    if vec.hook != "hook_resid_post" or vec.heads:
-        raise ConfigError(
-            f"per-input steering: expected a residual-stream vector without heads (hook_resid_post), "
-            f"found {vec.describe()}"
-        )
-    layers = tuple(vec.layers if layers is None else layers)
-    missing = [L for L in layers if L not in vec.layers]
-    if missing:
-        raise ConfigError(f"layers {missing}: the vector has directions at layers {list(vec.layers)} only")
+    layers = _check_per_input(vec, layers)
     pos = parse_positions(vec.extra.get("positions", "last_prompt"))
     acts = collect_paired(lm, items, layers=layers, positions=pos, fmt=fmt or vec.extra.get("format", "direct"),
                           batch_size=batch_size)
     diff = acts.diff("resid")  # [item, layer, d_model]
-    raw = vec.extra.get("raw_norm", {}) or {}
-    target = vec.extra.get("target_norm", {}) or {}
     out = {}
     for i, L in enumerate(acts.layers):
-        s = diff[:, i]
-        if str(L) in target and float(raw.get(str(L), 0.0)) > 0:
-            s = s * (float(target[str(L)]) / float(raw[str(L)]))
-        out[L] = s.float().contiguous()
+        out[L] = _scale_like(vec, L, diff[:, i]).float().contiguous()
     return out
+
+
+def can_fold(vec, layers: Sequence[int] | None) -> bool:
+    """Whether ``s(x)``'s real pass can be folded into the generation's prefill exactly: one
+    steered layer (so nothing upstream of it is modified when it is read), a residual-stream
+    vector without heads read at the last prompt token (``extra['positions']`` ``last_prompt``
+    or ``-1``: with left padding the prefill's column ``-1`` of every row)."""
+    if vec.hook != "hook_resid_post" or vec.heads:
+        return False
+    layers = tuple(vec.layers if layers is None else layers)
+    if len(layers) != 1 or layers[0] not in vec.layers:
+        return False
+    try:
+        pos = parse_positions(vec.extra.get("positions", "last_prompt"))
+    except ConfigError:
+        return False
+    return pos in (("last_prompt",), (-1,))
+
+
+def silence_rows(
+    lm,
+    items: Sequence[Any],
+    vec,
+    *,
+    layer: int,
+    fmt: str | None = None,
+    batch_size: int = 8,
+    finish: Any = None,
+):
+    """The folded per-input direction (:class:`steering.apply.FoldedRows`): only
+    ``h_L(silence)`` at the last prompt token is computed here (one forward per item, through
+    :func:`collect_paired` exactly as :func:`per_input_directions` computes it); the real
+    ``h_L`` is read by the steering hook from the generation's own prefill, where
+    ``s(x) = h_L(real) - h_L(silence)`` is formed and scaled like ``vec``, then passed through
+    ``finish(layer, s)`` when given (the matched random control of
+    :class:`steering.evaluate.PerInput`).  Refused unless :func:`can_fold` (``vec``, ``[layer]``)."""
+    from steering.apply import FoldedRows
+
+    _check_per_input(vec, [layer])
+    if not can_fold(vec, [layer]):
+        raise ConfigError(
+            f"folded per-input steering: expected one layer of a residual-stream vector read at the last "
+            f"prompt token, found layer {layer} of {vec.describe()} at positions {vec.extra.get('positions')!r}"
+        )
+    pos = parse_positions(vec.extra.get("positions", "last_prompt"))
+    acts = collect_paired(lm, items, layers=[layer], positions=pos, fmt=fmt or vec.extra.get("format", "direct"),
+                          batch_size=batch_size, modes=("silence",))
+    L = int(layer)
+
+    def direction(s: Tensor) -> Tensor:
+        s = _scale_like(vec, L, s).float()
+        return s if finish is None else finish(L, s)
+
+    return FoldedRows(layer=L, silence=acts.resid["silence"][:, 0].float().contiguous(), direction=direction,
+                      prompts=acts.prompts, features=acts.features)

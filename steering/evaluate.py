@@ -139,15 +139,24 @@ class SweepConfig:
 
 @dataclass(frozen=True, eq=False)
 class PerInput:
-    """A vector applied per input: at each batch, ``s(x)`` of every item is computed
-    (:func:`steering.directions.per_input_directions`, one silence forward per item beside the
-    real one) and row ``i`` gets ``h <- h + alpha * s(x_i)``.
+    """A vector applied per input: at each batch, ``s(x)`` of every item is computed and row
+    ``i`` gets ``h <- h + alpha * s(x_i)``.
+
+    ``fold_real`` (default): where it is exact (:func:`steering.directions.can_fold`: one steered
+    layer, a residual-stream vector read at the last prompt token — every ``steer eval`` and
+    ``compare`` setting), only the silence forward is run per item
+    (:func:`steering.directions.silence_rows`) and the real ``h_L`` is read from the
+    generation's own prefill (:class:`steering.apply.FoldedRows`): one extra forward per batch
+    instead of two, same ``s(x)``.  Otherwise (several layers, other fit positions, or
+    ``fold_real=False``) the real and silence forwards both run first
+    (:func:`steering.directions.per_input_directions`).
 
     ``random_seed`` makes it the matched control: a fixed seeded random unit direction times
     ``||s(x_i)||`` (same per-item norm, random orientation); method ``random_direction``."""
 
     vector: Any
     random_seed: int | None = None
+    fold_real: bool = True
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -160,20 +169,37 @@ class PerInput:
     def check_compatible(self, arch, model_id=None) -> None:
         self.vector.check_compatible(arch, model_id)
 
-    def rows(self, lm, chunk, layers, fmt: str, batch_size: int):
+    def folds(self, layers=None) -> bool:
+        """Whether :meth:`rows` folds the real pass into the generation's prefill at ``layers``."""
+        from steering.directions import can_fold
+
+        return bool(self.fold_real) and can_fold(self.vector, layers)
+
+    def extra_forwards(self, layers=None) -> int:
+        """Extra forwards per item that ``s(x)`` adds to the generation (each runs once per batch, for
+        all its rows): 1 (the silence pass) when folded, else 2 (real and silence)."""
+        return 1 if self.folds(layers) else 2
+
+    def _control(self, L: int, v):
         import torch
 
-        from steering.directions import per_input_directions
+        g = torch.Generator().manual_seed(int(self.random_seed) * 1009 + int(L))
+        r = torch.randn(v.shape[1], generator=g)
+        return torch.linalg.vector_norm(v, dim=-1, keepdim=True) * (r / torch.linalg.vector_norm(r)).to(v.device)
 
+    def rows(self, lm, chunk, layers, fmt: str, batch_size: int):
+        """``per_row`` for :func:`steering.apply.apply_vector` on the batch ``chunk``: a
+        :class:`steering.apply.FoldedRows` when :meth:`folds`, else ``{layer: [batch, width]}``."""
+        from steering.directions import per_input_directions, silence_rows
+
+        finish = self._control if self.random_seed is not None else None
+        if self.folds(layers):
+            (L,) = tuple(self.vector.layers if layers is None else layers)
+            return silence_rows(lm, chunk, self.vector, layer=L, fmt=fmt, batch_size=batch_size, finish=finish)
         s = per_input_directions(lm, chunk, self.vector, layers=layers, fmt=fmt, batch_size=batch_size)
-        if self.random_seed is None:
+        if finish is None:
             return s
-        out = {}
-        for L, v in s.items():
-            g = torch.Generator().manual_seed(int(self.random_seed) * 1009 + int(L))
-            r = torch.randn(v.shape[1], generator=g)
-            out[L] = torch.linalg.vector_norm(v, dim=-1, keepdim=True) * (r / torch.linalg.vector_norm(r))
-        return out
+        return {L: finish(L, v) for L, v in s.items()}
 
 
 def _alpha_key(alpha: float) -> str:

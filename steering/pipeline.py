@@ -540,12 +540,24 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: b
         "model": model, "data": data, "n": len(items), "run": str(out), "vector": name,
         "method": vec.method, "layers": list(vec.layers), "alphas": list(sweep.alphas), "vectors": list(vectors),
         "best": best, "fit_overlap": overlap, "notes": notes,
+        **({"per_input": _per_input_cost(vec)} if "per_input" in cfg.modes else {}),
     }
     run.write_json("summary.json", summary)
     run.mark_stage("steer_eval", n_rows=len(rows))
     run.finish()
     barrier()  # rank 0 has written every file (the other ranks skipped them: interp.distributed)
     return summary
+
+
+def _per_input_cost(vec) -> dict[str, Any]:
+    """What ``s(x)`` costs at inference, per item, beside the generation (every sweep setting
+    steers one layer: :meth:`steering.evaluate.PerInput.extra_forwards`)."""
+    from steering.evaluate import PerInput
+
+    k = PerInput(vec).extra_forwards(vec.layers[:1])
+    note = ("s(x) costs one extra forward per item (the silence pass); its real pass is the generation's own "
+            "prefill (folded)" if k == 1 else "s(x) costs two extra forwards per item (real and silence passes)")
+    return {"extra_forwards_per_item": k, "note": note}
 
 
 def _at_layer(v, layer: int):
@@ -877,6 +889,7 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
                               if "vector_minus_control" in v}},
         "splits": {k: {kk: v.get(kk) for kk in ("data", "seed", "n", "seeds", "ids_sha256")} for k, v in records.items()},
         "notes": notes,
+        **({"per_input": _per_input_cost(vec)} if "per_input" in modes else {}),
     }
     run.write_json("summary.json", summary)
     run.mark_stage("steer_eval", n_rows=len(dev_rows) + len(test_rows))

@@ -112,7 +112,7 @@ def test_numbers_equal_the_sub_runs(compared):
 
         for s, t in items.items():
             assert value(s, "accuracy") == pytest.approx(t.correct.astype(float).mean())
-            extra = 2 if steer.get(s, {}).get("mode") == "per_input" else 0
+            extra = 1 if steer.get(s, {}).get("mode") == "per_input" else 0  # s(x): the silence pass (real one folded)
             assert value(s, "forwards_per_item") == pytest.approx(t.n_tokens.mean() + extra)
             assert value(s, "generated_tokens") == pytest.approx(t.n_tokens.mean())
         c = {s: t.correct.astype(float) for s, t in items.items()}
