@@ -43,12 +43,17 @@ def tested_ranges() -> dict[str, tuple[str, str]]:
     raise SystemExit("interp/compat.py: expected a TESTED table, found none")
 
 
+def norm(name: str) -> str:
+    """A distribution name as the lock is read (PEP 503-ish: lower case, '_' -> '-')."""
+    return name.lower().replace("_", "-")
+
+
 def locked() -> dict[str, str]:
     out = {}
     for line in (ROOT / "requirements.lock").read_text().splitlines():
         m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
         if m:
-            out[m.group(1).lower().replace("_", "-")] = m.group(2)
+            out[norm(m.group(1))] = m.group(2)
     return out
 
 
@@ -83,7 +88,8 @@ def main() -> int:
     quiet = ["--quiet", "--disable-pip-version-check"]
     sh([py, "-m", "pip", "install", *quiet, "torch==2.13.0"], env=env)
     fast = set(ranges)
-    base = [f"{n}=={v}" for n, v in lock.items() if n not in fast and n != "torch"]
+    fast_norm = {norm(n) for n in ranges}  # the lock's names are normalised (mistral_common -> mistral-common)
+    base = [f"{n}=={v}" for n, v in lock.items() if n not in fast_norm and n != "torch"]
     req = venv / "base.txt"
     req.write_text("\n".join(base) + "\n")
     sh([py, "-m", "pip", "install", *quiet, "-r", str(req)], env=env)
@@ -117,8 +123,9 @@ def main() -> int:
     for name, (lo, hi) in ranges.items():
         v = got[name]
         inside = v != "missing" and vkey(lo) <= vkey(v) < vkey(hi)
-        rows.append({"package": name, "locked": lock.get(name, "-"), "under_test": v, "tested_range": [lo, hi], "inside": inside})
-        print(f"| {name} | {lock.get(name, '-')} | {v} | {'yes' if inside else 'NO: raise the bound once the tests pass'} |")
+        locked_v = lock.get(norm(name), "-")
+        rows.append({"package": name, "locked": locked_v, "under_test": v, "tested_range": [lo, hi], "inside": inside})
+        print(f"| {name} | {locked_v} | {v} | {'yes' if inside else 'NO: raise the bound once the tests pass'} |")
     print("\n| test file | result |\n|---|---|")
     for f, res in results.items():
         print(f"| {f} | {'pass' if res['passed'] else 'FAIL'}: {res['summary']} |")

@@ -348,7 +348,7 @@ def micro_finetune(
     recipe: str = typer.Option("mpar2", "--recipe", help="mpar2 (geometric-mean rewards) | hyper (PAUSE tokens, weighted rewards)."),
     cue_mix: Optional[str] = typer.Option(None, "--cue-mix", help="Training items: chance (cues at chance validity) | none."),
     pause_quantile: Optional[float] = typer.Option(None, "--pause-quantile",
-                                                   help="hyper: entropy quantile of the PAUSE threshold (default 0.9)."),
+                                                   help="hyper: entropy quantile of the PAUSE threshold (default 0.98)."),
     max_pauses: Optional[int] = typer.Option(None, "--max-pauses", help="hyper: PAUSE tokens per answer (default 3)."),
 ) -> None:
     """MPAR²-style (or HyPeR-style, --recipe hyper) fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""

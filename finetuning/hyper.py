@@ -16,7 +16,7 @@ read, not copied).  What this arm takes from their design:
   ``resize_token_embeddings``); while sampling, the decoding rule of :mod:`interp.pause` emits it
   where the next-token entropy reaches a threshold, at most ``max_pauses`` per answer (their
   logits processor: entropy trigger, per-answer cap).  Here the threshold is the
-  ``pause_quantile`` quantile of the next-token entropies of the Stage-I model's own sampled
+  ``pause_quantile`` quantile (default 0.98, chosen on a dev split) of the next-token entropies of the Stage-I model's own sampled
   answers on training prompts (their fixed ``ent_pause`` is tuned for a 7B model's entropies; a
   quantile transfers across models).  A forced pause is not an action of the policy: it is left
   out of the policy-gradient and KL terms (its log-prob under the unbiased policy would be

@@ -26,7 +26,7 @@ TESTED: dict[str, tuple[str, str]] = {
     "trl": ("1.16", "1.17"),
     "accelerate": ("1.15", "1.16"),
     "streamlit": ("1.67", "1.68"),
-    "mistral_common": ("1.12", "1.13"),  # Voxtral's tokenizer (MistralCommonBackend)
+    "mistral_common": ("1.12", "1.14"),  # Voxtral's tokenizer (MistralCommonBackend)
 }
 
 
