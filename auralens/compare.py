@@ -34,8 +34,9 @@ base model), ``system``, ``condition`` (the dataset), ``format``, ``metric`` and
   *of the wrong answers*); ``specialist_yield`` by step and ``yield_slope_specialists`` /
   ``yield_slope_all_heads``;
 - cost: ``generated_tokens`` (per item, CI), ``pauses_per_item`` (HyPeR's PAUSE tokens, part of
-  the generated tokens), ``forwards_per_item`` (one per generated token, +2 for per-input steering:
-  the real and silence passes that give ``s(x)``); ``training_flops`` / ``training_minutes`` (from
+  the generated tokens), ``forwards_per_item`` (one per generated token, +1 for per-input steering:
+  the silence pass of ``s(x)``, whose real pass is folded into the prefill; +2 where it cannot be
+  folded); ``training_flops`` / ``training_minutes`` (from
   the fine-tune's ``finetune.json``; 0 for base and steering) and ``steering_fit_flops``
   (condition and format empty).
 
