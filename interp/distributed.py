@@ -93,6 +93,22 @@ def _init() -> None:
         PartialState()  # init_process_group from the launcher's environment (nccl on GPUs, gloo on CPU)
     _STATE["group"] = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     _STATE["initialized"] = True
+    import atexit
+
+    atexit.register(_shutdown)
+
+
+def _shutdown() -> None:
+    """Leave the process group at interpreter exit (local, no collective): a process that exits with
+    gloo's threads still alive can abort in their destructors ("terminate called without an active
+    exception", SIGABRT after the run's work is done)."""
+    import torch.distributed as dist
+
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - exiting anyway
+        pass
 
 
 def world() -> int:
