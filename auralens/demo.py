@@ -20,7 +20,10 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
         t.add_column(c)
     for r in rows:
         t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:  # piped into a log: rich would fold the table into 80 columns
+        console = Console(width=140)
+    console.print(t)
 
 
 def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "auralens demo", fast: bool = False) -> dict:
