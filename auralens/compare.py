@@ -253,6 +253,30 @@ def _digest(vec) -> str:
     return hashlib.sha256(vec.stacked().float().cpu().numpy().tobytes()).hexdigest()
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+_MODEL_JSON = ("config.json", "pause.json", "finetune.json", "training.json", "generation_config.json")
+
+
+def _weights_identity(model: str) -> str | None:
+    """sha256 of a local model folder's weight files and the JSON files that change what it
+    generates (``pause.json``) or report (``finetune.json``), so a resume refuses a model retrained
+    or replaced under the same name; ``None`` for a hub id (no local folder to read)."""
+    from interp.loading import resolve_source
+
+    folder = Path(resolve_source(model))
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or not (f.name in _MODEL_JSON or f.name.endswith(_WEIGHT_SUFFIXES)):
+            continue
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------- steering
 @dataclass(frozen=True)
 class _Steer:
@@ -474,8 +498,9 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
         load_items(fit_spec(cfg.steer_data), n=cfg.n_cal, seed=cfg.seed)  # and their items and audio are readable
         load_items(dev_spec, n=cfg.n_dev, seed=dev_seed)
     all_items = [it for c in cfg.conditions for it in items_by_cond[c]]
+    weights = {m: _weights_identity(m) for base, arms in plan.items() for m in (base, *[a for a in arms.values() if a])}
     manifest = {**cfg.manifest(steer_runs={k: s.describe() for k, s in given_steer.items()},
-                               arms={b: a for b, a in plan.items()}),
+                               arms={b: a for b, a in plan.items()}, weights=weights),
                 **run_identity(all_items)}
     # 2. the folder would accept this run; 3. every model exists
     RunFolder.check(cfg.out, manifest=manifest, resume=cfg.resume)

@@ -233,3 +233,30 @@ def test_mmau_json_without_scenes(models, tmp_path):
     assert {"task=sound", "task=music", "task=speech"} & set(m[m.metric == "accuracy"].group)
     assert np.isfinite(m[m.metric == "yield_slope_specialists"].value).all()
     assert list(s["organisms"]["micro"]["systems"]) == ["base"]
+
+
+def test_resume_refuses_a_model_replaced_under_the_same_name(models, tmp_path):
+    """A fine-tune retrained (weights) or given another PAUSE rule in the same folder is another run."""
+    from auralens.compare import stage_compare
+    from interp.errors import AuralensError
+
+    arm = _copy_micro(tmp_path / "arm", **{"finetune.json": {"minutes": 1.0},
+                                           "pause.json": {"token_id": PAUSE_ID, "entropy_threshold": 0.05,
+                                                          "max_pauses": 2, "token": "<|audio_bos|>"}})
+    out = tmp_path / "run"
+    kw = dict(base="micro", mpar2="none", hyper=arm, steer="none", steer_mpar2="none", data="cafe-neutral:test", n=2,
+              out=out, base_format="structured", models={"micro": models["micro"]}, **FAST)
+    stage_compare(**kw)
+    stage_compare(**kw, resume=True)  # unchanged: accepted
+    pause = tmp_path / "arm" / "pause.json"
+    original = pause.read_text()
+    pause.write_text(original.replace("0.05", "0.5"))
+    with pytest.raises(AuralensError, match="cannot resume"):
+        stage_compare(**kw, resume=True)
+    pause.write_text(original)
+    w = tmp_path / "arm" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1  # a retrained weight
+    w.write_bytes(bytes(data))
+    with pytest.raises(AuralensError, match="cannot resume"):
+        stage_compare(**kw, resume=True)
