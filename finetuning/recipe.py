@@ -145,12 +145,14 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
             "choose another folder or remove it"
         )
     state: dict[str, Any] = {}
-    if resume and (work / "state.json").exists():
+    resuming = resume and (work / "state.json").exists()
+    if resuming:
         state = json.loads((work / "state.json").read_text())
         old = {k: v for k, v in state.get("config", {}).items() if k not in runtime}
         if old != identity or state.get("base") != str(base_dir):
             raise ConfigError(f"finetune --resume: {work} was started with {old} on {state.get('base')}, not {identity} on {base_dir}")
-    elif work.exists():
+    lm = load_model(str(base_dir), dtype=cfg.dtype)  # a bad model fails before .<out>.work is touched
+    if not resuming and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     minutes_before = float(state.get("minutes", 0.0))
@@ -162,7 +164,6 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         state.update(changes, config=cfg_dict, base=str(base_dir), minutes=round(minutes(), 3))
         (work / "state.json").write_text(json.dumps(state, indent=2))
 
-    lm = load_model(str(base_dir), dtype=cfg.dtype)
     n_params = _n_params(lm.model)
     torch.manual_seed(cfg.seed)
 

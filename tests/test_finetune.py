@@ -490,3 +490,21 @@ def test_hyper_finetune_adds_the_pause_token_and_keeps_the_rule(tmp_path, small_
     assert int((new == pause["token_id"]).sum(1).max()) <= 3
     with pytest.raises(ConfigError, match="recipe"):
         ft.FinetuneConfig(recipe="dpo")
+
+
+def test_a_bad_base_model_fails_before_the_work_folder(tmp_path):
+    from finetuning.config import FinetuneConfig
+    from finetuning.recipe import finetune
+    from interp.errors import AuralensError
+
+    out = tmp_path / "ft"
+    earlier = tmp_path / ".ft.work"
+    earlier.mkdir()
+    (earlier / "state.json").write_text("{}")  # an interrupted run's checkpoints, not to be wiped by a typo
+    with pytest.raises(AuralensError):
+        finetune(tmp_path / "no-such-model", out, FinetuneConfig(sft_steps=1, grpo_steps=0, threads=1), progress=False)
+    assert (earlier / "state.json").exists() and not out.exists()
+    with pytest.raises(AuralensError):
+        finetune(tmp_path / "no-such-model", tmp_path / "ft2", FinetuneConfig(sft_steps=1, grpo_steps=0, threads=1),
+                 progress=False)
+    assert not (tmp_path / ".ft2.work").exists()
