@@ -494,6 +494,9 @@ def demo(
 
         if not out.is_dir():
             raise ConfigError(f"--out {str(out)!r}: expected a folder, found a file")
+        if Path.cwd().resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"--out {str(out)!r} --replace: expected a demo folder to move aside, found the current "
+                              "folder or one above it")
         prev = out.with_name(out.name + ".previous")
         if prev.exists():
             shutil.rmtree(prev)

@@ -282,3 +282,17 @@ def test_every_option_has_help():
                 missing.append(f"auralens {' '.join(path)} <{p.name}>")
     assert n_options > 50
     assert not missing, missing
+
+
+def test_demo_replace_refuses_the_current_folder(tmp_path, monkeypatch):
+    import auralens.demo
+
+    monkeypatch.setattr(auralens.demo, "run_demo", lambda **k: pytest.fail("run_demo called"))
+    here = tmp_path / "work"
+    here.mkdir()
+    (here / "keep.txt").write_text("x")
+    monkeypatch.chdir(here)
+    for out in (".", "..", here):
+        res = invoke("demo", "--replace", "--out", out)
+        assert_one_line_error(res, "--replace")
+    assert (here / "keep.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
