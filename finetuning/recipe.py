@@ -151,6 +151,9 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         old = {k: v for k, v in state.get("config", {}).items() if k not in runtime}
         if old != identity or state.get("base") != str(base_dir):
             raise ConfigError(f"finetune --resume: {work} was started with {old} on {state.get('base')}, not {identity} on {base_dir}")
+    from interp.runs import check_model
+
+    check_model(str(base_dir))  # one-line error for a folder without a usable config (load_model's is a ValueError)
     lm = load_model(str(base_dir), dtype=cfg.dtype)  # a bad model fails before .<out>.work is touched
     if not resuming and work.exists():
         shutil.rmtree(work)

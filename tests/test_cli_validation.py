@@ -296,3 +296,12 @@ def test_demo_replace_refuses_the_current_folder(tmp_path, monkeypatch):
         res = invoke("demo", "--replace", "--out", out)
         assert_one_line_error(res, "--replace")
     assert (here / "keep.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_finetune_from_a_folder_without_a_config_is_one_line(tmp_path):
+    base = tmp_path / "empty"
+    base.mkdir()
+    for args in (("micro", "finetune", "--base", base), ("micro", "finetune", "--base", base, "--recipe", "hyper")):
+        res = invoke(*args, "--out", tmp_path / "ft", "--sft-steps", 1, "--grpo-steps", 0)
+        assert_one_line_error(res, str(base))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
