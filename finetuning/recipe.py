@@ -144,6 +144,11 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
             f"finetune: expected no finished fine-tune in {out_dir}, found one (finetune.json); "
             "choose another folder or remove it"
         )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"finetune: expected an output folder, found a file {str(out_dir)!r}")
+    if out_dir.is_dir() and any(out_dir.iterdir()):  # the final save replaces the folder: never someone's files
+        raise ConfigError(f"finetune: expected a new or empty output folder, found {str(out_dir)!r} holding other files "
+                          "(the fine-tune would replace them); choose another folder")
     state: dict[str, Any] = {}
     resuming = resume and (work / "state.json").exists()
     if resuming:

@@ -508,3 +508,22 @@ def test_a_bad_base_model_fails_before_the_work_folder(tmp_path):
         finetune(tmp_path / "no-such-model", tmp_path / "ft2", FinetuneConfig(sft_steps=1, grpo_steps=0, threads=1),
                  progress=False)
     assert not (tmp_path / ".ft2.work").exists()
+
+
+def test_an_output_folder_with_other_files_is_refused_before_training(tmp_path):
+    from finetuning.config import FinetuneConfig
+    from finetuning.recipe import finetune
+    from interp.errors import AuralensError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a model")
+    cfg = FinetuneConfig(sft_steps=1, grpo_steps=0, threads=1)
+    with pytest.raises(AuralensError, match="holding other files"):
+        finetune("micro", out, cfg, progress=False)
+    assert (out / "notes.txt").read_text() == "not a model"
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(AuralensError, match="found a file"):
+        finetune("micro", f, cfg, progress=False)
+    assert f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine"]
