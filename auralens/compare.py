@@ -412,6 +412,9 @@ class CompareConfig(StageConfig):
             if not keyword and len(bases) > 1:
                 raise ConfigError(f"{name}: a model or run folder ({v!r}) applies to one base model; found {len(bases)} "
                                   f"({', '.join(bases)}): use auto or none")
+        if self.steer_mpar2 == "same" and self.steer == "none" and self.mpar2 != "none":
+            raise ConfigError("steer_mpar2: 'same' applies the base's steering setting to mpar2, found steer='none' "
+                              "(no setting): pass --steer auto or a steer run, or --steer-mpar2 auto/none")
         for name in ("n", "n_cal", "n_dev"):
             check_n(getattr(self, name))
         for name in ("batch_size", "max_new_tokens", "top_k", "n_boot", "min_claims"):

@@ -202,6 +202,8 @@ def test_bad_options_fail_before_the_folder(tmp_path, arms):
         stage_compare(base="micro", data="cafe-neutral:test,cafe-neutral:test", out=out)
     with pytest.raises(AuralensError, match="cafe:x"):  # the steering's data, checked before anything is written
         stage_compare(base="micro", steer_data="cafe:x", n=2, out=out)
+    with pytest.raises(AuralensError, match="steer_mpar2.*same"):  # was: mpar2+steering silently left out
+        stage_compare(base="micro", steer="none", steer_mpar2="same", out=out)
     assert not out.exists()
 
 
