@@ -75,7 +75,6 @@ _DIRS = {"base": "base", "base+steering": "base_steering", "mpar2": "mpar2", "mp
          "hyper": "hyper"}
 _GROUP_KEYS = ("tier", "category", "task", "difficulty", "sub_category")
 _ERROR_TYPES = ("perception", "reasoning", "unverifiable")
-_FORMATS = ("direct", "cot", "structured")
 DEFAULT_DATA = "cafe-neutral:test,cafe-congruent:test,cafe-conflict:test"
 
 
@@ -134,7 +133,7 @@ def _gain(rows: _Rows, metric, df, ref, ref_name, *, n_boot, seed) -> None:
 
 
 def _claims(rows: _Rows, run, *, n_boot, seed, min_claims: int) -> None:
-    from auralens.organisms import onset
+    from auralens.organisms import claim_gap_by_item, class_claim_steps, onset
 
     claims = run.read_table("claims.parquet")
     if not len(claims):
@@ -146,21 +145,17 @@ def _claims(rows: _Rows, run, *, n_boot, seed, min_claims: int) -> None:
     for r in run.read_table("claim_accuracy.parquet").itertuples():
         rows.add("claim_accuracy", f"step={int(r.step)}", r.accuracy, r.ci_low, r.ci_high, r.n_claims,
                  note="claims made at this reasoning step")
-    # onset and gap on class claims (a step-0 count claim would make any curve fall after step 0)
-    cls = claims[claims["kind"] == "class"]
-    acc = cls.groupby("step")["claim_correct"].agg(["mean", "count"]).reset_index()
-    acc = acc[acc["count"] >= min_claims]
+    # onset and gap on class claims (auralens.organisms: the same measurement as the validator's)
+    cls, acc = class_claim_steps(claims, min_claims)
     if len(acc) < 2:
         rows.add("claim_onset", "all", -1, n=len(cls),
                  note=f"fewer than two steps with {min_claims} class claims: no onset")
         return
     k = int(acc["step"].iloc[onset(acc["mean"].tolist())])
     rows.add("claim_onset", "all", k, n=len(cls), note="step after the largest fall of class-claim accuracy by step")
-    before = cls[cls.step < k].groupby("item_id")["claim_correct"].mean()
-    after = cls[cls.step >= k].groupby("item_id")["claim_correct"].mean()
-    both = before.index.intersection(after.index)
-    m, lo, hi = _mean_ci((before[both] - after[both]).to_numpy(float), n_boot=n_boot, seed=seed)
-    rows.add("claim_gap", "all", m, lo, hi, len(both),
+    diffs = claim_gap_by_item(cls, k)
+    m, lo, hi = _mean_ci(diffs.to_numpy(float), n_boot=n_boot, seed=seed)
+    rows.add("claim_gap", "all", m, lo, hi, len(diffs),
              note=f"class-claim accuracy before step {k} - from it on, paired by item")
 
 
@@ -219,8 +214,10 @@ def _native_format(lm) -> str:
     p = Path(lm.source) / "training.json"
     if p.is_file():
         w = (json.loads(p.read_text()).get("train_config") or {}).get("format_weights")
-        if isinstance(w, list) and len(w) == len(_FORMATS):
-            return _FORMATS[int(np.argmax(w))]
+        from interp.cafe.formats import FORMATS  # the order of TrainConfig.format_weights
+
+        if isinstance(w, list) and len(w) == len(FORMATS):
+            return FORMATS[int(np.argmax(w))]
     return "structured"
 
 
@@ -571,6 +568,8 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
         rows: list[dict] = []
         frames: dict[tuple[str, str], Any] = {}
         for cond in cfg.conditions:
+            meta = pd.DataFrame([{"item_id": it.item_id, "task": it.task, "difficulty": it.difficulty}
+                                 for it in items_by_cond[cond]])
             for sys_name, spec in systems.items():
                 lm, st = spec["lm"], spec["steer"]
                 sub = org_dir / _DIRS[sys_name] / _cond_dir(cond)
@@ -582,8 +581,6 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
                              around_batch=st.around(cfg.batch_size, spec["fmt"]) if st else None)
                 srun = RunFolder.open(sub)
                 df = srun.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
-                meta = pd.DataFrame([{"item_id": it.item_id, "task": it.task, "difficulty": it.difficulty}
-                                     for it in items_by_cond[cond]])
                 df = df.merge(meta, on="item_id", how="left")
                 frames[(sys_name, cond)] = (srun, df)
                 r = _Rows(base, sys_name, cond, spec["fmt"])

@@ -196,6 +196,23 @@ def onset(values: list[float], *, log: bool = False, floor: float = 1e-4) -> int
     return int(np.argmax(v[:-1] - v[1:]) + 1)
 
 
+def class_claim_steps(claims, min_claims: int):
+    """Class claims only (a step-0 count claim is nearly always right, so any curve including it
+    would fall after step 0 whatever the model does), and their accuracy per step for the steps
+    with at least ``min_claims`` of them: (class claims, DataFrame step / mean / count)."""
+    cls = claims[claims["kind"] == "class"]
+    acc = cls.groupby("step")["claim_correct"].agg(["mean", "count"]).reset_index()
+    return cls, acc[acc["count"] >= min_claims]
+
+
+def claim_gap_by_item(cls, k: int):
+    """Per item with class claims on both sides of step ``k``: accuracy before ``k`` − from ``k`` on."""
+    before = cls[cls.step < k].groupby("item_id")["claim_correct"].mean()
+    after = cls[cls.step >= k].groupby("item_id")["claim_correct"].mean()
+    both = before.index.intersection(after.index)
+    return before[both] - after[both]
+
+
 def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20,
                  resume: bool = False) -> list[dict[str, Any]]:
     """Yield-by-step and claim-accuracy-by-step on the test split: onset and the before/after gap.
@@ -207,21 +224,15 @@ def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claim
     curve = decay[(decay.group == "all") & (decay.axis == "step")].sort_values("step")
     curve = curve[curve.n >= min_claims]
     y_onset = onset(curve.mean_yield.tolist(), log=True)
-    # class claims only: a count claim (step 0, nearly always right) would make any curve fall
-    # after step 0 whatever the model does (step index is confounded with what a step says)
-    claims = run.read_table("claims.parquet")
-    claims = claims[claims["kind"] == "class"]
-    acc = claims.groupby("step")["claim_correct"].agg(["mean", "count"]).reset_index()
-    acc = acc[acc["count"] >= min_claims]
+    claims, acc = class_claim_steps(run.read_table("claims.parquet"), min_claims)
     c_onset = onset(acc["mean"].tolist()) if len(acc) >= 2 else -1
     c_onset = int(acc["step"].iloc[c_onset]) if c_onset >= 0 else -1
     y_onset = int(curve.step.iloc[y_onset]) if len(curve) >= 2 else -1
     rows = []
     ref = k if k is not None else 3  # the healthy control is cut where micro-decay's break was planted
-    before = claims[claims.step < ref].groupby("item_id")["claim_correct"].mean()
-    after = claims[claims.step >= ref].groupby("item_id")["claim_correct"].mean()
-    both = before.index.intersection(after.index)
-    gap, ci = _mean_ci((before[both] - after[both]).tolist()) if len(both) else (float("nan"), (float("nan"),) * 2)
+    diffs = claim_gap_by_item(claims, ref)
+    both = diffs.index
+    gap, ci = _mean_ci(diffs.tolist()) if len(both) else (float("nan"), (float("nan"),) * 2)
     found = {"yield_onset": y_onset, "claim_onset": c_onset, "claim_gap": round(float(gap), 4), "k": ref}
     if k is not None:
         rows.append(_check(organism, "yield_onset_error", abs(y_onset - k), 1, "<=", None, n,
