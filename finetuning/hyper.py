@@ -136,6 +136,7 @@ def calibrate_threshold(model, tokenizer, batch, *, pause_id: int, quantile: flo
     import torch
 
     from finetuning.grpo import completion_mask, _eos_ids
+    from interp.pause import next_token_entropy
 
     banned = [*suppress_ids, pause_id]
     with torch.no_grad():
@@ -146,10 +147,6 @@ def calibrate_threshold(model, tokenizer, batch, *, pause_id: int, quantile: flo
     mask = completion_mask(ids, _eos_ids(model, tokenizer)).bool()
     ents = []
     for t, logits in enumerate(out.logits):  # raw logits; the banned ids left out as the rule leaves them out
-        logits = logits.float().clone()
-        logits[:, banned] = float("-inf")
-        logp = torch.log_softmax(logits, dim=-1)
-        ent = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
-        ents.append(ent[mask[:, t]])
+        ents.append(next_token_entropy(logits, banned)[mask[:, t]])
     allv = torch.cat(ents)
     return float(torch.quantile(allv, quantile)) if allv.numel() else 0.0

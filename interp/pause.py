@@ -28,7 +28,8 @@ from typing import Any
 
 from interp.errors import ConfigError
 
-__all__ = ["PAUSE_FILE", "PAUSE_TOKEN", "PauseConfig", "PauseProcessor", "count_pauses", "read_pause_config"]
+__all__ = ["PAUSE_FILE", "PAUSE_TOKEN", "PauseConfig", "PauseProcessor", "count_pauses", "next_token_entropy",
+           "read_pause_config"]
 
 PAUSE_FILE = "pause.json"
 PAUSE_TOKEN = "<pause>"
@@ -70,6 +71,18 @@ def read_pause_config(source: str | Path) -> PauseConfig | None:
         raise ConfigError(f"{p}: expected {{'token_id', 'entropy_threshold', 'max_pauses'}}, found an unreadable file ({exc})") from exc
 
 
+def next_token_entropy(logits, left_out):
+    """Entropy (nats) of each row's next-token distribution with the ids ``left_out`` removed — the
+    quantity the rule thresholds (:class:`PauseProcessor`) and its threshold is calibrated on
+    (:func:`finetuning.hyper.calibrate_threshold`)."""
+    import torch
+
+    logits = logits.float().clone()
+    logits[:, list(left_out)] = float("-inf")
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
 class PauseProcessor:
     """A transformers logits processor: rows whose next-token entropy (nats, of the logits it
     receives) is ``>= entropy_threshold``, that have used fewer than ``max_pauses`` pauses and did
@@ -80,16 +93,10 @@ class PauseProcessor:
         self.cfg = cfg
 
     def __call__(self, input_ids, scores):
-        import torch
-
         pid = self.cfg.token_id
-        logits = scores.float()
-        if pid >= logits.shape[-1]:
-            raise ConfigError(f"pause token id {pid}: outside the model's vocabulary of {logits.shape[-1]}")
-        logits_np = logits.clone()
-        logits_np[:, pid] = float("-inf")  # entropy of the answer tokens, the pause left out
-        logp = torch.log_softmax(logits_np, dim=-1)
-        ent = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+        if pid >= scores.shape[-1]:
+            raise ConfigError(f"pause token id {pid}: outside the model's vocabulary of {scores.shape[-1]}")
+        ent = next_token_entropy(scores, [pid])  # of the answer tokens, the pause left out
         used = (input_ids == pid).sum(-1)
         trigger = (ent >= self.cfg.entropy_threshold) & (used < self.cfg.max_pauses) & (input_ids[:, -1] != pid)
         out = scores.clone()
