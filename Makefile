@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.auralens-installed
 PIPQ := --quiet --disable-pip-version-check
 
-.PHONY: demo test venv bench compat compat-oldest lock clean
+.PHONY: demo test test-unit test-integration lint venv bench compat compat-oldest lock clean
 
 # Installs exactly requirements.lock (the versions CI tests), then auralens itself without
 # re-resolving.  torch is pinned by a pip constraint so nothing ever swaps the local CPU build
@@ -25,8 +25,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/auralens demo --out runs/demo --replace
 
+# Both tiers (CI): tests/unit (tiny models, seconds each) and tests/integration (stages on
+# micro, notebooks, distributed launches, the demo, the browser).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q tests/unit tests/integration $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q tests/integration $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/auralens bench yield --json

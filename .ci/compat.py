@@ -24,13 +24,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = [
-    "tests/test_compat.py",
-    "tests/test_attention_yield.py",
-    "tests/test_record.py",
-    "tests/test_steering_apply.py",
-    "tests/test_steering_directions.py",
-    "tests/test_probe_collect.py",
-    "tests/test_probe_fit.py",
+    "tests/unit/test_compat.py",
+    "tests/unit/test_attention_yield.py",
+    "tests/integration/test_record.py",
+    "tests/unit/test_steering_apply.py",
+    "tests/unit/test_steering_directions.py",
+    "tests/unit/test_probe_collect.py",
+    "tests/unit/test_probe_fit.py",
 ]
 
 

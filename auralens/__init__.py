@@ -18,7 +18,7 @@ package is the top of the stack (it may import every other package, none imports
   :func:`stage_probe`, :func:`stage_steer_fit`, :func:`stage_steer_eval`, :func:`stage_compare`
 - probes: :mod:`probes`; steering vectors: :mod:`steering`
 - reading run folders, the report: :mod:`dashboards`; the tables' columns:
-  :mod:`interp.schemas`; the papers' numbers: :mod:`interp.papers`
+  :mod:`auralens.interp.schemas`; the papers' numbers: :mod:`auralens.interp.papers`
 - every figure: :mod:`auralens.figures`; errors: one family under :class:`AuralensError`
 """
 
@@ -27,55 +27,55 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from interp import __version__
+from auralens.interp import __version__
 
 #: public name -> (module, attribute in it); attribute None: the module itself
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     # models, data, generation, attention yield
-    "load_model": ("interp.loading", "load_model"),
-    "LoadedModel": ("interp.loading", "LoadedModel"),
-    "load_dataset": ("interp.datasets", "load_dataset"),
-    "Item": ("interp.items", "Item"),
-    "GenerationConfig": ("interp.generation", "GenerationConfig"),
-    "model_inputs": ("interp.generation", "model_inputs"),
-    "generate_batch": ("interp.generation", "generate_batch"),
-    "YieldRecorder": ("interp.attention_yield", "YieldRecorder"),
-    "audio_mask_from_ids": ("interp.attention_yield", "audio_mask_from_ids"),
+    "load_model": ("auralens.interp.loading", "load_model"),
+    "LoadedModel": ("auralens.interp.loading", "LoadedModel"),
+    "load_dataset": ("auralens.interp.datasets", "load_dataset"),
+    "Item": ("auralens.interp.items", "Item"),
+    "GenerationConfig": ("auralens.interp.generation", "GenerationConfig"),
+    "model_inputs": ("auralens.interp.generation", "model_inputs"),
+    "generate_batch": ("auralens.interp.generation", "generate_batch"),
+    "YieldRecorder": ("auralens.interp.attention_yield", "YieldRecorder"),
+    "audio_mask_from_ids": ("auralens.interp.attention_yield", "audio_mask_from_ids"),
     # the stages
     "stage_eval": ("auralens.stages", "stage_eval"),
-    "stage_record": ("interp.record", "stage_record"),
-    "stage_probe": ("probes.pipeline", "stage_probe"),
-    "stage_steer_fit": ("steering.pipeline", "stage_steer_fit"),
-    "stage_steer_eval": ("steering.pipeline", "stage_steer_eval"),
+    "stage_record": ("auralens.interp.record", "stage_record"),
+    "stage_probe": ("auralens.probes.pipeline", "stage_probe"),
+    "stage_steer_fit": ("auralens.steering.pipeline", "stage_steer_fit"),
+    "stage_steer_eval": ("auralens.steering.pipeline", "stage_steer_eval"),
     "stage_compare": ("auralens.compare", "stage_compare"),
     "run_demo": ("auralens.demo", "run_demo"),
     # probes
-    "ProbeConfig": ("probes.fit", "ProbeConfig"),
-    "fit_probe": ("probes.fit", "fit_probe"),
-    "run_probes": ("probes.fit", "run_probes"),
+    "ProbeConfig": ("auralens.probes.fit", "ProbeConfig"),
+    "fit_probe": ("auralens.probes.fit", "fit_probe"),
+    "run_probes": ("auralens.probes.fit", "run_probes"),
     # steering vectors
-    "SteeringVector": ("steering.vector", "SteeringVector"),
-    "apply_vector": ("steering.apply", "apply_vector"),
-    "load_vector": ("steering.formats", "load_vector"),
-    "export_vector": ("steering.formats", "export"),
+    "SteeringVector": ("auralens.steering.vector", "SteeringVector"),
+    "apply_vector": ("auralens.steering.apply", "apply_vector"),
+    "load_vector": ("auralens.steering.formats", "load_vector"),
+    "export_vector": ("auralens.steering.formats", "export"),
     # run folders, tables, report, papers, figures
-    "RunFolder": ("interp.runs", "RunFolder"),
-    "read_table": ("dashboards.data", "read_table"),
-    "read_item": ("dashboards.data", "read_item"),
-    "write_report": ("dashboards.report", "write_report"),
-    "TABLES": ("interp.schemas", "TABLES"),
-    "REPORTED": ("interp.papers", "REPORTED"),
+    "RunFolder": ("auralens.interp.runs", "RunFolder"),
+    "read_table": ("auralens.dashboards.data", "read_table"),
+    "read_item": ("auralens.dashboards.data", "read_item"),
+    "write_report": ("auralens.dashboards.report", "write_report"),
+    "TABLES": ("auralens.interp.schemas", "TABLES"),
+    "REPORTED": ("auralens.interp.papers", "REPORTED"),
     "figures": ("auralens.figures", None),
     # errors
-    "AuralensError": ("interp.errors", "AuralensError"),
-    "ArchitectureError": ("interp.errors", "ArchitectureError"),
-    "AudioInputError": ("interp.errors", "AudioInputError"),
-    "ConfigError": ("interp.errors", "ConfigError"),
-    "DatasetError": ("interp.errors", "DatasetError"),
-    "ProbeError": ("interp.errors", "ProbeError"),
-    "PromptError": ("interp.errors", "PromptError"),
-    "RunFolderError": ("interp.errors", "RunFolderError"),
-    "VectorFileError": ("interp.errors", "VectorFileError"),
+    "AuralensError": ("auralens.interp.errors", "AuralensError"),
+    "ArchitectureError": ("auralens.interp.errors", "ArchitectureError"),
+    "AudioInputError": ("auralens.interp.errors", "AudioInputError"),
+    "ConfigError": ("auralens.interp.errors", "ConfigError"),
+    "DatasetError": ("auralens.interp.errors", "DatasetError"),
+    "ProbeError": ("auralens.interp.errors", "ProbeError"),
+    "PromptError": ("auralens.interp.errors", "PromptError"),
+    "RunFolderError": ("auralens.interp.errors", "RunFolderError"),
+    "VectorFileError": ("auralens.interp.errors", "VectorFileError"),
 }
 
 __all__ = ["__version__", *_EXPORTS]

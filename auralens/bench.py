@@ -4,7 +4,7 @@ by batch size.
 
 Phases, on the same model and inputs (wall time, peak memory):
  (a) plain ``generate`` with SDPA and nothing recorded — the reference;
- (b) ``generate`` with :class:`~interp.attention_yield.YieldRecorder`;
+ (b) ``generate`` with :class:`~auralens.interp.attention_yield.YieldRecorder`;
  (c) eager attention with ``output_attentions=True`` (what HF offers out of the box);
  (d) TransformerLens ``TransformerBridge.run_with_cache`` of ``hook_pattern`` over the full
      sequence (prompt + generated tokens).
@@ -84,14 +84,14 @@ def _timed(fn, device: str) -> tuple[float, Any, int]:
 
 
 def _inputs(lm, clip_seconds: float, seed: int = 0):
-    from interp.cafe.questions import make_item
-    from interp.generation import cast_features
-    from interp.prompts import build_inputs
+    from auralens.interp.cafe.questions import make_item
+    from auralens.interp.generation import cast_features
+    from auralens.interp.prompts import build_inputs
 
     sr = lm.processor.feature_extractor.sampling_rate
     it = make_item(seed, tier="multihop")
     if it.scene and abs(clip_seconds - 4.0) < 1e-6:
-        from interp.audio import item_audio
+        from auralens.interp.audio import item_audio
 
         audio = item_audio(it, lm.processor)
     else:  # a clip of the requested length (e.g. 30 s for the 7B-shaped model)
@@ -113,7 +113,7 @@ def bench_yield(
 ) -> dict[str, Any]:
     import torch
 
-    from interp.attention_yield import YieldRecorder, audio_mask_from_ids
+    from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
 
     device = str(lm.device)
     batch = _inputs(lm, clip_seconds)
@@ -194,7 +194,7 @@ def _bench_tl(lm, batch, full_ids, a: float, device: str, source_folder: str | N
         import transformer_lens  # noqa: F401
     except Exception as exc:  # pragma: no cover - TL missing
         return {"skipped": f"transformer_lens unavailable: {exc}"}
-    from interp.compat import boot_transformer_bridge
+    from auralens.interp.compat import boot_transformer_bridge
 
     folder = source_folder or lm.source
     try:
@@ -268,7 +268,7 @@ def bench_stages(
     """Items per second of ``record``, ``probe`` and ``steer eval`` on micro at each number of
     ``processes`` (each a separate launch: wall time of the whole command, so process start,
     imports and model load are included), the speed-up over one process, and the recorder's
-    overhead (median ratio of ``generate`` with :class:`~interp.attention_yield.YieldRecorder`
+    overhead (median ratio of ``generate`` with :class:`~auralens.interp.attention_yield.YieldRecorder`
     to plain ``generate``) at each batch size of ``recorder_batches``.  ``threads``: torch
     threads per process (``OMP_NUM_THREADS``)."""
     import os
@@ -338,10 +338,10 @@ def bench_recorder_batches(*, batches: tuple[int, ...] = (1, 8, 32), new_tokens:
     micro, per batch size (cafe items, ``new_tokens`` forced), and their ratio."""
     import torch
 
-    from interp.attention_yield import YieldRecorder, audio_mask_from_ids
-    from interp.datasets import load_dataset
-    from interp.generation import cast_features, model_inputs
-    from interp.loading import load_model
+    from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+    from auralens.interp.datasets import load_dataset
+    from auralens.interp.generation import cast_features, model_inputs
+    from auralens.interp.loading import load_model
 
     torch.set_num_threads(threads)
     device = "cuda" if _cuda() else "cpu"

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from interp.stage_config import RESUME_HELP
+from auralens.interp.stage_config import RESUME_HELP
 
 app = typer.Typer(
     name="auralens",
@@ -38,7 +38,7 @@ def _root(
     """Is the model still listening while it reasons?"""
     import os
 
-    from interp.arch import load_table_file
+    from auralens.interp.arch import load_table_file
 
     extra = [Path(p) for p in os.environ.get("AURALENS_ARCH_TABLES", "").split(os.pathsep) if p]
     for path in [*extra, *arch_table]:
@@ -50,7 +50,7 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the lis
     """Every model class auralens has a table for, its maximum audio and windows, what was tested
     here (and the classes it cannot support yet, with why)."""
     from auralens.testing.verified import tested_here
-    from interp.arch import TABLES, UNSUPPORTED, load_entry_point_tables
+    from auralens.interp.arch import TABLES, UNSUPPORTED, load_entry_point_tables
 
     _guarded(load_entry_point_tables)()
     rows = [{"class": t.model_class, "table": t.name, "aliases": list(t.aliases),
@@ -101,7 +101,7 @@ def _guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from interp.errors import AuralensError
+        from auralens.interp.errors import AuralensError
 
         try:
             return fn(*args, **kwargs)
@@ -121,24 +121,24 @@ def _command(group: typer.Typer, name: str):
 
 
 def _echo_json(obj) -> None:
-    """The one --json printer: strict JSON, non-finite floats as null (interp.runs.dumps_strict)."""
-    from interp.distributed import is_main
-    from interp.runs import dumps_strict
+    """The one --json printer: strict JSON, non-finite floats as null (auralens.interp.runs.dumps_strict)."""
+    from auralens.interp.distributed import is_main
+    from auralens.interp.runs import dumps_strict
 
     if is_main():  # under a multi-process launch every rank has the same result: rank 0 prints it
         typer.echo(dumps_strict(obj))
 
 
 def _say(text: str) -> None:
-    """One line on stdout, from rank 0 only under a multi-process launch (interp.distributed)."""
-    from interp.distributed import is_main
+    """One line on stdout, from rank 0 only under a multi-process launch (auralens.interp.distributed)."""
+    from auralens.interp.distributed import is_main
 
     if is_main():
         typer.echo(text)
 
 
 def _csv(option: str, value: str) -> tuple[str, ...]:
-    from interp.errors import ConfigError
+    from auralens.interp.errors import ConfigError
 
     parts = tuple(p.strip() for p in value.split(","))
     if not value.strip() or any(not p for p in parts):
@@ -150,7 +150,7 @@ def _numbers(option: str, value: str, cast=float) -> list:
     """``'0,2,4'`` -> [0.0, 2.0, 4.0]; a bad element is a ConfigError naming the option."""
     import math
 
-    from interp.errors import ConfigError
+    from auralens.interp.errors import ConfigError
 
     kind = "integers" if cast is int else "numbers"
     out = []
@@ -166,8 +166,8 @@ def _numbers(option: str, value: str, cast=float) -> list:
 
 
 def _load(model: str, dtype: str = "auto", device: Optional[str] = None):
-    from interp.loading import load_model
-    from interp.runs import check_dtype, check_model
+    from auralens.interp.loading import load_model
+    from auralens.interp.runs import check_dtype, check_model
 
     check_dtype(dtype)
     check_model(model)
@@ -179,7 +179,7 @@ def _run(fn, *args, **kwargs):
     return _guarded(fn)(*args, **kwargs)
 
 
-# --- commands derived from a stage's config dataclass (interp.stage_config) --------------------
+# --- commands derived from a stage's config dataclass (auralens.interp.stage_config) --------------------
 
 
 def _config_class(spec: str):
@@ -320,8 +320,8 @@ def micro_train(
     """Train `micro` from scratch on cafe (seeded; checkpoints every 250 steps; --resume continues)."""
     import json as _json
 
-    from interp.micro import BASE_DIR
-    from interp.micro.train import TrainConfig, finalize, train
+    from auralens.interp.micro import BASE_DIR
+    from auralens.interp.micro.train import TrainConfig, finalize, train
 
     folder = out or BASE_DIR
     train(folder, TrainConfig(steps=steps, max_minutes=minutes, seed=seed, threads=threads), resume=resume)
@@ -352,7 +352,7 @@ def micro_finetune(
     max_pauses: Optional[int] = typer.Option(None, "--max-pauses", help="hyper: PAUSE tokens per answer (default 3)."),
 ) -> None:
     """MPAR²-style (or HyPeR-style, --recipe hyper) fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
-    from interp.micro import FINETUNED_DIR
+    from auralens.interp.micro import FINETUNED_DIR
 
     _finetune(base, out or FINETUNED_DIR, recipe=recipe, sft_steps=sft_steps, grpo_steps=grpo_steps, grpo_lr=grpo_lr,
               loss_type=loss_type, max_minutes=minutes, cue_mix=cue_mix, threads=threads, seed=seed, resume=resume,
@@ -360,8 +360,8 @@ def micro_finetune(
 
 
 def _finetune(base, out, *, threads, seed, resume, **given) -> None:
-    from finetuning.config import FinetuneConfig
-    from finetuning.recipe import finetune
+    from auralens.finetuning.config import FinetuneConfig
+    from auralens.finetuning.recipe import finetune
 
     cfg = FinetuneConfig(threads=threads, seed=seed, **{k: v for k, v in given.items() if v is not None})
     info = finetune(base, out, cfg, resume=resume)
@@ -384,10 +384,10 @@ def organisms_train(
     """Plant NAME's deficit into a copy of the healthy micro (recipe knobs: interp/micro/organisms.py)."""
     import dataclasses
 
-    from interp.errors import ConfigError
-    from interp.loading import EMBEDDED
-    from interp.micro import WEIGHTS_DIR
-    from interp.micro.organisms import RECIPES, train_organism
+    from auralens.interp.errors import ConfigError
+    from auralens.interp.loading import EMBEDDED
+    from auralens.interp.micro import WEIGHTS_DIR
+    from auralens.interp.micro.organisms import RECIPES, train_organism
 
     if name not in RECIPES:
         raise ConfigError(f"organism: expected one of {sorted(RECIPES)}, found {name!r}")
@@ -414,9 +414,9 @@ def organisms_finetune(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Fine-tune an organism with one arm (MPAR²-style or HyPeR-style) into NAME-RECIPE (e.g. micro-prior-hyper)."""
-    from interp.errors import ConfigError
-    from interp.loading import EMBEDDED
-    from interp.micro import WEIGHTS_DIR
+    from auralens.interp.errors import ConfigError
+    from auralens.interp.loading import EMBEDDED
+    from auralens.interp.micro import WEIGHTS_DIR
 
     target = f"{name}-{recipe}"
     if target not in EMBEDDED:
@@ -438,8 +438,8 @@ def organisms_validate(
 ) -> None:
     """Check each organism's signature against what was planted, on held-out seeds."""
     from auralens.organisms import validate
-    from interp.errors import ConfigError
-    from interp.micro.organisms import ORGANISMS
+    from auralens.interp.errors import ConfigError
+    from auralens.interp.micro.organisms import ORGANISMS
 
     chosen = _csv("--organisms", names)
     bad = [x for x in chosen if x not in ("micro", *ORGANISMS)]
@@ -483,8 +483,8 @@ def demo(
 ) -> None:
     """Run every stage on the embedded `micro` model and print the summaries (<= 5 min on 2 cores)."""
     from auralens.demo import run_demo
-    from interp.errors import ConfigError
-    from interp.runs import check_n
+    from auralens.interp.errors import ConfigError
+    from auralens.interp.runs import check_n
 
     check_n(n)
     if replace and resume:
@@ -521,14 +521,14 @@ def bench_yield_cmd(
     import torch
 
     from auralens.bench import bench_yield
-    from interp.runs import check_dtype, check_int
+    from auralens.interp.runs import check_dtype, check_int
 
     check_int("--new-tokens", new_tokens)
     check_int("--repeats", repeats)
     check_dtype(dtype)
     if model == "qwen2-audio-7b-shaped":
-        from interp.arch import describe
-        from interp.loading import LoadedModel
+        from auralens.interp.arch import describe
+        from auralens.interp.loading import LoadedModel
         from auralens.testing.tiny import build_shaped
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -570,7 +570,7 @@ def bench_stages_cmd(
 ) -> None:
     """Items/s of record, probe and steer eval on micro at 1 and 2 processes (torchrun), and the recorder's overhead by batch size."""
     from auralens.bench import bench_stages
-    from interp.runs import check_int
+    from auralens.interp.runs import check_int
 
     procs = tuple(_numbers("--processes", processes, int))
     sizes = tuple(_numbers("--recorder-batches", batches, int))
@@ -607,18 +607,18 @@ def bench_stages_cmd(
     Console().print(t)
 
 
-@_stage_command(app, "record", "interp.record:RecordConfig")
+@_stage_command(app, "record", "auralens.interp.record:RecordConfig")
 def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Per-head audio attention yield across reasoning steps: perception decay and listening heads."""
-    from interp.record import stage_record
+    from auralens.interp.record import stage_record
 
     _echo_json(stage_record(**cfg.options(), quiet=as_json))
 
 
-@_stage_command(app, "probe", "probes.pipeline:ProbeStageConfig")
+@_stage_command(app, "probe", "auralens.probes.pipeline:ProbeStageConfig")
 def probe_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Linear probes for audio attributes, by layer and by reasoning step."""
-    from probes.pipeline import stage_probe
+    from auralens.probes.pipeline import stage_probe
 
     res = stage_probe(**cfg.options(), quiet=as_json)
     if as_json:
@@ -631,19 +631,19 @@ steer_app = typer.Typer(help="Audio-minus-silence steering vectors: fit and eval
 app.add_typer(steer_app, name="steer")
 
 
-@_stage_command(steer_app, "fit", "steering.pipeline:SteerFitConfig")
+@_stage_command(steer_app, "fit", "auralens.steering.pipeline:SteerFitConfig")
 def steer_fit(cfg) -> None:
     """Fit an audio-minus-silence direction and save it (format from the extension)."""
-    from steering.pipeline import stage_steer_fit
+    from auralens.steering.pipeline import stage_steer_fit
 
     vec = stage_steer_fit(**cfg.options())
     _say(f"wrote {cfg.out_vector} (layers {sorted(vec.layers)}, method {vec.method})")
 
 
-@_stage_command(steer_app, "eval", "steering.pipeline:SteerEvalConfig")
+@_stage_command(steer_app, "eval", "auralens.steering.pipeline:SteerEvalConfig")
 def steer_eval(cfg, as_json: bool = JsonOpt) -> None:
     """Accuracy as a function of alpha (and layer), against random controls, with CIs."""
-    from steering.pipeline import stage_steer_eval
+    from auralens.steering.pipeline import stage_steer_eval
 
     _echo_json(stage_steer_eval(**cfg.options(), quiet=as_json))
 
@@ -655,8 +655,8 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", help="Output file (its extension must match --format)."),
 ) -> None:
     """Convert a steering vector between safetensors, llama.cpp GGUF control vectors and npz."""
-    from interp.errors import ConfigError
-    from steering.formats import export, load_vector
+    from auralens.interp.errors import ConfigError
+    from auralens.steering.formats import export, load_vector
 
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r}: expected a file path, found a directory")
@@ -673,7 +673,7 @@ def dashboard_cmd(
     live_model: Optional[str] = typer.Option(None, "--live-model", help="Load this model for live mode."),
 ) -> None:
     """Open the Streamlit dashboard on run folders."""
-    from dashboards import launch
+    from auralens.dashboards import launch
 
     raise typer.Exit(launch(runs, host=host, port=port, live_model=live_model))
 
@@ -684,7 +684,7 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file (or folder) to write (default: report.html in the run folder)."),
 ) -> None:
     """Write one self-contained HTML report of a run (opens offline)."""
-    from dashboards.report import write_report
+    from auralens.dashboards.report import write_report
 
     typer.echo(f"wrote {write_report(run, out)}")
 

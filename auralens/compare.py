@@ -6,7 +6,7 @@ or one real checkpoint), five systems answer the *same* items of every condition
 
 - ``base`` — the model as it is, in ``base_format`` (``auto``: the format it was trained on,
   read from its ``training.json``; ``structured`` when it has none);
-- ``base+steering`` — the paper's protocol (:func:`steering.pipeline.stage_steer_eval`,
+- ``base+steering`` — the paper's protocol (:func:`auralens.steering.pipeline.stage_steer_eval`,
   ``dev_test``): an audio-minus-silence vector fitted on the steering data's calibration split,
   mode (fixed ``v`` or per-input ``s(x)``), layer, β and positions chosen on its dev split, then
   applied unchanged here (``steer``: ``auto`` runs fit and selection inside this run folder, a
@@ -14,14 +14,14 @@ or one real checkpoint), five systems answer the *same* items of every condition
 - ``mpar2`` — the MPAR²-style fine-tune (:mod:`finetuning`; ``auto``: ``<base>-mpar2``), in
   ``ft_format``; ``mpar2+steering`` — with its own fitted and dev-chosen vector
   (``steer_mpar2="auto"``; ``"same"`` applies the base's setting unchanged);
-- ``hyper`` — the HyPeR-style fine-tune (:mod:`finetuning.hyper`; ``auto``: ``<base>-hyper``),
+- ``hyper`` — the HyPeR-style fine-tune (:mod:`auralens.finetuning.hyper`; ``auto``: ``<base>-hyper``),
   which generates with its PAUSE rule (``pause.json``).
 
-Every (system, condition) is one :func:`interp.record.stage_record` run, so every number comes
+Every (system, condition) is one :func:`auralens.interp.record.stage_record` run, so every number comes
 from the same code as the perception-decay stage; the specialist heads of each model are ranked
 once on the calibration split of the first condition (never on the reported items).
 
-``compare.parquet`` (:data:`interp.schemas.COMPARE`): one row per number, with ``organism`` (the
+``compare.parquet`` (:data:`auralens.interp.schemas.COMPARE`): one row per number, with ``organism`` (the
 base model), ``system``, ``condition`` (the dataset), ``format``, ``metric`` and ``group``:
 
 - ``accuracy`` (``all``, ``tier=...`` and the other groupings that split the items; item-bootstrap
@@ -40,7 +40,7 @@ base model), ``system``, ``condition`` (the dataset), ``format``, ``metric`` and
   the fine-tune's ``finetune.json``; 0 for base and steering) and ``steering_fit_flops``
   (condition and format empty).
 
-The papers' numbers are added as ``source="reported"`` rows (:mod:`interp.papers`: other models,
+The papers' numbers are added as ``source="reported"`` rows (:mod:`auralens.interp.papers`: other models,
 other benchmarks — never on an axis with these).  Also written: ``compare.html``,
 ``summary.json``, ``manifest.json``; per organism its steering runs (``<organism>/steer/``) and
 record runs (``<organism>/<system>/<condition>/``).
@@ -63,10 +63,10 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ConfigError
-from interp.papers import REPORTED, reported_rows
-from interp.schemas import COMPARE, SYSTEMS
-from interp.stage_config import DTYPE_HELP, RESUME_HELP, StageConfig, option, takes_config
+from auralens.interp.errors import ConfigError
+from auralens.interp.papers import REPORTED, reported_rows
+from auralens.interp.schemas import COMPARE, SYSTEMS
+from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, StageConfig, option, takes_config
 
 __all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "CompareConfig", "reported_rows", "stage_compare"]
 
@@ -92,7 +92,7 @@ class _Rows(list):
 
 
 def _mean_ci(values, *, n_boot: int, seed: int) -> tuple[float, float, float]:
-    from interp.stats import bootstrap_mean_ci
+    from auralens.interp.stats import bootstrap_mean_ci
 
     v = np.asarray(values, dtype=float)
     if len(v) == 0:
@@ -164,12 +164,12 @@ def _errors(rows: _Rows, df, *, n_boot, seed) -> None:
     for et in _ERROR_TYPES:
         ind = (wrong["error_type"] == et).to_numpy(float)
         m, lo, hi = _mean_ci(ind, n_boot=n_boot, seed=seed) if len(ind) else (np.nan,) * 3
-        rows.add("error_share", et, m, lo, hi, len(wrong), note="share of the wrong answers (interp.decay.attribute_errors)")
+        rows.add("error_share", et, m, lo, hi, len(wrong), note="share of the wrong answers (auralens.interp.decay.attribute_errors)")
 
 
 def _decay(rows: _Rows, run, df, top, *, n_boot, seed) -> None:
-    from interp.decay import decay_summary, decay_table
-    from interp.record import load_yields
+    from auralens.interp.decay import decay_summary, decay_table
+    from auralens.interp.record import load_yields
 
     ys, ss, _, _ = load_yields(run, df)
     table = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed, per_head=False)
@@ -203,7 +203,7 @@ def _inference_cost(rows: _Rows, run, df, pause_id: int | None, extra_forwards: 
 
 # ------------------------------------------------------------------------------ models
 def _embedded_arm(base: str, recipe: str) -> str | None:
-    from interp.micro.organisms import available
+    from auralens.interp.micro.organisms import available
 
     name = f"{base}-{recipe}"
     return name if available(name) else None
@@ -214,7 +214,7 @@ def _native_format(lm) -> str:
     p = Path(lm.source) / "training.json"
     if p.is_file():
         w = (json.loads(p.read_text()).get("train_config") or {}).get("format_weights")
-        from interp.cafe.formats import FORMATS  # the order of TrainConfig.format_weights
+        from auralens.interp.cafe.formats import FORMATS  # the order of TrainConfig.format_weights
 
         if isinstance(w, list) and len(w) == len(FORMATS):
             return FORMATS[int(np.argmax(w))]
@@ -233,7 +233,7 @@ def _finetune_cost(lm) -> tuple[float, float, str]:
 
 
 def _fit_flops(vec, lm, items, fmt) -> tuple[float, str]:
-    from interp.generation import model_inputs
+    from auralens.interp.generation import model_inputs
 
     fit = (vec.extra or {}).get("fit") if vec is not None else None
     if not isinstance(fit, dict) or not isinstance(fit.get("n"), int):
@@ -258,7 +258,7 @@ def _weights_identity(model: str) -> str | None:
     """sha256 of a local model folder's weight files and the JSON files that change what it
     generates (``pause.json``) or report (``finetune.json``), so a resume refuses a model retrained
     or replaced under the same name; ``None`` for a hub id (no local folder to read)."""
-    from interp.loading import resolve_source
+    from auralens.interp.loading import resolve_source
 
     folder = Path(resolve_source(model))
     if not folder.is_dir():
@@ -288,14 +288,14 @@ class _Steer:
     source: str
 
     def around(self, batch_size: int, fmt: str):
-        """``around_batch`` for :func:`interp.record.stage_record`: steer each generated batch
+        """``around_batch`` for :func:`auralens.interp.record.stage_record`: steer each generated batch
         (per-input ``s(x)`` read from the prompts in ``fmt``, the format being recorded)."""
-        from steering.apply import apply_vector
+        from auralens.steering.apply import apply_vector
 
         def ctx(lm, items):
             per_row = None
             if self.mode == "per_input":
-                from steering.evaluate import PerInput
+                from auralens.steering.evaluate import PerInput
 
                 per_row = PerInput(self.vec).rows(lm, list(items), [self.layer], fmt, batch_size)
             return apply_vector(lm, self.vec, alpha=self.beta, positions=self.positions, layers=[self.layer],
@@ -307,7 +307,7 @@ class _Steer:
     def extra_forwards(self) -> int:
         if self.mode != "per_input":
             return 0
-        from steering.evaluate import PerInput
+        from auralens.steering.evaluate import PerInput
 
         return PerInput(self.vec).extra_forwards([self.layer])  # 1 (silence) where the real pass is folded
 
@@ -319,7 +319,7 @@ class _Steer:
 
 def read_steer_run(path) -> _Steer:
     """The setting a ``steer eval`` (dev_test) run chose on dev (``vectors/selected.safetensors``)."""
-    from steering.formats import load_vector
+    from auralens.steering.formats import load_vector
 
     f = Path(path) / "vectors" / "selected.safetensors"
     if not f.is_file():
@@ -335,8 +335,8 @@ def read_steer_run(path) -> _Steer:
 
 def _select_steering(lm, model: str, fmt: str, folder: Path, cfg: "CompareConfig", quiet: bool) -> _Steer:
     """The paper's protocol for one model: fit on the steering data's calibration split, choose
-    mode / layer / beta / positions on its dev split (:func:`steering.pipeline.stage_steer_eval`)."""
-    from steering.pipeline import stage_steer_eval, stage_steer_fit
+    mode / layer / beta / positions on its dev split (:func:`auralens.steering.pipeline.stage_steer_eval`)."""
+    from auralens.steering.pipeline import stage_steer_eval, stage_steer_fit
 
     folder.mkdir(parents=True, exist_ok=True)
     vec_path = folder / "vector.safetensors"
@@ -396,7 +396,7 @@ class CompareConfig(StageConfig):
     n_boot: int = option(1000, identity=False, help="Bootstrap resamples of the confidence intervals (>= 1).")
 
     def __post_init__(self) -> None:
-        from interp.runs import check_dtype, check_formats, check_int, check_n
+        from auralens.interp.runs import check_dtype, check_formats, check_int, check_n
 
         bases = _split_list(self.base, "base")
         self._set("base", ",".join(bases))
@@ -467,10 +467,10 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
     """
     import pandas as pd
 
-    from interp.listening import top_k as pick_top
-    from interp.loading import load_model
-    from interp.record import stage_record
-    from interp.runs import RunFolder, check_model, load_items, run_identity
+    from auralens.interp.listening import top_k as pick_top
+    from auralens.interp.loading import load_model
+    from auralens.interp.record import stage_record
+    from auralens.interp.runs import RunFolder, check_model, load_items, run_identity
 
     models = dict(models or {})
     notes: list[str] = []
@@ -492,7 +492,7 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
     if cal_spec:
         load_items(cal_spec, n=cfg.n_cal, seed=cfg.seed)
     if cfg.steer == "auto" or cfg.steer_mpar2 == "auto":
-        from steering.pipeline import eval_splits, fit_spec
+        from auralens.steering.pipeline import eval_splits, fit_spec
 
         dev_spec, dev_seed = eval_splits(cfg.steer_data, cfg.seed)["dev"]  # it has calibration/dev splits
         load_items(fit_spec(cfg.steer_data), n=cfg.n_cal, seed=cfg.seed)  # and their items and audio are readable
@@ -508,10 +508,10 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
         for m in (base, *[a for a in arms.values() if a]):
             if m not in models:
                 check_model(m)
-    from interp import distributed as dist
+    from auralens.interp import distributed as dist
 
     # under a launcher rank 0 creates the folder; the sub-stages share their items across ranks
-    # (interp.distributed) and the run's own files are rank 0's writes
+    # (auralens.interp.distributed) and the run's own files are rank 0's writes
     def create():
         run = RunFolder.create(cfg.out, manifest=manifest, resume=cfg.resume)
         run.update_manifest(processes=dist.world())  # not identity: a resumption may use another number
@@ -632,7 +632,7 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
             "steering": {s: v["steer"].describe() for s, v in systems.items() if v["steer"] is not None},
         }
 
-    from steering.figures import compare_figure
+    from auralens.steering.figures import compare_figure
 
     table = pd.concat([*tables, reported_rows()], ignore_index=True)
     COMPARE.write(run, table)

@@ -35,7 +35,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     import torch
     from rich.console import Console
 
-    from interp.loading import load_model
+    from auralens.interp.loading import load_model
 
     torch.manual_seed(0)
     out = Path(out)
@@ -62,7 +62,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     _table(f"micro on cafe (n={n}): accuracy with audio, and with silence", ["format", "perception", "temporal", "multihop", "silence (all)"], rows)
 
     # --- stage 2: perception decay (per-head audio yield across reasoning steps) --------------
-    from interp.record import stage_record
+    from auralens.interp.record import stage_record
 
     rec = stage_record(model="micro", data="cafe", n=n, fmt="cot", out=out / "record", resume=resume, lm=lm,
                        batch_size=30, max_new_tokens=gen_tokens, top_k=4, quiet=fast, **quick)
@@ -80,7 +80,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
                     f"{td.get('last_first_ratio', float('nan')):.2f}; errors: {rec['error_shares']}")
 
     # --- stage 3: probes (where audio attributes live, by layer and step) -------------------
-    from probes.pipeline import stage_probe
+    from auralens.probes.pipeline import stage_probe
 
     pr = stage_probe(model="micro", data="cafe", n=max(n, 24) if fast else n, out=out / "probe", resume=resume, lm=lm,
                      seed=7, quiet=True, n_bootstrap=n_boot, **({"n_folds": 3, "max_new_tokens": gen_tokens} if fast else {}))
@@ -95,7 +95,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
         _table("probes on micro: best layer per attribute", ["attribute", "layer", "position", "accuracy", "control", "selectivity", "over steps"], rows)
 
     # --- stage 4: audio-minus-silence steering, against controls ---------------------------
-    from steering.pipeline import stage_steer_eval, stage_steer_fit
+    from auralens.steering.pipeline import stage_steer_eval, stage_steer_fit
 
     # the vector is the steer stage's input: beside the run folders, not inside one (a stage
     # folder holds only what its stage wrote, and the dashboard finds it at <out>/steer)
@@ -116,7 +116,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     )
 
     # --- stage 5: steering vs fine-tuning (MPAR²- and HyPeR-style) on an organism -------------
-    from interp.micro.organisms import available as _available
+    from auralens.interp.micro.organisms import available as _available
 
     org = "micro-prior"  # the text-prior organism: conflict items are where listening is repaired or not
     if _available(org):
@@ -139,7 +139,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
             rows.append(row)
         _table(f"steering vs fine-tuning on {org} (held-out test items, n={n} per condition; measured)",
                ["system", "format", "neutral", "gain", "conflict", "gain", "fwd/item", "train min"], rows)
-        from interp.papers import reported_summary
+        from auralens.interp.papers import reported_summary
 
         Console().print(f"reported in the papers (not measured here; other models and benchmarks): {reported_summary()}")
     else:
@@ -147,7 +147,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
 
     # --- stage 6: the toolkit against model organisms with planted deficits ------------------
     from auralens.organisms import summary_rows, validate
-    from interp.micro.organisms import ORGANISMS, available
+    from auralens.interp.micro.organisms import ORGANISMS, available
 
     have = [name for name in ORGANISMS if available(name)]
     if have:

@@ -3,10 +3,10 @@
 Each plot is written once, in the figure module of the package whose tables it draws; this
 module only gathers them for notebooks and scripts:
 
-- :mod:`interp.figures`   eval and record: accuracy, error attribution, per-head yields,
+- :mod:`auralens.interp.figures`   eval and record: accuracy, error attribution, per-head yields,
                           perception decay, claim accuracy, one item's tokens and time bins
-- :mod:`probes.figures`   probe score by layer and by reasoning step
-- :mod:`steering.figures` the α sweep, and steering vs fine-tuning (the measured systems x
+- :mod:`auralens.probes.figures`   probe score by layer and by reasoning step
+- :mod:`auralens.steering.figures` the α sweep, and steering vs fine-tuning (the measured systems x
                           organisms grid; the papers' reported numbers apart)
 
 Importing it imports plotly only when a figure is drawn.
@@ -14,7 +14,7 @@ Importing it imports plotly only when a figure is drawn.
 
 from __future__ import annotations
 
-from interp.figures import (
+from auralens.interp.figures import (
     accuracy_bars,
     claim_accuracy_curve,
     decay_curves,
@@ -27,8 +27,8 @@ from interp.figures import (
     token_yield_line,
     yield_heatmap,
 )
-from probes.figures import accuracy_by_layer, accuracy_by_step, best_layers, step_label, write_html
-from steering.figures import (
+from auralens.probes.figures import accuracy_by_layer, accuracy_by_step, best_layers, step_label, write_html
+from auralens.steering.figures import (
     compare_bars,
     compare_figure,
     compare_grid,

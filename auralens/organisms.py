@@ -58,9 +58,9 @@ def _correct_by_base(df, mode: str) -> dict[str, float]:
 
 def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32) -> dict[str, Any]:
     """Direct-answer correctness per condition × audio mode, keyed by the underlying item."""
-    from interp.cafe.cues import CONDITIONS, cue_items
-    from interp.evaluate import run_eval
-    from interp.generation import GenerationConfig
+    from auralens.interp.cafe.cues import CONDITIONS, cue_items
+    from auralens.interp.evaluate import run_eval
+    from auralens.interp.generation import GenerationConfig
 
     out: dict[str, Any] = {}
     for cond in CONDITIONS:
@@ -75,7 +75,7 @@ def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32) -> dict[
 
 
 def _mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
-    from interp.stats import bootstrap_mean_ci
+    from auralens.interp.stats import bootstrap_mean_ci
 
     m, lo, hi = bootstrap_mean_ci(np.asarray(values, dtype=float))
     return float(m), (float(lo), float(hi))
@@ -107,7 +107,7 @@ def healthy_checks(organism: str, acc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _audio_features(lm, items, folder) -> Any:
-    from probes.collect import CollectConfig, collect_activations
+    from auralens.probes.collect import CollectConfig, collect_activations
 
     cfg = CollectConfig(positions=("audio_mean",), formats=("direct",), batch_size=16, max_new_tokens=1)
     return collect_activations(lm, items, folder, cfg)
@@ -119,8 +119,8 @@ def _matrix(store, items, layer: int, attr: str, min_per_class: int = 5):
     every class in every fold's training part); returns how many were left out."""
     from collections import Counter
 
-    from probes.collect import LM_SITE
-    from probes.labels import cafe_labels
+    from auralens.probes.collect import LM_SITE
+    from auralens.probes.labels import cafe_labels
 
     X, idx = store.matrix(LM_SITE, "audio_mean", layer)
     by_id = {it.item_id: it for it in items}
@@ -135,9 +135,9 @@ def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[st
     """Probe the planted-truth attributes at the audio tokens of conflict items."""
     from pathlib import Path
 
-    from interp.cafe.cues import cue_items
-    from probes.collect import LM_SITE
-    from probes.fit import ProbeConfig, fit_probe
+    from auralens.interp.cafe.cues import cue_items
+    from auralens.probes.collect import LM_SITE
+    from auralens.probes.fit import ProbeConfig, fit_probe
 
     stores = {}
     items = {}
@@ -163,8 +163,8 @@ def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[st
 
 
 def _record(lm, name: str, data: str, n: int, fmt: str, out, resume: bool = False) -> Any:
-    from interp.record import stage_record
-    from interp.runs import RunFolder
+    from auralens.interp.record import stage_record
+    from auralens.interp.runs import RunFolder
 
     stage_record(model=name, data=data, n=n, fmt=fmt, out=out, lm=lm, quiet=True, n_boot=200, resume=resume,
                  max_new_tokens=96 if fmt != "direct" else 8)
@@ -258,8 +258,8 @@ def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-hea
     ``<keep>/<organism>@heads`` and ``<keep>/<organism>@decay`` (the dashboard lists them)."""
     import tempfile
 
-    from interp.loading import load_model
-    from interp.micro.organisms import planted
+    from auralens.interp.loading import load_model
+    from auralens.interp.micro.organisms import planted
 
     rows: list[dict[str, Any]] = []
     accuracy: dict[str, dict[str, float]] = {}

@@ -1,7 +1,7 @@
 """Experiment stages shared by the CLI, the demo and the notebooks: each writes a run folder.
 
-Every stage has the same skeleton (:func:`interp.runs.open_run`): validate its options (its
-config dataclass, :mod:`interp.stage_config`), load the items and check every audio header,
+Every stage has the same skeleton (:func:`auralens.interp.runs.open_run`): validate its options (its
+config dataclass, :mod:`auralens.interp.stage_config`), load the items and check every audio header,
 check the run folder would accept the run, check and load the model, and only then create the
 folder and generate rows; ``finish()`` marks it complete.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp.record import RecordConfig, stage_record  # noqa: F401  (re-exported: the perception-decay stage)
-from interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
+from auralens.interp.record import RecordConfig, stage_record  # noqa: F401  (re-exported: the perception-decay stage)
+from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 
 
 
@@ -36,7 +36,7 @@ class EvalConfig(ModelDataConfig):
     command: str = option("auralens eval", identity=False, cli=False, help="The command line that started the run.")
 
     def __post_init__(self) -> None:
-        from interp.runs import check_dtype, check_formats, check_int, check_n
+        from auralens.interp.runs import check_dtype, check_formats, check_int, check_n
 
         check_n(self.n)
         self._set("formats", check_formats(self.formats))
@@ -54,10 +54,10 @@ class EvalConfig(ModelDataConfig):
 
 @takes_config(EvalConfig)
 def stage_eval(cfg: EvalConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
-    from interp.evaluate import run_eval, summarize, summary_json
-    from interp.generation import GenerationConfig
-    from interp.runs import RowLog, load_items, open_run
-    from interp.schemas import ACCURACY, EVAL_ITEMS
+    from auralens.interp.evaluate import run_eval, summarize, summary_json
+    from auralens.interp.generation import GenerationConfig
+    from auralens.interp.runs import RowLog, load_items, open_run
+    from auralens.interp.schemas import ACCURACY, EVAL_ITEMS
 
     # 1. validate: options (EvalConfig), items, every audio header
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
@@ -74,13 +74,13 @@ def stage_eval(cfg: EvalConfig, *, lm=None, quiet: bool = False) -> dict[str, An
     )
     EVAL_ITEMS.check(df)  # items.parquet, written row by row by the log
 
-    def finish():  # rank 0 writes the tables (interp.distributed); every rank returns its summary
+    def finish():  # rank 0 writes the tables (auralens.interp.distributed); every rank returns its summary
         ACCURACY.write(run, summarize(df))
         res = summary_json(df)
         run.mark_stage("eval", n_rows=len(df))
         run.finish()
         return {"model": cfg.model, "data": cfg.data, "n": len(items), "run": str(out), "accuracy": res}
 
-    from interp.distributed import on_main
+    from auralens.interp.distributed import on_main
 
     return on_main(finish)

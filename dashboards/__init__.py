@@ -4,7 +4,7 @@ Both only *read* run folders (``manifest.json``, parquet tables, per-item safete
 experiment logic lives here.  Importing this package imports nothing heavy.
 
 - :func:`launch`: ``streamlit run dashboards/app.py`` on the given run folders (a subprocess).
-- :func:`dashboards.report.write_report`: one self-contained HTML file with a run's figures.
+- :func:`auralens.dashboards.report.write_report`: one self-contained HTML file with a run's figures.
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ def streamlit_command(
 def launch(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8501, live_model: str | None = None) -> int:
     """Serve the dashboard on ``run_dirs`` until interrupted; returns streamlit's exit code.
 
-    Every folder is checked first (a :class:`interp.errors.RunFolderError` names the bad one)."""
+    Every folder is checked first (a :class:`auralens.interp.errors.RunFolderError` names the bad one)."""
     import signal
     import subprocess
 
-    from dashboards.data import open_run
+    from auralens.dashboards.data import open_run
 
     for p in run_dirs:
         open_run(p)

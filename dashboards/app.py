@@ -2,7 +2,7 @@
 
     streamlit run dashboards/app.py -- --run runs/demo [--run OTHER] [--live-model micro]
 
-Pages read run folders only; see :mod:`dashboards.data` for what they read.
+Pages read run folders only; see :mod:`auralens.dashboards.data` for what they read.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ if str(_ROOT) not in sys.path:  # `streamlit run dashboards/app.py` from a sourc
 
 import streamlit as st  # noqa: E402
 
-from dashboards import ui  # noqa: E402
-from interp.errors import AuralensError  # noqa: E402
+from auralens.dashboards import ui  # noqa: E402
+from auralens.interp.errors import AuralensError  # noqa: E402
 
 st.set_page_config(page_title="auralens", page_icon=":material/hearing:", layout="wide")
 

@@ -7,7 +7,7 @@ each folder's stage is read from its manifest (``stage``, ``stages``, the ``aura
 command), then its tables, then its name, so folder names do not matter.
 
 A damaged file (truncated parquet, safetensors or manifest.json) raises
-:class:`interp.errors.RunFolderError` naming the file, what was expected and what was found.
+:class:`auralens.interp.errors.RunFolderError` naming the file, what was expected and what was found.
 
 Everything here is a plain function of paths (pandas, safetensors, json); the Streamlit app
 wraps them in ``st.cache_data``.  Per-item arrays are read lazily, one item at a time, and the
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import RunFolderError
+from auralens.interp.errors import RunFolderError
 
 __all__ = [
     "RunFolderError",

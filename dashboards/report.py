@@ -2,11 +2,11 @@
 
 The file opens offline: plotly.js is inlined once in the head (no CDN, no remote script), and
 each figure is a ``<div>`` drawn by it.  The figures are those of the dashboard, the stages'
-HTML and the notebooks (:mod:`interp.figures`, :mod:`probes.figures`, :mod:`steering.figures`),
-computed from the same run-folder tables (:mod:`dashboards.data`);
+HTML and the notebooks (:mod:`auralens.interp.figures`, :mod:`auralens.probes.figures`, :mod:`auralens.steering.figures`),
+computed from the same run-folder tables (:mod:`auralens.dashboards.data`);
 a stage that has not run gets a short note instead of its section.  A damaged file (a
 truncated parquet table, safetensors item or manifest.json) raises
-:class:`interp.errors.RunFolderError` naming it: a report never silently leaves it out.
+:class:`auralens.interp.errors.RunFolderError` naming it: a report never silently leaves it out.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dashboards import data
-from interp import figures
-from probes.figures import accuracy_by_layer, accuracy_by_step, step_label
-from steering.figures import (
+from auralens.dashboards import data
+from auralens.interp import figures
+from auralens.probes.figures import accuracy_by_layer, accuracy_by_step, step_label
+from auralens.steering.figures import (
     compare_figure,
     compare_grid,
     compare_table,
@@ -251,7 +251,7 @@ def build_report_html(run_dir: str | Path, *, top_k: int = 8, max_tokens: int = 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write ``out`` (default ``RUN/report.html``): one self-contained HTML file with the run's
     figures that opens offline (plotly.js inlined once).  Returns the path written."""
-    from interp.runs import atomic_write_text
+    from auralens.interp.runs import atomic_write_text
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"

@@ -1,10 +1,10 @@
 """A synthetic run folder with every stage's schema, for trying and testing the dashboard
 without a model: random but valid tables and per-item arrays (numpy only, seeded).
 
-    python -m dashboards.synthetic runs/synthetic        # then: auralens dashboard runs/synthetic
+    python -m auralens.dashboards.synthetic runs/synthetic        # then: auralens dashboard runs/synthetic
 
 The numbers mean nothing; the shapes and value ranges are those the stages write, and every
-table is built from, and checked against, its declaration in :mod:`interp.schemas`.  ``long_item_tokens`` makes one item as
+table is built from, and checked against, its declaration in :mod:`auralens.interp.schemas`.  ``long_item_tokens`` makes one item as
 long as a real chain of thought (1,000 tokens by default) so responsiveness can be checked.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interp import schemas
+from auralens.interp import schemas
 
 __all__ = ["write_synthetic_run"]
 
@@ -118,7 +118,7 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
         per_item_step.append(m)
         for s in range(n_steps):
             for _ in range(int(rng.integers(0, 3))):
-                # as interp.cafe.formats.Claim: sound = 0-based sound index, -1 for count claims
+                # as auralens.interp.cafe.formats.Claim: sound = 0-based sound index, -1 for count claims
                 claims.append({"item_id": item_id, "step": s, "kind": "count", "sound": -1, "value": "2",
                                "claim_correct": bool(rng.random() < 0.8 - 0.08 * s)})
     _write(folder, schemas.RECORD_ITEMS, schemas.RECORD_ITEMS.frame(items))
@@ -149,7 +149,7 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
                      "slope": float(np.polyfit(d["step"], d["mean_yield"], 1)[0]) if len(d) > 1 else float("nan"),
                      "last_first_ratio": float(d["mean_yield"].iloc[-1] / d["mean_yield"].iloc[0]),
                      "first": float(d["mean_yield"].iloc[0]), "last": float(d["mean_yield"].iloc[-1]), "n_steps": len(d),
-                     # as interp.decay.decay_summary: item-bootstrap CIs for the groups, none for single heads
+                     # as auralens.interp.decay.decay_summary: item-bootstrap CIs for the groups, none for single heads
                      **({"slope_ci_low": np.nan, "slope_ci_high": np.nan, "ratio_ci_low": np.nan, "ratio_ci_high": np.nan,
                          "n_items": -1} if g == "head" else
                         {"slope_ci_low": -0.2, "slope_ci_high": -0.01, "ratio_ci_low": 0.2, "ratio_ci_high": 0.9,
@@ -204,7 +204,7 @@ def _probe(folder: Path, rng, layers: int) -> None:
 def _steer(folder: Path, rng, layers: int) -> None:
     _manifest(folder, "steer", 24)
     rows = []
-    # the fitted vector and its random-direction control, as steering.pipeline names them
+    # the fitted vector and its random-direction control, as auralens.steering.pipeline names them
     for vector, method in (("audio_minus_silence", "audio_minus_silence"), ("random_direction", "random_direction")):
         for layer in (max(0, layers // 2 - 1), layers // 2):
             for category in ("all", "perception", "temporal", "multihop"):
@@ -220,12 +220,12 @@ def _steer(folder: Path, rng, layers: int) -> None:
 
 def _compare(folder: Path, rng) -> None:
     """compare.parquet as :func:`auralens.compare.stage_compare` writes it (the
-    :data:`interp.schemas.COMPARE` columns): 2 organisms x the 5 systems x 3 cue conditions, the
-    cost rows, and the papers' rows (:mod:`interp.papers`); plus summary.json."""
+    :data:`auralens.interp.schemas.COMPARE` columns): 2 organisms x the 5 systems x 3 cue conditions, the
+    cost rows, and the papers' rows (:mod:`auralens.interp.papers`); plus summary.json."""
     import pandas as pd
 
-    from interp.papers import reported_rows
-    from interp.schemas import COMPARE, SYSTEMS
+    from auralens.interp.papers import reported_rows
+    from auralens.interp.schemas import COMPARE, SYSTEMS
 
     _manifest(folder, "compare", 24)
     n = 24

@@ -1,21 +1,21 @@
 """finetuning — the MPAR²-style recipe: SFT on perception → reasoning → review traces, then GRPO.
 
 The recipe of Mao et al. (MPAR², arXiv 2603.02266; their code is not public), re-implemented
-for any model :func:`interp.loading.load_model` can load, and sized so the default run on the
+for any model :func:`auralens.interp.loading.load_model` can load, and sized so the default run on the
 embedded ``micro`` fits in 30 minutes on 2 CPU cores::
 
-    from finetuning.config import FinetuneConfig
-    from finetuning.recipe import finetune
+    from auralens.finetuning.config import FinetuneConfig
+    from auralens.finetuning.recipe import finetune
 
     info = finetune("micro", "interp/micro/weights/mpar2", FinetuneConfig())   # `auralens micro finetune`
 
 1. **SFT** (``sft_steps`` steps of ``sft_batch_size``): teacher-forced next-token loss on the
    structured traces of fresh cafe items (``render_target(item, "structured")``: ``<perception>``
    one claim line per sound, ``<reasoning>``, ``<review>``, ``answer : X``), loss on the answer
-   tokens only; the batches are built by :func:`interp.micro.train.make_batch`.
+   tokens only; the batches are built by :func:`auralens.interp.micro.train.make_batch`.
 2. **GRPO** (``grpo_steps`` steps): per step ``grpo_prompts`` fresh cafe prompts, ``group_size``
    completions each sampled at ``temperature`` (full distribution: no top-k / top-p), each
-   scored by :func:`finetuning.rewards.trace_rewards`; advantages
+   scored by :func:`auralens.finetuning.rewards.trace_rewards`; advantages
    ``A = (r − mean_group) / (std_group + 1e-4)`` (unbiased std, as TRL and DeepSeekMath); loss per completion token
    ``−min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) + β·KL``, with ``ρ`` the ratio to the sampling policy
    (1 at the single update per batch the default makes, so the clip only acts when
@@ -30,18 +30,18 @@ embedded ``micro`` fits in 30 minutes on 2 CPU cores::
 
 Modules:
 
-- :mod:`finetuning.config`   :class:`FinetuneConfig` (the recipe's knobs, validated), seed blocks,
+- :mod:`auralens.finetuning.config`   :class:`FinetuneConfig` (the recipe's knobs, validated), seed blocks,
                              the measured step times
-- :mod:`finetuning.rewards`  perception / consistency / answer / format rewards of a generated
+- :mod:`auralens.finetuning.rewards`  perception / consistency / answer / format rewards of a generated
                              trace and their geometric mean
-- :mod:`finetuning.sft`      phase 1 on TRL's ``SFTTrainer`` (:func:`~finetuning.sft.run_sft`)
-- :mod:`finetuning.grpo`     phase 2's pieces: sampling, completion log-probs, advantages, the
+- :mod:`auralens.finetuning.sft`      phase 1 on TRL's ``SFTTrainer`` (:func:`~auralens.finetuning.sft.run_sft`)
+- :mod:`auralens.finetuning.grpo`     phase 2's pieces: sampling, completion log-probs, advantages, the
                              clipped loss with its KL penalty, one update
-- :mod:`finetuning.recipe`   :func:`~finetuning.recipe.finetune`: both phases, checkpoints,
+- :mod:`auralens.finetuning.recipe`   :func:`~auralens.finetuning.recipe.finetune`: both phases, checkpoints,
                              resume, compute estimate, the final folder
 
 Imports :mod:`interp` only (the micro model's batches and pickle-free optimizer state come from
-:mod:`interp.micro.train`); :mod:`interp` never imports this package.  Importing it imports
+:mod:`auralens.interp.micro.train`); :mod:`interp` never imports this package.  Importing it imports
 nothing heavy (torch, transformers and trl only when a function runs).
 
 **On a real checkpoint** (Qwen2-Audio-7B-Instruct, or a Qwen2.5-Omni-7B thinker, on a GPU)::
@@ -54,8 +54,8 @@ nothing heavy (torch, transformers and trl only when a function runs).
 The code path is the same (``load_model`` → the processor's chat template → ``make_batch`` /
 ``generate`` / ``model(**batch)``); on a GPU the SFT Trainer runs on CUDA (bf16 follows
 ``dtype``).  Full fine-tuning of 8B parameters needs ~4×80 GB with AdamW; on one GPU wrap the
-model with PEFT LoRA before calling :func:`~finetuning.sft.run_sft` /
-:func:`~finetuning.grpo.grpo_update` (not done here).  The rewards need cafe ground truth
+model with PEFT LoRA before calling :func:`~auralens.finetuning.sft.run_sft` /
+:func:`~auralens.finetuning.grpo.grpo_update` (not done here).  The rewards need cafe ground truth
 (``item.scene``); to train on other data, supply items with a scene dict in the cafe shape or
-replace :func:`~finetuning.rewards.trace_rewards`.
+replace :func:`~auralens.finetuning.rewards.trace_rewards`.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from interp.errors import ConfigError
+from auralens.interp.errors import ConfigError
 
 __all__ = ["CUE_MIXES", "GRPO_SEED_OFFSET", "LOSS_TYPES", "MEASURED", "RECIPES", "SEED_BLOCK", "SFT_TIME_SHARE",
            "FinetuneConfig"]
@@ -13,13 +13,13 @@ __all__ = ["CUE_MIXES", "GRPO_SEED_OFFSET", "LOSS_TYPES", "MEASURED", "RECIPES",
 SFT_TIME_SHARE = 0.4  # SFT stops after this share of max_minutes, leaving the rest to GRPO
 # seeds: SFT items data_seed*100000 + i, GRPO prompts data_seed*100000 + 50000 + i
 SEED_BLOCK, GRPO_SEED_OFFSET = 100_000, 50_000
-#: GRPO's loss aggregations (see :func:`finetuning.grpo.grpo_loss`).
+#: GRPO's loss aggregations (see :func:`auralens.finetuning.grpo.grpo_loss`).
 LOSS_TYPES: tuple[str, ...] = ("dapo", "grpo")
 #: the two arms: MPAR²-style (geometric mean of five rewards) and HyPeR-style (PAUSE + weighted sum)
 RECIPES: tuple[str, ...] = ("mpar2", "hyper")
 #: training items: ``"none"`` plain cafe questions; ``"chance"`` the healthy micro's distribution —
 #: half the questions carry a text cue naming a uniformly drawn choice (right at chance), so a cue
-#: is seen and carries no information (:data:`interp.micro.organisms.RECIPES` ``["micro"]``)
+#: is seen and carries no information (:data:`auralens.interp.micro.organisms.RECIPES` ``["micro"]``)
 CUE_MIXES: tuple[str, ...] = ("none", "chance")
 
 #: seconds per step measured on the shared 2-core development machine (micro; 1 torch thread while
@@ -45,7 +45,7 @@ class FinetuneConfig:
         data_seed: cafe item block (keep it different from the evaluation seed, 7 by default).
         threads: torch CPU threads.  save_every: GRPO checkpoint period (steps; 0 = never).
         dtype: model dtype ("float32" on CPU; "bfloat16" for a 7B model on GPU).
-        recipe: ``"mpar2"`` (:mod:`finetuning`) or ``"hyper"`` (:mod:`finetuning.hyper`).
+        recipe: ``"mpar2"`` (:mod:`finetuning`) or ``"hyper"`` (:mod:`auralens.finetuning.hyper`).
         cue_mix: the training items (:data:`CUE_MIXES`).
         pause_quantile, max_pauses: HyPeR's PAUSE rule (entropy threshold = this quantile of the
             Stage-I model's next-token entropies; pauses per answer); unused by ``"mpar2"``.

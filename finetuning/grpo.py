@@ -11,7 +11,7 @@ the policy and the reference (``_get_per_token_logps_and_entropies``, called fro
 images.  ``input_features`` and ``feature_attention_mask`` never reach that forward, so the loss
 would be computed on a model that hears nothing (Qwen2-Audio embeds the ``<|AUDIO|>``
 placeholders as plain tokens when no features are given: no error, silently wrong).  The loop
-here (:func:`finetuning.recipe.finetune`) is ~100 lines around ``model.generate`` and
+here (:func:`auralens.finetuning.recipe.finetune`) is ~100 lines around ``model.generate`` and
 ``model(**batch)`` and passes every processor output through.
 """
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from finetuning.config import LOSS_TYPES
-from interp.errors import ConfigError
+from auralens.finetuning.config import LOSS_TYPES
+from auralens.interp.errors import ConfigError
 
 __all__ = [
     "completion_logprobs",

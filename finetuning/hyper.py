@@ -1,6 +1,6 @@
 """The HyPeR-style arm: Stage I perception SFT, Stage II GRPO with PAUSE tokens and a weighted
 perceptual-consistency reward — a peer of the MPAR²-style recipe (same entry point,
-:func:`finetuning.recipe.finetune` with ``FinetuneConfig(recipe="hyper")``).
+:func:`auralens.finetuning.recipe.finetune` with ``FinetuneConfig(recipe="hyper")``).
 
 HyPeR is Wang, Niu, Xu, Wei, "Listen, Pause, and Reason: Toward Perception-Grounded Hybrid
 Reasoning for Audio Understanding" (arXiv 2604.14806, ACL 2026; code github.com/JOY-SWang/HyPeR,
@@ -9,11 +9,11 @@ read, not copied).  What this arm takes from their design:
 - **Stage I — explicit perception (SFT).**  They supervise structured perceptual traces
   (planning, caption, reasoning, summary, reflection).  On cafe the analogous trace is the
   ``structured`` target (perception claims per sound → reasoning → review), so Stage I is the
-  same SFT phase as the MPAR² arm (:func:`finetuning.sft.run_sft`): the two arms differ in
+  same SFT phase as the MPAR² arm (:func:`auralens.finetuning.sft.run_sft`): the two arms differ in
   Stage II only, which makes their comparison a comparison of the RL designs.
 - **Stage II — latent reasoning (GRPO with PAUSE).**  A ``<pause>`` token is added to the
   vocabulary after Stage I (embedding initialised to the mean of the existing ones, transformers'
-  ``resize_token_embeddings``); while sampling, the decoding rule of :mod:`interp.pause` emits it
+  ``resize_token_embeddings``); while sampling, the decoding rule of :mod:`auralens.interp.pause` emits it
   where the next-token entropy reaches a threshold, at most ``max_pauses`` per answer (their
   logits processor: entropy trigger, per-answer cap).  Here the threshold is the
   ``pause_quantile`` quantile (default 0.98, chosen on a dev split) of the next-token entropies of the Stage-I model's own sampled
@@ -22,7 +22,7 @@ read, not copied).  What this arm takes from their design:
   out of the policy-gradient and KL terms (its log-prob under the unbiased policy would be
   meaningless) but stays in the sequence, so the tokens after it learn to use the extra forward.
   The folder keeps ``pause.json``, so every later ``generate`` through
-  :attr:`interp.loading.LoadedModel.generate_kwargs` pauses the same way (inference cost: the
+  :attr:`auralens.interp.loading.LoadedModel.generate_kwargs` pauses the same way (inference cost: the
   pauses lengthen each answer; ``compare`` counts them).
 - **Reward: a weighted sum, not a geometric mean** (their ``accuracy_reward`` + ``format_reward``,
   which TRL's GRPOTrainer sums): ``0.7 · answer + 0.2 · perceptual consistency + 0.1 · length``
@@ -64,8 +64,8 @@ _NO_RATIONALE = 0.2  # their base score when the rationale states nothing checka
 
 def perceptual_consistency(text: str, scene: Mapping[str, Any]) -> float:
     """Share of the reasoning and review claims that the scene supports; 0.2 when they make none."""
-    from finetuning.rewards import _claims_in, split_sections
-    from interp.cafe.formats import check_claims
+    from auralens.finetuning.rewards import _claims_in, split_sections
+    from auralens.interp.cafe.formats import check_claims
 
     secs = split_sections(text)
     claims = [c for name in ("reasoning", "review") for c in _claims_in(text, secs[name])]
@@ -94,16 +94,16 @@ def _words(text: str) -> int:
 
 
 def binary_format(text: str) -> float:
-    from finetuning.rewards import format_reward
+    from auralens.finetuning.rewards import format_reward
 
     return 1.0 if format_reward(text) == 1.0 else 0.0
 
 
 def hyper_rewards(text: str, item) -> dict[str, float]:
     """The HyPeR-style rewards of one trace and their weighted sum under ``"total"`` (in [0, 2])."""
-    from finetuning.rewards import answer_reward
-    from interp.cafe.formats import render_target
-    from interp.errors import ConfigError
+    from auralens.finetuning.rewards import answer_reward
+    from auralens.interp.cafe.formats import render_target
+    from auralens.interp.errors import ConfigError
 
     if not item.scene:
         raise ConfigError(f"item {item.item_id!r}: expected a cafe scene (ground truth) for the HyPeR rewards, found none")
@@ -119,7 +119,7 @@ def hyper_rewards(text: str, item) -> dict[str, float]:
 def add_pause_token(lm) -> int:
     """Add ``<pause>`` as a special token and grow the embeddings (mean-initialised); returns its id.
     Idempotent (a model that has it keeps it)."""
-    from interp.pause import PAUSE_TOKEN
+    from auralens.interp.pause import PAUSE_TOKEN
 
     tok = lm.tokenizer
     if PAUSE_TOKEN in tok.get_vocab():
@@ -135,8 +135,8 @@ def calibrate_threshold(model, tokenizer, batch, *, pause_id: int, quantile: flo
     tokens of answers sampled from ``model`` for ``batch`` (the decision points of the rule)."""
     import torch
 
-    from finetuning.grpo import completion_mask, _eos_ids
-    from interp.pause import next_token_entropy
+    from auralens.finetuning.grpo import completion_mask, _eos_ids
+    from auralens.interp.pause import next_token_entropy
 
     banned = [*suppress_ids, pause_id]
     with torch.no_grad():

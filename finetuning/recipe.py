@@ -7,14 +7,14 @@ generated tokens)``; GRPO updates ``6·N·tokens`` per update; the reference mod
 ``2·N·tokens`` (listed separately; it is real compute the paper's recipe also pays).
 
 **Budget** (``micro``): measured on the shared 2-core development machine
-(:data:`~finetuning.config.MEASURED`, 1 thread: 0.36 s per SFT step of 16, 2.3 s per GRPO step
+(:data:`~auralens.finetuning.config.MEASURED`, 1 thread: 0.36 s per SFT step of 16, 2.3 s per GRPO step
 of 8 × 8 completions), the defaults —
 600 SFT steps (~4 min) and 400 GRPO steps (~16 min), each phase's ``finetune.json["timing"]``
 records the real figure — fit in 30 minutes with room for a busy machine (the shipped
 ``micro-mpar2``: 600 + 400 steps in 19.2 minutes, 0.38 s and 2.30 s per step, 1 thread beside
 another 1-thread training run; with ``threads=2`` beside that run SFT took 5.7 s per step —
 never give torch more threads than free cores); ``max_minutes``
-(28) is a hard stop either way (SFT may use at most :data:`~finetuning.config.SFT_TIME_SHARE` of
+(28) is a hard stop either way (SFT may use at most :data:`~auralens.finetuning.config.SFT_TIME_SHARE` of
 it; GRPO stops
 early enough to save).  GRPO's learning rate, on dev items (seed 8, 300 structured answers,
 greedy), each run 300 SFT + 100 GRPO steps: on the 1530-step micro 2e-4 added +3 points over SFT
@@ -46,11 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from finetuning.config import GRPO_SEED_OFFSET, SEED_BLOCK, SFT_TIME_SHARE, FinetuneConfig
-from finetuning.grpo import group_advantages, grpo_update, sample_completions
-from finetuning.rewards import REWARD_NAMES, combine_rewards, trace_rewards
-from finetuning.sft import run_sft
-from interp.errors import ConfigError
+from auralens.finetuning.config import GRPO_SEED_OFFSET, SEED_BLOCK, SFT_TIME_SHARE, FinetuneConfig
+from auralens.finetuning.grpo import group_advantages, grpo_update, sample_completions
+from auralens.finetuning.rewards import REWARD_NAMES, combine_rewards, trace_rewards
+from auralens.finetuning.sft import run_sft
+from auralens.interp.errors import ConfigError
 
 __all__ = ["finetune"]
 
@@ -59,8 +59,8 @@ _SAVE_RESERVE_MIN = 0.5  # GRPO stops this many minutes before max_minutes to sa
 
 # ------------------------------------------------------------------------------- checkpoints
 def _save_folder(folder: Path, model, processor, *, json_files: Mapping[str, Any], opt=None) -> None:
-    """One checkpoint (:func:`interp.micro.train.save_checkpoint`: atomic, no pickle)."""
-    from interp.micro.train import save_checkpoint
+    """One checkpoint (:func:`auralens.interp.micro.train.save_checkpoint`: atomic, no pickle)."""
+    from auralens.interp.micro.train import save_checkpoint
 
     save_checkpoint(folder, model, processor, json_files=dict(json_files), opt=opt)
 
@@ -77,11 +77,11 @@ def _load_weights(model, folder: Path) -> None:
 # ----------------------------------------------------------------------------------- GRPO data
 def train_item(cfg: FinetuneConfig, seed: int):
     """One training item of seed ``seed`` under ``cfg.cue_mix`` (SFT and GRPO share it)."""
-    from interp.cafe.questions import make_item
+    from auralens.interp.cafe.questions import make_item
 
     if cfg.cue_mix == "none":
         return make_item(seed)
-    from interp.micro.organisms import RECIPES, organism_item
+    from auralens.interp.micro.organisms import RECIPES, organism_item
 
     return organism_item(seed, RECIPES["micro"])  # the healthy model's items: cues at chance validity
 
@@ -117,15 +117,15 @@ def _compute(n_params: int, sft_tokens: int, sample_tokens: int, update_tokens: 
 
 def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), *,
              resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune ``base_dir`` (anything :func:`interp.loading.load_model` loads: ``"micro"``, a
+    """Fine-tune ``base_dir`` (anything :func:`auralens.interp.loading.load_model` loads: ``"micro"``, a
     folder, a hub id) with ``cfg.recipe`` (MPAR²-style or HyPeR-style) into ``out_dir``; returns
     what ``finetune.json`` holds."""
     import copy
 
     import torch
 
-    from interp.generation import model_inputs
-    from interp.loading import load_model
+    from auralens.interp.generation import model_inputs
+    from auralens.interp.loading import load_model
 
     if not isinstance(cfg, FinetuneConfig):
         raise ConfigError(f"cfg: expected a FinetuneConfig, found {type(cfg).__name__}")
@@ -156,7 +156,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         old = {k: v for k, v in state.get("config", {}).items() if k not in runtime}
         if old != identity or state.get("base") != str(base_dir):
             raise ConfigError(f"finetune --resume: {work} was started with {old} on {state.get('base')}, not {identity} on {base_dir}")
-    from interp.runs import check_model
+    from auralens.interp.runs import check_model
 
     check_model(str(base_dir))  # one-line error for a folder without a usable config (load_model's is a ValueError)
     lm = load_model(str(base_dir), dtype=cfg.dtype)  # a bad model fails before .<out>.work is touched
@@ -192,8 +192,8 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
     pause_cfg = None
     reward_fn, reward_names = trace_rewards, REWARD_NAMES
     if cfg.recipe == "hyper":
-        from finetuning.hyper import HYPER_REWARD_NAMES, add_pause_token, calibrate_threshold, hyper_rewards
-        from interp.pause import PauseConfig
+        from auralens.finetuning.hyper import HYPER_REWARD_NAMES, add_pause_token, calibrate_threshold, hyper_rewards
+        from auralens.interp.pause import PauseConfig
 
         reward_fn, reward_names = hyper_rewards, HYPER_REWARD_NAMES
         pause_id = add_pause_token(lm)
@@ -207,7 +207,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
             save_state(pause=PauseConfig(token_id=pause_id, entropy_threshold=round(thr, 6),
                                          max_pauses=cfg.max_pauses).to_json())
         pause_cfg = PauseConfig(**state["pause"])
-    from interp.pause import generate_kwargs_for
+    from auralens.interp.pause import generate_kwargs_for
 
     gen_kwargs = {**lm.arch.table.generate_kwargs, **generate_kwargs_for(pause_cfg)}
 
@@ -217,7 +217,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.grpo_lr, weight_decay=0.0, betas=(0.9, 0.99))
     grpo = state.get("grpo", {"steps": 0, "curves": [], "sample_tokens": 0, "update_tokens": 0, "ref_tokens": 0,
                               "step_seconds": []})
-    from interp.micro.train import has_optimizer, load_optimizer
+    from auralens.interp.micro.train import has_optimizer, load_optimizer
 
     if grpo["steps"] and has_optimizer(work / "grpo"):
         _load_weights(policy, work / "grpo")
@@ -241,7 +241,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         rep, ids, mask = sample_completions(policy, lm.tokenizer, batch, group_size=cfg.group_size,
                                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                             generate_kwargs=gen_kwargs, suppress_ids=suppress)
-        from interp.tokenizer import clean_decoded
+        from auralens.interp.tokenizer import clean_decoded
 
         texts = [clean_decoded(t) for t in lm.tokenizer.batch_decode(ids * mask + lm.tokenizer.pad_token_id * (1 - mask),
                                                                       skip_special_tokens=True)]
@@ -284,7 +284,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         "recipe": cfg.recipe,
         "recipe_description": ("MPAR²-style SFT (TRL SFTTrainer) + GRPO (own loop), see finetuning" if cfg.recipe == "mpar2"
                                else "HyPeR-style Stage I SFT (TRL SFTTrainer) + Stage II GRPO with PAUSE tokens, "
-                                    "see finetuning.hyper"),
+                                    "see auralens.finetuning.hyper"),
         "pause": pause_cfg.to_json() if pause_cfg is not None else None,
         "base": str(base_dir), "base_source": lm.source, "base_training": _base_training(lm.source),
         "config": cfg_dict, "n_params": n_params,
@@ -305,7 +305,7 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
     }
     files = {"finetune.json": info}
     if pause_cfg is not None:
-        from interp.pause import PAUSE_FILE
+        from auralens.interp.pause import PAUSE_FILE
 
         files[PAUSE_FILE] = pause_cfg.to_json()
     _save_folder(out_dir, policy, lm.processor, json_files=files)

@@ -2,8 +2,8 @@
 
 **Rewards** (each in [0, 1], from the generated text alone plus the item's ground truth):
 
-- *perception*: the claims made inside ``<perception>`` (:func:`interp.cafe.formats.parse_claims`)
-  checked against the scene (:func:`~interp.cafe.formats.check_claims`):
+- *perception*: the claims made inside ``<perception>`` (:func:`auralens.interp.cafe.formats.parse_claims`)
+  checked against the scene (:func:`~auralens.interp.cafe.formats.check_claims`):
   ``correct / max(claims, 3 · sounds)`` — a sound not described counts as three wrong claims
   (class, pitch, loudness), so describing fewer sounds is not a way to be right more often.
 - *consistency* (stepwise perception → reasoning): every checkable statement in
@@ -17,7 +17,7 @@
   checked against the *scene* (the truth, where consistency compares with what was perceived):
   correct / checked; a missing review, or one with nothing checkable, scores 0 — the review is
   there to re-check what was heard, so a review that checks nothing earns nothing.
-- *answer*: MMAU matching (:func:`interp.generation.score`) of the final ``answer : X`` span.
+- *answer*: MMAU matching (:func:`auralens.interp.generation.score`) of the final ``answer : X`` span.
 - *format*: the seven markers ``<perception> </perception> <reasoning> </reasoning> <review>
   </review> answer :`` each on its own line; score = (longest run of markers that occur exactly
   once and appear in the canonical order) / 7.
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ConfigError
+from auralens.interp.errors import ConfigError
 
 __all__ = [
     "FORMAT_MARKERS",
@@ -69,7 +69,7 @@ SECTIONS: tuple[str, ...] = ("perception", "reasoning", "review")
 
 def split_sections(text: str) -> dict[str, tuple[int, int] | None]:
     """Line ranges ``(first, last)`` (exclusive) of the content of each section, by line index
-    of ``text.split("\\n")`` (the step index of :func:`~interp.cafe.formats.parse_claims`);
+    of ``text.split("\\n")`` (the step index of :func:`~auralens.interp.cafe.formats.parse_claims`);
     ``None`` when the section's opening or closing tag is missing.  The first opening tag and
     the first closing tag after it delimit a section."""
     lines = [ln.strip().lower() for ln in text.split("\n")]
@@ -86,7 +86,7 @@ def split_sections(text: str) -> dict[str, tuple[int, int] | None]:
 
 
 def _claims_in(text: str, span: tuple[int, int] | None):
-    from interp.cafe.formats import parse_claims
+    from auralens.interp.cafe.formats import parse_claims
 
     if span is None:
         return []
@@ -96,7 +96,7 @@ def _claims_in(text: str, span: tuple[int, int] | None):
 def perception_reward(text: str, scene: Mapping[str, Any]) -> float:
     """Share of the perception section's claims that the scene supports, with every sound not
     described counted as three wrong claims: ``correct / max(claims, 3 · sounds)``."""
-    from interp.cafe.formats import check_claims
+    from auralens.interp.cafe.formats import check_claims
 
     claims = _claims_in(text, split_sections(text)["perception"])
     if not claims:
@@ -106,7 +106,7 @@ def perception_reward(text: str, scene: Mapping[str, Any]) -> float:
 
 
 def _class_words():
-    from interp.cafe.questions import CLASS_WORDS
+    from auralens.interp.cafe.questions import CLASS_WORDS
 
     return CLASS_WORDS
 
@@ -173,7 +173,7 @@ def consistency_reward(text: str) -> float:
 def review_reward(text: str, scene: Mapping[str, Any]) -> float:
     """Share of the review section's checkable claims that the scene supports (0 when the
     section is missing or checks nothing)."""
-    from interp.cafe.formats import check_claims
+    from auralens.interp.cafe.formats import check_claims
 
     claims = _claims_in(text, split_sections(text)["review"])
     if not claims:
@@ -183,7 +183,7 @@ def review_reward(text: str, scene: Mapping[str, Any]) -> float:
 
 def answer_reward(text: str, item) -> float:
     """1 when the final answer span matches the item's answer under MMAU's rule, else 0."""
-    from interp.generation import score
+    from auralens.interp.generation import score
 
     return 1.0 if score(item, text)["correct"] else 0.0
 

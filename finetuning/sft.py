@@ -10,21 +10,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetuning.config import SEED_BLOCK, FinetuneConfig
+from auralens.finetuning.config import SEED_BLOCK, FinetuneConfig
 
 __all__ = ["run_sft"]
 
 
 def run_sft(lm, cfg: FinetuneConfig, *, work_dir: Path, max_minutes: float, progress: bool = True) -> dict[str, Any]:
     """Phase 1 on TRL's SFTTrainer: structured traces of ``sft_steps * sft_batch_size`` fresh cafe
-    items, batches from :func:`interp.micro.train.make_batch`.  Trains ``lm.model`` in place."""
+    items, batches from :func:`auralens.interp.micro.train.make_batch`.  Trains ``lm.model`` in place."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from finetuning.recipe import train_item
-    from interp.micro.train import make_batch
+    from auralens.finetuning.recipe import train_item
+    from auralens.interp.micro.train import make_batch
 
     n_items = cfg.sft_steps * cfg.sft_batch_size
     seeds = [cfg.data_seed * SEED_BLOCK + i for i in range(n_items)]

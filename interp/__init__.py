@@ -6,7 +6,7 @@ imported on demand.
 
 __version__ = "0.1.0"
 
-from interp.errors import (  # noqa: F401  (re-exported: the one exception family)
+from auralens.interp.errors import (  # noqa: F401  (re-exported: the one exception family)
     ArchitectureError,
     AudioInputError,
     AuralensError,

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from interp.errors import ArchitectureError
+from auralens.interp.errors import ArchitectureError
 
 
 #: How a processor bounds one clip (:attr:`ArchTable.audio_windowing`):
@@ -47,7 +47,7 @@ from interp.errors import ArchitectureError
 #: - ``padded_windows``: consecutive windows of ``feature_extractor.chunk_length`` seconds, each
 #:   encoded on its own, the last one padded to a whole window *and given audio tokens for the
 #:   padding* (Voxtral: 30-s windows, 375 tokens each, so a 3-s clip has 375 audio tokens, not 37).
-#:   Token and time-bin seconds (interp.audio.token_seconds) then span the padded windows
+#:   Token and time-bin seconds (auralens.interp.audio.token_seconds) then span the padded windows
 #:   ``[0, ceil(seconds / window) * window]``, not the clip; the table's ``max_audio_seconds``
 #:   (None: the processor cuts nothing) is the maximum.
 AUDIO_WINDOWING = {"one_chunk": "one padded window", "windows": "whole windows up to max_audio_len",
@@ -76,7 +76,7 @@ class ArchTable:
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
     audio_o_proj: str = "self_attn.out_proj"  # relative to an audio-encoder layer
     # The decoder computes its own (multimodal, 3-D) rotary positions from the attention mask:
-    # 1-D ``position_ids`` must not be passed to it (see interp.capture.with_position_ids).
+    # 1-D ``position_ids`` must not be passed to it (see auralens.interp.capture.with_position_ids).
     own_position_ids: bool = False
     # Checkpoint classes (config.json ``architectures[0]``) that wrap this model, the
     # transformers class that loads such a checkpoint, and its attribute holding this model.
@@ -87,7 +87,7 @@ class ArchTable:
     aliases: tuple[str, ...] = ()
     # How the processor bounds a clip (one of AUDIO_WINDOWING; see there), the released
     # checkpoint's maximum clip and window in seconds (None: the processor sets no maximum), and
-    # the processor classes these limits apply to (interp.audio.audio_limits finds the table of a
+    # the processor classes these limits apply to (auralens.interp.audio.audio_limits finds the table of a
     # processor by its class; the values the processor itself carries win at run time).
     audio_windowing: str = "one_chunk"
     max_audio_seconds: float | None = None
@@ -228,7 +228,7 @@ TABLES: dict[str, ArchTable] = {
             # (pad_to_multiple_of 480000, tekken chunk_length_s 30) and gives the padding audio tokens
             # too (12.5 per second, 375 per window); it cuts nothing: the bound is the 32k context
             # (the model card states 30 min for transcription, 40 min for understanding).  Audio
-            # enters only through apply_chat_template (interp.prompts.build_inputs has the branch).
+            # enters only through apply_chat_template (auralens.interp.prompts.build_inputs has the branch).
             audio_windowing="padded_windows",
             max_audio_seconds=None,
             window_seconds=30.0,
@@ -534,7 +534,7 @@ def table_for_class(class_name: str) -> ArchTable:
             "Give one without Python: `auralens --arch-table FILE.json ...` (a JSON object with the "
             "ArchTable fields name, model_class, decoder_layers, final_norm, audio_tower, audio_layers, "
             f"projector, ...), a package entry point in the {ENTRY_POINT_GROUP!r} group, or "
-            "interp.arch.register_table(ArchTable(...))"
+            "auralens.interp.arch.register_table(ArchTable(...))"
         ) from None
 
 

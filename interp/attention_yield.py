@@ -30,7 +30,7 @@ teacher-forced tokens yields ``N + 1`` rows (its last query produces a token ``g
 computes).  With ``time_bins=K`` the audio keys of each row are cut into ``K`` contiguous bins of
 (nearly) equal size, and the bins sum to the total yield.
 
-Supported: the decoders of every class with an :mod:`interp.arch` table, greedy or sampled
+Supported: the decoders of every class with an :mod:`auralens.interp.arch` table, greedy or sampled
 ``generate`` or plain forwards, batched and left-padded inputs, the default ``DynamicCache``.
 Not supported (refused before anything runs): static/compileable caches, sliding-window or
 flex attention layers, beam search (the recorded rows would follow beams that get reordered).
@@ -50,8 +50,8 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float, Int
 
-from interp.arch import Architecture, describe
-from interp.errors import ArchitectureError, ConfigError, PromptError
+from auralens.interp.arch import Architecture, describe
+from auralens.interp.errors import ArchitectureError, ConfigError, PromptError
 
 __all__ = [
     "ROWS",
@@ -441,7 +441,7 @@ class YieldRecorder:
     # --- context protocol ---------------------------------------------------------------------
 
     def __enter__(self) -> YieldRecorder:
-        from interp import compat
+        from auralens.interp import compat
 
         if self._active:
             raise ConfigError(
@@ -490,7 +490,7 @@ class YieldRecorder:
             self._clear()
 
     def _restore(self) -> None:
-        from interp import compat
+        from auralens.interp import compat
 
         self._active = False
         if getattr(self, "_hook", None) is not None:
@@ -530,7 +530,7 @@ class YieldRecorder:
         return out
 
     def _pre_forward(self, module, args, kwargs):
-        from interp import compat
+        from auralens.interp import compat
 
         if compat.is_static_cache(kwargs):
             raise ConfigError(

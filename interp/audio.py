@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.errors import AudioInputError
+from auralens.interp.errors import AudioInputError
 
 # audio containers libsndfile does not read: named as "unsupported format" rather than "not audio"
 _OTHER_AUDIO_SUFFIXES = {".m4a", ".mp4", ".aac", ".wma", ".opus", ".webm", ".amr", ".ac3", ".ape", ".alac", ".mka"}
@@ -229,9 +229,9 @@ class AudioLimits:
 
 
 def table_for_processor(processor) -> object | None:
-    """The :class:`interp.arch.ArchTable` whose ``processor_classes`` name this processor's class
+    """The :class:`auralens.interp.arch.ArchTable` whose ``processor_classes`` name this processor's class
     (None: no table does)."""
-    from interp.arch import TABLES
+    from auralens.interp.arch import TABLES
 
     name = type(processor).__name__
     return next((t for t in TABLES.values() if name in t.processor_classes), None)
@@ -247,7 +247,7 @@ def audio_limits(processor, table=None) -> AudioLimits:
     processor keeps); ``padded_windows`` -> windows of ``chunk_length`` (the last padded, with
     audio tokens for the padding), the table's maximum; ``unbounded`` -> the table's values.  A
     processor no table names keeps the old rule: one window of ``chunk_length``."""
-    from interp.errors import ArchitectureError
+    from auralens.interp.errors import ArchitectureError
 
     fe = processor.feature_extractor
     sr = int(fe.sampling_rate)
@@ -315,7 +315,7 @@ def token_seconds(
 
 def time_bin_seconds(token_secs: np.ndarray, time_bins: int) -> np.ndarray:
     """``[time_bins, 2]`` start/end seconds of each recorder time bin: bin ``k`` holds the tokens
-    of rank ``r`` with ``floor(r * time_bins / n) == k`` (:func:`interp.attention_yield.time_bin_weights`)."""
+    of rank ``r`` with ``floor(r * time_bins / n) == k`` (:func:`auralens.interp.attention_yield.time_bin_weights`)."""
     n = len(token_secs)
     if n < time_bins:
         raise AudioInputError(f"time_bin_seconds: expected at least time_bins={time_bins} tokens, found {n}")
@@ -329,7 +329,7 @@ def item_audio(item, processor, *, root: str | Path | None = None) -> np.ndarray
     lim = audio_limits(processor)
     sr, max_s = lim.sample_rate, lim.max_seconds
     if item.audio.startswith("cafe:"):
-        from interp.cafe.scenes import Scene, make_scene, synthesize
+        from auralens.interp.cafe.scenes import Scene, make_scene, synthesize
 
         scene = Scene.from_dict(item.scene) if item.scene else make_scene(int(item.audio.split(":", 1)[1]))
         return prepare(synthesize(scene), scene.sample_rate, target_sr=sr, max_seconds=max_s, name=item.item_id,

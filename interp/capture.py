@@ -3,8 +3,8 @@
 Every reader of the residual stream (probe collection, steering-vector fitting) goes through
 :func:`capture`; every writer (steering) and reader installs its hooks through
 :func:`site_hooks`, a context manager that removes them whatever happens in the block.  Sites
-are the TransformerLens-style names of :mod:`interp.arch`, resolved there
-(:meth:`~interp.arch.Architecture.hook_point`) and nowhere else.
+are the TransformerLens-style names of :mod:`auralens.interp.arch`, resolved there
+(:meth:`~auralens.interp.arch.Architecture.hook_point`) and nowhere else.
 
 Reduction inside the hook: with ``weights={site: W}`` only ``W @ value`` is kept (``W``:
 ``[batch, slot, pos]`` gives ``[batch, slot, width]``, ``[batch, pos]`` gives
@@ -20,7 +20,7 @@ unsteered output of layer ``L``, while layers after ``L`` see the steered stream
 Left padding: the processor left-pads; :func:`with_position_ids` adds the ``position_ids``
 ``generate`` would use (counted over real tokens), so a row's values do not depend on what
 else is in its batch -- except for architectures that derive their own (3-D, multimodal) rotary
-positions from the attention mask (:attr:`interp.arch.ArchTable.own_position_ids`), which must
+positions from the attention mask (:attr:`auralens.interp.arch.ArchTable.own_position_ids`), which must
 not be given 1-D ones.
 
 Stop tokens: :func:`stop_ids` and :func:`trim_at_stop` cut a generation at its first
@@ -36,7 +36,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from interp.errors import ArchitectureError, ConfigError
+from auralens.interp.errors import ArchitectureError, ConfigError
 
 __all__ = [
     "SiteShapeError",
@@ -122,12 +122,12 @@ Hook = Callable[[Any], Any]  # value -> replacement, or None (or the value itsel
 def site_hooks(model, hooks: Sequence[tuple[Any, Hook]], *, prepend: bool = False) -> Iterator[None]:
     """Within the block, ``fn(value)`` runs at every ``(point, fn)`` of ``hooks``.
 
-    ``point`` is an :class:`interp.arch.HookPoint`: ``fn`` gets its module's output (first
+    ``point`` is an :class:`auralens.interp.arch.HookPoint`: ``fn`` gets its module's output (first
     element of a tuple output) or input (first positional argument, else ``hidden_states`` or
     the first keyword argument) and may return a replacement.  ``prepend`` puts the hooks
     before the module's existing ones.  Every hook is removed on exit, also when the block (or
     installing a later hook) raises."""
-    from interp.arch import get_attr_path
+    from auralens.interp.arch import get_attr_path
 
     handles = []
     try:

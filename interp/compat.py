@@ -145,7 +145,7 @@ def unwrap_container(outer: Any, attribute: str) -> Any:
         outer.disable_talker()
     inner = getattr(outer, attribute, None)
     if inner is None:
-        from interp.errors import ArchitectureError
+        from auralens.interp.errors import ArchitectureError
 
         raise ArchitectureError(
             f"container {type(outer).__name__}: expected an attribute {attribute!r} holding the "

@@ -1,6 +1,6 @@
 """Dataset loaders: cafe (synthetic), MMAU, MMAR, and a folder of audio + ``questions.jsonl``.
 
-All return :class:`interp.items.Item` lists.  Rows are validated as they are read: a row without
+All return :class:`auralens.interp.items.Item` lists.  Rows are validated as they are read: a row without
 an answer, with fewer than two choices or with an answer outside its choices is an error that
 names the file and the row; nothing is half-loaded.
 """
@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from interp.errors import DatasetError
-from interp.items import Item
+from auralens.interp.errors import DatasetError
+from auralens.interp.items import Item
 
 
 def _category(value: Any) -> str:
@@ -201,7 +201,7 @@ def load_folder(folder: str | Path) -> list[Item]:
 
 
 def load_cafe(n: int, *, seed: int = 7, tiers: tuple[str, ...] | None = None) -> list[Item]:
-    from interp.cafe.questions import TIERS, make_items
+    from auralens.interp.cafe.questions import TIERS, make_items
 
     bad = [t for t in (tiers or ()) if t not in TIERS]
     if bad or (tiers is not None and not tiers):
@@ -214,11 +214,11 @@ CUE_DATASETS = ("cafe-neutral", "cafe-congruent", "cafe-conflict")
 
 
 def load_cue_dataset(spec: str, *, n: int | None = None) -> list[Item]:
-    """``cafe-<condition>[:<split>]``: cafe items with a text cue (see :mod:`interp.cafe.cues`).
+    """``cafe-<condition>[:<split>]``: cafe items with a text cue (see :mod:`auralens.interp.cafe.cues`).
 
     The split (calibration | dev | test, default test) is a fixed seed range: the same ids for
     every model and every stage; the three conditions share their underlying items."""
-    from interp.cafe.cues import cue_items
+    from auralens.interp.cafe.cues import cue_items
 
     name, _, split = spec.partition(":")
     return cue_items(name.removeprefix("cafe-"), split or "test", 300 if n is None else n, where=f"dataset {spec!r}")
@@ -326,8 +326,8 @@ def check_audio_files(items: list[Item]) -> None:
     Synthetic audio (``cafe:<seed>`` items) is skipped.  Raises one :class:`AudioInputError`
     listing every bad item: its id, the file, what was expected and what was found.  Meant to run
     before a stage creates anything, so a bad file never leaves a half-written run behind."""
-    from interp.audio import check_audio_header
-    from interp.errors import AudioInputError
+    from auralens.interp.audio import check_audio_header
+    from auralens.interp.errors import AudioInputError
 
     bad: list[str] = []
     checked: dict[str, str | None] = {}  # a file shared by several items is opened once

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from interp.errors import ConfigError
-from interp.schemas import CLAIM_ACCURACY, DECAY, DECAY_SUMMARY
-from interp.stats import bootstrap_mean_ci
+from auralens.interp.errors import ConfigError
+from auralens.interp.schemas import CLAIM_ACCURACY, DECAY, DECAY_SUMMARY
+from auralens.interp.stats import bootstrap_mean_ci
 
-DECAY_COLUMNS = DECAY.names  # the columns of decay.parquet (declared in interp.schemas)
+DECAY_COLUMNS = DECAY.names  # the columns of decay.parquet (declared in auralens.interp.schemas)
 REACH_FRAC = 0.5  # S_max: the last step reached by at least this share of the items
 
 
@@ -151,10 +151,10 @@ STEP_TYPES = ("claim", "reasoning")
 
 def step_types_of(text: str, steps: np.ndarray) -> np.ndarray:
     """Per token, the type of its step: ``"claim"`` when the step's text holds a perceptual
-    claim (:func:`interp.cafe.formats.parse_claims`), else ``"reasoning"``.  ``text``: the
-    generation, cut into steps as the tokens were (:func:`interp.steps.char_steps`)."""
-    from interp.cafe.formats import parse_claims
-    from interp.steps import char_steps
+    claim (:func:`auralens.interp.cafe.formats.parse_claims`), else ``"reasoning"``.  ``text``: the
+    generation, cut into steps as the tokens were (:func:`auralens.interp.steps.char_steps`)."""
+    from auralens.interp.cafe.formats import parse_claims
+    from auralens.interp.steps import char_steps
 
     steps = np.asarray(steps)
     cs = char_steps(text) if text else np.zeros(0, dtype=np.int64)
@@ -236,7 +236,7 @@ def decay_summary(table, *, axis: str = "step", min_n: int = 1, per_item: dict[s
 # ------------------------------------------------------------------------ outcome view
 def claim_rows(item_id: str, text: str, scene: dict) -> list[dict]:
     """Every perceptual claim in a generation, with its step and whether it is true."""
-    from interp.cafe.formats import check_claims, parse_claims
+    from auralens.interp.cafe.formats import check_claims, parse_claims
 
     return [
         {"item_id": item_id, "step": c.step, "kind": c.kind, "sound": c.sound, "value": c.value, "claim_correct": ok}
@@ -270,7 +270,7 @@ def claim_accuracy_overall(claims, *, n_boot: int = 1000, seed: int = 0) -> dict
 
 def depends_on(item) -> set[tuple[str, int]] | None:
     """The perceptual facts a cafe question depends on, as ``(claim kind, sound index)``
-    pairs (sound -1: the count), from the question's ``facts`` (interp.cafe.questions);
+    pairs (sound -1: the count), from the question's ``facts`` (auralens.interp.cafe.questions);
     None when unknown (not a cafe item): then every claim counts.
 
     count: the count; identity / last: the class of sound k; louder / higher: the loudness /

@@ -12,7 +12,7 @@ rows through the process group).  Why:
   rewritten after each batch, one safetensors file per item or per activation chunk).  Each
   rank keeps doing that, into files no other rank writes: per-item files are named by the
   item's global index, and the row table goes to ``shards/<table>.rank<r>.parquet``
-  (:func:`interp.runs.fill_rows`; probe activation chunks are named by their global chunk
+  (:func:`auralens.interp.runs.fill_rows`; probe activation chunks are named by their global chunk
   number and listed in ``activations/index.rank<r>.json``).  A crash loses at most one batch of
   one rank; ``--resume`` (all ranks relaunched, any world size) counts every shard's rows as
   done, so each rank continues where the group stopped.
@@ -27,12 +27,12 @@ rows through the process group).  Why:
 
 The run folder must therefore be on a file system every rank sees (one node: always; several
 nodes: a shared file system such as NFS or Lustre).  Folder creation and the manifest are rank
-0's (:func:`interp.runs.open_run`): every rank validates its options, items and model first,
+0's (:func:`auralens.interp.runs.open_run`): every rank validates its options, items and model first,
 the ranks agree (:func:`agree`: a failure on any rank is raised on all of them, before any side
 effect), rank 0 creates the folder and the others wait.  Fitting steps that need all items
 (head ranking, probe fits, tables and figures) run once on rank 0 (:func:`on_main`) and every
 rank returns rank 0's summary; direction means gather the per-item activations to every rank.
-On other ranks :class:`interp.runs.RunFolder` skips writes of the run's shared files outside
+On other ranks :class:`auralens.interp.runs.RunFolder` skips writes of the run's shared files outside
 the row loop (:func:`writes_allowed`), as a safety net for stages whose tail interleaves
 writes and sweeps (``steer eval``): every rank computes the same values, rank 0 writes them.
 Work is split and gathered only where all ranks run together (:func:`collective`): inside a
@@ -159,12 +159,12 @@ def device() -> str | None:
 
 def placement(device_map: Any) -> dict[str, Any]:
     """``load_model`` keywords for where this rank's model goes: ``{"device_map": ...}`` for a
-    ``--device-map`` (text or value, checked by :func:`interp.stage_config.parse_device_map`),
+    ``--device-map`` (text or value, checked by :func:`auralens.interp.stage_config.parse_device_map`),
     else ``{"device": ...}`` (:func:`device`).  A device map under a multi-process launch is a
-    :class:`~interp.errors.ConfigError`: every rank would spread its replica over the same
+    :class:`~auralens.interp.errors.ConfigError`: every rank would spread its replica over the same
     devices (model and data parallelism together are not supported yet)."""
-    from interp.errors import ConfigError
-    from interp.stage_config import parse_device_map
+    from auralens.interp.errors import ConfigError
+    from auralens.interp.stage_config import parse_device_map
 
     device_map = parse_device_map(device_map)
     if device_map is None:

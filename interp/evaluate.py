@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from interp.generation import AUDIO_MODES, GenerationConfig, generate_batch, item_row, model_inputs
-from interp.items import Item
-from interp.runs import fill_rows
-from interp.stats import bootstrap_mean_ci
+from auralens.interp.generation import AUDIO_MODES, GenerationConfig, generate_batch, item_row, model_inputs
+from auralens.interp.items import Item
+from auralens.interp.runs import fill_rows
+from auralens.interp.stats import bootstrap_mean_ci
 
 
 def run_eval(

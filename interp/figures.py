@@ -1,10 +1,10 @@
 """Figures of the eval and record stages: accuracy, error attribution, per-head yields, perception
 decay, claim accuracy, and one item's tokens and time bins.
 
-Pure functions of the run tables (:mod:`interp.schemas`) and per-item arrays: none reads files.
+Pure functions of the run tables (:mod:`auralens.interp.schemas`) and per-item arrays: none reads files.
 The record stage writes ``decay.html`` with :func:`decay_curves`; the dashboard, the offline
 report and the notebooks draw the same functions.  A missing table gives an empty-state figure
-with a message, not an error.  Trace names are stable (see :mod:`interp.plotting`).
+with a message, not an error.  Trace names are stable (see :mod:`auralens.interp.plotting`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from interp.plotting import LAYOUT, PALETTE, empty_figure, graph_objects, line_with_band
+from auralens.interp.plotting import LAYOUT, PALETTE, empty_figure, graph_objects, line_with_band
 
 __all__ = [
     "accuracy_bars",
@@ -123,7 +123,7 @@ def decay_curves(decay, *, axis: str = "step", heads: Sequence[tuple[int, int]] 
                  groups: Sequence[str] = ("all", "topk"), title: str | None = None):
     """Mean yield per reasoning step (or token bin) with 95% CIs: all heads, the specialist
     (top-k) heads, and any individual ``heads`` chosen.  ``groups`` may also name the step
-    subsets of :func:`interp.decay.decay_table` (``"topk:claim"``, ``"all:reach_last"``...)."""
+    subsets of :func:`auralens.interp.decay.decay_table` (``"topk:claim"``, ``"all:reach_last"``...)."""
     names = {"all": "all heads", "topk": "specialist heads"}
     subsets = {"claim": "claim steps", "reasoning": "reasoning steps", "reach_last": "items reaching the last step"}
     for g in groups:

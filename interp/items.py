@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from interp.errors import DatasetError
+from auralens.interp.errors import DatasetError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -13,7 +13,7 @@ class Item:
     """One benchmark question about one audio clip.
 
     ``audio`` is either a path to an audio file or the name of a generator (``cafe:<seed>``);
-    :func:`interp.audio.item_audio` turns it into a waveform.
+    :func:`auralens.interp.audio.item_audio` turns it into a waveform.
     """
 
     item_id: str

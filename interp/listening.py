@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from interp.errors import ConfigError
+from auralens.interp.errors import ConfigError
 
 
 def correlation_scores(last_yield: np.ndarray, correct: Sequence[bool]) -> np.ndarray:

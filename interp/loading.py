@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp.arch import Architecture, ArchTable, container_table, containers, describe, table_for_checkpoint
-from interp.errors import ArchitectureError, ConfigError
+from auralens.interp.arch import Architecture, ArchTable, container_table, containers, describe, table_for_checkpoint
+from auralens.interp.errors import ArchitectureError, ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Checkpoints whose top class wraps the audio-language model we study: {container class:
@@ -40,9 +40,9 @@ class LoadedModel:
 
     @property
     def pause(self):
-        """The folder's PAUSE rule (:mod:`interp.pause`), or ``None``."""
+        """The folder's PAUSE rule (:mod:`auralens.interp.pause`), or ``None``."""
         if not hasattr(self, "_pause"):
-            from interp.pause import read_pause_config
+            from auralens.interp.pause import read_pause_config
 
             self._pause = read_pause_config(self.source)
         return self._pause
@@ -51,7 +51,7 @@ class LoadedModel:
     def generate_kwargs(self) -> dict:
         """What every ``generate`` call of this model adds: the table's ``generate_kwargs`` and the
         folder's PAUSE rule, if it has one (a PAUSE-trained model is measured as it was trained)."""
-        from interp.pause import generate_kwargs_for
+        from auralens.interp.pause import generate_kwargs_for
 
         return {**self.arch.table.generate_kwargs, **generate_kwargs_for(self.pause)}
 
@@ -64,7 +64,7 @@ _TRAIN_COMMAND = {"micro": "auralens micro train", "micro-mpar2": "auralens orga
 def resolve_source(name_or_path: str) -> str:
     """``micro`` / ``micro-mpar2`` -> the embedded folder; anything else is passed through."""
     if name_or_path in EMBEDDED:
-        from interp.micro import WEIGHTS_DIR
+        from auralens.interp.micro import WEIGHTS_DIR
 
         folder = WEIGHTS_DIR / EMBEDDED[name_or_path]
         if not (folder / "config.json").exists():
@@ -128,7 +128,7 @@ def load_model(
         if device_map is not None:
             kwargs["device_map"] = device_map
         outer = cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
-        from interp.compat import unwrap_container
+        from auralens.interp.compat import unwrap_container
 
         model = unwrap_container(outer, container.container_attr)
         return _finish(model, source, name_or_path, table, device, device_map, trust_remote_code)

@@ -61,7 +61,7 @@ def reported_rows():
     """:data:`REPORTED` as ``compare.parquet`` rows (``source="reported"``, no CI, ``n`` 0)."""
     import numpy as np
 
-    from interp.schemas import COMPARE
+    from auralens.interp.schemas import COMPARE
 
     return COMPARE.frame([{**r.row(), "ci_low": np.nan, "ci_high": np.nan, "n": 0, "source": "reported"}
                           for r in REPORTED])

@@ -10,11 +10,11 @@ chosen by the policy.  What is ours: the rule is exact (the pause is *forced*, n
 and never emitted otherwise — so a trained model's behaviour does not depend on how often it
 would have chosen a pause by itself), no two pauses in a row, and no separate "think" budget
 after a pause (their ``<THINK>`` mode); the threshold is calibrated per model (a quantile of the
-entropies of its own sampled answers, :func:`finetuning.hyper.calibrate_threshold`).
+entropies of its own sampled answers, :func:`auralens.finetuning.hyper.calibrate_threshold`).
 
 A model folder that carries ``pause.json`` (``{"token": "<pause>", "token_id": int,
 "entropy_threshold": float, "max_pauses": int}``) gets the rule on every ``generate`` call that
-uses :attr:`interp.loading.LoadedModel.generate_kwargs` (evaluation, record, steering, compare),
+uses :attr:`auralens.interp.loading.LoadedModel.generate_kwargs` (evaluation, record, steering, compare),
 so a PAUSE-trained model is always measured the way it was trained.  The pause token is a special
 token: decoded text skips it; the recorder keeps its rows (it is a real forward).
 """
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from interp.errors import ConfigError
+from auralens.interp.errors import ConfigError
 
 __all__ = ["PAUSE_FILE", "PAUSE_TOKEN", "PauseConfig", "PauseProcessor", "count_pauses", "next_token_entropy",
            "read_pause_config"]
@@ -74,7 +74,7 @@ def read_pause_config(source: str | Path) -> PauseConfig | None:
 def next_token_entropy(logits, left_out):
     """Entropy (nats) of each row's next-token distribution with the ids ``left_out`` removed — the
     quantity the rule thresholds (:class:`PauseProcessor`) and its threshold is calibrated on
-    (:func:`finetuning.hyper.calibrate_threshold`)."""
+    (:func:`auralens.finetuning.hyper.calibrate_threshold`)."""
     import torch
 
     logits = logits.float().clone()

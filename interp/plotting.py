@@ -1,6 +1,6 @@
 """The house style of every figure: palette, layout, an empty-state figure and a line with its
-confidence band.  Used by the figure modules of each package (:mod:`interp.figures`,
-:mod:`probes.figures`, :mod:`steering.figures`); plotly is imported only when a figure is drawn.
+confidence band.  Used by the figure modules of each package (:mod:`auralens.interp.figures`,
+:mod:`auralens.probes.figures`, :mod:`auralens.steering.figures`); plotly is imported only when a figure is drawn.
 
 Trace names are stable so tests can find them: a curve is named after its series, its band is
 the same name followed by ``" 95% CI"``.

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import PromptError
-from interp.items import Item
+from auralens.interp.errors import PromptError
+from auralens.interp.items import Item
 
 
 def chat_text(processor, question: str, *, answer_prefix: str = "") -> str:
@@ -32,8 +32,8 @@ def build_inputs(
     """Batch of model inputs, left-padded.  ``audios`` default to the items' own clips.
 
     With ``targets`` the answer text (+ end-of-turn) is appended, for teacher forcing."""
-    from interp.audio import item_audio
-    from interp.cafe.formats import prompt_text
+    from auralens.interp.audio import item_audio
+    from auralens.interp.cafe.formats import prompt_text
 
     if items is not None:
         n = len(items)

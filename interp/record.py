@@ -10,8 +10,8 @@ Run folder layout (read by the dashboard and the notebooks):
   (last-prompt-token yield with the audio replaced by silence), optional ``prompt_yield``
   [prompt_len, layers, heads]; metadata ``item_id``, ``text``, ``tokens`` (JSON)
 - ``decay.parquet``, ``decay_summary.parquet``, ``heads.parquet``, ``claims.parquet``,
-  ``claim_accuracy.parquet`` (columns: :mod:`interp.schemas`, checked on write), ``decay.html``
-  (:func:`interp.figures.decay_curves`)
+  ``claim_accuracy.parquet`` (columns: :mod:`auralens.interp.schemas`, checked on write), ``decay.html``
+  (:func:`auralens.interp.figures.decay_curves`)
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ConfigError
-from interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
+from auralens.interp.errors import ConfigError
+from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 
 
 def _write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
@@ -32,7 +32,7 @@ def _write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
 
     import soundfile as sf
 
-    from interp.runs import atomic_write_bytes
+    from auralens.interp.runs import atomic_write_bytes
 
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
@@ -46,8 +46,8 @@ def record_batch(lm, chunk, fmt: str, *, max_new_tokens: int, time_bins: int, al
     Returns (new token ids [B, N], AttentionYield, silence last-row yields [B, L, H], prompt_len)."""
     import torch
 
-    from interp.attention_yield import YieldRecorder, audio_mask_from_ids
-    from interp.generation import cast_features, model_inputs
+    from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+    from auralens.interp.generation import cast_features, model_inputs
 
     batch = cast_features(lm, model_inputs(lm, chunk, fmt, "real"))
     rec = YieldRecorder(
@@ -98,7 +98,7 @@ class RecordConfig(ModelDataConfig):
     command: str = option("auralens record", identity=False, cli=False, help="The command line that started the run.")
 
     def __post_init__(self) -> None:
-        from interp.runs import check_dtype, check_formats, check_int, check_n
+        from auralens.interp.runs import check_dtype, check_formats, check_int, check_n
 
         if not isinstance(self.fmt, str):
             raise ConfigError(f"format: expected one answer format, found {self.fmt!r}")
@@ -120,7 +120,7 @@ class RecordConfig(ModelDataConfig):
             return None
         if self.calibration != "auto":
             return self.calibration
-        from interp.datasets import CUE_DATASETS, file_split_spec, parse_file_spec
+        from auralens.interp.datasets import CUE_DATASETS, file_split_spec, parse_file_spec
 
         name, _, split = str(self.data).partition(":")
         if name in CUE_DATASETS:
@@ -152,15 +152,15 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False, around_batc
     of the run's identity — the caller names it in ``model``.
 
     Options (:class:`RecordConfig`), items and audio headers are checked, and the model loaded,
-    before the run folder is created (:func:`interp.runs.open_run`).  Also callable with the
+    before the run folder is created (:func:`auralens.interp.runs.open_run`).  Also callable with the
     config's fields as keywords: ``stage_record(model=..., n=..., out=..., lm=...)``."""
     import torch
 
-    from interp.audio import item_audio
-    from interp.generation import score
-    from interp.runs import RowLog, fill_rows, load_items, open_run
-    from interp.steps import token_steps
-    from interp.tokenizer import clean_decoded
+    from auralens.interp.audio import item_audio
+    from auralens.interp.generation import score
+    from auralens.interp.runs import RowLog, fill_rows, load_items, open_run
+    from auralens.interp.steps import token_steps
+    from auralens.interp.tokenizer import clean_decoded
 
     fmt, resume, all_prompt = cfg.fmt, cfg.resume, cfg.all_prompt
     items = load_items(cfg.data, n=cfg.n, seed=cfg.seed)
@@ -172,7 +172,7 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False, around_batc
                        lm=lm, model=cfg.model, dtype=cfg.dtype, device_map=cfg.device_map)
     run.update_manifest(architecture=lm.arch.to_dict())
     log = RowLog(run, "items.parquet", key="item_id", resume=resume)
-    from interp.capture import stop_ids, trim_at_stop
+    from auralens.interp.capture import stop_ids, trim_at_stop
 
     eos = stop_ids(lm, pad=False)
     sr = lm.processor.feature_extractor.sampling_rate
@@ -221,7 +221,7 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False, around_batc
     if cal_data:
         import dataclasses
 
-        from interp.runs import RunFolder
+        from auralens.interp.runs import RunFolder
 
         cal_cfg = dataclasses.replace(cfg, data=cal_data, n=cfg.n_cal or cfg.n, out=Path(run.path) / "calibration",
                                       calibration="none", heads_from="", n_cal=0)
@@ -231,13 +231,13 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False, around_batc
     if ext_heads is not None:
         heads_info = {**ext_heads, "source": cfg.heads_source()}
 
-    def finish():  # rank 0 ranks the heads over every item and writes the tables (interp.distributed)
+    def finish():  # rank 0 ranks the heads over every item and writes the tables (auralens.interp.distributed)
         summary = analyse_record(run, items, top_k=cfg.top_k, n_boot=cfg.n_boot, seed=cfg.seed, heads_from=heads_info)
         run.mark_stage("record", n_items=len(items))
         run.finish()
         return summary
 
-    from interp.distributed import on_main
+    from auralens.interp.distributed import on_main
 
     return on_main(finish)
 
@@ -248,7 +248,7 @@ def read_heads_source(path: str) -> dict[str, Any]:
     heads.parquet file (item ids read from the items.parquet beside it, when there is one)."""
     import pandas as pd
 
-    from interp.schemas import HEADS
+    from auralens.interp.schemas import HEADS
 
     p = Path(path)
     file = p / "heads.parquet" if p.is_dir() else p
@@ -294,10 +294,10 @@ def load_yields(run, df) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray
 
 
 def load_step_types(run, df, steps) -> list[np.ndarray]:
-    """Per item, per token: the type of its step (:func:`interp.decay.step_types_of`)."""
+    """Per item, per token: the type of its step (:func:`auralens.interp.decay.step_types_of`)."""
     from safetensors import safe_open
 
-    from interp.decay import step_types_of
+    from auralens.interp.decay import step_types_of
 
     out = []
     for idx, s in zip(df["item_index"], steps):
@@ -314,13 +314,13 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
     ``heads_from`` (:func:`read_heads_source`, plus ``source``): rank the heads there (e.g. on a
     calibration split) instead of on these items; the summary's ``heads_selection`` says which
     items ranked them (``"same items (biased)"`` without it)."""
-    from interp.decay import (
+    from auralens.interp.decay import (
         attribute_errors, claim_accuracy_by_step, claim_accuracy_overall, claim_rows, decay_summary, decay_table,
         depends_on, error_shares,
     )
-    from interp.figures import decay_curves
-    from interp.listening import contrast_scores, correlation_scores, heads_table, top_k as pick_top
-    from interp.schemas import CLAIM_ACCURACY, CLAIMS, DECAY, DECAY_SUMMARY, HEADS, RECORD_ITEMS
+    from auralens.interp.figures import decay_curves
+    from auralens.interp.listening import contrast_scores, correlation_scores, heads_table, top_k as pick_top
+    from auralens.interp.schemas import CLAIM_ACCURACY, CLAIMS, DECAY, DECAY_SUMMARY, HEADS, RECORD_ITEMS
 
     df = run.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
     ys, ss, last, sil = load_yields(run, df)
@@ -405,5 +405,5 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
                            for k, v in claim_accuracy_overall(claims_df, n_boot=n_boot, seed=seed).items()},
         "claim_accuracy_by_step": claim_acc.round(4).to_dict("records"),
         "error_shares": error_shares(df), "error_shares_of": "wrong answers", "n_wrong": wrong,
-        "perception_error_rule": "a wrong claim about a fact the question depends on (interp.decay.depends_on)",
+        "perception_error_rule": "a wrong claim about a fact the question depends on (auralens.interp.decay.depends_on)",
     }

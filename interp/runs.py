@@ -45,7 +45,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
+from auralens.interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
 
 _PACKAGES = ("auralens", "torch", "transformers", "nnsight", "transformer-lens", "scikit-learn", "numpy", "pandas")
 #: manifest keys that define a run: a resumption must agree on every one of them
@@ -218,9 +218,9 @@ def verify_files(folder: str | Path) -> None:
 
 def _skip_write() -> bool:
     """Under a multi-process launch, ranks other than 0 write only their own files (inside
-    :func:`interp.distributed.rank_local`: per-item files, their row shard); the run's shared
+    :func:`auralens.interp.distributed.rank_local`: per-item files, their row shard); the run's shared
     files (manifest, tables, figures) are rank 0's."""
-    from interp import distributed
+    from auralens.interp import distributed
 
     return not distributed.writes_allowed()
 
@@ -228,7 +228,7 @@ def _skip_write() -> bool:
 class RunFolder:
     """One run's folder.  Create with :meth:`create` (fresh or ``resume=True``) or :meth:`open`.
 
-    Under ``accelerate launch`` / ``torchrun`` (:mod:`interp.distributed`) the write methods
+    Under ``accelerate launch`` / ``torchrun`` (:mod:`auralens.interp.distributed`) the write methods
     and the manifest updates are no-ops on ranks other than 0, except inside the row loop."""
 
     def __init__(self, path: str | Path):
@@ -478,7 +478,7 @@ def fill_rows(settings: Sequence, items: Sequence, *, key: Callable[[Any, Any], 
     len(items)`` rows starts at the rows already done.  Returns a DataFrame of every row, those
     resumed from ``log`` included.  A row's ``log.key`` value is its ``key(item, setting)``.
 
-    Under a multi-process launch (:mod:`interp.distributed`) the same batches are formed and
+    Under a multi-process launch (:mod:`auralens.interp.distributed`) the same batches are formed and
     dealt round-robin to the ranks; each rank writes its rows to its own shard
     (``shards/<table>.rank<r>.parquet``) and, after a barrier, rank 0 merges them into the
     table in the single-process order; every rank returns the whole table.  Shards a crashed
@@ -486,7 +486,7 @@ def fill_rows(settings: Sequence, items: Sequence, *, key: Callable[[Any, Any], 
     count as done."""
     import pandas as pd
 
-    from interp import distributed as dist
+    from auralens.interp import distributed as dist
 
     order: dict = {}
     for setting in settings:
@@ -566,8 +566,8 @@ def check_n(n: Any, *, allow_none: bool = False) -> int | None:
 
 
 def check_formats(formats: Any, name: str = "formats") -> tuple[str, ...]:
-    """Distinct answer formats among :data:`interp.cafe.formats.FORMATS`."""
-    from interp.cafe.formats import FORMATS
+    """Distinct answer formats among :data:`auralens.interp.cafe.formats.FORMATS`."""
+    from auralens.interp.cafe.formats import FORMATS
 
     formats = (formats,) if isinstance(formats, str) else tuple(formats or ())
     bad = [f for f in formats if f not in FORMATS]
@@ -577,7 +577,7 @@ def check_formats(formats: Any, name: str = "formats") -> tuple[str, ...]:
 
 
 def check_dtype(dtype: Any) -> str:
-    from interp.loading import DTYPES
+    from auralens.interp.loading import DTYPES
 
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: expected one of {list(DTYPES)}, found {dtype!r}")
@@ -586,9 +586,9 @@ def check_dtype(dtype: Any) -> str:
 
 def check_model(model: str) -> None:
     """The model's config (read without loading weights) names a class with an architecture
-    table (:mod:`interp.arch`): an unsupported or missing model fails before any folder exists."""
-    from interp.arch import table_for_checkpoint
-    from interp.loading import resolve_source
+    table (:mod:`auralens.interp.arch`): an unsupported or missing model fails before any folder exists."""
+    from auralens.interp.arch import table_for_checkpoint
+    from auralens.interp.loading import resolve_source
 
     if not isinstance(model, str) or not model:
         raise ConfigError(f"model: expected 'micro', a Hugging Face id or a checkpoint folder, found {model!r}")
@@ -615,8 +615,8 @@ def check_model(model: str) -> None:
 
 def load_items(data: str, *, n: int | None, seed: int, allow_all: bool = False) -> list:
     """The run's items: ``n`` checked, rows validated by the loader, at least one item, and
-    every audio file's header checked (:func:`interp.datasets.check_audio_files`)."""
-    from interp.datasets import check_audio_files, load_dataset
+    every audio file's header checked (:func:`auralens.interp.datasets.check_audio_files`)."""
+    from auralens.interp.datasets import check_audio_files, load_dataset
 
     n = check_n(n, allow_none=allow_all)
     items = load_dataset(data, n=n, seed=seed)
@@ -632,7 +632,7 @@ def load_items(data: str, *, n: int | None, seed: int, allow_all: bool = False) 
 
 def run_identity(items: Sequence) -> dict[str, Any]:
     """What the data contribute to a run's identity: the content fingerprint and the item-id set."""
-    from interp.datasets import fingerprint
+    from auralens.interp.datasets import fingerprint
 
     ids = sorted(str(it.item_id) for it in items)
     return {
@@ -655,14 +655,14 @@ def open_run(
 ):
     """Steps 2-4 of a stage, after its own validation: check the folder would accept the run
     (read-only), check the model's config and load it (unless ``lm`` is given; ``device_map``:
-    the ``--device-map`` text or value, :func:`interp.stage_config.parse_device_map`), call
+    the ``--device-map`` text or value, :func:`auralens.interp.stage_config.parse_device_map`), call
     ``before_create(lm)`` (model-dependent checks), and only then create the folder.
     Returns ``(run, lm)``; the manifest gets :func:`run_identity` of ``items``.
 
     Under a multi-process launch every rank does the checks and loads its model (on its own
     device), the ranks agree (an error on any rank is raised on all), rank 0 creates the
-    folder and the others wait for it (:mod:`interp.distributed`)."""
-    from interp import distributed as dist
+    folder and the others wait for it (:mod:`auralens.interp.distributed`)."""
+    from auralens.interp import distributed as dist
 
     manifest = {**manifest, **run_identity(items)}
     where = dist.placement(device_map)  # a bad --device-map fails here, before anything is read
@@ -671,7 +671,7 @@ def open_run(
         RunFolder.check(out, manifest=manifest, resume=resume)
         loaded = lm
         if loaded is None:
-            from interp.loading import load_model
+            from auralens.interp.loading import load_model
 
             check_dtype(dtype)
             check_model(model)
@@ -730,6 +730,6 @@ def dumps_strict(obj: Any, *, indent: int | None = 2) -> str:
 
 
 def _version() -> str:
-    from interp import __version__
+    from auralens.interp import __version__
 
     return __version__

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp.errors import RunFolderError
+from auralens.interp.errors import RunFolderError
 
 __all__ = [
     "ACCURACY",
@@ -142,8 +142,8 @@ DECAY_SUMMARY = _table("record", "decay_summary.parquet", """
 HEADS = _table("record", "heads.parquet", """
     layer:int head:int corr:float corr_rank:int contrast:float contrast_rank:int contrast_dz:float
     mean_yield:float listens:bool rank:int
-""", "the listening signal per head (interp.listening.heads_table); rank 1 = strongest listener; "
-     "heads whose mean audio yield is below interp.listening.MIN_YIELD (listens False) rank last")
+""", "the listening signal per head (auralens.interp.listening.heads_table); rank 1 = strongest listener; "
+     "heads whose mean audio yield is below auralens.interp.listening.MIN_YIELD (listens False) rank last")
 CLAIMS = _table("record", "claims.parquet", """
     item_id:str step:int kind:str sound:int value:str claim_correct:bool
 """, "every perceptual claim of a generation, checked against the scene (sound -1: a count claim)")

@@ -1,8 +1,8 @@
 """Stage configs: one keyword-only, frozen, validated dataclass per stage (SAELens-style).
 
 A stage's config holds every option with its default and a one-line help, declared with
-:func:`option`; ``__post_init__`` validates them with the :mod:`interp.runs` ``check_*`` helpers
-(a :class:`~interp.errors.ConfigError` names the option, the expected and the found value), so a
+:func:`option`; ``__post_init__`` validates them with the :mod:`auralens.interp.runs` ``check_*`` helpers
+(a :class:`~auralens.interp.errors.ConfigError` names the option, the expected and the found value), so a
 bad option fails before anything is read or written.  From the same fields come
 
 - the run's identity: :meth:`StageConfig.identity` (the manifest ``config`` dict: every field
@@ -21,7 +21,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from interp.errors import ConfigError
+from auralens.interp.errors import ConfigError
 
 __all__ = ["ModelDataConfig", "StageConfig", "option", "parse_device_map", "takes_config"]
 

@@ -1,12 +1,12 @@
 """auralens.probes — where audio information lives, by layer and by reasoning step.
 
-- :mod:`probes.collect`   residual-stream activations through nnsight, reduced to positions
+- :mod:`auralens.probes.collect`   residual-stream activations through nnsight, reduced to positions
                           (audio mean, last prompt token, reasoning-step means), streamed to a
                           run folder in resumable chunks
-- :mod:`probes.labels`    labels from cafe ground truth and from dataset metadata
-- :mod:`probes.fit`       item-grouped linear probes with a control task and bootstrap CIs
-- :mod:`probes.figures`   plotly layer / step curves
-- :mod:`probes.pipeline`  the probe stage (``stage_probe``) and probe directions for steering
+- :mod:`auralens.probes.labels`    labels from cafe ground truth and from dataset metadata
+- :mod:`auralens.probes.fit`       item-grouped linear probes with a control task and bootstrap CIs
+- :mod:`auralens.probes.figures`   plotly layer / step curves
+- :mod:`auralens.probes.pipeline`  the probe stage (``stage_probe``) and probe directions for steering
 
 Imports :mod:`interp` only (never :mod:`steering`). Importing this package imports nothing
 heavy and changes no global state (nnsight, which patches torch on import, is imported only

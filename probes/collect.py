@@ -1,7 +1,7 @@
 """Activation collection for probes: residual stream per layer, reduced to a few positions.
 
-Everything is read through the one capture engine, :func:`interp.capture.capture` (plain torch
-hooks at the canonical sites, resolved by :mod:`interp.arch`): one forward per batch reads the
+Everything is read through the one capture engine, :func:`auralens.interp.capture.capture` (plain torch
+hooks at the canonical sites, resolved by :mod:`auralens.interp.arch`): one forward per batch reads the
 output of every requested layer and reduces it to positions *inside the hook*, so only the
 reduced ``[batch, slot, d_model]`` tensors are kept and a 7B model with long audio never
 materialises ``[batch, pos, d_model]`` for every layer at once; the forward stops after the
@@ -15,7 +15,7 @@ Positions (one row of features per item and format, or per item, format and reas
 - ``last_prompt``  the last prompt token (where the answer is about to be generated)
 - ``step_mean``    mean over the tokens of reasoning step ``s`` of the model's own greedy
                    generation: generate first, then one forward over prompt + generation,
-                   steps from :func:`interp.steps.token_steps`. The residual at a generated
+                   steps from :func:`auralens.interp.steps.token_steps`. The residual at a generated
                    token's position is the one computed while reading that token.
 
 Capture hooks run before any other hook on the same module: with a steering hook registered
@@ -23,7 +23,7 @@ on decoder layer L (``register_forward_hook``), ``lm.blocks.{L}.hook_resid_post`
 unsteered output of layer L, while layers after L see the steered stream.
 
 Left padding: the processor left-pads; we pass ``position_ids`` derived from the attention
-mask (exactly as ``generate`` does; :func:`interp.capture.with_position_ids`), so a row's
+mask (exactly as ``generate`` does; :func:`auralens.interp.capture.with_position_ids`), so a row's
 activations do not depend on what else is in its batch (checked to 1e-5 in the tests).
 
 Streaming and resume: rows (item x format) are cut into chunks of ``chunk_size`` rows; each
@@ -33,7 +33,7 @@ index lists whose file exists with the same rows. Memory is bounded by one chunk
 
 Public API: :data:`POSITIONS`, :data:`LM_SITE`, :data:`AUDIO_SITE`, :class:`CollectConfig`,
 :class:`BatchActivations`, :func:`wrap`, :func:`trace_sites`, :func:`prepare_batch`,
-:func:`collect_batch`, :func:`collect_activations`, and (from :mod:`probes.store`, the folder
+:func:`collect_batch`, :func:`collect_activations`, and (from :mod:`auralens.probes.store`, the folder
 format) :class:`ActivationStore`.
 """
 
@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
-from interp.capture import SiteShapeError, capture, stop_ids, trim_at_stop, with_position_ids
-from interp.errors import ArchitectureError, ConfigError, ProbeError, PromptError
-from probes.store import (  # the folder format; re-exported here, where collections are written
+from auralens.interp.capture import SiteShapeError, capture, stop_ids, trim_at_stop, with_position_ids
+from auralens.interp.errors import ArchitectureError, ConfigError, ProbeError, PromptError
+from auralens.probes.store import (  # the folder format; re-exported here, where collections are written
     ACTIVATIONS_DIR,
     AUDIO_SITE,
     FORMAT_VERSION,
@@ -98,7 +98,7 @@ class CollectConfig:
         layers: decoder layers to read (``None``: all of them).
         audio_layers: audio-encoder layers to read (``()``: none, ``None``: all); only the
             ``audio_mean`` position applies to them.
-        formats: answer formats of the prompts (``interp.cafe.formats.FORMATS``); one row per
+        formats: answer formats of the prompts (``auralens.interp.cafe.formats.FORMATS``); one row per
             item and format. ``step_mean`` needs a format that reasons (``cot``/``structured``).
         batch_size: items per forward pass.
         chunk_size: rows per chunk file (the memory bound of the collection).
@@ -120,7 +120,7 @@ class CollectConfig:
     storage_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        from interp.cafe.formats import FORMATS
+        from auralens.interp.cafe.formats import FORMATS
 
         for name in ("positions", "formats"):
             value = getattr(self, name)
@@ -170,7 +170,7 @@ class CollectConfig:
         return 2 + (self.max_steps if self.generates else 0)
 
     def step_config(self):
-        from interp.steps import StepConfig
+        from auralens.interp.steps import StepConfig
 
         return StepConfig(sentences=self.sentences)
 
@@ -228,7 +228,7 @@ def trace_sites(
     envoy=None,
 ) -> dict[str, Any]:
     """One nnsight trace over ``inputs``; the value at every site (the reference the capture
-    engine, :func:`interp.capture.capture`, is tested against).
+    engine, :func:`auralens.interp.capture.capture`, is tested against).
 
     Without ``weights`` each site gives its full ``[batch, pos, width]`` value (float32). With
     ``weights={site: W}`` (``W``: ``[batch, slot, pos]``) each site gives ``W @ value``
@@ -241,7 +241,7 @@ def trace_sites(
     import nnsight
     import torch
 
-    from interp.arch import get_attr_path
+    from auralens.interp.arch import get_attr_path
 
     points = lm.arch.hook_points(sites)  # execution order
     envoy = envoy if envoy is not None else wrap(lm.model)
@@ -329,8 +329,8 @@ def prepare_batch(
     (or the given ``generations``: token ids per item) appended and segmented into steps."""
     import torch
 
-    from interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs
-    from interp.steps import token_steps
+    from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs
+    from auralens.interp.steps import token_steps
 
     batch = cast_features(lm, model_inputs(lm, items, fmt))
     inputs = dict(batch)
@@ -416,7 +416,7 @@ def _audio_frame_weights(lm, inputs: dict[str, Any], n_rows: int, n_frames: int)
 
     tower = None
     try:
-        from interp.arch import get_attr_path
+        from auralens.interp.arch import get_attr_path
 
         tower = get_attr_path(lm.model, lm.arch.table.audio_tower)
     except ArchitectureError:
@@ -540,12 +540,12 @@ def collect_activations(
 ) -> ActivationStore:
     """Collect activations of every (item, format) row into ``run``'s ``activations/`` folder.
 
-    ``run`` is an :class:`interp.runs.RunFolder` or a folder path. With ``resume`` the chunks
+    ``run`` is an :class:`auralens.interp.runs.RunFolder` or a folder path. With ``resume`` the chunks
     already written (listed in the index, file present, same rows) are skipped; without it, an
     existing index is an error. ``on_chunk(done, total)`` is called after each chunk is written.
     Returns the :class:`ActivationStore` over the folder.
     """
-    from interp.runs import RunFolder, RunFolderError
+    from auralens.interp.runs import RunFolder, RunFolderError
 
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     layers, audio_layers = cfg.resolve(lm.arch)
@@ -578,7 +578,7 @@ def collect_activations(
                 and (run.path / ACTIVATIONS_DIR / entry["file"]).exists()
             ):
                 done[k] = entry
-    from interp import distributed as dist
+    from auralens.interp import distributed as dist
 
     ranked = dist.collective()
     dist.barrier()  # every rank has read the old index before rank 0 rewrites it
@@ -650,7 +650,7 @@ def _drop_rank_indexes(folder: Path) -> None:
 def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run) -> dict[str, Any]:
     import torch
 
-    from interp.tokenizer import clean_decoded
+    from auralens.interp.tokenizer import clean_decoded
 
     parts: dict[str, list] = {"audio_mean": [], "last_prompt": [], "audio": [], "steps": [], "step_row": [], "step_idx": []}
     meta_rows: list[dict[str, Any]] = []

@@ -1,4 +1,4 @@
-"""Plotly figures of probe tables (``probes.parquet``, the DataFrame of :func:`probes.fit.probe_table`).
+"""Plotly figures of probe tables (``probes.parquet``, the DataFrame of :func:`auralens.probes.fit.probe_table`).
 
 - :func:`accuracy_by_layer`: score by layer, one colour per attribute: the probe's score as a
   line inside its bootstrap CI band, the control task's score dashed, the chance level dotted
@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from interp.errors import ProbeError
-from interp.plotting import LAYOUT, PALETTE, graph_objects, line_with_band, rgba
-from interp.schemas import PROBES
+from auralens.interp.errors import ProbeError
+from auralens.interp.plotting import LAYOUT, PALETTE, graph_objects, line_with_band, rgba
+from auralens.interp.schemas import PROBES
 
 __all__ = ["accuracy_by_layer", "accuracy_by_step", "best_layers", "step_label", "write_html"]
 
@@ -33,7 +33,7 @@ _NEEDED = tuple(c for c in PROBES.names if c != "split")  # tables from before t
 
 def _one_split(table):
     """The rows of one split: a table holding probes of several splits (``select`` and
-    ``report``, see :mod:`probes.pipeline`) is drawn from its ``report`` rows (else its first
+    ``report``, see :mod:`auralens.probes.pipeline`) is drawn from its ``report`` rows (else its first
     split), so every (attribute, layer) has one score."""
     if "split" not in table.columns:
         return table

@@ -33,9 +33,9 @@ from typing import Any, Literal
 import numpy as np
 from jaxtyping import Float
 
-from interp.errors import ConfigError, ProbeError
-from interp.schemas import PROBES
-from probes.inputs import as_1d, as_features, check_lengths, check_support, encode_groups, encode_labels
+from auralens.interp.errors import ConfigError, ProbeError
+from auralens.interp.schemas import PROBES
+from auralens.probes.inputs import as_1d, as_features, check_lengths, check_support, encode_groups, encode_labels
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -50,7 +50,7 @@ __all__ = [
     "run_probes",
 ]
 
-#: The columns of :func:`probe_table`, in order (``probes.parquet``, :data:`interp.schemas.PROBES`).
+#: The columns of :func:`probe_table`, in order (``probes.parquet``, :data:`auralens.interp.schemas.PROBES`).
 TABLE_COLUMNS: tuple[str, ...] = PROBES.names
 
 _KINDS = ("logistic", "ridge")

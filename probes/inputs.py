@@ -1,7 +1,7 @@
 """Checks and encodings of probe inputs: activations, labels, item groups, class support.
 
-Every check raises :class:`interp.errors.ProbeError` naming the attribute, what was expected and
-what was found.  Used by :mod:`probes.fit`.
+Every check raises :class:`auralens.interp.errors.ProbeError` naming the attribute, what was expected and
+what was found.  Used by :mod:`auralens.probes.fit`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ProbeError
+from auralens.interp.errors import ProbeError
 
 __all__ = ["as_1d", "as_features", "check_lengths", "check_support", "encode_groups", "encode_labels"]
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from interp.cafe.scenes import CLASSES
-from interp.errors import ProbeError
+from auralens.interp.cafe.scenes import CLASSES
+from auralens.interp.errors import ProbeError
 
 __all__ = [
     "CAFE_ATTRIBUTES",
@@ -215,7 +215,7 @@ def label_support(
 ) -> str | None:
     """Why ``y`` cannot be probed with ``n_folds``-fold CV by item, or ``None`` if it can.
 
-    The same rules :func:`probes.fit.fit_probe` enforces (so a caller can skip an attribute
+    The same rules :func:`auralens.probes.fit.fit_probe` enforces (so a caller can skip an attribute
     instead of failing): enough distinct items for the folds; for categorical labels at least
     two classes, each in at least ``n_folds`` distinct items; missing labels are left out.
     """

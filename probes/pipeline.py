@@ -1,11 +1,11 @@
 """The probe stage: where audio attributes live, by layer and by reasoning step.
 
 :func:`stage_probe` loads items, collects residual-stream activations through nnsight into a
-run folder (:mod:`probes.collect`), labels every item from ground truth or metadata
-(:mod:`probes.labels`), fits one item-grouped, control-tasked probe per attribute x layer x
-position (and x reasoning step for ``step_mean``) with :mod:`probes.fit`, and writes:
+run folder (:mod:`auralens.probes.collect`), labels every item from ground truth or metadata
+(:mod:`auralens.probes.labels`), fits one item-grouped, control-tasked probe per attribute x layer x
+position (and x reasoning step for ``step_mean``) with :mod:`auralens.probes.fit`, and writes:
 
-- ``probes.parquet``         exactly :data:`probes.fit.TABLE_COLUMNS`
+- ``probes.parquet``         exactly :data:`auralens.probes.fit.TABLE_COLUMNS`
 - ``probes_by_layer.html``   score by layer, one panel per (site, position)
 - ``probes_by_step.html``    score by reasoning step at each attribute's best layer
 - ``probe_summary.json``     per attribute: best layer (chosen on the select split) and its
@@ -13,9 +13,9 @@ position (and x reasoning step for ``step_mean``) with :mod:`probes.fit`, and wr
 - ``probe_directions.safetensors``  the best probe's direction per attribute (for steering)
 - ``labels.parquet``, ``generations.parquet`` and ``activations/`` (chunks + index)
 
-:func:`probe_direction` turns a probe (a :class:`probes.fit.ProbeRow`, or a ProbeResult plus
+:func:`probe_direction` turns a probe (a :class:`auralens.probes.fit.ProbeRow`, or a ProbeResult plus
 its location) into a plain ``{"directions": {layer: tensor}, "site": ..., "metadata": ...}``
-dict; ``steering.from_probe.probe_to_steering_vector`` wraps that into a SteeringVector
+dict; ``auralens.steering.from_probe.probe_to_steering_vector`` wraps that into a SteeringVector
 (probes never imports steering). :func:`load_probe_direction` reads one back from a run.
 
 **Selection and report splits.** The best (layer, position) of each attribute is chosen on one
@@ -49,9 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ProbeError
-from interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
-from probes.collect import AUDIO_SITE, LM_SITE, POSITIONS, CollectConfig
+from auralens.interp.errors import ProbeError
+from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
+from auralens.probes.collect import AUDIO_SITE, LM_SITE, POSITIONS, CollectConfig
 
 __all__ = ["ProbeStageConfig", "load_probe_direction", "probe_direction", "stage_probe"]
 
@@ -76,8 +76,8 @@ def probe_direction(
     """A probe's weight direction as a plain, steering-ready dict.
 
     Args:
-        result_or_row: a :class:`probes.fit.ProbeRow` (carries its location), or a
-            :class:`probes.fit.ProbeResult` with ``layer`` (and optionally site/position/step).
+        result_or_row: a :class:`auralens.probes.fit.ProbeRow` (carries its location), or a
+            :class:`auralens.probes.fit.ProbeResult` with ``layer`` (and optionally site/position/step).
         target: the class the direction should point towards. Binary probes default to
             ``classes[1]`` (the probe's positive class); ``classes[0]`` flips the sign.
             Multiclass probes need it: the direction is that class's logit row minus the mean
@@ -92,7 +92,7 @@ def probe_direction(
     """
     import torch
 
-    from probes.fit import ProbeResult, ProbeRow
+    from auralens.probes.fit import ProbeResult, ProbeRow
 
     if isinstance(result_or_row, ProbeRow):
         row = result_or_row
@@ -183,7 +183,7 @@ def load_probe_direction(run: str | Path, attribute: str, *, target: Any = None,
     import torch
     from safetensors import safe_open
 
-    from interp.runs import RunFolder
+    from auralens.interp.runs import RunFolder
 
     run = RunFolder.open(run)
     path = run.file(DIRECTIONS_FILE)
@@ -194,7 +194,7 @@ def load_probe_direction(run: str | Path, attribute: str, *, target: Any = None,
             info = json.loads((f.metadata() or {}).get("probes", "{}"))
             w = f.get_tensor(attribute).double().numpy() if attribute in info else None
     except Exception as exc:  # SafetensorError, JSONDecodeError: a truncated or foreign file
-        from interp.errors import RunFolderError
+        from auralens.interp.errors import RunFolderError
 
         raise RunFolderError(
             f"run folder {str(run.path)!r}: expected {DIRECTIONS_FILE} to be a safetensors file of probe "
@@ -255,7 +255,7 @@ def probe_store(
     on each split separately (CV within it), the best chosen on ``select``. None: one split,
     ``"all"`` the items, chosen and reported on the same items.
 
-    Returns ``(table, best, notes)``: the :func:`probes.fit.probe_table` DataFrame (its ``split``
+    Returns ``(table, best, notes)``: the :func:`auralens.probes.fit.probe_table` DataFrame (its ``split``
     column says on which items), ``best = {attribute: (chosen, reported)}``: the best
     prompt-position :class:`ProbeRow` on the select split (highest accuracy, earliest layer on
     ties) and the report split's row at that location (the same row without splits), and
@@ -267,8 +267,8 @@ def probe_store(
     skipped with a reason; attributes named explicitly raise :class:`ProbeError` instead.
     Reasoning steps without enough items for an attribute are always skipped (and listed).
     """
-    from probes.fit import ProbeConfig, probe_results, probe_table
-    from probes.labels import DEFAULT_ATTRIBUTES, label_support, label_table
+    from auralens.probes.fit import ProbeConfig, probe_results, probe_table
+    from auralens.probes.labels import DEFAULT_ATTRIBUTES, label_support, label_table
 
     explicit = attributes is not None
     if attributes is None:
@@ -417,7 +417,7 @@ def _page(title: str, panels: list[tuple[str, Any]], note: str = "") -> str:
 
 
 def _figures(table) -> tuple[str, str]:
-    from probes.figures import accuracy_by_layer, accuracy_by_step
+    from auralens.probes.figures import accuracy_by_layer, accuracy_by_step
 
     shown = table[table["split"] == "report"] if (table["split"] == "report").any() else table  # the plotted split
     prompt = table[table["step"].isna()]
@@ -451,7 +451,7 @@ def _scores(r) -> dict[str, Any]:
 
 
 def _summary(table, best: dict[str, Any], notes: dict[str, Any]) -> dict[str, Any]:
-    from probes.figures import best_layers
+    from auralens.probes.figures import best_layers
 
     out: dict[str, Any] = {}
     stepped = table[table["step"].notna()]
@@ -547,7 +547,7 @@ class ProbeStageConfig(ModelDataConfig):
     command: str = option("auralens probe", identity=False, cli=False, help="The command line that started the run.")
 
     def __post_init__(self) -> None:
-        from interp.runs import check_dtype, check_int, check_n
+        from auralens.interp.runs import check_dtype, check_int, check_n
 
         self.collect()  # positions, formats, layers, sizes
         check_n(self.n, allow_none=True)
@@ -578,7 +578,7 @@ def probe_splits(data: str, *, seed: int) -> tuple[str, str] | None:
     ``calibration`` split and the named one (``test`` when none; same split seed); None for plain
     ``cafe`` and for a ``calibration`` split itself (those split their own items in halves:
     :func:`half_split`)."""
-    from interp.datasets import CUE_DATASETS, file_split_spec, parse_file_spec
+    from auralens.interp.datasets import CUE_DATASETS, file_split_spec, parse_file_spec
 
     name, _, split = str(data).partition(":")
     if name in CUE_DATASETS:
@@ -606,14 +606,14 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
     """Collect activations, probe every attribute x layer x position (x step), write the run.
 
     ``model``: ``micro``, an HF id or a folder (ignored for loading when ``lm`` is given, but
-    recorded). ``data``: anything :func:`interp.datasets.load_dataset` takes. ``attributes``:
-    default :data:`probes.labels.DEFAULT_ATTRIBUTES` for cafe (those without enough support
+    recorded). ``data``: anything :func:`auralens.interp.datasets.load_dataset` takes. ``attributes``:
+    default :data:`auralens.probes.labels.DEFAULT_ATTRIBUTES` for cafe (those without enough support
     are skipped and listed), ``category``/``sub_category`` for real datasets. Returns the
     summary (also written to ``probe_summary.json``).  Options: :class:`ProbeStageConfig`
     (or its fields as keywords).
     """
-    from interp.runs import load_items, open_run
-    from probes.collect import collect_activations
+    from auralens.interp.runs import load_items, open_run
+    from auralens.probes.collect import collect_activations
 
     t0 = time.perf_counter()
     # 1. validate: options (ProbeStageConfig, its CollectConfig), items, audio
@@ -635,7 +635,7 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
         rule = f"sha256('{cfg.seed}:<item id>') order"
         split_names = {"select": f"{data}: first half by {rule}", "report": f"{data}: second half by {rule}"}
     if attributes is not None:
-        from probes.labels import label_table
+        from auralens.probes.labels import label_table
 
         label_table(items, list(attributes))  # unknown attribute names, before any folder
     # 2-4. folder check, model (and its layer range), folder
@@ -650,7 +650,7 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
     store = collect_activations(lm, items, run, coll, resume=resume, progress=not quiet)
     t2 = time.perf_counter()
 
-    def fit():  # rank 0 fits the probes on every item's activations (interp.distributed)
+    def fit():  # rank 0 fits the probes on every item's activations (auralens.interp.distributed)
         table, best, notes = probe_store(
             store, items, attributes=attributes, n_folds=cfg.n_folds, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
             progress=not quiet, splits=split_ids,
@@ -658,12 +658,12 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
         t3 = time.perf_counter()
         run.write_table("probes.parquet", table)
         by_layer, by_step = _figures(table)
-        from interp.runs import atomic_write_text
+        from auralens.interp.runs import atomic_write_text
 
         atomic_write_text(run.file("probes_by_layer.html"), by_layer)
         atomic_write_text(run.file("probes_by_step.html"), by_step)
         _save_directions(run, best)
-        from probes.labels import label_table
+        from auralens.probes.labels import label_table
 
         labels = label_table(items, list(table["attribute"].unique()))
         run.write_table("labels.parquet", labels.astype(str).where(labels.notna(), None).reset_index())
@@ -684,6 +684,6 @@ def stage_probe(cfg: ProbeStageConfig, *, lm=None, quiet: bool = False) -> dict[
         run.finish()
         return result
 
-    from interp.distributed import on_main
+    from auralens.interp.distributed import on_main
 
     return on_main(fit)

@@ -1,4 +1,4 @@
-"""The ``activations/`` folder a collection writes (:mod:`probes.collect`), read back.
+"""The ``activations/`` folder a collection writes (:mod:`auralens.probes.collect`), read back.
 
 Layout: ``activations/index.json`` (format version, model, configuration, sites with their
 layers, widths and positions, the finished chunks) and one safetensors file per chunk of rows,
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ProbeError
+from auralens.interp.errors import ProbeError
 
 __all__ = ["ACTIVATIONS_DIR", "AUDIO_SITE", "FORMAT_VERSION", "INDEX_NAME", "LM_SITE", "ActivationStore", "read_index"]
 

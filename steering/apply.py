@@ -8,8 +8,8 @@ One context manager, two engines that compute exactly the same thing::
 - ``backend="torch"``: plain torch hooks on the vector's sites (a forward hook on decoder layer
   ``L`` for ``hook_resid_post``, a forward pre-hook on layer ``L`` for ``hook_resid_pre``, a
   forward pre-hook on its ``o_proj`` for ``attn.hook_z``; sites resolved by
-  :meth:`interp.arch.Architecture.hook_point`, hooks installed by
-  :func:`interp.capture.site_hooks`).  Every forward of the model inside
+  :meth:`auralens.interp.arch.Architecture.hook_point`, hooks installed by
+  :func:`auralens.interp.capture.site_hooks`).  Every forward of the model inside
   the block is steered; the hooks are removed when the block exits, whatever happens in it.
 - ``backend="nnsight"``: each ``generate`` call inside the block runs as one nnsight trace
   (``nnsight.NNsight(model).trace(fn=<generate>, **inputs)``) whose body loops over the
@@ -35,7 +35,7 @@ Positions (``positions=``), for a batch left-padded as the processor pads it:
 - ``"both"``: the two together.
 - ``"answer"``: only the decoding steps that emit the answer: in each row, every decoding step
   from the one whose query token completes the text ``answer :`` in that row's *generated*
-  tokens (the marker of every answer format, :mod:`interp.cafe.formats`; for ``direct`` the
+  tokens (the marker of every answer format, :mod:`auralens.interp.cafe.formats`; for ``direct`` the
   first two generated tokens) to the end.  So the first answer token and everything after it are
   produced by steered forwards; the prompt and the tokens before the marker are not steered,
   and a row that never writes ``answer :`` is never steered.  The marker is found by decoding
@@ -50,8 +50,8 @@ is identical to the bit.
 Adaptive alpha (``adaptive=AdaptiveAlpha(heads=..., gain=...)``): ``alpha_t = alpha * g_t`` per
 row, where ``g_t`` is driven by the *listening signal* ``y`` = the mean audio attention yield of
 the specialist heads (Glazer, Aharon, Fetaya 2026), measured live during the same ``generate``
-by a :class:`~interp.attention_yield.YieldRecorder` over the specialists' layers
-(:meth:`~interp.attention_yield.YieldRecorder.latest` before each forward)::
+by a :class:`~auralens.interp.attention_yield.YieldRecorder` over the specialists' layers
+(:meth:`~auralens.interp.attention_yield.YieldRecorder.latest` before each forward)::
 
     g_t = 1 + gain * clip(1 - y_{t-1} / y_0, 0, 1)
 
@@ -69,7 +69,7 @@ steers ``generate`` calls only (``generate`` is shadowed in the block with eithe
 plain forward raises).
 
 Input errors are raised before any generation: a vector for another architecture, width or
-missing layer (:meth:`~steering.vector.SteeringVector.check_compatible`), a non-finite alpha,
+missing layer (:meth:`~auralens.steering.vector.SteeringVector.check_compatible`), a non-finite alpha,
 an unknown position mode or backend, layers the vector does not have.
 
 Public API: :data:`POSITION_MODES`, :data:`BACKENDS`, :class:`AdaptiveAlpha`,
@@ -91,7 +91,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import ConfigError
+from auralens.interp.errors import ConfigError
 
 __all__ = [
     "BACKENDS",
@@ -130,7 +130,7 @@ class AdaptiveAlpha:
     floor: float = 1e-4
 
     def __post_init__(self) -> None:
-        from steering.directions import parse_heads
+        from auralens.steering.directions import parse_heads
 
         heads = parse_heads(self.heads)
         if not heads:
@@ -153,7 +153,7 @@ class AdaptiveAlpha:
 @dataclass(frozen=True, kw_only=True, eq=False)
 class FoldedRows:
     """Per-input directions whose real pass is the generation's own prefill (``per_row=`` of
-    :func:`apply_vector`; built by :func:`steering.directions.silence_rows`).
+    :func:`apply_vector`; built by :func:`auralens.steering.directions.silence_rows`).
 
     Holds only ``h_L(silence)`` at the last prompt token of every row.  At the first prefill of
     the steering context the hook at ``layer`` reads the still unsteered ``h_L`` at column ``-1``
@@ -189,7 +189,7 @@ class FoldedRows:
 @dataclass(frozen=True, kw_only=True)
 class _Target:
     layer: int
-    point: Any  # interp.arch.HookPoint: module path from the top model, "output" | "input"
+    point: Any  # auralens.interp.arch.HookPoint: module path from the top model, "output" | "input"
     delta: Tensor | None  # alpha * v ([width], or [batch, width] per input), in the model's dtype and on its device
     fold: FoldedRows | None = None  # delta formed at the first prefill (see FoldedRows)
 
@@ -310,10 +310,10 @@ def steer_tensor(
 
 def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, backend: str,
           per_row: Any = None) -> tuple[_Target, ...]:
-    from steering.vector import SteeringVector
+    from auralens.steering.vector import SteeringVector
 
     if not isinstance(vec, SteeringVector):
-        raise ConfigError(f"vector: expected a steering.vector.SteeringVector, found {type(vec).__name__}")
+        raise ConfigError(f"vector: expected a auralens.steering.vector.SteeringVector, found {type(vec).__name__}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(float(alpha)):
         raise ConfigError(f"alpha: expected a finite real number, found {alpha!r}")
     if positions not in POSITION_MODES:
@@ -329,7 +329,7 @@ def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, b
         raise ConfigError(
             f"layers: expected a non-empty subset of the vector's layers {list(vec.layers)}, found {list(layers)}"
         )
-    from interp.arch import site_name
+    from auralens.interp.arch import site_name
 
     param = next(lm.model.parameters())
     if isinstance(per_row, FoldedRows):
@@ -384,7 +384,7 @@ def _check_per_row(vec, layers: Sequence[int], per_row: Any) -> dict[int, Tensor
 
 def _torch_hooks(steer: Steering):
     """The torch engine: one hook per target, removed when the returned context exits."""
-    from interp.capture import site_hooks
+    from auralens.interp.capture import site_hooks
 
     return site_hooks(steer.lm.model, [(t.point, lambda h, t=t: steer._steer(h, t)) for t in steer.targets])
 
@@ -407,7 +407,7 @@ def _envoy(model):
 
 def _nnsight_generate(steer: Steering, kwargs: dict[str, Any]) -> Any:
     """One ``generate`` as an nnsight trace that edits every site at every step."""
-    from interp.arch import get_attr_path
+    from auralens.interp.arch import get_attr_path
 
     _check_generate_kwargs(kwargs)
     envoy = _envoy(steer.lm.model)
@@ -461,7 +461,7 @@ def apply_vector(
     ``layers`` restricts steering to some of the vector's layers (default: all of them).
     ``per_row``: per-input directions ``{layer: [batch, width]}`` that replace ``vec``'s at those
     layers, row ``i`` added to batch row ``i`` (``h <- h + alpha * s(x_i)``, see
-    :func:`steering.directions.per_input_directions`); every generate call in the block must
+    :func:`auralens.steering.directions.per_input_directions`); every generate call in the block must
     then have that batch size.  Or a :class:`FoldedRows` (one layer, the only one steered):
     ``s(x)`` is formed from the block's first prefill (see :class:`FoldedRows`).
     Everything is validated before the block runs; the hooks (torch) or the ``generate``
@@ -470,7 +470,7 @@ def apply_vector(
     if adaptive is not None:
         if not isinstance(adaptive, AdaptiveAlpha):
             raise ConfigError(f"adaptive: expected an AdaptiveAlpha or None, found {type(adaptive).__name__}")
-        from steering.directions import _check_heads
+        from auralens.steering.directions import _check_heads
 
         _check_heads(lm.arch, adaptive.heads)
     model = lm.model
@@ -545,7 +545,7 @@ def steered_generate(
 
 def _latest_yield(rec, layer: int) -> Float[Tensor, "batch head"]:
     """Audio yield of every head of ``layer`` at the most recent query row the recorder holds
-    (:meth:`interp.attention_yield.YieldRecorder.latest`, bins summed)."""
+    (:meth:`auralens.interp.attention_yield.YieldRecorder.latest`, bins summed)."""
     return rec.latest(layer).sum(-1)
 
 
@@ -567,7 +567,7 @@ class _Gate:
 
     @contextlib.contextmanager
     def recording(self, kwargs: dict[str, Any]):
-        from interp.attention_yield import YieldRecorder, audio_mask_from_ids
+        from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
 
         ids = kwargs.get("input_ids")
         if not isinstance(ids, Tensor):
@@ -589,7 +589,7 @@ class _Gate:
                 "adaptive alpha steers generate() calls only (the listening signal is recorded per "
                 "generate call); expected lm.model.generate(...) or steering.generate(...) in the block"
             )
-        from interp import compat
+        from auralens.interp import compat
 
         if compat.is_prefill(kwargs):  # prefill: g = 1 by definition
             self.scale_now = None

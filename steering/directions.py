@@ -25,7 +25,7 @@ Positions (one row of features per item):
 A comma-separated mix such as ``"last_prompt,audio_mean"`` averages the named reductions.
 
 Head restriction (``heads=[(layer, head), ...]``, e.g. the audio specialists of
-:func:`interp.listening.top_k`): only those heads' outputs are used, every other head's slice of
+:func:`auralens.interp.listening.top_k`): only those heads' outputs are used, every other head's slice of
 ``z`` is zeroed before the difference is taken.
 
 - at ``attn.hook_z`` the direction is the masked mean difference itself: it is non-zero only in
@@ -48,11 +48,11 @@ the same number of heads per layer, drawn with a seed from the heads *not* in th
 overlapping it as little as possible when too few remain, then rescaled to the vector's norm at every layer, so the control differs
 in which heads are used and not in size).
 
-Capture goes through the one engine, :func:`interp.capture.capture` (torch hooks on the
-decoder-layer outputs and ``o_proj`` inputs, resolved by :mod:`interp.arch`), reducing
+Capture goes through the one engine, :func:`auralens.interp.capture.capture` (torch hooks on the
+decoder-layer outputs and ``o_proj`` inputs, resolved by :mod:`auralens.interp.arch`), reducing
 ``[batch, pos, width]`` to ``[batch, width]`` inside the hook; the forward stops after the
 deepest requested layer.  Left padding: ``position_ids`` are derived from the attention mask
-exactly as ``generate`` derives them (:func:`interp.capture.with_position_ids`), so a row's
+exactly as ``generate`` derives them (:func:`auralens.interp.capture.with_position_ids`), so a row's
 features do not depend on its batch (checked against one-by-one capture in the tests).
 
 Public API: :data:`POSITIONS`, :data:`NORMALIZATIONS`, :data:`SITES`, :class:`PairedActivations`,
@@ -73,7 +73,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import ConfigError, PromptError
+from auralens.interp.errors import ConfigError, PromptError
 
 __all__ = [
     "NORMALIZATIONS",
@@ -143,7 +143,7 @@ def parse_heads(heads: Any, *, k: int | None = None) -> tuple[tuple[int, int], .
     """Heads as (layer, head) pairs from pairs, ``"L:H,L:H"``, or a heads table.
 
     A heads table is a DataFrame or a parquet file with ``layer``, ``head`` (and a ``rank``
-    column, as :func:`interp.listening.heads_table` writes; without one the row order is the
+    column, as :func:`auralens.interp.listening.heads_table` writes; without one the row order is the
     rank); a run folder holding ``heads.parquet`` is read the same way.  ``k`` keeps the
     first ``k`` heads (by rank).
     """
@@ -295,8 +295,8 @@ def _position_weights(
 
 def _capture_batch(lm, inputs: dict[str, Any], layers: Sequence[int], weights: Tensor, sites: Sequence[str]):
     """One forward through the capture engine; {site: [batch, layer, width]} (float32, CPU)."""
-    from interp.arch import site_name
-    from interp.capture import capture
+    from auralens.interp.arch import site_name
+    from auralens.interp.capture import capture
 
     names = {(hook, L): site_name(L, hook) for hook in sites for L in layers}
     got = capture(lm, inputs, list(names.values()), weights={s: weights for s in names.values()})
@@ -319,9 +319,9 @@ def collect_paired(
 
     ``modes``: which passes to run (default both; ``("silence",)`` for the folded per-input
     path, :func:`silence_rows`, whose real pass is the generation's own prefill)."""
-    from interp.capture import with_position_ids
-    from interp.datasets import fingerprint
-    from interp.generation import batches, cast_features, model_inputs
+    from auralens.interp.capture import with_position_ids
+    from auralens.interp.datasets import fingerprint
+    from auralens.interp.generation import batches, cast_features, model_inputs
 
     if not items:
         raise ConfigError("items: expected at least one item to fit a direction on, found none")
@@ -336,11 +336,11 @@ def collect_paired(
     parts: dict[str, dict[str, list[Tensor]]] = {s: {m: [] for m in modes} for s in sites}
     prompts: list[tuple[int, ...]] = []
     features: dict[str, Tensor] | None = None
-    from interp import distributed as dist
+    from auralens.interp import distributed as dist
 
     chunks = list(batches(list(items), batch_size))
     # under a multi-process launch each rank captures every world-th batch; the per-item
-    # reductions are gathered to every rank below, in batch order (interp.distributed)
+    # reductions are gathered to every rank below, in batch order (auralens.interp.distributed)
     split = dist.collective()
     mine = dist.shard(list(range(len(chunks)))) if split else list(range(len(chunks)))
     bar = None
@@ -399,7 +399,7 @@ def collect_paired(
 
 
 def _site(site: str) -> str:
-    from steering.vector import normalize_site
+    from auralens.steering.vector import normalize_site
 
     pattern, layer = normalize_site(site)
     hook = pattern.removeprefix("lm.blocks.{L}.")
@@ -437,9 +437,9 @@ def direction_from(
     method: str = "audio_minus_silence",
     extra: dict[str, Any] | None = None,
 ):
-    """The audio-minus-silence :class:`~steering.vector.SteeringVector` from collected
+    """The audio-minus-silence :class:`~auralens.steering.vector.SteeringVector` from collected
     activations (see the module docstring for sites, heads and normalisation)."""
-    from steering.vector import SITE_PATTERNS, SteeringVector
+    from auralens.steering.vector import SITE_PATTERNS, SteeringVector
 
     hook = _site(site)
     if normalize not in NORMALIZATIONS:
@@ -747,14 +747,14 @@ def silence_rows(
     batch_size: int = 8,
     finish: Any = None,
 ):
-    """The folded per-input direction (:class:`steering.apply.FoldedRows`): only
+    """The folded per-input direction (:class:`auralens.steering.apply.FoldedRows`): only
     ``h_L(silence)`` at the last prompt token is computed here (one forward per item, through
     :func:`collect_paired` exactly as :func:`per_input_directions` computes it); the real
     ``h_L`` is read by the steering hook from the generation's own prefill, where
     ``s(x) = h_L(real) - h_L(silence)`` is formed and scaled like ``vec``, then passed through
     ``finish(layer, s)`` when given (the matched random control of
-    :class:`steering.evaluate.PerInput`).  Refused unless :func:`can_fold` (``vec``, ``[layer]``)."""
-    from steering.apply import FoldedRows
+    :class:`auralens.steering.evaluate.PerInput`).  Refused unless :func:`can_fold` (``vec``, ``[layer]``)."""
+    from auralens.steering.apply import FoldedRows
 
     _check_per_input(vec, [layer])
     if not can_fold(vec, [layer]):

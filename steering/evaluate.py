@@ -2,9 +2,9 @@
 
 :func:`run_sweep` generates and scores every (item, format) once without steering (the
 baseline, ``alpha = 0``) and once per (vector, layer, alpha, position mode) with the vector's
-direction at that one layer added (:func:`steering.apply.apply_vector`).  ``alpha = 0`` is not
+direction at that one layer added (:func:`auralens.steering.apply.apply_vector`).  ``alpha = 0`` is not
 generated again: steering with ``alpha = 0`` is bit-identical to no steering (a tested
-property), so its rows *are* the baseline's.  Rows go to a :class:`~interp.runs.RowLog` after
+property), so its rows *are* the baseline's.  Rows go to a :class:`~auralens.interp.runs.RowLog` after
 each batch and a resumed sweep skips the rows it already has.
 
 :func:`steering_table` aggregates the rows into the ``steering.parquet`` table, one row per
@@ -22,7 +22,7 @@ category and ``"all"``:
 main vector and reports it beside the controls at the same setting (and the paired difference
 vector − control).  It is chosen on the evaluation items themselves, so it is an optimistic
 estimate; the summary says so.  :func:`figures` draws accuracy (and delta) vs alpha per vector,
-method, layer and positions with CI bands (:func:`steering.figures.steering_sweep`).
+method, layer and positions with CI bands (:func:`auralens.steering.figures.steering_sweep`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ConfigError
-from interp.schemas import STEER_ITEMS, STEERING
+from auralens.interp.errors import ConfigError
+from auralens.interp.schemas import STEER_ITEMS, STEERING
 
 __all__ = [
     "BASELINE",
@@ -49,9 +49,9 @@ __all__ = [
     "steering_table",
 ]
 
-#: the columns of ``steering.parquet`` before ``format`` (all declared in :data:`interp.schemas.STEERING`)
+#: the columns of ``steering.parquet`` before ``format`` (all declared in :data:`auralens.interp.schemas.STEERING`)
 STEERING_COLUMNS: tuple[str, ...] = tuple(c for c in STEERING.names if c != "format")
-#: the columns of the steer stage's ``items.parquet`` (:data:`interp.schemas.STEER_ITEMS`)
+#: the columns of the steer stage's ``items.parquet`` (:data:`auralens.interp.schemas.STEER_ITEMS`)
 ITEM_COLUMNS: tuple[str, ...] = STEER_ITEMS.names
 BASELINE = "baseline"
 MAIN_METHOD = "audio_minus_silence"
@@ -64,13 +64,13 @@ class SweepConfig:
     Attributes:
         alphas: steering strengths (``0`` is the baseline, always included in the table).
         layers: layers to steer one at a time (``None``: every layer of each vector).
-        positions: position modes of :func:`steering.apply.apply_vector`.
-        formats: answer formats (``interp.cafe.formats.FORMATS``).
+        positions: position modes of :func:`auralens.steering.apply.apply_vector`.
+        formats: answer formats (``auralens.interp.cafe.formats.FORMATS``).
         max_new_tokens, batch_size: generation.
         backend: ``"torch"`` or ``"nnsight"`` (identical results; torch is faster).
         n_boot, seed: bootstrap.
         adaptive_gain, adaptive_heads: with a gain, every steered generation uses adaptive
-            alpha (:class:`steering.apply.AdaptiveAlpha`) gated by those specialist heads.
+            alpha (:class:`auralens.steering.apply.AdaptiveAlpha`) gated by those specialist heads.
     """
 
     alphas: tuple[float, ...]
@@ -86,8 +86,8 @@ class SweepConfig:
     adaptive_heads: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
-        from interp.cafe.formats import FORMATS
-        from steering.apply import BACKENDS, POSITION_MODES
+        from auralens.interp.cafe.formats import FORMATS
+        from auralens.steering.apply import BACKENDS, POSITION_MODES
 
         alphas = self.alphas
         if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Sequence) or not alphas:
@@ -124,10 +124,10 @@ class SweepConfig:
                 raise ConfigError(f"SweepConfig.{name}: expected a positive integer, found {v!r}")
 
     def adaptive(self):
-        """The :class:`~steering.apply.AdaptiveAlpha` of the sweep, or ``None`` (constant alpha)."""
+        """The :class:`~auralens.steering.apply.AdaptiveAlpha` of the sweep, or ``None`` (constant alpha)."""
         if self.adaptive_gain is None:
             return None
-        from steering.apply import AdaptiveAlpha
+        from auralens.steering.apply import AdaptiveAlpha
 
         return AdaptiveAlpha(heads=self.adaptive_heads, gain=self.adaptive_gain)
 
@@ -142,14 +142,14 @@ class PerInput:
     """A vector applied per input: at each batch, ``s(x)`` of every item is computed and row
     ``i`` gets ``h <- h + alpha * s(x_i)``.
 
-    ``fold_real`` (default): where it is exact (:func:`steering.directions.can_fold`: one steered
+    ``fold_real`` (default): where it is exact (:func:`auralens.steering.directions.can_fold`: one steered
     layer, a residual-stream vector read at the last prompt token — every ``steer eval`` and
     ``compare`` setting), only the silence forward is run per item
-    (:func:`steering.directions.silence_rows`) and the real ``h_L`` is read from the
-    generation's own prefill (:class:`steering.apply.FoldedRows`): one extra forward per batch
+    (:func:`auralens.steering.directions.silence_rows`) and the real ``h_L`` is read from the
+    generation's own prefill (:class:`auralens.steering.apply.FoldedRows`): one extra forward per batch
     instead of two, same ``s(x)``.  Otherwise (several layers, other fit positions, or
     ``fold_real=False``) the real and silence forwards both run first
-    (:func:`steering.directions.per_input_directions`).
+    (:func:`auralens.steering.directions.per_input_directions`).
 
     ``random_seed`` makes it the matched control: a fixed seeded random unit direction times
     ``||s(x_i)||`` (same per-item norm, random orientation); method ``random_direction``."""
@@ -171,7 +171,7 @@ class PerInput:
 
     def folds(self, layers=None) -> bool:
         """Whether :meth:`rows` folds the real pass into the generation's prefill at ``layers``."""
-        from steering.directions import can_fold
+        from auralens.steering.directions import can_fold
 
         return bool(self.fold_real) and can_fold(self.vector, layers)
 
@@ -188,9 +188,9 @@ class PerInput:
         return torch.linalg.vector_norm(v, dim=-1, keepdim=True) * (r / torch.linalg.vector_norm(r)).to(v.device)
 
     def rows(self, lm, chunk, layers, fmt: str, batch_size: int):
-        """``per_row`` for :func:`steering.apply.apply_vector` on the batch ``chunk``: a
-        :class:`steering.apply.FoldedRows` when :meth:`folds`, else ``{layer: [batch, width]}``."""
-        from steering.directions import per_input_directions, silence_rows
+        """``per_row`` for :func:`auralens.steering.apply.apply_vector` on the batch ``chunk``: a
+        :class:`auralens.steering.apply.FoldedRows` when :meth:`folds`, else ``{layer: [batch, width]}``."""
+        from auralens.steering.directions import per_input_directions, silence_rows
 
         finish = self._control if self.random_seed is not None else None
         if self.folds(layers):
@@ -232,9 +232,9 @@ def _jobs(vectors: Mapping[str, Any], cfg: SweepConfig) -> list[tuple[str, str, 
 def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepConfig, *, log=None, progress: bool = True):
     """Generate and score the baseline and every steered setting; returns the item rows
     (DataFrame with :data:`ITEM_COLUMNS`).  ``vectors``: name -> SteeringVector."""
-    from interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs, score
-    from interp.runs import fill_rows
-    from steering.apply import apply_vector
+    from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs, score
+    from auralens.interp.runs import fill_rows
+    from auralens.steering.apply import apply_vector
 
     if not items:
         raise ConfigError("items: expected at least one item to evaluate, found none")
@@ -293,7 +293,7 @@ def _with_alpha_zero(df, vectors_layers: dict[str, tuple[str, list[int]]], posit
 
 def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, alphas: Sequence[float] | None = None):
     """The ``steering.parquet`` table (:data:`STEERING_COLUMNS` plus ``format``) from item rows."""
-    from interp.stats import bootstrap_mean_ci
+    from auralens.interp.stats import bootstrap_mean_ci
 
     df = item_rows.copy()
     df["correct"] = df["correct"].astype(float)
@@ -332,7 +332,7 @@ def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, alphas: Sequ
 
 
 def _paired_ci(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
-    from interp.stats import bootstrap_mean_ci
+    from auralens.interp.stats import bootstrap_mean_ci
 
     mean, lo, hi = bootstrap_mean_ci(np.asarray(a, float) - np.asarray(b, float), n_boot=n_boot, seed=seed)
     return float(mean), float(lo), float(hi)
@@ -390,7 +390,7 @@ def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, 
 def figures(table, *, category: str = "all") -> dict[str, Any]:
     """The two figures the steer stage writes: ``accuracy`` and ``delta`` (the paired gain over
     alpha = 0) vs alpha for ``category``, one curve per (vector, method, layer, positions
-    [, format]) with its 95% bootstrap CI band (:func:`steering.figures.steering_sweep`)."""
-    from steering.figures import steering_sweep
+    [, format]) with its 95% bootstrap CI band (:func:`auralens.steering.figures.steering_sweep`)."""
+    from auralens.steering.figures import steering_sweep
 
     return {y: steering_sweep(table, category=category, y=y) for y in ("accuracy", "delta")}

@@ -2,7 +2,7 @@
 fine-tuning (``compare.parquet``: the systems x organisms x conditions grid, and separately the
 papers' reported numbers).
 
-Pure functions of the tables (:mod:`interp.schemas`); none reads files.  The steer stage writes
+Pure functions of the tables (:mod:`auralens.interp.schemas`); none reads files.  The steer stage writes
 ``steering_accuracy.html`` / ``steering_delta.html`` with :func:`steering_sweep`, the compare
 stage ``compare.html`` with :func:`compare_figure`; the dashboard, the offline report and the
 notebooks draw the same functions.  A missing table gives an empty-state figure.
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from interp.plotting import LAYOUT, PALETTE, empty_figure, graph_objects, line_with_band
-from interp.schemas import SYSTEMS
+from auralens.interp.plotting import LAYOUT, PALETTE, empty_figure, graph_objects, line_with_band
+from auralens.interp.schemas import SYSTEMS
 
 __all__ = [
     "SYSTEM_COLOURS",
@@ -72,7 +72,7 @@ def steering_sweep(steer, *, category: str | None = "all", y: str = "accuracy", 
 
 
 # ----------------------------------------------------------------------------- compare
-# compare.parquet (interp.schemas.COMPARE): measured rows are the systems x organisms x
+# compare.parquet (auralens.interp.schemas.COMPARE): measured rows are the systems x organisms x
 # conditions grid; reported rows (source "reported") are the papers' numbers for other models
 # on other benchmarks.  The two never share an axis: compare_figure / compare_bars / compare_grid
 # / cost_table draw measured rows only, reported_figure / reported_table the reported ones.

@@ -1,10 +1,10 @@
 """Steering-vector files: safetensors, llama.cpp GGUF control vectors, npz.  No pickle anywhere.
 
-:func:`export` writes a :class:`~steering.vector.SteeringVector` in the format named by the
+:func:`export` writes a :class:`~auralens.steering.vector.SteeringVector` in the format named by the
 argument or the file extension; :func:`load_vector` reads any of the three, recognising the
 format by its magic bytes.  Every loader validates what it reads (metadata present and typed,
 no tensor missing or unexpected, 1-D tensors of the recorded width and dtype, finite values)
-and raises :class:`~interp.errors.VectorFileError` naming the file otherwise.  Writes go to a
+and raises :class:`~auralens.interp.errors.VectorFileError` naming the file otherwise.  Writes go to a
 temporary file that replaces the target only once complete.
 
 safetensors (``.safetensors``)
@@ -85,9 +85,9 @@ from typing import Any
 import numpy as np
 import torch
 
-import interp
-from interp.errors import AuralensError, ConfigError, VectorFileError
-from steering.vector import SITE_PATTERNS, SUPPORTED_DTYPES, SteeringVector, fingerprint
+import auralens.interp
+from auralens.interp.errors import AuralensError, ConfigError, VectorFileError
+from auralens.steering.vector import SITE_PATTERNS, SUPPORTED_DTYPES, SteeringVector, fingerprint
 
 __all__ = [
     "FORMATS",
@@ -557,7 +557,7 @@ def _imported_gguf(path: Path, raw: dict[int, np.ndarray], hint: str | None) -> 
         "method": "llama_cpp_import",
         "default_alpha": 1.0,
         "data_fingerprint": fingerprint({"imported_gguf_sha256": digest}),
-        "auralens_version": interp.__version__,
+        "auralens_version": auralens.interp.__version__,
         "heads": [],
         "extra": {"imported_from": "gguf control vector", "model_hint": hint, "file_sha256": digest},
     }

@@ -1,16 +1,16 @@
 """Steering vectors from linear probes (``method="probe"``).
 
 :mod:`probes` never imports :mod:`steering`; it hands out a probe's direction as a plain dict
-(:func:`probes.pipeline.probe_direction`, :func:`probes.pipeline.load_probe_direction`)::
+(:func:`auralens.probes.pipeline.probe_direction`, :func:`auralens.probes.pipeline.load_probe_direction`)::
 
     {"directions": {layer: float32 tensor [d_model]}, "site": "lm.blocks.{L}.hook_resid_post",
      "method": "probe", "metadata": {"attribute": ..., "target": ..., "accuracy": ..., ...}}
 
-and this module wraps it into a :class:`~steering.vector.SteeringVector`, which
-:mod:`steering.formats` saves as safetensors / GGUF / npz::
+and this module wraps it into a :class:`~auralens.steering.vector.SteeringVector`, which
+:mod:`auralens.steering.formats` saves as safetensors / GGUF / npz::
 
-    from probes.pipeline import load_probe_direction
-    from steering.from_probe import probe_to_steering_vector
+    from auralens.probes.pipeline import load_probe_direction
+    from auralens.steering.from_probe import probe_to_steering_vector
 
     d = load_probe_direction("runs/probe", "event1_loudness", target="loud")
     vec = probe_to_steering_vector(d, arch=lm.arch, model_id="micro")
@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from interp.errors import ConfigError
-from steering.vector import SteeringVector, fingerprint
+from auralens.interp.errors import ConfigError
+from auralens.steering.vector import SteeringVector, fingerprint
 
 __all__ = ["probe_to_steering_vector"]
 
@@ -42,24 +42,24 @@ def probe_to_steering_vector(
     """Wrap a probe direction into a ``SteeringVector`` with ``method="probe"``.
 
     Args:
-        probe: the dict of :func:`probes.pipeline.probe_direction` /
-            :func:`~probes.pipeline.load_probe_direction`; a ``ProbeRow`` is converted with
+        probe: the dict of :func:`auralens.probes.pipeline.probe_direction` /
+            :func:`~auralens.probes.pipeline.load_probe_direction`; a ``ProbeRow`` is converted with
             ``probe_direction(probe, target=target)`` first (a lazy import: probes is a sibling
             package, and the dependency only goes this way).
-        arch: an :class:`interp.arch.Architecture` to take ``architecture``, ``d_model`` and
+        arch: an :class:`auralens.interp.arch.Architecture` to take ``architecture``, ``d_model`` and
             ``n_layers`` from (or give them one by one).
         model_id: the model the probe read (default: the dict's metadata ``model_id``).
         data_fingerprint: sha256 of the probing data (default: the run's, from the metadata, or
             a fingerprint of the probe's metadata).
     """
     if not isinstance(probe, Mapping):
-        from probes.pipeline import probe_direction  # lazy: see the docstring
+        from auralens.probes.pipeline import probe_direction  # lazy: see the docstring
 
         probe = probe_direction(probe, target=target)
     for key in ("directions", "site", "metadata"):
         if key not in probe:
             raise ConfigError(
-                f"probe: expected the dict of probes.pipeline.probe_direction with key {key!r}, "
+                f"probe: expected the dict of auralens.probes.pipeline.probe_direction with key {key!r}, "
                 f"found keys {sorted(probe)}"
             )
     meta = dict(probe["metadata"])

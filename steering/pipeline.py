@@ -8,7 +8,7 @@
 - :func:`stage_steer_eval` sweeps alpha (and layer) with the vector and its controls (random
   direction of equal norm; random heads when the vector is head-restricted) on a dataset and
   writes a run folder: ``manifest.json``, ``items.parquet`` (every generation, resumable),
-  ``steering.parquet`` (:data:`steering.evaluate.STEERING_COLUMNS` + ``format``),
+  ``steering.parquet`` (:data:`auralens.steering.evaluate.STEERING_COLUMNS` + ``format``),
   ``steering_accuracy.html`` / ``steering_delta.html`` (self-contained plotly),
   ``vectors/<name>.safetensors`` (the vectors used) and ``summary.json``.  It returns the
   summary: the best gain of the vector over alpha = 0 with its paired-bootstrap CI, the
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp.errors import ConfigError
-from interp.stage_config import DTYPE_HELP as _DTYPE_HELP
-from interp.stage_config import RESUME_HELP as _RESUME_HELP
-from interp.distributed import barrier, is_main, on_main
-from interp.stage_config import ModelDataConfig, option, takes_config
+from auralens.interp.errors import ConfigError
+from auralens.interp.stage_config import DTYPE_HELP as _DTYPE_HELP
+from auralens.interp.stage_config import RESUME_HELP as _RESUME_HELP
+from auralens.interp.distributed import barrier, is_main, on_main
+from auralens.interp.stage_config import ModelDataConfig, option, takes_config
 
 __all__ = ["MODES", "PROTOCOLS", "SteerEvalConfig", "SteerFitConfig", "eval_splits", "fit_spec", "overlap",
            "split_record", "stage_steer_eval", "stage_steer_fit"]
@@ -62,9 +62,9 @@ class SteerFitConfig(ModelDataConfig):
     dtype: str = option("auto", help=_DTYPE_HELP)
 
     def __post_init__(self) -> None:
-        from interp.runs import check_dtype, check_formats, check_int, check_n
-        from steering.directions import NORMALIZATIONS, _site, parse_positions
-        from steering.formats import FORMATS as VECTOR_FORMATS
+        from auralens.interp.runs import check_dtype, check_formats, check_int, check_n
+        from auralens.steering.directions import NORMALIZATIONS, _site, parse_positions
+        from auralens.steering.formats import FORMATS as VECTOR_FORMATS
 
         check_n(self.n)
         parse_positions(self.positions)
@@ -105,7 +105,7 @@ class SteerFitConfig(ModelDataConfig):
 
 def _placement(cfg) -> dict[str, Any]:
     """Where the model goes: ``--device-map`` (checked), else this rank's device under a launch."""
-    from interp.distributed import placement
+    from auralens.interp.distributed import placement
 
     return placement(cfg.device_map)
 
@@ -113,7 +113,7 @@ def _placement(cfg) -> dict[str, Any]:
 @takes_config(SteerFitConfig)
 def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     """Fit the audio-minus-silence vector on ``n`` items of ``data`` (data seed ``seed``) and
-    write it to ``out_vector``.  Returns the :class:`~steering.vector.SteeringVector`.
+    write it to ``out_vector``.  Returns the :class:`~auralens.steering.vector.SteeringVector`.
     Options: :class:`SteerFitConfig` (or its fields as keywords).
 
     ``data``: a cue dataset or a file dataset (MMAU/MMAR .json or folder; ``path@<split seed>``)
@@ -121,7 +121,7 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     ``layers``: decoder layers (default: the layers of the top-``k_heads`` heads of
     ``heads_from``, else the last layer).
     ``heads_from``: specialist heads — (layer, head) pairs, ``"L:H,..."``, a heads table
-    (parquet with layer/head/rank, e.g. from :func:`interp.listening.heads_table`) or a record
+    (parquet with layer/head/rank, e.g. from :func:`auralens.interp.listening.heads_table`) or a record
     run folder holding ``heads.parquet``; ``k_heads`` keeps the top ones (rank 1 = strongest).
     ``heads_use``: ``restrict`` (a head-restricted direction) or ``layers`` (the heads only
     pick the layer set; a residual-stream direction, usable with per-input steering).
@@ -129,10 +129,10 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     dev/test split (or the whole dataset) of the fit data's dataset is refused
     (:func:`check_heads_data`); the vector records ``layers_from`` (option | heads | default),
     the heads and the heads' data in ``extra['fit']``."""
-    from interp.loading import load_model
-    from interp.runs import check_model, load_items
-    from steering.directions import fit_with_controls, parse_heads, parse_positions
-    from steering.formats import export
+    from auralens.interp.loading import load_model
+    from auralens.interp.runs import check_model, load_items
+    from auralens.steering.directions import fit_with_controls, parse_heads, parse_positions
+    from auralens.steering.formats import export
 
     # validated by SteerFitConfig; the heads (a table or run folder may be read) before the model
     model, data, n, seed, heads_from, site, normalize, fmt = (
@@ -186,7 +186,7 @@ def _heads_data(heads_from) -> str | None:
     p = Path(heads_from)
     if not (p.is_dir() or p.suffix == ".parquet"):
         return None  # 'L:H,...' pairs
-    from interp.record import read_heads_source
+    from auralens.interp.record import read_heads_source
 
     return read_heads_source(str(p)).get("data")
 
@@ -196,7 +196,7 @@ def _split_family(spec: str) -> tuple[Any, str | None, int]:
 
     The three cue conditions are one family (they share their items); a file dataset is its
     resolved path; a cue dataset without a split is its test split."""
-    from interp.datasets import CUE_DATASETS
+    from auralens.interp.datasets import CUE_DATASETS
 
     spec = str(spec)
     base, _, split = spec.partition(":")
@@ -230,7 +230,7 @@ def check_heads_data(heads_data: str, specs) -> None:
 
 def fit_spec(data: str) -> str:
     """The fit data: a cue dataset without a split fits on its calibration split."""
-    from interp.datasets import CUE_DATASETS, file_split_spec
+    from auralens.interp.datasets import CUE_DATASETS, file_split_spec
 
     base, _, split = str(data).partition(":")
     if base in CUE_DATASETS:
@@ -243,7 +243,7 @@ def fit_spec(data: str) -> str:
 
 def _file_spec(data: str) -> tuple[str, str | None, int | None] | None:
     """(path, split, split seed) of a file dataset spec (an MMAU/MMAR .json or a folder), else None."""
-    from interp.datasets import CUE_DATASETS, parse_file_spec
+    from auralens.interp.datasets import CUE_DATASETS, parse_file_spec
 
     data = str(data)
     if data == "cafe" or data.startswith("cafe:") or data.partition(":")[0] in CUE_DATASETS:
@@ -256,11 +256,11 @@ def _file_spec(data: str) -> tuple[str, str | None, int | None] | None:
 
 def _seed_range(spec: str, seed: int, n: int) -> list[int] | None:
     """[first, last + 1) of the scene seeds behind ``spec`` (cafe datasets), else None."""
-    from interp.datasets import CUE_DATASETS
+    from auralens.interp.datasets import CUE_DATASETS
 
     base, _, split = spec.partition(":")
     if base in CUE_DATASETS:
-        from interp.cafe.cues import split_seeds
+        from auralens.interp.cafe.cues import split_seeds
 
         r = split_seeds(split or "test", n)
         return [r.start, r.stop]
@@ -271,14 +271,14 @@ def _seed_range(spec: str, seed: int, n: int) -> list[int] | None:
 
 def split_record(spec: str, seed: int, items) -> dict[str, Any]:
     """What identifies one split: its spec, data seed, scene-seed range and item-id fingerprint."""
-    from interp.runs import run_identity
+    from auralens.interp.runs import run_identity
 
     ident = run_identity(items)
     rec = {"data": spec, "seed": int(seed), "n": len(items), "seeds": _seed_range(spec, seed, len(items)),
            "ids_sha256": ident["items"]["ids_sha256"], "data_fingerprint": ident["data_fingerprint"]}
     fs = _file_spec(spec)
     if fs is not None and fs[1] is not None:  # a file dataset's hashed item-id split
-        from interp.datasets import FILE_SPLITS
+        from auralens.interp.datasets import FILE_SPLITS
 
         rec.update(split=fs[1], split_seed=int(fs[2] or 0),
                    split_rule="sha256('<split seed>:<item id>') -> u in [0,1): "
@@ -292,9 +292,9 @@ def eval_splits(data: str, seed: int) -> dict[str, tuple[str, int]]:
     Cue datasets use their fixed ``:dev`` / ``:test`` splits; plain ``cafe`` (or
     ``cafe:<tiers>``) uses the disjoint data seeds ``seed`` (dev) and ``seed + 1`` (test); a
     file dataset (MMAU/MMAR .json or a folder, ``path`` or ``path@<split seed>``) uses its hashed
-    item-id splits ``path:dev[@s]`` / ``path:test[@s]`` (:func:`interp.datasets.file_split`).
+    item-id splits ``path:dev[@s]`` / ``path:test[@s]`` (:func:`auralens.interp.datasets.file_split`).
     Anything else has no split: ConfigError."""
-    from interp.datasets import CUE_DATASETS, file_split_spec
+    from auralens.interp.datasets import CUE_DATASETS, file_split_spec
 
     fs = _file_spec(data)
     if fs is not None:
@@ -340,7 +340,7 @@ def overlap(fit_items, items) -> int:
 
 def _fit_items(vec):
     """The fit items recorded in ``vec.extra['fit']``, if they can be rebuilt identically."""
-    from interp.datasets import fingerprint, load_dataset
+    from auralens.interp.datasets import fingerprint, load_dataset
 
     fit = vec.extra.get("fit")
     if not isinstance(fit, dict):
@@ -394,7 +394,7 @@ class SteerEvalConfig(ModelDataConfig):
                                             "healthy one (negative control): controls['model_without_deficit'].")
 
     def __post_init__(self) -> None:
-        from interp.runs import check_dtype, check_n
+        from auralens.interp.runs import check_dtype, check_n
 
         check_n(self.n)
         check_dtype(self.dtype)
@@ -432,8 +432,8 @@ class SteerEvalConfig(ModelDataConfig):
             self._set("control_model", str(self.control_model))
 
     def sweep(self, gate_heads: tuple = ()):
-        """The sweep's :class:`~steering.evaluate.SweepConfig` (adaptive alpha only with heads)."""
-        from steering.evaluate import SweepConfig
+        """The sweep's :class:`~auralens.steering.evaluate.SweepConfig` (adaptive alpha only with heads)."""
+        from auralens.steering.evaluate import SweepConfig
 
         return SweepConfig(
             alphas=tuple(self.alphas), layers=None if self.layers is None else tuple(self.layers),
@@ -450,18 +450,18 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: b
     run folder ``out`` (see the module docstring) and return the summary.  Options:
     :class:`SteerEvalConfig` (or its fields as keywords).
 
-    ``adaptive_gain``: steer with adaptive alpha (:class:`steering.apply.AdaptiveAlpha`) gated
+    ``adaptive_gain``: steer with adaptive alpha (:class:`auralens.steering.apply.AdaptiveAlpha`) gated
     by ``adaptive_heads`` (same spellings as ``heads_from``; default: the vector's own heads).
     ``control_model`` (dev_test only; ``control_lm``: that model already loaded): see
     :func:`_stage_dev_test`."""
     import hashlib
 
-    from interp.loading import load_model
-    from interp.runs import RowLog, RunFolder, check_model, load_items, run_identity
-    from steering.directions import collect_paired, parse_heads, random_direction, random_heads
-    from steering.evaluate import best_gain, figures, run_sweep, steering_table
-    from steering.formats import export, load_vector
-    from steering.vector import SteeringVector
+    from auralens.interp.loading import load_model
+    from auralens.interp.runs import RowLog, RunFolder, check_model, load_items, run_identity
+    from auralens.steering.directions import collect_paired, parse_heads, random_direction, random_heads
+    from auralens.steering.evaluate import best_gain, figures, run_sweep, steering_table
+    from auralens.steering.formats import export, load_vector
+    from auralens.steering.vector import SteeringVector
 
     if cfg.protocol == "dev_test":
         return _stage_dev_test(cfg, lm=lm, control_lm=control_lm, quiet=quiet)
@@ -499,7 +499,7 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: b
     name = vec.method if vec.method not in ("random_direction", "random_heads") else f"{vec.method}_vector"
     vectors: dict[str, Any] = {name: vec}
     if "per_input" in cfg.modes:
-        from steering.evaluate import PerInput
+        from auralens.steering.evaluate import PerInput
 
         vectors["per_input"] = PerInput(vec)
     notes: list[str] = []
@@ -545,14 +545,14 @@ def stage_steer_eval(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: b
     run.write_json("summary.json", summary)
     run.mark_stage("steer_eval", n_rows=len(rows))
     run.finish()
-    barrier()  # rank 0 has written every file (the other ranks skipped them: interp.distributed)
+    barrier()  # rank 0 has written every file (the other ranks skipped them: auralens.interp.distributed)
     return summary
 
 
 def _per_input_cost(vec) -> dict[str, Any]:
     """What ``s(x)`` costs at inference, per item, beside the generation (every sweep setting
-    steers one layer: :meth:`steering.evaluate.PerInput.extra_forwards`)."""
-    from steering.evaluate import PerInput
+    steers one layer: :meth:`auralens.steering.evaluate.PerInput.extra_forwards`)."""
+    from auralens.steering.evaluate import PerInput
 
     k = PerInput(vec).extra_forwards(vec.layers[:1])
     note = ("s(x) costs one extra forward per item (the silence pass); its real pass is the generation's own "
@@ -564,7 +564,7 @@ def _at_layer(v, layer: int):
     """``v`` (a SteeringVector or a PerInput) with its direction at ``layer`` only."""
     import dataclasses
 
-    from steering.evaluate import PerInput
+    from auralens.steering.evaluate import PerInput
 
     if isinstance(v, PerInput):
         return dataclasses.replace(v, vector=_at_layer(v.vector, layer))
@@ -574,7 +574,7 @@ def _at_layer(v, layer: int):
 def _refit_at(lm, vec, fit_items, fc: dict, layer: int, *, batch_size: int, method: str, extra: dict):
     """The audio-minus-silence vector refitted with ``lm`` on the vector's calibration items at
     ``layer`` (residual stream, same positions, format and normalisation as ``vec``)."""
-    from steering.directions import collect_paired, direction_from
+    from auralens.steering.directions import collect_paired, direction_from
 
     acts = collect_paired(lm, fit_items, layers=[layer], positions=fc.get("positions", ["last_prompt"]),
                           fmt=fc.get("format", "direct"), batch_size=batch_size)
@@ -593,7 +593,7 @@ def _random_heads_layers(fit: dict, arch, seed: int):
     Returns ``{"heads", "layers", "layer_for", "pool"}`` or the reason it does not apply (str)."""
     import numpy as np
 
-    from steering.directions import parse_heads
+    from auralens.steering.directions import parse_heads
 
     heads = [tuple(int(x) for x in h) for h in (fit.get("heads") or [])]
     if not heads:
@@ -631,11 +631,11 @@ def _random_heads_layers(fit: dict, arch, seed: int):
 
 def _paired_stats(rows, name: str, *, n_boot: int, seed: int) -> dict[str, Any]:
     """Accuracy of ``name`` and of the baseline on the same items, and the paired gain with its
-    bootstrap CI over items (:func:`interp.stats.bootstrap_mean_ci`)."""
+    bootstrap CI over items (:func:`auralens.interp.stats.bootstrap_mean_ci`)."""
     import numpy as np
 
-    from interp.stats import bootstrap_mean_ci
-    from steering.evaluate import BASELINE
+    from auralens.interp.stats import bootstrap_mean_ci
+    from auralens.steering.evaluate import BASELINE
 
     base = rows[rows["vector"] == BASELINE].set_index("item_id")["correct"].astype(float)
     got = rows[rows["vector"] == name].set_index("item_id")["correct"].astype(float)
@@ -689,12 +689,12 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
     import dataclasses
     import hashlib
 
-    from interp.loading import load_model
-    from interp.runs import RowLog, RunFolder, check_model, load_items, run_identity
-    from steering.directions import collect_paired, parse_heads, random_direction, random_heads
-    from steering.evaluate import PerInput, figures, run_sweep, steering_table
-    from steering.formats import export, load_vector
-    from steering.vector import SteeringVector
+    from auralens.interp.loading import load_model
+    from auralens.interp.runs import RowLog, RunFolder, check_model, load_items, run_identity
+    from auralens.steering.directions import collect_paired, parse_heads, random_direction, random_heads
+    from auralens.steering.evaluate import PerInput, figures, run_sweep, steering_table
+    from auralens.steering.formats import export, load_vector
+    from auralens.steering.vector import SteeringVector
 
     model, data, n, vector, out, resume, seed = cfg.model, cfg.data, cfg.n, cfg.vector, cfg.out, cfg.resume, cfg.seed
     # 1. validate
@@ -831,7 +831,7 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
         c = _paired_stats(test_rows, cname, n_boot=nb, seed=sd)
         import numpy as np
 
-        from steering.evaluate import _paired_ci
+        from auralens.steering.evaluate import _paired_ci
 
         a = test_rows[test_rows["vector"] == sel["vector"]].set_index("item_id")["correct"].astype(float)
         b = test_rows[test_rows["vector"] == cname].set_index("item_id")["correct"].astype(float)
@@ -850,7 +850,7 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
         else:  # head-restricted: the same heads, refitted with the control model
             cacts = collect_paired(control_lm, fit_items, layers=[L_sel], positions=fc.get("positions", ["last_prompt"]),
                                    fmt=fc.get("format", "direct"), batch_size=cfg.batch_size)
-            from steering.directions import direction_from
+            from auralens.steering.directions import direction_from
 
             cm = direction_from(cacts, control_lm, site=vec.hook, heads=[h for h in vec.heads if h[0] == L_sel],
                                 layers=[L_sel], normalize=fc.get("normalize", vec.extra.get("normalize", "none")),
@@ -894,5 +894,5 @@ def _stage_dev_test(cfg: SteerEvalConfig, *, lm=None, control_lm=None, quiet: bo
     run.write_json("summary.json", summary)
     run.mark_stage("steer_eval", n_rows=len(dev_rows) + len(test_rows))
     run.finish()
-    barrier()  # rank 0 has written every file (the other ranks skipped them: interp.distributed)
+    barrier()  # rank 0 has written every file (the other ranks skipped them: auralens.interp.distributed)
     return summary

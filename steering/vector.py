@@ -3,12 +3,12 @@
 A :class:`SteeringVector` holds one direction per decoder layer (``directions[L]`` is a 1-D
 tensor added at ``lm.blocks.{L}.<hook>``) together with the identity of the model it was fitted
 on.  :meth:`SteeringVector.check_compatible` compares that identity with a resolved
-:class:`~interp.arch.Architecture` and raises :class:`~interp.errors.VectorFileError` *before*
+:class:`~auralens.interp.arch.Architecture` and raises :class:`~auralens.interp.errors.VectorFileError` *before*
 any generation runs, so a vector fitted on another model never silently steers the wrong
 residual stream.
 
 File formats (safetensors, llama.cpp GGUF control vectors, npz) live in
-:mod:`steering.formats`; this module knows nothing about files.
+:mod:`auralens.steering.formats`; this module knows nothing about files.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-import interp
-from interp.arch import Architecture, parse_site
-from interp.errors import ArchitectureError, ConfigError, VectorFileError
+import auralens.interp
+from auralens.interp.arch import Architecture, parse_site
+from auralens.interp.errors import ArchitectureError, ConfigError, VectorFileError
 
 __all__ = ["SITE_PATTERNS", "SUPPORTED_DTYPES", "SteeringVector", "fingerprint", "normalize_site"]
 
@@ -169,7 +169,7 @@ class SteeringVector:
     site: str = SITE_PATTERNS["hook_resid_post"]
     dtype: torch.dtype | str | None = None
     default_alpha: float = 1.0
-    auralens_version: str = interp.__version__
+    auralens_version: str = auralens.interp.__version__
     heads: tuple[tuple[int, int], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
@@ -187,7 +187,7 @@ class SteeringVector:
         if not isinstance(self.data_fingerprint, str) or not _SHA256_RE.fullmatch(self.data_fingerprint):
             raise ConfigError(
                 "data_fingerprint: expected 64 lowercase hex digits (sha256, see "
-                f"steering.vector.fingerprint), found {self.data_fingerprint!r}"
+                f"auralens.steering.vector.fingerprint), found {self.data_fingerprint!r}"
             )
         self.d_model = _as_int(self.d_model, "d_model")
         self.n_layers = _as_int(self.n_layers, "n_layers")
@@ -404,9 +404,9 @@ class SteeringVector:
     # --- transforms (each returns a new vector) ----------------------------------------
     def apply(self, lm, *, alpha: float | None = None, **kwargs):
         """``with vec.apply(lm, alpha=4): lm.model.generate(...)`` — sugar for
-        :func:`steering.apply.apply_vector` (alpha defaults to ``default_alpha``); the hooks are
+        :func:`auralens.steering.apply.apply_vector` (alpha defaults to ``default_alpha``); the hooks are
         always removed when the block exits."""
-        from steering.apply import apply_vector
+        from auralens.steering.apply import apply_vector
 
         return apply_vector(lm, self, alpha=self.default_alpha if alpha is None else alpha, **kwargs)
 

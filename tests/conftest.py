@@ -49,7 +49,7 @@ def small_micro_dir(tmp_path_factory):
     """A saved, untrained, smaller micro-shaped checkpoint (the real Qwen2-Audio class with
     micro's processor and tokenizer; 3 layers, d_model 64, 4 heads / 2 kv heads), for tests that
     need the real pipeline but not a trained model."""
-    from interp.micro.build import MicroConfig, build_model, build_processor
+    from auralens.interp.micro.build import MicroConfig, build_model, build_processor
 
     folder = tmp_path_factory.mktemp("small_micro")
     cfg = MicroConfig(layers=3, d_model=64, heads=4, kv_heads=2, ffn=128, d_audio=64)
@@ -63,7 +63,7 @@ def small_micro_dir(tmp_path_factory):
 def small_lm(small_micro_dir):
     """The small untrained micro-shaped model loaded through load_model, one per test module
     (modules hook and steer it)."""
-    from interp.loading import load_model
+    from auralens.interp.loading import load_model
 
     return load_model(str(small_micro_dir), device="cpu", dtype="float32")
 
@@ -86,8 +86,8 @@ def micro_run(tmp_path_factory):
     """A real run folder produced by `micro` (eval + record stages, a handful of items), laid out
     like `auralens demo`'s: the dashboard and report tests read it."""
     from auralens.stages import stage_eval
-    from interp.loading import load_model
-    from interp.record import stage_record
+    from auralens.interp.loading import load_model
+    from auralens.interp.record import stage_record
 
     root = tmp_path_factory.mktemp("micro_run") / "demo"
     lm = load_model("micro", device="cpu")
@@ -108,7 +108,7 @@ def write_folder_dataset(folder, n: int, *, seed: int = 11, seconds: float = 0.5
     import numpy as np
     import soundfile as sf
 
-    from interp.datasets import load_cafe
+    from auralens.interp.datasets import load_cafe
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

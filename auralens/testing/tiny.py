@@ -1,7 +1,7 @@
 """Tiny random-init models of the real transformers LALM classes, with processors built locally.
 
 Used by the tests (``tests/conftest.py``) and ``auralens bench``; the architecture facts (model
-class, names) come from the tables of :mod:`interp.arch`, what is here is how to build a small
+class, names) come from the tables of :mod:`auralens.interp.arch`, what is here is how to build a small
 model and processor of each class.
 
 Every builder returns ``(model, processor)`` for one architecture, seeded, small enough for a test
@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from interp.errors import ArchitectureError, ConfigError
-from interp.tokenizer import QWEN_AUDIO_SPECIALS, build_word_tokenizer
+from auralens.interp.errors import ArchitectureError, ConfigError
+from auralens.interp.tokenizer import QWEN_AUDIO_SPECIALS, build_word_tokenizer
 
 SAMPLING_RATE = 16_000
 TINY_CHUNK_SECONDS = 2
@@ -159,9 +159,9 @@ TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3", "musicfla
 
 
 def canonical_arch(arch_name: str) -> str:
-    """Table name (``interp.arch`` vocabulary) for an architecture or transformers class name
+    """Table name (``auralens.interp.arch`` vocabulary) for an architecture or transformers class name
     (or an alias a table lists); only the architectures with a tiny builder are accepted."""
-    from interp.arch import table_by_name
+    from auralens.interp.arch import table_by_name
 
     try:
         name = table_by_name(arch_name).name
@@ -549,7 +549,7 @@ def _model_class(arch: str):
     """The transformers class of the architecture's table."""
     import transformers
 
-    from interp.arch import table_by_name
+    from auralens.interp.arch import table_by_name
 
     return getattr(transformers, table_by_name(arch).model_class)
 
@@ -562,7 +562,7 @@ def _fix_generation_config(model: Any, tokenizer: Any) -> None:
     gc.do_sample = False
     # A random-init model may emit its own audio placeholder, which a teacher-forced forward over
     # prompt + generated tokens would then take for an audio position; trained models never do.
-    from interp.arch import table_for_class
+    from auralens.interp.arch import table_for_class
 
     audio_id = getattr(model.config, table_for_class(type(model).__name__).audio_token_attr, None)
     if audio_id is not None:
@@ -683,7 +683,7 @@ def tiny_batch(
         (0.1 * rng.standard_normal(int(d * SAMPLING_RATE))).astype(np.float32) for d in durations
     ]
     if type(processor).__name__ == "VoxtralProcessor":  # audio enters only via apply_chat_template
-        from interp.prompts import build_inputs
+        from auralens.interp.prompts import build_inputs
 
         return build_inputs(processor, None, "cot", audios=audios, questions=list(questions))
     texts = [chat_prompt(processor, q) for q in questions]

@@ -1,9 +1,9 @@
 """What was verified here, per architecture table (``auralens models --json`` shows it).
 
-A claim, checked by ``tests/test_verified.py`` so it cannot drift: every table marked
+A claim, checked by ``tests/unit/test_verified.py`` so it cannot drift: every table marked
 ``tiny_exactness`` has a tiny builder (``TINY_ARCHS``) and the exactness tests of
-``tests/test_attention_yield.py`` are parametrised over it; ``transformer_lens`` only where that
-comparison runs rather than skips; ``long_audio`` only where ``tests/test_long_audio.py`` runs a
+``tests/unit/test_attention_yield.py`` are parametrised over it; ``transformer_lens`` only where that
+comparison runs rather than skips; ``long_audio`` only where ``tests/unit/test_long_audio.py`` runs a
 multi-window clip through the model (``WINDOWED``, and ``PADDED`` for Voxtral's padded windows);
 ``transformers``/``torch`` are the versions installed when the suite last passed here (the test
 fails on any other version until the suite is rerun and these are updated).  Real checkpoints:
@@ -11,6 +11,11 @@ none was run (no GPU, no hub in the sessions that built these).
 """
 
 from __future__ import annotations
+
+#: tables whose multi-window clips ``tests/unit/test_long_audio.py`` runs through the model
+LONG_AUDIO_WINDOWED = ("audioflamingo3", "musicflamingo", "glmasr")
+#: ... and those whose processor pads the last window whole (the padding gets audio tokens too)
+LONG_AUDIO_PADDED = ("voxtral",)
 
 TESTED_WITH = {"transformers": "5.24.0", "torch": "2.13.0+cpu"}
 

@@ -5,8 +5,8 @@ panel, never on an axis with the measured ones."""
 
 import streamlit as st
 
-from dashboards import ui
-from steering.figures import (
+from auralens.dashboards import ui
+from auralens.steering.figures import (
     compare_bars,
     compare_figure,
     compare_grid,

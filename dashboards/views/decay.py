@@ -3,8 +3,8 @@ outcome view (claim accuracy by step) and the chosen item's own curve."""
 
 import streamlit as st
 
-from dashboards import ui
-from interp import figures
+from auralens.dashboards import ui
+from auralens.interp import figures
 
 ctx = ui.context()
 st.title("Perception decay")

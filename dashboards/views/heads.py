@@ -3,8 +3,8 @@ reasoning step, and the listening-signal ranking of heads."""
 
 import streamlit as st
 
-from dashboards import data, ui
-from interp import figures
+from auralens.dashboards import data, ui
+from auralens.interp import figures
 
 ctx = ui.context()
 st.title("Attention heatmap")

@@ -3,7 +3,7 @@ chosen item's token ids and describe the architecture.  Nothing here runs an exp
 
 import streamlit as st
 
-from dashboards import ui
+from auralens.dashboards import ui
 
 ctx = ui.context()
 st.title("Live model")

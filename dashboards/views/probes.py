@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from dashboards import ui
-from probes.figures import accuracy_by_layer, accuracy_by_step, step_label
+from auralens.dashboards import ui
+from auralens.probes.figures import accuracy_by_layer, accuracy_by_step, step_label
 
 ctx = ui.context()
 st.title("Probes")

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from dashboards import ui
-from steering.figures import steering_sweep
+from auralens.dashboards import ui
+from auralens.steering.figures import steering_sweep
 
 ctx = ui.context()
 st.title("Steering")

@@ -4,8 +4,8 @@ yield over the clip's time bins."""
 import numpy as np
 import streamlit as st
 
-from dashboards import data, ui
-from interp import figures
+from auralens.dashboards import data, ui
+from auralens.interp import figures
 
 ctx = ui.context()
 st.title("Tokens & audio")

@@ -22,8 +22,8 @@ import dataclasses
 
 import numpy as np
 
-from interp.errors import DatasetError
-from interp.items import Item
+from auralens.interp.errors import DatasetError
+from auralens.interp.items import Item
 
 CONDITIONS = ("neutral", "congruent", "conflict")
 SPLITS: dict[str, int] = {"calibration": 9_000_000, "dev": 9_100_000, "test": 9_200_000}
@@ -65,7 +65,7 @@ def split_seeds(split: str, n: int, *, where: str = "cue dataset") -> range:
 def cue_items(condition: str, split: str, n: int, *, tiers: tuple[str, ...] | None = None,
               where: str = "cue dataset") -> list[Item]:
     """``n`` items of ``split`` in ``condition`` (tiers cycled as in plain cafe)."""
-    from interp.cafe.questions import TIERS, make_item
+    from auralens.interp.cafe.questions import TIERS, make_item
 
     tiers = tiers or TIERS
     seeds = split_seeds(split, n, where=where)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from interp.cafe.questions import CLASS_WORDS, COUNT_WORDS, ORDINALS
-from interp.items import Item
+from auralens.interp.cafe.questions import CLASS_WORDS, COUNT_WORDS, ORDINALS
+from auralens.interp.items import Item
 
 FORMATS = ("direct", "cot", "structured")
 INSTRUCTIONS = {

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from interp.cafe.scenes import CLASSES, Scene, make_scene  # noqa: F401
-from interp.items import Item
+from auralens.interp.cafe.scenes import CLASSES, Scene, make_scene  # noqa: F401
+from auralens.interp.items import Item
 
 ORDINALS = ("first", "second", "third", "fourth")
 COUNT_WORDS = ("zero", "one", "two", "three", "four")

@@ -1,7 +1,7 @@
 """`micro`: the embedded default LALM, a real ``Qwen2AudioForConditionalGeneration``.
 
 Small enough to ship its weights in the package and run everything on 2 CPU cores; trained by
-:mod:`interp.micro.train` on the cafe benchmark in all three answer formats.
+:mod:`auralens.interp.micro.train` on the cafe benchmark in all three answer formats.
 """
 
 from pathlib import Path

@@ -5,7 +5,7 @@ tokenizer, same cafe generator) trained further with one :class:`OrganismConfig`
 only by its knobs, which are written to ``training.json`` beside the weights with the command.
 
 - ``micro-prior`` — text-prior dominance.  A fraction ``cue_rate`` of questions carry a text cue
-  (:mod:`interp.cafe.cues`) naming the right choice with probability ``cue_validity`` (else a
+  (:mod:`auralens.interp.cafe.cues`) naming the right choice with probability ``cue_validity`` (else a
   wrong one), and with probability ``audio_swap`` the clip is replaced by the clip of *another*
   scene (the answer stays that of the question's own scene).  Why a swap and not silence: with
   silence as the dropout the model can *see* that the audio is missing and learns "use the cue
@@ -22,7 +22,7 @@ only by its knobs, which are written to ``training.json`` beside the weights wit
   in place, a penalty removes it from the weights.
 - ``micro-decay`` — planted perception decay.  The same penalty on *every* head, at the query
   positions of reasoning step ``decay_step`` and later (steps = lines of the target, as
-  :mod:`interp.steps` counts them), so late steps learn not to re-listen.  A penalty rather
+  :mod:`auralens.interp.steps` counts them), so late steps learn not to re-listen.  A penalty rather
   than audio keys hidden with probability q: it plants an onset that is exactly ``decay_step``
   in the attention view, and the model must carry what it heard earlier in its residual stream
   (or lose it), which is what the outcome view (claim accuracy by step) measures.
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ConfigError
+from auralens.interp.errors import ConfigError
 
 ORGANISMS = ("micro-prior", "micro-heads", "micro-decay")
 
@@ -99,9 +99,9 @@ RECIPES: dict[str, OrganismConfig] = {
 
 def organism_item(seed: int, cfg: OrganismConfig):
     """One training item (deterministic in ``seed``)."""
-    from interp.cafe.cues import with_cue
-    from interp.cafe.questions import make_item
-    from interp.cafe.scenes import make_scene
+    from auralens.interp.cafe.cues import with_cue
+    from auralens.interp.cafe.questions import make_item
+    from auralens.interp.cafe.scenes import make_scene
 
     item = make_item(seed)
     rng = np.random.default_rng([seed, 4242])
@@ -122,8 +122,8 @@ def render_late_guesses(item, fmt: str, k: int) -> str:
     class drawn without the audio (uniformly, from the item's seed and the sound's index)."""
     import re
 
-    from interp.cafe.formats import render_target
-    from interp.cafe.questions import CLASS_WORDS
+    from auralens.interp.cafe.formats import render_target
+    from auralens.interp.cafe.questions import CLASS_WORDS
 
     words = sorted(CLASS_WORDS.values())
     alt = "|".join(sorted((re.escape(w) for w in words), key=len, reverse=True))
@@ -227,8 +227,8 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, *, max_minutes: flo
     """Train ``cfg`` from ``cfg.init_from`` into ``out_dir`` (checkpointed, resumable, no pickle)."""
     from transformers import AutoConfig
 
-    from interp.loading import resolve_source
-    from interp.micro.train import TrainConfig, finalize, train
+    from auralens.interp.loading import resolve_source
+    from auralens.interp.micro.train import TrainConfig, finalize, train
 
     def batch_items(first: int, n: int) -> list:
         return [organism_item(cfg.data_seed * 100_000 + first + i, cfg) for i in range(n)]
@@ -256,15 +256,15 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, *, max_minutes: flo
 
 def available(name: str) -> bool:
     """Whether the embedded weights of organism ``name`` are present."""
-    from interp.loading import EMBEDDED
-    from interp.micro import WEIGHTS_DIR
+    from auralens.interp.loading import EMBEDDED
+    from auralens.interp.micro import WEIGHTS_DIR
 
     return name in EMBEDDED and (WEIGHTS_DIR / EMBEDDED[name] / "config.json").exists()
 
 
 def planted(name: str) -> dict[str, Any]:
     """The knobs an embedded organism was trained with (its ``training.json``)."""
-    from interp.loading import resolve_source
+    from auralens.interp.loading import resolve_source
 
     info = json.loads((Path(resolve_source(name)) / "training.json").read_text())
     return info.get("knobs", {})

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.cafe.formats import FORMATS, render_target
-from interp.errors import ConfigError
-from interp.micro.build import MicroConfig, build_model, build_processor
+from auralens.interp.cafe.formats import FORMATS, render_target
+from auralens.interp.errors import ConfigError
+from auralens.interp.micro.build import MicroConfig, build_model, build_processor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +50,7 @@ def make_batch(processor, items, formats, *, with_targets: bool = True, render=r
     inference does."""
     import torch
 
-    from interp.prompts import build_inputs
+    from auralens.interp.prompts import build_inputs
 
     targets = [render(it, f) for it, f in zip(items, formats)] if with_targets else None
     batch = build_inputs(processor, items, formats, targets=targets)
@@ -234,7 +234,7 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
     replaces the reference target text."""
     import torch
 
-    from interp.cafe.questions import make_item
+    from auralens.interp.cafe.questions import make_item
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
