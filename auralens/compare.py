@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ConfigError
 from auralens.interp.papers import REPORTED, reported_rows
 from auralens.interp.schemas import COMPARE, SYSTEMS
@@ -443,8 +444,9 @@ def _cond_dir(cond: str) -> str:
 
 
 def _calibration_spec(cond: str) -> str | None:
-    base, _, split = cond.rpartition(":")
-    return f"{base}:calibration" if base and split.split("@")[0] == "test" else None
+    """The calibration split of a condition given as a test split (None otherwise)."""
+    ds = DataSpec.parse(cond)
+    return str(ds.split("calibration")) if ds.split_name == "test" else None
 
 
 # -------------------------------------------------------------------------------- stage

@@ -12,6 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from auralens.interp.cafe.cues import cue_items
+from auralens.interp.cafe.questions import TIERS, make_items
+from auralens.interp.dataspec import CUE_DATASETS, FILE_SPLITS, DataSpec, file_split  # noqa: F401 (re-exported)
 from auralens.interp.errors import DatasetError
 from auralens.interp.items import Item
 
@@ -201,8 +204,6 @@ def load_folder(folder: str | Path) -> list[Item]:
 
 
 def load_cafe(n: int, *, seed: int = 7, tiers: tuple[str, ...] | None = None) -> list[Item]:
-    from auralens.interp.cafe.questions import TIERS, make_items
-
     bad = [t for t in (tiers or ()) if t not in TIERS]
     if bad or (tiers is not None and not tiers):
         raise DatasetError(f"dataset 'cafe:{','.join(tiers or ())}': expected tiers among {list(TIERS)} after 'cafe:', "
@@ -210,86 +211,43 @@ def load_cafe(n: int, *, seed: int = 7, tiers: tuple[str, ...] | None = None) ->
     return make_items(n, seed=seed, tiers=tiers or TIERS)
 
 
-CUE_DATASETS = ("cafe-neutral", "cafe-congruent", "cafe-conflict")
-
-
-def load_cue_dataset(spec: str, *, n: int | None = None) -> list[Item]:
+def load_cue_dataset(spec: str | DataSpec, *, n: int | None = None) -> list[Item]:
     """``cafe-<condition>[:<split>]``: cafe items with a text cue (see :mod:`auralens.interp.cafe.cues`).
 
     The split (calibration | dev | test, default test) is a fixed seed range: the same ids for
     every model and every stage; the three conditions share their underlying items."""
-    from auralens.interp.cafe.cues import cue_items
-
-    name, _, split = spec.partition(":")
-    return cue_items(name.removeprefix("cafe-"), split or "test", 300 if n is None else n, where=f"dataset {spec!r}")
-
-
-FILE_SPLITS: dict[str, float] = {"calibration": 0.2, "dev": 0.2, "test": 0.6}
-"""Shares of a file dataset's items in each split (see :func:`file_split`)."""
-
-_FILE_SPEC = re.compile(r"^(?P<path>.+?)(?::(?P<split>calibration|dev|test))?(?:@(?P<seed>[0-9]+))?$")
+    ds = DataSpec.parse(spec)
+    return cue_items(ds.name.removeprefix("cafe-"), ds.effective_split or "test", 300 if n is None else n,
+                     where=f"dataset {str(spec)!r}")
 
 
-def parse_file_spec(spec: str) -> tuple[str, str | None, int | None]:
-    """``<path>[:<split>][@<split seed>]`` -> (path, split or None, split seed or None).
-
-    A spec naming an existing path as a whole is that path (no split), so a file whose name ends
-    in ``:dev`` or ``@1`` still loads; ``path@1`` (a seed, no split) is what ``steer eval`` takes
-    to use split seed 1 for its dev/test splits."""
-    spec = str(spec)
-    m = _FILE_SPEC.match(spec)
-    if Path(spec).exists() or m is None or (m["split"] is None and m["seed"] is None):
-        return spec, None, None
-    return m["path"], m["split"], None if m["seed"] is None else int(m["seed"])
-
-
-def file_split_spec(path: str, split: str, split_seed: int = 0) -> str:
-    """The spec of ``split`` of the file dataset ``path``: ``path:split`` (seed 0) or ``path:split@seed``."""
-    return f"{path}:{split}" + (f"@{int(split_seed)}" if int(split_seed) else "")
-
-
-def file_split(item_id: str, split_seed: int = 0) -> str:
-    """The split (calibration | dev | test) of a file dataset's item: the first 8 bytes of
-    sha256(``"<split seed>:<item id>"``) as a fraction u in [0, 1); u < 0.2 -> calibration,
-    u < 0.4 -> dev, else test (:data:`FILE_SPLITS`).  Stable across machines, file order and
-    file location; each item is in exactly one split, so the three are disjoint."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{int(split_seed)}:{item_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0**64
-    edge = 0.0
-    for name, share in FILE_SPLITS.items():
-        edge += share
-        if u < edge:
-            return name
-    return "test"
-
-
-def load_dataset(spec: str, *, n: int | None = None, seed: int = 7, audio_root: str | None = None) -> list[Item]:
+def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
+                 audio_root: str | None = None) -> list[Item]:
     """``cafe`` (or ``cafe:perception,temporal``), ``cafe-neutral|congruent|conflict[:split]``,
-    an MMAU/MMAR JSON file, or a folder.
+    an MMAU/MMAR JSON file, or a folder (:class:`~auralens.interp.dataspec.DataSpec`).
 
     A file dataset (JSON or folder) takes an optional split, ``path:calibration|dev|test``, and
     an optional split seed, ``path:dev@1`` (default 0): the items whose :func:`file_split` is
     that split, in file order (``n`` then keeps the first ``n`` of them).  The calibration / dev
-    / test shares are 20% / 20% / 60%; the same seed gives the same ids on every machine."""
-    if spec.partition(":")[0] in CUE_DATASETS:
-        return load_cue_dataset(spec, n=n)
-    if spec == "cafe" or spec.startswith("cafe:"):
-        tiers = tuple(spec.split(":", 1)[1].split(",")) if ":" in spec else None
-        return load_cafe(n or 300, seed=seed, tiers=tiers)
-    path, split, split_seed = parse_file_spec(spec)
-    if split is not None or split_seed is not None:
-        if split is None:
-            raise DatasetError(
-                f"dataset {spec!r}: expected a split after the path ({path!r}:calibration|dev|test@{split_seed}), "
-                "found only a split seed"
-            )
-        items = [it for it in load_dataset(path, audio_root=audio_root) if file_split(it.item_id, split_seed or 0) == split]
+    / test shares are 20% / 20% / 60%; the same seed gives the same ids on every machine.  A
+    DataSpec's own data seed wins over ``seed``."""
+    ds = spec if isinstance(spec, DataSpec) else DataSpec.parse(spec, seed=seed)
+    if ds.kind == "cue":
+        return load_cue_dataset(ds, n=n)
+    if ds.kind == "cafe":
+        return load_cafe(n or 300, seed=ds.seed, tiers=ds.tiers)
+    if ds.split_name is None and ds.split_seed:
+        raise DatasetError(
+            f"dataset {str(spec)!r}: expected a split after the path ({ds.name!r}:calibration|dev|test@{ds.split_seed}), "
+            "found only a split seed")
+    if ds.split_name is not None:
+        whole = load_dataset(DataSpec(kind="file", name=ds.name), audio_root=audio_root)
+        items = [it for it in whole if file_split(it.item_id, ds.split_seed) == ds.split_name]
         if not items:
-            raise DatasetError(f"dataset {spec!r}: expected at least one item in split {split!r}, found none")
+            raise DatasetError(f"dataset {str(spec)!r}: expected at least one item in split {ds.split_name!r}, "
+                               "found none")
         return items[:n] if n else items
-    p = Path(spec)
+    p = Path(ds.name)
     if p.is_dir():
         items = load_folder(p)
     elif p.suffix == ".json":
@@ -299,7 +257,7 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 7, audio_root: 
     else:
         found = "nothing at that path" if not p.exists() else f"a {p.suffix or 'suffix-less'} file"
         raise DatasetError(
-            f"dataset {spec!r}: expected 'cafe', an MMAU/MMAR .json file or a folder with questions.jsonl, "
+            f"dataset {str(spec)!r}: expected 'cafe', an MMAU/MMAR .json file or a folder with questions.jsonl, "
             f"found {found}"
         )
     return items[:n] if n else items

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ConfigError
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 
@@ -120,18 +121,11 @@ class RecordConfig(ModelDataConfig):
             return None
         if self.calibration != "auto":
             return self.calibration
-        from auralens.interp.datasets import CUE_DATASETS, file_split_spec, parse_file_spec
-
-        name, _, split = str(self.data).partition(":")
-        if name in CUE_DATASETS:
-            return f"{name}:calibration" if (split or "test") != "calibration" else None
-        if name == "cafe":
-            return None
-        # a file dataset's dev/test split: rank on its calibration split (same split seed);
-        # a whole file (no split) keeps ranking on the measured items ("same items (biased)")
-        path, fsplit, fseed = parse_file_spec(str(self.data))
-        if fsplit in ("dev", "test"):
-            return file_split_spec(path, "calibration", fseed or 0)
+        ds = DataSpec.parse(self.data, seed=self.seed)
+        # a cue dataset's dev/test split, or a file dataset's: rank on its calibration split (same
+        # split seed); plain cafe and a whole file rank on the measured items ("same items (biased)")
+        if ds.effective_split in ("dev", "test"):
+            return str(ds.split("calibration"))
         return None
 
     def heads_source(self) -> str:

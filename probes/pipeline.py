@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ProbeError
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 from auralens.probes.collect import AUDIO_SITE, LM_SITE, POSITIONS, CollectConfig
@@ -578,18 +579,11 @@ def probe_splits(data: str, *, seed: int) -> tuple[str, str] | None:
     ``calibration`` split and the named one (``test`` when none; same split seed); None for plain
     ``cafe`` and for a ``calibration`` split itself (those split their own items in halves:
     :func:`half_split`)."""
-    from auralens.interp.datasets import CUE_DATASETS, file_split_spec, parse_file_spec
-
-    name, _, split = str(data).partition(":")
-    if name in CUE_DATASETS:
-        split = split or "test"
-        return None if split == "calibration" else (f"{name}:calibration", f"{name}:{split}")
-    if name == "cafe":
+    ds = DataSpec.parse(data, seed=seed)
+    if not ds.has_splits or ds.effective_split == "calibration":
         return None
-    path, fsplit, fseed = parse_file_spec(str(data))
-    if fsplit == "calibration":
-        return None
-    return file_split_spec(path, "calibration", fseed or 0), file_split_spec(path, fsplit or "test", fseed or 0)
+    report = ds if ds.split_name is not None else ds.split("test")
+    return str(ds.split("calibration")), str(report)
 
 
 def half_split(item_ids: Sequence[str], *, seed: int) -> dict[str, list[str]]:

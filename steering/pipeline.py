@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auralens.interp.dataspec import FILE_SPLITS, DataSpec
 from auralens.interp.errors import ConfigError
+from auralens.interp.runs import run_identity
 from auralens.interp.stage_config import DTYPE_HELP as _DTYPE_HELP
 from auralens.interp.stage_config import RESUME_HELP as _RESUME_HELP
 from auralens.interp.distributed import barrier, is_main, on_main
@@ -191,137 +193,65 @@ def _heads_data(heads_from) -> str | None:
     return read_heads_source(str(p)).get("data")
 
 
-def _split_family(spec: str) -> tuple[Any, str | None, int]:
-    """(dataset family, split or None = the whole dataset, split seed) of a data spec.
-
-    The three cue conditions are one family (they share their items); a file dataset is its
-    resolved path; a cue dataset without a split is its test split."""
-    from auralens.interp.datasets import CUE_DATASETS
-
-    spec = str(spec)
-    base, _, split = spec.partition(":")
-    if base in CUE_DATASETS:
-        return "cafe-cue", split or "test", 0
-    fs = _file_spec(spec)
-    if fs is not None:
-        return str(Path(fs[0]).resolve()), fs[1], int(fs[2] or 0)
-    return spec, None, 0
-
-
 def check_heads_data(heads_data: str, specs) -> None:
     """Refuse heads ranked on data that is not a calibration split of the dataset of ``specs``
     (the fit data, or the eval's dev/test): same dataset (cue datasets: any condition) and a
     split other than calibration (or the whole file dataset, or calibration under another split
     seed) -> ConfigError.  Heads without a recorded dataset (a bare heads.parquet, pairs) and
     datasets without splits (plain cafe) are not checked."""
-    fam, split, sseed = _split_family(heads_data)
+    heads = DataSpec.parse(heads_data)
     for spec in specs:
-        f2, _, ss2 = _split_family(spec)
-        if fam != f2 or (fam != "cafe-cue" and _file_spec(spec) is None):
+        ds = DataSpec.parse(spec)
+        if heads.family != ds.family or not ds.has_splits:
             continue  # another dataset, or one without calibration/dev/test splits (plain cafe)
-        if split == "calibration" and sseed == ss2:
+        if heads.effective_split == "calibration" and heads.split_seed == ds.split_seed:
             continue
         raise ConfigError(
             f"heads_from: the heads were ranked on {heads_data!r}, which is not the calibration split of the "
-            f"dataset of {spec!r} (it is or contains its dev/test items); expected heads from a calibration run "
+            f"dataset of {str(spec)!r} (it is or contains its dev/test items); expected heads from a calibration run "
             f"(auralens record --data <dataset>:calibration)"
         )
 
 
-def fit_spec(data: str) -> str:
-    """The fit data: a cue dataset without a split fits on its calibration split."""
-    from auralens.interp.datasets import CUE_DATASETS, file_split_spec
-
-    base, _, split = str(data).partition(":")
-    if base in CUE_DATASETS:
-        return f"{base}:calibration" if not split else str(data)
-    fs = _file_spec(data)
-    if fs is not None and fs[1] is None:  # a file dataset (JSON or folder) without a split
-        return file_split_spec(fs[0], "calibration", fs[2] or 0)
-    return str(data)
+def fit_spec(data: str | DataSpec) -> str:
+    """The fit data: a cue or file dataset without a split fits on its calibration split."""
+    ds = DataSpec.parse(data)
+    if ds.has_splits and ds.split_name is None:
+        return str(ds.split("calibration"))
+    return str(ds)
 
 
-def _file_spec(data: str) -> tuple[str, str | None, int | None] | None:
-    """(path, split, split seed) of a file dataset spec (an MMAU/MMAR .json or a folder), else None."""
-    from auralens.interp.datasets import CUE_DATASETS, parse_file_spec
-
-    data = str(data)
-    if data == "cafe" or data.startswith("cafe:") or data.partition(":")[0] in CUE_DATASETS:
-        return None
-    path, split, split_seed = parse_file_spec(data)
-    if Path(path).suffix == ".json" or Path(path).is_dir():
-        return path, split, split_seed
-    return None
-
-
-def _seed_range(spec: str, seed: int, n: int) -> list[int] | None:
-    """[first, last + 1) of the scene seeds behind ``spec`` (cafe datasets), else None."""
-    from auralens.interp.datasets import CUE_DATASETS
-
-    base, _, split = spec.partition(":")
-    if base in CUE_DATASETS:
-        from auralens.interp.cafe.cues import split_seeds
-
-        r = split_seeds(split or "test", n)
-        return [r.start, r.stop]
-    if base == "cafe":
-        return [int(seed) * 100_000, int(seed) * 100_000 + n]
-    return None
-
-
-def split_record(spec: str, seed: int, items) -> dict[str, Any]:
+def split_record(spec: str | DataSpec, seed: int, items) -> dict[str, Any]:
     """What identifies one split: its spec, data seed, scene-seed range and item-id fingerprint."""
-    from auralens.interp.runs import run_identity
-
+    ds = DataSpec.parse(spec, seed=seed)
     ident = run_identity(items)
-    rec = {"data": spec, "seed": int(seed), "n": len(items), "seeds": _seed_range(spec, seed, len(items)),
+    rec = {"data": str(ds), "seed": int(seed), "n": len(items), "seeds": ds.seed_range(len(items)),
            "ids_sha256": ident["items"]["ids_sha256"], "data_fingerprint": ident["data_fingerprint"]}
-    fs = _file_spec(spec)
-    if fs is not None and fs[1] is not None:  # a file dataset's hashed item-id split
-        from auralens.interp.datasets import FILE_SPLITS
-
-        rec.update(split=fs[1], split_seed=int(fs[2] or 0),
+    if ds.kind == "file" and ds.split_name is not None:  # a file dataset's hashed item-id split
+        rec.update(split=ds.split_name, split_seed=ds.split_seed,
                    split_rule="sha256('<split seed>:<item id>') -> u in [0,1): "
                               + ", ".join(f"{k} {v:.0%}" for k, v in FILE_SPLITS.items()))
     return rec
 
 
-def eval_splits(data: str, seed: int) -> dict[str, tuple[str, int]]:
-    """``{"dev": (spec, data seed), "test": (spec, data seed)}`` of the dev/test protocol.
+def eval_splits(data: str | DataSpec, seed: int) -> dict[str, tuple[str, int]]:
+    """``{"dev": (spec, data seed), "test": (spec, data seed)}`` of the dev/test protocol
+    (:meth:`auralens.interp.dataspec.DataSpec.dev_test`).
 
     Cue datasets use their fixed ``:dev`` / ``:test`` splits; plain ``cafe`` (or
     ``cafe:<tiers>``) uses the disjoint data seeds ``seed`` (dev) and ``seed + 1`` (test); a
     file dataset (MMAU/MMAR .json or a folder, ``path`` or ``path@<split seed>``) uses its hashed
-    item-id splits ``path:dev[@s]`` / ``path:test[@s]`` (:func:`auralens.interp.datasets.file_split`).
+    item-id splits ``path:dev[@s]`` / ``path:test[@s]`` (:func:`auralens.interp.dataspec.file_split`).
     Anything else has no split: ConfigError."""
-    from auralens.interp.datasets import CUE_DATASETS, file_split_spec
-
-    fs = _file_spec(data)
-    if fs is not None:
-        path, split, split_seed = fs
-        if split:
-            raise ConfigError(
-                f"data {data!r}: the dev/test protocol takes the dataset without a split (it uses "
-                f"{file_split_spec(path, 'dev', split_seed or 0)} to choose beta and "
-                f"{file_split_spec(path, 'test', split_seed or 0)} to report), found ':{split}'"
-            )
-        return {"dev": (file_split_spec(path, "dev", split_seed or 0), int(seed)),
-                "test": (file_split_spec(path, "test", split_seed or 0), int(seed))}
-    base, _, split = str(data).partition(":")
-    if base in CUE_DATASETS:
-        if split:
-            raise ConfigError(
-                f"data {data!r}: the dev/test protocol takes the dataset without a split (it uses "
-                f"{base}:dev to choose beta and {base}:test to report), found ':{split}'"
-            )
-        return {"dev": (f"{base}:dev", int(seed)), "test": (f"{base}:test", int(seed))}
-    if base == "cafe":
-        return {"dev": (str(data), int(seed)), "test": (str(data), int(seed) + 1)}
-    raise ConfigError(
-        f"data {data!r}: expected a dataset with dev/test splits (cafe, cafe-neutral|congruent|conflict, an "
-        "MMAU/MMAR .json file or a folder with questions.jsonl), "
-        "found one without; use protocol='sweep' for an in-sample sweep"
-    )
+    ds = DataSpec.parse(data, seed=seed)
+    if ds.kind == "file" and not (Path(ds.name).suffix == ".json" or Path(ds.name).is_dir()):
+        raise ConfigError(
+            f"data {str(data)!r}: expected a dataset with dev/test splits (cafe, cafe-neutral|congruent|conflict, an "
+            "MMAU/MMAR .json file or a folder with questions.jsonl), "
+            "found one without; use protocol='sweep' for an in-sample sweep"
+        )
+    dev, test = ds.dev_test()
+    return {"dev": (str(dev), dev.seed), "test": (str(test), test.seed)}
 
 
 def _item_keys(it) -> set:

@@ -234,7 +234,7 @@ def test_file_split_is_a_stable_seeded_partition():
 
 
 def test_folder_and_json_splits_are_disjoint_and_cover_the_items(folder_dataset, tmp_path):
-    from auralens.interp.datasets import file_split, parse_file_spec
+    from auralens.interp.dataspec import DataSpec, file_split
 
     d = folder_dataset(30)
     all_ids = [it.item_id for it in load_dataset(str(d))]
@@ -251,13 +251,14 @@ def test_folder_and_json_splits_are_disjoint_and_cover_the_items(folder_dataset,
     p = _write(tmp_path / "m.json", rows)
     dev = [it.item_id for it in load_dataset(f"{p}:dev@3")]
     assert dev == [str(i) for i in range(40) if file_split(str(i), 3) == "dev"]
-    assert parse_file_spec(f"{p}:dev@3") == (str(p), "dev", 3)
-    assert parse_file_spec(str(p)) == (str(p), None, None)
+    ds = DataSpec.parse(f"{p}:dev@3")
+    assert (ds.kind, ds.name, ds.split_name, ds.split_seed) == ("file", str(p), "dev", 3)
+    assert (DataSpec.parse(str(p)).split_name, DataSpec.parse(str(p)).split_seed) == (None, 0)
     with pytest.raises(DatasetError, match="only a split seed"):
         load_dataset(f"{p}@3")
     # a file whose own name ends like a split is that file
     odd = _write(tmp_path / "x.json:dev", rows)
-    assert parse_file_spec(str(odd)) == (str(odd), None, None)
+    assert DataSpec.parse(str(odd)) == DataSpec(kind="file", name=str(odd))
 
 
 def test_unknown_cafe_tier_is_a_dataset_error():
@@ -267,3 +268,38 @@ def test_unknown_cafe_tier_is_a_dataset_error():
     with pytest.raises(DatasetError, match="cafe:x.*perception"):
         load_items("cafe:x", n=2, seed=7)
     assert {it.tier for it in load_items("cafe:temporal", n=3, seed=7)} == {"temporal"}
+
+
+# ----------------------------------------------------------------------------- DataSpec
+@pytest.mark.parametrize("text", ["cafe", "cafe:perception,temporal", "cafe-neutral", "cafe-conflict:dev",
+                                  "m.json", "m.json:test", "m.json:calibration@3", "m.json@2", "some/folder:dev"])
+def test_dataspec_round_trips(text):
+    from auralens.interp.dataspec import DataSpec
+
+    assert str(DataSpec.parse(text)) == text
+    assert DataSpec.parse(DataSpec.parse(text)) == DataSpec.parse(text)
+
+
+def test_dataspec_splits_and_dev_test():
+    from auralens.interp.dataspec import DataSpec
+    from auralens.interp.errors import ConfigError
+
+    cue = DataSpec.parse("cafe-conflict", seed=3)
+    assert (cue.effective_split, str(cue.split("calibration")), cue.split("dev").seed) == ("test", "cafe-conflict:calibration", 3)
+    assert [str(s) for s in cue.dev_test()] == ["cafe-conflict:dev", "cafe-conflict:test"]
+    f = DataSpec.parse("m.json@2")
+    assert [str(s) for s in f.dev_test()] == ["m.json:dev@2", "m.json:test@2"]
+    assert str(DataSpec.parse("m.json:test@2").split("calibration")) == "m.json:calibration@2"
+    dev, test = DataSpec.parse("cafe:temporal", seed=7).dev_test()
+    assert (str(dev), dev.seed, str(test), test.seed) == ("cafe:temporal", 7, "cafe:temporal", 8)
+    with pytest.raises(ConfigError, match="without a split"):
+        DataSpec.parse("cafe-neutral:dev").dev_test()
+    with pytest.raises(ConfigError, match="no calibration split"):
+        DataSpec.parse("cafe").split("calibration")
+    with pytest.raises(DatasetError, match="expected a split in"):
+        DataSpec.parse("cafe-conflict:train")
+    # overlap: the cue conditions are one family; other splits under the same split seed are disjoint
+    assert DataSpec.parse("cafe-neutral").overlaps(DataSpec.parse("cafe-conflict:test"))
+    assert not DataSpec.parse("cafe-neutral:dev").overlaps(DataSpec.parse("cafe-conflict:test"))
+    assert DataSpec.parse("m.json:dev@1").overlaps(DataSpec.parse("m.json:test@2"))
+    assert not DataSpec.parse("m.json:dev").overlaps(DataSpec.parse("n.json:dev"))
