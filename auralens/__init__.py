@@ -42,7 +42,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "YieldRecorder": ("auralens.interp.attention_yield", "YieldRecorder"),
     "audio_mask_from_ids": ("auralens.interp.attention_yield", "audio_mask_from_ids"),
     # the stages
-    "stage_eval": ("auralens.stages", "stage_eval"),
+    "stage_eval": ("auralens.interp.evaluate", "stage_eval"),
     "stage_record": ("auralens.interp.record", "stage_record"),
     "stage_probe": ("auralens.probes.pipeline", "stage_probe"),
     "stage_steer_fit": ("auralens.steering.pipeline", "stage_steer_fit"),

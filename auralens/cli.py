@@ -174,11 +174,6 @@ def _load(model: str, dtype: str = "auto", device: Optional[str] = None):
     return load_model(model, dtype=dtype, device=device)
 
 
-def _run(fn, *args, **kwargs):
-    """Call a stage; errors of the auralens family reach the user as one clear line."""
-    return _guarded(fn)(*args, **kwargs)
-
-
 # --- commands derived from a stage's config dataclass (auralens.interp.stage_config) --------------------
 
 
@@ -298,10 +293,10 @@ def _stage_command(group: typer.Typer, name: str, config: str):
     return deco
 
 
-@_stage_command(app, "eval", "auralens.stages:EvalConfig")
+@_stage_command(app, "eval", "auralens.interp.evaluate:EvalConfig")
 def eval_cmd(cfg, as_json: bool = typer.Option(False, "--json", help="Print accuracy per tier and format as strict JSON.")) -> None:
     """Accuracy per tier and answer format, with the audio and with silence."""
-    from auralens.stages import stage_eval
+    from auralens.interp.evaluate import stage_eval
 
     res = stage_eval(**cfg.options(), quiet=as_json)
     if as_json:

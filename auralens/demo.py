@@ -47,7 +47,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     results: dict = {}
 
     # --- stage 1: accuracy per tier and format, with audio and with silence ------------------
-    from auralens.stages import stage_eval
+    from auralens.interp.evaluate import stage_eval
 
     res = stage_eval(model="micro", data="cafe", n=n, out=out / "eval", resume=resume, command=command, lm=lm, batch_size=32,
                      **({"max_new_tokens": gen_tokens, "quiet": True} if fast else {}))

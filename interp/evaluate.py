@@ -1,16 +1,29 @@
-"""Accuracy of a model on items, per tier and answer format, with real audio and with silence."""
+"""The eval stage (``auralens eval``): accuracy of a model on items, per tier and answer format,
+with real audio and with silence.
+
+:class:`EvalConfig` holds the stage's options and :func:`stage_eval` runs it into a run folder
+(``items.parquet``, one row per item x format x audio mode, and ``accuracy.parquet``; columns:
+:data:`auralens.interp.schemas.EVAL_ITEMS`, :data:`auralens.interp.schemas.ACCURACY`);
+:func:`run_eval`, :func:`summarize` and :func:`summary_json` are its steps, also used on their own
+(e.g. by the organism validator).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from auralens.interp.distributed import on_main
 from auralens.interp.generation import AUDIO_MODES, GenerationConfig, generate_batch, item_row, model_inputs
 from auralens.interp.items import Item
-from auralens.interp.runs import fill_rows
+from auralens.interp.runs import RowLog, check_dtype, check_formats, check_int, check_n, fill_rows, load_items, open_run
+from auralens.interp.schemas import ACCURACY, EVAL_ITEMS
+from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 from auralens.interp.stats import bootstrap_mean_ci
+
+__all__ = ["EvalConfig", "run_eval", "stage_eval", "summarize", "summary_json"]
 
 
 def run_eval(
@@ -61,3 +74,68 @@ def summary_json(df) -> dict[str, Any]:
             "all": round(float(g["correct"].mean()), 4),
         }
     return res
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(ModelDataConfig):
+    """``auralens eval``: accuracy per tier and answer format, with the audio and with silence."""
+
+    COMMAND = "auralens eval"
+
+    n: int = option(300, help="Number of items (>= 1).")
+    formats: tuple[str, ...] = option(("direct", "cot", "structured"), parse="csv",
+                                      help="Comma-separated answer formats.")
+    silence: bool = option(True, help="Also evaluate with the audio replaced by silence.")
+    out: Path | None = option(None, identity=False, help="Run folder (default: runs/eval-<model>).")
+    resume: bool = option(False, identity=False, help=RESUME_HELP)
+    batch_size: int = option(32, identity=False, help="Items per generation batch (>= 1).")
+    max_new_tokens: int = option(96, help="Generated tokens per answer (>= 1).")
+    seed: int = option(7, help="Data seed (cafe).")
+    dtype: str = option("auto", help=DTYPE_HELP)
+    command: str = option("auralens eval", identity=False, cli=False, help="The command line that started the run.")
+
+    def __post_init__(self) -> None:
+        check_n(self.n)
+        self._set("formats", check_formats(self.formats))
+        check_int("batch_size", self.batch_size)
+        check_int("max_new_tokens", self.max_new_tokens)
+        check_dtype(self.dtype)
+        if self.out is not None:
+            self._set("out", Path(self.out))
+
+    @property
+    def run_folder(self) -> Path:
+        """``out``, or ``runs/eval-<model folder name>``."""
+        return self.out if self.out is not None else Path("runs") / f"eval-{Path(self.model).name}"
+
+
+@takes_config(EvalConfig)
+def stage_eval(cfg: EvalConfig, *, lm=None, quiet: bool = False) -> dict[str, Any]:
+    """Generate and score every item x format (x silence) into ``cfg.run_folder``; returns the
+    summary (model, data, n, run, accuracy: :func:`summary_json`).
+
+    Options (:class:`EvalConfig`), items and audio headers are checked, and the model loaded,
+    before the run folder is created (:func:`auralens.interp.runs.open_run`)."""
+    # 1. validate: options (EvalConfig), items, every audio header
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    items = load_items(cfg.data, n=cfg.n, seed=cfg.seed)
+    out = cfg.run_folder
+    # 2-4. folder check, model, folder
+    run, lm = open_run(out, manifest=cfg.manifest(), items=items, resume=cfg.resume, lm=lm, model=cfg.model,
+                       dtype=cfg.dtype, device_map=cfg.device_map)
+    # 5. rows
+    log = RowLog(run, "items.parquet", key="row_id", resume=cfg.resume)
+    df = run_eval(
+        lm, items, formats=cfg.formats, audio_modes=("real", "silence") if cfg.silence else ("real",),
+        cfg=gen, log=log, progress=not quiet,
+    )
+    EVAL_ITEMS.check(df)  # items.parquet, written row by row by the log
+
+    def finish():  # rank 0 writes the tables (auralens.interp.distributed); every rank returns its summary
+        ACCURACY.write(run, summarize(df))
+        res = summary_json(df)
+        run.mark_stage("eval", n_rows=len(df))
+        run.finish()
+        return {"model": cfg.model, "data": cfg.data, "n": len(items), "run": str(out), "accuracy": res}
+
+    return on_main(finish)

@@ -85,7 +85,7 @@ def _one_thread():
 def micro_run(tmp_path_factory):
     """A real run folder produced by `micro` (eval + record stages, a handful of items), laid out
     like `auralens demo`'s: the dashboard and report tests read it."""
-    from auralens.stages import stage_eval
+    from auralens.interp.evaluate import stage_eval
     from auralens.interp.loading import load_model
     from auralens.interp.record import stage_record
 

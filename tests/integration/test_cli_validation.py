@@ -120,7 +120,7 @@ def test_unsupported_architecture_leaves_no_folder(tmp_path):
 
 
 def test_bad_audio_file_is_found_before_the_folder(tmp_path, lm):
-    from auralens.stages import stage_eval
+    from auralens.interp.evaluate import stage_eval
     from auralens.interp.record import stage_record
 
     data = _folder_dataset(tmp_path / "data", n=3, bad_at=2)
@@ -136,7 +136,7 @@ def test_bad_audio_file_is_found_before_the_folder(tmp_path, lm):
 
 
 def test_stage_functions_validate_before_the_folder(tmp_path, lm):
-    from auralens.stages import stage_eval
+    from auralens.interp.evaluate import stage_eval
     from auralens.interp.record import stage_record
 
     out = tmp_path / "run"
@@ -154,7 +154,7 @@ def test_stage_functions_validate_before_the_folder(tmp_path, lm):
 
 
 def _eval(lm, out, **kw):
-    from auralens.stages import stage_eval
+    from auralens.interp.evaluate import stage_eval
 
     args = dict(model="micro", data="cafe", n=2, formats=("direct",), silence=False, out=out, lm=lm, quiet=True,
                 max_new_tokens=4, batch_size=4)
@@ -247,9 +247,9 @@ def test_report_and_export_errors_are_one_line(tmp_path):
 
 
 def test_json_output_is_strict(tmp_path, monkeypatch):
-    import auralens.stages as stages
+    import auralens.interp.evaluate as evaluate
 
-    monkeypatch.setattr(stages, "stage_eval", lambda **kw: {"accuracy": {"all": float("nan")}, "inf": float("inf"),
+    monkeypatch.setattr(evaluate, "stage_eval", lambda **kw: {"accuracy": {"all": float("nan")}, "inf": float("inf"),
                                                             "n": 2})
     res = invoke("eval", "--n", "2", "--json", "--out", tmp_path / "r")
     assert res.exit_code == 0, res.output

@@ -12,7 +12,7 @@ from auralens.interp.errors import ConfigError
 
 def _configs():
     from auralens.compare import CompareConfig
-    from auralens.stages import EvalConfig
+    from auralens.interp.evaluate import EvalConfig
     from auralens.interp.record import RecordConfig
     from auralens.probes.pipeline import ProbeStageConfig
     from auralens.steering.pipeline import SteerEvalConfig, SteerFitConfig
@@ -29,7 +29,7 @@ def test_configs_are_frozen_keyword_only_and_every_field_has_help():
 
 def test_identity_is_what_the_stages_always_recorded():
     from auralens.compare import CompareConfig
-    from auralens.stages import EvalConfig
+    from auralens.interp.evaluate import EvalConfig
     from auralens.interp.record import RecordConfig
 
     assert EvalConfig(n=3, batch_size=4, out="x").manifest() == {
@@ -48,7 +48,7 @@ def test_identity_is_what_the_stages_always_recorded():
     ({"dtype": "float8"}, "dtype"),
 ])
 def test_validation_names_the_option(kwargs, needle):
-    from auralens.stages import EvalConfig
+    from auralens.interp.evaluate import EvalConfig
 
     with pytest.raises(ConfigError, match=needle):
         EvalConfig(**kwargs)
