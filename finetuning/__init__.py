@@ -32,11 +32,16 @@ Modules:
 
 - :mod:`auralens.finetuning.config`   :class:`FinetuneConfig` (the recipe's knobs, validated), seed blocks,
                              the measured step times
+- :mod:`auralens.finetuning.items`    the training items (:func:`~auralens.finetuning.items.train_item`:
+                             one cafe item per seed under ``cue_mix``)
 - :mod:`auralens.finetuning.rewards`  perception / consistency / answer / format rewards of a generated
                              trace and their geometric mean
 - :mod:`auralens.finetuning.sft`      phase 1 on TRL's ``SFTTrainer`` (:func:`~auralens.finetuning.sft.run_sft`)
 - :mod:`auralens.finetuning.grpo`     phase 2's pieces: sampling, completion log-probs, advantages, the
                              clipped loss with its KL penalty, one update
+                             (:func:`~auralens.finetuning.grpo.grpo_update` with a
+                             :class:`~auralens.finetuning.grpo.GRPOUpdateConfig` and a
+                             :class:`~auralens.finetuning.grpo.GRPOBatch`)
 - :mod:`auralens.finetuning.recipe`   :func:`~auralens.finetuning.recipe.finetune`: both phases, checkpoints,
                              resume, compute estimate, the final folder
 

@@ -11,21 +11,26 @@ the policy and the reference (``_get_per_token_logps_and_entropies``, called fro
 images.  ``input_features`` and ``feature_attention_mask`` never reach that forward, so the loss
 would be computed on a model that hears nothing (Qwen2-Audio embeds the ``<|AUDIO|>``
 placeholders as plain tokens when no features are given: no error, silently wrong).  The loop
-here (:func:`auralens.finetuning.recipe.finetune`) is ~100 lines around ``model.generate`` and
-``model(**batch)`` and passes every processor output through.
+here (the GRPO phase of :func:`auralens.finetuning.recipe.finetune`) is built on ``model.generate``
+and ``model(**batch)`` and passes every processor output through.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from auralens.finetuning.config import LOSS_TYPES
 from auralens.interp.errors import ConfigError
 
 __all__ = [
+    "GRPOBatch",
+    "GRPOUpdateConfig",
     "completion_logprobs",
     "completion_mask",
+    "eos_token_ids",
     "group_advantages",
     "grpo_loss",
     "grpo_update",
@@ -57,7 +62,9 @@ def repeat_batch(batch: Mapping[str, Any], times: int) -> dict[str, Any]:
             for k, v in batch.items()}
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """The token ids that end a completion: the model's generation-config end-of-sequence id(s)
+    and the tokenizer's ``eos_token_id``."""
     ids = model.generation_config.eos_token_id
     ids = ids if isinstance(ids, list) else [ids]
     out = {int(i) for i in ids if i is not None}
@@ -94,7 +101,7 @@ def sample_completions(model, tokenizer, batch, *, group_size: int, temperature:
             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **extra, **dict(generate_kwargs or {}),
         )
     ids = out[:, rep["input_ids"].shape[1]:]
-    return rep, ids, completion_mask(ids, _eos_ids(model, tokenizer))
+    return rep, ids, completion_mask(ids, eos_token_ids(model, tokenizer))
 
 
 def completion_logprobs(model, batch: Mapping[str, Any], ids, mask, *, temperature: float = 1.0,
@@ -145,31 +152,100 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, kl_coef: float, cli
     return loss, {"kl": mean_kl, "clip_frac": float((((ratio.detach() - 1).abs() > clip_eps).float() * m).sum() / m.sum().clamp(min=1))}
 
 
-def grpo_update(policy, ref, opt, batch, ids, mask, advantages, *, kl_coef: float, clip_eps: float = 0.2,
-                temperature: float = 1.0, iterations: int = 1, max_grad_norm: float = 1.0,
-                suppress_ids: Sequence[int] = (), loss_type: str = "dapo", loss_mask=None) -> dict[str, float]:
-    """``iterations`` optimiser steps of GRPO on one sampled batch (completions ``ids`` with
-    ``mask`` for the rows of ``batch``, and their ``advantages``).  ``loss_mask`` (default
-    ``mask``): the tokens that are the policy's actions (a forced PAUSE is in ``mask``, not here)."""
+@dataclass(frozen=True, kw_only=True)
+class GRPOUpdateConfig:
+    """The knobs of :func:`grpo_update`.
+
+    Attributes:
+        kl_coef: β of the KL penalty to the reference.  clip_eps: ε of the clipped ratio.
+        temperature: the sampling temperature (log-probs use logits / temperature).
+        iterations: optimiser steps on one sampled batch.  max_grad_norm: gradient-norm clip.
+        loss_type: ``"dapo"`` or ``"grpo"`` (see :func:`grpo_loss`).
+        suppress_ids: tokens removed from the distribution as in sampling (the audio
+            placeholder; HyPeR's PAUSE token).
+    """
+
+    kl_coef: float
+    clip_eps: float = 0.2
+    temperature: float = 1.0
+    iterations: int = 1
+    max_grad_norm: float = 1.0
+    loss_type: str = "dapo"
+    suppress_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, positive in (("kl_coef", False), ("clip_eps", False), ("temperature", True), ("max_grad_norm", True)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+                raise ConfigError(f"GRPOUpdateConfig.{name}: expected a finite number {'> 0' if positive else '>= 0'}, "
+                                  f"found {v!r}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ConfigError(f"GRPOUpdateConfig.iterations: expected an integer >= 1, found {self.iterations!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"GRPOUpdateConfig.loss_type: expected one of {list(LOSS_TYPES)}, found {self.loss_type!r}")
+        ids = tuple(self.suppress_ids)
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise ConfigError(f"GRPOUpdateConfig.suppress_ids: expected token ids (integers >= 0), found {self.suppress_ids!r}")
+        object.__setattr__(self, "suppress_ids", ids)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPOBatch:
+    """One sampled batch for :func:`grpo_update`.
+
+    Attributes:
+        prompts: the processor batch, one row per completion (:func:`repeat_batch`).
+        ids, mask: the completions [rows, new] and what each row holds (:func:`sample_completions`).
+        advantages: one per row (:func:`group_advantages`).
+        loss_mask: the tokens that are the policy's actions (default ``mask``; a forced PAUSE is
+            in ``mask``, not here).
+    """
+
+    prompts: Mapping[str, Any]
+    ids: Any
+    mask: Any
+    advantages: Any
+    loss_mask: Any = None
+
+    def __post_init__(self) -> None:
+        rows = self.prompts["input_ids"].shape[0]
+        shapes = {"ids": tuple(self.ids.shape), "mask": tuple(self.mask.shape)}
+        if self.loss_mask is not None:
+            shapes["loss_mask"] = tuple(self.loss_mask.shape)
+        if len(set(shapes.values())) != 1 or shapes["ids"][0] != rows:
+            raise ConfigError(f"GRPOBatch: expected ids, mask and loss_mask of one shape [{rows}, new] (the prompts' "
+                              f"rows), found {shapes}")
+        if tuple(self.advantages.shape) != (rows,):
+            raise ConfigError(f"GRPOBatch.advantages: expected shape ({rows},), found {tuple(self.advantages.shape)}")
+
+    @property
+    def action_mask(self):
+        """``loss_mask``, or ``mask`` where none was given."""
+        return self.mask if self.loss_mask is None else self.loss_mask
+
+
+def grpo_update(policy, ref, opt, batch: GRPOBatch, cfg: GRPOUpdateConfig) -> dict[str, float]:
+    """``cfg.iterations`` optimiser steps of GRPO on one sampled ``batch``: the log-probs of its
+    completions under ``ref`` (once) and ``policy``, :func:`grpo_loss` over its action tokens."""
     import torch
 
-    lmask = mask if loss_mask is None else loss_mask
+    lmask = batch.action_mask
     with torch.no_grad():
-        ref_logp = completion_logprobs(ref, batch, ids, mask, temperature=temperature, suppress_ids=suppress_ids,
-                                       loss_mask=lmask)
+        ref_logp = completion_logprobs(ref, batch.prompts, batch.ids, batch.mask, temperature=cfg.temperature,
+                                       suppress_ids=cfg.suppress_ids, loss_mask=lmask)
         old_logp = None
     stats: dict[str, float] = {}
     policy.train()
-    for _ in range(iterations):
-        logp = completion_logprobs(policy, batch, ids, mask, temperature=temperature, suppress_ids=suppress_ids,
-                                   loss_mask=lmask)
+    for _ in range(cfg.iterations):
+        logp = completion_logprobs(policy, batch.prompts, batch.ids, batch.mask, temperature=cfg.temperature,
+                                   suppress_ids=cfg.suppress_ids, loss_mask=lmask)
         if old_logp is None:
             old_logp = logp.detach()
-        loss, stats = grpo_loss(logp, old_logp, ref_logp, advantages.to(logp.device), lmask,
-                                kl_coef=kl_coef, clip_eps=clip_eps, loss_type=loss_type)
+        loss, stats = grpo_loss(logp, old_logp, ref_logp, batch.advantages.to(logp.device), lmask,
+                                kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps, loss_type=cfg.loss_type)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         opt.step()
         stats["loss"] = float(loss.detach())
     policy.eval()

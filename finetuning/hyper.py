@@ -46,6 +46,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from auralens.finetuning.grpo import completion_mask, eos_token_ids
+from auralens.finetuning.rewards import answer_reward, format_reward, section_claims, split_sections
+from auralens.interp.cafe.formats import check_claims, render_target
+from auralens.interp.errors import ConfigError
+from auralens.interp.pause import PAUSE_TOKEN, next_token_entropy
+
 __all__ = [
     "HYPER_REWARD_NAMES",
     "HYPER_WEIGHTS",
@@ -64,11 +70,8 @@ _NO_RATIONALE = 0.2  # their base score when the rationale states nothing checka
 
 def perceptual_consistency(text: str, scene: Mapping[str, Any]) -> float:
     """Share of the reasoning and review claims that the scene supports; 0.2 when they make none."""
-    from auralens.finetuning.rewards import _claims_in, split_sections
-    from auralens.interp.cafe.formats import check_claims
-
     secs = split_sections(text)
-    claims = [c for name in ("reasoning", "review") for c in _claims_in(text, secs[name])]
+    claims = [c for name in ("reasoning", "review") for c in section_claims(text, secs[name])]
     if not claims:
         return _NO_RATIONALE
     return sum(ok for _, ok in check_claims(claims, dict(scene))) / len(claims)
@@ -94,17 +97,12 @@ def _words(text: str) -> int:
 
 
 def binary_format(text: str) -> float:
-    from auralens.finetuning.rewards import format_reward
-
+    """1 when :func:`auralens.finetuning.rewards.format_reward` is 1 (every marker once, in order), else 0."""
     return 1.0 if format_reward(text) == 1.0 else 0.0
 
 
 def hyper_rewards(text: str, item) -> dict[str, float]:
     """The HyPeR-style rewards of one trace and their weighted sum under ``"total"`` (in [0, 2])."""
-    from auralens.finetuning.rewards import answer_reward
-    from auralens.interp.cafe.formats import render_target
-    from auralens.interp.errors import ConfigError
-
     if not item.scene:
         raise ConfigError(f"item {item.item_id!r}: expected a cafe scene (ground truth) for the HyPeR rewards, found none")
     acc = answer_reward(text, item)
@@ -119,8 +117,6 @@ def hyper_rewards(text: str, item) -> dict[str, float]:
 def add_pause_token(lm) -> int:
     """Add ``<pause>`` as a special token and grow the embeddings (mean-initialised); returns its id.
     Idempotent (a model that has it keeps it)."""
-    from auralens.interp.pause import PAUSE_TOKEN
-
     tok = lm.tokenizer
     if PAUSE_TOKEN in tok.get_vocab():
         return int(tok.convert_tokens_to_ids(PAUSE_TOKEN))
@@ -135,16 +131,13 @@ def calibrate_threshold(model, tokenizer, batch, *, pause_id: int, quantile: flo
     tokens of answers sampled from ``model`` for ``batch`` (the decision points of the rule)."""
     import torch
 
-    from auralens.finetuning.grpo import completion_mask, _eos_ids
-    from auralens.interp.pause import next_token_entropy
-
     banned = [*suppress_ids, pause_id]
     with torch.no_grad():
         out = model.generate(**batch, do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0,
                              max_new_tokens=max_new_tokens, output_logits=True, return_dict_in_generate=True,
                              pad_token_id=tokenizer.pad_token_id, suppress_tokens=banned, **dict(generate_kwargs or {}))
     ids = out.sequences[:, batch["input_ids"].shape[1]:]
-    mask = completion_mask(ids, _eos_ids(model, tokenizer)).bool()
+    mask = completion_mask(ids, eos_token_ids(model, tokenizer)).bool()
     ents = []
     for t, logits in enumerate(out.logits):  # raw logits; the banned ids left out as the rule leaves them out
         ents.append(next_token_entropy(logits, banned)[mask[:, t]])

@@ -56,6 +56,7 @@ __all__ = [
     "format_reward",
     "perception_reward",
     "review_reward",
+    "section_claims",
     "split_sections",
     "trace_rewards",
 ]
@@ -85,7 +86,9 @@ def split_sections(text: str) -> dict[str, tuple[int, int] | None]:
     return out
 
 
-def _claims_in(text: str, span: tuple[int, int] | None):
+def section_claims(text: str, span: tuple[int, int] | None):
+    """The claims of ``text`` made on the lines of ``span`` (a section of :func:`split_sections`;
+    none for a missing section)."""
     from auralens.interp.cafe.formats import parse_claims
 
     if span is None:
@@ -98,7 +101,7 @@ def perception_reward(text: str, scene: Mapping[str, Any]) -> float:
     described counted as three wrong claims: ``correct / max(claims, 3 · sounds)``."""
     from auralens.interp.cafe.formats import check_claims
 
-    claims = _claims_in(text, split_sections(text)["perception"])
+    claims = section_claims(text, split_sections(text)["perception"])
     if not claims:
         return 0.0
     correct = sum(ok for _, ok in check_claims(claims, dict(scene)))
@@ -138,14 +141,14 @@ def consistency_reward(text: str) -> float:
         return 0.0
     word_cls = {w: c for c, w in _class_words().items()}
     perceived: dict[tuple[int, str], str] = {}
-    for c in _claims_in(text, secs["perception"]):
+    for c in section_claims(text, secs["perception"]):
         if c.kind != "count":
             perceived.setdefault((c.sound, c.kind), c.value)
     sounds = {k for k, _ in perceived}
     loud = {k for (k, kind), v in perceived.items() if kind == "loudness" and v == "loud"}
     checks: list[bool] = []
     spans = [s for s in (secs["reasoning"], secs["review"]) if s is not None]
-    for c in (c for s in spans for c in _claims_in(text, s)):
+    for c in (c for s in spans for c in section_claims(text, s)):
         if c.kind == "count":
             checks.append(int(c.value) == len(sounds))
         else:
@@ -175,7 +178,7 @@ def review_reward(text: str, scene: Mapping[str, Any]) -> float:
     section is missing or checks nothing)."""
     from auralens.interp.cafe.formats import check_claims
 
-    claims = _claims_in(text, split_sections(text)["review"])
+    claims = section_claims(text, split_sections(text)["review"])
     if not claims:
         return 0.0
     return sum(ok for _, ok in check_claims(claims, dict(scene))) / len(claims)

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from auralens.finetuning.config import SEED_BLOCK, FinetuneConfig
+from auralens.finetuning.items import train_item
+from auralens.interp.micro.train import make_batch
 
 __all__ = ["run_sft"]
 
@@ -22,9 +24,6 @@ def run_sft(lm, cfg: FinetuneConfig, *, work_dir: Path, max_minutes: float, prog
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
-
-    from auralens.finetuning.recipe import train_item
-    from auralens.interp.micro.train import make_batch
 
     n_items = cfg.sft_steps * cfg.sft_batch_size
     seeds = [cfg.data_seed * SEED_BLOCK + i for i in range(n_items)]

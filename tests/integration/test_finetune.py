@@ -210,7 +210,8 @@ def _completions(lm, texts):
 
 def test_grpo_update_raises_the_rewarded_completion(micro, items):
     from auralens.interp.generation import model_inputs
-    from auralens.finetuning.grpo import completion_logprobs, group_advantages, grpo_update, repeat_batch
+    from auralens.finetuning.grpo import (GRPOBatch, GRPOUpdateConfig, completion_logprobs, group_advantages, grpo_update,
+                                          repeat_batch)
     from auralens.finetuning.rewards import trace_rewards
 
     lm = copy.copy(micro)
@@ -233,7 +234,8 @@ def test_grpo_update_raises_the_rewarded_completion(micro, items):
 
     before = seq_logp()
     for _ in range(2):
-        stats = grpo_update(lm.model, ref, opt, batch, ids, mask, adv, kl_coef=0.04)
+        stats = grpo_update(lm.model, ref, opt, GRPOBatch(prompts=batch, ids=ids, mask=mask, advantages=adv),
+                            GRPOUpdateConfig(kl_coef=0.04))
     after = seq_logp()
     # the rewarded completion gains, and gains on the other one (on a trained model the other
     # one also drops outright; this model is untrained, so shared tokens rise for both)
@@ -244,6 +246,44 @@ def test_grpo_update_raises_the_rewarded_completion(micro, items):
     quiet["input_features"] = torch.zeros_like(batch["input_features"])
     with torch.no_grad():
         assert not torch.allclose(completion_logprobs(lm.model, quiet, ids, mask), completion_logprobs(lm.model, batch, ids, mask))
+
+
+def test_grpo_update_config_and_batch_are_validated():
+    from auralens.finetuning.grpo import GRPOBatch, GRPOUpdateConfig
+
+    cfg = GRPOUpdateConfig(kl_coef=0.04, suppress_ids=[5, 7])
+    assert cfg.suppress_ids == (5, 7) and cfg.clip_eps == 0.2 and cfg.iterations == 1 and cfg.loss_type == "dapo"
+    for bad, match in (({"kl_coef": -0.1}, "kl_coef"), ({"kl_coef": 0.0, "temperature": 0.0}, "temperature"),
+                       ({"kl_coef": 0.0, "iterations": 0}, "iterations"), ({"kl_coef": 0.0, "loss_type": "mean"}, "loss_type"),
+                       ({"kl_coef": 0.0, "suppress_ids": (-1,)}, "suppress_ids"), ({"kl_coef": float("nan")}, "kl_coef")):
+        with pytest.raises(ConfigError, match=match):
+            GRPOUpdateConfig(**bad)
+    with pytest.raises(TypeError):
+        GRPOUpdateConfig(0.04)  # keyword-only
+    prompts = {"input_ids": torch.zeros(4, 3, dtype=torch.long)}
+    ids, mask = torch.zeros(4, 5, dtype=torch.long), torch.ones(4, 5, dtype=torch.long)
+    b = GRPOBatch(prompts=prompts, ids=ids, mask=mask, advantages=torch.zeros(4))
+    assert b.action_mask is mask
+    lm_ = mask * 0
+    assert GRPOBatch(prompts=prompts, ids=ids, mask=mask, advantages=torch.zeros(4), loss_mask=lm_).action_mask is lm_
+    with pytest.raises(ConfigError, match="one shape"):
+        GRPOBatch(prompts=prompts, ids=ids[:, :4], mask=mask, advantages=torch.zeros(4))
+    with pytest.raises(ConfigError, match="advantages"):
+        GRPOBatch(prompts=prompts, ids=ids, mask=mask, advantages=torch.zeros(2))
+
+
+def test_train_items_follow_the_seed_blocks_and_cue_mix():
+    from auralens.finetuning.config import SEED_BLOCK, FinetuneConfig
+    from auralens.finetuning.items import train_item, train_items
+    from auralens.interp.cafe.questions import make_item
+    from auralens.interp.micro.organisms import RECIPES, organism_item
+
+    plain = FinetuneConfig(cue_mix="none", data_seed=2)
+    got = train_items(plain, 10, 2)
+    assert [it.item_id for it in got] == [make_item(2 * SEED_BLOCK + 10 + i).item_id for i in range(2)]
+    cued = [train_item(FinetuneConfig(data_seed=2), 2 * SEED_BLOCK + 10 + i) for i in range(2)]
+    want = [organism_item(2 * SEED_BLOCK + 10 + i, RECIPES["micro"]) for i in range(2)]
+    assert [(it.item_id, it.question) for it in cued] == [(it.item_id, it.question) for it in want]
 
 
 def test_sampling_never_emits_the_audio_placeholder(micro, items):
