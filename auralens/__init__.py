@@ -44,7 +44,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     # the stages
     "stage_eval": ("auralens.interp.evaluate", "stage_eval"),
     "stage_record": ("auralens.interp.record", "stage_record"),
-    "stage_probe": ("auralens.probes.pipeline", "stage_probe"),
+    "stage_probe": ("auralens.probes.stage", "stage_probe"),
     "stage_steer_fit": ("auralens.steering.pipeline", "stage_steer_fit"),
     "stage_steer_eval": ("auralens.steering.pipeline", "stage_steer_eval"),
     "stage_compare": ("auralens.compare", "stage_compare"),

@@ -610,10 +610,10 @@ def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
     _echo_json(stage_record(**cfg.options(), quiet=as_json))
 
 
-@_stage_command(app, "probe", "auralens.probes.pipeline:ProbeStageConfig")
+@_stage_command(app, "probe", "auralens.probes.stage:ProbeStageConfig")
 def probe_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Linear probes for audio attributes, by layer and by reasoning step."""
-    from auralens.probes.pipeline import stage_probe
+    from auralens.probes.stage import stage_probe
 
     res = stage_probe(**cfg.options(), quiet=as_json)
     if as_json:

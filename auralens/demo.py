@@ -80,7 +80,7 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
                     f"{td.get('last_first_ratio', float('nan')):.2f}; errors: {rec['error_shares']}")
 
     # --- stage 3: probes (where audio attributes live, by layer and step) -------------------
-    from auralens.probes.pipeline import stage_probe
+    from auralens.probes.stage import stage_probe
 
     pr = stage_probe(model="micro", data="cafe", n=max(n, 24) if fast else n, out=out / "probe", resume=resume, lm=lm,
                      seed=7, quiet=True, n_bootstrap=n_boot, **({"n_folds": 3, "max_new_tokens": gen_tokens} if fast else {}))

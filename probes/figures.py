@@ -33,7 +33,7 @@ _NEEDED = tuple(c for c in PROBES.names if c != "split")  # tables from before t
 
 def _one_split(table):
     """The rows of one split: a table holding probes of several splits (``select`` and
-    ``report``, see :mod:`auralens.probes.pipeline`) is drawn from its ``report`` rows (else its first
+    ``report``, see :mod:`auralens.probes.stage`) is drawn from its ``report`` rows (else its first
     split), so every (attribute, layer) has one score."""
     if "split" not in table.columns:
         return table

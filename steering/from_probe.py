@@ -1,7 +1,7 @@
 """Steering vectors from linear probes (``method="probe"``).
 
 :mod:`probes` never imports :mod:`steering`; it hands out a probe's direction as a plain dict
-(:func:`auralens.probes.pipeline.probe_direction`, :func:`auralens.probes.pipeline.load_probe_direction`)::
+(:func:`auralens.probes.directions.probe_direction`, :func:`auralens.probes.directions.load_probe_direction`)::
 
     {"directions": {layer: float32 tensor [d_model]}, "site": "lm.blocks.{L}.hook_resid_post",
      "method": "probe", "metadata": {"attribute": ..., "target": ..., "accuracy": ..., ...}}
@@ -9,7 +9,7 @@
 and this module wraps it into a :class:`~auralens.steering.vector.SteeringVector`, which
 :mod:`auralens.steering.formats` saves as safetensors / GGUF / npz::
 
-    from auralens.probes.pipeline import load_probe_direction
+    from auralens.probes.directions import load_probe_direction
     from auralens.steering.from_probe import probe_to_steering_vector
 
     d = load_probe_direction("runs/probe", "event1_loudness", target="loud")
@@ -42,8 +42,8 @@ def probe_to_steering_vector(
     """Wrap a probe direction into a ``SteeringVector`` with ``method="probe"``.
 
     Args:
-        probe: the dict of :func:`auralens.probes.pipeline.probe_direction` /
-            :func:`~auralens.probes.pipeline.load_probe_direction`; a ``ProbeRow`` is converted with
+        probe: the dict of :func:`auralens.probes.directions.probe_direction` /
+            :func:`~auralens.probes.directions.load_probe_direction`; a ``ProbeRow`` is converted with
             ``probe_direction(probe, target=target)`` first (a lazy import: probes is a sibling
             package, and the dependency only goes this way).
         arch: an :class:`auralens.interp.arch.Architecture` to take ``architecture``, ``d_model`` and
@@ -53,13 +53,13 @@ def probe_to_steering_vector(
             a fingerprint of the probe's metadata).
     """
     if not isinstance(probe, Mapping):
-        from auralens.probes.pipeline import probe_direction  # lazy: see the docstring
+        from auralens.probes.directions import probe_direction  # lazy: see the docstring
 
         probe = probe_direction(probe, target=target)
     for key in ("directions", "site", "metadata"):
         if key not in probe:
             raise ConfigError(
-                f"probe: expected the dict of auralens.probes.pipeline.probe_direction with key {key!r}, "
+                f"probe: expected the dict of auralens.probes.directions.probe_direction with key {key!r}, "
                 f"found keys {sorted(probe)}"
             )
     meta = dict(probe["metadata"])

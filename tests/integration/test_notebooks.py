@@ -20,7 +20,7 @@ NB_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = {
     "01_perception_decay.ipynb": {"needs": [("auralens.interp.evaluate", "stage_eval"), ("auralens.interp.record", "stage_record")],
                                   "models": ["micro"]},
-    "02_probes.ipynb": {"needs": [("auralens.probes.pipeline", "stage_probe")], "models": ["micro"]},
+    "02_probes.ipynb": {"needs": [("auralens.probes.stage", "stage_probe")], "models": ["micro"]},
     "03_steering.ipynb": {"needs": [("auralens.steering.pipeline", "stage_steer_fit"), ("auralens.steering.pipeline", "stage_steer_eval")],
                           "models": ["micro"]},
     # the fine-tuned arms join where their weights exist (compare's auto skips the others, with a note)

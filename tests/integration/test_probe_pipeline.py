@@ -31,7 +31,7 @@ def lm(micro_dir):
 
 @pytest.fixture(scope="module")
 def run(lm, micro_dir, tmp_path_factory):
-    from auralens.probes.pipeline import stage_probe
+    from auralens.probes.stage import stage_probe
 
     out = tmp_path_factory.mktemp("runs") / "probe"
     summary = stage_probe(model=micro_dir, data="cafe", n=N_ITEMS, out=out, seed=5, lm=lm, quiet=True,
@@ -94,7 +94,7 @@ def test_run_folder_table_and_figures(run, lm):
 
 def test_resume_reuses_activations(run, lm, micro_dir, monkeypatch):
     import auralens.probes.collect as collect
-    from auralens.probes.pipeline import stage_probe
+    from auralens.probes.stage import stage_probe
 
     out, first = run
 
@@ -108,7 +108,7 @@ def test_resume_reuses_activations(run, lm, micro_dir, monkeypatch):
 
 
 def test_bad_input_names_the_problem(lm, micro_dir, tmp_path):
-    from auralens.probes.pipeline import stage_probe
+    from auralens.probes.stage import stage_probe
 
     common = dict(model=micro_dir, data="cafe", seed=5, lm=lm, quiet=True, positions=("last_prompt",), **FAST)
     with pytest.raises(ProbeError, match="'has_nothing'"):
@@ -124,7 +124,7 @@ def test_bad_input_names_the_problem(lm, micro_dir, tmp_path):
 def test_probe_direction_to_steering_vector(run, lm, tmp_path):
     from auralens.probes.collect import LM_SITE
     from auralens.probes.fit import ProbeConfig, ProbeRow, fit_probe
-    from auralens.probes.pipeline import load_probe_direction, probe_direction
+    from auralens.probes.directions import load_probe_direction, probe_direction
     from auralens.steering.formats import export, load_vector
     from auralens.steering.from_probe import probe_to_steering_vector
 
@@ -176,7 +176,7 @@ def test_probe_direction_to_steering_vector(run, lm, tmp_path):
 
 
 def test_probe_splits_are_disjoint_and_named():
-    from auralens.probes.pipeline import half_split, probe_splits
+    from auralens.probes.stage import half_split, probe_splits
 
     assert probe_splits("cafe-neutral", seed=7) == ("cafe-neutral:calibration", "cafe-neutral:test")
     assert probe_splits("cafe-conflict:dev", seed=7) == ("cafe-conflict:calibration", "cafe-conflict:dev")
@@ -186,3 +186,41 @@ def test_probe_splits_are_disjoint_and_named():
     h = half_split([f"i{k}" for k in range(9)], seed=3)
     assert len(h["select"]) == 4 and not set(h["select"]) & set(h["report"])
     assert h == half_split([f"i{k}" for k in range(9)], seed=3) != half_split([f"i{k}" for k in range(9)], seed=4)
+
+
+def test_stage_splits_load_disjoint_named_items():
+    from auralens.probes.stage import stage_splits
+
+    cue = stage_splits("cafe-neutral", n=4, seed=7)
+    assert cue.names == {"select": "cafe-neutral:calibration", "report": "cafe-neutral:test"}
+    assert [it.item_id for it in cue.items] == cue.ids["select"] + cue.ids["report"]
+    assert len(cue.ids["select"]) == len(cue.ids["report"]) == 4 and not set(cue.ids["select"]) & set(cue.ids["report"])
+    man = cue.manifest()
+    assert man["select"] == {"data": "cafe-neutral:calibration", "n": 4, "item_ids": cue.ids["select"]}
+    plain = stage_splits("cafe", n=6, seed=7)
+    assert len(plain.items) == 6 and len(plain.ids["select"]) == 3
+    assert plain.names["select"] == "cafe: first half by sha256('7:<item id>') order"
+
+
+def test_probing_steps_choose_label_and_drop():
+    import pandas as pd
+
+    from auralens.interp.datasets import load_cafe
+    from auralens.probes.probing import LabelledRows, checked_splits, default_attributes, drop_rare_classes
+
+    items = load_cafe(6, seed=2)
+    assert default_attributes(None, items)[:1] and "category" not in default_attributes(None, items)
+    assert default_attributes(["category", "category"], items) == ["category"]
+    with pytest.raises(ProbeError, match="at least one attribute"):
+        default_attributes([], items)
+    rows = pd.DataFrame({"item_id": [it.item_id for it in items], "format": ["cot"] * 6})
+    assert checked_splits(None, rows) == {"all": rows["item_id"].tolist()}
+    with pytest.raises(ProbeError, match="disjoint"):
+        checked_splits({"select": ["a"], "report": ["a"]}, rows)
+    data = LabelledRows.build(rows, items, ["category"], checked_splits(None, rows))
+    assert data.formats == ["cot"] and data.in_split["all"].all() and len(data.labels["category"]) == 6
+    data.labels["category"] = np.array(["a", "a", "b", "b", "c", "b"], dtype=object)
+    assert drop_rare_classes(data, ["category"], n_folds=2) == {"category": {"c": 1}}
+    assert data.labels["category"].tolist() == ["a", "a", "b", "b", None, "b"]
+    with pytest.raises(ProbeError, match="not among the given items"):
+        LabelledRows.build(rows, items[:5], ["category"], checked_splits(None, rows))

@@ -14,7 +14,7 @@ def _configs():
     from auralens.compare import CompareConfig
     from auralens.interp.evaluate import EvalConfig
     from auralens.interp.record import RecordConfig
-    from auralens.probes.pipeline import ProbeStageConfig
+    from auralens.probes.stage import ProbeStageConfig
     from auralens.steering.pipeline import SteerEvalConfig, SteerFitConfig
 
     return [EvalConfig, RecordConfig, ProbeStageConfig, SteerFitConfig, SteerEvalConfig, CompareConfig]
