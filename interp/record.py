@@ -16,24 +16,42 @@ Run folder layout (read by the dashboard and the notebooks):
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from auralens.interp.audio import item_audio
+from auralens.interp.capture import stop_ids, trim_at_stop
 from auralens.interp.dataspec import DataSpec
+from auralens.interp.decay import (
+    attribute_errors, claim_accuracy_by_step, claim_accuracy_overall, claim_rows, decay_summary, decay_table,
+    depends_on, error_shares, step_types_of,
+)
+from auralens.interp.distributed import on_main
 from auralens.interp.errors import ConfigError
+from auralens.interp.figures import decay_curves
+from auralens.interp.generation import cast_features, model_inputs, score
+from auralens.interp.listening import contrast_scores, correlation_scores, heads_table, top_k as pick_top
+from auralens.interp.runs import (
+    RowLog, RunFolder, atomic_write_bytes, check_dtype, check_formats, check_int, check_n, fill_rows, load_items,
+    open_run,
+)
+from auralens.interp.schemas import CLAIM_ACCURACY, CLAIMS, DECAY, DECAY_SUMMARY, HEADS, RECORD_ITEMS
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
+from auralens.interp.steps import token_steps
+from auralens.interp.tokenizer import clean_decoded
 
 
-def _write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
-    import io
-
+def write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
+    """Write ``wave`` (16-bit PCM at ``sr`` Hz) to ``run``'s file ``name``; returns ``name``."""
     import soundfile as sf
-
-    from auralens.interp.runs import atomic_write_bytes
 
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
@@ -48,7 +66,6 @@ def record_batch(lm, chunk, fmt: str, *, max_new_tokens: int, time_bins: int, al
     import torch
 
     from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
-    from auralens.interp.generation import cast_features, model_inputs
 
     batch = cast_features(lm, model_inputs(lm, chunk, fmt, "real"))
     rec = YieldRecorder(
@@ -99,8 +116,6 @@ class RecordConfig(ModelDataConfig):
     command: str = option("auralens record", identity=False, cli=False, help="The command line that started the run.")
 
     def __post_init__(self) -> None:
-        from auralens.interp.runs import check_dtype, check_formats, check_int, check_n
-
         if not isinstance(self.fmt, str):
             raise ConfigError(f"format: expected one answer format, found {self.fmt!r}")
         check_formats(self.fmt, "format")
@@ -137,6 +152,68 @@ class RecordConfig(ModelDataConfig):
         return f"calibration:{cal}:{self.n_cal or self.n}" if cal else "same items"
 
 
+def record_item(run, lm, idx: int, it, b: int, batch: tuple, *, fmt: str, all_prompt: bool, eos, sr: int) -> dict[str, Any]:
+    """Write item ``it``'s yields file (and, for cafe audio, its wav) from row ``b`` of a
+    :func:`record_batch` result ``batch``; returns its ``items.parquet`` row."""
+    import torch
+
+    new, res, silence_last, _prompt_len = batch
+    n_tok = len(trim_at_stop(new[b], eos, inclusive=True, pad_id=lm.tokenizer.pad_token_id))
+    ids = new[b, :n_tok].cpu()
+    steps, _ = token_steps(ids.tolist(), lm.tokenizer)
+    text = clean_decoded(lm.tokenizer.decode(ids, skip_special_tokens=True))
+    tensors = {
+        "yield": res.total[b, :n_tok].float().cpu(),
+        "time_bins": res.binned[b, :n_tok].float().cpu(),
+        "steps": torch.as_tensor(steps, dtype=torch.int64),
+        "token_ids": ids.to(torch.int64),
+        "silence_last": silence_last[b].float().cpu(),
+    }
+    if all_prompt:
+        tensors["prompt_yield"] = res.prompt_total[b].float().cpu()
+    tokens = [lm.tokenizer.decode([t]) for t in ids.tolist()]
+    run.write_tensors(f"yields/{idx:05d}.safetensors", tensors,
+                      metadata={"item_id": it.item_id, "text": text, "tokens": json.dumps(tokens)})
+    if it.audio.startswith("cafe:"):
+        audio_path = write_wav(run, f"audio/{idx:05d}.wav", item_audio(it, lm.processor), sr)
+    else:
+        audio_path = it.audio
+    return {
+        "item_index": idx, "item_id": it.item_id, "tier": it.tier, "category": it.category,
+        "sub_category": it.sub_category, "format": fmt, "question": it.question, "answer": it.answer,
+        "prediction": text, **score(it, text), "n_tokens": int(n_tok),
+        "n_steps": int(steps.max() + 1) if len(steps) else 0, "audio_path": audio_path,
+    }
+
+
+def record_items(run, lm, items, cfg: RecordConfig, *, log: RowLog, quiet: bool = False,
+                 around_batch: Callable | None = None) -> None:
+    """Generate with the recorder on for every item not yet in ``log`` (batches of
+    ``cfg.batch_size``), writing each item's files and row (:func:`record_item`)."""
+    eos = stop_ids(lm, pad=False)
+    sr = lm.processor.feature_extractor.sampling_rate
+
+    def rows_for(_setting, chunk):
+        its = [it for _, it in chunk]
+        with around_batch(lm, its) if around_batch is not None else contextlib.nullcontext():
+            batch = record_batch(lm, its, cfg.fmt, max_new_tokens=cfg.max_new_tokens, time_bins=cfg.time_bins,
+                                 all_prompt=cfg.all_prompt)
+        return [record_item(run, lm, idx, it, b, batch, fmt=cfg.fmt, all_prompt=cfg.all_prompt, eos=eos, sr=sr)
+                for b, (idx, it) in enumerate(chunk)]
+
+    fill_rows([cfg.fmt], list(enumerate(items)), key=lambda pair, _: pair[1].item_id, rows_for=rows_for,
+              batch_size=cfg.batch_size, log=log, progress=not quiet, desc="record", unit="item")
+
+
+def record_calibration(cfg: RecordConfig, run, lm, cal_data: str, *, quiet: bool = False) -> dict[str, Any]:
+    """Record ``cal_data`` into ``<run>/calibration`` (same settings, ``n_cal`` or ``n`` items) and
+    return its heads (:func:`read_heads_source`)."""
+    cal_cfg = dataclasses.replace(cfg, data=cal_data, n=cfg.n_cal or cfg.n, out=Path(run.path) / "calibration",
+                                  calibration="none", heads_from="", n_cal=0)
+    stage_record(cal_cfg, lm=lm, quiet=quiet)
+    return read_heads_source(str(RunFolder.open(cal_cfg.out).path))
+
+
 @takes_config(RecordConfig)
 def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False, around_batch=None) -> dict[str, Any]:
     """Record per-head audio yield across reasoning steps; write decay and head tables.
@@ -148,90 +225,28 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False, around_batc
     Options (:class:`RecordConfig`), items and audio headers are checked, and the model loaded,
     before the run folder is created (:func:`auralens.interp.runs.open_run`).  Also callable with the
     config's fields as keywords: ``stage_record(model=..., n=..., out=..., lm=...)``."""
-    import torch
-
-    from auralens.interp.audio import item_audio
-    from auralens.interp.generation import score
-    from auralens.interp.runs import RowLog, fill_rows, load_items, open_run
-    from auralens.interp.steps import token_steps
-    from auralens.interp.tokenizer import clean_decoded
-
-    fmt, resume, all_prompt = cfg.fmt, cfg.resume, cfg.all_prompt
+    # 1. validate: options (RecordConfig), items, every audio header, the heads' source
     items = load_items(cfg.data, n=cfg.n, seed=cfg.seed)
     ext_heads = read_heads_source(cfg.heads_from) if cfg.heads_from else None
     cal_data = cfg.calibration_data()
     if cal_data:
         load_items(cal_data, n=cfg.n_cal or cfg.n, seed=cfg.seed)  # checked before the folder is made
-    run, lm = open_run(cfg.out, manifest=cfg.manifest(heads_from=cfg.heads_source()), items=items, resume=resume,
+    # 2-4. folder check, model, folder
+    run, lm = open_run(cfg.out, manifest=cfg.manifest(heads_from=cfg.heads_source()), items=items, resume=cfg.resume,
                        lm=lm, model=cfg.model, dtype=cfg.dtype, device_map=cfg.device_map)
     run.update_manifest(architecture=lm.arch.to_dict())
-    log = RowLog(run, "items.parquet", key="item_id", resume=resume)
-    from auralens.interp.capture import stop_ids, trim_at_stop
-
-    eos = stop_ids(lm, pad=False)
-    sr = lm.processor.feature_extractor.sampling_rate
-
-    def rows_for(_setting, chunk):
-        idxs = [i for i, _ in chunk]
-        its = [it for _, it in chunk]
-        import contextlib
-
-        with around_batch(lm, its) if around_batch is not None else contextlib.nullcontext():
-            new, res, silence_last, prompt_len = record_batch(
-                lm, its, fmt, max_new_tokens=cfg.max_new_tokens, time_bins=cfg.time_bins, all_prompt=all_prompt
-            )
-        rows = []
-        for b, (idx, it) in enumerate(zip(idxs, its)):
-            n_tok = len(trim_at_stop(new[b], eos, inclusive=True, pad_id=lm.tokenizer.pad_token_id))
-            ids = new[b, :n_tok].cpu()
-            steps, _ = token_steps(ids.tolist(), lm.tokenizer)
-            text = clean_decoded(lm.tokenizer.decode(ids, skip_special_tokens=True))
-            tensors = {
-                "yield": res.total[b, :n_tok].float().cpu(),
-                "time_bins": res.binned[b, :n_tok].float().cpu(),
-                "steps": torch.as_tensor(steps, dtype=torch.int64),
-                "token_ids": ids.to(torch.int64),
-                "silence_last": silence_last[b].float().cpu(),
-            }
-            if all_prompt:
-                tensors["prompt_yield"] = res.prompt_total[b].float().cpu()
-            tokens = [lm.tokenizer.decode([t]) for t in ids.tolist()]
-            run.write_tensors(f"yields/{idx:05d}.safetensors", tensors,
-                              metadata={"item_id": it.item_id, "text": text, "tokens": json.dumps(tokens)})
-            if it.audio.startswith("cafe:"):
-                audio_path = _write_wav(run, f"audio/{idx:05d}.wav", item_audio(it, lm.processor), sr)
-            else:
-                audio_path = it.audio
-            rows.append({
-                "item_index": idx, "item_id": it.item_id, "tier": it.tier, "category": it.category,
-                "sub_category": it.sub_category, "format": fmt, "question": it.question, "answer": it.answer,
-                "prediction": text, **score(it, text), "n_tokens": int(n_tok),
-                "n_steps": int(steps.max() + 1) if len(steps) else 0, "audio_path": audio_path,
-            })
-        return rows
-
-    fill_rows([fmt], list(enumerate(items)), key=lambda pair, _: pair[1].item_id, rows_for=rows_for,
-              batch_size=cfg.batch_size, log=log, progress=not quiet, desc="record", unit="item")
+    # 5. rows, then the calibration run that ranks the heads
+    log = RowLog(run, "items.parquet", key="item_id", resume=cfg.resume)
+    record_items(run, lm, items, cfg, log=log, quiet=quiet, around_batch=around_batch)
     if cal_data:
-        import dataclasses
-
-        from auralens.interp.runs import RunFolder
-
-        cal_cfg = dataclasses.replace(cfg, data=cal_data, n=cfg.n_cal or cfg.n, out=Path(run.path) / "calibration",
-                                      calibration="none", heads_from="", n_cal=0)
-        stage_record(cal_cfg, lm=lm, quiet=quiet)
-        ext_heads = read_heads_source(str(RunFolder.open(cal_cfg.out).path))
-    heads_info = None
-    if ext_heads is not None:
-        heads_info = {**ext_heads, "source": cfg.heads_source()}
+        ext_heads = record_calibration(cfg, run, lm, cal_data, quiet=quiet)
+    heads_info = None if ext_heads is None else {**ext_heads, "source": cfg.heads_source()}
 
     def finish():  # rank 0 ranks the heads over every item and writes the tables (auralens.interp.distributed)
         summary = analyse_record(run, items, top_k=cfg.top_k, n_boot=cfg.n_boot, seed=cfg.seed, heads_from=heads_info)
         run.mark_stage("record", n_items=len(items))
         run.finish()
         return summary
-
-    from auralens.interp.distributed import on_main
 
     return on_main(finish)
 
@@ -241,8 +256,6 @@ def read_heads_source(path: str) -> dict[str, Any]:
     "path": str}`` from a record run folder (its heads.parquet, items.parquet and manifest) or a
     heads.parquet file (item ids read from the items.parquet beside it, when there is one)."""
     import pandas as pd
-
-    from auralens.interp.schemas import HEADS
 
     p = Path(path)
     file = p / "heads.parquet" if p.is_dir() else p
@@ -291,8 +304,6 @@ def load_step_types(run, df, steps) -> list[np.ndarray]:
     """Per item, per token: the type of its step (:func:`auralens.interp.decay.step_types_of`)."""
     from safetensors import safe_open
 
-    from auralens.interp.decay import step_types_of
-
     out = []
     for idx, s in zip(df["item_index"], steps):
         with safe_open(str(run.file(f"yields/{int(idx):05d}.safetensors")), "np") as f:
@@ -301,58 +312,46 @@ def load_step_types(run, df, steps) -> list[np.ndarray]:
     return out
 
 
-def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int = 0,
-                   heads_from: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Heads, decay and outcome tables from the per-item files already in ``run``.
+def external_heads(heads_from: dict[str, Any], shape: tuple[int, int]):
+    """The heads table of ``heads_from`` (:func:`read_heads_source`) checked against a model of
+    ``shape`` (layers, heads), with exactly the columns of :data:`~auralens.interp.schemas.HEADS`
+    (NaN where it lacks one), sorted by rank."""
+    L, H = shape
+    ext = heads_from["heads"]
+    if len(ext) and (int(ext["layer"].max()) >= L or int(ext["head"].max()) >= H):
+        raise ConfigError(f"heads_from {heads_from.get('path')!r}: expected heads of a {L}x{H} model, found layer "
+                          f"{int(ext['layer'].max())} / head {int(ext['head'].max())}")
+    heads = ext[[c for c in HEADS.names if c in ext.columns]].copy()
+    for c in HEADS.names:
+        if c not in heads.columns:
+            heads[c] = np.nan
+    return heads[list(HEADS.names)].sort_values("rank").reset_index(drop=True)
 
-    ``heads_from`` (:func:`read_heads_source`, plus ``source``): rank the heads there (e.g. on a
-    calibration split) instead of on these items; the summary's ``heads_selection`` says which
-    items ranked them (``"same items (biased)"`` without it)."""
-    from auralens.interp.decay import (
-        attribute_errors, claim_accuracy_by_step, claim_accuracy_overall, claim_rows, decay_summary, decay_table,
-        depends_on, error_shares,
-    )
-    from auralens.interp.figures import decay_curves
-    from auralens.interp.listening import contrast_scores, correlation_scores, heads_table, top_k as pick_top
-    from auralens.interp.schemas import CLAIM_ACCURACY, CLAIMS, DECAY, DECAY_SUMMARY, HEADS, RECORD_ITEMS
 
-    df = run.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
-    ys, ss, last, sil = load_yields(run, df)
-    # undefined (NaN) when every answer is right or every answer is wrong: the column stays
+def rank_heads(df, last: np.ndarray, sil: np.ndarray, heads_from: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """``(heads table, provenance)``: the heads ranked on these items (listening signals of the
+    last-prompt yields ``last`` against correctness and the silence yields ``sil``), or taken from
+    ``heads_from``; the provenance (the manifest's ``heads``) says which items ranked them."""
+    # ranked here even with heads_from: the same checks of the yields in both cases
+    # (correlation undefined (NaN) when every answer is right or every answer is wrong: the column stays)
     corr = correlation_scores(last, df["correct"].to_numpy())
     contrast, dz = contrast_scores(last, sil)
     heads = heads_table(correlation=corr, contrast=contrast, contrast_dz=dz, mean_yield=last.mean(0))
     measured = [str(i) for i in df["item_id"]]
-    if heads_from is not None:
-        L, H = last.shape[1:]
-        ext = heads_from["heads"]
-        if len(ext) and (int(ext["layer"].max()) >= L or int(ext["head"].max()) >= H):
-            raise ConfigError(f"heads_from {heads_from.get('path')!r}: expected heads of a {L}x{H} model, found layer "
-                              f"{int(ext['layer'].max())} / head {int(ext['head'].max())}")
-        selection = heads_selection(measured, heads_from.get("item_ids"))
-        heads = ext[[c for c in HEADS.names if c in ext.columns]].copy()
-        for c in HEADS.names:
-            if c not in heads.columns:
-                heads[c] = np.nan
-        heads = heads[list(HEADS.names)].sort_values("rank").reset_index(drop=True)
-    else:
-        selection = "same items (biased)"
-    HEADS.write(run, heads)
-    ranked_by = {"heads_selection": selection,
-                 "heads_source": (heads_from or {}).get("source", "same items"),
-                 "heads_ranked_on": (heads_from or {}).get("data") or "the measured items",
-                 "heads_ranked_on_items": (len(heads_from["item_ids"]) if heads_from and heads_from.get("item_ids")
-                                           is not None else (None if heads_from else len(measured)))}
-    run.update_manifest(heads=ranked_by)
-    k = min(top_k, len(heads))
-    top = pick_top(heads, k)
-    types = load_step_types(run, df, ss)
-    decay, per_item = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed, step_types=types,
-                                  return_per_item=True)
-    DECAY.write(run, decay)
-    summ = decay_summary(decay, per_item=per_item, n_boot=n_boot, seed=seed)
-    DECAY_SUMMARY.write(run, summ)
+    if heads_from is None:
+        return heads, {"heads_selection": "same items (biased)", "heads_source": "same items",
+                       "heads_ranked_on": "the measured items", "heads_ranked_on_items": len(measured)}
+    heads = external_heads(heads_from, last.shape[1:])
+    ids = heads_from.get("item_ids")
+    return heads, {"heads_selection": heads_selection(measured, ids),
+                   "heads_source": heads_from.get("source", "same items"),
+                   "heads_ranked_on": heads_from.get("data") or "the measured items",
+                   "heads_ranked_on_items": len(ids) if ids is not None else None}
 
+
+def claim_tables(run, df, items, *, n_boot: int, seed: int):
+    """Write ``claims.parquet``, ``claim_accuracy.parquet`` and ``items.parquet`` (with each wrong
+    answer's error type); returns ``(claims, claim accuracy by step, items)``."""
     by_id = {it.item_id: it for it in items}
     claims = []
     for r in df.itertuples():
@@ -366,38 +365,76 @@ def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int 
     depends = {i: depends_on(by_id[i]) for i in df["item_id"] if i in by_id}
     df = attribute_errors(df, claims_df, depends)
     RECORD_ITEMS.write(run, df)
-    run.write_figure("decay.html", decay_curves(decay))
+    return claims_df, claim_acc, df
 
-    def curve(group):
-        d = decay[(decay.group == group) & (decay.axis == "step")].sort_values("step")
-        return [{"step": int(r.step), "mean_yield": round(float(r.mean_yield), 4), "ci_low": round(float(r.ci_low), 4),
-                 "ci_high": round(float(r.ci_high), 4), "n": int(r.n)} for r in d.itertuples()]
 
-    def slope(group):
-        s = summ[(summ.group == group) & (summ.axis == "step")]
-        if not len(s):
-            return {}
-        r = s.iloc[0]
-        out = {"slope": float(r.slope), "slope_ci": [float(r.slope_ci_low), float(r.slope_ci_high)],
-               "last_first_ratio": float(r.last_first_ratio),
-               "ratio_ci": [float(r.ratio_ci_low), float(r.ratio_ci_high)], "n_steps": int(r.n_steps),
-               "n_items": int(r.n_items)}
-        return {k: ([round(x, 5) for x in v] if isinstance(v, list) else round(v, 5) if isinstance(v, float) else v)
-                for k, v in out.items()}
+def decay_curve(decay, group: str) -> list[dict[str, Any]]:
+    """The decay table's by-step curve of ``group`` as JSON rows (rounded to 4 places)."""
+    d = decay[(decay.group == group) & (decay.axis == "step")].sort_values("step")
+    return [{"step": int(r.step), "mean_yield": round(float(r.mean_yield), 4), "ci_low": round(float(r.ci_low), 4),
+             "ci_high": round(float(r.ci_high), 4), "n": int(r.n)} for r in d.itertuples()]
 
+
+def decay_slope(summ, group: str) -> dict[str, Any]:
+    """The decay summary's by-step slope and last/first ratio of ``group`` (with CIs, rounded to
+    5 places); empty when the summary has no such row."""
+    s = summ[(summ.group == group) & (summ.axis == "step")]
+    if not len(s):
+        return {}
+    r = s.iloc[0]
+    out = {"slope": float(r.slope), "slope_ci": [float(r.slope_ci_low), float(r.slope_ci_high)],
+           "last_first_ratio": float(r.last_first_ratio),
+           "ratio_ci": [float(r.ratio_ci_low), float(r.ratio_ci_high)], "n_steps": int(r.n_steps),
+           "n_items": int(r.n_items)}
+    return {k: ([round(x, 5) for x in v] if isinstance(v, list) else round(v, 5) if isinstance(v, float) else v)
+            for k, v in out.items()}
+
+
+def record_summary(run, df, *, decay, summ, top, ranked_by: dict[str, Any], claims_df, claim_acc,
+                   n_boot: int, seed: int) -> dict[str, Any]:
+    """The record stage's result: accuracy, the heads' provenance and top heads, the decay curves
+    and slopes (all, top-k, by step type, items reaching the last step), claim accuracy and the
+    error shares."""
     reach = decay[(decay.group == "all:reach_last") & (decay.axis == "step")]
     wrong = int((~df["correct"].astype(bool)).sum())
     return {
         "run": str(run.path), "n": len(df), "accuracy": round(float(df["correct"].mean()), 4),
         **ranked_by,
-        "top_heads": [list(h) for h in top], "topk_curve": curve("topk"), "all_curve": curve("all"),
-        "topk_decay": slope("topk"), "all_decay": slope("all"),
-        "decay_by_step_type": {g: slope(g) for g in ("all:claim", "all:reasoning", "topk:claim", "topk:reasoning")},
+        "top_heads": [list(h) for h in top], "topk_curve": decay_curve(decay, "topk"),
+        "all_curve": decay_curve(decay, "all"),
+        "topk_decay": decay_slope(summ, "topk"), "all_decay": decay_slope(summ, "all"),
+        "decay_by_step_type": {g: decay_slope(summ, g)
+                               for g in ("all:claim", "all:reasoning", "topk:claim", "topk:reasoning")},
         "decay_reach_last": {"s_max": int(reach.step.max()) if len(reach) else None,
-                             "all": slope("all:reach_last"), "topk": slope("topk:reach_last")},
+                             "all": decay_slope(summ, "all:reach_last"), "topk": decay_slope(summ, "topk:reach_last")},
         "claim_accuracy": {k: (round(v, 4) if isinstance(v, float) else v)
                            for k, v in claim_accuracy_overall(claims_df, n_boot=n_boot, seed=seed).items()},
         "claim_accuracy_by_step": claim_acc.round(4).to_dict("records"),
         "error_shares": error_shares(df), "error_shares_of": "wrong answers", "n_wrong": wrong,
         "perception_error_rule": "a wrong claim about a fact the question depends on (auralens.interp.decay.depends_on)",
     }
+
+
+def analyse_record(run, items, *, top_k: int = 8, n_boot: int = 1000, seed: int = 0,
+                   heads_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Heads, decay and outcome tables from the per-item files already in ``run``.
+
+    ``heads_from`` (:func:`read_heads_source`, plus ``source``): rank the heads there (e.g. on a
+    calibration split) instead of on these items; the summary's ``heads_selection`` says which
+    items ranked them (``"same items (biased)"`` without it)."""
+    df = run.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
+    ys, ss, last, sil = load_yields(run, df)
+    heads, ranked_by = rank_heads(df, last, sil, heads_from)
+    HEADS.write(run, heads)
+    run.update_manifest(heads=ranked_by)
+    top = pick_top(heads, min(top_k, len(heads)))
+    types = load_step_types(run, df, ss)
+    decay, per_item = decay_table(ys, ss, top_heads=top, n_boot=n_boot, seed=seed, step_types=types,
+                                  return_per_item=True)
+    DECAY.write(run, decay)
+    summ = decay_summary(decay, per_item=per_item, n_boot=n_boot, seed=seed)
+    DECAY_SUMMARY.write(run, summ)
+    claims_df, claim_acc, df = claim_tables(run, df, items, n_boot=n_boot, seed=seed)
+    run.write_figure("decay.html", decay_curves(decay))
+    return record_summary(run, df, decay=decay, summ=summ, top=top, ranked_by=ranked_by, claims_df=claims_df,
+                          claim_acc=claim_acc, n_boot=n_boot, seed=seed)
