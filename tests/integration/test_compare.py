@@ -262,3 +262,41 @@ def test_resume_refuses_a_model_replaced_under_the_same_name(models, tmp_path):
     w.write_bytes(bytes(data))
     with pytest.raises(AuralensError, match="cannot resume"):
         stage_compare(**kw, resume=True)
+
+
+def test_a_missing_arm_fails_before_the_folder(models, tmp_path):
+    """The run opens through interp.runs.open_run: every model is checked before the folder exists."""
+    from auralens.compare import stage_compare
+    from auralens.interp.errors import AuralensError
+
+    out = tmp_path / "never"
+    given = {"micro": models["micro"]}
+    with pytest.raises(AuralensError, match="no-such-model"):
+        stage_compare(base="micro", mpar2=str(tmp_path / "no-such-model"), hyper="none", steer="none",
+                      steer_mpar2="none", data="cafe-neutral:test", n=2, out=out, models=given, **FAST)
+    assert not out.exists() and list(given) == ["micro"]  # the caller's dict is not filled
+
+
+def test_cell_metrics_and_summary():
+    from auralens.compare_metrics import ERROR_TYPES, Rows, add_accuracy, add_errors, add_gain, finite, summarize
+    from auralens.interp.schemas import COMPARE
+
+    df = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "correct": [True, False, True, True],
+                       "tier": ["1", "1", "2", "2"], "task": ["t", "t", "t", "t"],
+                       "error_type": ["", "perception", "", ""]})
+    ref = df.assign(correct=[False, False, True, False])
+    r = Rows("o", "s", "c", "direct")
+    add_accuracy(r, df, n_boot=20, seed=0)
+    add_gain(r, "gain_vs_base", df, ref, "base", n_boot=20, seed=0)
+    add_errors(r, df, n_boot=20, seed=0)
+    got = {(x["metric"], x["group"]): x for x in r}
+    assert got[("accuracy", "all")]["value"] == 0.75 and got[("accuracy", "all")]["n"] == 4
+    assert got[("accuracy", "tier=1")]["value"] == 0.5 and got[("accuracy", "tier=2")]["value"] == 1.0
+    assert ("accuracy", "task=t") not in got  # one value: does not split the items
+    assert got[("gain_vs_base", "all")]["value"] == 0.5 and "vs base" in got[("gain_vs_base", "all")]["note"]
+    assert got[("error_share", "perception")]["value"] == 1.0 and got[("error_share", "reasoning")]["value"] == 0.0
+    assert all(x["organism"] == "o" and x["system"] == "s" and x["source"] == "measured" for x in r)
+    s = finite(summarize(COMPARE.frame(list(r)), ["s"], ["c"]))
+    assert s["s"]["c"]["accuracy"]["value"] == 0.75 and s["s"]["c"]["claim_onset"] is None
+    assert set(s["s"]["c"]["error_shares"]) == set(ERROR_TYPES) and s["s"]["c"]["error_shares"]["perception"] == 1.0
+    assert finite({"x": [float("nan"), 1.0]}) == {"x": [None, 1.0]}
