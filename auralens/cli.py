@@ -380,16 +380,15 @@ def organisms_train(
     import dataclasses
 
     from auralens.interp.errors import ConfigError
-    from auralens.interp.loading import EMBEDDED
-    from auralens.interp.micro import WEIGHTS_DIR
-    from auralens.interp.micro.organisms import RECIPES, train_organism
+    from auralens.interp.micro import weights_folder
+    from auralens.organisms import RECIPES, train_organism
 
     if name not in RECIPES:
         raise ConfigError(f"organism: expected one of {sorted(RECIPES)}, found {name!r}")
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps: expected an integer >= 1, found {steps}")
     cfg = RECIPES[name] if steps is None else dataclasses.replace(RECIPES[name], steps=steps)
-    folder = out or WEIGHTS_DIR / EMBEDDED[name]
+    folder = out or weights_folder(name)
     if name == "micro" and out is None:
         raise ConfigError("organism 'micro': pass --out (it starts from the embedded micro and must not overwrite it)")
     train_organism(cfg, folder, max_minutes=minutes, threads=threads, resume=resume, command=_command_line())
@@ -410,8 +409,7 @@ def organisms_finetune(
 ) -> None:
     """Fine-tune an organism with one arm (MPAR²-style or HyPeR-style) into NAME-RECIPE (e.g. micro-prior-hyper)."""
     from auralens.interp.errors import ConfigError
-    from auralens.interp.loading import EMBEDDED
-    from auralens.interp.micro import WEIGHTS_DIR
+    from auralens.interp.micro import EMBEDDED, WEIGHTS_DIR
 
     target = f"{name}-{recipe}"
     if target not in EMBEDDED:
@@ -432,9 +430,8 @@ def organisms_validate(
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> None:
     """Check each organism's signature against what was planted, on held-out seeds."""
-    from auralens.organisms import validate
     from auralens.interp.errors import ConfigError
-    from auralens.interp.micro.organisms import ORGANISMS
+    from auralens.organisms import ORGANISMS, validate
 
     chosen = _csv("--organisms", names)
     bad = [x for x in chosen if x not in ("micro", *ORGANISMS)]

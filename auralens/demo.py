@@ -8,11 +8,22 @@ sits directly in it (the steering vector the steer and compare stages use is wri
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from auralens.interp.evaluate import stage_eval
+from auralens.interp.loading import load_model
+from auralens.interp.micro import ORGANISMS, available
+from auralens.interp.papers import reported_summary
+from auralens.interp.record import stage_record
+from auralens.organisms import summary_rows, validate
+from auralens.probes.stage import stage_probe
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title)
@@ -26,47 +37,54 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
     console.print(t)
 
 
-def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "auralens demo", fast: bool = False) -> dict:
-    """Run every stage on ``n`` items into ``out``; returns each stage's summary.
+@dataclass(frozen=True, kw_only=True)
+class DemoSettings:
+    """What every demo stage shares: the model, the output folder and the run's sizes.
 
-    ``fast``: a smoke run for tests (about a minute at ``n=6`` on one CPU thread): shorter
-    generations, 100 bootstrap resamples, 3-fold probes on at least 24 items, the steering
-    vector fitted on 16 items.  The numbers mean little; the folders have every table."""
-    import torch
-    from rich.console import Console
+    ``fast``: a smoke run (shorter generations, 100 bootstrap resamples, smaller probe and
+    steering fits); ``n_boot`` is the probes' and compare's resamples (the other stages keep
+    their own default unless ``fast``, see :attr:`quick`); ``gen_tokens`` the generated tokens."""
 
-    from auralens.interp.loading import load_model
+    lm: Any
+    out: Path
+    n: int
+    resume: bool
+    command: str
+    fast: bool
 
-    torch.manual_seed(0)
-    out = Path(out)
-    t0 = time.time()
-    n_boot = 100 if fast else 300  # probes and compare (the other stages keep their own default unless fast)
-    gen_tokens = 48 if fast else 96
-    quick = {"n_boot": n_boot} if fast else {}
-    lm = load_model("micro")
-    results: dict = {}
+    @property
+    def n_boot(self) -> int:
+        return 100 if self.fast else 300
 
-    # --- stage 1: accuracy per tier and format, with audio and with silence ------------------
-    from auralens.interp.evaluate import stage_eval
+    @property
+    def gen_tokens(self) -> int:
+        return 48 if self.fast else 96
 
-    res = stage_eval(model="micro", data="cafe", n=n, out=out / "eval", resume=resume, command=command, lm=lm, batch_size=32,
-                     **({"max_new_tokens": gen_tokens, "quiet": True} if fast else {}))
-    results["eval"] = res
+    @property
+    def quick(self) -> dict[str, int]:
+        """``n_boot`` for the stages that keep their own default outside a fast run."""
+        return {"n_boot": self.n_boot} if self.fast else {}
+
+
+def demo_eval(s: DemoSettings) -> dict:
+    """Stage 1: accuracy per tier and format, with audio and with silence."""
+    res = stage_eval(model="micro", data="cafe", n=s.n, out=s.out / "eval", resume=s.resume, command=s.command, lm=s.lm,
+                     batch_size=32, **({"max_new_tokens": s.gen_tokens, "quiet": True} if s.fast else {}))
     acc = res["accuracy"]
     rows = []
     for fmt in ("direct", "cot", "structured", "all_formats"):
         r = acc["real"].get(fmt, {})
-        s = acc.get("silence", {}).get(fmt, {})
+        sil = acc.get("silence", {}).get(fmt, {})
         rows.append([fmt, r.get("perception", float("nan")), r.get("temporal", float("nan")),
-                     r.get("multihop", float("nan")), s.get("all", float("nan"))])
-    _table(f"micro on cafe (n={n}): accuracy with audio, and with silence", ["format", "perception", "temporal", "multihop", "silence (all)"], rows)
+                     r.get("multihop", float("nan")), sil.get("all", float("nan"))])
+    _table(f"micro on cafe (n={s.n}): accuracy with audio, and with silence", ["format", "perception", "temporal", "multihop", "silence (all)"], rows)
+    return res
 
-    # --- stage 2: perception decay (per-head audio yield across reasoning steps) --------------
-    from auralens.interp.record import stage_record
 
-    rec = stage_record(model="micro", data="cafe", n=n, fmt="cot", out=out / "record", resume=resume, lm=lm,
-                       batch_size=30, max_new_tokens=gen_tokens, top_k=4, quiet=fast, **quick)
-    results["record"] = rec
+def demo_record(s: DemoSettings) -> dict:
+    """Stage 2: perception decay (per-head audio yield across reasoning steps)."""
+    rec = stage_record(model="micro", data="cafe", n=s.n, fmt="cot", out=s.out / "record", resume=s.resume, lm=s.lm,
+                       batch_size=30, max_new_tokens=s.gen_tokens, top_k=4, quiet=s.fast, **s.quick)
     all_curve = {r["step"]: r for r in rec["all_curve"]}
     _table(
         f"perception decay on micro: mean audio yield by reasoning step (top-{len(rec['top_heads'])} heads "
@@ -78,13 +96,14 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
     td = rec["topk_decay"]
     Console().print(f"top-k decay: slope {td.get('slope', float('nan')):+.4f} per step, last/first "
                     f"{td.get('last_first_ratio', float('nan')):.2f}; errors: {rec['error_shares']}")
+    return rec
 
-    # --- stage 3: probes (where audio attributes live, by layer and step) -------------------
-    from auralens.probes.stage import stage_probe
 
-    pr = stage_probe(model="micro", data="cafe", n=max(n, 24) if fast else n, out=out / "probe", resume=resume, lm=lm,
-                     seed=7, quiet=True, n_bootstrap=n_boot, **({"n_folds": 3, "max_new_tokens": gen_tokens} if fast else {}))
-    results["probe"] = pr
+def demo_probe(s: DemoSettings) -> dict:
+    """Stage 3: probes (where audio attributes live, by layer and step)."""
+    pr = stage_probe(model="micro", data="cafe", n=max(s.n, 24) if s.fast else s.n, out=s.out / "probe", resume=s.resume,
+                     lm=s.lm, seed=7, quiet=True, n_bootstrap=s.n_boot,
+                     **({"n_folds": 3, "max_new_tokens": s.gen_tokens} if s.fast else {}))
     rows = []
     for attr, d in (pr.get("attributes") or {}).items():
         b = d["best"]
@@ -93,18 +112,20 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
         rows.append([attr, b["layer"], b["position"], b["accuracy"], b["control_accuracy"], b["selectivity"], falls])
     if rows:
         _table("probes on micro: best layer per attribute", ["attribute", "layer", "position", "accuracy", "control", "selectivity", "over steps"], rows)
+    return pr
 
-    # --- stage 4: audio-minus-silence steering, against controls ---------------------------
+
+def demo_steer(s: DemoSettings) -> dict:
+    """Stage 4: audio-minus-silence steering, against controls."""
     from auralens.steering.pipeline import stage_steer_eval, stage_steer_fit
 
     # the vector is the steer stage's input: beside the run folders, not inside one (a stage
     # folder holds only what its stage wrote, and the dashboard finds it at <out>/steer)
-    vec_path = out / "vectors" / "audio_minus_silence.safetensors"
-    stage_steer_fit(model="micro", data="cafe", n=16 if fast else 48, layers=None, positions="last_prompt",
-                    out_vector=vec_path, seed=11, lm=lm)
-    st = stage_steer_eval(model="micro", data="cafe", n=n, vector=vec_path, alphas=[0.0, 1.0, 2.0, 4.0], out=out / "steer",
-                          resume=resume, seed=7, formats=("direct",), lm=lm, quiet=True, batch_size=30, **quick)
-    results["steer"] = st
+    vec_path = s.out / "vectors" / "audio_minus_silence.safetensors"
+    stage_steer_fit(model="micro", data="cafe", n=16 if s.fast else 48, layers=None, positions="last_prompt",
+                    out_vector=vec_path, seed=11, lm=s.lm)
+    st = stage_steer_eval(model="micro", data="cafe", n=s.n, vector=vec_path, alphas=[0.0, 1.0, 2.0, 4.0], out=s.out / "steer",
+                          resume=s.resume, seed=7, formats=("direct",), lm=s.lm, quiet=True, batch_size=30, **s.quick)
     b = st["best"]
     ctrl = "; ".join(f"{k}: {v.get('delta', float('nan')):+.3f}" for k, v in (b.get("controls") or {}).items()
                      if isinstance(v, dict))
@@ -114,53 +135,67 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
         f"n={b['n']}; {b.get('selection', 'chosen on these items, optimistic')}); controls at the same setting: "
         f"{ctrl or 'n/a'}"
     )
+    return st
 
-    # --- stage 5: steering vs fine-tuning (MPAR²- and HyPeR-style) on an organism -------------
-    from auralens.interp.micro.organisms import available as _available
+def demo_compare(s: DemoSettings, org: str) -> dict:
+    """Stage 5: steering vs fine-tuning (MPAR²- and HyPeR-style) on organism ``org``."""
+    from auralens.compare import stage_compare
 
+    cmp = stage_compare(base=org, data="cafe-neutral:test,cafe-conflict:test", n=s.n, out=s.out / "compare",
+                        resume=s.resume, seed=7, quiet=True, batch_size=30, max_new_tokens=s.gen_tokens, top_k=4,
+                        n_boot=s.n_boot, n_cal=16 if s.fast else 32, n_dev=16 if s.fast else 32, betas=(0.0, 2.0, 4.0))
+    org_sum = cmp["organisms"][org]
+    rows = []
+    for system, per in org_sum["systems"].items():
+        row = [system, org_sum["formats"][system]]
+        for cond in ("cafe-neutral:test", "cafe-conflict:test"):
+            acc, gain = (per[cond].get("accuracy") or {}), (per[cond].get("gain_vs_base") or {})
+            row += [acc.get("value", float("nan")),
+                    f"{gain['value']:+.3f} [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]" if gain.get("ci") else ""]
+        row.append((per["cafe-conflict:test"].get("forwards_per_item") or {}).get("value"))
+        row.append(org_sum["training"][system]["minutes"])
+        rows.append(row)
+    _table(f"steering vs fine-tuning on {org} (held-out test items, n={s.n} per condition; measured)",
+           ["system", "format", "neutral", "gain", "conflict", "gain", "fwd/item", "train min"], rows)
+    Console().print(f"reported in the papers (not measured here; other models and benchmarks): {reported_summary()}")
+    return cmp
+
+
+def demo_organisms(s: DemoSettings, have: list[str]) -> dict:
+    """Stage 6: the toolkit against the model organisms ``have`` (planted deficits) and healthy micro."""
+    k = 12 if s.fast else s.n
+    org = validate(organisms=("micro", *have), n=k, n_cal=k, probes=not s.fast, keep=s.out / "organisms",
+                   resume=s.resume, min_claims=2 if s.fast else 20)
+    _table(f"what the toolkit finds: healthy micro vs the organisms (held-out items, n={k}; "
+           "full checks: `auralens organisms validate`)",
+           ["model", "conflict gap (neutral − conflict)", "listening heads recovered", "decay onset (yield / claims)",
+            "claims before − after k"], summary_rows(org))
+    return org
+
+
+def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "auralens demo", fast: bool = False) -> dict:
+    """Run every stage on ``n`` items into ``out``; returns each stage's summary.
+
+    ``fast``: a smoke run for tests (about a minute at ``n=6`` on one CPU thread): shorter
+    generations, 100 bootstrap resamples, 3-fold probes on at least 24 items, the steering
+    vector fitted on 16 items.  The numbers mean little; the folders have every table."""
+    import torch
+
+    torch.manual_seed(0)
+    out = Path(out)
+    t0 = time.time()
+    s = DemoSettings(lm=load_model("micro"), out=out, n=n, resume=resume, command=command, fast=fast)
+    results: dict = {"eval": demo_eval(s), "record": demo_record(s), "probe": demo_probe(s), "steer": demo_steer(s)}
     org = "micro-prior"  # the text-prior organism: conflict items are where listening is repaired or not
-    if _available(org):
-        from auralens.compare import stage_compare
-
-        cmp = stage_compare(base=org, data="cafe-neutral:test,cafe-conflict:test", n=n, out=out / "compare",
-                            resume=resume, seed=7, quiet=True, batch_size=30, max_new_tokens=gen_tokens, top_k=4,
-                            n_boot=n_boot, n_cal=16 if fast else 32, n_dev=16 if fast else 32, betas=(0.0, 2.0, 4.0))
-        results["compare"] = cmp
-        org_sum = cmp["organisms"][org]
-        rows = []
-        for system, per in org_sum["systems"].items():
-            row = [system, org_sum["formats"][system]]
-            for cond in ("cafe-neutral:test", "cafe-conflict:test"):
-                acc, gain = (per[cond].get("accuracy") or {}), (per[cond].get("gain_vs_base") or {})
-                row += [acc.get("value", float("nan")),
-                        f"{gain['value']:+.3f} [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]" if gain.get("ci") else ""]
-            row.append((per["cafe-conflict:test"].get("forwards_per_item") or {}).get("value"))
-            row.append(org_sum["training"][system]["minutes"])
-            rows.append(row)
-        _table(f"steering vs fine-tuning on {org} (held-out test items, n={n} per condition; measured)",
-               ["system", "format", "neutral", "gain", "conflict", "gain", "fwd/item", "train min"], rows)
-        from auralens.interp.papers import reported_summary
-
-        Console().print(f"reported in the papers (not measured here; other models and benchmarks): {reported_summary()}")
+    if available(org):
+        results["compare"] = demo_compare(s, org)
     else:
         Console().print(f"compare stage skipped: no {org} weights (run `auralens organisms train {org}`)")
-
-    # --- stage 6: the toolkit against model organisms with planted deficits ------------------
-    from auralens.organisms import summary_rows, validate
-    from auralens.interp.micro.organisms import ORGANISMS, available
-
     have = [name for name in ORGANISMS if available(name)]
     if have:
-        org = validate(organisms=("micro", *have), n=12 if fast else n, n_cal=12 if fast else n,
-                       probes=not fast, keep=out / "organisms", resume=resume, min_claims=2 if fast else 20)
-        results["organisms"] = org
-        _table(f"what the toolkit finds: healthy micro vs the organisms (held-out items, n={12 if fast else n}; "
-               "full checks: `auralens organisms validate`)",
-               ["model", "conflict gap (neutral − conflict)", "listening heads recovered", "decay onset (yield / claims)",
-                "claims before − after k"], summary_rows(org))
+        results["organisms"] = demo_organisms(s, have)
     else:
         Console().print("organisms stage skipped: no organism weights (run `auralens organisms train NAME`)")
-
     results["seconds"] = round(time.time() - t0, 1)
     Console().print(f"demo finished in {results['seconds']} s; run folders under {out}/")
     return results

@@ -8,16 +8,13 @@ from typing import Any
 
 from auralens.interp.arch import Architecture, ArchTable, container_table, containers, describe, table_for_checkpoint
 from auralens.interp.errors import ArchitectureError, ConfigError
+from auralens.interp.micro import EMBEDDED, available, train_command, weights_folder
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Checkpoints whose top class wraps the audio-language model we study: {container class:
 # attribute holding the LALM}.  The facts live in the architecture tables (ArchTable.containers,
 # e.g. Qwen2.5-Omni thinker + talker); this mapping is derived from them for older callers.
 CONTAINERS = containers()
-EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2", "micro-prior": "prior", "micro-heads": "heads", "micro-decay": "decay",
-            # the fine-tuned arms of issue 14 (`auralens organisms finetune ORGANISM --recipe mpar2|hyper`)
-            "micro-hyper": "hyper", "micro-prior-mpar2": "prior-mpar2", "micro-prior-hyper": "prior-hyper",
-            "micro-decay-mpar2": "decay-mpar2", "micro-decay-hyper": "decay-hyper"}
 
 
 @dataclass(kw_only=True)
@@ -56,21 +53,15 @@ class LoadedModel:
         return {**self.arch.table.generate_kwargs, **generate_kwargs_for(self.pause)}
 
 
-_TRAIN_COMMAND = {"micro": "auralens micro train", "micro-mpar2": "auralens organisms finetune micro --recipe mpar2",
-                  **{f"{o}-{r}": f"auralens organisms finetune {o} --recipe {r}"
-                     for o in ("micro", "micro-prior", "micro-decay") for r in ("mpar2", "hyper")}}
-
-
 def resolve_source(name_or_path: str) -> str:
-    """``micro`` / ``micro-mpar2`` -> the embedded folder; anything else is passed through."""
+    """An embedded model's name (:data:`auralens.interp.micro.EMBEDDED`: ``micro``, ``micro-prior``...)
+    -> its weights folder; anything else is passed through."""
     if name_or_path in EMBEDDED:
-        from auralens.interp.micro import WEIGHTS_DIR
-
-        folder = WEIGHTS_DIR / EMBEDDED[name_or_path]
-        if not (folder / "config.json").exists():
+        folder = weights_folder(name_or_path)
+        if not available(name_or_path):
             raise ConfigError(
                 f"embedded model {name_or_path!r}: expected weights in {folder}, found none; "
-                f"train them with `{_TRAIN_COMMAND.get(name_or_path, f'auralens organisms train {name_or_path}')}`"
+                f"train them with `{train_command(name_or_path)}`"
             )
         return str(folder)
     return name_or_path

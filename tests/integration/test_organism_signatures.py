@@ -1,6 +1,6 @@
 """Each committed organism shows its planted signature, and the healthy micro does not.
 
-The checks of ``auralens organisms validate`` (auralens/organisms.py), on small fixed item sets
+The checks of ``auralens organisms validate`` (auralens/organisms/validate.py), on small fixed item sets
 (the cue datasets' dev split; the first items of the calibration / test splits), with the
 thresholds unchanged.  Deterministic: greedy decoding on CPU, fixed seeds.
 """
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from auralens.organisms import cue_accuracy, decay_checks, healthy_checks, heads_checks, prior_checks, probe_checks
-from auralens.interp.micro.organisms import planted
+from auralens.organisms import (
+    cue_accuracy, decay_checks, healthy_checks, heads_checks, planted, prior_checks, probe_checks,
+)
 
 
 def _lm(name):

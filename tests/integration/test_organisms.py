@@ -12,7 +12,9 @@ import torch
 from auralens.interp.cafe.cues import CONDITIONS, SPLITS, cue_items, with_cue
 from auralens.interp.datasets import load_dataset
 from auralens.interp.errors import DatasetError
-from auralens.interp.micro.organisms import RECIPES, OrganismConfig, audio_yield_penalty, organism_item
+from auralens.interp.micro.organisms import RECIPES, OrganismConfig, organism_item
+from auralens.organisms import onset
+from auralens.organisms.train import audio_yield_penalty, last_prompt_mask, query_masks, train_organism
 
 
 def _base(item_id: str) -> str:
@@ -104,14 +106,12 @@ def test_penalty_equals_a_direct_sum():
 
 
 def test_decay_queries_start_at_the_planted_step():
-    from auralens.interp.micro.organisms import _query_masks
-
     ids = torch.tensor([[5, 5, 7, 1, 9, 1, 7, 1, 8, 8]])  # newline id 1; target from index 2
     labels = ids.clone()
     labels[:, :2] = -100
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     cfg = dataclasses.replace(RECIPES["micro-decay"], decay_step=2)
-    audio, q = _query_masks(batch, labels, cfg, newline_id=1, audio_id=5)
+    audio, q = query_masks(batch, labels, cfg, newline_id=1, audio_id=5)
     assert audio.tolist() == [[True, True] + [False] * 8]
     # steps: 7 \n | 9 \n | 7 \n | 8 8 -> step 2 starts at index 6
     assert q.tolist() == [[False] * 6 + [True] * 4]
@@ -119,8 +119,6 @@ def test_decay_queries_start_at_the_planted_step():
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_training_smoke(name, tmp_path):
-    from auralens.interp.micro.organisms import train_organism
-
     cfg = dataclasses.replace(RECIPES[name], steps=2, batch_size=2)
     train_organism(cfg, tmp_path / name, progress=False, threads=1)
     info = json.loads((tmp_path / name / "training.json").read_text())
@@ -131,8 +129,6 @@ def test_training_smoke(name, tmp_path):
 
 
 def test_onset_finds_the_break():
-    from auralens.organisms import onset
-
     assert onset([0.6, 0.58, 0.57, 0.1, 0.09, 0.08]) == 3
     assert onset([0.9, 0.9, 0.2]) == 2
     # the pilot micro-decay's yield curve: a steady fall, then the planted break at step 3
@@ -141,15 +137,12 @@ def test_onset_finds_the_break():
 
 
 def test_last_prompt_position():
-    from auralens.interp.micro.organisms import _last_prompt
-
     labels = torch.tensor([[-100, -100, -100, 5, 6], [-100, -100, 7, 8, 9]])
-    assert _last_prompt(labels).tolist() == [[False, False, True, False, False], [False, True, False, False, False]]
+    assert last_prompt_mask(labels).tolist() == [[False, False, True, False, False], [False, True, False, False, False]]
 
 
 def test_resume_refuses_changed_knobs(tmp_path):
     from auralens.interp.errors import ConfigError
-    from auralens.interp.micro.organisms import train_organism
 
     cfg = dataclasses.replace(RECIPES["micro-prior"], steps=3, batch_size=2)
     # interrupted after its first step by the time budget: resume state kept
@@ -163,9 +156,27 @@ def test_resume_refuses_changed_knobs(tmp_path):
 
 def test_resume_of_a_finished_run_is_refused(tmp_path):
     from auralens.interp.errors import ConfigError
-    from auralens.interp.micro.organisms import train_organism
 
     cfg = dataclasses.replace(RECIPES["micro-prior"], steps=1, batch_size=2)
     train_organism(cfg, tmp_path / "o", progress=False, threads=1)
     with pytest.raises(ConfigError, match="finished run"):
         train_organism(cfg, tmp_path / "o", progress=False, threads=1, resume=True)
+
+
+def test_one_namespace_for_names_recipes_training_and_validation():
+    import auralens.organisms as organisms
+    from auralens.interp.loading import resolve_source
+    from auralens.interp.micro import EMBEDDED, ORGANISMS, available, train_command, weights_folder
+
+    assert organisms.ORGANISMS == ORGANISMS == ("micro-prior", "micro-heads", "micro-decay")
+    assert set(organisms.RECIPES) == {"micro", *ORGANISMS} and organisms.train_organism is train_organism
+    assert all(name in EMBEDDED for name in organisms.RECIPES)
+    assert weights_folder("micro-prior").name == EMBEDDED["micro-prior"] == "prior"
+    assert train_command("micro") == "auralens micro train"
+    assert train_command("micro-prior") == "auralens organisms train micro-prior"
+    assert train_command("micro-prior-hyper") == "auralens organisms finetune micro-prior --recipe hyper"
+    assert not available("no-such-model") and available("micro")
+    assert resolve_source("micro") == str(weights_folder("micro")) and resolve_source("x/y") == "x/y"
+    if available("micro-heads"):
+        assert [tuple(h) for h in organisms.planted("micro-heads")["listen_heads"]] == list(
+            RECIPES["micro-heads"].listen_heads)

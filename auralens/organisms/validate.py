@@ -34,12 +34,37 @@ onset curves: a late step reached by a handful of long chains says little.
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from auralens.interp.cafe.cues import CONDITIONS, cue_items
+from auralens.interp.evaluate import run_eval
+from auralens.interp.generation import GenerationConfig
+from auralens.interp.loading import load_model, resolve_source
+from auralens.interp.record import stage_record
+from auralens.interp.runs import RunFolder
+from auralens.interp.stats import bootstrap_mean_ci
+from auralens.probes.collect import LM_SITE, CollectConfig, collect_activations
+from auralens.probes.fit import ProbeConfig, fit_probe
+from auralens.probes.labels import cafe_labels
+
+__all__ = ["PROBE_ATTRIBUTES", "class_claim_steps", "claim_gap_by_item", "cue_accuracy", "decay_checks",
+           "healthy_checks", "heads_checks", "onset", "planted", "prior_checks", "probe_checks", "summary_rows",
+           "validate"]
+
 PROBE_ATTRIBUTES = ("n_events", "event1_class")
+
+
+def planted(name: str) -> dict[str, Any]:
+    """The knobs an embedded organism was trained with (its ``training.json``)."""
+    info = json.loads((Path(resolve_source(name)) / "training.json").read_text())
+    return info.get("knobs", {})
 
 
 def _check(organism: str, check: str, value: float, threshold: float, op: str,
@@ -58,10 +83,6 @@ def _correct_by_base(df, mode: str) -> dict[str, float]:
 
 def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32) -> dict[str, Any]:
     """Direct-answer correctness per condition × audio mode, keyed by the underlying item."""
-    from auralens.interp.cafe.cues import CONDITIONS, cue_items
-    from auralens.interp.evaluate import run_eval
-    from auralens.interp.generation import GenerationConfig
-
     out: dict[str, Any] = {}
     for cond in CONDITIONS:
         items = cue_items(cond, split, n)
@@ -75,8 +96,6 @@ def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32) -> dict[
 
 
 def _mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
-    from auralens.interp.stats import bootstrap_mean_ci
-
     m, lo, hi = bootstrap_mean_ci(np.asarray(values, dtype=float))
     return float(m), (float(lo), float(hi))
 
@@ -107,8 +126,6 @@ def healthy_checks(organism: str, acc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _audio_features(lm, items, folder) -> Any:
-    from auralens.probes.collect import CollectConfig, collect_activations
-
     cfg = CollectConfig(positions=("audio_mean",), formats=("direct",), batch_size=16, max_new_tokens=1)
     return collect_activations(lm, items, folder, cfg)
 
@@ -117,11 +134,6 @@ def _matrix(store, items, layer: int, attr: str, min_per_class: int = 5):
     """Audio-mean features at ``layer``, the label of ``attr`` and the item of each row; rows
     of a class held by fewer than ``min_per_class`` items are left out (5-fold CV by item needs
     every class in every fold's training part); returns how many were left out."""
-    from collections import Counter
-
-    from auralens.probes.collect import LM_SITE
-    from auralens.probes.labels import cafe_labels
-
     X, idx = store.matrix(LM_SITE, "audio_mean", layer)
     by_id = {it.item_id: it for it in items}
     its = [by_id[i] for i in store.rows["item_id"].to_numpy()[idx]]
@@ -133,12 +145,6 @@ def _matrix(store, items, layer: int, attr: str, min_per_class: int = 5):
 
 def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[str, Any]]:
     """Probe the planted-truth attributes at the audio tokens of conflict items."""
-    from pathlib import Path
-
-    from auralens.interp.cafe.cues import cue_items
-    from auralens.probes.collect import LM_SITE
-    from auralens.probes.fit import ProbeConfig, fit_probe
-
     stores = {}
     items = {}
     for split, k in (("calibration", n_cal), ("test", n)):
@@ -163,9 +169,6 @@ def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[st
 
 
 def _record(lm, name: str, data: str, n: int, fmt: str, out, resume: bool = False) -> Any:
-    from auralens.interp.record import stage_record
-    from auralens.interp.runs import RunFolder
-
     stage_record(model=name, data=data, n=n, fmt=fmt, out=out, lm=lm, quiet=True, n_boot=200, resume=resume,
                  max_new_tokens=96 if fmt != "direct" else 8)
     return RunFolder.open(out)
@@ -256,11 +259,6 @@ def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-hea
 
     With ``keep`` (a folder), the record runs behind the head and decay checks are kept as
     ``<keep>/<organism>@heads`` and ``<keep>/<organism>@decay`` (the dashboard lists them)."""
-    import tempfile
-
-    from auralens.interp.loading import load_model
-    from auralens.interp.micro.organisms import planted
-
     rows: list[dict[str, Any]] = []
     accuracy: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
