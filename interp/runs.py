@@ -45,6 +45,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
 
 _PACKAGES = ("auralens", "torch", "transformers", "nnsight", "transformer-lens", "scikit-learn", "numpy", "pandas")
@@ -613,13 +614,16 @@ def check_model(model: str) -> None:
     table_for_checkpoint(archs[0])
 
 
-def load_items(data: str, *, n: int | None, seed: int, allow_all: bool = False) -> list:
+def load_items(data: str | DataSpec, *, n: int | None, seed: int, allow_all: bool = False) -> list:
     """The run's items: ``n`` checked, rows validated by the loader, at least one item, and
-    every audio file's header checked (:func:`auralens.interp.datasets.check_audio_files`)."""
+    every audio file's header checked (:func:`auralens.interp.datasets.check_audio_files`).
+    ``data``: a dataset spec, as text or as a :class:`~auralens.interp.dataspec.DataSpec`."""
     from auralens.interp.datasets import check_audio_files, load_dataset
 
     n = check_n(n, allow_none=allow_all)
     items = load_dataset(data, n=n, seed=seed)
+    if isinstance(data, DataSpec):
+        data = str(data)  # the errors name the spec as it is written
     if not items:
         raise DatasetError(f"dataset {data!r}: expected at least one item, found none")
     ids = [it.item_id for it in items]

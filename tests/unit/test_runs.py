@@ -188,3 +188,26 @@ def test_json_files_in_a_run_folder_are_strict(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert _json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))) == {
         "gain": None, "ok": [1.0, None], "path": str(tmp_path)}
+
+
+def test_load_items_takes_a_spec_as_text_or_dataspec(folder_dataset):
+    from auralens.interp.dataspec import DataSpec
+    from auralens.interp.errors import DatasetError
+    from auralens.interp.runs import load_items
+
+    spec = DataSpec.parse("cafe-neutral:test", seed=7)
+    by_text = load_items("cafe-neutral:test", n=3, seed=7)
+    by_spec = load_items(spec, n=3, seed=7)
+    assert [it.item_id for it in by_spec] == [it.item_id for it in by_text] and len(by_text) == 3
+    folder = folder_dataset(1)
+    # one item: one of the three splits holds it, the other two are empty and refused alike
+    refused = []
+    for text in (f"{folder}:{split}" for split in ("calibration", "dev", "test")):
+        try:
+            load_items(text, n=None, seed=7, allow_all=True)
+        except DatasetError as text_err:
+            with pytest.raises(DatasetError) as spec_err:
+                load_items(DataSpec.parse(text, seed=7), n=None, seed=7, allow_all=True)
+            assert str(spec_err.value) == str(text_err) and "found none" in str(text_err)
+            refused.append(text)
+    assert len(refused) == 2
