@@ -73,7 +73,7 @@ missing layer (:meth:`~auralens.steering.vector.SteeringVector.check_compatible`
 an unknown position mode or backend, layers the vector does not have.
 
 Public API: :data:`POSITION_MODES`, :data:`BACKENDS`, :class:`AdaptiveAlpha`,
-:class:`FoldedRows`, :class:`Steering`, :func:`apply_vector`, :func:`steer_tensor`,
+:class:`~auralens.steering.rows.FoldedRows` (re-exported), :class:`Steering`, :func:`apply_vector`, :func:`steer_tensor`,
 :func:`steered_generate`.
 """
 
@@ -92,6 +92,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from auralens.interp.errors import ConfigError
+from auralens.steering.checks import check_heads, parse_heads
+from auralens.steering.registry import BACKENDS
+from auralens.steering.rows import FoldedRows
+from auralens.steering.vector import SteeringVector
 
 __all__ = [
     "BACKENDS",
@@ -104,9 +108,9 @@ __all__ = [
     "steered_generate",
 ]
 
+#: the position rules implemented here (the built-in entries of :data:`auralens.steering.registry.POSITIONS`)
 POSITION_MODES: tuple[str, ...] = ("last_prompt", "generated", "both", "answer")
 ANSWER_MARKER = re.compile(r"answer\s*:\s*$", re.IGNORECASE)
-BACKENDS: tuple[str, ...] = ("torch", "nnsight")
 _DANGLING = r".*was never reached: the loop asked for a step the run did not make.*"
 
 
@@ -130,8 +134,6 @@ class AdaptiveAlpha:
     floor: float = 1e-4
 
     def __post_init__(self) -> None:
-        from auralens.steering.directions import parse_heads
-
         heads = parse_heads(self.heads)
         if not heads:
             raise ConfigError("AdaptiveAlpha.heads: expected at least one (layer, head), found none")
@@ -148,42 +150,6 @@ class AdaptiveAlpha:
         ok = y0 >= self.floor
         ratio = torch.where(ok, y_prev / torch.where(ok, y0, torch.ones_like(y0)), torch.ones_like(y0))
         return 1.0 + self.gain * (1.0 - ratio).clamp(0.0, 1.0)
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class FoldedRows:
-    """Per-input directions whose real pass is the generation's own prefill (``per_row=`` of
-    :func:`apply_vector`; built by :func:`auralens.steering.directions.silence_rows`).
-
-    Holds only ``h_L(silence)`` at the last prompt token of every row.  At the first prefill of
-    the steering context the hook at ``layer`` reads the still unsteered ``h_L`` at column ``-1``
-    of every row (the last prompt token, left padding), forms ``s_i = direction(h_real_i -
-    h_sil_i)`` and keeps ``alpha * s_i`` for every later forward of the context (the decoding
-    steps, and any further full forward, e.g. the record stage's silence pass, which the
-    two-pass path steers with the same ``s``).  Exact (identical to precomputing ``s`` with a
-    separate real forward, up to float noise between a cached prefill and an uncached forward)
-    when ``layer`` is the only steered site, nothing else modifies the model upstream of it,
-    and the context's first forward is the generation's prefill of the same prompts: checked at
-    that prefill (same prompt tokens per row, and audio inputs that are not the silent ones).
-
-    Attributes:
-        layer: the one steered decoder layer (site ``hook_resid_post``).
-        silence: ``[batch, width]`` float32, ``h_L(silence)`` at the last prompt token.
-        direction: ``[batch, width]`` raw difference -> the direction to add (scaling like the
-            vector, the random control), float32 on the hidden states' device.
-        prompts: each row's prompt tokens (padding excluded), or ``None`` (not checked).
-        features: the silent batch's floating-point inputs (audio features), or ``None``.
-    """
-
-    layer: int
-    silence: Tensor
-    direction: Any
-    prompts: tuple[tuple[int, ...], ...] | None = None
-    features: dict[str, Tensor] | None = None
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.silence.shape[0])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,8 +276,6 @@ def steer_tensor(
 
 def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, backend: str,
           per_row: Any = None) -> tuple[_Target, ...]:
-    from auralens.steering.vector import SteeringVector
-
     if not isinstance(vec, SteeringVector):
         raise ConfigError(f"vector: expected a auralens.steering.vector.SteeringVector, found {type(vec).__name__}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(float(alpha)):
@@ -470,9 +434,7 @@ def apply_vector(
     if adaptive is not None:
         if not isinstance(adaptive, AdaptiveAlpha):
             raise ConfigError(f"adaptive: expected an AdaptiveAlpha or None, found {type(adaptive).__name__}")
-        from auralens.steering.directions import _check_heads
-
-        _check_heads(lm.arch, adaptive.heads)
+        check_heads(lm.arch, adaptive.heads)
     model = lm.model
     steer = Steering(
         lm=lm, vector=vec, alpha=float(alpha), positions=positions, layers=tuple(t.layer for t in targets),

@@ -63,9 +63,8 @@ Public API: :data:`POSITIONS`, :data:`NORMALIZATIONS`, :data:`SITES`, :class:`Pa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,7 +72,26 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from auralens.interp import distributed as dist
+from auralens.interp.arch import site_name
+from auralens.interp.capture import capture, with_position_ids
+from auralens.interp.datasets import fingerprint
 from auralens.interp.errors import ConfigError, PromptError
+from auralens.interp.generation import batches, cast_features, model_inputs
+from auralens.steering.checks import (  # noqa: F401 (POSITIONS, METHODS: re-exported)
+    METHODS,
+    NORMALIZATIONS,
+    POSITIONS,
+    SITES,
+    Position,
+    check_heads,
+    check_layers,
+    check_site,
+    parse_heads,
+    parse_positions,
+)
+from auralens.steering.rows import FoldedRows
+from auralens.steering.vector import SITE_PATTERNS, SteeringVector
 
 __all__ = [
     "NORMALIZATIONS",
@@ -92,133 +110,6 @@ __all__ = [
     "random_heads",
     "silence_rows",
 ]
-
-POSITIONS: tuple[str, ...] = ("last_prompt", "audio_mean")
-NORMALIZATIONS: tuple[str, ...] = ("none", "unit", "resid_norm")
-SITES: tuple[str, ...] = ("hook_resid_post", "attn.hook_z")
-METHODS: tuple[str, ...] = ("audio_minus_silence", "random_direction", "random_heads")
-
-Position = str | int
-
-
-# --------------------------------------------------------------------------------------------
-# Argument parsing
-# --------------------------------------------------------------------------------------------
-
-
-def parse_positions(positions: Position | Sequence[Position]) -> tuple[Position, ...]:
-    """``"last_prompt"``, ``"audio_mean"``, an int, ``"-3"``, or a comma-separated / sequence mix."""
-    if isinstance(positions, bool):
-        raise ConfigError(f"positions: expected 'last_prompt', 'audio_mean' or an int, found {positions!r}")
-    if isinstance(positions, (int, np.integer)):
-        return (int(positions),)
-    if isinstance(positions, str):
-        parts: list[Any] = [p.strip() for p in positions.split(",") if p.strip()]
-    elif isinstance(positions, Sequence):
-        parts = list(positions)
-    else:
-        raise ConfigError(f"positions: expected a name, an int or a list of them, found {positions!r}")
-    out: list[Position] = []
-    for p in parts:
-        if isinstance(p, bool):
-            raise ConfigError(f"positions: expected 'last_prompt', 'audio_mean' or an int, found {p!r}")
-        if isinstance(p, (int, np.integer)):
-            out.append(int(p))
-        elif isinstance(p, str) and p in POSITIONS:
-            out.append(p)
-        elif isinstance(p, str) and p.lstrip("-").isdigit():
-            out.append(int(p))
-        else:
-            raise ConfigError(
-                f"positions: expected {list(POSITIONS)} or an integer token index, found {p!r}"
-            )
-    if not out:
-        raise ConfigError("positions: expected at least one position, found none")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"positions: expected distinct positions, found {out}")
-    return tuple(out)
-
-
-def parse_heads(heads: Any, *, k: int | None = None) -> tuple[tuple[int, int], ...]:
-    """Heads as (layer, head) pairs from pairs, ``"L:H,L:H"``, or a heads table.
-
-    A heads table is a DataFrame or a parquet file with ``layer``, ``head`` (and a ``rank``
-    column, as :func:`auralens.interp.listening.heads_table` writes; without one the row order is the
-    rank); a run folder holding ``heads.parquet`` is read the same way.  ``k`` keeps the
-    first ``k`` heads (by rank).
-    """
-    if heads is None:
-        return ()
-    pairs: list[tuple[int, int]]
-    if isinstance(heads, (str, Path)) and (Path(heads).suffix == ".parquet" or Path(heads).is_dir()):
-        import pandas as pd
-
-        path = Path(heads)
-        if path.is_dir():
-            path = path / "heads.parquet"
-        if not path.exists():
-            raise ConfigError(f"heads: expected a heads table at {str(path)!r}, found no file")
-        heads = pd.read_parquet(path)
-    if hasattr(heads, "columns"):  # a DataFrame
-        missing = {"layer", "head"} - set(heads.columns)
-        if missing:
-            raise ConfigError(f"heads table: expected columns 'layer' and 'head', found {list(heads.columns)}")
-        table = heads.sort_values("rank") if "rank" in heads.columns else heads
-        pairs = [(int(r.layer), int(r.head)) for r in table.itertuples()]
-    elif isinstance(heads, str):
-        pairs = []
-        for part in heads.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            bits = part.split(":")
-            if len(bits) != 2 or not all(b.strip().isdigit() for b in bits):
-                raise ConfigError(f"heads: expected 'layer:head' pairs such as '3:1,5:0', found {part!r}")
-            pairs.append((int(bits[0]), int(bits[1])))
-    elif isinstance(heads, Iterable):
-        pairs = []
-        for pair in heads:
-            if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable) or len(tuple(pair)) != 2:
-                raise ConfigError(f"heads: expected (layer, head) pairs, found {pair!r}")
-            a, b = tuple(pair)
-            if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, np.integer)) or not isinstance(b, (int, np.integer)):
-                raise ConfigError(f"heads: expected integer (layer, head) pairs, found {pair!r}")
-            pairs.append((int(a), int(b)))
-    else:
-        raise ConfigError(f"heads: expected (layer, head) pairs, 'L:H,...' or a heads table, found {heads!r}")
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"k: expected a positive number of heads, found {k!r}")
-        pairs = pairs[: int(k)]
-    if len(set(pairs)) != len(pairs):
-        raise ConfigError(f"heads: expected distinct (layer, head) pairs, found {pairs}")
-    return tuple(pairs)
-
-
-def _check_heads(arch, heads: Sequence[tuple[int, int]]) -> None:
-    bad = [h for h in heads if not (0 <= h[0] < arch.n_layers and 0 <= h[1] < arch.n_heads)]
-    if bad:
-        raise ConfigError(
-            f"heads: {arch.name} has {arch.n_layers} layers x {arch.n_heads} heads, found {bad}"
-        )
-
-
-def _check_layers(arch, layers: Iterable[int]) -> tuple[int, ...]:
-    out = []
-    for L in layers:
-        if isinstance(L, bool) or not isinstance(L, (int, np.integer)):
-            raise ConfigError(f"layers: expected integer decoder layers, found {L!r}")
-        if not 0 <= int(L) < arch.n_layers:
-            raise ConfigError(
-                f"layers: decoder layer {int(L)} out of range: {arch.name} has {arch.n_layers} layers "
-                f"(0..{arch.n_layers - 1})"
-            )
-        out.append(int(L))
-    if not out:
-        raise ConfigError("layers: expected at least one decoder layer, found none")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"layers: expected distinct layers, found {out}")
-    return tuple(sorted(out))
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,12 +186,50 @@ def _position_weights(
 
 def _capture_batch(lm, inputs: dict[str, Any], layers: Sequence[int], weights: Tensor, sites: Sequence[str]):
     """One forward through the capture engine; {site: [batch, layer, width]} (float32, CPU)."""
-    from auralens.interp.arch import site_name
-    from auralens.interp.capture import capture
 
     names = {(hook, L): site_name(L, hook) for hook in sites for L in layers}
     got = capture(lm, inputs, list(names.values()), weights={s: weights for s in names.values()})
     return {hook: torch.stack([got[names[(hook, L)]].cpu() for L in layers], dim=1) for hook in sites}
+
+
+def _capture_chunk(lm, chunk, *, layers, positions, fmt: str, modes, sites):
+    """One batch of items through each of ``modes`` (real / silence): the reduced activations
+    ``{mode: {site: tensor}}``, the last mode's prompt tokens per row (padding excluded) and its
+    floating-point inputs.  The passes must have the same input_ids (same audio length)."""
+
+    out: dict[str, dict[str, Tensor]] = {}
+    prompts: list[tuple[int, ...]] = []
+    features: dict[str, Tensor] | None = None
+    ids_ref = None
+    for mode in modes:
+        batch = model_inputs(lm, chunk, fmt, mode)
+        inputs = with_position_ids(lm.arch, cast_features(lm, batch))
+        ids = inputs["input_ids"]
+        if mode == modes[-1]:
+            mask = inputs["attention_mask"].bool()
+            prompts = [tuple(int(t) for t in ids[i][mask[i]].tolist()) for i in range(ids.shape[0])]
+            features = {k: v for k, v in inputs.items() if isinstance(v, Tensor) and v.is_floating_point()}
+        if ids_ref is None:
+            ids_ref = ids
+        elif not torch.equal(ids_ref, ids):
+            raise PromptError(
+                f"items {[it.item_id for it in chunk]}: expected the silent prompt to have the same "
+                "tokens as the real one (same audio length), found different input_ids"
+            )
+        w = _position_weights(ids, inputs["attention_mask"], lm.arch.audio_token_id, positions,
+                              [it.item_id for it in chunk])
+        out[mode] = _capture_batch(lm, inputs, layers, w, sites)
+    return out, prompts, features
+
+
+def _gather_parts(parts, mine: list[int], *, n_chunks: int, modes, sites):
+    """Every rank's captured batches (``parts[site][mode]``, this rank's batches ``mine``) gathered
+    to every rank, in batch order (:mod:`auralens.interp.distributed`)."""
+
+    got = dist.gather_objects({j: {s: {m: parts[s][m][i].cpu() for m in parts[s]} for s in sites}
+                               for i, j in enumerate(mine)})
+    by_batch = {j: v for part in got for j, v in part.items()}
+    return {s: {m: [by_batch[j][s][m] for j in range(n_chunks)] for m in modes} for s in sites}
 
 
 def collect_paired(
@@ -319,15 +248,12 @@ def collect_paired(
 
     ``modes``: which passes to run (default both; ``("silence",)`` for the folded per-input
     path, :func:`silence_rows`, whose real pass is the generation's own prefill)."""
-    from auralens.interp.capture import with_position_ids
-    from auralens.interp.datasets import fingerprint
-    from auralens.interp.generation import batches, cast_features, model_inputs
 
     if not items:
         raise ConfigError("items: expected at least one item to fit a direction on, found none")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: expected a positive integer, found {batch_size!r}")
-    layers = _check_layers(lm.arch, layers)
+    layers = check_layers(lm.arch, layers)
     pos = parse_positions(positions)
     modes = tuple(modes)
     if not modes or len(set(modes)) != len(modes) or any(m not in ("real", "silence") for m in modes):
@@ -336,7 +262,6 @@ def collect_paired(
     parts: dict[str, dict[str, list[Tensor]]] = {s: {m: [] for m in modes} for s in sites}
     prompts: list[tuple[int, ...]] = []
     features: dict[str, Tensor] | None = None
-    from auralens.interp import distributed as dist
 
     chunks = list(batches(list(items), batch_size))
     # under a multi-process launch each rank captures every world-th batch; the per-item
@@ -349,35 +274,18 @@ def collect_paired(
 
         bar = tqdm(total=sum(len(chunks[j]) for j in mine), desc="audio-minus-silence", unit="item")
     for chunk in [chunks[j] for j in mine]:
-        ids_ref = None
+        got, chunk_prompts, features = _capture_chunk(lm, chunk, layers=layers, positions=pos, fmt=fmt, modes=modes,
+                                                      sites=sites)
+        prompts.extend(chunk_prompts)
         for mode in modes:
-            batch = model_inputs(lm, chunk, fmt, mode)
-            inputs = with_position_ids(lm.arch, cast_features(lm, batch))
-            ids = inputs["input_ids"]
-            if mode == modes[-1]:
-                mask = inputs["attention_mask"].bool()
-                prompts.extend(tuple(int(t) for t in ids[i][mask[i]].tolist()) for i in range(ids.shape[0]))
-                features = {k: v for k, v in inputs.items() if isinstance(v, Tensor) and v.is_floating_point()}
-            if ids_ref is None:
-                ids_ref = ids
-            elif not torch.equal(ids_ref, ids):
-                raise PromptError(
-                    f"items {[it.item_id for it in chunk]}: expected the silent prompt to have the same "
-                    "tokens as the real one (same audio length), found different input_ids"
-                )
-            w = _position_weights(ids, inputs["attention_mask"], lm.arch.audio_token_id, pos, [it.item_id for it in chunk])
-            got = _capture_batch(lm, inputs, layers, w, sites)
             for s in sites:
-                parts[s][mode].append(got[s])
+                parts[s][mode].append(got[mode][s])
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
     if split:
-        got = dist.gather_objects({j: {s: {m: parts[s][m][i].cpu() for m in parts[s]} for s in sites}
-                                   for i, j in enumerate(mine)})
-        by_batch = {j: v for part in got for j, v in part.items()}
-        parts = {s: {m: [by_batch[j][s][m] for j in range(len(chunks))] for m in modes} for s in sites}
+        parts = _gather_parts(parts, mine, n_chunks=len(chunks), modes=modes, sites=sites)
     cat = {s: {m: torch.cat(v) for m, v in parts[s].items()} for s in sites}
     one_batch = len(chunks) == 1 and not split
     return PairedActivations(
@@ -398,16 +306,6 @@ def collect_paired(
 # --------------------------------------------------------------------------------------------
 
 
-def _site(site: str) -> str:
-    from auralens.steering.vector import normalize_site
-
-    pattern, layer = normalize_site(site)
-    hook = pattern.removeprefix("lm.blocks.{L}.")
-    if layer is not None or hook not in SITES:
-        raise ConfigError(f"site: expected one of {list(SITES)}, found {site!r}")
-    return hook
-
-
 def head_mask(arch, layer: int, heads: Sequence[tuple[int, int]]) -> Tensor:
     """[head*head_dim] bool mask of the slices of ``heads`` at ``layer``."""
     m = torch.zeros(arch.n_heads * arch.head_dim, dtype=torch.bool)
@@ -426,6 +324,24 @@ def _pos_label(pos: Sequence[Position]) -> str:
     return ",".join(str(p) for p in pos)
 
 
+def _target_norm(acts: PairedActivations, arch, L: int, i: int, *, hook: str, heads, normalize: str,
+                 norm: float) -> float:
+    """The norm a direction of raw norm ``norm`` at layer ``L`` (index ``i`` of ``acts``) is scaled
+    to: 1 (``unit``) or the mean norm of the real activations there (``resid_norm``; the heads'
+    slices for a head-restricted ``attn.hook_z`` direction).  A zero difference is refused."""
+    if not norm > 0:
+        raise ConfigError(
+            f"normalize={normalize!r}: the audio-minus-silence difference at layer {L} is zero "
+            "(the model ignores the audio there?); expected a non-zero direction"
+        )
+    if normalize == "unit":
+        return 1.0
+    real = acts.z["real"][:, i] if hook == "attn.hook_z" else acts.resid["real"][:, i]
+    if hook == "attn.hook_z" and heads:
+        real = real * head_mask(arch, L, heads).float()
+    return float(torch.linalg.vector_norm(real, dim=-1).mean())
+
+
 def direction_from(
     acts: PairedActivations,
     lm,
@@ -439,17 +355,15 @@ def direction_from(
 ):
     """The audio-minus-silence :class:`~auralens.steering.vector.SteeringVector` from collected
     activations (see the module docstring for sites, heads and normalisation)."""
-    from auralens.steering.vector import SITE_PATTERNS, SteeringVector
-
-    hook = _site(site)
+    hook = check_site(site)
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"normalize: expected one of {list(NORMALIZATIONS)}, found {normalize!r}")
     arch = lm.arch
     heads = tuple(heads or ())
-    _check_heads(arch, heads)
+    check_heads(arch, heads)
     if layers is None:
         layers = sorted({L for L, _ in heads}) if heads else acts.layers
-    layers = _check_layers(arch, layers)
+    layers = check_layers(arch, layers)
     if heads:
         empty = [L for L in layers if not any(hl == L for hl, _ in heads)]
         if empty:
@@ -473,18 +387,7 @@ def direction_from(
         norm = float(torch.linalg.vector_norm(v))
         raw_norm[str(L)] = norm
         if normalize != "none":
-            if not norm > 0:
-                raise ConfigError(
-                    f"normalize={normalize!r}: the audio-minus-silence difference at layer {L} is zero "
-                    "(the model ignores the audio there?); expected a non-zero direction"
-                )
-            if normalize == "unit":
-                goal = 1.0
-            else:
-                real = acts.z["real"][:, i] if hook == "attn.hook_z" else acts.resid["real"][:, i]
-                if hook == "attn.hook_z" and heads:
-                    real = real * head_mask(arch, L, heads).float()
-                goal = float(torch.linalg.vector_norm(real, dim=-1).mean())
+            goal = _target_norm(acts, arch, L, i, hook=hook, heads=heads, normalize=normalize, norm=norm)
             target[str(L)] = goal
             v = v * (goal / norm)
         directions[L] = v.float().contiguous()
@@ -647,7 +550,7 @@ def fit_with_controls(
     ``{"audio_minus_silence": v, "random_direction": r, "random_heads": h}`` (the last only
     for a head-restricted vector)."""
     heads = parse_heads(heads)
-    _check_heads(lm.arch, heads)
+    check_heads(lm.arch, heads)
     if layers is None:
         if not heads:
             raise ConfigError("layers: expected the decoder layers to steer (or heads to take them from), found none")
@@ -747,15 +650,13 @@ def silence_rows(
     batch_size: int = 8,
     finish: Any = None,
 ):
-    """The folded per-input direction (:class:`auralens.steering.apply.FoldedRows`): only
+    """The folded per-input direction (:class:`auralens.steering.rows.FoldedRows`): only
     ``h_L(silence)`` at the last prompt token is computed here (one forward per item, through
     :func:`collect_paired` exactly as :func:`per_input_directions` computes it); the real
     ``h_L`` is read by the steering hook from the generation's own prefill, where
     ``s(x) = h_L(real) - h_L(silence)`` is formed and scaled like ``vec``, then passed through
     ``finish(layer, s)`` when given (the matched random control of
     :class:`auralens.steering.evaluate.PerInput`).  Refused unless :func:`can_fold` (``vec``, ``[layer]``)."""
-    from auralens.steering.apply import FoldedRows
-
     _check_per_input(vec, [layer])
     if not can_fold(vec, [layer]):
         raise ConfigError(

@@ -1,14 +1,14 @@
-"""Steering sweeps: accuracy as a function of alpha and layer, against controls, with CIs.
+"""Steering sweeps: accuracy as a function of beta and layer, against controls, with CIs.
 
 :func:`run_sweep` generates and scores every (item, format) once without steering (the
-baseline, ``alpha = 0``) and once per (vector, layer, alpha, position mode) with the vector's
-direction at that one layer added (:func:`auralens.steering.apply.apply_vector`).  ``alpha = 0`` is not
-generated again: steering with ``alpha = 0`` is bit-identical to no steering (a tested
+baseline, ``beta = 0``) and once per (vector, layer, beta, position mode) with the vector's
+direction at that one layer added (:func:`auralens.steering.apply.apply_vector`).  ``beta = 0`` is not
+generated again: steering with ``beta = 0`` is bit-identical to no steering (a tested
 property), so its rows *are* the baseline's.  Rows go to a :class:`~auralens.interp.runs.RowLog` after
 each batch and a resumed sweep skips the rows it already has.
 
 :func:`steering_table` aggregates the rows into the ``steering.parquet`` table, one row per
-(vector, method, layer, alpha, positions, format, category) with ``category`` each item
+(vector, method, layer, beta, positions, format, category) with ``category`` each item
 category and ``"all"``:
 
 - ``accuracy``, ``ci_low``, ``ci_high``: mean correctness and its 95% percentile bootstrap CI
@@ -18,10 +18,10 @@ category and ``"all"``:
   kept together, i.e. the bootstrap of the mean of per-item differences);
 - ``n``: items.
 
-:func:`best_gain` picks the (layer, alpha, positions, format) with the largest gain of the
+:func:`best_gain` picks the (layer, beta, positions, format) with the largest gain of the
 main vector and reports it beside the controls at the same setting (and the paired difference
 vector − control).  It is chosen on the evaluation items themselves, so it is an optimistic
-estimate; the summary says so.  :func:`figures` draws accuracy (and delta) vs alpha per vector,
+estimate; the summary says so.  :func:`figures` draws accuracy (and delta) vs beta per vector,
 method, layer and positions with CI bands (:func:`auralens.steering.figures.steering_sweep`).
 """
 
@@ -34,17 +34,23 @@ from typing import Any
 
 import numpy as np
 
+from auralens.interp.cafe.formats import FORMATS
 from auralens.interp.errors import ConfigError
 from auralens.interp.schemas import STEER_ITEMS, STEERING
+from auralens.interp.stats import bootstrap_mean_ci
+from auralens.steering.registry import BACKENDS, POSITIONS
 
 __all__ = [
     "BASELINE",
     "ITEM_COLUMNS",
-    "PerInput",
     "STEERING_COLUMNS",
+    "PerInput",
     "SweepConfig",
     "best_gain",
+    "check_betas",
     "figures",
+    "paired_ci",
+    "paired_stats",
     "run_sweep",
     "steering_table",
 ]
@@ -57,12 +63,27 @@ BASELINE = "baseline"
 MAIN_METHOD = "audio_minus_silence"
 
 
+def check_betas(betas: Any, *, option: str = "betas") -> tuple[float, ...]:
+    """The steering strengths beta as distinct finite floats (at least one), else ConfigError naming
+    ``option``.  The one validation of beta: :class:`SweepConfig` and the stage configs use it."""
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or not betas:
+        raise ConfigError(f"{option}: expected a non-empty list of numbers, found {betas!r}")
+    clean = []
+    for b in betas:
+        if isinstance(b, bool) or not isinstance(b, (int, float, np.floating, np.integer)) or not math.isfinite(float(b)):
+            raise ConfigError(f"{option}: expected finite numbers, found {b!r}")
+        clean.append(float(b))
+    if len(set(clean)) != len(clean):
+        raise ConfigError(f"{option}: expected distinct values, found {clean}")
+    return tuple(clean)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SweepConfig:
     """What to sweep.
 
     Attributes:
-        alphas: steering strengths (``0`` is the baseline, always included in the table).
+        betas: steering strengths beta (``0`` is the baseline, always included in the table).
         layers: layers to steer one at a time (``None``: every layer of each vector).
         positions: position modes of :func:`auralens.steering.apply.apply_vector`.
         formats: answer formats (``auralens.interp.cafe.formats.FORMATS``).
@@ -70,10 +91,10 @@ class SweepConfig:
         backend: ``"torch"`` or ``"nnsight"`` (identical results; torch is faster).
         n_boot, seed: bootstrap.
         adaptive_gain, adaptive_heads: with a gain, every steered generation uses adaptive
-            alpha (:class:`auralens.steering.apply.AdaptiveAlpha`) gated by those specialist heads.
+            beta (:class:`auralens.steering.apply.AdaptiveAlpha`) gated by those specialist heads.
     """
 
-    alphas: tuple[float, ...]
+    betas: tuple[float, ...]
     layers: tuple[int, ...] | None = None
     positions: tuple[str, ...] = ("last_prompt",)
     formats: tuple[str, ...] = ("direct",)
@@ -86,21 +107,8 @@ class SweepConfig:
     adaptive_heads: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
-        from auralens.interp.cafe.formats import FORMATS
-        from auralens.steering.apply import BACKENDS, POSITION_MODES
-
-        alphas = self.alphas
-        if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Sequence) or not alphas:
-            raise ConfigError(f"SweepConfig.alphas: expected a non-empty list of numbers, found {alphas!r}")
-        clean = []
-        for a in alphas:
-            if isinstance(a, bool) or not isinstance(a, (int, float, np.floating, np.integer)) or not math.isfinite(float(a)):
-                raise ConfigError(f"SweepConfig.alphas: expected finite numbers, found {a!r}")
-            clean.append(float(a))
-        if len(set(clean)) != len(clean):
-            raise ConfigError(f"SweepConfig.alphas: expected distinct values, found {clean}")
-        object.__setattr__(self, "alphas", tuple(clean))
-        for name, allowed in (("positions", POSITION_MODES), ("formats", FORMATS)):
+        object.__setattr__(self, "betas", check_betas(self.betas, option="SweepConfig.betas"))
+        for name, allowed in (("positions", POSITIONS.names()), ("formats", FORMATS)):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Sequence) or not value:
                 raise ConfigError(f"SweepConfig.{name}: expected a non-empty tuple, found {value!r}")
@@ -124,10 +132,10 @@ class SweepConfig:
                 raise ConfigError(f"SweepConfig.{name}: expected a positive integer, found {v!r}")
 
     def adaptive(self):
-        """The :class:`~auralens.steering.apply.AdaptiveAlpha` of the sweep, or ``None`` (constant alpha)."""
+        """The :class:`~auralens.steering.apply.AdaptiveAlpha` of the sweep, or ``None`` (constant beta)."""
         if self.adaptive_gain is None:
             return None
-        from auralens.steering.apply import AdaptiveAlpha
+        from auralens.steering.apply import AdaptiveAlpha  # torch at module level
 
         return AdaptiveAlpha(heads=self.adaptive_heads, gain=self.adaptive_gain)
 
@@ -140,7 +148,7 @@ class SweepConfig:
 @dataclass(frozen=True, eq=False)
 class PerInput:
     """A vector applied per input: at each batch, ``s(x)`` of every item is computed and row
-    ``i`` gets ``h <- h + alpha * s(x_i)``.
+    ``i`` gets ``h <- h + beta * s(x_i)``.
 
     ``fold_real`` (default): where it is exact (:func:`auralens.steering.directions.can_fold`: one steered
     layer, a residual-stream vector read at the last prompt token — every ``steer eval`` and
@@ -202,16 +210,12 @@ class PerInput:
         return {L: finish(L, v) for L, v in s.items()}
 
 
-def _alpha_key(alpha: float) -> str:
-    return repr(float(alpha))
-
-
-def _row_id(item_id: str, vector: str, layer: int, alpha: float, positions: str, fmt: str) -> str:
-    return f"{item_id}|{vector}|{layer}|{_alpha_key(alpha)}|{positions}|{fmt}"
+def _row_id(item_id: str, vector: str, layer: int, beta: float, positions: str, fmt: str) -> str:
+    return f"{item_id}|{vector}|{layer}|{float(beta)!r}|{positions}|{fmt}"
 
 
 def _jobs(vectors: Mapping[str, Any], cfg: SweepConfig) -> list[tuple[str, str, int, float, str, str]]:
-    """(vector name, method, layer, alpha, positions, format) of every steered generation."""
+    """(vector name, method, layer, beta, positions, format) of every steered generation."""
     jobs = []
     for fmt in cfg.formats:
         for name, vec in vectors.items():
@@ -223,16 +227,22 @@ def _jobs(vectors: Mapping[str, Any], cfg: SweepConfig) -> list[tuple[str, str, 
                 )
             for L in layers:
                 for pos in cfg.positions:
-                    for a in cfg.alphas:
-                        if a != 0.0:
-                            jobs.append((name, vec.method, int(L), a, pos, fmt))
+                    for b in cfg.betas:
+                        if b != 0.0:
+                            jobs.append((name, vec.method, int(L), b, pos, fmt))
     return jobs
 
 
 def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepConfig, *, log=None, progress: bool = True):
     """Generate and score the baseline and every steered setting; returns the item rows
     (DataFrame with :data:`ITEM_COLUMNS`).  ``vectors``: name -> SteeringVector."""
-    from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs, score
+    from auralens.interp.generation import (
+        GenerationConfig,
+        cast_features,
+        generate_batch,
+        model_inputs,
+        score,
+    )
     from auralens.interp.runs import fill_rows
     from auralens.steering.apply import apply_vector
 
@@ -250,20 +260,20 @@ def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepCo
     settings = [(BASELINE, "none", -1, 0.0, "none", fmt) for fmt in cfg.formats] + jobs
 
     def rows_for(setting, chunk):
-        name, method, layer, alpha, pos, fmt = setting
+        name, method, layer, beta, pos, fmt = setting
         batch = cast_features(lm, model_inputs(lm, chunk, fmt))
         if name == BASELINE:
             _, texts = generate_batch(lm, batch, gen)
         else:
             v = vectors[name]
             per_row = v.rows(lm, chunk, [layer], fmt, cfg.batch_size) if isinstance(v, PerInput) else None
-            with apply_vector(lm, v.vector if isinstance(v, PerInput) else v, alpha=alpha, positions=pos,
+            with apply_vector(lm, v.vector if isinstance(v, PerInput) else v, alpha=beta, positions=pos,
                               layers=[layer], backend=cfg.backend, adaptive=cfg.adaptive(), per_row=per_row):
                 _, texts = generate_batch(lm, batch, gen)
         return [
             {
-                "row_id": _row_id(it.item_id, name, layer, alpha, pos, fmt), "item_id": it.item_id,
-                "vector": name, "method": method, "layer": int(layer), "alpha": float(alpha),
+                "row_id": _row_id(it.item_id, name, layer, beta, pos, fmt), "item_id": it.item_id,
+                "vector": name, "method": method, "layer": int(layer), "beta": float(beta),
                 "positions": pos, "format": fmt, "category": it.category or it.tier or "", "tier": it.tier,
                 "answer": it.answer, "prediction": t, **score(it, t),
             }
@@ -276,8 +286,8 @@ def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepCo
     return df[[c for c in ITEM_COLUMNS if c in df.columns]]
 
 
-def _with_alpha_zero(df, vectors_layers: dict[str, tuple[str, list[int]]], positions: Sequence[str]):
-    """Baseline rows relabelled as alpha = 0 of every (vector, layer, position mode)."""
+def _with_beta_zero(df, vectors_layers: dict[str, tuple[str, list[int]]], positions: Sequence[str]):
+    """Baseline rows relabelled as beta = 0 of every (vector, layer, position mode)."""
     import pandas as pd
 
     base = df[df["vector"] == BASELINE]
@@ -286,15 +296,13 @@ def _with_alpha_zero(df, vectors_layers: dict[str, tuple[str, list[int]]], posit
         for L in layers:
             for pos in positions:
                 b = base.copy()
-                b["vector"], b["method"], b["layer"], b["alpha"], b["positions"] = name, method, int(L), 0.0, pos
+                b["vector"], b["method"], b["layer"], b["beta"], b["positions"] = name, method, int(L), 0.0, pos
                 parts.append(b)
     return pd.concat(parts, ignore_index=True)
 
 
-def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, alphas: Sequence[float] | None = None):
+def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, betas: Sequence[float] | None = None):
     """The ``steering.parquet`` table (:data:`STEERING_COLUMNS` plus ``format``) from item rows."""
-    from auralens.interp.stats import bootstrap_mean_ci
-
     df = item_rows.copy()
     df["correct"] = df["correct"].astype(float)
     base = df[df["vector"] == BASELINE]
@@ -306,13 +314,13 @@ def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, alphas: Sequ
         for name, g in steered.groupby("vector", sort=False)
     }
     positions = sorted(steered["positions"].unique()) if not steered.empty else []
-    full = _with_alpha_zero(df, vl, positions) if vl else steered
-    if alphas is not None:
-        full = full[full["alpha"].isin([float(a) for a in alphas])]
+    full = _with_beta_zero(df, vl, positions) if vl else steered
+    if betas is not None:
+        full = full[full["beta"].isin([float(b) for b in betas])]
     base_correct = {(r.item_id, r.format): float(r.correct) for r in base.itertuples()}
     full = full.assign(base=[base_correct.get((i, f), np.nan) for i, f in zip(full["item_id"], full["format"])])
     full = full.assign(diff=full["correct"] - full["base"])
-    keys = ["vector", "method", "layer", "alpha", "positions", "format"]
+    keys = ["vector", "method", "layer", "beta", "positions", "format"]
     out = []
     for k, g in full.groupby(keys, sort=True):
         cats = [("all", g)] + [(c, gc) for c, gc in g.groupby("category", sort=True)]
@@ -327,24 +335,36 @@ def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, alphas: Sequ
     table = STEERING.frame(out)
     table["layer"] = table["layer"].astype(int)
     table["n"] = table["n"].astype(int)
-    table = table.sort_values(["vector", "layer", "positions", "format", "category", "alpha"]).reset_index(drop=True)
+    table = table.sort_values(["vector", "layer", "positions", "format", "category", "beta"]).reset_index(drop=True)
     return STEERING.check(table)
 
 
-def _paired_ci(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
-    from auralens.interp.stats import bootstrap_mean_ci
-
+def paired_ci(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Mean of the per-item differences ``a - b`` and its percentile bootstrap CI (items resampled)."""
     mean, lo, hi = bootstrap_mean_ci(np.asarray(a, float) - np.asarray(b, float), n_boot=n_boot, seed=seed)
     return float(mean), float(lo), float(hi)
 
 
+def paired_stats(rows, name: str, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Accuracy of ``name`` and of the baseline on the same items, and the paired gain with its
+    bootstrap CI over items (:func:`auralens.interp.stats.bootstrap_mean_ci`)."""
+    base = rows[rows["vector"] == BASELINE].set_index("item_id")["correct"].astype(float)
+    got = rows[rows["vector"] == name].set_index("item_id")["correct"].astype(float)
+    common = base.index.intersection(got.index)
+    vals = np.stack([base[common].to_numpy(), got[common].to_numpy(), (got[common] - base[common]).to_numpy()], -1)
+    mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
+    return {"n": int(len(common)), "base": float(mean[0]), "base_ci": [float(lo[0]), float(hi[0])],
+            "steered": float(mean[1]), "steered_ci": [float(lo[1]), float(hi[1])],
+            "gain": float(mean[2]), "ci": [float(lo[2]), float(hi[2])]}
+
+
 def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The main vector's largest gain over the baseline (category ``all``, alpha != 0) and the
+    """The main vector's largest gain over the baseline (category ``all``, beta != 0) and the
     controls at the same setting, with the paired difference vector − control per control.
 
     ``main`` is the vector name (default: the first with method ``audio_minus_silence``).
     Whatever its sign, the best gain is reported; it is selected on the evaluation items."""
-    t = table[(table["category"] == "all") & (table["alpha"] != 0.0)]
+    t = table[(table["category"] == "all") & (table["beta"] != 0.0)]
     if main is None:
         names = t.loc[t["method"] == MAIN_METHOD, "vector"].unique()
         if len(names) == 0:
@@ -353,12 +373,12 @@ def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, 
     m = t[t["vector"] == main]
     if m.empty:
         return {"note": f"no steered rows of vector {main!r}"}
-    best = m.sort_values(["delta", "alpha"], ascending=[False, True]).iloc[0]
-    setting = {k: best[k] for k in ("layer", "alpha", "positions", "format")}
-    setting = {k: (int(v) if k == "layer" else float(v) if k == "alpha" else str(v)) for k, v in setting.items()}
+    best = m.sort_values(["delta", "beta"], ascending=[False, True]).iloc[0]
+    setting = {k: best[k] for k in ("layer", "beta", "positions", "format")}
+    setting = {k: (int(v) if k == "layer" else float(v) if k == "beta" else str(v)) for k, v in setting.items()}
 
     def sel(df, name):
-        return df[(df["vector"] == name) & (df["layer"] == setting["layer"]) & (df["alpha"] == setting["alpha"])
+        return df[(df["vector"] == name) & (df["layer"] == setting["layer"]) & (df["beta"] == setting["beta"])
                   & (df["positions"] == setting["positions"]) & (df["format"] == setting["format"])]
 
     res: dict[str, Any] = {
@@ -367,7 +387,7 @@ def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, 
         "baseline_accuracy": float(best["accuracy"] - best["delta"]),
         "delta": float(best["delta"]), "delta_ci": [float(best["delta_ci_low"]), float(best["delta_ci_high"])],
         "n": int(best["n"]),
-        "selection": "best alpha/layer/positions chosen on these evaluation items (optimistic)",
+        "selection": "best beta/layer/positions chosen on these evaluation items (optimistic)",
         "controls": {},
     }
     rows_main = sel(item_rows, main).set_index("item_id")["correct"].astype(float)
@@ -378,7 +398,7 @@ def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, 
         c = c.iloc[0]
         rows_c = sel(item_rows, name).set_index("item_id")["correct"].astype(float)
         common = rows_main.index.intersection(rows_c.index)
-        diff, lo, hi = _paired_ci(rows_main[common].to_numpy(), rows_c[common].to_numpy(), n_boot=n_boot, seed=seed)
+        diff, lo, hi = paired_ci(rows_main[common].to_numpy(), rows_c[common].to_numpy(), n_boot=n_boot, seed=seed)
         res["controls"][str(name)] = {
             "method": str(c["method"]), "accuracy": float(c["accuracy"]),
             "delta": float(c["delta"]), "delta_ci": [float(c["delta_ci_low"]), float(c["delta_ci_high"])],
@@ -389,7 +409,7 @@ def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, 
 
 def figures(table, *, category: str = "all") -> dict[str, Any]:
     """The two figures the steer stage writes: ``accuracy`` and ``delta`` (the paired gain over
-    alpha = 0) vs alpha for ``category``, one curve per (vector, method, layer, positions
+    beta = 0) vs beta for ``category``, one curve per (vector, method, layer, positions
     [, format]) with its 95% bootstrap CI band (:func:`auralens.steering.figures.steering_sweep`)."""
     from auralens.steering.figures import steering_sweep
 

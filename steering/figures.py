@@ -1,4 +1,4 @@
-"""Figures of the steer and compare stages: the α sweep (``steering.parquet``) and steering vs
+"""Figures of the steer and compare stages: the β sweep (``steering.parquet``) and steering vs
 fine-tuning (``compare.parquet``: the systems x organisms x conditions grid, and separately the
 papers' reported numbers).
 
@@ -38,13 +38,14 @@ _REPORTED_COLOUR = "#888888"
 # ---------------------------------------------------------------------------- steering
 def steering_sweep(steer, *, category: str | None = "all", y: str = "accuracy", vectors: Sequence[str] | None = None,
                    layers: Sequence[int] | None = None, title: str | None = None):
-    """Accuracy (or gain ``delta``) against the steering strength α, one curve per
+    """Accuracy (or gain ``delta``) against the steering strength β (column ``beta``; a table
+    written with the former column name ``alpha`` reads the same), one curve per
     (vector, method, layer, positions[, format]), with 95% CIs."""
-    title = title or ("Steering: accuracy vs α" if y == "accuracy" else "Steering: gain over α=0 vs α")
+    title = title or ("Steering: accuracy vs β" if y == "accuracy" else "Steering: gain over β=0 vs β")
     if steer is None or len(steer) == 0:
         return empty_figure(title, "no steering table")
     go = graph_objects()
-    d = steer
+    d = steer if "beta" in steer else steer.rename(columns={"alpha": "beta"})
     if category is not None and "category" in d:
         d = d[d["category"].astype(str) == str(category)]
     if vectors is not None:
@@ -59,14 +60,14 @@ def steering_sweep(steer, *, category: str | None = "all", y: str = "accuracy", 
     if "format" in keys and d["format"].nunique() <= 1:
         keys.remove("format")
     for k, (key, g) in enumerate(d.groupby(keys, sort=True, dropna=False)):
-        g = g.sort_values("alpha")
+        g = g.sort_values("beta")
         name = " · ".join(f"L{v}" if c == "layer" else str(v) for c, v in zip(keys, key))
-        line_with_band(fig, g["alpha"], g[y], g[lo] if lo in g else None, g[hi] if hi in g else None, name=name,
-                       colour=PALETTE[k % len(PALETTE)], hover=f"{name}<br>α=%{{x}}: %{{y:.3f}}<extra></extra>")
+        line_with_band(fig, g["beta"], g[y], g[lo] if lo in g else None, g[hi] if hi in g else None, name=name,
+                       colour=PALETTE[k % len(PALETTE)], hover=f"{name}<br>β=%{{x}}: %{{y:.3f}}<extra></extra>")
     if y == "delta":
         fig.add_hline(y=0, line=dict(color="#999", width=1))
-    fig.update_layout(title=title + (f" (category: {category})" if category is not None else ""), xaxis_title="α",
-                      yaxis_title="accuracy" if y == "accuracy" else "Δ accuracy vs α=0",
+    fig.update_layout(title=title + (f" (category: {category})" if category is not None else ""), xaxis_title="β",
+                      yaxis_title="accuracy" if y == "accuracy" else "Δ accuracy vs β=0",
                       legend=dict(orientation="h", y=-0.25), **LAYOUT)
     return fig
 
@@ -378,33 +379,30 @@ def compare_bars(compare, *, metric: str | None = None, group: str = "all", titl
     return fig
 
 
-def compare_figure(table):
-    """The measured grid of ``compare.parquet`` in one figure, a row of panels per part present:
+class _Grid:
+    """What every panel of :func:`compare_figure` draws from: the measured rows ``m``, the
+    systems, organisms and conditions present, the condition labels, the figure and the legend
+    entries already shown (each system / cause once)."""
 
-    1. accuracy (95% CI) per condition: organisms on x, a bar per system;
-    2. gain over base per condition (paired-bootstrap 95% CI);
-    3. perceptual-claim accuracy by reasoning step (95% CI bands), a row per organism, a panel
-       per condition, a line per system;
-    4. shares of the wrong answers by cause (perception / reasoning / unverifiable, stacked; CIs
-       in the hover), a panel per organism;
-    5. cost: training minutes, training + steering-fit FLOPs (log), and per condition the
-       forwards, PAUSE tokens and generated tokens per item.
+    def __init__(self, m, fig):
+        self.m, self.fig = m, fig
+        self.systems, self.orgs, self.conds = _systems(m), _organisms(m), _conditions(m)
+        self.labels = _condition_labels(self.conds)
+        self.multi_cond = len(self.conds) > 1
+        self.shown: set[str] = set()
 
-    Any subset of systems, organisms and conditions draws (a missing part is left out).  The
-    papers' reported numbers are not drawn here: :func:`reported_figure`."""
-    title = "Steering vs fine-tuning on the model organisms (measured, 95% CIs)"
-    m = _measured(table)
-    if m is None or m.empty:
-        return empty_figure(title, "no measured compare rows")
-    from plotly.subplots import make_subplots
+    def legend(self, name: str) -> bool:
+        """Whether ``name`` gets its legend entry here (the first time it is drawn)."""
+        first = name not in self.shown
+        self.shown.add(name)
+        return first
 
-    go = graph_objects()
-    systems, orgs = _systems(m), _organisms(m)
-    conds = _conditions(m)
-    labels = _condition_labels(conds)
-    multi_cond = len(conds) > 1
+
+def _compare_parts(m, labels) -> tuple[list[tuple[str, list[tuple[str, object]]]], int]:
+    """The rows of panels of :func:`compare_figure` (``(kind, [(subplot title, key)])``) and the
+    number of columns; the cost cells wrap to the width of the other rows."""
     is_ = m["metric"]
-    parts: list[tuple[str, list[tuple[str, object]]]] = []  # (kind, [(subplot title, key)])
+    parts: list[tuple[str, list[tuple[str, object]]]] = []
     acc = m[(is_ == "accuracy") & (m["group"] == "all")]
     if len(acc):
         parts.append(("accuracy", [(f"accuracy · {labels[c]}", c) for c in _conditions(acc)]))
@@ -431,97 +429,142 @@ def compare_figure(table):
     ncols = max([3] + [len(cells) for _, cells in parts])
     for i in range(0, len(cost_cells), ncols):  # wrapped to the width of the other rows
         parts.append(("cost", cost_cells[i:i + ncols]))
+    return parts, ncols
+
+
+def _panel_bars(g: _Grid, kind: str, cond, r: int, c: int) -> None:
+    """Accuracy or gain over base at one condition: organisms on x, a bar per system."""
+    m = g.m
+    d = m[(m["metric"] == ("accuracy" if kind == "accuracy" else "gain_vs_base")) & (m["group"] == "all")]
+    d = d[d["condition"] == cond]
+    for name, system, s in _series(d, g.systems):
+        _bars(g.fig, s, g.orgs, g.orgs, index=["organism"], name=name, colour=_colour(system, g.systems),
+              showlegend=g.legend(name), legendgroup=name, row=r, col=c)
+    if kind == "gain":
+        g.fig.add_hline(y=0, line=dict(color="#999", width=1), row=r, col=c)
+
+
+def _panel_claims(g: _Grid, key, r: int, c: int) -> None:
+    """Perceptual-claim accuracy by reasoning step of one (organism, condition), a line per system."""
+    m, (org, cond) = g.m, key
+    claims = m[(m["metric"] == "claim_accuracy") & m["group"].str.startswith("step=")]
+    d = claims[(claims["organism"] == org) & (claims["condition"] == cond)]
+    for name, system, s in _series(d, g.systems):
+        s = s.assign(step=s["group"].str.removeprefix("step=").astype(int)).sort_values("step")
+        line_with_band(g.fig, s["step"], s["value"], s["ci_low"], s["ci_high"], name=name,
+                       colour=_colour(system, g.systems), legendgroup=name, showlegend=g.legend(name),
+                       row=r, col=c)
+
+
+def _panel_errors(g: _Grid, org, r: int, c: int) -> None:
+    """The shares of one organism's wrong answers by cause, stacked per (condition, system)."""
+    go = graph_objects()
+    m = g.m
+    d = m[(m["metric"] == "error_share") & (m["organism"] == org)]
+    cats = [(cond, system) for cond in g.conds for system in g.systems
+            if ((d["condition"] == cond) & (d["system"] == system)).any()]
+    x = [[g.labels[cd] for cd, _ in cats], [sy for _, sy in cats]] if g.multi_cond else [sy for _, sy in cats]
+    order = [e for e in _ERROR_COLOURS if (d["group"] == e).any()] + \
+            [e for e in dict.fromkeys(d["group"]) if e not in _ERROR_COLOURS]
+    base = np.zeros(len(cats))
+    for k, et in enumerate(order):
+        # stacked (one offset group, each cause on the ones before); one answer
+        # format per (condition, system): the first; the CI is in the hover
+        e = d[d["group"] == et].drop_duplicates(["condition", "system"]).set_index(["condition", "system"])
+        e = e.reindex(cats)
+        v = e["value"].to_numpy(float)
+        custom = np.stack([e["ci_low"].to_numpy(float), e["ci_high"].to_numpy(float),
+                           e["n"].to_numpy(float)], -1)
+        g.fig.add_trace(go.Bar(
+            x=x, y=v, base=base.copy(), offsetgroup="errors", name=et, legendgroup=f"error: {et}",
+            showlegend=g.legend(f"error: {et}"), marker_color=_ERROR_COLOURS.get(et, PALETTE[(k + 5) % 10]),
+            customdata=custom,
+            hovertemplate=f"{et}<br>%{{x}}: %{{y:.3f}} of the wrong answers<br>95% CI "
+                          f"[%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<br>n wrong=%{{customdata[2]:.0f}}"
+                          "<extra></extra>"), row=r, col=c)
+        base = base + np.nan_to_num(v)
+
+
+def _panel_cost(g: _Grid, key: str, r: int, c: int) -> None:
+    """One cost metric (``flops``: training + steering-fit FLOPs summed, log axis), a bar per system."""
+    m, orgs = g.m, g.orgs
+    is_ = m["metric"]
+    if key == "flops":
+        d = m[is_.isin(["training_flops", "steering_fit_flops"])]
+        d = d.groupby(["organism", "system"], as_index=False, sort=False).agg(value=("value", "sum"))
+        d = d.assign(ci_low=np.nan, ci_high=np.nan, n=0, format="")
+        d.loc[d["value"] <= 0, "value"] = np.nan  # nothing trained: no bar on a log axis
+        xkeys, x, index = orgs, orgs, ["organism"]
+    elif key == "training_minutes":
+        d = m[is_ == key].assign(format="")
+        xkeys, x, index = orgs, orgs, ["organism"]
+    else:
+        d = m[is_ == key].assign(format="")
+        if g.multi_cond:
+            xkeys = [(o, cd) for o in orgs for cd in g.conds
+                     if ((d["organism"] == o) & (d["condition"] == cd)).any()]
+            x, index = [[o for o, _ in xkeys], [g.labels[cd] for _, cd in xkeys]], ["organism", "condition"]
+        else:
+            xkeys, x, index = orgs, orgs, ["organism"]
+    for name, system, s in _series(d, g.systems):
+        _bars(g.fig, s, xkeys, x, index=index, name=name, colour=_colour(system, g.systems),
+              showlegend=g.legend(name), legendgroup=name, row=r, col=c, fmt=".3g")
+    if key == "flops":
+        g.fig.update_yaxes(type="log", row=r, col=c)
+
+
+def _format_row(fig, kind: str, n_cells: int, r: int) -> None:
+    """The y ranges, step axes and the row's y title of one row of :func:`compare_figure`."""
+    if kind == "accuracy":
+        fig.update_yaxes(range=[0, 1.05], row=r, col=1)
+    for c in range(1, n_cells + 1):
+        if kind in ("accuracy", "claims", "errors"):
+            fig.update_yaxes(range=[0, 1.05], row=r, col=c)
+        if kind == "claims":
+            fig.update_xaxes(title_text="reasoning step", dtick=1, row=r, col=c)
+    fig.update_yaxes(title_text={"accuracy": "accuracy", "gain": "Δ accuracy", "claims": "claim accuracy",
+                                 "errors": "share of wrong", "cost": ""}[kind], row=r, col=1)
+
+
+def compare_figure(table):
+    """The measured grid of ``compare.parquet`` in one figure, a row of panels per part present:
+
+    1. accuracy (95% CI) per condition: organisms on x, a bar per system;
+    2. gain over base per condition (paired-bootstrap 95% CI);
+    3. perceptual-claim accuracy by reasoning step (95% CI bands), a row per organism, a panel
+       per condition, a line per system;
+    4. shares of the wrong answers by cause (perception / reasoning / unverifiable, stacked; CIs
+       in the hover), a panel per organism;
+    5. cost: training minutes, training + steering-fit FLOPs (log), and per condition the
+       forwards, PAUSE tokens and generated tokens per item.
+
+    Any subset of systems, organisms and conditions draws (a missing part is left out).  The
+    papers' reported numbers are not drawn here: :func:`reported_figure`."""
+    title = "Steering vs fine-tuning on the model organisms (measured, 95% CIs)"
+    m = _measured(table)
+    if m is None or m.empty:
+        return empty_figure(title, "no measured compare rows")
+    from plotly.subplots import make_subplots
+
+    parts, ncols = _compare_parts(m, _condition_labels(_conditions(m)))
     if not parts:
         return empty_figure(title, "no accuracy, gain, claim, error-share or cost rows")
     specs = [[{} if j < len(cells) else None for j in range(ncols)] for _, cells in parts]
     fig = make_subplots(rows=len(parts), cols=ncols, specs=specs, vertical_spacing=min(0.12, 0.5 / len(parts)),
                         horizontal_spacing=min(0.08, 0.3 / ncols),
                         subplot_titles=[t for _, cells in parts for t, _ in cells])
-    shown: set[str] = set()
-
-    def legend(name: str) -> bool:
-        first = name not in shown
-        shown.add(name)
-        return first
-
+    g = _Grid(m, fig)
     for r, (kind, cells) in enumerate(parts, start=1):
         for c, (_, key) in enumerate(cells, start=1):
             if kind in ("accuracy", "gain"):
-                d = (acc if kind == "accuracy" else gain)
-                d = d[d["condition"] == key]
-                for name, system, s in _series(d, systems):
-                    _bars(fig, s, orgs, orgs, index=["organism"], name=name, colour=_colour(system, systems),
-                          showlegend=legend(name), legendgroup=name, row=r, col=c)
-                if kind == "gain":
-                    fig.add_hline(y=0, line=dict(color="#999", width=1), row=r, col=c)
+                _panel_bars(g, kind, key, r, c)
             elif kind == "claims":
-                org, cond = key
-                d = claims[(claims["organism"] == org) & (claims["condition"] == cond)]
-                for name, system, s in _series(d, systems):
-                    s = s.assign(step=s["group"].str.removeprefix("step=").astype(int)).sort_values("step")
-                    line_with_band(fig, s["step"], s["value"], s["ci_low"], s["ci_high"], name=name,
-                                   colour=_colour(system, systems), legendgroup=name, showlegend=legend(name),
-                                   row=r, col=c)
+                _panel_claims(g, key, r, c)
             elif kind == "errors":
-                d = errors[errors["organism"] == key]
-                cats = [(cond, system) for cond in conds for system in systems
-                        if ((d["condition"] == cond) & (d["system"] == system)).any()]
-                x = [[labels[cd] for cd, _ in cats], [sy for _, sy in cats]] if multi_cond else [sy for _, sy in cats]
-                order = [e for e in _ERROR_COLOURS if (d["group"] == e).any()] + \
-                        [e for e in dict.fromkeys(d["group"]) if e not in _ERROR_COLOURS]
-                base = np.zeros(len(cats))
-                for k, et in enumerate(order):
-                    # stacked (one offset group, each cause on the ones before); one answer
-                    # format per (condition, system): the first; the CI is in the hover
-                    e = d[d["group"] == et].drop_duplicates(["condition", "system"]).set_index(["condition", "system"])
-                    e = e.reindex(cats)
-                    v = e["value"].to_numpy(float)
-                    custom = np.stack([e["ci_low"].to_numpy(float), e["ci_high"].to_numpy(float),
-                                       e["n"].to_numpy(float)], -1)
-                    fig.add_trace(go.Bar(
-                        x=x, y=v, base=base.copy(), offsetgroup="errors", name=et, legendgroup=f"error: {et}",
-                        showlegend=legend(f"error: {et}"), marker_color=_ERROR_COLOURS.get(et, PALETTE[(k + 5) % 10]),
-                        customdata=custom,
-                        hovertemplate=f"{et}<br>%{{x}}: %{{y:.3f}} of the wrong answers<br>95% CI "
-                                      f"[%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<br>n wrong=%{{customdata[2]:.0f}}"
-                                      "<extra></extra>"), row=r, col=c)
-                    base = base + np.nan_to_num(v)
-            else:  # cost
-                if key == "flops":
-                    d = m[is_.isin(["training_flops", "steering_fit_flops"])]
-                    d = d.groupby(["organism", "system"], as_index=False, sort=False).agg(value=("value", "sum"))
-                    d = d.assign(ci_low=np.nan, ci_high=np.nan, n=0, format="")
-                    d.loc[d["value"] <= 0, "value"] = np.nan  # nothing trained: no bar on a log axis
-                    xkeys, x, index = orgs, orgs, ["organism"]
-                elif key == "training_minutes":
-                    d = m[is_ == key].assign(format="")
-                    xkeys, x, index = orgs, orgs, ["organism"]
-                else:
-                    d = m[is_ == key].assign(format="")
-                    if multi_cond:
-                        xkeys = [(o, cd) for o in orgs for cd in conds
-                                 if ((d["organism"] == o) & (d["condition"] == cd)).any()]
-                        x, index = [[o for o, _ in xkeys], [labels[cd] for _, cd in xkeys]], ["organism", "condition"]
-                    else:
-                        xkeys, x, index = orgs, orgs, ["organism"]
-                for name, system, s in _series(d, systems):
-                    _bars(fig, s, xkeys, x, index=index, name=name, colour=_colour(system, systems),
-                          showlegend=legend(name), legendgroup=name, row=r, col=c, fmt=".3g")
-                if key == "flops":
-                    fig.update_yaxes(type="log", row=r, col=c)
-        if kind == "accuracy":
-            fig.update_yaxes(range=[0, 1.05], row=r, col=1)
-            for c in range(1, len(cells) + 1):
-                fig.update_yaxes(range=[0, 1.05], row=r, col=c)
-        if kind == "claims":
-            for c in range(1, len(cells) + 1):
-                fig.update_yaxes(range=[0, 1.05], row=r, col=c)
-                fig.update_xaxes(title_text="reasoning step", dtick=1, row=r, col=c)
-        if kind == "errors":
-            for c in range(1, len(cells) + 1):
-                fig.update_yaxes(range=[0, 1.05], row=r, col=c)
-        fig.update_yaxes(title_text={"accuracy": "accuracy", "gain": "Δ accuracy", "claims": "claim accuracy",
-                                     "errors": "share of wrong", "cost": ""}[kind], row=r, col=1)
+                _panel_errors(g, key, r, c)
+            else:
+                _panel_cost(g, key, r, c)
+        _format_row(fig, kind, len(cells), r)
     fig.update_layout(title=title, barmode="group", height=300 * len(parts) + 140,
                       legend=dict(orientation="h", yanchor="top", y=-0.25 / len(parts)), **LAYOUT)
     return fig

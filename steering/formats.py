@@ -87,7 +87,13 @@ import torch
 
 import auralens.interp
 from auralens.interp.errors import AuralensError, ConfigError, VectorFileError
-from auralens.steering.vector import SITE_PATTERNS, SUPPORTED_DTYPES, SteeringVector, fingerprint
+from auralens.steering.registry import VECTOR_FORMATS
+from auralens.steering.vector import (
+    SITE_PATTERNS,
+    SUPPORTED_DTYPES,
+    SteeringVector,
+    fingerprint,
+)
 
 __all__ = [
     "FORMATS",
@@ -105,7 +111,7 @@ __all__ = [
     "save_safetensors",
 ]
 
-FORMATS: dict[str, str] = {"safetensors": ".safetensors", "gguf": ".gguf", "npz": ".npz"}
+FORMATS: dict[str, str] = VECTOR_FORMATS
 FORMAT_NAME = "steering_vector"
 FORMAT_VERSION = 1
 GGUF_ARCHITECTURE = "controlvector"

@@ -402,14 +402,6 @@ class SteeringVector:
         return self
 
     # --- transforms (each returns a new vector) ----------------------------------------
-    def apply(self, lm, *, alpha: float | None = None, **kwargs):
-        """``with vec.apply(lm, alpha=4): lm.model.generate(...)`` — sugar for
-        :func:`auralens.steering.apply.apply_vector` (alpha defaults to ``default_alpha``); the hooks are
-        always removed when the block exits."""
-        from auralens.steering.apply import apply_vector
-
-        return apply_vector(lm, self, alpha=self.default_alpha if alpha is None else alpha, **kwargs)
-
     def scaled(self, alpha: float) -> SteeringVector:
         """Every direction multiplied by ``alpha`` (metadata unchanged)."""
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):

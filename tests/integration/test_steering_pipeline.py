@@ -3,7 +3,7 @@
 - ``stage_steer_fit`` writes a vector file that reads back identical, records its fit data,
   takes heads from pairs or a heads table;
 - ``stage_steer_eval`` writes ``steering.parquet`` with the documented columns, self-contained
-  plotly figures, the vectors it used and a summary; alpha = 0 rows are the baseline (delta 0);
+  plotly figures, the vectors it used and a summary; beta = 0 rows are the baseline (delta 0);
   a resumed run generates nothing new;
 - the table's accuracy and paired delta equal a direct computation from the item rows, and its
   CIs equal :func:`auralens.interp.stats.bootstrap_mean_ci` on the per-item values.
@@ -20,7 +20,7 @@ import torch
 
 from auralens.interp.errors import ConfigError
 
-COLUMNS = ["vector", "method", "layer", "alpha", "positions", "category", "accuracy", "ci_low", "ci_high",
+COLUMNS = ["vector", "method", "layer", "beta", "positions", "category", "accuracy", "ci_low", "ci_high",
            "n", "delta", "delta_ci_low", "delta_ci_high"]
 
 
@@ -31,7 +31,7 @@ def lm(small_lm):
 
 @pytest.fixture(scope="module")
 def fitted(lm, tmp_path_factory):
-    from auralens.steering.pipeline import stage_steer_fit
+    from auralens.steering.stage_fit import stage_steer_fit
 
     out = tmp_path_factory.mktemp("vec") / "vec.safetensors"
     vec = stage_steer_fit(model=lm.source, data="cafe", n=6, layers=None, positions="last_prompt",
@@ -53,7 +53,7 @@ def test_fit_writes_a_vector_that_reads_back(lm, fitted):
 
 def test_fit_defaults_and_heads_table(lm, tmp_path):
     from auralens.interp.listening import heads_table
-    from auralens.steering.pipeline import stage_steer_fit
+    from auralens.steering.stage_fit import stage_steer_fit
 
     vec = stage_steer_fit(model=lm.source, data="cafe", n=3, layers=None, positions="audio_mean",
                           out_vector=tmp_path / "new" / "v.npz", seed=1, lm=lm)
@@ -72,20 +72,20 @@ def test_fit_defaults_and_heads_table(lm, tmp_path):
 
 
 def test_eval_writes_the_run_folder(lm, fitted, tmp_path):
-    from auralens.steering.pipeline import stage_steer_eval
+    from auralens.steering.stage_eval import stage_steer_eval
 
     _, path = fitted
     out = tmp_path / "run"
-    kw = dict(model=lm.source, data="cafe", n=4, vector=path, alphas=[0, 3.0], layers=[1], out=out, seed=7,
+    kw = dict(model=lm.source, data="cafe", n=4, vector=path, betas=[0, 3.0], layers=[1], out=out, seed=7,
               lm=lm, quiet=True, max_new_tokens=6, batch_size=4, n_boot=200, protocol="sweep")
     res = stage_steer_eval(**kw)
     table = pd.read_parquet(out / "steering.parquet")
     assert list(table.columns[: len(COLUMNS)]) == COLUMNS
     assert set(table["vector"]) == {"audio_minus_silence", "random_direction", "random_heads"}
     assert set(table["method"]) == {"audio_minus_silence", "random_direction", "random_heads"}
-    assert set(table["alpha"]) == {0.0, 3.0} and set(table["layer"]) == {1}
+    assert set(table["beta"]) == {0.0, 3.0} and set(table["layer"]) == {1}
     assert "all" in set(table["category"]) and len(set(table["category"])) > 1
-    zero = table[table["alpha"] == 0.0]
+    zero = table[table["beta"] == 0.0]
     assert (zero["delta"] == 0).all() and (zero["delta_ci_low"] == 0).all() and (zero["delta_ci_high"] == 0).all()
     assert (table.loc[table["category"] == "all", "n"] == 4).all()
     assert ((table["ci_low"] <= table["accuracy"] + 1e-12) & (table["accuracy"] <= table["ci_high"] + 1e-12)).all()
@@ -99,13 +99,13 @@ def test_eval_writes_the_run_folder(lm, fitted, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads(json.dumps(res))
     best = res["best"]
-    assert best["vector"] == "audio_minus_silence" and best["layer"] == 1 and best["alpha"] == 3.0
+    assert best["vector"] == "audio_minus_silence" and best["layer"] == 1 and best["beta"] == 3.0
     assert set(best["controls"]) == {"random_direction", "random_heads"}
     assert best["delta_ci"][0] <= best["delta"] <= best["delta_ci"][1]
     assert res["fit_overlap"] == 0  # fit on data seed 11, evaluated on seed 7
 
     items = pd.read_parquet(out / "items.parquet")
-    assert len(items) == 4 * (1 + 3)  # baseline + three vectors at alpha 3 (alpha 0 is the baseline)
+    assert len(items) == 4 * (1 + 3)  # baseline + three vectors at beta 3 (beta 0 is the baseline)
     # resume: nothing new is generated, the same table comes out
     res2 = stage_steer_eval(**kw, resume=True)
     assert len(pd.read_parquet(out / "items.parquet")) == len(items)
@@ -114,20 +114,20 @@ def test_eval_writes_the_run_folder(lm, fitted, tmp_path):
 
 
 def test_eval_adaptive_and_errors(lm, fitted, tmp_path):
-    from auralens.steering.pipeline import stage_steer_eval
+    from auralens.steering.stage_eval import stage_steer_eval
 
     vec, path = fitted
-    res = stage_steer_eval(model=lm.source, data="cafe", n=2, vector=vec, alphas=[2.0], out=tmp_path / "a",
+    res = stage_steer_eval(model=lm.source, data="cafe", n=2, vector=vec, betas=[2.0], out=tmp_path / "a",
                            seed=7, lm=lm, quiet=True, max_new_tokens=4, controls=False, adaptive_gain=1.0,
                            positions=("both",), n_boot=50, protocol="sweep")
     assert res["vectors"] == ["audio_minus_silence"]
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert m["config"]["adaptive_gain"] == 1.0 and m["config"]["adaptive_heads"] == [[1, 0], [1, 2], [2, 3]]
     with pytest.raises(ConfigError, match="layers"):
-        stage_steer_eval(model=lm.source, data="cafe", n=2, vector=path, alphas=[1.0], layers=[0],
+        stage_steer_eval(model=lm.source, data="cafe", n=2, vector=path, betas=[1.0], layers=[0],
                          out=tmp_path / "b", lm=lm, quiet=True)
-    with pytest.raises(ConfigError, match="alphas"):
-        stage_steer_eval(model=lm.source, data="cafe", n=2, vector=path, alphas=[float("nan")],
+    with pytest.raises(ConfigError, match="betas"):
+        stage_steer_eval(model=lm.source, data="cafe", n=2, vector=path, betas=[float("nan")],
                          out=tmp_path / "c", lm=lm, quiet=True)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # nothing written
 
@@ -146,17 +146,17 @@ def test_table_equals_direct_computation():
     for vector, method, layer, alpha, correct in (("baseline", "none", -1, 0.0, base), ("v", "audio_minus_silence", 2, 4.0, steered)):
         for i, c, ok in zip(ids, cats, correct):
             rows.append({"row_id": f"{i}|{vector}", "item_id": i, "vector": vector, "method": method, "layer": layer,
-                         "alpha": alpha, "positions": "none" if vector == "baseline" else "last_prompt",
+                         "beta": alpha, "positions": "none" if vector == "baseline" else "last_prompt",
                          "format": "direct", "category": c, "tier": c, "correct": bool(ok)})
     table = steering_table(pd.DataFrame(rows), n_boot=300, seed=1)
-    row = table[(table["alpha"] == 4.0) & (table["category"] == "all")].iloc[0]
+    row = table[(table["beta"] == 4.0) & (table["category"] == "all")].iloc[0]
     assert row["accuracy"] == pytest.approx(steered.mean())
     assert row["delta"] == pytest.approx(steered.mean() - base.mean())
     mean, lo, hi = bootstrap_mean_ci(np.stack([steered, steered.astype(float) - base], -1), n_boot=300, seed=1)
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo[0], hi[0]))
     assert (row["delta_ci_low"], row["delta_ci_high"]) == pytest.approx((lo[1], hi[1]))
     b = np.array(cats) == "b"
-    row_b = table[(table["alpha"] == 4.0) & (table["category"] == "b")].iloc[0]
+    row_b = table[(table["beta"] == 4.0) & (table["category"] == "b")].iloc[0]
     assert row_b["n"] == b.sum() and row_b["delta"] == pytest.approx(steered[b].mean() - base[b].mean())
-    zero = table[(table["alpha"] == 0.0) & (table["category"] == "all")].iloc[0]
+    zero = table[(table["beta"] == 0.0) & (table["category"] == "all")].iloc[0]
     assert zero["accuracy"] == pytest.approx(base.mean()) and zero["delta"] == 0.0

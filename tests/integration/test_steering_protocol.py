@@ -27,7 +27,7 @@ def lm(small_lm):
 
 @pytest.fixture(scope="module")
 def fitted(lm, tmp_path_factory):
-    from auralens.steering.pipeline import stage_steer_fit
+    from auralens.steering.stage_fit import stage_steer_fit
 
     out = tmp_path_factory.mktemp("pvec") / "vec.safetensors"
     vec = stage_steer_fit(model=lm.source, data="cafe-conflict", n=4, layers=None, out_vector=out, lm=lm,
@@ -88,11 +88,11 @@ def test_per_row_steering_matches_constant_and_is_row_specific(lm, fitted):
 
 def test_dev_test_protocol(lm, fitted, tmp_path):
     from auralens.steering.formats import load_vector
-    from auralens.steering.pipeline import stage_steer_eval
+    from auralens.steering.stage_eval import stage_steer_eval
 
     _, path = fitted
     out = tmp_path / "run"
-    res = stage_steer_eval(model=lm.source, data="cafe-conflict", n=3, vector=path, alphas=[0, 2.0, -2.0], out=out,
+    res = stage_steer_eval(model=lm.source, data="cafe-conflict", n=3, vector=path, betas=[0, 2.0, -2.0], out=out,
                            lm=lm, quiet=True, max_new_tokens=3, batch_size=3, n_boot=100)
     sel, test = res["selected"], res["test"]
     assert sel["mode"] in ("mean", "per_input") and sel["beta"] in (2.0, -2.0) and sel["positions"] == "both"
@@ -103,7 +103,7 @@ def test_dev_test_protocol(lm, fitted, tmp_path):
     assert set(res["best"]["controls"]) == {"random_direction"}
     assert res["splits"]["dev"]["data"] == "cafe-conflict:dev" and res["splits"]["test"]["data"] == "cafe-conflict:test"
     table = pd.read_parquet(out / "steering.parquet")  # the whole dev sweep
-    assert set(table["vector"]) == {"audio_minus_silence", "per_input"} and set(table["alpha"]) == {0.0, 2.0, -2.0}
+    assert set(table["vector"]) == {"audio_minus_silence", "per_input"} and set(table["beta"]) == {0.0, 2.0, -2.0}
     test_rows = pd.read_parquet(out / "test_items.parquet")
     assert len(set(test_rows["item_id"])) == 3
     assert all(i.endswith("-conflict") for i in test_rows["item_id"])
@@ -117,12 +117,13 @@ def test_dev_test_protocol(lm, fitted, tmp_path):
 
 
 def test_refusals_before_generation(lm, fitted, tmp_path):
-    from auralens.steering.pipeline import stage_steer_eval, stage_steer_fit
+    from auralens.steering.stage_eval import stage_steer_eval
+    from auralens.steering.stage_fit import stage_steer_fit
 
     vec, path = fitted
     leaky = stage_steer_fit(model=lm.source, data="cafe-neutral:test", n=3, out_vector=tmp_path / "leak.safetensors",
                             lm=lm)
-    kw = dict(model=lm.source, n=3, alphas=[1.0], lm=lm, quiet=True, max_new_tokens=2)
+    kw = dict(model=lm.source, n=3, betas=[1.0], lm=lm, quiet=True, max_new_tokens=2)
     with pytest.raises(ConfigError, match="shares 3 of the 3 test items"):
         stage_steer_eval(data="cafe-conflict", vector=leaky, out=tmp_path / "a", **kw)
     with pytest.raises(ConfigError, match="without a split"):
@@ -130,10 +131,10 @@ def test_refusals_before_generation(lm, fitted, tmp_path):
     with pytest.raises(ConfigError, match="splits"):
         stage_steer_eval(data=str(tmp_path / "x.txt"), vector=vec, out=tmp_path / "c", **kw)
     with pytest.raises(ConfigError, match="fitted on model"):
-        stage_steer_eval(data="cafe-conflict", vector=path, out=tmp_path / "d", model="micro-prior", n=3, alphas=[1.0],
+        stage_steer_eval(data="cafe-conflict", vector=path, out=tmp_path / "d", model="micro-prior", n=3, betas=[1.0],
                          quiet=True)
-    with pytest.raises(ConfigError, match="alphas"):
-        stage_steer_eval(data="cafe-conflict", vector=vec, out=tmp_path / "e", **{**kw, "alphas": ["x"]})
+    with pytest.raises(ConfigError, match="betas"):
+        stage_steer_eval(data="cafe-conflict", vector=vec, out=tmp_path / "e", **{**kw, "betas": ["x"]})
     with pytest.raises(ConfigError, match="layers"):
         stage_steer_eval(data="cafe-conflict", vector=vec, out=tmp_path / "f", layers=[0], **kw)
     with pytest.raises(ConfigError, match="modes"):
@@ -146,7 +147,8 @@ def test_file_dataset_fit_on_calibration_eval_on_dev_and_test(lm, folder_dataset
     """A folder dataset: fit on its hashed calibration split, choose on dev, report on test."""
     from auralens.interp.datasets import file_split, load_dataset
     from auralens.steering.formats import load_vector
-    from auralens.steering.pipeline import stage_steer_eval, stage_steer_fit
+    from auralens.steering.stage_eval import stage_steer_eval
+    from auralens.steering.stage_fit import stage_steer_fit
 
     d = folder_dataset(24)
     vec = stage_steer_fit(model=lm.source, data=str(d), n=3, out_vector=tmp_path / "f.safetensors", lm=lm)
@@ -157,7 +159,7 @@ def test_file_dataset_fit_on_calibration_eval_on_dev_and_test(lm, folder_dataset
     cal = [it.item_id for it in load_dataset(f"{d}:calibration", n=3)]
     assert all(file_split(i) == "calibration" for i in cal)
     out = tmp_path / "run"
-    res = stage_steer_eval(model=lm.source, data=str(d), n=2, vector=tmp_path / "f.safetensors", alphas=[0, 2.0],
+    res = stage_steer_eval(model=lm.source, data=str(d), n=2, vector=tmp_path / "f.safetensors", betas=[0, 2.0],
                            out=out, lm=lm, quiet=True, max_new_tokens=2, batch_size=2, n_boot=50, modes="mean")
     assert res["splits"]["dev"]["data"] == f"{d}:dev" and res["splits"]["test"]["data"] == f"{d}:test"
     assert res["splits"]["calibration"]["data"] == f"{d}:calibration"
@@ -173,10 +175,10 @@ def test_file_dataset_fit_on_calibration_eval_on_dev_and_test(lm, folder_dataset
     assert v1.extra["fit"]["data"] == f"{d}:calibration@1" and v1.extra["fit"]["split"]["split_seed"] == 1
     leaky = stage_steer_fit(model=lm.source, data=f"{d}:test", n=2, out_vector=tmp_path / "h.safetensors", lm=lm)
     with pytest.raises(ConfigError, match="expected disjoint splits"):
-        stage_steer_eval(model=lm.source, data=str(d), n=2, vector=leaky, alphas=[1.0], out=tmp_path / "x", lm=lm,
+        stage_steer_eval(model=lm.source, data=str(d), n=2, vector=leaky, betas=[1.0], out=tmp_path / "x", lm=lm,
                          quiet=True, max_new_tokens=2)
     with pytest.raises(ConfigError, match="without a split"):
-        stage_steer_eval(model=lm.source, data=f"{d}:dev", n=2, vector=vec, alphas=[1.0], out=tmp_path / "y", lm=lm,
+        stage_steer_eval(model=lm.source, data=f"{d}:dev", n=2, vector=vec, betas=[1.0], out=tmp_path / "y", lm=lm,
                          quiet=True, max_new_tokens=2)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
@@ -187,7 +189,9 @@ def test_heads_choose_the_layer_set_and_must_come_from_calibration(lm, folder_da
     import numpy as np
 
     from auralens.interp.listening import heads_table
-    from auralens.steering.pipeline import check_heads_data, stage_steer_eval, stage_steer_fit
+    from auralens.steering.splits import check_heads_data
+    from auralens.steering.stage_eval import stage_steer_eval
+    from auralens.steering.stage_fit import stage_steer_fit
 
     d = folder_dataset(24)
     corr = np.zeros((lm.arch.n_layers, lm.arch.n_heads))
@@ -221,7 +225,7 @@ def test_heads_choose_the_layer_set_and_must_come_from_calibration(lm, folder_da
         with pytest.raises(ConfigError, match="calibration run"):
             check_heads_data(bad, [f"{d}:dev", f"{d}:test"])
     # the eval re-checks the vector's recorded heads data and runs with it
-    res = stage_steer_eval(data=str(d), vector=vec, alphas=[0, 1.0], out=tmp_path / "run", quiet=True,
+    res = stage_steer_eval(data=str(d), vector=vec, betas=[0, 1.0], out=tmp_path / "run", quiet=True,
                            max_new_tokens=2, batch_size=2, n_boot=20, **kw)
     assert res["selected"]["layer"] in (0, 1)
     for name in "xyz":
@@ -234,7 +238,9 @@ def test_random_heads_control_for_layers_from_heads(lm, folder_dataset, tmp_path
     import numpy as np
 
     from auralens.interp.listening import heads_table
-    from auralens.steering.pipeline import _random_heads_layers, stage_steer_eval, stage_steer_fit
+    from auralens.steering.controls import random_heads_layers
+    from auralens.steering.stage_eval import stage_steer_eval
+    from auralens.steering.stage_fit import stage_steer_fit
 
     d = folder_dataset(24)
     corr = np.zeros((lm.arch.n_layers, lm.arch.n_heads))
@@ -245,13 +251,13 @@ def test_random_heads_control_for_layers_from_heads(lm, folder_dataset, tmp_path
     vec = stage_steer_fit(model=lm.source, data=str(d), heads_from=str(tmp_path / "cal"), k_heads=2,
                           heads_use="layers", out_vector=tmp_path / "l.safetensors", n=2, lm=lm)
     fit = vec.extra["fit"]
-    draw = _random_heads_layers(fit, lm.arch, 7)
-    assert draw == _random_heads_layers(fit, lm.arch, 7)  # seeded
+    draw = random_heads_layers(fit, lm.arch, 7)
+    assert draw == random_heads_layers(fit, lm.arch, 7)  # seeded
     assert len(draw["heads"]) == 2 and all(L == 2 for L, _ in draw["heads"])  # outside layers 0, 1
     assert draw["layer_for"] == {1: 2, 0: 2}
-    assert "no specialist heads" in _random_heads_layers({**fit, "heads": []}, lm.arch, 7)
+    assert "no specialist heads" in random_heads_layers({**fit, "heads": []}, lm.arch, 7)
     for mode in ("per_input", "mean"):
-        res = stage_steer_eval(model=lm.source, data=str(d), vector=vec, alphas=[0, 2.0], out=tmp_path / mode,
+        res = stage_steer_eval(model=lm.source, data=str(d), vector=vec, betas=[0, 2.0], out=tmp_path / mode,
                                n=2, lm=lm, quiet=True, max_new_tokens=2, batch_size=2, n_boot=20, modes=(mode,),
                                layers=[1])
         rh = res["controls"]["random_heads"]
@@ -270,10 +276,10 @@ def test_control_model_without_deficit(lm, fitted, small_micro_dir, tmp_path):
     test items; another width is refused before anything is written."""
     from auralens.interp.loading import load_model
     from auralens.interp.micro.build import MicroConfig, build_model, build_processor
-    from auralens.steering.pipeline import stage_steer_eval
+    from auralens.steering.stage_eval import stage_steer_eval
 
     _, path = fitted
-    kw = dict(model=lm.source, data="cafe-conflict", n=2, vector=path, alphas=[0, 2.0], lm=lm, quiet=True,
+    kw = dict(model=lm.source, data="cafe-conflict", n=2, vector=path, betas=[0, 2.0], lm=lm, quiet=True,
               max_new_tokens=2, batch_size=2, n_boot=20)
     for mode in ("mean", "per_input"):
         res = stage_steer_eval(out=tmp_path / mode, control_model=str(small_micro_dir), modes=(mode,), **kw)

@@ -341,27 +341,6 @@ def test_engines_agree_on_other_architectures(tiny):
     assert not _same(outs["torch"], base)
 
 
-def test_vector_apply_sugar_equals_apply_vector(lm):
-    """``with vec.apply(lm)`` is apply_vector with the vector's default alpha."""
-    from auralens.interp.cafe import make_items
-    from auralens.interp.generation import model_inputs
-    from auralens.steering.apply import apply_vector
-    from auralens.steering.vector import SteeringVector
-
-    torch.manual_seed(0)
-    vec = SteeringVector(directions={1: torch.randn(lm.arch.d_model)}, model_id=lm.model_id, architecture=lm.arch.name,
-                         d_model=lm.arch.d_model, n_layers=lm.arch.n_layers, method="random_direction",
-                         data_fingerprint="0" * 64, default_alpha=3.0)
-    batch = model_inputs(lm, make_items(2), "direct")
-    with torch.no_grad():
-        with vec.apply(lm) as s1:
-            a = lm.model.generate(**batch, max_new_tokens=4, do_sample=False)
-        with apply_vector(lm, vec, alpha=3.0) as s2:
-            b = lm.model.generate(**batch, max_new_tokens=4, do_sample=False)
-    assert torch.equal(a, b) and s1.n_edits == s2.n_edits > 0
-    assert not any(m._forward_hooks for m in lm.model.modules())
-
-
 def test_answer_mask_arms_after_the_marker_in_generated_tokens(lm):
     from auralens.steering.apply import _AnswerMask
 

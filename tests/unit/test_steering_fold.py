@@ -130,7 +130,7 @@ def test_run_sweep_folds_one_forward_fewer_per_batch(setup):
     from auralens.steering.evaluate import PerInput, SweepConfig, run_sweep
 
     _, lm, vec, items, _ = setup
-    cfg = SweepConfig(alphas=(0.0, 4.0), positions=("both",), max_new_tokens=4, batch_size=2, n_boot=10)
+    cfg = SweepConfig(betas=(0.0, 4.0), positions=("both",), max_new_tokens=4, batch_size=2, n_boot=10)
     got = {}
     for fold in (True, False):
         count = _Count(lm.model)
@@ -212,11 +212,12 @@ def test_cost_is_recorded_as_one_silence_forward(small_lm):
     """steer eval's summary and compare's note say what s(x) costs."""
     import pandas as pd
 
-    from auralens.compare_metrics import Rows as _Rows, add_inference_cost as _inference_cost
-    from auralens.steering.pipeline import _per_input_cost
+    from auralens.compare_metrics import Rows as _Rows
+    from auralens.compare_metrics import add_inference_cost as _inference_cost
+    from auralens.steering.protocol import per_input_cost
 
     L = small_lm.arch.n_layers - 1
-    cost = _per_input_cost(audio_minus_silence_at(small_lm, L))
+    cost = per_input_cost(audio_minus_silence_at(small_lm, L))
     assert cost["extra_forwards_per_item"] == 1 and "one extra forward" in cost["note"] and "silence" in cost["note"]
     notes = {}
     for k in (0, 1, 2):
@@ -229,12 +230,13 @@ def test_cost_is_recorded_as_one_silence_forward(small_lm):
 
 
 def test_steer_eval_summary_records_the_cost(small_lm, tmp_path):
-    from auralens.steering.pipeline import stage_steer_eval, stage_steer_fit
+    from auralens.steering.stage_eval import stage_steer_eval
+    from auralens.steering.stage_fit import stage_steer_fit
 
     path = tmp_path / "vec.safetensors"
     stage_steer_fit(model=small_lm.source, data="cafe-conflict", n=3, layers=None, out_vector=path, lm=small_lm,
                     normalize="unit")
-    res = stage_steer_eval(model=small_lm.source, data="cafe-conflict", n=2, vector=path, alphas=[0, 2.0],
+    res = stage_steer_eval(model=small_lm.source, data="cafe-conflict", n=2, vector=path, betas=[0, 2.0],
                            out=tmp_path / "run", lm=small_lm, quiet=True, max_new_tokens=2, batch_size=2, n_boot=20)
     assert res["per_input"]["extra_forwards_per_item"] == 1
     assert "silence pass" in res["per_input"]["note"]
@@ -242,11 +244,11 @@ def test_steer_eval_summary_records_the_cost(small_lm, tmp_path):
 
 @pytest.mark.parametrize("arch", ["qwen2_5_omni_thinker", "voxtral"])
 def test_folded_equals_two_pass_on_other_architectures(arch, tmp_path):
-    from auralens.testing.tiny import save_tiny
     from auralens.interp.datasets import load_dataset
     from auralens.interp.generation import cast_features, model_inputs
     from auralens.interp.loading import load_model
     from auralens.steering.evaluate import PerInput
+    from auralens.testing.tiny import save_tiny
 
     save_tiny(arch, tmp_path)
     lm = load_model(str(tmp_path), device="cpu", dtype="float32")
