@@ -45,8 +45,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "stage_eval": ("auralens.interp.evaluate", "stage_eval"),
     "stage_record": ("auralens.interp.record", "stage_record"),
     "stage_probe": ("auralens.probes.stage", "stage_probe"),
-    "stage_steer_fit": ("auralens.steering.pipeline", "stage_steer_fit"),
-    "stage_steer_eval": ("auralens.steering.pipeline", "stage_steer_eval"),
+    "stage_steer_fit": ("auralens.steering.stage_fit", "stage_steer_fit"),
+    "stage_steer_eval": ("auralens.steering.stage_eval", "stage_steer_eval"),
     "stage_compare": ("auralens.compare", "stage_compare"),
     "run_demo": ("auralens.demo", "run_demo"),
     # probes

@@ -204,7 +204,7 @@ def _probe(folder: Path, rng, layers: int) -> None:
 def _steer(folder: Path, rng, layers: int) -> None:
     _manifest(folder, "steer", 24)
     rows = []
-    # the fitted vector and its random-direction control, as auralens.steering.pipeline names them
+    # the fitted vector and its random-direction control, as auralens.steering.protocol names them
     for vector, method in (("audio_minus_silence", "audio_minus_silence"), ("random_direction", "random_direction")):
         for layer in (max(0, layers // 2 - 1), layers // 2):
             for category in ("all", "perception", "temporal", "multihop"):
@@ -212,7 +212,7 @@ def _steer(folder: Path, rng, layers: int) -> None:
                 for alpha in (0.0, 0.5, 1.0, 2.0, 4.0):
                     acc = float(np.clip(base + 0.06 * alpha - 0.012 * alpha**2 + rng.normal(0, 0.01), 0, 1))
                     d = acc - base
-                    rows.append({"vector": vector, "method": method, "layer": layer, "alpha": alpha, "positions": "last_prompt",
+                    rows.append({"vector": vector, "method": method, "layer": layer, "beta": alpha, "positions": "last_prompt",
                                  "category": category, "accuracy": acc, "ci_low": acc - 0.07, "ci_high": acc + 0.07, "n": 24,
                                  "delta": d, "delta_ci_low": d - 0.05, "delta_ci_high": d + 0.05, "format": "direct"})
     _write(folder, schemas.STEERING, schemas.STEERING.frame(rows))

@@ -166,13 +166,13 @@ GENERATIONS = _table("probe", "generations.parquet", """
 
 # ------------------------------------------------------------------------------------ steer
 STEERING = _table("steer", "steering.parquet", """
-    vector:str method:str layer:int alpha:float positions:str category:str accuracy:float ci_low:float
+    vector:str method:str layer:int beta:float positions:str category:str accuracy:float ci_low:float
     ci_high:float n:int delta:float delta_ci_low:float delta_ci_high:float format:str
-""", "accuracy per (vector, method, layer, alpha, positions, format, category) and the paired gain over alpha 0")
+""", "accuracy per (vector, method, layer, beta, positions, format, category) and the paired gain over beta 0")
 STEER_ITEMS = _table("steer", "items.parquet", """
-    row_id:str item_id:str vector:str method:str layer:int alpha:float positions:str format:str category:str
+    row_id:str item_id:str vector:str method:str layer:int beta:float positions:str format:str category:str
     tier:str answer:str prediction:str answer_span:str matched_choice:str correct:bool
-""", "one generation per (item, vector, layer, alpha, positions, format); vector 'baseline' is unsteered")
+""", "one generation per (item, vector, layer, beta, positions, format); vector 'baseline' is unsteered")
 
 # ---------------------------------------------------------------------------------- compare
 #: the measured systems of compare.parquet, in display order (reported rows name the paper's model)

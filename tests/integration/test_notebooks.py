@@ -21,7 +21,7 @@ NOTEBOOKS = {
     "01_perception_decay.ipynb": {"needs": [("auralens.interp.evaluate", "stage_eval"), ("auralens.interp.record", "stage_record")],
                                   "models": ["micro"]},
     "02_probes.ipynb": {"needs": [("auralens.probes.stage", "stage_probe")], "models": ["micro"]},
-    "03_steering.ipynb": {"needs": [("auralens.steering.pipeline", "stage_steer_fit"), ("auralens.steering.pipeline", "stage_steer_eval")],
+    "03_steering.ipynb": {"needs": [("auralens.steering.stage_fit", "stage_steer_fit"), ("auralens.steering.stage_eval", "stage_steer_eval")],
                           "models": ["micro"]},
     # the fine-tuned arms join where their weights exist (compare's auto skips the others, with a note)
     "04_steering_vs_finetuning.ipynb": {"needs": [("auralens.compare", "stage_compare")],

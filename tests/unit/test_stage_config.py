@@ -15,7 +15,8 @@ def _configs():
     from auralens.interp.evaluate import EvalConfig
     from auralens.interp.record import RecordConfig
     from auralens.probes.stage import ProbeStageConfig
-    from auralens.steering.pipeline import SteerEvalConfig, SteerFitConfig
+    from auralens.steering.stage_eval import SteerEvalConfig
+    from auralens.steering.stage_fit import SteerFitConfig
 
     return [EvalConfig, RecordConfig, ProbeStageConfig, SteerFitConfig, SteerEvalConfig, CompareConfig]
 
