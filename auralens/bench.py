@@ -225,7 +225,7 @@ STAGE_ARGS = {
     "probe": ["probe", "--model", "micro", "--data", "cafe", "--n", "{n}", "--positions", "audio_mean,last_prompt",
               "--batch-size", "8", "--chunk-size", "8", "--n-folds", "3", "--n-bootstrap", "100", "--json"],
     "steer_eval": ["steer", "eval", "--model", "micro", "--data", "cafe", "--vector", "{vector}", "--n", "{n}",
-                   "--alphas", "0,4", "--batch-size", "4", "--max-new-tokens", "16", "--n-boot", "100",
+                   "--betas", "0,4", "--batch-size", "4", "--max-new-tokens", "16", "--n-boot", "100",
                    "--no-controls", "--json"],
 }
 
