@@ -160,3 +160,24 @@ def test_table_equals_direct_computation():
     assert row_b["n"] == b.sum() and row_b["delta"] == pytest.approx(steered[b].mean() - base[b].mean())
     zero = table[(table["beta"] == 0.0) & (table["category"] == "all")].iloc[0]
     assert zero["accuracy"] == pytest.approx(base.mean()) and zero["delta"] == 0.0
+
+
+def test_cli_betas_and_the_hidden_alphas_alias(tmp_path, monkeypatch):
+    """``--betas`` is the flag; ``--alphas`` is a hidden deprecated spelling that maps to it with a warning."""
+    from typer.testing import CliRunner
+
+    import auralens.steering.stage_eval as stage_eval
+    from auralens.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["steer", "eval", "--help"], env={"COLUMNS": "200"})
+    assert "--betas" in res.output and "--alphas" not in res.output
+    res = runner.invoke(app, ["steer", "eval", "--vector", str(tmp_path / "v.safetensors"), "--betas", "0,x",
+                              "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "--betas" in res.output and "'x'" in res.output
+    seen = {}
+    monkeypatch.setattr(stage_eval, "stage_steer_eval", lambda **kw: seen.update(kw) or {"ok": True})
+    res = runner.invoke(app, ["steer", "eval", "--vector", str(tmp_path / "v.safetensors"), "--alphas", "0,3",
+                              "--out", str(tmp_path / "s"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert seen["betas"] == (0.0, 3.0) and "--alphas is deprecated, use --betas" in res.output
