@@ -166,6 +166,7 @@ class CompareConfig(StageConfig):
         return tuple(self.data.split(","))
 
     def manifest(self, **config: Any) -> dict[str, Any]:
+        """The stage manifest, with the base models as its ``model``."""
         return {**super().manifest(**config), "model": self.base}
 
 
@@ -221,6 +222,7 @@ class _Inputs:
 
     @property
     def all_items(self) -> list:
+        """Every condition's items, in condition order (the run's identity)."""
         return [it for its in self.items.values() for it in its]
 
 

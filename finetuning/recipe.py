@@ -170,6 +170,7 @@ class _WorkFolder:
         return self._minutes_before + (time.time() - self._t_start) / 60
 
     def save_state(self, **changes: Any) -> None:
+        """Record ``changes`` (with the options, the base and the minutes so far) in ``state.json``."""
         self.state.update(changes, config=self.config, base=self.base, minutes=round(self.minutes(), 3))
         (self.path / "state.json").write_text(json.dumps(self.state, indent=2))
 
