@@ -45,8 +45,14 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from auralens.interp import __version__
+from auralens.interp import distributed as dist
+from auralens.interp.arch import table_for_checkpoint
+from auralens.interp.cafe.formats import FORMATS
+from auralens.interp.datasets import check_audio_files, fingerprint, load_dataset
 from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
+from auralens.interp.loading import DTYPES, load_model, resolve_source
 
 _PACKAGES = ("auralens", "torch", "transformers", "nnsight", "transformer-lens", "scikit-learn", "numpy", "pandas")
 #: manifest keys that define a run: a resumption must agree on every one of them
@@ -221,9 +227,7 @@ def _skip_write() -> bool:
     """Under a multi-process launch, ranks other than 0 write only their own files (inside
     :func:`auralens.interp.distributed.rank_local`: per-item files, their row shard); the run's shared
     files (manifest, tables, figures) are rank 0's."""
-    from auralens.interp import distributed
-
-    return not distributed.writes_allowed()
+    return not dist.writes_allowed()
 
 
 class RunFolder:
@@ -487,8 +491,6 @@ def fill_rows(settings: Sequence, items: Sequence, *, key: Callable[[Any, Any], 
     count as done."""
     import pandas as pd
 
-    from auralens.interp import distributed as dist
-
     order: dict = {}
     for setting in settings:
         for it in items:
@@ -568,8 +570,6 @@ def check_n(n: Any, *, allow_none: bool = False) -> int | None:
 
 def check_formats(formats: Any, name: str = "formats") -> tuple[str, ...]:
     """Distinct answer formats among :data:`auralens.interp.cafe.formats.FORMATS`."""
-    from auralens.interp.cafe.formats import FORMATS
-
     formats = (formats,) if isinstance(formats, str) else tuple(formats or ())
     bad = [f for f in formats if f not in FORMATS]
     if not formats or bad or len(set(formats)) != len(formats):
@@ -578,8 +578,6 @@ def check_formats(formats: Any, name: str = "formats") -> tuple[str, ...]:
 
 
 def check_dtype(dtype: Any) -> str:
-    from auralens.interp.loading import DTYPES
-
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: expected one of {list(DTYPES)}, found {dtype!r}")
     return dtype
@@ -588,9 +586,6 @@ def check_dtype(dtype: Any) -> str:
 def check_model(model: str) -> None:
     """The model's config (read without loading weights) names a class with an architecture
     table (:mod:`auralens.interp.arch`): an unsupported or missing model fails before any folder exists."""
-    from auralens.interp.arch import table_for_checkpoint
-    from auralens.interp.loading import resolve_source
-
     if not isinstance(model, str) or not model:
         raise ConfigError(f"model: expected 'micro', a Hugging Face id or a checkpoint folder, found {model!r}")
     source = resolve_source(model)
@@ -618,8 +613,6 @@ def load_items(data: str | DataSpec, *, n: int | None, seed: int, allow_all: boo
     """The run's items: ``n`` checked, rows validated by the loader, at least one item, and
     every audio file's header checked (:func:`auralens.interp.datasets.check_audio_files`).
     ``data``: a dataset spec, as text or as a :class:`~auralens.interp.dataspec.DataSpec`."""
-    from auralens.interp.datasets import check_audio_files, load_dataset
-
     n = check_n(n, allow_none=allow_all)
     items = load_dataset(data, n=n, seed=seed)
     if isinstance(data, DataSpec):
@@ -636,8 +629,6 @@ def load_items(data: str | DataSpec, *, n: int | None, seed: int, allow_all: boo
 
 def run_identity(items: Sequence) -> dict[str, Any]:
     """What the data contribute to a run's identity: the content fingerprint and the item-id set."""
-    from auralens.interp.datasets import fingerprint
-
     ids = sorted(str(it.item_id) for it in items)
     return {
         "data_fingerprint": fingerprint(list(items)),
@@ -666,8 +657,6 @@ def open_run(
     Under a multi-process launch every rank does the checks and loads its model (on its own
     device), the ranks agree (an error on any rank is raised on all), rank 0 creates the
     folder and the others wait for it (:mod:`auralens.interp.distributed`)."""
-    from auralens.interp import distributed as dist
-
     manifest = {**manifest, **run_identity(items)}
     where = dist.placement(device_map)  # a bad --device-map fails here, before anything is read
 
@@ -675,8 +664,6 @@ def open_run(
         RunFolder.check(out, manifest=manifest, resume=resume)
         loaded = lm
         if loaded is None:
-            from auralens.interp.loading import load_model
-
             check_dtype(dtype)
             check_model(model)
             loaded = load_model(model, dtype=dtype, **where)
@@ -734,6 +721,4 @@ def dumps_strict(obj: Any, *, indent: int | None = 2) -> str:
 
 
 def _version() -> str:
-    from auralens.interp import __version__
-
     return __version__
