@@ -44,7 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from auralens.interp.cafe.formats import check_claims, parse_claims
+from auralens.interp.cafe.questions import CLASS_WORDS
 from auralens.interp.errors import ConfigError
+from auralens.interp.generation import score
 
 __all__ = [
     "FORMAT_MARKERS",
@@ -89,8 +92,6 @@ def split_sections(text: str) -> dict[str, tuple[int, int] | None]:
 def section_claims(text: str, span: tuple[int, int] | None):
     """The claims of ``text`` made on the lines of ``span`` (a section of :func:`split_sections`;
     none for a missing section)."""
-    from auralens.interp.cafe.formats import parse_claims
-
     if span is None:
         return []
     return [c for c in parse_claims(text) if span[0] <= c.step < span[1]]
@@ -99,19 +100,11 @@ def section_claims(text: str, span: tuple[int, int] | None):
 def perception_reward(text: str, scene: Mapping[str, Any]) -> float:
     """Share of the perception section's claims that the scene supports, with every sound not
     described counted as three wrong claims: ``correct / max(claims, 3 · sounds)``."""
-    from auralens.interp.cafe.formats import check_claims
-
     claims = section_claims(text, split_sections(text)["perception"])
     if not claims:
         return 0.0
     correct = sum(ok for _, ok in check_claims(claims, dict(scene)))
     return correct / max(len(claims), 3 * len(scene["events"]), 1)
-
-
-def _class_words():
-    from auralens.interp.cafe.questions import CLASS_WORDS
-
-    return CLASS_WORDS
 
 
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -122,7 +115,7 @@ def _num(s: str) -> int:
 
 
 def _consistency_patterns():
-    words = sorted((re.escape(w) for w in _class_words().values()), key=len, reverse=True)
+    words = sorted((re.escape(w) for w in CLASS_WORDS.values()), key=len, reverse=True)
     cls = "|".join(words)
     num = "|".join(_NUMBERS) + r"|\d+"
     return {
@@ -139,7 +132,7 @@ def consistency_reward(text: str) -> float:
     secs = split_sections(text)
     if secs["perception"] is None or secs["reasoning"] is None or secs["reasoning"][0] >= secs["reasoning"][1]:
         return 0.0
-    word_cls = {w: c for c, w in _class_words().items()}
+    word_cls = {w: c for c, w in CLASS_WORDS.items()}
     perceived: dict[tuple[int, str], str] = {}
     for c in section_claims(text, secs["perception"]):
         if c.kind != "count":
@@ -176,8 +169,6 @@ def consistency_reward(text: str) -> float:
 def review_reward(text: str, scene: Mapping[str, Any]) -> float:
     """Share of the review section's checkable claims that the scene supports (0 when the
     section is missing or checks nothing)."""
-    from auralens.interp.cafe.formats import check_claims
-
     claims = section_claims(text, split_sections(text)["review"])
     if not claims:
         return 0.0
@@ -186,8 +177,6 @@ def review_reward(text: str, scene: Mapping[str, Any]) -> float:
 
 def answer_reward(text: str, item) -> float:
     """1 when the final answer span matches the item's answer under MMAU's rule, else 0."""
-    from auralens.interp.generation import score
-
     return 1.0 if score(item, text)["correct"] else 0.0
 
 
