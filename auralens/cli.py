@@ -623,20 +623,27 @@ steer_app = typer.Typer(help="Audio-minus-silence steering vectors: fit and eval
 app.add_typer(steer_app, name="steer")
 
 
-@_stage_command(steer_app, "fit", "auralens.steering.pipeline:SteerFitConfig")
+@_stage_command(steer_app, "fit", "auralens.steering.stage_fit:SteerFitConfig")
 def steer_fit(cfg) -> None:
     """Fit an audio-minus-silence direction and save it (format from the extension)."""
-    from auralens.steering.pipeline import stage_steer_fit
+    from auralens.steering.stage_fit import stage_steer_fit
 
     vec = stage_steer_fit(**cfg.options())
     _say(f"wrote {cfg.out_vector} (layers {sorted(vec.layers)}, method {vec.method})")
 
 
-@_stage_command(steer_app, "eval", "auralens.steering.pipeline:SteerEvalConfig")
-def steer_eval(cfg, as_json: bool = JsonOpt) -> None:
-    """Accuracy as a function of alpha (and layer), against random controls, with CIs."""
-    from auralens.steering.pipeline import stage_steer_eval
+@_stage_command(steer_app, "eval", "auralens.steering.stage_eval:SteerEvalConfig")
+def steer_eval(cfg, as_json: bool = JsonOpt,
+               alphas: Optional[str] = typer.Option(None, "--alphas", hidden=True,
+                                                    help="Deprecated spelling of --betas.")) -> None:
+    """Accuracy as a function of the strength beta (and layer), against random controls, with CIs."""
+    import dataclasses
 
+    from auralens.steering.stage_eval import stage_steer_eval
+
+    if alphas is not None:  # the deprecated spelling of --betas: its values, with a warning
+        cfg = dataclasses.replace(cfg, betas=tuple(_numbers("--alphas", alphas)))
+        typer.echo("warning: --alphas is deprecated, use --betas", err=True)
     _echo_json(stage_steer_eval(**cfg.options(), quiet=as_json))
 
 

@@ -117,20 +117,21 @@ def demo_probe(s: DemoSettings) -> dict:
 
 def demo_steer(s: DemoSettings) -> dict:
     """Stage 4: audio-minus-silence steering, against controls."""
-    from auralens.steering.pipeline import stage_steer_eval, stage_steer_fit
+    from auralens.steering.stage_eval import stage_steer_eval
+    from auralens.steering.stage_fit import stage_steer_fit
 
     # the vector is the steer stage's input: beside the run folders, not inside one (a stage
     # folder holds only what its stage wrote, and the dashboard finds it at <out>/steer)
     vec_path = s.out / "vectors" / "audio_minus_silence.safetensors"
     stage_steer_fit(model="micro", data="cafe", n=16 if s.fast else 48, layers=None, positions="last_prompt",
                     out_vector=vec_path, seed=11, lm=s.lm)
-    st = stage_steer_eval(model="micro", data="cafe", n=s.n, vector=vec_path, alphas=[0.0, 1.0, 2.0, 4.0], out=s.out / "steer",
+    st = stage_steer_eval(model="micro", data="cafe", n=s.n, vector=vec_path, betas=[0.0, 1.0, 2.0, 4.0], out=s.out / "steer",
                           resume=s.resume, seed=7, formats=("direct",), lm=s.lm, quiet=True, batch_size=30, **s.quick)
     b = st["best"]
     ctrl = "; ".join(f"{k}: {v.get('delta', float('nan')):+.3f}" for k, v in (b.get("controls") or {}).items()
                      if isinstance(v, dict))
     Console().print(
-        f"steering (layer {b['layer']}, alpha {b['alpha']}, {b['positions']}): accuracy {b['baseline_accuracy']:.3f} -> "
+        f"steering (layer {b['layer']}, beta {b['beta']}, {b['positions']}): accuracy {b['baseline_accuracy']:.3f} -> "
         f"{b['accuracy']:.3f}, gain {b['delta']:+.3f} (95% CI [{b['delta_ci'][0]:+.3f}, {b['delta_ci'][1]:+.3f}], "
         f"n={b['n']}; {b.get('selection', 'chosen on these items, optimistic')}); controls at the same setting: "
         f"{ctrl or 'n/a'}"
