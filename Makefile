@@ -36,6 +36,18 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q tests/integration $(PYTEST_ARGS)
 
+# ruff over the whole repository, mypy over the public modules ([tool.ruff] and [tool.mypy] in
+# pyproject.toml); both run, and either failing fails the target.  mypy reads the package as
+# installed: build/typecheck/auralens links auralens/'s files and interp/, probes/, ... under
+# the names the package-dir table gives them.
+TYPECHECK := build/typecheck/auralens
+
+lint: $(STAMP)
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	for f in auralens/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/; done
+	for p in interp probes steering finetuning dashboards; do ln -s "$(CURDIR)/$$p" $(TYPECHECK)/$$p; done
+	status=0; $(VENV)/bin/ruff check . || status=1; $(VENV)/bin/mypy || status=1; exit $$status
+
 bench: $(STAMP)
 	$(VENV)/bin/auralens bench yield --json
 
@@ -55,4 +67,4 @@ lock: $(STAMP)
 	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache build/typecheck build/mypy-cache
