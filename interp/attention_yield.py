@@ -42,7 +42,6 @@ Public API: :class:`YieldConfig`, :class:`AttentionYield`, :class:`YieldRecorder
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,6 +49,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float, Int
 
+from auralens.interp import compat
 from auralens.interp.arch import Architecture, describe
 from auralens.interp.errors import ArchitectureError, ConfigError, PromptError
 
@@ -362,18 +362,6 @@ class YieldRecorder:
         )
         self._setup(model, arch, audio_mask, config)
 
-    @classmethod
-    def from_config(
-        cls,
-        model: Any,
-        arch: Architecture | None,
-        audio_mask: Bool[torch.Tensor, "batch pos"],
-        config: YieldConfig,
-    ) -> YieldRecorder:
-        self = cls.__new__(cls)
-        self._setup(model, arch, audio_mask, config)
-        return self
-
     # --- set-up (validation happens here, before anything runs) -----------------------------
 
     def _setup(self, model: Any, arch: Architecture | None, audio_mask: Any, config: YieldConfig) -> None:
@@ -413,7 +401,7 @@ class YieldRecorder:
         self._clear()
 
     def _current_impl(self) -> str:
-        impls = {c._attn_implementation for c in self._configs}
+        impls = {compat.get_attn_impl(c) for c in self._configs}
         if len(impls) != 1:
             raise ArchitectureError(
                 f"decoder attention implementations differ across layers: {sorted(map(str, impls))}"
@@ -441,8 +429,6 @@ class YieldRecorder:
     # --- context protocol ---------------------------------------------------------------------
 
     def __enter__(self) -> YieldRecorder:
-        from auralens.interp import compat
-
         if self._active:
             raise ConfigError(
                 "YieldRecorder: this recorder is already active; nest a second YieldRecorder instead"
@@ -453,11 +439,10 @@ class YieldRecorder:
         if impl in functions:
             orig = functions[impl]
         else:  # "eager": the modeling file's own function
-            mod = importlib.import_module(type(self._modules[0]).__module__)
-            orig = getattr(mod, "eager_attention_forward", None)
+            orig = compat.eager_attention_forward(self._modules[0])
             if orig is None:
                 raise ArchitectureError(
-                    f"attention implementation {impl!r}: {mod.__name__} has no "
+                    f"attention implementation {impl!r}: {type(self._modules[0]).__module__} has no "
                     "eager_attention_forward to wrap"
                 )
         mask_impl = impl if impl in compat.mask_functions() else "sdpa"
@@ -490,11 +475,10 @@ class YieldRecorder:
             self._clear()
 
     def _restore(self) -> None:
-        from auralens.interp import compat
-
         self._active = False
-        if getattr(self, "_hook", None) is not None:
-            self._hook.remove()
+        hook = getattr(self, "_hook", None)
+        if hook is not None:
+            hook.remove()
             self._hook = None
         for cfg, value in getattr(self, "_saved", []):
             compat.set_attn_impl(cfg, value)
@@ -530,8 +514,6 @@ class YieldRecorder:
         return out
 
     def _pre_forward(self, module, args, kwargs):
-        from auralens.interp import compat
-
         if compat.is_static_cache(kwargs):
             raise ConfigError(
                 f"YieldRecorder: the KV cache is a {type(compat.find_cache(kwargs)).__name__} "
@@ -601,7 +583,10 @@ class YieldRecorder:
     def _finalize(self) -> AttentionYield:
         b, p = self.audio_mask.shape
         n_layers, n_heads, n_bins = len(self.layers), self.arch.n_heads, self.config.time_bins
-        plans = []
+        # per slot: (slot, its calls, keys, mask bias, query positions), None for a slot not called
+        plans: list[
+            tuple[int, list[tuple[torch.Tensor, int, torch.Tensor | None]], torch.Tensor, torch.Tensor, list[int]] | None
+        ] = []
         bias_cache: dict[tuple, torch.Tensor] = {}
         n_steps = 0
         for slot, calls in enumerate(self._calls):

@@ -4,7 +4,7 @@ transformers, TransformerLens and friends change internals between minor release
 (transformers 5.24 renamed the KV cache that ``generate`` hands to the model's forward from
 ``past_key_values=`` to ``cache=``; the recorder took every decode step for a fresh prompt).
 Code elsewhere in auralens calls these functions instead of touching the internals, and
-``tests/test_compat.py`` checks each one against the installed releases, including the calling
+``tests/unit/test_compat.py`` checks each one against the installed releases, including the calling
 conventions of every supported transformers minor (5.23: ``past_key_values``; 5.24: ``cache``).
 
 The tested range of each fast-moving package is :data:`TESTED`; ``pyproject.toml`` bounds
@@ -122,6 +122,16 @@ def registered_attention_names() -> list[str]:
     return sorted(AttentionInterface._global_mapping)
 
 
+def eager_attention_forward(attention_module: Any) -> Callable | None:
+    """The function the ``"eager"`` implementation runs for ``attention_module``: the
+    ``eager_attention_forward`` of the modeling file that defines the module's class (eager
+    attention is not in the registry of :func:`attention_functions`); None when that file has none."""
+    import importlib
+
+    modeling = importlib.import_module(type(attention_module).__module__)
+    return getattr(modeling, "eager_attention_forward", None)
+
+
 def get_attn_impl(config: Any) -> Any:
     """The raw implementation name a config holds (``None`` = transformers' default)."""
     return config._attn_implementation_internal
@@ -132,6 +142,19 @@ def set_attn_impl(config: Any, value: Any) -> None:
     ``set_attn_implementation`` refuses names it does not know and walks every sub-config,
     while the recorder needs a temporary, registered name on the decoder's configs only."""
     config._attn_implementation_internal = value
+
+
+# --- audio encoders ------------------------------------------------------------------------------
+
+def encoder_output_lengths(tower: Any, feature_lengths: Any) -> Any | None:
+    """How many frames the audio encoder ``tower`` emits for inputs of ``feature_lengths`` mel
+    frames, from its private ``_get_feat_extract_output_lengths`` (Whisper-style encoders);
+    where that returns a tuple (Qwen2-Audio: after the convolution, after the pooling), its first
+    element.  None when the encoder has no such method."""
+    if not hasattr(tower, "_get_feat_extract_output_lengths"):
+        return None
+    lengths = tower._get_feat_extract_output_lengths(feature_lengths)
+    return lengths[0] if isinstance(lengths, tuple) else lengths
 
 
 # --- Qwen2.5-Omni container ----------------------------------------------------------------------

@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from jaxtyping import Float
 
+from auralens.interp import compat
 from auralens.interp.capture import SiteShapeError, capture, stop_ids, trim_at_stop, with_position_ids
 from auralens.interp.errors import ArchitectureError, ConfigError, ProbeError, PromptError
 from auralens.probes.store import (  # the folder format; re-exported here, where collections are written
@@ -343,7 +344,8 @@ def prepare_batch(
             f"items {empty}: expected audio tokens (id {lm.arch.audio_token_id}) in the prompt, found none"
         )
     steps: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in items]
-    n_steps, texts, generated = [0] * len(items), [""] * len(items), [[] for _ in items]
+    n_steps, texts = [0] * len(items), [""] * len(items)
+    generated: list[list[int]] = [[] for _ in items]
     if cfg.generates:
         if generations is None:
             new, _ = generate_batch(
@@ -423,10 +425,11 @@ def _audio_frame_weights(lm, inputs: dict[str, Any], n_rows: int, n_frames: int)
         pass
     fam = inputs.get("feature_attention_mask")
     w = torch.full((n_rows, 1, n_frames), 1.0 / n_frames, dtype=torch.float32)
-    if fam is not None and tower is not None and hasattr(tower, "_get_feat_extract_output_lengths"):
+    lengths = None
+    if fam is not None and tower is not None:
         # valid frames after the encoder's stride-2 convolution (Whisper-style encoders)
-        lengths = tower._get_feat_extract_output_lengths(fam.sum(-1))
-        lengths = lengths[0] if isinstance(lengths, tuple) else lengths
+        lengths = compat.encoder_output_lengths(tower, fam.sum(-1))
+    if lengths is not None:
         for i, n in enumerate(lengths.tolist()):
             n = max(1, min(int(n), n_frames))
             w[i, 0] = 0.0
@@ -583,7 +586,11 @@ def collect_activations(
     ranked = dist.collective()
     dist.barrier()  # every rank has read the old index before rank 0 rewrites it
     index = {**header, "chunks": [done[k] for k in sorted(done)]}
-    dist.on_main(lambda: (run.write_json(INDEX_NAME, index), _drop_rank_indexes(run.path)))
+    def rewrite_index() -> None:
+        run.write_json(INDEX_NAME, index)
+        _drop_rank_indexes(run.path)
+
+    dist.on_main(rewrite_index)
     # the chunks not done yet, dealt round-robin to the ranks (all of them without a launch);
     # a rank lists its finished chunks in activations/index.rank<r>.json, merged by rank 0 at the end
     mine = dist.shard([k for k in range(len(planned)) if k not in done])

@@ -9,11 +9,11 @@ under ``generate`` (whichever name it uses), so a rename is caught here and in `
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from auralens.interp import compat
@@ -176,3 +176,42 @@ def test_pyproject_bounds_lock_and_installed_agree_with_tested_ranges():
         assert _v(lo) <= _v(lock[name]) < _v(hi), f"requirements.lock pins {name}=={lock[name]} outside {(lo, hi)}"
         assert _v(lo) <= _v(version(name)) < _v(hi), f"installed {name} {version(name)} outside {(lo, hi)}"
 
+
+
+def test_eager_attention_forward_is_the_modeling_files_function(tiny_model):
+    from transformers.models.qwen2 import modeling_qwen2
+
+    model, _ = tiny_model("qwen2_audio")
+    attention = describe(model).attention(model, 0)
+    assert type(attention).__module__ == modeling_qwen2.__name__  # the tiny Qwen2-Audio decoder is a Qwen2
+    assert compat.eager_attention_forward(attention) is modeling_qwen2.eager_attention_forward
+
+    class NoEager:  # defined here: this test module has no eager_attention_forward
+        pass
+
+    assert compat.eager_attention_forward(NoEager()) is None
+
+
+def test_encoder_output_lengths_first_of_a_tuple_a_tensor_or_none(tiny_model):
+    from auralens.interp.arch import get_attr_path
+
+    model, _ = tiny_model("qwen2_audio")
+    tower = get_attr_path(model, describe(model).table.audio_tower)
+    frames = torch.tensor([100, 37])
+    # Qwen2-Audio returns (after the stride-2 convolution, after the pooling): the first
+    assert compat.encoder_output_lengths(tower, frames).tolist() == [50, 19]
+
+    class Plain:
+        def _get_feat_extract_output_lengths(self, n):
+            return n // 4
+
+    assert compat.encoder_output_lengths(Plain(), frames).tolist() == [25, 9]
+    assert compat.encoder_output_lengths(object(), frames) is None
+
+
+def test_get_attn_impl_reads_what_the_config_holds(tiny_model):
+    model, _ = tiny_model("qwen2_audio")
+    cfg = model.config.text_config
+    assert compat.get_attn_impl(cfg) == cfg._attn_implementation  # the property transformers reads
+    compat.set_attn_impl(cfg, "eager")
+    assert compat.get_attn_impl(cfg) == "eager" == cfg._attn_implementation
