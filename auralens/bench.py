@@ -209,7 +209,6 @@ def _bench_tl(lm, batch, full_ids, a: float, device: str, source_folder: str | N
             return bridge.run_with_cache(full_ids, attention_mask=mask, names_filter=lambda n: n.endswith("hook_pattern"), **rest)
 
     dt, _, mem = _timed(run, device)
-    del bridge
     return {"seconds": dt, "ratio": dt / a, "peak_bytes": int(mem),
             "note": "one forward over the full sequence (no generation), patterns cached for every layer"}
 

@@ -53,7 +53,11 @@ def launch(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 
     for p in run_dirs:
         open_run(p)
     cmd = streamlit_command(run_dirs, host=host, port=port, live_model=live_model)
-    print(f"auralens dashboard: http://{host}:{port}  (Ctrl+C to stop)", flush=True)
+    from rich.console import Console
+
+    Console(markup=False, highlight=False, soft_wrap=True).print(
+        f"auralens dashboard: http://{host}:{port}  (Ctrl+C to stop)"
+    )
     proc = subprocess.Popen(cmd)
 
     def forward(signum, _frame):  # a terminated launcher takes its server down with it

@@ -324,8 +324,6 @@ def item_file(record_dir: str | Path, item_index: int) -> Path:
 
 def list_items(record_dir: str | Path):
     """The record stage's items table; when ``items.parquet`` is missing, one row per yields file."""
-    import pandas as pd
-
     df = read_table(record_dir, "items.parquet")
     if df is None:
         return list_items_from_files(record_dir)

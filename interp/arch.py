@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from auralens.interp.errors import ArchitectureError
-
 
 #: How a processor bounds one clip (:attr:`ArchTable.audio_windowing`):
 #:
@@ -587,7 +586,7 @@ def describe(model: Any, table: ArchTable | None = None) -> Architecture:
     layers = get_attr_path(model, table.decoder_layers)
     audio_layers = get_attr_path(model, table.audio_layers)
     acfg = getattr(cfg, "audio_config", None)
-    d_audio = getattr(acfg, "d_model", None) or getattr(acfg, "hidden_size", 0)
+    d_audio: Any = getattr(acfg, "d_model", None) or getattr(acfg, "hidden_size", 0)
     return Architecture(
         table=table,
         n_layers=len(layers),
@@ -600,7 +599,3 @@ def describe(model: Any, table: ArchTable | None = None) -> Architecture:
         n_audio_layers=len(audio_layers),
         d_audio=int(d_audio),
     )
-
-
-def with_table(arch: Architecture, **changes: Any) -> Architecture:
-    return replace(arch, table=replace(arch.table, **changes))

@@ -110,15 +110,6 @@ def _read(path: str | Path, max_frames: int | None = None) -> tuple[np.ndarray, 
     return data, header
 
 
-def read_audio(path: str | Path, *, max_frames: int | None = None) -> tuple[np.ndarray, int]:
-    """Read any file libsndfile can (wav/flac/ogg, and mp3 with libsndfile >= 1.1).
-
-    Returns float32 [frames, channels] and the sample rate.  With ``max_frames`` only that many
-    frames are decoded (from the start)."""
-    data, header = _read(path, max_frames)
-    return data, header.samplerate
-
-
 def to_mono(data: np.ndarray) -> np.ndarray:
     return data.mean(axis=1) if data.ndim == 2 else data
 
@@ -276,12 +267,6 @@ def audio_limits(processor, table=None) -> AudioLimits:
     return AudioLimits(sr, table.max_audio_seconds, table.window_seconds, table.audio_windowing, model)
 
 
-def processor_limits(processor) -> tuple[int, float | None]:
-    """``(sample rate, maximum clip seconds)`` of a processor (:func:`audio_limits`)."""
-    lim = audio_limits(processor)
-    return lim.sample_rate, lim.max_seconds
-
-
 def token_seconds(
     seconds: float, n_tokens: int, limits: AudioLimits, tokens_per_window: list[int] | None = None
 ) -> np.ndarray:
@@ -307,8 +292,8 @@ def token_seconds(
     i = 0
     for (a, b), n in zip(spans, tokens_per_window):
         if n:
-            edges = np.linspace(a, b, n + 1)
-            out[i:i + n, 0], out[i:i + n, 1] = edges[:-1], edges[1:]
+            bounds = np.linspace(a, b, n + 1)
+            out[i:i + n, 0], out[i:i + n, 1] = bounds[:-1], bounds[1:]
         i += n
     return out
 

@@ -8,7 +8,6 @@ names the file and the row; nothing is half-loaded.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 

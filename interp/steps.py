@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_TAGS = ("<perception>", "</perception>", "<reasoning>", "</reasoning>", "<review>", "</review>", "<think>", "</think>", "<answer>", "</answer>")
-SECTIONS = ("perception", "reasoning", "review", "think", "answer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,24 +100,3 @@ def token_steps(token_ids: Sequence[int], tokenizer, cfg: StepConfig = StepConfi
         out[i] = last
         pos += len(p)
     return out, text
-
-
-def section_of_steps(text: str, cfg: StepConfig = StepConfig()) -> dict[int, str]:
-    """For structured outputs: the section (perception/reasoning/review/...) of each step."""
-    cs = char_steps(text, cfg)
-    out: dict[int, str] = {}
-    current = ""
-    opens = {f"<{s}>": s for s in SECTIONS}
-    closes = {f"</{s}>": s for s in SECTIONS}
-    i = 0
-    while i < len(text):
-        for tag, sec in opens.items():
-            if text.startswith(tag, i):
-                current = sec
-        for tag in closes:
-            if text.startswith(tag, i):
-                current = ""
-        if not text[i].isspace():
-            out.setdefault(int(cs[i]), current or "other")
-        i += 1
-    return out

@@ -148,24 +148,24 @@ def load_probe_direction(run: str | Path, attribute: str, *, target: Any = None,
     import torch
     from safetensors import safe_open
 
-    run = RunFolder.open(run)
-    path = run.file(DIRECTIONS_FILE)
+    folder = RunFolder.open(run)
+    path = folder.file(DIRECTIONS_FILE)
     if not path.exists():
-        raise ProbeError(f"run folder {str(run.path)!r}: expected {DIRECTIONS_FILE}, found none (probe stage not run?)")
+        raise ProbeError(f"run folder {str(folder.path)!r}: expected {DIRECTIONS_FILE}, found none (probe stage not run?)")
     try:
         with safe_open(str(path), framework="pt") as f:
             info = json.loads((f.metadata() or {}).get("probes", "{}"))
             w = f.get_tensor(attribute).double().numpy() if attribute in info else None
     except Exception as exc:  # SafetensorError, JSONDecodeError: a truncated or foreign file
         raise RunFolderError(
-            f"run folder {str(run.path)!r}: expected {DIRECTIONS_FILE} to be a safetensors file of probe "
+            f"run folder {str(folder.path)!r}: expected {DIRECTIONS_FILE} to be a safetensors file of probe "
             f"directions, found an unreadable file ({type(exc).__name__}: {exc})"
         ) from None
     if w is None:
         raise ProbeError(f"{DIRECTIONS_FILE}: expected a probe for {attribute!r}, found {sorted(info)}")
     m = info[attribute]
     vec, target, raw_norm = oriented_direction(w, m["kind"], m["classes"], target, normalize, attribute)
-    manifest = run.manifest
+    manifest = folder.manifest
     meta = {"attribute": attribute,
             **{k: m[k] for k in ("layer", "position", "step", "classes", "kind", "accuracy",
                                  "control_accuracy", "selectivity", "n")},

@@ -101,9 +101,8 @@ def micro_run(tmp_path_factory):
 def write_folder_dataset(folder, n: int, *, seed: int = 11, seconds: float = 0.5):
     """A folder dataset of ``n`` cafe-worded questions (micro's vocabulary) over short wav files
     (silence plus a tone whose pitch depends on the row), with ids ``f<i>``.  Returns the folder."""
-    from pathlib import Path
-
     import json
+    from pathlib import Path
 
     import numpy as np
     import soundfile as sf
