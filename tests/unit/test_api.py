@@ -227,3 +227,47 @@ def test_old_top_level_names_are_not_installed():
     out = subprocess.run([sys.executable, "-c", "import auralens.interp, auralens.steering, auralens.probes, "
                           "auralens.dashboards, auralens.finetuning"], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_imports(tree: ast.AST, module: str, is_pkg: bool, project: set[str]) -> list[str]:
+    """The private names (``_x``, not ``__x__``) ``module`` imports from another project module,
+    absolutely or relatively, at module level or inside a function."""
+    found = []
+    for node, names in _imports(tree, module, is_pkg):
+        if isinstance(node, ast.ImportFrom):
+            base = names[0]
+            if base in project and base != module:
+                found += [f"{a.name} from {base}" for a in node.names if _private(a.name)]
+        else:
+            found += [n for n in names if n.split(".")[0] == "auralens" and any(map(_private, n.split(".")))]
+    return found
+
+
+def test_no_module_imports_a_private_name_from_another():
+    """A name another module needs is public there (no underscore); ``_x`` stays in its module."""
+    project = set(_module_imports())
+    bad = []
+    for folder in FOLDERS:
+        for path in (ROOT / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            name = _module_name(path)
+            bad += [f"{path.relative_to(ROOT)}: {imp}" for imp in _private_imports(tree, name, path.name == "__init__.py", project)]
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
+
+
+def test_the_private_import_check_sees_relative_absolute_and_function_level_imports():
+    src = ("from auralens.interp.runs import open_run, _fill\n"
+           "from . import _vector_helper, __version__\n"
+           "import json as _json\n"
+           "def f():\n    from .apply import _AnswerMask\n    import auralens.steering._hidden\n")
+    project = {"auralens.interp.runs", "auralens.steering", "auralens.steering.apply", "auralens.steering.vector"}
+    found = _private_imports(ast.parse(src), "auralens.steering.vector", False, project)
+    assert sorted(found) == ["_AnswerMask from auralens.steering.apply", "_fill from auralens.interp.runs",
+                             "_vector_helper from auralens.steering", "auralens.steering._hidden"]
+    # a module may import its own package's dunders and alias stdlib modules privately
+    assert _private_imports(ast.parse("from . import __version__\nimport json as _json\n"),
+                            "auralens.steering.vector", False, project) == []
