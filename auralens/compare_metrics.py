@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from auralens.interp.decay import decay_summary, decay_table
-from auralens.interp.record import load_yields
+from auralens.interp.record_analysis import load_yields
 from auralens.interp.stats import bootstrap_mean_ci
 from auralens.organisms import claim_gap_by_item, class_claim_steps, onset
 

@@ -16,8 +16,19 @@ from auralens.interp.micro import EMBEDDED, ORGANISMS, available
 from auralens.interp.micro.organisms import RECIPES, OrganismConfig, organism_item
 from auralens.organisms.train import train_organism
 from auralens.organisms.validate import (
-    PROBE_ATTRIBUTES, class_claim_steps, claim_gap_by_item, cue_accuracy, decay_checks, healthy_checks, heads_checks,
-    onset, planted, prior_checks, probe_checks, summary_rows, validate,
+    PROBE_ATTRIBUTES,
+    claim_gap_by_item,
+    class_claim_steps,
+    cue_accuracy,
+    decay_checks,
+    heads_checks,
+    healthy_checks,
+    onset,
+    planted,
+    prior_checks,
+    probe_checks,
+    summary_rows,
+    validate,
 )
 
 __all__ = ["EMBEDDED", "ORGANISMS", "PROBE_ATTRIBUTES", "RECIPES", "OrganismConfig", "available", "class_claim_steps",

@@ -10,7 +10,13 @@ from __future__ import annotations
 import pytest
 
 from auralens.organisms import (
-    cue_accuracy, decay_checks, healthy_checks, heads_checks, planted, prior_checks, probe_checks,
+    cue_accuracy,
+    decay_checks,
+    heads_checks,
+    healthy_checks,
+    planted,
+    prior_checks,
+    probe_checks,
 )
 
 

@@ -123,8 +123,8 @@ def test_bad_input_names_the_problem(lm, micro_dir, tmp_path):
 
 def test_probe_direction_to_steering_vector(run, lm, tmp_path):
     from auralens.probes.collect import LM_SITE
-    from auralens.probes.fit import ProbeConfig, ProbeRow, fit_probe
     from auralens.probes.directions import load_probe_direction, probe_direction
+    from auralens.probes.fit import ProbeConfig, ProbeRow, fit_probe
     from auralens.steering.formats import export, load_vector
     from auralens.steering.from_probe import probe_to_steering_vector
 
