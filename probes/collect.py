@@ -312,7 +312,7 @@ class BatchActivations:
     lm: dict[str, Float[Any, "batch layer d_model"]]
     lm_steps: Float[Any, "batch step layer d_model"] | None
     step_present: Any
-    audio: Float[Any, "batch layer d_audio"] | None
+    audio: Float[Any, "batch audio_layer d_audio"] | None
     n_steps: list[int]
     texts: list[str]
     generated: list[list[int]]

@@ -347,7 +347,7 @@ def _bootstrap_ci(
 
 
 def fit_probe(
-    X: Float[np.ndarray, "batch d_model"],
+    X: Float[Any, "batch d_model"],
     y: Sequence[Any] | np.ndarray,
     groups: Sequence[Hashable] | np.ndarray,
     config: ProbeConfig | None = None,

@@ -16,6 +16,45 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+#: the modules whose public functions and dataclasses carry jaxtyping shapes ("batch pos",
+#: "layer d_model", ...): under pytest every call into them checks the shape-annotated
+#: arguments and results (auralens.testing.shapes), the named dimensions agreeing across the
+#: arguments of one call.  The hook must be installed before they are first imported, hence
+#: here, above every other import of auralens.
+SHAPE_CHECKED = (
+    "auralens.interp.attention_yield",
+    "auralens.probes.collect",
+    "auralens.probes.fit",
+)
+
+
+def _install_shape_checks() -> None:
+    import sys
+
+    from jaxtyping import install_import_hook
+
+    import auralens.testing.shapes  # noqa: F401  (the hook names its checker by this path)
+
+    early = [m for m in SHAPE_CHECKED if m in sys.modules]
+    assert not early, f"imported before the shape-check hook, so not checked: {early}"
+    install_import_hook(list(SHAPE_CHECKED), "auralens.testing.shapes.shape_checker")
+
+
+_install_shape_checks()
+
+
+@pytest.fixture
+def unchecked_shapes():
+    """Shape checks off for one test: for the tests of how the library itself reports a
+    malformed input (its own error, as a user gets it, where no checker runs)."""
+    from jaxtyping import config
+
+    config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        config.update("jaxtyping_disable", False)
+
 
 @pytest.fixture(scope="session")
 def tiny_cache():

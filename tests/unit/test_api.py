@@ -271,3 +271,34 @@ def test_the_private_import_check_sees_relative_absolute_and_function_level_impo
     # a module may import its own package's dunders and alias stdlib modules privately
     assert _private_imports(ast.parse("from . import __version__\nimport json as _json\n"),
                             "auralens.steering.vector", False, project) == []
+
+
+# ----------------------------------------------------------------------------- shape checks
+def test_shapes_are_checked_under_pytest():
+    """tests/conftest.py puts the jaxtyping shapes of the public tensor APIs under check: a tensor
+    whose named dimension disagrees with another argument's is refused at the call."""
+    import torch
+    from jaxtyping import TypeCheckError
+
+    from auralens.interp.attention_yield import audio_yield
+
+    query, key = torch.randn(2, 4, 1, 8), torch.randn(2, 4, 6, 8)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, 1:3] = True
+    assert audio_yield(query, key, mask).shape == (2, 1, 4, 1)  # [batch, q, head, bin]
+    with pytest.raises(TypeCheckError, match="audio_yield"):
+        audio_yield(query, key, torch.zeros(3, 6, dtype=torch.bool))  # batch 3, the query's is 2
+    with pytest.raises(TypeCheckError, match="audio_yield"):
+        audio_yield(query, key, mask.long())  # Bool[...]: an integer mask is refused too
+
+
+def test_the_shape_checker_checks_only_shape_annotations():
+    from typing import Literal
+
+    from jaxtyping import Float
+
+    from auralens.testing.shapes import has_shape
+
+    assert has_shape(Float[np.ndarray, "batch d_model"])
+    assert has_shape(dict[str, Float[np.ndarray, "batch d_model"]] | None)
+    assert not has_shape(int) and not has_shape(Literal["a", "b"]) and not has_shape("Float[Tensor, 'b']")

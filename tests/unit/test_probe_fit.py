@@ -7,7 +7,6 @@ Reference checks compare against independent sklearn code (``cross_val_score``,
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score
@@ -342,7 +341,7 @@ def test_error_too_few_items_says_needed_and_found():
     fit_probe(X, y_rare, np.arange(30), ProbeConfig(n_folds=2, n_bootstrap=0))  # enough for 2
 
 
-def test_error_mismatched_lengths():
+def test_error_mismatched_lengths(unchecked_shapes):  # X[:, 0]: the probe's own check of a 1-D X
     X, y, g = _small()
     with pytest.raises(ProbeError, match=r"same number of rows.*X=30, y=29, groups=30"):
         fit_probe(X, y[:-1], g, attribute="order")
