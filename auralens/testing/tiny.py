@@ -241,7 +241,7 @@ def tiny_tekken(n_mels: int = TINY_MELS, chunk_seconds: int = TINY_CHUNK_SECONDS
     }
 
 
-def _tiny_tekken_file(n_mels: int, chunk_seconds: int) -> Path:
+def tiny_tekken_file(n_mels: int, chunk_seconds: int) -> Path:
     """``tekken.json`` of :func:`tiny_tekken` in a per-content temporary folder (MistralCommonBackend
     reads a file and keeps its path: ``save_pretrained`` copies it next to the model)."""
     import hashlib
@@ -310,7 +310,7 @@ def build_tiny_processor(
         # and a Whisper feature extractor; clips are padded to chunk_seconds multiples.
         from transformers import MistralCommonBackend, VoxtralProcessor
 
-        tok = MistralCommonBackend(str(_tiny_tekken_file(n_mels, chunk_seconds)))
+        tok = MistralCommonBackend(str(tiny_tekken_file(n_mels, chunk_seconds)))
         return VoxtralProcessor(feature_extractor=fe, tokenizer=tok)
     if arch == "qwen3_asr":
         from transformers import PreTrainedTokenizerFast, Qwen3ASRFeatureExtractor, Qwen3ASRProcessor

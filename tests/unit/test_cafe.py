@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from auralens.interp.cafe import CLASSES, check_claims, make_item, make_items, make_scene, parse_claims, render_target, synthesize
+from auralens.interp.cafe import (
+    CLASSES,
+    check_claims,
+    make_item,
+    make_items,
+    make_scene,
+    parse_claims,
+    render_target,
+    synthesize,
+)
 from auralens.interp.cafe.formats import FORMATS, extract_answer, prompt_text
 from auralens.interp.cafe.questions import COUNT_WORDS, QTYPES, TIERS
 from auralens.interp.cafe.scenes import Scene

@@ -17,14 +17,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from auralens.testing.tiny import TINY_ARCHS, tiny_batch
 from auralens.interp.arch import (
-    get_attr_path,
     SITE_HOOKS,
     TABLES,
     container_table,
     containers,
     describe,
+    get_attr_path,
     site_name,
     table_by_name,
     table_for_checkpoint,
@@ -39,6 +38,7 @@ from auralens.interp.capture import (
     with_position_ids,
 )
 from auralens.interp.errors import ArchitectureError, ConfigError
+from auralens.testing.tiny import TINY_ARCHS, tiny_batch
 
 
 def _lm(model):

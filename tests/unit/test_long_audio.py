@@ -94,8 +94,8 @@ def test_tiny_processor_limits(arch_name, tiny_cache):
 def test_real_af3_processor_defaults_give_600_s():
     from transformers import AudioFlamingo3Processor, WhisperFeatureExtractor
 
-    from auralens.testing.tiny import AF3_CHAT_TEMPLATE, AF3_SPECIALS, TINY_WORDS
     from auralens.interp.tokenizer import build_word_tokenizer
+    from auralens.testing.tiny import AF3_CHAT_TEMPLATE, AF3_SPECIALS, TINY_WORDS
 
     proc = AudioFlamingo3Processor(
         feature_extractor=WhisperFeatureExtractor(feature_size=128, chunk_length=30),
@@ -113,10 +113,10 @@ def test_real_voxtral_window_gives_375_tokens_per_30_s():
     max_source_positions 3000), and a 3-s clip becomes one padded window of 375 audio tokens."""
     from transformers import MistralCommonBackend, VoxtralProcessor, WhisperFeatureExtractor
 
-    from auralens.testing.tiny import VOXTRAL_AUDIO_ID, _tiny_tekken_file
+    from auralens.testing.tiny import VOXTRAL_AUDIO_ID, tiny_tekken_file
 
     fe = WhisperFeatureExtractor(feature_size=128, chunk_length=30)
-    proc = VoxtralProcessor(feature_extractor=fe, tokenizer=MistralCommonBackend(str(_tiny_tekken_file(128, 30))))
+    proc = VoxtralProcessor(feature_extractor=fe, tokenizer=MistralCommonBackend(str(tiny_tekken_file(128, 30))))
     assert (fe.n_samples, fe.nb_max_frames) == (480000, 3000) == (
         proc.audio_kwargs["pad_to_multiple_of"], proc.audio_kwargs["max_source_positions"])
     lim = audio_limits(proc)

@@ -46,8 +46,8 @@ COT = "i hear two sounds\nsound 1 is tone\nso the answer is one"
 
 
 def test_nnsight_equals_output_hidden_states(lm, items):
-    from auralens.interp.generation import cast_features, model_inputs
     from auralens.interp.capture import position_ids
+    from auralens.interp.generation import cast_features, model_inputs
     from auralens.probes.collect import LM_SITE, trace_sites
 
     batch = dict(cast_features(lm, model_inputs(lm, items[:3], "cot")))
@@ -280,9 +280,9 @@ def test_other_architectures(arch_name, items, tmp_path):
     tiny = pytest.importorskip("auralens.testing.tiny")
     import warnings
 
+    from auralens.interp.capture import position_ids
     from auralens.interp.generation import cast_features, model_inputs
     from auralens.interp.loading import load_model
-    from auralens.interp.capture import position_ids
     from auralens.probes.collect import LM_SITE, CollectConfig, collect_batch, trace_sites
 
     tiny.save_tiny(arch_name, tmp_path)

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from auralens.testing.tiny import TINY_ARCHS
-from auralens.testing import verified
-from auralens.testing.verified import TESTED_HERE, TESTED_WITH
 from auralens.interp.arch import TABLES, table_by_name
-
+from auralens.testing import verified
+from auralens.testing.tiny import TINY_ARCHS
+from auralens.testing.verified import TESTED_HERE, TESTED_WITH
 
 HERE = Path(__file__).resolve().parent
 
