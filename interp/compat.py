@@ -144,6 +144,15 @@ def set_attn_impl(config: Any, value: Any) -> None:
     config._attn_implementation_internal = value
 
 
+# --- models built from a config ----------------------------------------------------------------
+
+def model_from_config(cls: Any, config: Any, **kwargs: Any) -> Any:
+    """A random-init model of class ``cls`` from ``config``, through the classmethod
+    ``_from_config`` (private) that ``AutoModel.from_config`` calls: it takes ``dtype=`` and
+    ``attn_implementation=`` and sets them on the config and every sub-config."""
+    return cls._from_config(config, **kwargs)
+
+
 # --- audio encoders ------------------------------------------------------------------------------
 
 def encoder_output_lengths(tower: Any, feature_lengths: Any) -> Any | None:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from auralens.interp import compat
 from auralens.interp.errors import ArchitectureError, ConfigError
 from auralens.interp.tokenizer import QWEN_AUDIO_SPECIALS, build_word_tokenizer
 
@@ -585,7 +586,7 @@ def build_tiny(arch_name: str, seed: int = 0, *, attn_implementation: str = "sdp
     cls = _model_class(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+        model = compat.model_from_config(cls, config, attn_implementation=attn_implementation, dtype=torch.float32)
     _fix_generation_config(model, processor.tokenizer)
     model.eval()
     return model, processor
@@ -638,7 +639,7 @@ def build_shaped(
     cls = _model_class(arch)
     with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
         torch.manual_seed(seed)
-        model = cls._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+        model = compat.model_from_config(cls, config, attn_implementation=attn_implementation, dtype=dtype)
     _fix_generation_config(model, processor.tokenizer)
     model.eval()
     return model, processor

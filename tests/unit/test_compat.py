@@ -215,3 +215,14 @@ def test_get_attn_impl_reads_what_the_config_holds(tiny_model):
     assert compat.get_attn_impl(cfg) == cfg._attn_implementation  # the property transformers reads
     compat.set_attn_impl(cfg, "eager")
     assert compat.get_attn_impl(cfg) == "eager" == cfg._attn_implementation
+
+
+def test_model_from_config_sets_dtype_and_attention_on_every_sub_config(tiny_cache):
+    import copy
+
+    model, _ = tiny_cache("qwen2_audio")
+    config = copy.deepcopy(model.config)  # _from_config writes to the config it is given
+    built = compat.model_from_config(type(model), config, attn_implementation="eager", dtype=torch.float64)
+    assert next(built.parameters()).dtype == torch.float64
+    for cfg in (built.config, built.config.text_config, built.config.audio_config):
+        assert compat.get_attn_impl(cfg) == "eager" and cfg.dtype == torch.float64
