@@ -109,7 +109,8 @@ class Table:
 
 def _table(stage: str, name: str, spec: str, doc: str = "") -> Table:
     """``spec``: whitespace-separated ``column:kind`` pairs."""
-    return Table(stage, name, tuple(tuple(p.split(":")) for p in spec.split()), doc)
+    pairs = [p.split(":") for p in spec.split()]
+    return Table(stage, name, tuple((column, kind) for column, kind in pairs), doc)
 
 
 # ------------------------------------------------------------------------------------- eval
