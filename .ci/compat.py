@@ -117,7 +117,7 @@ def main() -> int:
 
     mode = "oldest in tested range" if args.oldest else "newest release"
     print(f"\nmake compat ({mode})\n")
-    print(f"| package | locked | under test | inside tested range [lo, hi) |")
+    print("| package | locked | under test | inside tested range [lo, hi) |")
     print("|---|---|---|---|")
     rows = []
     for name, (lo, hi) in ranges.items():

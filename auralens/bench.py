@@ -14,12 +14,28 @@ difference of (b) against (c) is reported as the exactness check.
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from auralens.interp.audio import item_audio
+from auralens.interp.cafe.questions import make_item
+from auralens.interp.compat import boot_transformer_bridge
+from auralens.interp.datasets import load_dataset
+from auralens.interp.generation import cast_features, model_inputs
+from auralens.interp.loading import load_model
+from auralens.interp.prompts import build_inputs
 
 
 class PeakMemory:
@@ -31,7 +47,6 @@ class PeakMemory:
 
     def _rss(self) -> int:
         with open("/proc/self/statm") as f:
-            import os
 
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -84,14 +99,10 @@ def _timed(fn, device: str) -> tuple[float, Any, int]:
 
 
 def _inputs(lm, clip_seconds: float, seed: int = 0):
-    from auralens.interp.cafe.questions import make_item
-    from auralens.interp.generation import cast_features
-    from auralens.interp.prompts import build_inputs
 
     sr = lm.processor.feature_extractor.sampling_rate
     it = make_item(seed, tier="multihop")
     if it.scene and abs(clip_seconds - 4.0) < 1e-6:
-        from auralens.interp.audio import item_audio
 
         audio = item_audio(it, lm.processor)
     else:  # a clip of the requested length (e.g. 30 s for the 7B-shaped model)
@@ -186,7 +197,6 @@ def bench_yield(
 
 
 def _bench_tl(lm, batch, full_ids, a: float, device: str, source_folder: str | None) -> dict[str, Any]:
-    import copy
 
     import torch
 
@@ -194,7 +204,6 @@ def _bench_tl(lm, batch, full_ids, a: float, device: str, source_folder: str | N
         import transformer_lens  # noqa: F401
     except Exception as exc:  # pragma: no cover - TL missing
         return {"skipped": f"transformer_lens unavailable: {exc}"}
-    from auralens.interp.compat import boot_transformer_bridge
 
     folder = source_folder or lm.source
     try:
@@ -231,8 +240,6 @@ STAGE_ARGS = {
 
 def _launch_cmd(processes: int, port: int) -> list[str]:
     """``python -m auralens`` in one process, ``torchrun --nproc-per-node N -m auralens --`` in N."""
-    import sys
-    from pathlib import Path
 
     if processes == 1:
         return [sys.executable, "-m", "auralens"]
@@ -247,7 +254,6 @@ def _cuda() -> bool:
 
 
 def _free_port() -> int:
-    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -270,11 +276,6 @@ def bench_stages(
     overhead (median ratio of ``generate`` with :class:`~auralens.interp.attention_yield.YieldRecorder`
     to plain ``generate``) at each batch size of ``recorder_batches``.  ``threads``: torch
     threads per process (``OMP_NUM_THREADS``)."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
 
     n = {"record": 48, "probe": 96, "steer_eval": 32, **(n or {})}
     small = {k: max(1, v // 4) if k != "probe" else max(24, v // 4) for k, v in n.items()}
@@ -315,7 +316,6 @@ def bench_stages(
                                      if r["items_per_s_marginal"] and first["items_per_s_marginal"] else None)
         stages[stage] = row
     if workdir is None:  # the run folders were only timed
-        import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
     return {
@@ -338,9 +338,6 @@ def bench_recorder_batches(*, batches: tuple[int, ...] = (1, 8, 32), new_tokens:
     import torch
 
     from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
-    from auralens.interp.datasets import load_dataset
-    from auralens.interp.generation import cast_features, model_inputs
-    from auralens.interp.loading import load_model
 
     torch.set_num_threads(threads)
     device = "cuda" if _cuda() else "cpu"

@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import inspect
+import json as _json
+import math
+import os
 import shlex
+import shutil
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
+from auralens.bench import bench_stages, bench_yield
+from auralens.compare import stage_compare
+from auralens.dashboards import launch
+from auralens.dashboards.report import write_report
+from auralens.demo import run_demo
+from auralens.finetuning.config import FinetuneConfig
+from auralens.finetuning.recipe import finetune
+from auralens.interp.arch import TABLES, UNSUPPORTED, describe, load_entry_point_tables, load_table_file
+from auralens.interp.distributed import is_main
+from auralens.interp.errors import AuralensError, ConfigError
+from auralens.interp.evaluate import stage_eval
+from auralens.interp.loading import LoadedModel, load_model
+from auralens.interp.micro import BASE_DIR, EMBEDDED, FINETUNED_DIR, WEIGHTS_DIR, weights_folder
+from auralens.interp.micro.train import TrainConfig, finalize, train
+from auralens.interp.record import stage_record
+from auralens.interp.runs import check_dtype, check_int, check_model, check_n, dumps_strict
 from auralens.interp.stage_config import RESUME_HELP
+from auralens.organisms import ORGANISMS, RECIPES, train_organism, validate
+from auralens.probes.stage import stage_probe
+from auralens.steering.stage_eval import stage_steer_eval
+from auralens.steering.stage_fit import stage_steer_fit
+from auralens.testing.tiny import build_shaped
+from auralens.testing.verified import tested_here
 
 app = typer.Typer(
     name="auralens",
@@ -36,9 +70,7 @@ def _root(
         [], "--arch-table", help="Register an architecture table from a JSON file (repeatable) before the command runs."),
 ) -> None:
     """Is the model still listening while it reasons?"""
-    import os
 
-    from auralens.interp.arch import load_table_file
 
     extra = [Path(p) for p in os.environ.get("AURALENS_ARCH_TABLES", "").split(os.pathsep) if p]
     for path in [*extra, *arch_table]:
@@ -49,8 +81,6 @@ def _root(
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the list as strict JSON.")) -> None:
     """Every model class auralens has a table for, its maximum audio and windows, what was tested
     here (and the classes it cannot support yet, with why)."""
-    from auralens.testing.verified import tested_here
-    from auralens.interp.arch import TABLES, UNSUPPORTED, load_entry_point_tables
 
     _guarded(load_entry_point_tables)()
     rows = [{"class": t.model_class, "table": t.name, "aliases": list(t.aliases),
@@ -62,8 +92,6 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the lis
     if as_json:
         _echo_json(res)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     def seconds(v):
         return "no maximum" if v is None else f"{v:g} s"
@@ -87,8 +115,6 @@ def _command_line() -> str:
 
 def _fail(exc: BaseException) -> None:
     """One line on stderr (``error: ...``), exit status 2."""
-    from rich.console import Console
-    from rich.markup import escape
 
     msg = " ".join(str(exc).split()) or type(exc).__name__
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
@@ -101,7 +127,6 @@ def _guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from auralens.interp.errors import AuralensError
 
         try:
             return fn(*args, **kwargs)
@@ -122,8 +147,6 @@ def _command(group: typer.Typer, name: str):
 
 def _echo_json(obj) -> None:
     """The one --json printer: strict JSON, non-finite floats as null (auralens.interp.runs.dumps_strict)."""
-    from auralens.interp.distributed import is_main
-    from auralens.interp.runs import dumps_strict
 
     if is_main():  # under a multi-process launch every rank has the same result: rank 0 prints it
         typer.echo(dumps_strict(obj))
@@ -131,14 +154,12 @@ def _echo_json(obj) -> None:
 
 def _say(text: str) -> None:
     """One line on stdout, from rank 0 only under a multi-process launch (auralens.interp.distributed)."""
-    from auralens.interp.distributed import is_main
 
     if is_main():
         typer.echo(text)
 
 
 def _csv(option: str, value: str) -> tuple[str, ...]:
-    from auralens.interp.errors import ConfigError
 
     parts = tuple(p.strip() for p in value.split(","))
     if not value.strip() or any(not p for p in parts):
@@ -148,9 +169,7 @@ def _csv(option: str, value: str) -> tuple[str, ...]:
 
 def _numbers(option: str, value: str, cast=float) -> list:
     """``'0,2,4'`` -> [0.0, 2.0, 4.0]; a bad element is a ConfigError naming the option."""
-    import math
 
-    from auralens.interp.errors import ConfigError
 
     kind = "integers" if cast is int else "numbers"
     out = []
@@ -165,9 +184,7 @@ def _numbers(option: str, value: str, cast=float) -> list:
     return out
 
 
-def _load(model: str, dtype: str = "auto", device: Optional[str] = None):
-    from auralens.interp.loading import load_model
-    from auralens.interp.runs import check_dtype, check_model
+def _load(model: str, dtype: str = "auto", device: str | None = None):
 
     check_dtype(dtype)
     check_model(model)
@@ -180,7 +197,6 @@ def _load(model: str, dtype: str = "auto", device: Optional[str] = None):
 def _config_class(spec: str):
     """``"module:Class"`` -> the class (imported when the command tree is built: the stage
     modules import nothing heavy at module level)."""
-    import importlib
 
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -188,13 +204,11 @@ def _config_class(spec: str):
 
 def _cli_annotation(tp):
     """``X | None`` as ``Optional[X]`` (what typer understands)."""
-    import types
-    import typing
 
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
-            return Optional[args[0]]
+            return Optional[args[0]]  # noqa: UP045 (typer reads typing.Optional, not X | None, at run time)
     return tp
 
 
@@ -208,9 +222,6 @@ def _flag_decls(f) -> list[str]:
 def _config_params(config_cls) -> list:
     """One keyword-only typer option per CLI field of ``config_cls``: ``--kebab-name``, the
     field's default (as text for the comma lists) and its help."""
-    import dataclasses
-    import inspect
-    import typing
 
     hints = typing.get_type_hints(config_cls)
     params = []
@@ -263,9 +274,6 @@ def _stage_command(group: typer.Typer, name: str, config: str):
     (``--json``...).  The function receives the validated config first: ``fn(cfg, **own)``;
     a config with a ``command`` field gets the command line.  (Commands call their stage with
     ``**cfg.options()``, the keyword style, so a stage replaced in a test still sees keywords.)"""
-    import dataclasses
-    import inspect
-    import typing
 
     config_cls = _config_class(config)
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
@@ -296,7 +304,6 @@ def _stage_command(group: typer.Typer, name: str, config: str):
 @_stage_command(app, "eval", "auralens.interp.evaluate:EvalConfig")
 def eval_cmd(cfg, as_json: bool = typer.Option(False, "--json", help="Print accuracy per tier and format as strict JSON.")) -> None:
     """Accuracy per tier and answer format, with the audio and with silence."""
-    from auralens.interp.evaluate import stage_eval
 
     res = stage_eval(**cfg.options(), quiet=as_json)
     if as_json:
@@ -313,10 +320,7 @@ def micro_train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train `micro` from scratch on cafe (seeded; checkpoints every 250 steps; --resume continues)."""
-    import json as _json
 
-    from auralens.interp.micro import BASE_DIR
-    from auralens.interp.micro.train import TrainConfig, finalize, train
 
     folder = out or BASE_DIR
     train(folder, TrainConfig(steps=steps, max_minutes=minutes, seed=seed, threads=threads), resume=resume)
@@ -332,22 +336,21 @@ def micro_train(
 def micro_finetune(
     base: str = typer.Option("micro", "--base", help="Model to fine-tune ('micro', a folder or an HF id)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: the embedded micro-mpar2 folder)."),
-    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help="SFT steps (default: FinetuneConfig's)."),
-    grpo_steps: Optional[int] = typer.Option(None, "--grpo-steps", help="GRPO steps (default: FinetuneConfig's)."),
-    grpo_lr: Optional[float] = typer.Option(None, "--grpo-lr", help="GRPO learning rate (default: FinetuneConfig's)."),
-    loss_type: Optional[str] = typer.Option(None, "--loss-type", help="dapo (token-level) | grpo (per completion)."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
+    sft_steps: int | None = typer.Option(None, "--sft-steps", help="SFT steps (default: FinetuneConfig's)."),
+    grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="GRPO steps (default: FinetuneConfig's)."),
+    grpo_lr: float | None = typer.Option(None, "--grpo-lr", help="GRPO learning rate (default: FinetuneConfig's)."),
+    loss_type: str | None = typer.Option(None, "--loss-type", help="dapo (token-level) | grpo (per completion)."),
+    minutes: float | None = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
     seed: int = typer.Option(0, "--seed", help="Fine-tuning seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     recipe: str = typer.Option("mpar2", "--recipe", help="mpar2 (geometric-mean rewards) | hyper (PAUSE tokens, weighted rewards)."),
-    cue_mix: Optional[str] = typer.Option(None, "--cue-mix", help="Training items: chance (cues at chance validity) | none."),
-    pause_quantile: Optional[float] = typer.Option(None, "--pause-quantile",
+    cue_mix: str | None = typer.Option(None, "--cue-mix", help="Training items: chance (cues at chance validity) | none."),
+    pause_quantile: float | None = typer.Option(None, "--pause-quantile",
                                                    help="hyper: entropy quantile of the PAUSE threshold (default 0.98)."),
-    max_pauses: Optional[int] = typer.Option(None, "--max-pauses", help="hyper: PAUSE tokens per answer (default 3)."),
+    max_pauses: int | None = typer.Option(None, "--max-pauses", help="hyper: PAUSE tokens per answer (default 3)."),
 ) -> None:
     """MPAR²-style (or HyPeR-style, --recipe hyper) fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
-    from auralens.interp.micro import FINETUNED_DIR
 
     _finetune(base, out or FINETUNED_DIR, recipe=recipe, sft_steps=sft_steps, grpo_steps=grpo_steps, grpo_lr=grpo_lr,
               loss_type=loss_type, max_minutes=minutes, cue_mix=cue_mix, threads=threads, seed=seed, resume=resume,
@@ -355,8 +358,6 @@ def micro_finetune(
 
 
 def _finetune(base, out, *, threads, seed, resume, **given) -> None:
-    from auralens.finetuning.config import FinetuneConfig
-    from auralens.finetuning.recipe import finetune
 
     cfg = FinetuneConfig(threads=threads, seed=seed, **{k: v for k, v in given.items() if v is not None})
     info = finetune(base, out, cfg, resume=resume)
@@ -370,18 +371,14 @@ app.add_typer(organisms_app, name="organisms")
 @_command(organisms_app, "train")
 def organisms_train(
     name: str = typer.Argument(..., help="micro-prior | micro-heads | micro-decay | micro (the healthy control)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Weights folder (default: the embedded folder of NAME)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the recipe's)."),
+    out: Path | None = typer.Option(None, "--out", help="Weights folder (default: the embedded folder of NAME)."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (default: the recipe's)."),
     minutes: float = typer.Option(45.0, "--minutes", help="Wall-clock budget; checkpoints and stops when reached."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Plant NAME's deficit into a copy of the healthy micro (recipe knobs: interp/micro/organisms.py)."""
-    import dataclasses
 
-    from auralens.interp.errors import ConfigError
-    from auralens.interp.micro import weights_folder
-    from auralens.organisms import RECIPES, train_organism
 
     if name not in RECIPES:
         raise ConfigError(f"organism: expected one of {sorted(RECIPES)}, found {name!r}")
@@ -400,16 +397,14 @@ def organisms_finetune(
     name: str = typer.Argument(..., help="Organism to fine-tune: micro, micro-prior or micro-decay."),
     recipe: str = typer.Option("mpar2", "--recipe", help="mpar2 | hyper."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: the embedded NAME-RECIPE folder)."),
-    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help="SFT steps (default: FinetuneConfig's)."),
-    grpo_steps: Optional[int] = typer.Option(None, "--grpo-steps", help="GRPO steps (default: FinetuneConfig's)."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
+    sft_steps: int | None = typer.Option(None, "--sft-steps", help="SFT steps (default: FinetuneConfig's)."),
+    grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="GRPO steps (default: FinetuneConfig's)."),
+    minutes: float | None = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
     seed: int = typer.Option(0, "--seed", help="Fine-tuning seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Fine-tune an organism with one arm (MPAR²-style or HyPeR-style) into NAME-RECIPE (e.g. micro-prior-hyper)."""
-    from auralens.interp.errors import ConfigError
-    from auralens.interp.micro import EMBEDDED, WEIGHTS_DIR
 
     target = f"{name}-{recipe}"
     if target not in EMBEDDED:
@@ -430,8 +425,6 @@ def organisms_validate(
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> None:
     """Check each organism's signature against what was planted, on held-out seeds."""
-    from auralens.interp.errors import ConfigError
-    from auralens.organisms import ORGANISMS, validate
 
     chosen = _csv("--organisms", names)
     bad = [x for x in chosen if x not in ("micro", *ORGANISMS)]
@@ -444,8 +437,6 @@ def organisms_validate(
     if as_json:
         _echo_json(res)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     t = Table(title=f"organism signatures (held-out test split, n={n})")
     for col in ("organism", "check", "value", "CI", "threshold", "result", "note"):
@@ -460,7 +451,6 @@ def organisms_validate(
 @_stage_command(app, "compare", "auralens.compare:CompareConfig")
 def compare_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Base, base + steering, MPAR²-style, MPAR² + steering and HyPeR-style fine-tunes on the same items, per organism."""
-    from auralens.compare import stage_compare
 
     _echo_json(stage_compare(**cfg.options(), quiet=as_json))
 
@@ -474,15 +464,11 @@ def demo(
                                                           "(replacing an older .previous) and start afresh."),
 ) -> None:
     """Run every stage on the embedded `micro` model and print the summaries (<= 5 min on 2 cores)."""
-    from auralens.demo import run_demo
-    from auralens.interp.errors import ConfigError
-    from auralens.interp.runs import check_n
 
     check_n(n)
     if replace and resume:
         raise ConfigError("--replace and --resume: expected one of them (start afresh or continue), found both")
     if replace and out.exists():
-        import shutil
 
         if not out.is_dir():
             raise ConfigError(f"--out {str(out)!r}: expected a folder, found a file")
@@ -504,7 +490,7 @@ def bench_yield_cmd(
     clip_seconds: float = typer.Option(4.0, "--clip-seconds", help="Length of the synthetic audio clip."),
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats per phase (>= 1)."),
     dtype: str = DtypeOpt,
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: CUDA when present)."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: CUDA when present)."),
     eager: bool = typer.Option(True, "--eager/--no-eager", help="Include the eager-attention reference phase."),
     tl: bool = typer.Option(True, "--tl/--no-tl", help="Include the TransformerLens hook_pattern phase."),
     as_json: bool = JsonOpt,
@@ -512,16 +498,11 @@ def bench_yield_cmd(
     """Cost of recording the audio yield: recorder vs plain SDPA generate, eager and TransformerLens."""
     import torch
 
-    from auralens.bench import bench_yield
-    from auralens.interp.runs import check_dtype, check_int
 
     check_int("--new-tokens", new_tokens)
     check_int("--repeats", repeats)
     check_dtype(dtype)
     if model == "qwen2-audio-7b-shaped":
-        from auralens.interp.arch import describe
-        from auralens.interp.loading import LoadedModel
-        from auralens.testing.tiny import build_shaped
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         m, proc = build_shaped("qwen2_audio", "qwen2-audio-7b", dtype=getattr(torch, "bfloat16" if dtype == "auto" else dtype), device=dev)
@@ -535,8 +516,6 @@ def bench_yield_cmd(
     if as_json:
         _echo_json(res)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     t = Table(title=f"bench yield: {res['model']} on {res['device']} ({res['dtype']}), {res['audio_tokens']} audio tokens, {new_tokens} new tokens")
     for c in ("phase", "seconds", "ratio to (a)", "peak MiB"):
@@ -561,8 +540,6 @@ def bench_stages_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Items/s of record, probe and steer eval on micro at 1 and 2 processes (torchrun), and the recorder's overhead by batch size."""
-    from auralens.bench import bench_stages
-    from auralens.interp.runs import check_int
 
     procs = tuple(_numbers("--processes", processes, int))
     sizes = tuple(_numbers("--recorder-batches", batches, int))
@@ -576,8 +553,6 @@ def bench_stages_cmd(
     if as_json:
         _echo_json(res)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     t = Table(title=f"bench stages: micro on {res['device']}, {threads} thread(s) per process")
     for c in ("stage", "items", "processes", "seconds", "items/s", "speed-up", "items/s after start-up", "speed-up"):
@@ -602,7 +577,6 @@ def bench_stages_cmd(
 @_stage_command(app, "record", "auralens.interp.record:RecordConfig")
 def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Per-head audio attention yield across reasoning steps: perception decay and listening heads."""
-    from auralens.interp.record import stage_record
 
     _echo_json(stage_record(**cfg.options(), quiet=as_json))
 
@@ -610,7 +584,6 @@ def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
 @_stage_command(app, "probe", "auralens.probes.stage:ProbeStageConfig")
 def probe_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Linear probes for audio attributes, by layer and by reasoning step."""
-    from auralens.probes.stage import stage_probe
 
     res = stage_probe(**cfg.options(), quiet=as_json)
     if as_json:
@@ -626,7 +599,6 @@ app.add_typer(steer_app, name="steer")
 @_stage_command(steer_app, "fit", "auralens.steering.stage_fit:SteerFitConfig")
 def steer_fit(cfg) -> None:
     """Fit an audio-minus-silence direction and save it (format from the extension)."""
-    from auralens.steering.stage_fit import stage_steer_fit
 
     vec = stage_steer_fit(**cfg.options())
     _say(f"wrote {cfg.out_vector} (layers {sorted(vec.layers)}, method {vec.method})")
@@ -634,12 +606,10 @@ def steer_fit(cfg) -> None:
 
 @_stage_command(steer_app, "eval", "auralens.steering.stage_eval:SteerEvalConfig")
 def steer_eval(cfg, as_json: bool = JsonOpt,
-               alphas: Optional[str] = typer.Option(None, "--alphas", hidden=True,
+               alphas: str | None = typer.Option(None, "--alphas", hidden=True,
                                                     help="Deprecated spelling of --betas.")) -> None:
     """Accuracy as a function of the strength beta (and layer), against random controls, with CIs."""
-    import dataclasses
 
-    from auralens.steering.stage_eval import stage_steer_eval
 
     if alphas is not None:  # the deprecated spelling of --betas: its values, with a warning
         cfg = dataclasses.replace(cfg, betas=tuple(_numbers("--alphas", alphas)))
@@ -654,7 +624,6 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", help="Output file (its extension must match --format)."),
 ) -> None:
     """Convert a steering vector between safetensors, llama.cpp GGUF control vectors and npz."""
-    from auralens.interp.errors import ConfigError
     from auralens.steering.formats import export, load_vector
 
     if out.is_dir():
@@ -669,10 +638,9 @@ def dashboard_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (or a demo folder holding stage folders)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (default: localhost only)."),
     port: int = typer.Option(8501, "--port", help="Port of the Streamlit server."),
-    live_model: Optional[str] = typer.Option(None, "--live-model", help="Load this model for live mode."),
+    live_model: str | None = typer.Option(None, "--live-model", help="Load this model for live mode."),
 ) -> None:
     """Open the Streamlit dashboard on run folders."""
-    from auralens.dashboards import launch
 
     raise typer.Exit(launch(runs, host=host, port=port, live_model=live_model))
 
@@ -680,10 +648,9 @@ def dashboard_cmd(
 @_command(app, "report")
 def report_cmd(
     run: Path = typer.Argument(..., help="A run folder (or a demo folder holding stage folders)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (or folder) to write (default: report.html in the run folder)."),
+    out: Path | None = typer.Option(None, "--out", help="HTML file (or folder) to write (default: report.html in the run folder)."),
 ) -> None:
     """Write one self-contained HTML report of a run (opens offline)."""
-    from auralens.dashboards.report import write_report
 
     typer.echo(f"wrote {write_report(run, out)}")
 

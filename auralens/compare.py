@@ -60,10 +60,26 @@ from typing import Any
 
 import numpy as np
 
-from auralens.compare_metrics import (Rows, add_accuracy, add_claims, add_decay, add_errors, add_gain, add_inference_cost,
-                                      finite, summarize)
-from auralens.compare_systems import (Steer, embedded_arm, finetune_cost, fit_flops, native_format, read_steer_run,
-                                      weights_identity)
+from auralens.compare_metrics import (
+    Rows,
+    add_accuracy,
+    add_claims,
+    add_decay,
+    add_errors,
+    add_gain,
+    add_inference_cost,
+    finite,
+    summarize,
+)
+from auralens.compare_systems import (
+    Steer,
+    embedded_arm,
+    finetune_cost,
+    fit_flops,
+    native_format,
+    read_steer_run,
+    weights_identity,
+)
 from auralens.interp import distributed as dist
 from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ConfigError
@@ -71,9 +87,22 @@ from auralens.interp.listening import top_k as pick_top
 from auralens.interp.loading import load_model
 from auralens.interp.papers import REPORTED, reported_rows
 from auralens.interp.record import stage_record
-from auralens.interp.runs import RunFolder, check_dtype, check_formats, check_int, check_model, check_n, load_items, open_run
+from auralens.interp.runs import (
+    RunFolder,
+    check_dtype,
+    check_formats,
+    check_int,
+    check_model,
+    check_n,
+    load_items,
+    open_run,
+)
 from auralens.interp.schemas import COMPARE, SYSTEMS
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, StageConfig, option, takes_config
+from auralens.steering.figures import compare_figure
+from auralens.steering.splits import eval_splits, fit_spec
+from auralens.steering.stage_eval import stage_steer_eval
+from auralens.steering.stage_fit import stage_steer_fit
 
 __all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "CompareConfig", "reported_rows", "stage_compare"]
 
@@ -185,8 +214,6 @@ def _calibration_spec(cond: str) -> str | None:
 def _select_steering(lm, model: str, fmt: str, folder: Path, cfg: CompareConfig, quiet: bool) -> Steer:
     """The paper's protocol for one model: fit on the steering data's calibration split, choose
     mode / layer / beta / positions on its dev split (:func:`auralens.steering.stage_eval.stage_steer_eval`)."""
-    from auralens.steering.stage_eval import stage_steer_eval
-    from auralens.steering.stage_fit import stage_steer_fit
 
     folder.mkdir(parents=True, exist_ok=True)
     vec_path = folder / "vector.safetensors"
@@ -251,7 +278,6 @@ def _read_inputs(cfg: CompareConfig) -> _Inputs:
     if cal_spec:
         load_items(cal_spec, n=cfg.n_cal, seed=cfg.seed)
     if cfg.steer == "auto" or cfg.steer_mpar2 == "auto":
-        from auralens.steering.splits import eval_splits, fit_spec
 
         dev_spec, dev_seed = eval_splits(cfg.steer_data, cfg.seed)["dev"]  # it has calibration/dev splits
         load_items(fit_spec(cfg.steer_data), n=cfg.n_cal, seed=cfg.seed)  # and their items and audio are readable
@@ -445,7 +471,6 @@ def _write_outputs(cfg: CompareConfig, run: RunFolder, tables: list, summary_org
     """``compare.parquet`` (with the reported rows), ``compare.html``, ``summary.json``; the run marked finished."""
     import pandas as pd
 
-    from auralens.steering.figures import compare_figure
 
     table = pd.concat([*tables, reported_rows()], ignore_index=True)
     COMPARE.write(run, table)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
+from auralens.compare import stage_compare
 from auralens.interp.evaluate import stage_eval
 from auralens.interp.loading import load_model
 from auralens.interp.micro import ORGANISMS, available
@@ -21,10 +23,11 @@ from auralens.interp.papers import reported_summary
 from auralens.interp.record import stage_record
 from auralens.organisms import summary_rows, validate
 from auralens.probes.stage import stage_probe
+from auralens.steering.stage_eval import stage_steer_eval
+from auralens.steering.stage_fit import stage_steer_fit
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    from rich.table import Table
 
     t = Table(title=title)
     for c in columns:
@@ -117,8 +120,6 @@ def demo_probe(s: DemoSettings) -> dict:
 
 def demo_steer(s: DemoSettings) -> dict:
     """Stage 4: audio-minus-silence steering, against controls."""
-    from auralens.steering.stage_eval import stage_steer_eval
-    from auralens.steering.stage_fit import stage_steer_fit
 
     # the vector is the steer stage's input: beside the run folders, not inside one (a stage
     # folder holds only what its stage wrote, and the dashboard finds it at <out>/steer)
@@ -140,7 +141,6 @@ def demo_steer(s: DemoSettings) -> dict:
 
 def demo_compare(s: DemoSettings, org: str) -> dict:
     """Stage 5: steering vs fine-tuning (MPAR²- and HyPeR-style) on organism ``org``."""
-    from auralens.compare import stage_compare
 
     cmp = stage_compare(base=org, data="cafe-neutral:test,cafe-conflict:test", n=s.n, out=s.out / "compare",
                         resume=s.resume, seed=7, quiet=True, batch_size=30, max_new_tokens=s.gen_tokens, top_k=4,

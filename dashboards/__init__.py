@@ -9,8 +9,15 @@ experiment logic lives here.  Importing this package imports nothing heavy.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from rich.console import Console
+
+from auralens.dashboards.data import open_run
 
 __all__ = ["APP", "launch", "streamlit_command"]
 
@@ -27,7 +34,6 @@ def streamlit_command(
 ) -> list[str]:
     """The ``streamlit run`` command line for the app: headless, no usage statistics, bound to
     ``host`` (loopback unless asked otherwise); run folders follow ``--`` as ``--run=PATH``."""
-    import sys
 
     cmd = [
         python or sys.executable, "-m", "streamlit", "run", str(APP),
@@ -45,15 +51,11 @@ def launch(run_dirs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 
     """Serve the dashboard on ``run_dirs`` until interrupted; returns streamlit's exit code.
 
     Every folder is checked first (a :class:`auralens.interp.errors.RunFolderError` names the bad one)."""
-    import signal
-    import subprocess
 
-    from auralens.dashboards.data import open_run
 
     for p in run_dirs:
         open_run(p)
     cmd = streamlit_command(run_dirs, host=host, port=port, live_model=live_model)
-    from rich.console import Console
 
     Console(markup=False, highlight=False, soft_wrap=True).print(
         f"auralens dashboard: http://{host}:{port}  (Ctrl+C to stop)"

@@ -17,11 +17,13 @@ large optional ``time_bins`` tensor is sliced to one (layer, head) without loadi
 from __future__ import annotations
 
 import json
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from auralens.interp.errors import RunFolderError
 
@@ -396,7 +398,6 @@ def display_pieces(tokens: list[str], text: str) -> list[str]:
 
 
 def _open(path: Path):
-    from safetensors import safe_open
 
     if not path.exists():
         raise RunFolderError(f"item file {str(path)!r}: expected a safetensors file written by the record stage, found none")
@@ -533,7 +534,6 @@ def audio_file(run_folder: str | Path, audio_path: Any) -> Path | None:
 
 def audio_duration(path: str | Path) -> float | None:
     """Seconds of a wav file (stdlib ``wave``; None when it cannot tell)."""
-    import wave
 
     try:
         with wave.open(str(path), "rb") as w:

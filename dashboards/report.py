@@ -18,6 +18,7 @@ from typing import Any
 
 from auralens.dashboards import data
 from auralens.interp import figures
+from auralens.interp.runs import atomic_write_text
 from auralens.probes.figures import accuracy_by_layer, accuracy_by_step, step_label
 from auralens.steering.figures import (
     compare_figure,
@@ -251,7 +252,6 @@ def build_report_html(run_dir: str | Path, *, top_k: int = 8, max_tokens: int = 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write ``out`` (default ``RUN/report.html``): one self-contained HTML file with the run's
     figures that opens offline (plotly.js inlined once).  Returns the path written."""
-    from auralens.interp.runs import atomic_write_text
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"

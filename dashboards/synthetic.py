@@ -11,12 +11,16 @@ long as a real chain of thought (1,000 tokens by default) so responsiveness can 
 from __future__ import annotations
 
 import json
+import warnings
 import wave
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from auralens.interp import schemas
+from auralens.interp.papers import reported_rows
+from auralens.interp.schemas import COMPARE, SYSTEMS
 
 __all__ = ["write_synthetic_run"]
 
@@ -78,7 +82,6 @@ def _eval(folder: Path, rng, n_items: int) -> None:
 
 
 def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_tokens: int, time_bins: int) -> None:
-    from safetensors.numpy import save_file
 
     _manifest(folder, "record", n_items)
     (folder / "yields").mkdir(exist_ok=True)
@@ -224,8 +227,6 @@ def _compare(folder: Path, rng) -> None:
     cost rows, and the papers' rows (:mod:`auralens.interp.papers`); plus summary.json."""
     import pandas as pd
 
-    from auralens.interp.papers import reported_rows
-    from auralens.interp.schemas import COMPARE, SYSTEMS
 
     _manifest(folder, "compare", 24)
     n = 24
@@ -296,7 +297,6 @@ def _compare(folder: Path, rng) -> None:
 
 def _quiet(fn):
     def wrapped(*a, **k):
-        import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of steps no item reached

@@ -17,6 +17,7 @@ import numpy as np
 import streamlit as st
 
 from auralens.dashboards import data
+from auralens.interp.loading import load_model
 
 CTX_KEY = "_auralens_ctx"
 
@@ -126,7 +127,6 @@ def prompt_mean(run: data.Run):
 @st.cache_resource(max_entries=1, show_spinner="Loading the live model…")
 def live_model(name: str):
     """The one model of live mode (loaded on demand, one at a time)."""
-    from auralens.interp.loading import load_model
 
     return load_model(name)
 

@@ -46,12 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from auralens.finetuning.config import GRPO_SEED_OFFSET, SEED_BLOCK, SFT_TIME_SHARE, FinetuneConfig
 from auralens.finetuning.grpo import GRPOBatch, GRPOUpdateConfig, group_advantages, grpo_update, sample_completions
 from auralens.finetuning.hyper import HYPER_REWARD_NAMES, add_pause_token, calibrate_threshold, hyper_rewards
 from auralens.finetuning.items import train_items
-from auralens.finetuning.rewards import REWARD_NAMES, combine_rewards, trace_rewards
+from auralens.finetuning.rewards import REWARD_NAMES, trace_rewards
 from auralens.finetuning.sft import run_sft
 from auralens.interp.errors import ConfigError
 from auralens.interp.generation import model_inputs
@@ -300,7 +301,6 @@ def _grpo_phase(lm, cfg: FinetuneConfig, work: _WorkFolder, pause_cfg: PauseConf
         load_optimizer(work.path / "grpo", ctx.opt)
     bar = None
     if progress and cfg.grpo_steps:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.grpo_steps, initial=grpo["steps"], desc="GRPO", unit="step")
     stopped_early = False

@@ -25,9 +25,13 @@ spellings of the architecture's name.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from auralens.interp.errors import ArchitectureError
@@ -282,7 +286,6 @@ _SECONDS_FIELDS = ("max_audio_seconds", "window_seconds")
 def table_from_dict(data: Any, *, where: str = "table") -> ArchTable:
     """An :class:`ArchTable` from plain data (a JSON object), each key checked: an unknown key, a
     missing required key or a value of the wrong type is an :class:`ArchitectureError` naming it."""
-    import dataclasses
 
     if not isinstance(data, dict):
         raise ArchitectureError(f"{where}: expected a JSON object with ArchTable fields, found {type(data).__name__}")
@@ -328,8 +331,6 @@ def table_from_dict(data: Any, *, where: str = "table") -> ArchTable:
 def load_table_file(path: str | Any) -> list[ArchTable]:
     """Register the table(s) in a JSON file (one object, or a list of them) for classes auralens
     does not know, or to override a built-in table on purpose (``auralens --arch-table FILE``)."""
-    import json
-    from pathlib import Path
 
     p = Path(path)
     try:
@@ -349,10 +350,9 @@ def load_entry_point_tables() -> list[ArchTable]:
     """Tables that installed packages provide under the ``auralens.arch_tables`` entry-point
     group (each entry point loads an ArchTable, a dict of its fields, or a list of either).
     Called on the first unknown class, never at import."""
-    from importlib.metadata import entry_points
 
     found = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
         for item in obj if isinstance(obj, (list, tuple)) else [obj]:
             table = item if isinstance(item, ArchTable) else table_from_dict(item, where=f"entry point {ep.name!r}")

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 
-from auralens.interp.errors import AudioInputError
+from auralens.interp.arch import TABLES
+from auralens.interp.cafe.scenes import Scene, make_scene, synthesize
+from auralens.interp.errors import ArchitectureError, AudioInputError
 
 # audio containers libsndfile does not read: named as "unsupported format" rather than "not audio"
 _OTHER_AUDIO_SUFFIXES = {".m4a", ".mp4", ".aac", ".wma", ".opus", ".webm", ".amr", ".ac3", ".ape", ".alac", ".mka"}
@@ -60,7 +64,6 @@ def check_audio_header(path: str | Path) -> AudioHeader:
     missing file or a directory, something that is not audio or is in a format libsndfile cannot
     read, zero frames, a non-positive sample rate or no channels.  Returns the header's sample
     rate, frame count and channel count."""
-    import soundfile as sf
 
     path = Path(path)
     if not path.exists():
@@ -94,7 +97,6 @@ def _check_header(h: AudioHeader) -> None:
 
 def _read(path: str | Path, max_frames: int | None = None) -> tuple[np.ndarray, AudioHeader]:
     """Header-checked read of at most ``max_frames`` frames (all when None)."""
-    import soundfile as sf
 
     header = check_audio_header(path)
     n = -1 if max_frames is None else max(1, min(int(max_frames), header.frames))
@@ -119,7 +121,6 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         return x.astype(np.float32, copy=False)
     if sr_in <= 0:
         raise AudioInputError(f"sample rate: expected a positive rate, found {sr_in}")
-    import soxr
 
     return soxr.resample(x.astype(np.float32), sr_in, sr_out, quality="HQ").astype(np.float32)
 
@@ -222,7 +223,6 @@ class AudioLimits:
 def table_for_processor(processor) -> object | None:
     """The :class:`auralens.interp.arch.ArchTable` whose ``processor_classes`` name this processor's class
     (None: no table does)."""
-    from auralens.interp.arch import TABLES
 
     name = type(processor).__name__
     return next((t for t in TABLES.values() if name in t.processor_classes), None)
@@ -238,7 +238,6 @@ def audio_limits(processor, table=None) -> AudioLimits:
     processor keeps); ``padded_windows`` -> windows of ``chunk_length`` (the last padded, with
     audio tokens for the padding), the table's maximum; ``unbounded`` -> the table's values.  A
     processor no table names keeps the old rule: one window of ``chunk_length``."""
-    from auralens.interp.errors import ArchitectureError
 
     fe = processor.feature_extractor
     sr = int(fe.sampling_rate)
@@ -314,7 +313,6 @@ def item_audio(item, processor, *, root: str | Path | None = None) -> np.ndarray
     lim = audio_limits(processor)
     sr, max_s = lim.sample_rate, lim.max_seconds
     if item.audio.startswith("cafe:"):
-        from auralens.interp.cafe.scenes import Scene, make_scene, synthesize
 
         scene = Scene.from_dict(item.scene) if item.scene else make_scene(int(item.audio.split(":", 1)[1]))
         return prepare(synthesize(scene), scene.sample_rate, target_sr=sr, max_seconds=max_s, name=item.item_id,

@@ -36,6 +36,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from auralens.interp.arch import get_attr_path
 from auralens.interp.errors import ArchitectureError, ConfigError
 
 __all__ = [
@@ -127,7 +128,6 @@ def site_hooks(model, hooks: Sequence[tuple[Any, Hook]], *, prepend: bool = Fals
     the first keyword argument) and may return a replacement.  ``prepend`` puts the hooks
     before the module's existing ones.  Every hook is removed on exit, also when the block (or
     installing a later hook) raises."""
-    from auralens.interp.arch import get_attr_path
 
     handles = []
     try:

@@ -14,8 +14,11 @@ the dependencies to it and ``requirements.lock`` pins the exact versions ``make`
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
+
+from auralens.interp.errors import ArchitectureError
 
 # Tested ranges: (oldest tested, first untested).  Keep in sync with pyproject.toml (a test
 # checks that they agree).
@@ -126,7 +129,6 @@ def eager_attention_forward(attention_module: Any) -> Callable | None:
     """The function the ``"eager"`` implementation runs for ``attention_module``: the
     ``eager_attention_forward`` of the modeling file that defines the module's class (eager
     attention is not in the registry of :func:`attention_functions`); None when that file has none."""
-    import importlib
 
     modeling = importlib.import_module(type(attention_module).__module__)
     return getattr(modeling, "eager_attention_forward", None)
@@ -177,7 +179,6 @@ def unwrap_container(outer: Any, attribute: str) -> Any:
         outer.disable_talker()
     inner = getattr(outer, attribute, None)
     if inner is None:
-        from auralens.interp.errors import ArchitectureError
 
         raise ArchitectureError(
             f"container {type(outer).__name__}: expected an attribute {attribute!r} holding the "

@@ -7,14 +7,16 @@ names the file and the row; nothing is half-loaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from auralens.interp.audio import check_audio_header
 from auralens.interp.cafe.cues import cue_items
 from auralens.interp.cafe.questions import TIERS, make_items
 from auralens.interp.dataspec import CUE_DATASETS, FILE_SPLITS, DataSpec, file_split  # noqa: F401 (re-exported)
-from auralens.interp.errors import DatasetError
+from auralens.interp.errors import AudioInputError, DatasetError
 from auralens.interp.items import Item
 
 
@@ -264,7 +266,6 @@ def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
 
 def fingerprint(items: list[Item]) -> str:
     """A stable sha256 of what the items ask (ids, questions, choices, answers)."""
-    import hashlib
 
     h = hashlib.sha256()
     for it in items:
@@ -283,8 +284,6 @@ def check_audio_files(items: list[Item]) -> None:
     Synthetic audio (``cafe:<seed>`` items) is skipped.  Raises one :class:`AudioInputError`
     listing every bad item: its id, the file, what was expected and what was found.  Meant to run
     before a stage creates anything, so a bad file never leaves a half-written run behind."""
-    from auralens.interp.audio import check_audio_header
-    from auralens.interp.errors import AudioInputError
 
     bad: list[str] = []
     checked: dict[str, str | None] = {}  # a file shared by several items is opened once

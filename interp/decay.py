@@ -9,9 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from auralens.interp.cafe.formats import check_claims, parse_claims
 from auralens.interp.errors import ConfigError
 from auralens.interp.schemas import CLAIM_ACCURACY, DECAY, DECAY_SUMMARY
 from auralens.interp.stats import bootstrap_mean_ci
+from auralens.interp.steps import char_steps
 
 DECAY_COLUMNS = DECAY.names  # the columns of decay.parquet (declared in auralens.interp.schemas)
 REACH_FRAC = 0.5  # S_max: the last step reached by at least this share of the items
@@ -153,8 +155,6 @@ def step_types_of(text: str, steps: np.ndarray) -> np.ndarray:
     """Per token, the type of its step: ``"claim"`` when the step's text holds a perceptual
     claim (:func:`auralens.interp.cafe.formats.parse_claims`), else ``"reasoning"``.  ``text``: the
     generation, cut into steps as the tokens were (:func:`auralens.interp.steps.char_steps`)."""
-    from auralens.interp.cafe.formats import parse_claims
-    from auralens.interp.steps import char_steps
 
     steps = np.asarray(steps)
     cs = char_steps(text) if text else np.zeros(0, dtype=np.int64)
@@ -236,7 +236,6 @@ def decay_summary(table, *, axis: str = "step", min_n: int = 1, per_item: dict[s
 # ------------------------------------------------------------------------ outcome view
 def claim_rows(item_id: str, text: str, scene: dict) -> list[dict]:
     """Every perceptual claim in a generation, with its step and whether it is true."""
-    from auralens.interp.cafe.formats import check_claims, parse_claims
 
     return [
         {"item_id": item_id, "step": c.step, "kind": c.kind, "sound": c.sound, "value": c.value, "claim_correct": ok}

@@ -52,10 +52,15 @@ a gloo group of their own so they work whatever the device backend.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
+
+from auralens.interp.errors import ConfigError
+from auralens.interp.stage_config import parse_device_map
 
 T = TypeVar("T")
 
@@ -93,7 +98,6 @@ def _init() -> None:
         PartialState()  # init_process_group from the launcher's environment (nccl on GPUs, gloo on CPU)
     _STATE["group"] = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     _STATE["initialized"] = True
-    import atexit
 
     atexit.register(_shutdown)
 
@@ -163,8 +167,6 @@ def placement(device_map: Any) -> dict[str, Any]:
     else ``{"device": ...}`` (:func:`device`).  A device map under a multi-process launch is a
     :class:`~auralens.interp.errors.ConfigError`: every rank would spread its replica over the same
     devices (model and data parallelism together are not supported yet)."""
-    from auralens.interp.errors import ConfigError
-    from auralens.interp.stage_config import parse_device_map
 
     device_map = parse_device_map(device_map)
     if device_map is None:
@@ -252,7 +254,6 @@ def on_main(fn: Callable[[], T]) -> T:
 
 def _portable(exc: BaseException) -> BaseException:
     """``exc`` if it pickles (the auralens errors do), else a RuntimeError with its text."""
-    import pickle
 
     try:
         pickle.loads(pickle.dumps(exc))

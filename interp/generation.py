@@ -6,7 +6,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from auralens.interp.audio import item_audio, silence_like
+from auralens.interp.cafe.formats import extract_answer
 from auralens.interp.items import Item
+from auralens.interp.matching import match_choice, mmau_string_match
+from auralens.interp.prompts import build_inputs
+from auralens.interp.tokenizer import clean_decoded
 
 AUDIO_MODES = ("real", "silence")
 
@@ -31,8 +36,6 @@ def batches(seq: Sequence, size: int) -> Iterator[Sequence]:
 
 def model_inputs(lm, items: Sequence[Item], fmt: str, audio_mode: str = "real"):
     """Processor inputs for ``items`` with their real audio or silence of identical length."""
-    from auralens.interp.audio import item_audio, silence_like
-    from auralens.interp.prompts import build_inputs
 
     if audio_mode not in AUDIO_MODES:
         raise ValueError(f"audio_mode: expected one of {AUDIO_MODES}, found {audio_mode!r}")
@@ -56,7 +59,6 @@ def generate_batch(lm, batch, cfg: GenerationConfig) -> tuple[Any, list[str]]:
     """Run ``generate``; return (new token ids [batch, new], decoded texts)."""
     import torch
 
-    from auralens.interp.tokenizer import clean_decoded
 
     batch = cast_features(lm, batch)
     with torch.inference_mode():
@@ -74,8 +76,6 @@ def generate_batch(lm, batch, cfg: GenerationConfig) -> tuple[Any, list[str]]:
 
 def score(item: Item, text: str) -> dict[str, Any]:
     """Extract the final answer span and score it with MMAU's matching rule."""
-    from auralens.interp.cafe.formats import extract_answer
-    from auralens.interp.matching import match_choice, mmau_string_match
 
     span = extract_answer(text)
     return {

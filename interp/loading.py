@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from auralens.interp.arch import Architecture, ArchTable, container_table, containers, describe, table_for_checkpoint
+from auralens.interp.compat import unwrap_container
 from auralens.interp.errors import ArchitectureError, ConfigError
 from auralens.interp.micro import EMBEDDED, available, train_command, weights_folder
+from auralens.interp.pause import generate_kwargs_for, read_pause_config
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Checkpoints whose top class wraps the audio-language model we study: {container class:
@@ -39,7 +41,6 @@ class LoadedModel:
     def pause(self):
         """The folder's PAUSE rule (:mod:`auralens.interp.pause`), or ``None``."""
         if not hasattr(self, "_pause"):
-            from auralens.interp.pause import read_pause_config
 
             self._pause = read_pause_config(self.source)
         return self._pause
@@ -48,7 +49,6 @@ class LoadedModel:
     def generate_kwargs(self) -> dict:
         """What every ``generate`` call of this model adds: the table's ``generate_kwargs`` and the
         folder's PAUSE rule, if it has one (a PAUSE-trained model is measured as it was trained)."""
-        from auralens.interp.pause import generate_kwargs_for
 
         return {**self.arch.table.generate_kwargs, **generate_kwargs_for(self.pause)}
 
@@ -119,7 +119,6 @@ def load_model(
         if device_map is not None:
             kwargs["device_map"] = device_map
         outer = cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
-        from auralens.interp.compat import unwrap_container
 
         model = unwrap_container(outer, container.container_attr)
         return _finish(model, source, name_or_path, table, device, device_map, trust_remote_code)

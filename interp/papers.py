@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from auralens.interp.schemas import COMPARE
+
 __all__ = ["GLAZER", "MPAR2", "REPORTED", "Reported", "reported_rows", "reported_summary"]
 
 MPAR2 = "Mao et al., MPAR², arXiv 2603.02266"
@@ -59,9 +63,7 @@ def _value(system: str, metric: str, group: str) -> float:
 
 def reported_rows():
     """:data:`REPORTED` as ``compare.parquet`` rows (``source="reported"``, no CI, ``n`` 0)."""
-    import numpy as np
 
-    from auralens.interp.schemas import COMPARE
 
     return COMPARE.frame([{**r.row(), "ci_low": np.nan, "ci_high": np.nan, "n": 0, "source": "reported"}
                           for r in REPORTED])

@@ -22,6 +22,7 @@ token: decoded text skips it; the recorder keeps its rows (it is a real forward)
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,6 @@ class PauseConfig:
     token: str = PAUSE_TOKEN
 
     def __post_init__(self) -> None:
-        import math
 
         if isinstance(self.token_id, bool) or not isinstance(self.token_id, int) or self.token_id < 0:
             raise ConfigError(f"pause token_id: expected an integer >= 0, found {self.token_id!r}")

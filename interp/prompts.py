@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
+from auralens.interp.audio import item_audio
+from auralens.interp.cafe.formats import prompt_text
 from auralens.interp.errors import PromptError
 from auralens.interp.items import Item
 
@@ -32,8 +37,6 @@ def build_inputs(
     """Batch of model inputs, left-padded.  ``audios`` default to the items' own clips.
 
     With ``targets`` the answer text (+ end-of-turn) is appended, for teacher forcing."""
-    from auralens.interp.audio import item_audio
-    from auralens.interp.cafe.formats import prompt_text
 
     if items is not None:
         n = len(items)
@@ -71,10 +74,7 @@ def is_voxtral(processor) -> bool:
 
 def _wav_base64(audio: np.ndarray, sr: int) -> str:
     """A clip as base64 WAV with 32-bit float samples (decoded back bit-identical)."""
-    import base64
-    import io
 
-    import soundfile as sf
 
     buf = io.BytesIO()
     sf.write(buf, np.asarray(audio, dtype=np.float32), sr, format="WAV", subtype="FLOAT")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from auralens.interp.audio import item_audio
 from auralens.interp.capture import stop_ids, trim_at_stop
@@ -55,7 +56,6 @@ from auralens.interp.tokenizer import clean_decoded
 
 def write_wav(run, name: str, wave: np.ndarray, sr: int) -> str:
     """Write ``wave`` (16-bit PCM at ``sr`` Hz) to ``run``'s file ``name``; returns ``name``."""
-    import soundfile as sf
 
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")

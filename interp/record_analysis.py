@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from auralens.interp.decay import (
     attribute_errors,
@@ -23,8 +24,7 @@ from auralens.interp.decay import (
 )
 from auralens.interp.errors import ConfigError
 from auralens.interp.figures import decay_curves
-from auralens.interp.listening import contrast_scores, correlation_scores, heads_table
-from auralens.interp.listening import top_k as pick_top
+from auralens.interp.listening import contrast_scores, correlation_scores, heads_table, top_k as pick_top
 from auralens.interp.schemas import CLAIM_ACCURACY, CLAIMS, DECAY, DECAY_SUMMARY, HEADS, RECORD_ITEMS
 
 __all__ = ["analyse_record", "claim_tables", "decay_curve", "decay_slope", "external_heads", "heads_selection",
@@ -57,7 +57,6 @@ def load_yields(run, df) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray
 
 def load_step_types(run, df, steps) -> list[np.ndarray]:
     """Per item, per token: the type of its step (:func:`auralens.interp.decay.step_types_of`)."""
-    from safetensors import safe_open
 
     out = []
     for idx, s in zip(df["item_index"], steps):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import platform
 import re
@@ -42,11 +43,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from auralens.interp import __version__
-from auralens.interp import distributed as dist
+import safetensors.numpy
+from tqdm.auto import tqdm
+
+from auralens.interp import __version__, distributed as dist
 from auralens.interp.arch import table_for_checkpoint
 from auralens.interp.cafe.formats import FORMATS
 from auralens.interp.datasets import check_audio_files, fingerprint, load_dataset
@@ -99,7 +103,6 @@ def _atomic_via(path: Path, writer) -> None:
 
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -379,7 +382,7 @@ class RunFolder:
     def read_tensors(self, name: str, *, framework: str = "pt") -> dict:
         """The tensors of a safetensors file (``framework="np"``: numpy arrays)."""
         if framework == "np":
-            from safetensors.numpy import load_file
+            load_file = safetensors.numpy.load_file
         else:
             from safetensors.torch import load_file
 
@@ -513,7 +516,6 @@ def fill_rows(settings: Sequence, items: Sequence, *, key: Callable[[Any, Any], 
     rows: list[tuple[int, list[dict]]] = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         total = sum(len(c) for _, (_, c) in mine) if ranked else len(settings) * len(items)
         bar = tqdm(total=total, desc=desc if not ranked else f"{desc} [rank {dist.rank()}]", unit=unit,
@@ -550,7 +552,6 @@ def fill_rows(settings: Sequence, items: Sequence, *, key: Callable[[Any, Any], 
 
 def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``, or a :class:`ConfigError` naming ``name``."""
-    import numbers
 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}")
@@ -561,7 +562,6 @@ def check_n(n: Any, *, allow_none: bool = False) -> int | None:
     """A positive number of items (``None`` = all items, where ``allow_none``)."""
     if n is None and allow_none:
         return None
-    import numbers
 
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ConfigError(f"n: expected a positive number of items, found {n!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -133,7 +134,6 @@ def parse_device_map(value: Any) -> str | dict[str, Any] | None:
     :data:`DEVICE_MAP_STRATEGIES`, or a dict of module name -> device (given as a dict or as a
     JSON object string; a device is an int GPU index or a string such as ``"cpu"``, ``"cuda:1"``,
     ``"disk"``).  Anything else is a :class:`ConfigError` naming ``device_map``."""
-    import json
 
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None

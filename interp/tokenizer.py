@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
 QWEN_AUDIO_SPECIALS = [
     "<pad>",
     "<unk>",
@@ -29,7 +31,6 @@ def build_word_tokenizer(
     pad_token: str = "<pad>",
     unk_token: str = "<unk>",
 ):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(specials or QWEN_AUDIO_SPECIALS)

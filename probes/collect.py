@@ -47,10 +47,17 @@ from typing import Any
 
 import numpy as np
 from jaxtyping import Float
+from tqdm.auto import tqdm
 
-from auralens.interp import compat
+from auralens.interp import compat, distributed as dist
+from auralens.interp.arch import get_attr_path
+from auralens.interp.cafe.formats import FORMATS
 from auralens.interp.capture import SiteShapeError, capture, stop_ids, trim_at_stop, with_position_ids
 from auralens.interp.errors import ArchitectureError, ConfigError, ProbeError, PromptError
+from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs
+from auralens.interp.runs import RunFolder, RunFolderError
+from auralens.interp.steps import StepConfig, token_steps
+from auralens.interp.tokenizer import clean_decoded
 from auralens.probes.store import (  # the folder format; re-exported here, where collections are written
     ACTIVATIONS_DIR,
     AUDIO_SITE,
@@ -121,7 +128,6 @@ class CollectConfig:
     storage_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        from auralens.interp.cafe.formats import FORMATS
 
         for name in ("positions", "formats"):
             value = getattr(self, name)
@@ -171,7 +177,6 @@ class CollectConfig:
         return 2 + (self.max_steps if self.generates else 0)
 
     def step_config(self):
-        from auralens.interp.steps import StepConfig
 
         return StepConfig(sentences=self.sentences)
 
@@ -242,7 +247,6 @@ def trace_sites(
     import nnsight
     import torch
 
-    from auralens.interp.arch import get_attr_path
 
     points = lm.arch.hook_points(sites)  # execution order
     envoy = envoy if envoy is not None else wrap(lm.model)
@@ -330,8 +334,6 @@ def prepare_batch(
     (or the given ``generations``: token ids per item) appended and segmented into steps."""
     import torch
 
-    from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs
-    from auralens.interp.steps import token_steps
 
     batch = cast_features(lm, model_inputs(lm, items, fmt))
     inputs = dict(batch)
@@ -548,7 +550,6 @@ def collect_activations(
     existing index is an error. ``on_chunk(done, total)`` is called after each chunk is written.
     Returns the :class:`ActivationStore` over the folder.
     """
-    from auralens.interp.runs import RunFolder, RunFolderError
 
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     layers, audio_layers = cfg.resolve(lm.arch)
@@ -581,7 +582,6 @@ def collect_activations(
                 and (run.path / ACTIVATIONS_DIR / entry["file"]).exists()
             ):
                 done[k] = entry
-    from auralens.interp import distributed as dist
 
     ranked = dist.collective()
     dist.barrier()  # every rank has read the old index before rank 0 rewrites it
@@ -598,7 +598,6 @@ def collect_activations(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         total = sum(len(planned[k]) for k in mine) if ranked else len(rows)
         bar = tqdm(total=total, desc="activations" + (f" [rank {dist.rank()}]" if ranked else ""), unit="row",
@@ -657,7 +656,6 @@ def _drop_rank_indexes(folder: Path) -> None:
 def _collect_chunk(lm, items, chunk, k: int, cfg: CollectConfig, run) -> dict[str, Any]:
     import torch
 
-    from auralens.interp.tokenizer import clean_decoded
 
     parts: dict[str, list] = {"audio_mean": [], "last_prompt": [], "audio": [], "steps": [], "step_row": [], "step_idx": []}
     meta_rows: list[dict[str, Any]] = []

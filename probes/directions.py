@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from auralens.interp.errors import ProbeError, RunFolderError
 from auralens.interp.runs import RunFolder
@@ -146,7 +147,6 @@ def load_probe_direction(run: str | Path, attribute: str, *, target: Any = None,
     """The best probe direction of ``attribute`` saved by :func:`auralens.probes.stage.stage_probe`, in the dict form
     of :func:`probe_direction` (plus the run's model id and data fingerprint in the metadata)."""
     import torch
-    from safetensors import safe_open
 
     folder = RunFolder.open(run)
     path = folder.file(DIRECTIONS_FILE)

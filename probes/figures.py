@@ -22,6 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from auralens.interp.errors import ProbeError
 from auralens.interp.plotting import LAYOUT, PALETTE, graph_objects, line_with_band, rgba
 from auralens.interp.schemas import PROBES
@@ -46,7 +48,6 @@ _METRICS = ("accuracy", "selectivity")
 
 def step_label(v: Any) -> str:
     """A probe row's step as text: "—" for none (NaN/None/NA), "3" for 3 or 3.0."""
-    import numpy as np
 
     if _is_na(v):
         return "—"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from auralens.interp.errors import ProbeError
 from auralens.probes.collect import AUDIO_SITE, LM_SITE
@@ -178,7 +179,6 @@ def probe_locations(store, data: LabelledRows, usable: Sequence[str], config: Pr
     locations = store_locations(store, data.formats)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=len(locations), desc="probes", unit="location")
     for site, position, fmt, layer, step in locations:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from auralens.interp.errors import ProbeError
 
@@ -90,7 +91,6 @@ class ActivationStore:
     @property
     def rows(self):
         import pandas as pd
-        from safetensors import safe_open
 
         if self._rows is None:
             records = []
@@ -126,7 +126,6 @@ class ActivationStore:
         ``step`` is required for ``step_mean`` (rows: those whose generation reaches that
         step) and must be ``None`` otherwise (rows: all).
         """
-        from safetensors import safe_open
 
         self._check_site(site)
         layers = self.layers(site)

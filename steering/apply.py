@@ -89,8 +89,13 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from nnsight import NNsight
 from torch import Tensor
 
+from auralens.interp import compat
+from auralens.interp.arch import get_attr_path, site_name
+from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+from auralens.interp.capture import site_hooks
 from auralens.interp.errors import ConfigError
 from auralens.steering.checks import check_heads, parse_heads
 from auralens.steering.registry import BACKENDS
@@ -246,9 +251,9 @@ def _check_generate_kwargs(kwargs: dict[str, Any]) -> None:
 
 def steer_tensor(
     h: Float[Tensor, "batch pos width"],
-    delta: Float[Tensor, "width"],
+    delta: Float[Tensor, " width"],
     positions: str,
-    scale: Float[Tensor, "batch"] | None = None,
+    scale: Float[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos width"]:
     """``h`` with ``delta`` (times ``scale`` per row) added where ``positions`` says.
 
@@ -293,7 +298,6 @@ def _plan(lm, vec, alpha: float, positions: str, layers: Sequence[int] | None, b
         raise ConfigError(
             f"layers: expected a non-empty subset of the vector's layers {list(vec.layers)}, found {list(layers)}"
         )
-    from auralens.interp.arch import site_name
 
     param = next(lm.model.parameters())
     if isinstance(per_row, FoldedRows):
@@ -348,7 +352,6 @@ def _check_per_row(vec, layers: Sequence[int], per_row: Any) -> dict[int, Tensor
 
 def _torch_hooks(steer: Steering):
     """The torch engine: one hook per target, removed when the returned context exits."""
-    from auralens.interp.capture import site_hooks
 
     return site_hooks(steer.lm.model, [(t.point, lambda h, t=t: steer._steer(h, t)) for t in steer.targets])
 
@@ -364,14 +367,12 @@ def _torch_generate(steer: Steering, kwargs: dict[str, Any]) -> Any:
 
 def _envoy(model):
     """``nnsight.NNsight(model)`` (imported here: importing nnsight patches torch globally)."""
-    from nnsight import NNsight
 
     return NNsight(model)
 
 
 def _nnsight_generate(steer: Steering, kwargs: dict[str, Any]) -> Any:
     """One ``generate`` as an nnsight trace that edits every site at every step."""
-    from auralens.interp.arch import get_attr_path
 
     _check_generate_kwargs(kwargs)
     envoy = _envoy(steer.lm.model)
@@ -460,7 +461,7 @@ def apply_vector(
             steer._fold_check = _FoldCheck(steer, folds[0])
             handles.append(model.register_forward_pre_hook(steer._fold_check.on_forward, with_kwargs=True))
         if positions == "answer":
-            steer._answer = _AnswerMask(lm)
+            steer._answer = AnswerMask(lm)
             handles.append(model.register_forward_pre_hook(steer._answer.on_forward, with_kwargs=True))
         if backend == "torch":
             stack.enter_context(_torch_hooks(steer))
@@ -529,7 +530,6 @@ class _Gate:
 
     @contextlib.contextmanager
     def recording(self, kwargs: dict[str, Any]):
-        from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
 
         ids = kwargs.get("input_ids")
         if not isinstance(ids, Tensor):
@@ -551,7 +551,6 @@ class _Gate:
                 "adaptive alpha steers generate() calls only (the listening signal is recorded per "
                 "generate call); expected lm.model.generate(...) or steering.generate(...) in the block"
             )
-        from auralens.interp import compat
 
         if compat.is_prefill(kwargs):  # prefill: g = 1 by definition
             self.scale_now = None
@@ -571,7 +570,7 @@ class _Gate:
         self.rec = None
 
 
-class _AnswerMask:
+class AnswerMask:
     """Which rows have written ``answer :`` (``positions="answer"``; see the module docstring).
 
     A forward pre-hook on the model reads each forward's ``input_ids``: a prefill resets the
@@ -641,7 +640,7 @@ class _FoldCheck:
         return None
 
 
-def _mean_heads(rec, layers, heads_by_layer) -> Float[Tensor, "batch"]:
+def _mean_heads(rec, layers, heads_by_layer) -> Float[Tensor, " batch"]:
     """Mean live yield over the specialist heads (each head weighs the same)."""
     parts = [_latest_yield(rec, L)[:, heads_by_layer[L]] for L in layers]
     return torch.cat(parts, dim=-1).mean(-1)

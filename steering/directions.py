@@ -64,13 +64,14 @@ Public API: :data:`POSITIONS`, :data:`NORMALIZATIONS`, :data:`SITES`, :class:`Pa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from auralens.interp import distributed as dist
 from auralens.interp.arch import site_name
@@ -270,7 +271,6 @@ def collect_paired(
     mine = dist.shard(list(range(len(chunks)))) if split else list(range(len(chunks)))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(len(chunks[j]) for j in mine), desc="audio-minus-silence", unit="item")
     for chunk in [chunks[j] for j in mine]:
@@ -453,7 +453,6 @@ def random_direction(vec, *, seed: int = 0):
 
     Same support: for a head-restricted ``attn.hook_z`` vector only the same heads' slices are
     non-zero; otherwise the whole width.  Method ``"random_direction"``."""
-    from dataclasses import replace
 
     g = torch.Generator().manual_seed(int(seed))
     out = {}
@@ -511,7 +510,6 @@ def random_heads(acts: PairedActivations, lm, vec, *, seed: int = 0):
         raise ConfigError(
             f"random_heads: vector {vec.describe()} is not head-restricted; expected a vector with heads"
         )
-    from dataclasses import replace
 
     drawn = draw_random_heads(lm.arch, vec.heads, seed=seed)
     overlap = len(set(drawn) & set(vec.heads))

@@ -36,8 +36,11 @@ import numpy as np
 
 from auralens.interp.cafe.formats import FORMATS
 from auralens.interp.errors import ConfigError
+from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs, score
+from auralens.interp.runs import fill_rows
 from auralens.interp.schemas import STEER_ITEMS, STEERING
 from auralens.interp.stats import bootstrap_mean_ci
+from auralens.steering.figures import steering_sweep
 from auralens.steering.registry import BACKENDS, POSITIONS
 
 __all__ = [
@@ -236,14 +239,6 @@ def _jobs(vectors: Mapping[str, Any], cfg: SweepConfig) -> list[tuple[str, str, 
 def run_sweep(lm, items: Sequence[Any], vectors: Mapping[str, Any], cfg: SweepConfig, *, log=None, progress: bool = True):
     """Generate and score the baseline and every steered setting; returns the item rows
     (DataFrame with :data:`ITEM_COLUMNS`).  ``vectors``: name -> SteeringVector."""
-    from auralens.interp.generation import (
-        GenerationConfig,
-        cast_features,
-        generate_batch,
-        model_inputs,
-        score,
-    )
-    from auralens.interp.runs import fill_rows
     from auralens.steering.apply import apply_vector
 
     if not items:
@@ -411,6 +406,5 @@ def figures(table, *, category: str = "all") -> dict[str, Any]:
     """The two figures the steer stage writes: ``accuracy`` and ``delta`` (the paired gain over
     beta = 0) vs beta for ``category``, one curve per (vector, method, layer, positions
     [, format]) with its 95% bootstrap CI band (:func:`auralens.steering.figures.steering_sweep`)."""
-    from auralens.steering.figures import steering_sweep
 
     return {y: steering_sweep(table, category=category, y=y) for y in ("accuracy", "delta")}

@@ -11,6 +11,7 @@ notebooks draw the same functions.  A missing table gives an empty-state figure.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import PurePath
 
 import numpy as np
 
@@ -130,7 +131,6 @@ def condition_label(condition: str) -> str:
     if c.startswith("cafe-"):
         return c[len("cafe-"):]
     if "/" in c or "\\" in c or c.endswith((".json", ".jsonl", ".csv")):
-        from pathlib import PurePath
 
         return PurePath(c.replace("\\", "/")).stem or c
     return c

@@ -82,8 +82,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType, GGUFValueType
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import auralens.interp
 from auralens.interp.errors import AuralensError, ConfigError, VectorFileError
@@ -230,7 +234,6 @@ def _width_of(meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> int:
 # --- safetensors -------------------------------------------------------------------------
 def save_safetensors(vec: SteeringVector, path: str | os.PathLike[str], *, stacked: bool = False) -> Path:
     """Write ``vec`` as safetensors (per-layer ``direction.{L}`` tensors, or one stacked tensor)."""
-    from safetensors.torch import save_file
 
     meta = vec.metadata()
     header = {"auralens.format": FORMAT_NAME, "auralens.format_version": str(FORMAT_VERSION)}
@@ -248,7 +251,6 @@ def save_safetensors(vec: SteeringVector, path: str | os.PathLike[str], *, stack
 
 def load_safetensors(path: str | os.PathLike[str]) -> SteeringVector:
     """Read a vector written by :func:`save_safetensors`, validating everything."""
-    from safetensors import safe_open
 
     path = Path(path)
     try:
@@ -403,7 +405,6 @@ def _layer_from_gguf(site: str, n: int) -> int:
 
 def save_gguf(vec: SteeringVector, path: str | os.PathLike[str], *, model_hint: str | None = None) -> Path:
     """Write ``vec`` as a llama.cpp control vector (``direction.N`` F32 tensors, see module docs)."""
-    import gguf
 
     path = Path(path)
     try:
@@ -470,8 +471,6 @@ def _gguf_field(reader: Any, key: str, types: tuple[Any, ...], path: Path, *, re
 
 def load_gguf(path: str | os.PathLike[str]) -> SteeringVector:
     """Read a llama.cpp control vector (ours, or llama.cpp's / repeng's), validating everything."""
-    import gguf
-    from gguf import GGMLQuantizationType, GGUFValueType
 
     path = Path(path)
     STR, U32 = (GGUFValueType.STRING,), (GGUFValueType.UINT32,)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from auralens.interp.errors import ConfigError
+from auralens.probes.directions import probe_direction
 from auralens.steering.vector import SteeringVector, fingerprint
 
 __all__ = ["probe_to_steering_vector"]
@@ -53,7 +54,6 @@ def probe_to_steering_vector(
             a fingerprint of the probe's metadata).
     """
     if not isinstance(probe, Mapping):
-        from auralens.probes.directions import probe_direction  # lazy: see the docstring
 
         probe = probe_direction(probe, target=target)
     for key in ("directions", "site", "metadata"):

@@ -15,6 +15,7 @@ from typing import Any
 
 from auralens.interp.distributed import barrier, is_main, placement
 from auralens.interp.errors import ConfigError
+from auralens.interp.loading import load_model
 from auralens.interp.runs import (
     check_dtype,
     check_formats,
@@ -36,8 +37,7 @@ from auralens.steering.checks import (
     parse_positions,
 )
 from auralens.steering.registry import VECTOR_FORMATS
-from auralens.steering.splits import check_heads_data, fit_spec, split_record
-from auralens.steering.splits import heads_data as heads_data_of
+from auralens.steering.splits import check_heads_data, fit_spec, heads_data as heads_data_of, split_record
 
 __all__ = ["HEADS_USES", "SteerFitConfig", "stage_steer_fit"]
 
@@ -127,7 +127,6 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     dev/test split (or the whole dataset) of the fit data's dataset is refused
     (:func:`check_heads_data`); the vector records ``layers_from`` (option | heads | default),
     the heads and the heads' data in ``extra['fit']``."""
-    from auralens.interp.loading import load_model  # torch at module level
     from auralens.steering.directions import fit_with_controls  # torch at module level
     from auralens.steering.formats import export  # torch at module level
 

@@ -21,7 +21,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -99,7 +99,7 @@ def normalize_site(site: str) -> tuple[str, int | None]:
         where, layer, hook = parse_site(site)
     except ArchitectureError:
         where = None
-    if where != "lm":
+    if where != "lm" or hook is None:
         raise ConfigError(
             f"site {site!r}: expected one of {sorted(_SITE_ALIASES)} or a concrete decoder site "
             "such as 'lm.blocks.12.hook_resid_post'"
@@ -159,7 +159,7 @@ class SteeringVector:
     Instances compare by identity; use :meth:`equals` for an exact comparison.
     """
 
-    directions: dict[int, Float[Tensor, "d_model"]] | Float[Tensor, "layer d_model"]
+    directions: dict[int, Float[Tensor, " d_model"]] | Float[Tensor, "layer d_model"]
     model_id: str
     architecture: str
     d_model: int
@@ -173,6 +173,12 @@ class SteeringVector:
     heads: tuple[tuple[int, int], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+
+    @property
+    def by_layer(self) -> dict[int, Tensor]:
+        """``directions`` as the layer -> [d_model] dict it always is after construction (a
+        stacked [layer, d_model] tensor given to the constructor is split into one)."""
+        return cast(dict[int, Tensor], self.directions)
 
     def __post_init__(self) -> None:
         for name in ("model_id", "architecture", "auralens_version"):
@@ -406,12 +412,12 @@ class SteeringVector:
         """Every direction multiplied by ``alpha`` (metadata unchanged)."""
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
             raise ConfigError(f"alpha: expected a finite real number, found {alpha!r}")
-        return replace(self, directions={L: v * alpha for L, v in self.directions.items()})
+        return replace(self, directions={L: v * alpha for L, v in self.by_layer.items()})
 
     def normalized(self) -> SteeringVector:
         """Every direction divided by its L2 norm (computed in at least float32)."""
         out = {}
-        for layer, v in self.directions.items():
+        for layer, v in self.by_layer.items():
             w = v.to(torch.promote_types(v.dtype, torch.float32))
             norm = torch.linalg.vector_norm(w)
             if not bool(norm > 0):
@@ -449,7 +455,8 @@ class SteeringVector:
                     f"to(): {dtype_or_device!r} given both positionally and by keyword"
                 )
         new_dtype = _as_dtype(dtype) if dtype is not None else self.dtype
-        dirs = {L: v.to(device=device, dtype=new_dtype) for L, v in self.directions.items()}
+        target = _as_dtype(new_dtype) if new_dtype is not None else None
+        dirs = {L: v.to(device=device, dtype=target) for L, v in self.by_layer.items()}
         return replace(self, directions=dirs, dtype=new_dtype)
 
     # --- comparison and metadata -------------------------------------------------------
@@ -477,8 +484,8 @@ class SteeringVector:
             return False
         if self.dtype != other.dtype:
             return False
-        for layer, v in self.directions.items():
-            if not torch.equal(v.cpu(), other.directions[layer].cpu()):
+        for layer, v in self.by_layer.items():
+            if not torch.equal(v.cpu(), other.by_layer[layer].cpu()):
                 return False
         return not check_metadata or self.metadata() == other.metadata()
 

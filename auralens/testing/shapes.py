@@ -16,6 +16,9 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from beartype import beartype
+from jaxtyping import AbstractArray
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["has_shape", "shape_checker"]
@@ -24,7 +27,6 @@ __all__ = ["has_shape", "shape_checker"]
 def has_shape(annotation: Any) -> bool:
     """Whether ``annotation`` is, or contains, a jaxtyping array type (``Float[Tensor, "b d"]``,
     ``Float[...] | None``, ``dict[str, Float[...]]``)."""
-    from jaxtyping import AbstractArray
 
     if isinstance(annotation, type) and issubclass(annotation, AbstractArray):
         return True
@@ -33,7 +35,6 @@ def has_shape(annotation: Any) -> bool:
 
 def shape_checker(fn: F) -> F:
     """A jaxtyping ``typechecker``: beartype over the shape-carrying annotations of ``fn`` only."""
-    from beartype import beartype
 
     annotations = getattr(fn, "__annotations__", None)
     if annotations:

@@ -25,12 +25,21 @@ for GPU benchmarks: about 8.4 billion parameters, never to be built in a test.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from auralens.interp import compat
+from auralens.interp.arch import table_by_name, table_for_class
 from auralens.interp.errors import ArchitectureError, ConfigError
+from auralens.interp.prompts import build_inputs
 from auralens.interp.tokenizer import QWEN_AUDIO_SPECIALS, build_word_tokenizer
 
 SAMPLING_RATE = 16_000
@@ -162,7 +171,6 @@ TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3", "musicfla
 def canonical_arch(arch_name: str) -> str:
     """Table name (``auralens.interp.arch`` vocabulary) for an architecture or transformers class name
     (or an alias a table lists); only the architectures with a tiny builder are accepted."""
-    from auralens.interp.arch import table_by_name
 
     try:
         name = table_by_name(arch_name).name
@@ -199,7 +207,6 @@ def tiny_tekken(n_mels: int = TINY_MELS, chunk_seconds: int = TINY_CHUNK_SECONDS
     Audio section as in the released file but for the tiny shapes: 16 kHz, 12.5 tokens per second,
     ``chunk_length_s`` = the feature extractor's window (the processor pads each clip to a
     multiple of it and gives the padding audio tokens)."""
-    import base64
 
     from mistral_common.tokens.tokenizers.base import SpecialTokens
 
@@ -245,10 +252,6 @@ def tiny_tekken(n_mels: int = TINY_MELS, chunk_seconds: int = TINY_CHUNK_SECONDS
 def tiny_tekken_file(n_mels: int, chunk_seconds: int) -> Path:
     """``tekken.json`` of :func:`tiny_tekken` in a per-content temporary folder (MistralCommonBackend
     reads a file and keeps its path: ``save_pretrained`` copies it next to the model)."""
-    import hashlib
-    import json
-    import os
-    import tempfile
 
     text = json.dumps(tiny_tekken(n_mels, chunk_seconds), sort_keys=True)
     folder = Path(tempfile.gettempdir()) / f"auralens-tiny-tekken-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
@@ -550,7 +553,6 @@ def _model_class(arch: str):
     """The transformers class of the architecture's table."""
     import transformers
 
-    from auralens.interp.arch import table_by_name
 
     return getattr(transformers, table_by_name(arch).model_class)
 
@@ -563,7 +565,6 @@ def _fix_generation_config(model: Any, tokenizer: Any) -> None:
     gc.do_sample = False
     # A random-init model may emit its own audio placeholder, which a teacher-forced forward over
     # prompt + generated tokens would then take for an audio position; trained models never do.
-    from auralens.interp.arch import table_for_class
 
     audio_id = getattr(model.config, table_for_class(type(model).__name__).audio_token_attr, None)
     if audio_id is not None:
@@ -672,7 +673,6 @@ def tiny_batch(
     processor's ``BatchFeature`` (``input_ids``, ``attention_mask`` and the audio features under
     the names the model's forward expects).
     """
-    import numpy as np
 
     if len(durations) != len(questions):
         raise ConfigError(
@@ -684,7 +684,6 @@ def tiny_batch(
         (0.1 * rng.standard_normal(int(d * SAMPLING_RATE))).astype(np.float32) for d in durations
     ]
     if type(processor).__name__ == "VoxtralProcessor":  # audio enters only via apply_chat_template
-        from auralens.interp.prompts import build_inputs
 
         return build_inputs(processor, None, "cot", audios=audios, questions=list(questions))
     texts = [chat_prompt(processor, q) for q in questions]

@@ -22,6 +22,7 @@ import dataclasses
 
 import numpy as np
 
+from auralens.interp.cafe.questions import TIERS, make_item
 from auralens.interp.errors import DatasetError
 from auralens.interp.items import Item
 
@@ -65,7 +66,6 @@ def split_seeds(split: str, n: int, *, where: str = "cue dataset") -> range:
 def cue_items(condition: str, split: str, n: int, *, tiers: tuple[str, ...] | None = None,
               where: str = "cue dataset") -> list[Item]:
     """``n`` items of ``split`` in ``condition`` (tiers cycled as in plain cafe)."""
-    from auralens.interp.cafe.questions import TIERS, make_item
 
     tiers = tiers or TIERS
     seeds = split_seeds(split, n, where=where)

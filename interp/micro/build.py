@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auralens.interp.cafe.formats import FORMATS, prompt_text, render_target
-from auralens.interp.cafe.questions import CLASS_WORDS, COUNT_WORDS, ORDINALS
+from auralens.interp.cafe.questions import CLASS_WORDS, COUNT_WORDS, ORDINALS, make_items
 from auralens.interp.tokenizer import build_word_tokenizer
 
 # The same message layout as Qwen2-Audio-Instruct's template, minus the system prompt.
@@ -50,7 +50,6 @@ class MicroConfig:
 
 def vocabulary() -> list[str]:
     """Every word the micro model can read or write (prompts and targets of cafe)."""
-    from auralens.interp.cafe.questions import make_items
 
     words: set[str] = {"user", "assistant", "system"}
     words.update(ORDINALS, COUNT_WORDS, *(w.split() for w in CLASS_WORDS.values()))

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from auralens.interp.cafe.formats import FORMATS, render_target
+from auralens.interp.cafe.questions import make_item
 from auralens.interp.errors import ConfigError
 from auralens.interp.micro.build import MicroConfig, build_model, build_processor
+from auralens.interp.prompts import build_inputs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +54,6 @@ def make_batch(processor, items, formats, *, with_targets: bool = True, render=r
     inference does."""
     import torch
 
-    from auralens.interp.prompts import build_inputs
 
     targets = [render(it, f) for it, f in zip(items, formats)] if with_targets else None
     batch = build_inputs(processor, items, formats, targets=targets)
@@ -187,7 +190,6 @@ def save_checkpoint(folder: str | Path, model, processor, *, json_files: dict, o
     """Checkpoint: weights (safetensors), processor, JSON files and, with ``opt``, the optimizer
     state (safetensors + JSON, see :func:`save_optimizer`; with ``rng``, its state too), written
     to a temporary folder that replaces ``folder`` only when complete.  Nothing is pickled."""
-    import shutil
 
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".saving")
@@ -234,7 +236,6 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
     replaces the reference target text."""
     import torch
 
-    from auralens.interp.cafe.questions import make_item
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -304,7 +305,6 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
     t0 = time.time()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc="micro train", unit="step")
 

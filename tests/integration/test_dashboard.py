@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-import auralens.dashboards  # noqa: E402
+from auralens import dashboards  # noqa: E402
 from auralens.dashboards import data  # noqa: E402
 from auralens.dashboards.synthetic import write_synthetic_run  # noqa: E402
 from auralens.interp import figures  # noqa: E402
@@ -25,7 +25,7 @@ from auralens.interp.schemas import SYSTEMS  # noqa: E402
 from auralens.probes.figures import accuracy_by_layer  # noqa: E402
 from auralens.steering.figures import compare_table, steering_sweep  # noqa: E402
 
-APP = Path(auralens.dashboards.__file__).resolve().parent / "app.py"
+APP = Path(dashboards.__file__).resolve().parent / "app.py"
 VIEWS = ("overview", "heads", "decay", "tokens", "probes", "steering", "compare")
 LONG = 5  # index of the synthetic run's 1,000-token item (the last of 6)
 
@@ -359,7 +359,7 @@ def test_launch_serves_on_loopback_and_stops_with_its_launcher(full_run, tmp_pat
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = f"import auralens.dashboards, sys; sys.exit(dashboards.launch([{str(full_run)!r}], port={port}))"
+    code = f"from auralens import dashboards; import sys; sys.exit(dashboards.launch([{str(full_run)!r}], port={port}))"
     log = (tmp_path / "launch.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/_stcore/health"

@@ -52,8 +52,8 @@ def test_perfect_traces_get_every_reward_1(items):
 
 
 def test_a_wrong_class_claim_costs_one_claim_of_three_per_sound(items):
-    from auralens.interp.cafe.questions import CLASS_WORDS
     from auralens.finetuning.rewards import perception_reward
+    from auralens.interp.cafe.questions import CLASS_WORDS
 
     it = _item(items, "identity", min_events=3)
     ev = it.scene["events"]
@@ -69,8 +69,8 @@ def test_a_wrong_class_claim_costs_one_claim_of_three_per_sound(items):
 
 
 def test_inconsistent_reasoning_is_measured_against_perception_not_truth(items):
-    from auralens.interp.cafe.questions import CLASS_WORDS
     from auralens.finetuning.rewards import consistency_reward, perception_reward
+    from auralens.interp.cafe.questions import CLASS_WORDS
 
     it = _item(items, "identity", min_events=2)
     k = it.meta["facts"]["k"]
@@ -209,10 +209,16 @@ def _completions(lm, texts):
 
 
 def test_grpo_update_raises_the_rewarded_completion(micro, items):
-    from auralens.interp.generation import model_inputs
-    from auralens.finetuning.grpo import (GRPOBatch, GRPOUpdateConfig, completion_logprobs, group_advantages, grpo_update,
-                                          repeat_batch)
+    from auralens.finetuning.grpo import (
+        GRPOBatch,
+        GRPOUpdateConfig,
+        completion_logprobs,
+        group_advantages,
+        grpo_update,
+        repeat_batch,
+    )
     from auralens.finetuning.rewards import trace_rewards
+    from auralens.interp.generation import model_inputs
 
     lm = copy.copy(micro)
     lm.model = copy.deepcopy(micro.model)
@@ -289,8 +295,8 @@ def test_train_items_follow_the_seed_blocks_and_cue_mix():
 def test_sampling_never_emits_the_audio_placeholder(micro, items):
     """An untrained policy samples every token; a generated <|AUDIO|> would break the log-prob
     forward (audio tokens without features), so it is suppressed in sampling and in the log-probs."""
-    from auralens.interp.generation import model_inputs
     from auralens.finetuning.grpo import completion_logprobs, sample_completions
+    from auralens.interp.generation import model_inputs
 
     torch.manual_seed(0)
     audio = micro.arch.audio_token_id
@@ -306,8 +312,8 @@ def test_sampling_never_emits_the_audio_placeholder(micro, items):
 
 def test_completion_logprobs_match_a_plain_forward(micro, items):
     """Left-padded prompts: the log-probs equal those of each row run alone (no padding)."""
-    from auralens.interp.generation import model_inputs
     from auralens.finetuning.grpo import completion_logprobs
+    from auralens.interp.generation import model_inputs
 
     two = [_item(items, "count"), _item(items, "identity", min_events=3)]
     batch = model_inputs(micro, two, "structured")

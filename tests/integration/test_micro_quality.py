@@ -7,10 +7,10 @@ silence; multi-hop >= 70%.  Held-out: training used cafe seeds 100000.., these u
 import numpy as np
 import pytest
 
+from auralens.interp.datasets import load_dataset
 from auralens.interp.evaluate import run_eval
 from auralens.interp.generation import GenerationConfig
 from auralens.interp.loading import load_model
-from auralens.interp.datasets import load_dataset
 
 pytestmark = pytest.mark.slow
 

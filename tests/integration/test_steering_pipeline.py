@@ -16,7 +16,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from auralens.interp.errors import ConfigError
 

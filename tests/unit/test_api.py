@@ -302,3 +302,81 @@ def test_the_shape_checker_checks_only_shape_annotations():
     assert has_shape(Float[np.ndarray, "batch d_model"])
     assert has_shape(dict[str, Float[np.ndarray, "batch d_model"]] | None)
     assert not has_shape(int) and not has_shape(Literal["a", "b"]) and not has_shape("Float[Tensor, 'b']")
+
+
+# ------------------------------------------------------------------- lazy imports, honestly
+#: third-party libraries slow enough to import that a light module may defer them
+HEAVY_LIBRARIES = ("torch", "transformers", "nnsight", "transformer_lens", "streamlit", "trl", "accelerate",
+                   "peft", "pandas", "plotly", "sklearn", "scipy", "pyarrow", "datasets", "mistral_common")
+HEAVY_MODULES = ("safetensors.torch",)
+
+
+def _is_heavy_name(name: str) -> bool:
+    return name.split(".")[0] in HEAVY_LIBRARIES or any(name == m or name.startswith(m + ".") for m in HEAVY_MODULES)
+
+
+def _top_level_imports(tree: ast.Module) -> set[str]:
+    """What a module imports when it is imported (``if TYPE_CHECKING:`` left out)."""
+    out: set[str] = set()
+    for node in tree.body:
+        if _is_type_checking(node):
+            continue
+        for x in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(x, ast.Import):
+                out |= {a.name for a in x.names}
+            elif isinstance(x, ast.ImportFrom) and x.module and not x.level:
+                out |= {x.module} | {f"{x.module}.{a.name}" for a in x.names}
+    return out
+
+
+def _heavy_modules() -> tuple[dict[str, bool], dict[str, ast.Module]]:
+    """Project module -> whether importing it imports a heavy library (its module-level closure)."""
+    trees = {_module_name(p): ast.parse(p.read_text(encoding="utf-8"))
+             for folder in FOLDERS for p in (ROOT / folder).rglob("*.py")}
+    heavy: dict[str, bool] = {}
+
+    def visit(m: str) -> bool:
+        if m not in heavy:
+            heavy[m] = False
+            deps = _top_level_imports(trees[m]) | {".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)}
+            heavy[m] = any(_is_heavy_name(d) or (d in trees and d != m and visit(d)) for d in deps)
+        return heavy[m]
+
+    for m in trees:
+        visit(m)
+    return heavy, trees
+
+
+def test_function_level_imports_only_defer_something_heavy():
+    """An import inside a function is there for one reason: a light module (``auralens --help``,
+    the stage configs the CLI is built from) deferring a heavy one (torch & co, or a project
+    module that imports them).  Anything else belongs at module level, where the cycle check and
+    a reader see it.  Optional dependencies (an import inside ``try:``) are exempt."""
+    heavy, trees = _heavy_modules()
+    assert heavy["auralens.interp.attention_yield"] and not heavy["auralens.cli"]
+    bad = []
+    for m, tree in trees.items():
+        tries = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for n in ast.walk(t)}
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in tries:
+                    continue
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
+                deferred_heavy = any(_is_heavy_name(n) or heavy.get(n, False) for n in names)
+                if heavy[m] or not deferred_heavy:
+                    bad.append(f"{m}:{node.lineno}: {ast.unparse(node)}"
+                               + (" (the module is heavy already)" if heavy[m] else " (nothing heavy deferred)"))
+    assert not bad, "function-level imports that defer nothing heavy:\n" + "\n".join(bad)
+
+
+def test_auralens_help_imports_no_torch():
+    code = ("import sys, json\nfrom typer.testing import CliRunner\nfrom auralens.cli import app\n"
+            "r = CliRunner().invoke(app, ['--help'])\n"
+            "print(json.dumps([r.exit_code, sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [0, []]

@@ -317,9 +317,9 @@ def tiny(request, tmp_path_factory):
 
 
 def test_engines_agree_on_other_architectures(tiny):
-    from auralens.testing.tiny import tiny_batch
     from auralens.steering.apply import apply_vector
     from auralens.steering.vector import SteeringVector, fingerprint
+    from auralens.testing.tiny import tiny_batch
 
     arch = tiny.arch
     g = torch.Generator().manual_seed(0)
@@ -342,9 +342,9 @@ def test_engines_agree_on_other_architectures(tiny):
 
 
 def test_answer_mask_arms_after_the_marker_in_generated_tokens(lm):
-    from auralens.steering.apply import _AnswerMask
+    from auralens.steering.apply import AnswerMask
 
-    m = _AnswerMask(lm)
+    m = AnswerMask(lm)
     tok = lm.tokenizer
     gen = tok("answer : chirp up", add_special_tokens=False)["input_ids"]
     other = tok("sound one is noise", add_special_tokens=False)["input_ids"]
@@ -368,14 +368,14 @@ def test_answer_positions_steer_only_rows_past_the_marker(lm, batch, vecs, backe
     armed once it has two generated tokens, as if they were ``answer :``.)"""
     import auralens.steering.apply as apply_mod
 
-    orig = apply_mod._AnswerMask.on_forward
+    orig = apply_mod.AnswerMask.on_forward
 
     def on_forward(self, module, args, kwargs):
         orig(self, module, args, kwargs)
         if self.history and len(self.history[0]) >= 2:
             self.armed[0] = True
 
-    monkeypatch.setattr(apply_mod._AnswerMask, "on_forward", on_forward)
+    monkeypatch.setattr(apply_mod.AnswerMask, "on_forward", on_forward)
     base = _gen(lm, batch, n=5)
     with apply_mod.apply_vector(lm, vecs["resid"], alpha=ALPHA, positions="answer", layers=[1],
                                 backend=backend) as s:

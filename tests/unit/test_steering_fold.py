@@ -212,8 +212,7 @@ def test_cost_is_recorded_as_one_silence_forward(small_lm):
     """steer eval's summary and compare's note say what s(x) costs."""
     import pandas as pd
 
-    from auralens.compare_metrics import Rows as _Rows
-    from auralens.compare_metrics import add_inference_cost as _inference_cost
+    from auralens.compare_metrics import Rows as _Rows, add_inference_cost as _inference_cost
     from auralens.steering.protocol import per_input_cost
 
     L = small_lm.arch.n_layers - 1
