@@ -22,27 +22,26 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+# The stages are called through their modules (``record.stage_record``), so a stage replaced in
+# its module (a test, a plugin) is the one the command runs.
+from auralens import compare, demo as demo_stage
 from auralens.bench import bench_stages, bench_yield
-from auralens.compare import stage_compare
 from auralens.dashboards import launch
 from auralens.dashboards.report import write_report
-from auralens.demo import run_demo
 from auralens.finetuning.config import FinetuneConfig
 from auralens.finetuning.recipe import finetune
+from auralens.interp import evaluate, record
 from auralens.interp.arch import TABLES, UNSUPPORTED, describe, load_entry_point_tables, load_table_file
 from auralens.interp.distributed import is_main
 from auralens.interp.errors import AuralensError, ConfigError
-from auralens.interp.evaluate import stage_eval
 from auralens.interp.loading import LoadedModel, load_model
 from auralens.interp.micro import BASE_DIR, EMBEDDED, FINETUNED_DIR, WEIGHTS_DIR, weights_folder
 from auralens.interp.micro.train import TrainConfig, finalize, train
-from auralens.interp.record import stage_record
 from auralens.interp.runs import check_dtype, check_int, check_model, check_n, dumps_strict
 from auralens.interp.stage_config import RESUME_HELP
 from auralens.organisms import ORGANISMS, RECIPES, train_organism, validate
-from auralens.probes.stage import stage_probe
-from auralens.steering.stage_eval import stage_steer_eval
-from auralens.steering.stage_fit import stage_steer_fit
+from auralens.probes import stage as probe_stage
+from auralens.steering import stage_eval as steer_eval_stage, stage_fit as steer_fit_stage
 from auralens.testing.tiny import build_shaped
 from auralens.testing.verified import tested_here
 
@@ -305,7 +304,7 @@ def _stage_command(group: typer.Typer, name: str, config: str):
 def eval_cmd(cfg, as_json: bool = typer.Option(False, "--json", help="Print accuracy per tier and format as strict JSON.")) -> None:
     """Accuracy per tier and answer format, with the audio and with silence."""
 
-    res = stage_eval(**cfg.options(), quiet=as_json)
+    res = evaluate.stage_eval(**cfg.options(), quiet=as_json)
     if as_json:
         _echo_json(res)
 
@@ -452,7 +451,7 @@ def organisms_validate(
 def compare_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Base, base + steering, MPAR²-style, MPAR² + steering and HyPeR-style fine-tunes on the same items, per organism."""
 
-    _echo_json(stage_compare(**cfg.options(), quiet=as_json))
+    _echo_json(compare.stage_compare(**cfg.options(), quiet=as_json))
 
 
 @_command(app, "demo")
@@ -480,7 +479,7 @@ def demo(
             shutil.rmtree(prev)
         out.rename(prev)
         typer.echo(f"moved the earlier demo to {prev}", err=True)
-    run_demo(out=out, n=n, resume=resume, command=_command_line())
+    demo_stage.run_demo(out=out, n=n, resume=resume, command=_command_line())
 
 
 @_command(bench_app, "yield")
@@ -578,14 +577,14 @@ def bench_stages_cmd(
 def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Per-head audio attention yield across reasoning steps: perception decay and listening heads."""
 
-    _echo_json(stage_record(**cfg.options(), quiet=as_json))
+    _echo_json(record.stage_record(**cfg.options(), quiet=as_json))
 
 
 @_stage_command(app, "probe", "auralens.probes.stage:ProbeStageConfig")
 def probe_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Linear probes for audio attributes, by layer and by reasoning step."""
 
-    res = stage_probe(**cfg.options(), quiet=as_json)
+    res = probe_stage.stage_probe(**cfg.options(), quiet=as_json)
     if as_json:
         _echo_json(res)
     else:
@@ -600,7 +599,7 @@ app.add_typer(steer_app, name="steer")
 def steer_fit(cfg) -> None:
     """Fit an audio-minus-silence direction and save it (format from the extension)."""
 
-    vec = stage_steer_fit(**cfg.options())
+    vec = steer_fit_stage.stage_steer_fit(**cfg.options())
     _say(f"wrote {cfg.out_vector} (layers {sorted(vec.layers)}, method {vec.method})")
 
 
@@ -614,7 +613,7 @@ def steer_eval(cfg, as_json: bool = JsonOpt,
     if alphas is not None:  # the deprecated spelling of --betas: its values, with a warning
         cfg = dataclasses.replace(cfg, betas=tuple(_numbers("--alphas", alphas)))
         typer.echo("warning: --alphas is deprecated, use --betas", err=True)
-    _echo_json(stage_steer_eval(**cfg.options(), quiet=as_json))
+    _echo_json(steer_eval_stage.stage_steer_eval(**cfg.options(), quiet=as_json))
 
 
 @_command(app, "export")

@@ -375,6 +375,7 @@ TINY = dict(sft_steps=2, sft_batch_size=4, grpo_steps=2, grpo_lr=1e-3, grpo_prom
 
 def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch, small_micro_dir):
     import auralens.finetuning.recipe as ft
+    from auralens.finetuning.rewards import combine_rewards
     from auralens.interp.generation import GenerationConfig, generate_batch, model_inputs
     from auralens.interp.loading import load_model
 
@@ -389,7 +390,7 @@ def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch
         r = {k: min(1.0, 0.05 + len(text) / 500) for k in ft.REWARD_NAMES}
         real_rewards(text, item)  # the real path runs too
         seen_rewards.append(r)
-        return {**r, "total": ft.combine_rewards(r)}
+        return {**r, "total": combine_rewards(r)}
 
     monkeypatch.setattr(ft, "trace_rewards", by_length)
     # crash in the second GRPO step: the first one's checkpoint is kept for resume
