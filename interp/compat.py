@@ -27,7 +27,7 @@ TESTED: dict[str, tuple[str, str]] = {
     "nnsight": ("0.8.1", "0.9"),
     "transformer-lens": ("4.3", "4.4"),
     "trl": ("1.16", "1.17"),
-    "accelerate": ("1.15", "1.16"),
+    "accelerate": ("1.15", "1.17"),
     "streamlit": ("1.67", "1.68"),
     "mistral_common": ("1.12", "1.14"),  # Voxtral's tokenizer (MistralCommonBackend)
 }
