@@ -12,7 +12,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +222,149 @@ def finalize(out_dir: str | Path) -> None:
             p.unlink()
 
 
+@dataclass
+class _RunState:
+    """Where a run stands: the step it starts from, its per-step losses so far, the minutes its
+    earlier sessions trained and its resume history (all empty for a fresh run)."""
+
+    start: int = 0
+    losses: list = field(default_factory=list)
+    minutes_before: float = 0.0
+    history: list = field(default_factory=list)
+
+
+def _initial_model(mcfg: MicroConfig, init_from: str | Path | None):
+    """``(model, processor)``: the checkpoint ``init_from`` (float32), or a fresh `micro` built
+    from ``mcfg``."""
+    import torch
+
+    if init_from is not None:
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(init_from)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(init_from, dtype=torch.float32)
+    else:
+        processor = build_processor(mcfg)
+        model = build_model(processor, mcfg)
+    return model, processor
+
+
+def _cafe_items(data_seed: int) -> Callable[[int, int], list]:
+    """The plain training items: ``batch_items(first, n)`` -> cafe items of seeds
+    ``data_seed * 100000 + first + i``."""
+
+    def batch_items(first: int, n: int) -> list:
+        return [make_item(data_seed * 100_000 + first + i) for i in range(n)]
+
+    return batch_items
+
+
+def _is_resuming(out_dir: Path, resume: bool) -> bool:
+    """Whether this run continues an interrupted one in ``out_dir`` (``resume`` and resume state
+    there); a ConfigError for ``resume`` on a finished run."""
+    resuming = resume and has_optimizer(out_dir)
+    if resume and not resuming and (out_dir / "training.json").exists():
+        raise ConfigError(
+            f"--resume: {out_dir} holds a finished run (its resume state was dropped when it completed); "
+            "expected an interrupted run; choose another --out to train again"
+        )
+    return resuming
+
+
+def _reload_weights(model, out_dir: Path):
+    """``out_dir``'s saved weights in ``model``'s class, with ``model``'s frozen parameters frozen."""
+    import torch
+
+    # from_pretrained maps the checkpoint's saved key names back onto the module tree
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    model = type(model).from_pretrained(out_dir, dtype=torch.float32)
+    for n, p in model.named_parameters():  # loading does not keep requires_grad_(False)
+        p.requires_grad_(n not in frozen)
+    return model
+
+
+def _resumed_state(out_dir: Path, cfg: TrainConfig, extra_info: dict | None) -> _RunState:
+    """The interrupted run's state from its ``training.json``; a ConfigError where this run's
+    config, organism knobs or step count do not continue it."""
+    info = json.loads((out_dir / "training.json").read_text())
+    # knobs that may change between sessions; `steps` may grow: the cosine schedule is then
+    # laid over the new total from the step reached (a warm restart, recorded in "history")
+    runtime = {"max_minutes", "threads", "save_every", "steps"}
+    old_cfg = {k: v for k, v in info.get("train_config", {}).items() if k not in runtime}
+    new_cfg = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in runtime}
+    old_knobs, new_knobs = info.get("knobs"), json.loads(json.dumps((extra_info or {}).get("knobs")))
+    if old_knobs != new_knobs:
+        raise ConfigError(
+            f"--resume: {out_dir} was trained with organism knobs {old_knobs}; this run asks for {new_knobs}"
+        )
+    if old_cfg != new_cfg or cfg.steps < info["steps_done"]:
+        raise ConfigError(
+            f"--resume: {out_dir} was trained with {old_cfg} for {info['steps_done']} steps; "
+            f"this run asks for {new_cfg} and {cfg.steps} steps"
+        )
+    history = info.get("history", []) + [{"resumed_at_step": info["steps_done"], "steps": cfg.steps}]
+    return _RunState(start=info["steps_done"], losses=info.get("losses", []),
+                     minutes_before=info.get("minutes", 0.0), history=history)
+
+
+def _format_stream(cfg: TrainConfig, out_dir: Path, opt, *, resuming: bool, start: int):
+    """``(rng, fmt_p)``: the answer-format draws' generator and probabilities.  A resumed run
+    also restores the saved optimizer state and RNG streams (torch's and the format draws'), so
+    it draws what an unbroken one would; a legacy checkpoint without them fast-forwards the
+    format stream by ``start`` steps."""
+    rng = np.random.default_rng([cfg.seed, 0])
+    fmt_p = np.array(cfg.format_weights) / sum(cfg.format_weights)
+    if resuming and not load_optimizer(out_dir, opt, rng=rng):
+        rng = np.random.default_rng([cfg.seed, 0])
+        for _ in range(start):
+            rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p)
+    return rng, fmt_p
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup over ``cfg.warmup`` steps, then cosine decay to 5% of ``cfg.lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def _train_step(model, processor, opt, items: list, fmts: list, *, lr: float, loss_fn: Callable | None,
+                render: Callable) -> float:
+    """One optimiser step at learning rate ``lr`` on ``items`` in answer formats ``fmts``
+    (gradients clipped to norm 1); returns the loss."""
+    import torch
+
+    batch, labels = make_batch(processor, items, fmts, render=render)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = model(**batch, labels=labels).loss if loss_fn is None else loss_fn(model, batch, labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def _training_info(cfg: TrainConfig, mcfg: MicroConfig, state: _RunState, minutes: float, step_done: int,
+                   extra_info: dict | None) -> dict:
+    """``training.json``: the configs, progress after ``step_done`` steps (``minutes`` in all
+    sessions), the losses and the resume history, with ``extra_info`` merged in."""
+    losses = state.losses
+    return {
+        "train_config": asdict(cfg),
+        "micro_config": asdict(mcfg),
+        "steps_done": step_done,
+        "items_seen": step_done * cfg.batch_size,
+        "minutes": round(minutes, 2),
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "loss_every_50": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
+        "losses": [round(x, 5) for x in losses],
+        "history": state.history,
+        **(extra_info or {}),
+    }
+
+
 def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConfig = MicroConfig(), progress=True,
           resume: bool = False, *, init_from: str | Path | None = None,
           batch_items: Callable[[int, int], list] | None = None, extra_info: dict | None = None,
@@ -236,113 +379,45 @@ def train(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), mcfg: MicroConf
     replaces the reference target text."""
     import torch
 
-
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
-    if init_from is not None:
-        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-        processor = AutoProcessor.from_pretrained(init_from)
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(init_from, dtype=torch.float32)
-    else:
-        processor = build_processor(mcfg)
-        model = build_model(processor, mcfg)
+    model, processor = _initial_model(mcfg, init_from)
     if batch_items is None:
-        def batch_items(first: int, n: int) -> list:
-            return [make_item(cfg.data_seed * 100_000 + first + i) for i in range(n)]
-    start, losses, minutes_before, history = 0, [], 0.0, []
-    resuming = resume and has_optimizer(out_dir)
-    if resume and not resuming and (out_dir / "training.json").exists():
-        raise ConfigError(
-            f"--resume: {out_dir} holds a finished run (its resume state was dropped when it completed); "
-            "expected an interrupted run; choose another --out to train again"
-        )
+        batch_items = _cafe_items(cfg.data_seed)
+    resuming = _is_resuming(out_dir, resume)
     if resuming:
-        # from_pretrained maps the checkpoint's saved key names back onto the module tree
-        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-        model = type(model).from_pretrained(out_dir, dtype=torch.float32)
-        for n, p in model.named_parameters():  # loading does not keep requires_grad_(False)
-            p.requires_grad_(n not in frozen)
+        model = _reload_weights(model, out_dir)
     if attn_implementation is not None:
         model.set_attn_implementation(attn_implementation)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    if resuming:
-        info = json.loads((out_dir / "training.json").read_text())
-        # knobs that may change between sessions; `steps` may grow: the cosine schedule is then
-        # laid over the new total from the step reached (a warm restart, recorded in "history")
-        runtime = {"max_minutes", "threads", "save_every", "steps"}
-        old_cfg = {k: v for k, v in info.get("train_config", {}).items() if k not in runtime}
-        new_cfg = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in runtime}
-        old_knobs, new_knobs = info.get("knobs"), json.loads(json.dumps((extra_info or {}).get("knobs")))
-        if old_knobs != new_knobs:
-            raise ConfigError(
-                f"--resume: {out_dir} was trained with organism knobs {old_knobs}; this run asks for {new_knobs}"
-            )
-        if old_cfg != new_cfg or cfg.steps < info["steps_done"]:
-            raise ConfigError(
-                f"--resume: {out_dir} was trained with {old_cfg} for {info['steps_done']} steps; "
-                f"this run asks for {new_cfg} and {cfg.steps} steps"
-            )
-        history = info.get("history", []) + [{"resumed_at_step": info["steps_done"], "steps": cfg.steps}]
-        start, losses, minutes_before = info["steps_done"], info.get("losses", []), info.get("minutes", 0.0)
+    state = _resumed_state(out_dir, cfg, extra_info) if resuming else _RunState()
     model.train()
-    rng = np.random.default_rng([cfg.seed, 0])
-    fmt_p = np.array(cfg.format_weights) / sum(cfg.format_weights)
-    # the resumed run continues the saved RNG streams (torch's and the format draws'), so it draws
-    # what an unbroken one would; a legacy checkpoint without them fast-forwards the format stream
-    if resuming and not load_optimizer(out_dir, opt, rng=rng):
-        rng = np.random.default_rng([cfg.seed, 0])
-        for _ in range(start):
-            rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+    rng, fmt_p = _format_stream(cfg, out_dir, opt, resuming=resuming, start=state.start)
 
     t0 = time.time()
-    bar = None
-    if progress:
+    bar = tqdm(total=cfg.steps, initial=state.start, desc="micro train", unit="step") if progress else None
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="micro train", unit="step")
+    def minutes() -> float:
+        return state.minutes_before + (time.time() - t0) / 60
 
     def info(step_done: int) -> dict:
-        return {
-            "train_config": asdict(cfg),
-            "micro_config": asdict(mcfg),
-            "steps_done": step_done,
-            "items_seen": step_done * cfg.batch_size,
-            "minutes": round(minutes_before + (time.time() - t0) / 60, 2),
-            "final_loss": float(np.mean(losses[-50:])) if losses else None,
-            "loss_every_50": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
-            "losses": [round(x, 5) for x in losses],
-            "history": history,
-            **(extra_info or {}),
-        }
+        return _training_info(cfg, mcfg, state, minutes(), step_done, extra_info)
 
-    step = start
-    for step in range(start, cfg.steps):
+    step = state.start
+    for step in range(state.start, cfg.steps):
         items = batch_items(step * cfg.batch_size, cfg.batch_size)
         fmts = list(rng.choice(FORMATS, size=cfg.batch_size, p=fmt_p))
-        batch, labels = make_batch(processor, items, fmts, render=render or render_target)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        loss = model(**batch, labels=labels).loss if loss_fn is None else loss_fn(model, batch, labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        state.losses.append(_train_step(model, processor, opt, items, fmts, lr=_lr_at(cfg, step), loss_fn=loss_fn,
+                                        render=render or render_target))
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix(loss=f"{np.mean(state.losses[-20:]):.3f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             model.eval()
             _save(out_dir, model, processor, opt, info(step + 1), rng)
             model.train()
-        if minutes_before + (time.time() - t0) / 60 > cfg.max_minutes:
+        if minutes() > cfg.max_minutes:
             break
     if bar is not None:
         bar.close()
