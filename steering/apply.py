@@ -251,11 +251,13 @@ def _check_generate_kwargs(kwargs: dict[str, Any]) -> None:
 
 def steer_tensor(
     h: Float[Tensor, "batch pos width"],
-    delta: Float[Tensor, " width"],
+    delta: Float[Tensor, " width"] | Float[Tensor, "batch width"],
     positions: str,
     scale: Float[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch pos width"]:
-    """``h`` with ``delta`` (times ``scale`` per row) added where ``positions`` says.
+    """``h`` with ``delta`` (times ``scale`` per row) added where ``positions`` says: one
+    direction ``[width]`` for every row, or one per row ``[batch, width]`` (per-input and folded
+    steering).
 
     A forward with more than one query position is the prefill (``last_prompt`` edits its last
     column); one with a single position is a decoding step (``generated`` edits it).  Returns

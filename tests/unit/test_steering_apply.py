@@ -191,6 +191,25 @@ def test_generated_positions_leave_the_prefill_alone(lm, batch, vecs):
         torch.testing.assert_close(diff[b], ALPHA * vec.directions[L], atol=2e-5, rtol=1e-5)
 
 
+def test_steer_tensor_adds_one_direction_or_one_per_row():
+    """``delta`` is ``[width]`` (every row) or ``[batch, width]`` (per-input and folded
+    steering); under pytest a per-row delta whose batch disagrees with ``h``'s is refused."""
+    from jaxtyping import TypeCheckError
+
+    from auralens.steering.apply import steer_tensor
+
+    g = torch.Generator().manual_seed(0)
+    prefill, step = torch.randn(3, 4, 8, generator=g), torch.randn(3, 1, 8, generator=g)
+    one, rows, scale = torch.randn(8, generator=g), torch.randn(3, 8, generator=g), torch.tensor([0.0, 1.0, 2.0])
+    for delta in (one, rows):
+        out = steer_tensor(prefill, delta, "last_prompt")
+        assert torch.equal(out[:, :-1], prefill[:, :-1]) and torch.equal(out[:, -1], prefill[:, -1] + delta)
+        assert torch.equal(steer_tensor(step, delta, "generated", scale), step + (scale[:, None] * delta)[:, None])
+        assert steer_tensor(step, delta, "last_prompt") is step
+    with pytest.raises(TypeCheckError, match="steer_tensor"):
+        steer_tensor(prefill, rows[:2], "last_prompt")
+
+
 def test_batched_equals_one_by_one(lm, items, vecs):
     from auralens.interp.generation import cast_features, model_inputs
     from auralens.steering.apply import apply_vector
