@@ -148,8 +148,6 @@ def test_stacked_layout_is_equivalent_to_dict():
         (dict(directions={1: torch.zeros(D_MODEL + 1)}), "width d_model=32"),
         (dict(directions={N_LAYERS: torch.zeros(D_MODEL)}), "out of range"),
         (dict(directions={1: torch.full((D_MODEL,), float("nan"))}), "finite"),
-        (dict(directions={1: torch.zeros(2, D_MODEL)}), "1-D"),
-        (dict(directions={1: torch.zeros(D_MODEL, dtype=torch.int64)}), "float"),
         (dict(directions={}), "at least one"),
         (dict(directions=torch.zeros(N_LAYERS - 1, D_MODEL)), "stacked"),
         (dict(data_fingerprint="abc"), "sha256"),
@@ -165,6 +163,18 @@ def test_stacked_layout_is_equivalent_to_dict():
     ],
 )
 def test_vector_validation(change, needle):
+    with pytest.raises(ConfigError, match=needle):
+        make_vector(**change)
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (dict(directions={1: torch.zeros(2, D_MODEL)}), "1-D"),
+        (dict(directions={1: torch.zeros(D_MODEL, dtype=torch.int64)}), "float"),
+    ],
+)
+def test_vector_validation_of_malformed_tensors(change, needle, unchecked_shapes):  # the vector's own checks
     with pytest.raises(ConfigError, match=needle):
         make_vector(**change)
 
