@@ -25,6 +25,9 @@ SHAPE_CHECKED = (
     "auralens.interp.attention_yield",
     "auralens.probes.collect",
     "auralens.probes.fit",
+    "auralens.steering.apply",
+    "auralens.steering.directions",
+    "auralens.steering.vector",
 )
 
 
