@@ -30,7 +30,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -356,17 +357,25 @@ def _ids(tok, names: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def build_config(
-    arch_name: str,
-    tokenizer: Any,
-    *,
-    text: dict[str, Any] | None = None,
-    audio: dict[str, Any] | None = None,
-    n_mels: int = TINY_MELS,
-    chunk_seconds: int = TINY_CHUNK_SECONDS,
-):
-    """A config of the real class with the given decoder/encoder sizes and this tokenizer's ids."""
-    arch = canonical_arch(arch_name)
+@dataclass(frozen=True)
+class _ConfigParts:
+    """What every per-architecture config builder reads: the tokenizer, the decoder and encoder
+    sizes (``text`` without ``vocab_size``/``rope_theta``), and the values derived from them."""
+
+    tokenizer: Any
+    text: dict[str, Any]
+    audio: dict[str, Any]
+    common_text: dict[str, Any]
+    rope_theta: Any
+    n_mels: int
+    max_source_positions: int
+
+
+def _config_parts(
+    tokenizer: Any, text: dict[str, Any] | None, audio: dict[str, Any] | None, n_mels: int, chunk_seconds: int
+) -> _ConfigParts:
+    """The sizes (defaults ``TINY_TEXT``/``TINY_AUDIO``), vocabulary, rope theta, encoder positions
+    and the decoder config fields shared by every architecture."""
     text = dict(TINY_TEXT if text is None else text)
     audio = dict(TINY_AUDIO if audio is None else audio)
     vocab = max(int(text.pop("vocab_size", 0)), len(tokenizer))
@@ -382,171 +391,220 @@ def build_config(
         tie_word_embeddings=False,
         use_sliding_window=False,
     )
-    if arch == "qwen2_audio":
-        from transformers import Qwen2AudioConfig
+    return _ConfigParts(tokenizer, text, audio, common_text, rope_theta, n_mels, max_source_positions)
 
-        ids = _ids(tokenizer, ["<|AUDIO|>"])
-        return Qwen2AudioConfig(
-            text_config=dict(common_text, model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": rope_theta}),
-            audio_config=dict(
-                model_type="qwen2_audio_encoder",
-                num_mel_bins=n_mels,
-                max_source_positions=max_source_positions,
-                **audio,
-            ),
-            audio_token_index=ids["<|AUDIO|>"],
-        )
-    if arch == "qwen2_5_omni_thinker":
-        from transformers import Qwen2_5OmniThinkerConfig
 
-        ids = _ids(
-            tokenizer,
-            ["<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>", "<|audio_bos|>", "<|audio_eos|>", "<|vision_bos|>", "user"],
-        )
-        head_dim = text["hidden_size"] // text["num_attention_heads"]
-        half = head_dim // 2
-        # mrope splits the rotary half-dim in (temporal, height, width) sections: 16/24/24 of 64
-        # in the 7B; keep the same proportions.
-        t_sec = max(1, half // 4)
-        h_sec = (half - t_sec) // 2
-        mrope = [t_sec, h_sec, half - t_sec - h_sec]
-        return Qwen2_5OmniThinkerConfig(
-            text_config=dict(
-                common_text,
-                rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
-            ),
-            audio_config=dict(
-                num_mel_bins=n_mels,
-                max_source_positions=max_source_positions,
-                n_window=max_source_positions,
-                output_dim=text["hidden_size"],
-                **audio,
-            ),
-            # The vision tower is built by the class whatever the input; keep it minimal.
-            vision_config=dict(
-                depth=1,
-                hidden_size=32,
-                intermediate_size=32,
-                num_heads=2,
-                out_hidden_size=text["hidden_size"],
-                fullatt_block_indexes=[0],
-                patch_size=14,
-                window_size=56,
-            ),
-            audio_token_index=ids["<|AUDIO|>"],
-            image_token_index=ids["<|IMAGE|>"],
-            video_token_index=ids["<|VIDEO|>"],
-            audio_start_token_id=ids["<|audio_bos|>"],
-            audio_end_token_id=ids["<|audio_eos|>"],
-            vision_start_token_id=ids["<|vision_bos|>"],
-            user_token_id=ids["user"],
-        )
-    af3_audio = dict(
-        model_type="audioflamingo3_encoder",
-        num_mel_bins=n_mels,
-        max_source_positions=max_source_positions,
-        hidden_size=audio["d_model"],
-        num_hidden_layers=audio["encoder_layers"],
-        num_attention_heads=audio["encoder_attention_heads"],
-        intermediate_size=audio["encoder_ffn_dim"],
-    )
+def _qwen2_text(p: _ConfigParts) -> dict[str, Any]:
+    return dict(p.common_text, model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta})
+
+
+def _llama_text(p: _ConfigParts) -> dict[str, Any]:
     llama_text = dict(
-        common_text,
+        p.common_text,
         model_type="llama",
-        head_dim=text["hidden_size"] // text["num_attention_heads"],
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        head_dim=p.text["hidden_size"] // p.text["num_attention_heads"],
+        rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
     )
     llama_text.pop("use_sliding_window")
-    if arch == "voxtral":
-        from transformers import VoxtralConfig
+    return llama_text
 
-        d = audio["d_model"]
-        return VoxtralConfig(
-            text_config=llama_text,
-            audio_config=dict(
-                model_type="voxtral_encoder",
-                num_mel_bins=n_mels,
-                max_source_positions=max_source_positions,
-                hidden_size=d,
-                num_hidden_layers=audio["encoder_layers"],
-                num_attention_heads=audio["encoder_attention_heads"],
-                # the projector reads 4 merged frames: intermediate_size must be 4 * hidden_size
-                intermediate_size=4 * d,
-            ),
-            audio_token_id=int(tokenizer.convert_tokens_to_ids("[AUDIO]")),
-            projector_hidden_act="gelu",
-        )
-    if arch == "qwen3_asr":
-        from transformers import Qwen3ASRConfig
 
-        ids = _ids(tokenizer, ["<|audio_pad|>"])
-        return Qwen3ASRConfig(
-            text_config=dict(
-                common_text,
-                model_type="qwen3",
-                head_dim=text["hidden_size"] // text["num_attention_heads"],
-                rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-            ),
-            audio_config=dict(
-                model_type="qwen3_asr_encoder",
-                num_mel_bins=n_mels,
-                n_window=QWEN3_ASR_WINDOW,
-                output_dim=text["hidden_size"],
-                downsample_hidden_size=16,
-                **audio,
-            ),
-            audio_token_id=ids["<|audio_pad|>"],
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=False,
-        )
-    if arch == "musicflamingo":
-        from transformers import MusicFlamingoConfig
+def _af3_audio(p: _ConfigParts) -> dict[str, Any]:
+    return dict(
+        model_type="audioflamingo3_encoder",
+        num_mel_bins=p.n_mels,
+        max_source_positions=p.max_source_positions,
+        hidden_size=p.audio["d_model"],
+        num_hidden_layers=p.audio["encoder_layers"],
+        num_attention_heads=p.audio["encoder_attention_heads"],
+        intermediate_size=p.audio["encoder_ffn_dim"],
+    )
 
-        ids = _ids(tokenizer, ["<sound>", "<|sound_bos|>", "<|sound_eos|>"])
-        return MusicFlamingoConfig(
-            text_config=dict(common_text, model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": rope_theta}),
-            audio_config=af3_audio,
-            audio_token_id=ids["<sound>"],
-            audio_bos_token_id=ids["<|sound_bos|>"],
-            audio_eos_token_id=ids["<|sound_eos|>"],
-        )
-    if arch == "glmasr":
-        from transformers import GlmAsrConfig
 
-        ids = _ids(tokenizer, ["<|pad|>"])
-        d = audio["d_model"]
-        return GlmAsrConfig(
-            text_config=llama_text,
-            audio_config=dict(
-                model_type="glmasr_encoder",
-                num_mel_bins=n_mels,
-                max_position_embeddings=max_source_positions,
-                hidden_size=d,
-                num_hidden_layers=audio["encoder_layers"],
-                num_attention_heads=audio["encoder_attention_heads"],
-                # the projector reads 4 merged frames: intermediate_size must be 4 * hidden_size
-                intermediate_size=4 * d,
-            ),
-            audio_token_id=ids["<|pad|>"],
-            tie_word_embeddings=False,
-        )
+def _qwen2_audio_config(p: _ConfigParts):
+    from transformers import Qwen2AudioConfig
+
+    ids = _ids(p.tokenizer, ["<|AUDIO|>"])
+    return Qwen2AudioConfig(
+        text_config=_qwen2_text(p),
+        audio_config=dict(
+            model_type="qwen2_audio_encoder",
+            num_mel_bins=p.n_mels,
+            max_source_positions=p.max_source_positions,
+            **p.audio,
+        ),
+        audio_token_index=ids["<|AUDIO|>"],
+    )
+
+
+def _qwen2_5_omni_thinker_config(p: _ConfigParts):
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    ids = _ids(
+        p.tokenizer,
+        ["<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>", "<|audio_bos|>", "<|audio_eos|>", "<|vision_bos|>", "user"],
+    )
+    hidden = p.text["hidden_size"]
+    head_dim = hidden // p.text["num_attention_heads"]
+    half = head_dim // 2
+    # mrope splits the rotary half-dim in (temporal, height, width) sections: 16/24/24 of 64
+    # in the 7B; keep the same proportions.
+    t_sec = max(1, half // 4)
+    h_sec = (half - t_sec) // 2
+    mrope = [t_sec, h_sec, half - t_sec - h_sec]
+    return Qwen2_5OmniThinkerConfig(
+        text_config=dict(
+            p.common_text,
+            rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta, "mrope_section": mrope},
+        ),
+        audio_config=dict(
+            num_mel_bins=p.n_mels,
+            max_source_positions=p.max_source_positions,
+            n_window=p.max_source_positions,
+            output_dim=hidden,
+            **p.audio,
+        ),
+        # The vision tower is built by the class whatever the input; keep it minimal.
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=hidden,
+            fullatt_block_indexes=[0],
+            patch_size=14,
+            window_size=56,
+        ),
+        audio_token_index=ids["<|AUDIO|>"],
+        image_token_index=ids["<|IMAGE|>"],
+        video_token_index=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"],
+        vision_start_token_id=ids["<|vision_bos|>"],
+        user_token_id=ids["user"],
+    )
+
+
+def _audioflamingo3_config(p: _ConfigParts):
     from transformers import AudioFlamingo3Config
 
-    ids = _ids(tokenizer, ["<sound>"])
+    ids = _ids(p.tokenizer, ["<sound>"])
     return AudioFlamingo3Config(
-        text_config=dict(common_text, model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": rope_theta}),
-        audio_config=dict(
-            model_type="audioflamingo3_encoder",
-            num_mel_bins=n_mels,
-            max_source_positions=max_source_positions,
-            hidden_size=audio["d_model"],
-            num_hidden_layers=audio["encoder_layers"],
-            num_attention_heads=audio["encoder_attention_heads"],
-            intermediate_size=audio["encoder_ffn_dim"],
-        ),
+        text_config=_qwen2_text(p),
+        audio_config=_af3_audio(p),
         audio_token_id=ids["<sound>"],
     )
+
+
+def _musicflamingo_config(p: _ConfigParts):
+    from transformers import MusicFlamingoConfig
+
+    ids = _ids(p.tokenizer, ["<sound>", "<|sound_bos|>", "<|sound_eos|>"])
+    return MusicFlamingoConfig(
+        text_config=_qwen2_text(p),
+        audio_config=_af3_audio(p),
+        audio_token_id=ids["<sound>"],
+        audio_bos_token_id=ids["<|sound_bos|>"],
+        audio_eos_token_id=ids["<|sound_eos|>"],
+    )
+
+
+def _glmasr_config(p: _ConfigParts):
+    from transformers import GlmAsrConfig
+
+    ids = _ids(p.tokenizer, ["<|pad|>"])
+    d = p.audio["d_model"]
+    return GlmAsrConfig(
+        text_config=_llama_text(p),
+        audio_config=dict(
+            model_type="glmasr_encoder",
+            num_mel_bins=p.n_mels,
+            max_position_embeddings=p.max_source_positions,
+            hidden_size=d,
+            num_hidden_layers=p.audio["encoder_layers"],
+            num_attention_heads=p.audio["encoder_attention_heads"],
+            # the projector reads 4 merged frames: intermediate_size must be 4 * hidden_size
+            intermediate_size=4 * d,
+        ),
+        audio_token_id=ids["<|pad|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def _qwen3_asr_config(p: _ConfigParts):
+    from transformers import Qwen3ASRConfig
+
+    ids = _ids(p.tokenizer, ["<|audio_pad|>"])
+    return Qwen3ASRConfig(
+        text_config=dict(
+            p.common_text,
+            model_type="qwen3",
+            head_dim=p.text["hidden_size"] // p.text["num_attention_heads"],
+            rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
+        ),
+        audio_config=dict(
+            model_type="qwen3_asr_encoder",
+            num_mel_bins=p.n_mels,
+            n_window=QWEN3_ASR_WINDOW,
+            output_dim=p.text["hidden_size"],
+            downsample_hidden_size=16,
+            **p.audio,
+        ),
+        audio_token_id=ids["<|audio_pad|>"],
+        pad_token_id=p.tokenizer.pad_token_id,
+        eos_token_id=p.tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def _voxtral_config(p: _ConfigParts):
+    from transformers import VoxtralConfig
+
+    d = p.audio["d_model"]
+    return VoxtralConfig(
+        text_config=_llama_text(p),
+        audio_config=dict(
+            model_type="voxtral_encoder",
+            num_mel_bins=p.n_mels,
+            max_source_positions=p.max_source_positions,
+            hidden_size=d,
+            num_hidden_layers=p.audio["encoder_layers"],
+            num_attention_heads=p.audio["encoder_attention_heads"],
+            # the projector reads 4 merged frames: intermediate_size must be 4 * hidden_size
+            intermediate_size=4 * d,
+        ),
+        audio_token_id=int(p.tokenizer.convert_tokens_to_ids("[AUDIO]")),
+        projector_hidden_act="gelu",
+    )
+
+
+# one config builder per name of TINY_ARCHS
+_CONFIG_BUILDERS: dict[str, Callable[[_ConfigParts], Any]] = {
+    "qwen2_audio": _qwen2_audio_config,
+    "qwen2_5_omni_thinker": _qwen2_5_omni_thinker_config,
+    "audioflamingo3": _audioflamingo3_config,
+    "musicflamingo": _musicflamingo_config,
+    "glmasr": _glmasr_config,
+    "qwen3_asr": _qwen3_asr_config,
+    "voxtral": _voxtral_config,
+}
+
+
+def build_config(
+    arch_name: str,
+    tokenizer: Any,
+    *,
+    text: dict[str, Any] | None = None,
+    audio: dict[str, Any] | None = None,
+    n_mels: int = TINY_MELS,
+    chunk_seconds: int = TINY_CHUNK_SECONDS,
+):
+    """A config of the real class with the given decoder/encoder sizes and this tokenizer's ids.
+
+    The architecture's builder in ``_CONFIG_BUILDERS`` makes it from the shared parts of
+    :func:`_config_parts`."""
+    arch = canonical_arch(arch_name)
+    return _CONFIG_BUILDERS[arch](_config_parts(tokenizer, text, audio, n_mels, chunk_seconds))
 
 
 def _model_class(arch: str):
