@@ -375,6 +375,53 @@ def fit_probe(
         ProbeError: mismatched lengths, non-finite features, a single class, too few items
             (or items per class) for the folds.
     """
+    config, X_arr, y_arr, key_arr, control_arr, group_codes = _fit_inputs(
+        X, y, groups, config, control_key, control_y, attribute
+    )
+    classes, target, chance = _encode_target(y_arr, group_codes, config, attribute)
+
+    folds = make_folds(target, group_codes, config)
+    pred, fold_scores = _oof_predict(X_arr, target, folds, config)
+    score = _pooled_score(target, pred, config.kind)
+    ci_low, ci_high = _bootstrap_ci(target, pred, group_codes, config, attribute)
+    control_score, control_fold_scores = _control_score(
+        X_arr, target, folds, config, key_arr, control_arr, attribute
+    )
+    direction, intercept = _full_direction(X_arr, target, config, classes)
+
+    return ProbeResult(
+        kind=config.kind,
+        metric=config.metric,
+        attribute=attribute,
+        accuracy=score,
+        control_accuracy=control_score,
+        selectivity=score - control_score,
+        chance=chance,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        n=int(X_arr.shape[0]),
+        n_items=int(group_codes.max()) + 1,
+        n_classes=None if classes is None else int(classes.size),
+        classes=None if classes is None else tuple(classes.tolist()),
+        fold_scores=tuple(fold_scores),
+        control_fold_scores=tuple(control_fold_scores),
+        direction=direction,
+        intercept=intercept,
+        config=config,
+    )
+
+
+def _fit_inputs(
+    X: Any,
+    y: Sequence[Any] | np.ndarray,
+    groups: Sequence[Hashable] | np.ndarray,
+    config: ProbeConfig | None,
+    control_key: Sequence[Hashable] | np.ndarray | None,
+    control_y: Sequence[Any] | np.ndarray | None,
+    attribute: str,
+) -> tuple[ProbeConfig, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """:func:`fit_probe`'s validated inputs: the config (default :class:`ProbeConfig`), the
+    feature, label, group, control-key and control-label arrays, and the item codes."""
     config = ProbeConfig() if config is None else config
     if not isinstance(config, ProbeConfig):
         raise ProbeError(f"config: expected a ProbeConfig, found {type(config).__name__}")
@@ -399,7 +446,14 @@ def fit_probe(
     if X_arr.shape[0] == 0:
         raise ProbeError(f"attribute {attribute!r}: expected rows to probe, found 0")
     group_codes = encode_groups(g_arr)
+    return config, X_arr, y_arr, key_arr, control_arr, group_codes
 
+
+def _encode_target(
+    y_arr: np.ndarray, group_codes: np.ndarray, config: ProbeConfig, attribute: str
+) -> tuple[np.ndarray | None, np.ndarray, float]:
+    """``(classes, target, chance)``: class codes and majority-class rate for a logistic probe,
+    float targets (no classes, chance 0) for a ridge probe; the folds' support is checked."""
     if config.kind == "logistic":
         classes, target = encode_labels(y_arr, attribute)
         check_support(target, classes, None, group_codes, config.n_folds, attribute)
@@ -414,29 +468,43 @@ def fit_probe(
         target = y_arr.astype(np.float64)
         check_support(None, None, target, group_codes, config.n_folds, attribute)
         chance = 0.0
+    return classes, target, chance
 
-    folds = make_folds(target, group_codes, config)
-    pred, fold_scores = _oof_predict(X_arr, target, folds, config)
-    score = _pooled_score(target, pred, config.kind)
-    ci_low, ci_high = _bootstrap_ci(target, pred, group_codes, config, attribute)
 
-    if config.control == "random_label_mapping":
-        if control_arr is None:
-            control_target = control_labels(
-                target, key=key_arr, seed=config.seed, attribute=attribute
-            )
-        elif config.kind == "logistic":
-            control_target = encode_labels(control_arr, f"{attribute} (control_y)")[1]
-        else:
-            control_target = control_arr.astype(np.float64)
-        control_pred, control_fold_scores = _oof_predict(X_arr, control_target, folds, config)
-        if config.kind == "ridge" and np.ptp(control_target) == 0:
-            control_score = float("nan")
-        else:
-            control_score = _pooled_score(control_target, control_pred, config.kind)
+def _control_score(
+    X_arr: np.ndarray,
+    target: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    config: ProbeConfig,
+    key_arr: np.ndarray | None,
+    control_arr: np.ndarray | None,
+    attribute: str,
+) -> tuple[float, list[float]]:
+    """Pooled and per-fold out-of-fold scores of the control task on the same folds (NaN and no
+    folds when ``config.control`` is ``"none"``; NaN for a constant ridge control target)."""
+    if config.control != "random_label_mapping":
+        return float("nan"), []
+    if control_arr is None:
+        control_target = control_labels(
+            target, key=key_arr, seed=config.seed, attribute=attribute
+        )
+    elif config.kind == "logistic":
+        control_target = encode_labels(control_arr, f"{attribute} (control_y)")[1]
     else:
-        control_score, control_fold_scores = float("nan"), []
+        control_target = control_arr.astype(np.float64)
+    control_pred, control_fold_scores = _oof_predict(X_arr, control_target, folds, config)
+    if config.kind == "ridge" and np.ptp(control_target) == 0:
+        control_score = float("nan")
+    else:
+        control_score = _pooled_score(control_target, control_pred, config.kind)
+    return control_score, control_fold_scores
 
+
+def _full_direction(
+    X_arr: np.ndarray, target: np.ndarray, config: ProbeConfig, classes: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | float]:
+    """Direction and intercept of the probe refitted on all rows, in the unstandardised
+    feature space (see :class:`ProbeResult`)."""
     full = _pipeline(config).fit(X_arr, target)
     scale = full.named_steps["scale"]
     probe = full.named_steps["probe"]
@@ -446,28 +514,8 @@ def fit_probe(
     if config.kind == "logistic" and classes is not None and classes.size == 2:
         direction, intercept = direction[0], intercept[0]
     if config.kind == "ridge" or np.ndim(intercept) == 0:
-        intercept = float(intercept)
-
-    return ProbeResult(
-        kind=config.kind,
-        metric=config.metric,
-        attribute=attribute,
-        accuracy=score,
-        control_accuracy=control_score,
-        selectivity=score - control_score,
-        chance=chance,
-        ci_low=ci_low,
-        ci_high=ci_high,
-        n=int(X_arr.shape[0]),
-        n_items=int(group_codes.max()) + 1,
-        n_classes=None if classes is None else int(classes.size),
-        classes=None if classes is None else tuple(classes.tolist()),
-        fold_scores=tuple(fold_scores),
-        control_fold_scores=tuple(control_fold_scores),
-        direction=direction,
-        intercept=intercept,
-        config=config,
-    )
+        return direction, float(intercept)
+    return direction, intercept
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,124 +625,16 @@ def probe_results(
     n_layers: int | None = None,
 ) -> list[ProbeRow]:
     """Fit one probe per activation key and attribute; see :func:`run_probes`."""
-    if not isinstance(activations, Mapping) or not activations:
-        found = "an empty mapping" if isinstance(activations, Mapping) else type(activations)
-        raise ProbeError(
-            "activations: expected a non-empty mapping {(site, layer, position, step): X}, "
-            f"found {found}"
-        )
-    if not isinstance(labels, Mapping) or not labels:
-        raise ProbeError(
-            f"labels: expected a non-empty mapping {{attribute: labels}}, found {labels!r:.80}"
-        )
-    if n_layers is not None and (
-        isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1
-    ):
-        raise ProbeError(f"n_layers: expected a positive integer, found {n_layers!r}")
-    configs: dict[str, ProbeConfig] = {}
-    for attribute in labels:
-        if config is None:
-            configs[attribute] = ProbeConfig()
-        elif isinstance(config, ProbeConfig):
-            configs[attribute] = config
-        elif isinstance(config, Mapping) and attribute in config:
-            configs[attribute] = config[attribute]
-        else:
-            raise ProbeError(
-                f"config: expected a ProbeConfig or a mapping with a ProbeConfig for every "
-                f"attribute, found none for {attribute!r}"
-            )
-    control_keys = {} if control_keys is None else control_keys
-    unknown = sorted(set(control_keys) - set(labels))
-    if unknown:
-        raise ProbeError(
-            f"control_keys: expected attributes among {sorted(labels)}, found {unknown}"
-        )
-
+    _check_probe_args(activations, labels, n_layers)
+    configs = _attribute_configs(labels, config)
     g_all = np.asarray(groups)
-    label_arrays = {a: np.asarray(v) for a, v in labels.items()}
-    for attribute, arr in label_arrays.items():
-        if arr.ndim != 1 or arr.shape[0] != g_all.shape[0]:
-            raise ProbeError(
-                f"labels[{attribute!r}]: expected {g_all.shape[0]} entries (one per entry of "
-                f"groups), found shape {arr.shape}"
-            )
-    key_arrays = {a: np.asarray(v) for a, v in control_keys.items()}
-    for attribute, arr in key_arrays.items():
-        if arr.shape[0] != g_all.shape[0]:
-            raise ProbeError(
-                f"control_keys[{attribute!r}]: expected {g_all.shape[0]} entries (one per entry "
-                f"of groups), found {arr.shape[0]}"
-            )
-
-    # One control mapping per attribute over all entries (missing labels left out), so that
-    # every layer, position and step -- whatever subset of items it holds -- shares it.
-    present = {
-        a: np.array([not _is_missing(v) for v in arr.tolist()], dtype=bool)
-        for a, arr in label_arrays.items()
-    }
-    controls: dict[str, np.ndarray | None] = {}
-    for attribute, arr in label_arrays.items():
-        cfg = configs[attribute]
-        if cfg.control == "none":
-            controls[attribute] = None
-            continue
-        keep = present[attribute]
-        full = np.empty(arr.shape[0], dtype=arr.dtype if cfg.kind == "logistic" else np.float64)
-        if cfg.kind == "ridge":
-            full[:] = np.nan
-        vals = arr[keep] if cfg.kind == "logistic" else arr[keep].astype(np.float64)
-        key = key_arrays[attribute][keep] if attribute in key_arrays else None
-        full[keep] = control_labels(vals, key=key, seed=cfg.seed, attribute=attribute)
-        controls[attribute] = full
+    label_arrays, key_arrays = _aligned_arrays(labels, control_keys, g_all)
+    present, controls = _shared_controls(label_arrays, key_arrays, configs)
 
     out: list[ProbeRow] = []
     for key, value in activations.items():
-        if not isinstance(key, tuple) or len(key) != 4:
-            raise ProbeError(
-                f"activations key {key!r}: expected a tuple (site, layer, position, step)"
-            )
+        X_arr, rows = _site_features(key, value, g_all, n_layers)
         site, layer, position, step = key
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise ProbeError(f"activations key {key!r}: expected an integer layer, found {layer!r}")
-        if n_layers is not None and not 0 <= layer < n_layers:
-            raise ProbeError(
-                f"activations key {key!r}: expected a layer in [0, {n_layers - 1}] "
-                f"(n_layers={n_layers}), found {layer}"
-            )
-        if isinstance(value, tuple):
-            if len(value) != 2:
-                raise ProbeError(
-                    f"activations[{key!r}]: expected X or a pair (X, rows), found a tuple of "
-                    f"{len(value)}"
-                )
-            X, rows = value
-            rows = np.asarray(rows)
-            if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-                raise ProbeError(
-                    f"activations[{key!r}] rows: expected a 1-D integer index into the labels, "
-                    f"found shape {rows.shape} dtype {rows.dtype}"
-                )
-            if rows.size and (rows.min() < 0 or rows.max() >= g_all.shape[0]):
-                raise ProbeError(
-                    f"activations[{key!r}] rows: expected indices in [0, {g_all.shape[0] - 1}], "
-                    f"found {int(rows.min())}..{int(rows.max())}"
-                )
-        else:
-            X, rows = value, None
-        X_arr = as_features(X, f"{key!r}")
-        if rows is None:
-            if X_arr.shape[0] != g_all.shape[0]:
-                raise ProbeError(
-                    f"activations[{key!r}]: expected {g_all.shape[0]} rows (one per entry of "
-                    f"groups) or a pair (X, rows), found {X_arr.shape[0]}"
-                )
-            rows = np.arange(g_all.shape[0])
-        elif X_arr.shape[0] != rows.size:
-            raise ProbeError(
-                f"activations[{key!r}]: expected {rows.size} rows of X (one per index in rows), "
-                f"found {X_arr.shape[0]}"
-            )
         for attribute, y_all in label_arrays.items():
             keep = present[attribute][rows]
             sel = rows[keep]
@@ -717,6 +657,160 @@ def probe_results(
                 )
             )
     return out
+
+
+def _check_probe_args(activations: Any, labels: Any, n_layers: Any) -> None:
+    """:func:`probe_results`: non-empty ``activations`` and ``labels`` mappings, a positive
+    ``n_layers`` or None."""
+    if not isinstance(activations, Mapping) or not activations:
+        found = "an empty mapping" if isinstance(activations, Mapping) else type(activations)
+        raise ProbeError(
+            "activations: expected a non-empty mapping {(site, layer, position, step): X}, "
+            f"found {found}"
+        )
+    if not isinstance(labels, Mapping) or not labels:
+        raise ProbeError(
+            f"labels: expected a non-empty mapping {{attribute: labels}}, found {labels!r:.80}"
+        )
+    if n_layers is not None and (
+        isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1
+    ):
+        raise ProbeError(f"n_layers: expected a positive integer, found {n_layers!r}")
+
+
+def _attribute_configs(
+    labels: Mapping[str, Any], config: ProbeConfig | Mapping[str, ProbeConfig] | None
+) -> dict[str, ProbeConfig]:
+    """The :class:`ProbeConfig` of each attribute: the default, the one given, or its entry."""
+    configs: dict[str, ProbeConfig] = {}
+    for attribute in labels:
+        if config is None:
+            configs[attribute] = ProbeConfig()
+        elif isinstance(config, ProbeConfig):
+            configs[attribute] = config
+        elif isinstance(config, Mapping) and attribute in config:
+            configs[attribute] = config[attribute]
+        else:
+            raise ProbeError(
+                f"config: expected a ProbeConfig or a mapping with a ProbeConfig for every "
+                f"attribute, found none for {attribute!r}"
+            )
+    return configs
+
+
+def _aligned_arrays(
+    labels: Mapping[str, Sequence[Any] | np.ndarray],
+    control_keys: Mapping[str, Sequence[Hashable] | np.ndarray] | None,
+    g_all: np.ndarray,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Label and control-key arrays per attribute, each checked to have one entry per group
+    entry (and control keys only for known attributes)."""
+    control_keys = {} if control_keys is None else control_keys
+    unknown = sorted(set(control_keys) - set(labels))
+    if unknown:
+        raise ProbeError(
+            f"control_keys: expected attributes among {sorted(labels)}, found {unknown}"
+        )
+    label_arrays = {a: np.asarray(v) for a, v in labels.items()}
+    for attribute, arr in label_arrays.items():
+        if arr.ndim != 1 or arr.shape[0] != g_all.shape[0]:
+            raise ProbeError(
+                f"labels[{attribute!r}]: expected {g_all.shape[0]} entries (one per entry of "
+                f"groups), found shape {arr.shape}"
+            )
+    key_arrays = {a: np.asarray(v) for a, v in control_keys.items()}
+    for attribute, arr in key_arrays.items():
+        if arr.shape[0] != g_all.shape[0]:
+            raise ProbeError(
+                f"control_keys[{attribute!r}]: expected {g_all.shape[0]} entries (one per entry "
+                f"of groups), found {arr.shape[0]}"
+            )
+    return label_arrays, key_arrays
+
+
+def _shared_controls(
+    label_arrays: dict[str, np.ndarray],
+    key_arrays: dict[str, np.ndarray],
+    configs: dict[str, ProbeConfig],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    """``(present, controls)``: per attribute, which entries have a label, and the control
+    labels of all entries (None when its config has no control; NaN where a ridge label is
+    missing)."""
+    # One control mapping per attribute over all entries (missing labels left out), so that
+    # every layer, position and step -- whatever subset of items it holds -- shares it.
+    present = {
+        a: np.array([not _is_missing(v) for v in arr.tolist()], dtype=bool)
+        for a, arr in label_arrays.items()
+    }
+    controls: dict[str, np.ndarray | None] = {}
+    for attribute, arr in label_arrays.items():
+        cfg = configs[attribute]
+        if cfg.control == "none":
+            controls[attribute] = None
+            continue
+        keep = present[attribute]
+        full = np.empty(arr.shape[0], dtype=arr.dtype if cfg.kind == "logistic" else np.float64)
+        if cfg.kind == "ridge":
+            full[:] = np.nan
+        vals = arr[keep] if cfg.kind == "logistic" else arr[keep].astype(np.float64)
+        key = key_arrays[attribute][keep] if attribute in key_arrays else None
+        full[keep] = control_labels(vals, key=key, seed=cfg.seed, attribute=attribute)
+        controls[attribute] = full
+    return present, controls
+
+
+def _site_features(
+    key: Any, value: Any, g_all: np.ndarray, n_layers: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One entry of ``activations``, checked: its key ``(site, layer, position, step)`` and its
+    features ``X`` (one row per group entry) or ``(X, rows)``; returns the features and the
+    entries they belong to."""
+    if not isinstance(key, tuple) or len(key) != 4:
+        raise ProbeError(
+            f"activations key {key!r}: expected a tuple (site, layer, position, step)"
+        )
+    layer = key[1]
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        raise ProbeError(f"activations key {key!r}: expected an integer layer, found {layer!r}")
+    if n_layers is not None and not 0 <= layer < n_layers:
+        raise ProbeError(
+            f"activations key {key!r}: expected a layer in [0, {n_layers - 1}] "
+            f"(n_layers={n_layers}), found {layer}"
+        )
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ProbeError(
+                f"activations[{key!r}]: expected X or a pair (X, rows), found a tuple of "
+                f"{len(value)}"
+            )
+        X, rows = value
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise ProbeError(
+                f"activations[{key!r}] rows: expected a 1-D integer index into the labels, "
+                f"found shape {rows.shape} dtype {rows.dtype}"
+            )
+        if rows.size and (rows.min() < 0 or rows.max() >= g_all.shape[0]):
+            raise ProbeError(
+                f"activations[{key!r}] rows: expected indices in [0, {g_all.shape[0] - 1}], "
+                f"found {int(rows.min())}..{int(rows.max())}"
+            )
+    else:
+        X, rows = value, None
+    X_arr = as_features(X, f"{key!r}")
+    if rows is None:
+        if X_arr.shape[0] != g_all.shape[0]:
+            raise ProbeError(
+                f"activations[{key!r}]: expected {g_all.shape[0]} rows (one per entry of "
+                f"groups) or a pair (X, rows), found {X_arr.shape[0]}"
+            )
+        rows = np.arange(g_all.shape[0])
+    elif X_arr.shape[0] != rows.size:
+        raise ProbeError(
+            f"activations[{key!r}]: expected {rows.size} rows of X (one per index in rows), "
+            f"found {X_arr.shape[0]}"
+        )
+    return X_arr, rows
 
 
 def run_probes(
