@@ -560,28 +560,7 @@ def collect_activations(
     rows = _plan_rows(items, cfg.formats)
     planned = list(_chunks(rows, cfg.chunk_size))
     header = _index_header(lm, cfg, layers, audio_layers, len(rows), len(planned))
-    old = read_index(run.path)
-    done: dict[int, dict[str, Any]] = {}
-    if old is not None:
-        if not resume:
-            raise RunFolderError(
-                f"run folder {str(run.path)!r}: expected no activations, found {INDEX_NAME}; "
-                "pass resume=True (--resume) to continue that collection or choose another folder"
-            )
-        for key in ("format_version", "model_id", "architecture", "config", "sites", "n_rows"):
-            if old.get(key) != header[key]:
-                raise RunFolderError(
-                    f"run folder {str(run.path)!r}: cannot resume the activation collection, {key} "
-                    f"differs: the folder has {old.get(key)!r}, this run has {header[key]!r}"
-                )
-        for entry in [*old.get("chunks", []), *_rank_entries(run.path)]:
-            k = entry["index"]
-            if (
-                k < len(planned)
-                and entry["row_ids"] == [r[2] for r in planned[k]]
-                and (run.path / ACTIVATIONS_DIR / entry["file"]).exists()
-            ):
-                done[k] = entry
+    done = _chunks_done(run, header, planned, resume)
 
     ranked = dist.collective()
     dist.barrier()  # every rank has read the old index before rank 0 rewrites it
@@ -596,12 +575,7 @@ def collect_activations(
     mine = dist.shard([k for k in range(len(planned)) if k not in done])
     my_entries: list[dict[str, Any]] = []
 
-    bar = None
-    if progress:
-
-        total = sum(len(planned[k]) for k in mine) if ranked else len(rows)
-        bar = tqdm(total=total, desc="activations" + (f" [rank {dist.rank()}]" if ranked else ""), unit="row",
-                   initial=0 if ranked else sum(len(planned[k]) for k in done))
+    bar = _progress_bar(planned, mine, done, ranked) if progress else None
     with dist.rank_local():
         for k in mine:
             entry = _collect_chunk(lm, items, planned[k], k, cfg, run)
@@ -631,6 +605,46 @@ def collect_activations(
 
     dist.on_main(complete)
     return ActivationStore(run.path)
+
+
+def _chunks_done(
+    run: RunFolder, header: dict[str, Any], planned: list[list], resume: bool
+) -> dict[int, dict[str, Any]]:
+    """The index entries of the planned chunks already written, by chunk index: none for a
+    fresh folder; with ``resume``, those of the old index (and of the ranks' indexes) whose rows
+    match the plan and whose file is present, after checking the old index describes the same
+    collection; an existing index without ``resume`` is an error."""
+    old = read_index(run.path)
+    done: dict[int, dict[str, Any]] = {}
+    if old is not None:
+        if not resume:
+            raise RunFolderError(
+                f"run folder {str(run.path)!r}: expected no activations, found {INDEX_NAME}; "
+                "pass resume=True (--resume) to continue that collection or choose another folder"
+            )
+        for key in ("format_version", "model_id", "architecture", "config", "sites", "n_rows"):
+            if old.get(key) != header[key]:
+                raise RunFolderError(
+                    f"run folder {str(run.path)!r}: cannot resume the activation collection, {key} "
+                    f"differs: the folder has {old.get(key)!r}, this run has {header[key]!r}"
+                )
+        for entry in [*old.get("chunks", []), *_rank_entries(run.path)]:
+            k = entry["index"]
+            if (
+                k < len(planned)
+                and entry["row_ids"] == [r[2] for r in planned[k]]
+                and (run.path / ACTIVATIONS_DIR / entry["file"]).exists()
+            ):
+                done[k] = entry
+    return done
+
+
+def _progress_bar(planned: list[list], mine: Sequence[int], done: dict[int, Any], ranked: bool):
+    """A tqdm bar over rows: this rank's chunks in a launch, else all rows starting at those done."""
+    n_rows = sum(len(chunk) for chunk in planned)
+    total = sum(len(planned[k]) for k in mine) if ranked else n_rows
+    return tqdm(total=total, desc="activations" + (f" [rank {dist.rank()}]" if ranked else ""), unit="row",
+                initial=0 if ranked else sum(len(planned[k]) for k in done))
 
 
 def _rank_indexes(folder: Path) -> list[Path]:
