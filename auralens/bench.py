@@ -174,26 +174,36 @@ def bench_yield(
     full_ids = seq[:, : P + new_tokens - 1]
 
     if eager:
-        lm.model.set_attn_implementation("eager")
-        try:
-            def eager_gen():
-                with torch.inference_mode():
-                    return lm.model.generate(**batch, **gen, output_attentions=True, return_dict_in_generate=True)
-
-            dt, out, mem = _timed(eager_gen, device)
-        finally:
-            lm.model.set_attn_implementation("sdpa")
-        audio = amask[0]
-        rows = []
-        for step_att in out.attentions:  # per generation step: tuple over layers [B, H, q, T]
-            rows.append(torch.stack([la[0, :, -1, : len(audio)][:, audio].float().sum(-1) for la in step_att]))
-        ref = torch.stack(rows)  # [new_tokens, L, H]
-        res["phases"]["c_eager_output_attentions"] = {"seconds": dt, "ratio": dt / a, "peak_bytes": int(mem)}
-        res["max_abs_err_recorder_vs_eager"] = float((yields.float().cpu() - ref.cpu()).abs().max())
+        phase, err = _bench_eager(lm, batch, gen, amask, yields, a, device)
+        res["phases"]["c_eager_output_attentions"] = phase
+        res["max_abs_err_recorder_vs_eager"] = err
 
     if transformer_lens:
         res["phases"]["d_transformer_lens_hook_pattern"] = _bench_tl(lm, batch, full_ids, a, device, source_folder)
     return res
+
+
+def _bench_eager(lm, batch, gen: dict[str, Any], amask, yields, a: float, device: str) -> tuple[dict[str, Any], float]:
+    """The eager ``output_attentions`` generate phase (timed, then back to SDPA) and the largest
+    absolute difference of the recorder's yields from the audio attention it returns."""
+    import torch
+
+    lm.model.set_attn_implementation("eager")
+    try:
+        def eager_gen():
+            with torch.inference_mode():
+                return lm.model.generate(**batch, **gen, output_attentions=True, return_dict_in_generate=True)
+
+        dt, out, mem = _timed(eager_gen, device)
+    finally:
+        lm.model.set_attn_implementation("sdpa")
+    audio = amask[0]
+    rows = []
+    for step_att in out.attentions:  # per generation step: tuple over layers [B, H, q, T]
+        rows.append(torch.stack([la[0, :, -1, : len(audio)][:, audio].float().sum(-1) for la in step_att]))
+    ref = torch.stack(rows)  # [new_tokens, L, H]
+    phase = {"seconds": dt, "ratio": dt / a, "peak_bytes": int(mem)}
+    return phase, float((yields.float().cpu() - ref.cpu()).abs().max())
 
 
 def _bench_tl(lm, batch, full_ids, a: float, device: str, source_folder: str | None) -> dict[str, Any]:
