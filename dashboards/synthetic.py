@@ -86,51 +86,77 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
     _manifest(folder, "record", n_items)
     (folder / "yields").mkdir(exist_ok=True)
     base = rng.uniform(0.05, 0.6, (layers, heads)).astype(np.float32)
-    items, decay_rows, claims = [], [], []
+    items, claims = [], []
     per_item_step: list[np.ndarray] = []
     for i in range(n_items):
         n_tok = long_item_tokens if i == n_items - 1 else int(rng.integers(20, 80))
-        n_steps = int(rng.integers(3, 8))
-        steps = np.sort(rng.integers(0, n_steps, n_tok)).astype(np.int64)
-        steps[0] = 0
-        decay = np.exp(-0.15 * steps)[:, None, None]
-        y = np.clip(base[None] * decay + rng.normal(0, 0.03, (n_tok, layers, heads)), 0, 1).astype(np.float32)
-        tokens = [str(rng.choice(WORDS)) + ("" if j % 5 == 4 else " ") for j in range(n_tok)]
-        tensors = {"yield": y, "steps": steps, "token_ids": rng.integers(0, 500, n_tok).astype(np.int64),
-                   "silence_last": np.clip(0.3 * base + rng.normal(0, 0.02, (layers, heads)), 0, 1).astype(np.float32),
-                   "prompt_yield": np.clip(base[None] + rng.normal(0, 0.05, (12, layers, heads)), 0, 1).astype(np.float32)}
-        if time_bins:
-            w = rng.dirichlet(np.ones(time_bins), size=(n_tok, layers, heads)).astype(np.float32)
-            tensors["time_bins"] = (w * y[..., None]).astype(np.float32)
-        item_id = f"cafe-{i}-{TIERS[i % 3]}"
-        save_file(tensors, str(folder / "yields" / f"{i:05d}.safetensors"),
-                  metadata={"item_id": item_id, "text": "".join(tokens), "tokens": json.dumps(tokens)})
-        audio_rel = f"audio/{i:05d}.wav"
-        _write_wav(folder / audio_rel, 2.0, rng)
-        correct = bool(rng.random() < 0.6)
-        items.append({"item_index": i, "item_id": item_id, "tier": TIERS[i % 3], "category": TIERS[i % 3],
-                      "sub_category": "count", "format": "structured", "question": f"How many sounds are in clip {i}?",
-                      "answer": "B", "prediction": "B" if correct else "C", "answer_span": "B" if correct else "C",
-                      "matched_choice": "B" if correct else "C", "correct": correct, "n_tokens": n_tok, "n_steps": n_steps,
-                      "audio_path": audio_rel,
-                      "error_type": "correct" if correct else str(rng.choice(["perception", "reasoning", "unverifiable"]))})
-        m = np.full((8, layers, heads), np.nan)
-        for s in np.unique(steps):
-            if s < 8:
-                m[s] = y[steps == s].mean(0)
+        item, m, item_claims = _record_item(folder, rng, i, n_tok, base, time_bins)
+        items.append(item)
         per_item_step.append(m)
-        for s in range(n_steps):
-            for _ in range(int(rng.integers(0, 3))):
-                # as auralens.interp.cafe.formats.Claim: sound = 0-based sound index, -1 for count claims
-                claims.append({"item_id": item_id, "step": s, "kind": "count", "sound": -1, "value": "2",
-                               "claim_correct": bool(rng.random() < 0.8 - 0.08 * s)})
+        claims += item_claims
     _write(folder, schemas.RECORD_ITEMS, schemas.RECORD_ITEMS.frame(items))
 
     arr = np.stack(per_item_step)  # [items, 8, L, H]
     heads_df = _heads(rng, layers, heads)
+    decay_df = _write(folder, schemas.DECAY, schemas.DECAY.frame(_decay_rows(arr, heads_df)))
+    _write(folder, schemas.DECAY_SUMMARY, schemas.DECAY_SUMMARY.frame(_decay_summary(decay_df, n_items)))
+    _write(folder, schemas.HEADS, heads_df)
+    claims_df = _write(folder, schemas.CLAIMS, schemas.CLAIMS.frame(claims))
+    ca = claims_df.groupby("step", as_index=False).agg(accuracy=("claim_correct", "mean"), n_claims=("claim_correct", "size"),
+                                                       n_items=("item_id", "nunique"))
+    ca["ci_low"], ca["ci_high"] = _ci(rng, ca["accuracy"].to_numpy(), ca["n_items"].to_numpy(), len(ca))
+    _write(folder, schemas.CLAIM_ACCURACY, ca[list(schemas.CLAIM_ACCURACY.names)])
+
+
+def _record_item(folder: Path, rng, i: int, n_tok: int, base: np.ndarray, time_bins: int):
+    """Item ``i`` of the record stage: its yields file and wav written; returns its items row, its
+    per-step mean yield ``[8, L, H]`` (NaN for steps it lacks) and its claims."""
+    layers, heads = base.shape
+    n_steps = int(rng.integers(3, 8))
+    steps = np.sort(rng.integers(0, n_steps, n_tok)).astype(np.int64)
+    steps[0] = 0
+    decay = np.exp(-0.15 * steps)[:, None, None]
+    y = np.clip(base[None] * decay + rng.normal(0, 0.03, (n_tok, layers, heads)), 0, 1).astype(np.float32)
+    tokens = [str(rng.choice(WORDS)) + ("" if j % 5 == 4 else " ") for j in range(n_tok)]
+    tensors = {"yield": y, "steps": steps, "token_ids": rng.integers(0, 500, n_tok).astype(np.int64),
+               "silence_last": np.clip(0.3 * base + rng.normal(0, 0.02, (layers, heads)), 0, 1).astype(np.float32),
+               "prompt_yield": np.clip(base[None] + rng.normal(0, 0.05, (12, layers, heads)), 0, 1).astype(np.float32)}
+    if time_bins:
+        w = rng.dirichlet(np.ones(time_bins), size=(n_tok, layers, heads)).astype(np.float32)
+        tensors["time_bins"] = (w * y[..., None]).astype(np.float32)
+    item_id = f"cafe-{i}-{TIERS[i % 3]}"
+    save_file(tensors, str(folder / "yields" / f"{i:05d}.safetensors"),
+              metadata={"item_id": item_id, "text": "".join(tokens), "tokens": json.dumps(tokens)})
+    audio_rel = f"audio/{i:05d}.wav"
+    _write_wav(folder / audio_rel, 2.0, rng)
+    correct = bool(rng.random() < 0.6)
+    item = {"item_index": i, "item_id": item_id, "tier": TIERS[i % 3], "category": TIERS[i % 3],
+            "sub_category": "count", "format": "structured", "question": f"How many sounds are in clip {i}?",
+            "answer": "B", "prediction": "B" if correct else "C", "answer_span": "B" if correct else "C",
+            "matched_choice": "B" if correct else "C", "correct": correct, "n_tokens": n_tok, "n_steps": n_steps,
+            "audio_path": audio_rel,
+            "error_type": "correct" if correct else str(rng.choice(["perception", "reasoning", "unverifiable"]))}
+    m = np.full((8, layers, heads), np.nan)
+    for s in np.unique(steps):
+        if s < 8:
+            m[s] = y[steps == s].mean(0)
+    claims = []
+    for s in range(n_steps):
+        for _ in range(int(rng.integers(0, 3))):
+            # as auralens.interp.cafe.formats.Claim: sound = 0-based sound index, -1 for count claims
+            claims.append({"item_id": item_id, "step": s, "kind": "count", "sound": -1, "value": "2",
+                           "claim_correct": bool(rng.random() < 0.8 - 0.08 * s)})
+    return item, m, claims
+
+
+def _decay_rows(arr: np.ndarray, heads_df) -> list[tuple]:
+    """Rows of the decay table from the per-item step means ``arr`` ``[items, 8, L, H]``: the
+    "all" and "topk" (4 best-ranked heads) groups and every head, per step, for both axes."""
+    layers, heads = arr.shape[2:]
     top = [(int(r.layer), int(r.head)) for r in heads_df.nsmallest(4, "rank").itertuples()]
     groups = {"all": np.nanmean(arr.reshape(*arr.shape[:2], -1), -1),
               "topk": np.nanmean(np.stack([arr[:, :, a, b] for a, b in top]), 0)}
+    decay_rows: list[tuple] = []
     for axis in ("step", "token_bin"):
         for g, vals in groups.items():
             mean, n = np.nanmean(vals, 0), (~np.isnan(vals)).sum(0)
@@ -144,7 +170,12 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
                 for b in range(heads):
                     if hn[s, a, b]:
                         decay_rows.append(("head", axis, a, b, s, hm[s, a, b], hm[s, a, b] - 0.05, hm[s, a, b] + 0.05, int(hn[s, a, b])))
-    decay_df = _write(folder, schemas.DECAY, schemas.DECAY.frame(decay_rows))
+    return decay_rows
+
+
+def _decay_summary(decay_df, n_items: int) -> list[dict]:
+    """Rows of the decay summary: slope and last/first ratio of each (group, axis, layer, head)
+    curve of ``decay_df``, with fixed CIs for the groups and none for single heads."""
     summ = []
     for (g, axis, a, b), d in decay_df.groupby(["group", "axis", "layer", "head"]):
         d = d.sort_values("step")
@@ -157,13 +188,7 @@ def _record(folder: Path, rng, n_items: int, layers: int, heads: int, long_item_
                          "n_items": -1} if g == "head" else
                         {"slope_ci_low": -0.2, "slope_ci_high": -0.01, "ratio_ci_low": 0.2, "ratio_ci_high": 0.9,
                          "n_items": n_items})})
-    _write(folder, schemas.DECAY_SUMMARY, schemas.DECAY_SUMMARY.frame(summ))
-    _write(folder, schemas.HEADS, heads_df)
-    claims_df = _write(folder, schemas.CLAIMS, schemas.CLAIMS.frame(claims))
-    ca = claims_df.groupby("step", as_index=False).agg(accuracy=("claim_correct", "mean"), n_claims=("claim_correct", "size"),
-                                                       n_items=("item_id", "nunique"))
-    ca["ci_low"], ca["ci_high"] = _ci(rng, ca["accuracy"].to_numpy(), ca["n_items"].to_numpy(), len(ca))
-    _write(folder, schemas.CLAIM_ACCURACY, ca[list(schemas.CLAIM_ACCURACY.names)])
+    return summ
 
 
 def _heads(rng, layers: int, heads: int):
