@@ -52,7 +52,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     # probes
     "ProbeConfig": ("auralens.probes.fit", "ProbeConfig"),
     "fit_probe": ("auralens.probes.fit", "fit_probe"),
-    "run_probes": ("auralens.probes.fit", "run_probes"),
+    "run_probes": ("auralens.probes.tables", "run_probes"),
     # steering vectors
     "SteeringVector": ("auralens.steering.vector", "SteeringVector"),
     "apply_vector": ("auralens.steering.apply", "apply_vector"),

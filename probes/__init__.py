@@ -5,6 +5,7 @@
                           run folder in resumable chunks
 - :mod:`auralens.probes.labels`    labels from cafe ground truth and from dataset metadata
 - :mod:`auralens.probes.fit`       item-grouped linear probes with a control task and bootstrap CIs
+- :mod:`auralens.probes.tables`    those probes over sites, layers, positions and steps (``probes.parquet``)
 - :mod:`auralens.probes.figures`   plotly layer / step curves
 - :mod:`auralens.probes.probing`   every attribute x location x split of a collected store (``probe_store``)
 - :mod:`auralens.probes.report`    the probe run's pages and summary

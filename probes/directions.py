@@ -1,6 +1,6 @@
 """Probe directions: a fitted probe's weights as a plain, steering-ready dict.
 
-:func:`probe_direction` turns a probe (a :class:`auralens.probes.fit.ProbeRow`, or a ProbeResult plus
+:func:`probe_direction` turns a probe (a :class:`auralens.probes.tables.ProbeRow`, or a ProbeResult plus
 its location) into ``{"directions": {layer: tensor}, "site": ..., "metadata": ...}``;
 ``auralens.steering.from_probe.probe_to_steering_vector`` wraps that into a SteeringVector
 (probes never imports steering).  The probe stage saves each attribute's best probe with
@@ -20,7 +20,8 @@ from safetensors import safe_open
 from auralens.interp.errors import ProbeError, RunFolderError
 from auralens.interp.runs import RunFolder
 from auralens.probes.collect import LM_SITE
-from auralens.probes.fit import ProbeResult, ProbeRow
+from auralens.probes.fit import ProbeResult
+from auralens.probes.tables import ProbeRow
 
 __all__ = ["DIRECTIONS_FILE", "load_probe_direction", "oriented_direction", "plain_value", "probe_direction",
            "save_directions"]
@@ -42,7 +43,7 @@ def probe_direction(
     """A probe's weight direction as a plain, steering-ready dict.
 
     Args:
-        result_or_row: a :class:`auralens.probes.fit.ProbeRow` (carries its location), or a
+        result_or_row: a :class:`auralens.probes.tables.ProbeRow` (carries its location), or a
             :class:`auralens.probes.fit.ProbeResult` with ``layer`` (and optionally site/position/step).
         target: the class the direction should point towards. Binary probes default to
             ``classes[1]`` (the probe's positive class); ``classes[0]`` flips the sign.

@@ -1,4 +1,4 @@
-"""Plotly figures of probe tables (``probes.parquet``, the DataFrame of :func:`auralens.probes.fit.probe_table`).
+"""Plotly figures of probe tables (``probes.parquet``, the DataFrame of :func:`auralens.probes.tables.probe_table`).
 
 - :func:`accuracy_by_layer`: score by layer, one colour per attribute: the probe's score as a
   line inside its bootstrap CI band, the control task's score dashed, the chance level dotted

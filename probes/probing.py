@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from auralens.interp.errors import ProbeError
 from auralens.probes.collect import AUDIO_SITE, LM_SITE
-from auralens.probes.fit import ProbeConfig, probe_results, probe_table
+from auralens.probes.fit import ProbeConfig
 from auralens.probes.labels import DEFAULT_ATTRIBUTES, label_support, label_table
+from auralens.probes.tables import probe_results, probe_table
 
 __all__ = ["LabelledRows", "best_rows", "checked_splits", "default_attributes", "drop_rare_classes",
            "position_name", "probe_locations", "probe_store", "store_locations", "support_problem",
@@ -240,7 +241,7 @@ def probe_store(
     on each split separately (CV within it), the best chosen on ``select``. None: one split,
     ``"all"`` the items, chosen and reported on the same items.
 
-    Returns ``(table, best, notes)``: the :func:`auralens.probes.fit.probe_table` DataFrame (its ``split``
+    Returns ``(table, best, notes)``: the :func:`auralens.probes.tables.probe_table` DataFrame (its ``split``
     column says on which items), ``best = {attribute: (chosen, reported)}``: the best
     prompt-position :class:`ProbeRow` on the select split (highest accuracy, earliest layer on
     ties) and the report split's row at that location (the same row without splits), and

@@ -6,7 +6,7 @@ labels every item from ground truth or metadata (:mod:`auralens.probes.labels`),
 item-grouped, control-tasked probe per attribute x layer x position (and x reasoning step for
 ``step_mean``) with :func:`auralens.probes.probing.probe_store`, and writes:
 
-- ``probes.parquet``         exactly :data:`auralens.probes.fit.TABLE_COLUMNS`
+- ``probes.parquet``         exactly :data:`auralens.probes.tables.TABLE_COLUMNS`
 - ``probes_by_layer.html``   score by layer, one panel per (site, position)
 - ``probes_by_step.html``    score by reasoning step at each attribute's best layer
 - ``probe_summary.json``     per attribute: best layer (chosen on the select split) and its

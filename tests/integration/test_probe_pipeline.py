@@ -40,7 +40,7 @@ def run(lm, micro_dir, tmp_path_factory):
 
 
 def test_run_folder_table_and_figures(run, lm):
-    from auralens.probes.fit import TABLE_COLUMNS
+    from auralens.probes.tables import TABLE_COLUMNS
 
     out, summary = run
     for name in ("manifest.json", "probes.parquet", "probes_by_layer.html", "probes_by_step.html",
@@ -124,7 +124,8 @@ def test_bad_input_names_the_problem(lm, micro_dir, tmp_path):
 def test_probe_direction_to_steering_vector(run, lm, tmp_path):
     from auralens.probes.collect import LM_SITE
     from auralens.probes.directions import load_probe_direction, probe_direction
-    from auralens.probes.fit import ProbeConfig, ProbeRow, fit_probe
+    from auralens.probes.fit import ProbeConfig, fit_probe
+    from auralens.probes.tables import ProbeRow
     from auralens.steering.formats import export, load_vector
     from auralens.steering.from_probe import probe_to_steering_vector
 

@@ -66,7 +66,7 @@ def test_figures_namespace_gathers_every_package_figure():
 def test_writers_use_the_declared_columns():
     from auralens.compare import COMPARE_COLUMNS
     from auralens.interp.decay import DECAY_COLUMNS
-    from auralens.probes.fit import TABLE_COLUMNS
+    from auralens.probes.tables import TABLE_COLUMNS
     from auralens.steering.evaluate import ITEM_COLUMNS, STEERING_COLUMNS
 
     assert DECAY_COLUMNS == schemas.DECAY.names

@@ -21,17 +21,8 @@ from sklearn.preprocessing import StandardScaler
 
 from auralens.interp.errors import ConfigError, ProbeError
 from auralens.probes.figures import accuracy_by_layer, accuracy_by_step, best_layers, write_html
-from auralens.probes.fit import (
-    TABLE_COLUMNS,
-    ProbeConfig,
-    ProbeRow,
-    control_labels,
-    fit_probe,
-    make_folds,
-    probe_results,
-    probe_table,
-    run_probes,
-)
+from auralens.probes.fit import ProbeConfig, control_labels, fit_probe, make_folds
+from auralens.probes.tables import TABLE_COLUMNS, ProbeRow, probe_results, probe_table, run_probes
 
 N_ITEMS, D = 160, 12
 FAST = dict(n_bootstrap=300, seed=3)
