@@ -41,6 +41,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -61,7 +62,6 @@ from auralens.interp.loading import DTYPES, load_model, resolve_source
 _PACKAGES = ("auralens", "torch", "transformers", "nnsight", "transformer-lens", "scikit-learn", "numpy", "pandas")
 #: manifest keys that define a run: a resumption must agree on every one of them
 IDENTITY_KEYS = ("command", "model", "data", "seed", "n", "config", "data_fingerprint", "items")
-_IDENTITY_KEYS = IDENTITY_KEYS  # old name
 # tempfile.mkstemp(prefix=".{name}.", suffix=".tmp"): 8 random characters in between
 _TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{6,}\.tmp$")
 # while a run is in progress, only temporary files older than this are orphans (a live writer's
@@ -69,11 +69,26 @@ _TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{6,}\.tmp$")
 _LIVE_TMP_AGE_S = 60.0
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: 0o666 less the process umask.
+    ``mkstemp`` creates its file 0o600 whatever the umask, so without this every file of a run
+    folder would be unreadable to anyone else on a shared machine.  (The umask can only be read
+    by setting it; the lock keeps two writers in this process from interleaving that.)"""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -89,12 +104,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _atomic_via(path: Path, writer) -> None:
+def atomic_write_with(path: Path, writer) -> None:
+    """``writer(tmp)`` writes a temporary file beside ``path``, which is then moved into place
+    (with the mode a plain ``open()`` would give it); on any error the temporary file is removed
+    and ``path`` is left as it was."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, _file_mode())  # after the writer: some (safetensors) write a new file of their own
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -352,7 +372,7 @@ class RunFolder:
     def write_table(self, name: str, df) -> Path:
         p = self.file(name)
         if not _skip_write():
-            _atomic_via(p, lambda tmp: df.to_parquet(tmp, index=False))
+            atomic_write_with(p, lambda tmp: df.to_parquet(tmp, index=False))
         return p
 
     def read_table(self, name: str):
@@ -376,7 +396,7 @@ class RunFolder:
         if _skip_write():
             return p
         tensors = {k: v.contiguous() for k, v in tensors.items()}
-        _atomic_via(p, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write_with(p, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         return p
 
     def read_tensors(self, name: str, *, framework: str = "pt") -> dict:

@@ -91,6 +91,7 @@ from safetensors.torch import save_file
 
 import auralens.interp
 from auralens.interp.errors import AuralensError, ConfigError, VectorFileError
+from auralens.interp.runs import atomic_write_with
 from auralens.steering.registry import VECTOR_FORMATS
 from auralens.steering.vector import (
     SITE_PATTERNS,
@@ -140,13 +141,7 @@ def _fail(path: Path, what: str) -> VectorFileError:
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_with(path, lambda tmp: write(Path(tmp)))
     return path
 
 

@@ -211,3 +211,23 @@ def test_load_items_takes_a_spec_as_text_or_dataspec(folder_dataset):
             assert str(spec_err.value) == str(text_err) and "found none" in str(text_err)
             refused.append(text)
     assert len(refused) == 2
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_run_files_follow_the_umask_like_a_plain_open(tmp_path, umask, mode):
+    """The atomic writer's temporary file (mkstemp: always 0o600) gets the mode open() would give."""
+    import torch
+
+    old = os.umask(umask)
+    try:
+        run = RunFolder.create(tmp_path / "r", manifest={"command": "test"})
+        run.write_json("a.json", {"x": 1})
+        run.write_table("t.parquet", pd.DataFrame({"x": [1, 2]}))
+        run.write_tensors("w.safetensors", {"w": torch.zeros(2)})
+        atomic_write_text(tmp_path / "r" / "b.txt", "b")
+        run.finish()
+    finally:
+        os.umask(old)
+    files = sorted(p for p in (tmp_path / "r").rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"manifest.json", "a.json", "t.parquet", "w.safetensors", "b.txt"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
