@@ -339,6 +339,8 @@ def load_table_file(path: str | Any) -> list[ArchTable]:
         raise ArchitectureError(f"--arch-table {str(p)!r}: expected a JSON file, found nothing there") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArchitectureError(f"--arch-table {str(p)!r}: expected a UTF-8 JSON file, found {exc}") from None
+    except RecursionError:
+        raise ArchitectureError(f"--arch-table {str(p)!r}: expected a JSON table, found nesting too deep to parse") from None
     rows = data if isinstance(data, list) else [data]
     tables = [table_from_dict(row, where=f"--arch-table {str(p)!r} table {i}") for i, row in enumerate(rows)]
     for table in tables:

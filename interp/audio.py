@@ -8,6 +8,8 @@ the frames the clip needs (plus a short resampling margin), so a 30-minute file 
 from __future__ import annotations
 
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,15 +63,14 @@ def check_audio_header(path: str | Path) -> AudioHeader:
     """Validate an audio file from its header alone (no frames are decoded).
 
     Raises :class:`AudioInputError` naming the file, what was expected and what was found: a
-    missing file or a directory, something that is not audio or is in a format libsndfile cannot
+    missing file, a directory, a FIFO/socket/device, a symlink loop or a NUL byte in the path,
+    float samples that are NaN or infinite (float files only: their samples are read to check),
+    something that is not audio or is in a format libsndfile cannot
     read, zero frames, a non-positive sample rate or no channels.  Returns the header's sample
     rate, frame count and channel count."""
 
     path = Path(path)
-    if not path.exists():
-        raise AudioInputError(f"audio file {str(path)!r}: expected an existing file, found nothing at that path")
-    if path.is_dir():
-        raise AudioInputError(f"audio file {str(path)!r}: expected a file, found a directory")
+    _check_regular_file(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
@@ -83,7 +84,44 @@ def check_audio_header(path: str | Path) -> AudioHeader:
         subtype=str(info.subtype),
     )
     _check_header(header)
+    if header.subtype in _FLOAT_SUBTYPES:
+        _check_finite(path)
     return header
+
+
+#: sample formats that can hold NaN or infinity (integer PCM cannot)
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+
+def _check_regular_file(path: Path) -> None:
+    """A path that names a regular file: no NUL byte, no symlink loop, not a directory, not a
+    FIFO, socket or device (opening a FIFO would block until something writes to it)."""
+    text = str(path)
+    if "\x00" in text:
+        raise AudioInputError(f"audio file {text!r}: expected a path without NUL bytes, found one")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioInputError(f"audio file {text!r}: expected an existing file, found nothing at that path") from None
+    except OSError as exc:  # ELOOP (a symlink loop), EACCES on a folder above it, ENAMETOOLONG ...
+        found = (exc.strerror or type(exc).__name__).lower()
+        raise AudioInputError(f"audio file {text!r}: expected a readable file, found {found}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioInputError(f"audio file {text!r}: expected a file, found a directory")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device")
+        raise AudioInputError(f"audio file {text!r}: expected a regular file, found {kind}")
+
+
+def _check_finite(path: Path, block: int = 1 << 16) -> None:
+    """A float-sample file's samples are all finite (read in blocks; integer PCM is skipped by
+    the caller): a NaN or an infinity would reach the model as NaN activations."""
+    for start, chunk in enumerate(sf.blocks(str(path), blocksize=block, dtype="float64", always_2d=True)):
+        if not np.isfinite(chunk).all():
+            bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))[0] + start * block
+            raise AudioInputError(f"audio file {str(path)!r}: expected finite samples, found NaN or infinity "
+                                  f"(first at frame {int(bad)})")
 
 
 def _check_header(h: AudioHeader) -> None:

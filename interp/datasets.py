@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,10 @@ def _row_item(row: dict, *, where: str, audio_key: str, root: Path, id_key: str 
     audio = row[audio_key]
     path = Path(audio)
     if not path.is_absolute():
-        path = (root / path).resolve()
+        try:
+            path = (root / path).resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: named by the audio check
+            path = Path(os.path.abspath(root / path))
     rid = row.get(id_key)
     try:
         return Item(

@@ -305,3 +305,25 @@ def test_finetune_from_a_folder_without_a_config_is_one_line(tmp_path):
         res = invoke(*args, "--out", tmp_path / "ft", "--sft-steps", 1, "--grpo-steps", 0)
         assert_one_line_error(res, str(base))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_non_finite_audio_is_refused_before_the_folder(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    data = _folder_dataset(tmp_path / "data", n=3)
+    wavs = sorted(data.glob("*.wav"))
+    x = np.zeros(8000, dtype=np.float32)
+    x[100] = np.nan
+    sf.write(wavs[1], x, 16000, subtype="FLOAT")
+    out = tmp_path / "run"
+    res = invoke("eval", "--data", data, "--n", "3", "--out", out)
+    assert res.exit_code == 2 and "finite samples" in res.output and wavs[1].name in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+
+def test_arch_table_nested_too_deep_is_a_named_error(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    res = invoke("--arch-table", deep, "models")
+    assert res.exit_code == 2 and "nesting too deep" in res.output and "Traceback" not in res.output, res.output

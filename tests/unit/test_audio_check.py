@@ -74,3 +74,38 @@ def test_check_audio_files_names_every_bad_item_and_skips_synthetic(tmp_path):
     assert "'ok'" not in msg
     assert check_audio_files([_item("ok", good)] + load_dataset("cafe", n=3, seed=1)) is None
     assert check_audio_files([]) is None
+
+
+def test_paths_that_are_not_regular_files_are_named_errors(tmp_path):
+    import os
+
+    loop = tmp_path / "loop.wav"
+    os.symlink(loop, loop)  # a symlink to itself
+    with pytest.raises(AudioInputError, match="loop.wav.*expected a readable file, found too many levels"):
+        check_audio_header(loop)
+    with pytest.raises(AudioInputError, match="expected a path without NUL bytes"):
+        check_audio_header(str(tmp_path / "a\x00b.wav"))
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)  # opening it would block until a writer comes: it must never be opened
+    with pytest.raises(AudioInputError, match="pipe.wav.*expected a regular file, found a FIFO"):
+        check_audio_header(fifo)
+    # the same through a dataset: the loader keeps the unresolvable paths, the check names them
+    (tmp_path / "questions.jsonl").write_text("\n".join(
+        '{"id": "%s", "audio": "%s", "question": "q?", "choices": ["a", "b"], "answer": "a"}' % (i, a)
+        for i, a in (("l", "loop.wav"), ("f", "pipe.wav"), ("n", "a\\u0000b.wav"))) + "\n")
+    with pytest.raises(AudioInputError, match=r"3 of 3 items") as err:
+        check_audio_files(load_dataset(str(tmp_path)))
+    assert all(f"item {i!r}" in str(err.value) for i in ("l", "f", "n"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_samples_must_be_finite(tmp_path, bad):
+    x = np.zeros(20000, dtype=np.float32)
+    p = tmp_path / "ok.wav"
+    sf.write(p, x, 16000, subtype="FLOAT")
+    assert check_audio_header(p).subtype == "FLOAT"
+    x[12345] = bad
+    q = tmp_path / "bad.wav"
+    sf.write(q, x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioInputError, match="bad.wav.*expected finite samples, found NaN or infinity.*frame 12345"):
+        check_audio_header(q)
