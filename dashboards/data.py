@@ -72,20 +72,28 @@ _MARKERS = (
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The folder's ``manifest.json`` ({} when it has none); a :class:`RunFolderError` naming
     the file when it is not a JSON object (truncated, not JSON, unreadable)."""
-    p = Path(folder) / "manifest.json"
+    return _read_json_object(Path(folder) / "manifest.json", "manifest")
+
+
+def read_summary(folder: str | Path) -> dict[str, Any]:
+    """The stage folder's ``summary.json`` ({} when it has none), checked like the manifest."""
+    return _read_json_object(Path(folder) / "summary.json", "summary")
+
+
+def _read_json_object(p: Path, what: str) -> dict[str, Any]:
     if not p.exists():
         return {}
     try:
         raw = p.read_bytes()
         obj = json.loads(raw)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         size = _size(p)
         raise RunFolderError(
-            f"manifest {str(p)!r}: expected a JSON object, found {_found(size)} that does not parse "
+            f"{what} {str(p)!r}: expected a JSON object, found {_found(size)} that does not parse "
             f"({type(exc).__name__}: {exc}); the run was interrupted or the file was damaged"
         ) from exc
     if not isinstance(obj, dict):
-        raise RunFolderError(f"manifest {str(p)!r}: expected a JSON object, found a JSON {type(obj).__name__}")
+        raise RunFolderError(f"{what} {str(p)!r}: expected a JSON object, found a JSON {type(obj).__name__}")
     return obj
 
 

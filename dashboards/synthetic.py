@@ -244,6 +244,18 @@ def _steer(folder: Path, rng, layers: int) -> None:
                                  "category": category, "accuracy": acc, "ci_low": acc - 0.07, "ci_high": acc + 0.07, "n": 24,
                                  "delta": d, "delta_ci_low": d - 0.05, "delta_ci_high": d + 0.05, "format": "direct"})
     _write(folder, schemas.STEERING, schemas.STEERING.frame(rows))
+    # the dev/test protocol's summary: beta chosen on dev (a small dev gain), the held-out test
+    # result (here a loss) and the random-direction control, as auralens.steering.protocol writes them
+    selected = {"vector": "audio_minus_silence", "mode": "mean", "layer": layers // 2, "beta": 1.0,
+                "positions": "last_prompt", "format": "direct",
+                "dev": {"n": 24, "base": 0.5, "steered": 0.517, "gain": 0.017, "ci": [-0.033, 0.083]}}
+    test = {"n": 24, "base": 0.55, "base_ci": [0.35, 0.75], "steered": 0.5, "steered_ci": [0.3, 0.7],
+            "gain": -0.05, "ci": [-0.117, 0.0]}
+    controls = {"random_direction": {"steered": 0.5, "gain": -0.05, "ci": [-0.133, 0.017],
+                                     "vector_minus_control": 0.0, "vector_minus_control_ci": [-0.083, 0.083]},
+                "random_heads": {"skipped": "the vector has no specialist heads (its layers are not taken from heads)"}}
+    summary = {"protocol": "dev_test", "selected": selected, "test": test, "controls": controls}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def _compare(folder: Path, rng) -> None:

@@ -568,3 +568,23 @@ def test_the_demo_organism_runs_are_in_the_run_picker(demo_run, monkeypatch):
     assert {"micro@decay", "micro-heads@heads", "micro-decay@decay"} <= names
     for p in paths[1:]:
         assert data.open_run(p).has("record")
+
+
+def test_steering_page_reports_the_held_out_result_not_the_dev_sweep(full_run, monkeypatch, tmp_path):
+    at = _goto(_app(monkeypatch, full_run), "steering")
+    text = "\n".join(m.value for m in [*at.markdown, *at.caption])
+    assert [s.value for s in at.subheader][:2] == ["Held-out test result", "Dev-split sweep (the selection, not the result)"]
+    assert "gain **-0.050** 95% CI [-0.117, +0.000]" in text and "n = 24" in text
+    assert "+0.017 [-0.033, +0.083]" in text and "it is not the result" in text  # the dev gain, labelled as such
+    held = at.dataframe[0].value
+    assert list(held["system"]) == ["vector (chosen on dev)", "control: random_direction", "control: random_heads"]
+    assert list(held["gain on test"])[:2] == [-0.05, -0.05] and held["vector − control 95% CI"][1] == "[-0.083, +0.083]"
+    # a sweep run (no dev/test summary) shows only the sweep, without the held-out section
+    sweep = write_synthetic_run(tmp_path / "sweep", stages=("steer",))
+    (sweep / "steer" / "summary.json").unlink()
+    at = _goto(_app(monkeypatch, sweep), "steering")
+    assert not [s.value for s in at.subheader]
+    # a damaged summary is a named error on the page, not a traceback
+    (sweep / "steer" / "summary.json").write_text('{"test": ')
+    with pytest.raises(RunFolderError, match="summary .*summary.json.*expected a JSON object"):
+        data.read_summary(sweep / "steer")
