@@ -58,8 +58,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from auralens.compare_metrics import (
     Rows,
     add_accuracy,
@@ -99,6 +97,7 @@ from auralens.interp.runs import (
 )
 from auralens.interp.schemas import COMPARE, SYSTEMS
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, StageConfig, option, takes_config
+from auralens.steering.evaluate import check_betas
 from auralens.steering.figures import compare_figure
 from auralens.steering.splits import eval_splits, fit_spec
 from auralens.steering.stage_eval import stage_steer_eval
@@ -180,10 +179,7 @@ class CompareConfig(StageConfig):
         if self.base_format != "auto":
             check_formats(self.base_format, "base_format")
         check_formats(self.ft_format, "ft_format")
-        betas = tuple(float(b) for b in self.betas)
-        if not betas or not all(np.isfinite(betas)):
-            raise ConfigError(f"betas: expected finite numbers, found {self.betas!r}")
-        self._set("betas", betas)
+        self._set("betas", check_betas(self.betas))
         self._set("out", Path(self.out))
 
     @property
