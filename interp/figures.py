@@ -116,6 +116,8 @@ def heads_score_heatmap(heads, column: str = "rank", *, title: str | None = None
         fig.add_trace(go.Scatter(x=[b for _, b in hl], y=[a for a, _ in hl], mode="markers", name="specialist heads",
                                  marker=dict(symbol="circle-open", size=14, color="black", line=dict(width=2))))
     fig.update_layout(title=title or f"Listening signal: {column} per head", xaxis_title="head", yaxis_title="layer", **LAYOUT)
+    fig.update_xaxes(dtick=1 if H <= 40 else None)  # whole heads and layers, never half-integer ticks
+    fig.update_yaxes(dtick=1 if L <= 40 else None)
     return fig
 
 

@@ -588,3 +588,15 @@ def test_steering_page_reports_the_held_out_result_not_the_dev_sweep(full_run, m
     (sweep / "steer" / "summary.json").write_text('{"test": ')
     with pytest.raises(RunFolderError, match="summary .*summary.json.*expected a JSON object"):
         data.read_summary(sweep / "steer")
+
+
+@pytest.mark.parametrize("column", ["rank", "corr"])
+def test_head_maps_tick_whole_heads_and_layers(column):
+    """Layers and heads are integers: the maps tick every one (small models; plotly's automatic
+    ticks fell on half-integers for a 4 x 4 map)."""
+    import pandas as pd
+
+    heads = pd.DataFrame([{"layer": L, "head": h, "rank": 1 + 4 * L + h, "corr": 0.1 * h - 0.05 * L}
+                          for L in range(4) for h in range(4)])
+    for fig in (figures.heads_score_heatmap(heads, column, top=2), figures.yield_heatmap(np.random.rand(4, 4))):
+        assert fig.layout.xaxis.dtick == 1 and fig.layout.yaxis.dtick == 1
