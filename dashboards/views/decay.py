@@ -33,9 +33,15 @@ else:
     if summ is not None:
         st.markdown("**Decay summary** (slope of mean yield per step; last/first ratio; item-bootstrap 95% CIs)")
         s = summ[summ["axis"] == axis] if "axis" in summ else summ
-        st.dataframe(s[s["group"] != "head"], hide_index=True)
-        with st.expander("Per-head slopes (steepest decay first)"):
-            st.dataframe(s[s["group"] == "head"].sort_values("slope"), hide_index=True)
+        # the table's placeholders stay out of sight: group rows have no layer/head (-1), per-head
+        # rows no bootstrap (n_items -1, CIs empty)
+        groups = s[s["group"] != "head"].drop(columns=[c for c in ("layer", "head") if c in s])
+        st.dataframe(groups, hide_index=True, key="decay_summary_groups")
+        per_head = s[s["group"] == "head"]
+        per_head = per_head.drop(columns=[c for c in per_head if c == "n_items" or (c.endswith(("_ci_low", "_ci_high"))
+                                                                                   and per_head[c].isna().all())])
+        with st.expander("Per-head slopes (steepest decay first; point estimates, no CIs)"):
+            st.dataframe(per_head.sort_values("slope"), hide_index=True, key="decay_summary_heads")
 
 st.subheader("Outcome view")
 ca = ui.table(run, "record", "claim_accuracy.parquet")

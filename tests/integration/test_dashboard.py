@@ -600,3 +600,12 @@ def test_head_maps_tick_whole_heads_and_layers(column):
                           for L in range(4) for h in range(4)])
     for fig in (figures.heads_score_heatmap(heads, column, top=2), figures.yield_heatmap(np.random.rand(4, 4))):
         assert fig.layout.xaxis.dtick == 1 and fig.layout.yaxis.dtick == 1
+
+
+def test_decay_summary_shows_no_placeholders(full_run, monkeypatch):
+    at = _goto(_app(monkeypatch, full_run), "decay")
+    frames = [d.value for d in at.dataframe]
+    groups = next(v for v in frames if "group" in v and "all" in set(v["group"]))
+    assert "layer" not in groups and "head" not in groups and (groups["n_items"] > 0).all()
+    heads = next(v for v in frames if "group" in v and set(v["group"]) == {"head"})
+    assert {"layer", "head"} <= set(heads) and "n_items" not in heads and (heads[["layer", "head"]] >= 0).all().all()
