@@ -11,6 +11,8 @@ from auralens.interp.compat import unwrap_container
 from auralens.interp.errors import ArchitectureError, ConfigError
 from auralens.interp.micro import EMBEDDED, available, train_command, weights_folder
 from auralens.interp.pause import generate_kwargs_for, read_pause_config
+from auralens.interp.smol import NAME as SMOL_AUDIO
+from auralens.interp.smol.assemble import assembled_folder
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Checkpoints whose top class wraps the audio-language model we study: {container class:
@@ -55,7 +57,10 @@ class LoadedModel:
 
 def resolve_source(name_or_path: str) -> str:
     """An embedded model's name (:data:`auralens.interp.micro.EMBEDDED`: ``micro``, ``micro-prior``...)
-    -> its weights folder; anything else is passed through."""
+    -> its weights folder; ``smol-audio`` -> its assembled checkpoint folder (built once from the
+    installed pretrained parts, :mod:`auralens.interp.smol`); anything else is passed through."""
+    if name_or_path == SMOL_AUDIO:
+        return str(assembled_folder())
     if name_or_path in EMBEDDED:
         folder = weights_folder(name_or_path)
         if not available(name_or_path):

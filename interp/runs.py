@@ -58,6 +58,8 @@ from auralens.interp.datasets import check_audio_files, fingerprint, load_datase
 from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
 from auralens.interp.loading import DTYPES, load_model, resolve_source
+from auralens.interp.smol import NAME as SMOL_AUDIO
+from auralens.interp.smol.assemble import check_parts
 
 _PACKAGES = ("auralens", "torch", "transformers", "nnsight", "transformer-lens", "scikit-learn", "numpy", "pandas")
 #: manifest keys that define a run: a resumption must agree on every one of them
@@ -608,6 +610,9 @@ def check_model(model: str) -> None:
     table (:mod:`auralens.interp.arch`): an unsupported or missing model fails before any folder exists."""
     if not isinstance(model, str) or not model:
         raise ConfigError(f"model: expected 'micro', a Hugging Face id or a checkpoint folder, found {model!r}")
+    if model == SMOL_AUDIO:  # assembled at load time from installed parts: check they are there
+        check_parts()
+        return
     source = resolve_source(model)
     p = Path(source)
     if p.exists() and not (p.is_dir() and (p / "config.json").exists()):
