@@ -38,6 +38,10 @@ from auralens.interp.loading import LoadedModel, load_model
 from auralens.interp.micro import BASE_DIR, EMBEDDED, FINETUNED_DIR, WEIGHTS_DIR, weights_folder
 from auralens.interp.micro.train import TrainConfig, finalize, train
 from auralens.interp.runs import check_dtype, check_int, check_model, check_n, dumps_strict
+from auralens.interp.smol import TRAINED_DIR
+from auralens.interp.smol.assemble import check_parts
+from auralens.interp.smol.train import AlignConfig, train_alignment
+from auralens.interp.spoken import write_spoken_dataset
 from auralens.interp.stage_config import RESUME_HELP
 from auralens.organisms import ORGANISMS, RECIPES, train_organism, validate
 from auralens.probes import stage as probe_stage
@@ -55,7 +59,12 @@ app = typer.Typer(
 )
 micro_app = typer.Typer(help="Train or fine-tune the embedded `micro` model.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (wall-time ratios in one process).", no_args_is_help=True)
+smol_app = typer.Typer(help="`smol-audio`: Whisper-base + SmolLM2-135M-Instruct joined by a trained projector.",
+                       no_args_is_help=True)
+data_app = typer.Typer(help="Write datasets (MMAU-format folders) that every stage reads.", no_args_is_help=True)
 app.add_typer(micro_app, name="micro")
+app.add_typer(smol_app, name="smol")
+app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
 DtypeOpt = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16")
@@ -329,6 +338,44 @@ def micro_train(
         typer.echo(f"saved micro to {folder} ({done} steps)")
     else:
         typer.echo(f"stopped at step {done}/{steps} (time budget); continue with --resume")
+
+
+@_command(smol_app, "train")
+def smol_train(
+    out: Path = typer.Option(None, "--out", help="Folder for trained.safetensors + training.json (default: the embedded one)."),
+    steps: int = typer.Option(900, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Items per step."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (cosine, warm-up 50 steps)."),
+    n_cafe: int = typer.Option(3000, "--n-cafe", help="cafe training items (seeds 5,000,000 + i)."),
+    n_spoken: int = typer.Option(3000, "--n-spoken", help="espeak-ng spoken training items (seed 500)."),
+    minutes: float = typer.Option(58.0, "--minutes", help="Wall-clock budget; checkpoints and stops when reached."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast (faster on this CPU: measured in the README)."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Align smol-audio: projector + audio-token rows on cafe and spoken items, the pretrained parts frozen."""
+
+    cfg = AlignConfig(steps=steps, batch_size=batch_size, lr=lr, n_cafe=n_cafe, n_spoken=n_spoken, max_minutes=minutes,
+                      seed=seed, bf16=bf16, threads=threads)
+    check_parts(need_trained=False)  # the pretrained packages; the trained file is what this makes
+    info = train_alignment(out or TRAINED_DIR, cfg, resume=resume, log=typer.echo)
+    typer.echo(f"{'finished' if info['finished'] and info['steps_done'] >= steps else 'stopped'} at step "
+               f"{info['steps_done']}/{steps} in {info['wall_seconds'] / 60:.1f} min -> {out or TRAINED_DIR}")
+
+
+@_command(data_app, "spoken")
+def data_spoken(
+    out: Path = typer.Option(..., "--out", help="New folder: questions.jsonl + audio/*.wav."),
+    n: int = typer.Option(200, "--n", help="Items."),
+    seed: int = typer.Option(0, "--seed", help="Draws the words, voices, speeds and pitches."),
+    kinds: str = typer.Option("word,number,sentence", "--kinds", help="Question types, comma-separated."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing --out folder."),
+) -> None:
+    """Spoken words, numbers and short sentences from espeak-ng, as an MMAU-format folder dataset."""
+
+    folder = write_spoken_dataset(out, n, seed=seed, qtypes=_csv("--kinds", kinds), replace=replace)
+    typer.echo(f"wrote {n} spoken items to {folder}")
 
 
 @_command(micro_app, "finetune")

@@ -153,15 +153,15 @@ def _digest(trained_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def check_parts(*, trained_path: Path | None = None) -> None:
-    """Every part of `smol-audio` is installed and its trained parts are present (cheap: nothing
-    is read or built), so a stage can refuse before any folder exists."""
+def check_parts(*, trained_path: Path | None = None, need_trained: bool = True) -> None:
+    """Every pretrained part of `smol-audio` is installed and (``need_trained``) its trained parts
+    are present (cheap: nothing is read or built), so a stage can refuse before any folder exists."""
     from auralens.interp.smol.parts import PACKAGES, package_dir
 
     for module in PACKAGES:
         package_dir(module)
     trained_path = Path(trained_path or TRAINED)
-    if not trained_path.is_file():
+    if need_trained and not trained_path.is_file():
         raise ConfigError(f"model {NAME!r}: expected its trained parts in {trained_path}, found none; train them with "
                           f"`{TRAIN_COMMAND}`")
 
