@@ -7,6 +7,7 @@ sits directly in it (the steering vector the steer and compare stages use is wri
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,15 @@ from rich.console import Console
 from rich.table import Table
 
 from auralens.compare import stage_compare
+from auralens.interp.errors import ConfigError
 from auralens.interp.evaluate import stage_eval
 from auralens.interp.loading import load_model
 from auralens.interp.micro import ORGANISMS, available
 from auralens.interp.papers import reported_summary
 from auralens.interp.record import stage_record
+from auralens.interp.smol import NAME as SMOL
+from auralens.interp.smol.assemble import check_parts
+from auralens.interp.spoken import write_spoken_dataset
 from auralens.organisms import summary_rows, validate
 from auralens.probes.stage import stage_probe
 from auralens.steering.stage_eval import stage_steer_eval
@@ -174,6 +179,34 @@ def demo_organisms(s: DemoSettings, have: list[str]) -> dict:
     return org
 
 
+def demo_smol(s: DemoSettings) -> dict | None:
+    """A short `smol-audio` section: the real-weights LALM (Whisper-base + SmolLM2-135M-Instruct +
+    the trained projector) on cafe and on espeak-ng spoken items, with audio and with silence.
+    Skipped, saying why, where a pretrained package, the trained parts or espeak-ng is missing."""
+    try:
+        check_parts()
+    except ConfigError as exc:
+        Console().print(f"smol-audio section skipped: {exc}")
+        return None
+    n = min(s.n, 40)
+    data = s.out / "data" / "spoken"
+    if shutil.which("espeak-ng") and not (data / "questions.jsonl").is_file():
+        write_spoken_dataset(data, n, seed=1)
+    lm = load_model(SMOL, device="cpu", dtype="float32")
+    res = {"cafe": stage_eval(model=SMOL, data="cafe", n=n, formats=("direct",), out=s.out / "smol-eval-cafe",
+                              resume=s.resume, command=s.command, lm=lm, batch_size=8, quiet=True)}
+    if (data / "questions.jsonl").is_file():
+        res["spoken"] = stage_eval(model=SMOL, data=str(data), n=n, formats=("direct",), out=s.out / "smol-eval-spoken",
+                                   resume=s.resume, command=s.command, lm=lm, batch_size=8, quiet=True)
+    rows = []
+    for name, r in res.items():
+        acc = r["accuracy"]
+        rows.append([name, acc["real"]["direct"]["all"], acc.get("silence", {}).get("direct", {}).get("all", float("nan"))])
+    _table(f"smol-audio (real pretrained weights, trained projector), direct answers, n={n}",
+           ["data", "with audio", "with silence"], rows)
+    return res
+
+
 def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "auralens demo", fast: bool = False) -> dict:
     """Run every stage on ``n`` items into ``out``; returns each stage's summary.
 
@@ -192,6 +225,8 @@ def run_demo(*, out: Path, n: int = 60, resume: bool = False, command: str = "au
         results["compare"] = demo_compare(s, org)
     else:
         Console().print(f"compare stage skipped: no {org} weights (run `auralens organisms train {org}`)")
+    if not fast:  # assembling smol-audio takes about a minute once; the smoke run leaves it out
+        results["smol-audio"] = demo_smol(s)
     have = [name for name in ORGANISMS if available(name)]
     if have:
         results["organisms"] = demo_organisms(s, have)

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 
 from auralens.interp.errors import ConfigError
 
@@ -51,9 +53,6 @@ def _espeak_binary() -> str:
 
 def espeak(text: str, *, voice: str, speed: int, pitch: int) -> np.ndarray:
     """``text`` spoken by espeak-ng, mono float32 at 16 kHz."""
-    import soundfile as sf
-    import soxr
-
     with tempfile.NamedTemporaryFile(suffix=".wav") as f:
         subprocess.run([_espeak_binary(), "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", f.name, text],
                        check=True, capture_output=True)
@@ -90,8 +89,6 @@ def make_spoken_rows(n: int, *, seed: int = 0, qtypes: tuple[str, ...] = tuple(Q
 def write_spoken_dataset(out: str | Path, n: int, *, seed: int = 0, qtypes: tuple[str, ...] = tuple(QTYPES),
                          replace: bool = False) -> Path:
     """Write ``n`` spoken items as a folder dataset (``questions.jsonl`` + ``audio/*.wav``), atomically."""
-    import soundfile as sf
-
     out = Path(out)
     rows = make_spoken_rows(n, seed=seed, qtypes=qtypes)  # checks the options first
     _espeak_binary()

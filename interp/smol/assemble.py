@@ -21,10 +21,12 @@ from auralens.interp.smol import NAME, TRAIN_COMMAND, TRAINED
 from auralens.interp.smol.parts import (
     GGUF_FILE,
     GGUF_SHA256,
+    PACKAGES,
     WHISPER_SHA256,
     ct2_variables,
     encoder_state_dict,
     gguf_folder,
+    package_dir,
     whisper_model_bin,
 )
 
@@ -156,8 +158,6 @@ def _digest(trained_path: Path) -> str:
 def check_parts(*, trained_path: Path | None = None, need_trained: bool = True) -> None:
     """Every pretrained part of `smol-audio` is installed and (``need_trained``) its trained parts
     are present (cheap: nothing is read or built), so a stage can refuse before any folder exists."""
-    from auralens.interp.smol.parts import PACKAGES, package_dir
-
     for module in PACKAGES:
         package_dir(module)
     trained_path = Path(trained_path or TRAINED)

@@ -23,8 +23,12 @@ import numpy as np
 
 from auralens.interp.cafe.formats import render_target
 from auralens.interp.cafe.questions import make_item
+from auralens.interp.datasets import load_dataset
 from auralens.interp.errors import ConfigError
+from auralens.interp.micro.train import has_optimizer, load_optimizer, save_optimizer
 from auralens.interp.prompts import build_inputs
+from auralens.interp.smol.assemble import AUDIO_TOKENS, assemble, cache_dir
+from auralens.interp.spoken import write_spoken_dataset
 
 __all__ = ["AlignConfig", "audio_features", "encode_items", "forward_loss", "train_alignment"]
 
@@ -89,8 +93,6 @@ def audio_features(model, batch) -> list:
 
 
 def _items(cfg: AlignConfig, spoken_dir: Path):
-    from auralens.interp.datasets import load_dataset
-
     cafe = [make_item(CAFE_BASE + i) for i in range(cfg.n_cafe)]
     spoken = load_dataset(str(spoken_dir)) if cfg.n_spoken else []
     return cafe + spoken[: cfg.n_spoken]
@@ -152,10 +154,6 @@ def train_alignment(out: str | Path, cfg: AlignConfig = AlignConfig(), *, resume
     """Train the projector and audio rows into ``out`` (``trained.safetensors`` + ``training.json``)."""
     import torch
     from safetensors.torch import load_file, save_file
-
-    from auralens.interp.micro.train import has_optimizer, load_optimizer, save_optimizer
-    from auralens.interp.smol.assemble import AUDIO_TOKENS, assemble, cache_dir
-    from auralens.interp.spoken import write_spoken_dataset
 
     out = Path(out)
     info_path = out / "training.json"
