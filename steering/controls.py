@@ -43,6 +43,7 @@ __all__ = [
     "fit_positions",
     "load_control_model",
     "random_heads_layers",
+    "random_null_vectors",
     "refit_at",
     "sweep_controls",
 ]
@@ -111,6 +112,24 @@ def random_heads_layers(fit: dict, arch, seed: int):
         layer_for.setdefault(L, Lc)
     return {"heads": drawn, "layers": sorted({L for L, _ in drawn}), "layer_for": layer_for, "pool": pool_desc}
 
+
+
+def random_null_vectors(vec, sel: dict[str, Any], k: int, *, seed: int) -> dict[str, Any]:
+    """``k`` random directions of equal norm at the setting ``sel``'s single layer, the null of
+    the vector's gain (each is then given its own beta on dev): ``random_00`` ... with seeds
+    ``seed * 1000 + 100 + i``; ``per_input``: a seeded random unit direction times ``||s(x_i)||``
+    per item (:class:`~auralens.steering.evaluate.PerInput` with ``random_seed``), ``mean``: a
+    seeded Gaussian direction of the vector's norm (:func:`~auralens.steering.directions.random_direction`)."""
+    L, out = sel["layer"], {}
+    for i in range(int(k)):
+        s = int(seed) * 1000 + 100 + i
+        if sel["mode"] == "per_input":
+            out[f"random_{i:02d}"] = PerInput(at_layer(vec, L), random_seed=s)
+        elif sel["mode"] == "mean":
+            out[f"random_{i:02d}"] = at_layer(random_direction(vec, seed=s), L)
+        else:
+            raise ConfigError(f"random_directions: expected the mean or per_input mode, found {sel['mode']!r}")
+    return out
 
 
 def sweep_controls(lm, vec, fit_items, why: str | None, *, seed: int) -> tuple[dict[str, Any], list[str]]:

@@ -10,14 +10,28 @@
    check, the model and the control model with their checks, then the folder);
 2. :func:`sweep_dev` — beta x layer x positions x mode (``mean``: the fitted v; ``per_input``:
    s(x) of each item) -> ``items.parquet``, ``steering.parquet``, figures;
-3. :func:`select_on_dev` — the setting with the largest dev gain (ties: the smaller |beta|);
+3. :func:`select_on_dev` — the rule ``cfg.selection``
+   (:data:`auralens.steering.nulls.SELECTION_RULES`).  Default ``ci_low``: beta = 0 ("no
+   steering") is a candidate; the nonzero setting with the largest dev gain (ties: the smaller
+   |beta|) is kept only if the lower bound of its 95% paired-bootstrap CI over the dev items is
+   > 0, else steering is *declined* (``decision: "decline"``, beta = 0);
 4. :func:`evaluate_on_test` — on test: baseline, the chosen setting and its controls at the
    same setting (:mod:`auralens.steering.controls`) -> ``test_items.parquet``, paired bootstrap
-   CIs over items; with a control model (:func:`evaluate_control_model`) the same setting and
-   procedure on that model on the same test items -> ``control_model_items.parquet``,
-   ``controls["model_without_deficit"]``;
-5. :func:`write_dev_test` — ``vectors/selected.safetensors`` records the chosen setting and the
-   split fingerprints (``extra['steer']``); ``summary.json`` = the returned summary.
+   CIs over items.  When declining, the reported test gain is the unsteered model's (0 by
+   construction) and the declined candidate's test gain is reported beside it, for information
+   (``test["candidate"]``: not chosen).  :func:`random_null` (with ``controls``):
+   ``random_directions`` random directions of equal norm at the chosen mode/layer/positions, each
+   given its own beta on dev by the same rule (``random_items.parquet``), on test
+   (``test_items.parquet``): the vector's percentile among them, their mean and 95th percentile
+   (:func:`auralens.steering.nulls.null_summary`).  :func:`neutral_cost`: the chosen setting on
+   the neutral condition's test items (cue datasets) -> ``neutral_items.parquet``; the answer
+   distribution unsteered vs steered (:func:`auralens.steering.nulls.answer_shift`).  With a
+   control model (:func:`evaluate_control_model`) the same setting and procedure on that model
+   on the same test items -> ``control_model_items.parquet``, ``controls["model_without_deficit"]``;
+5. :func:`write_dev_test` — ``vectors/selected.safetensors`` records the chosen setting (beta 0
+   when declined) and the split fingerprints (``extra['steer']``); ``summary.json`` = the
+   returned summary (``decision``, ``rule``, ``test``, ``random_directions``, ``neutral``,
+   ``answers`` among its keys).
 
 ``sweep`` (:func:`run_in_sample`): beta (and layer) swept with the vector and its controls on
 one set of items; the best gain is chosen on those items (optimistic, the summary says so).
@@ -30,6 +44,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from auralens.interp.dataspec import DataSpec
 from auralens.interp.distributed import barrier, is_main
 from auralens.interp.errors import ConfigError
 from auralens.interp.runs import RowLog, load_items, open_run
@@ -41,9 +56,11 @@ from auralens.steering.controls import (
     controls_for_test,
     load_control_model,
     random_heads_layers,
+    random_null_vectors,
     sweep_controls,
 )
 from auralens.steering.evaluate import (
+    BASELINE,
     PerInput,
     best_gain,
     figures,
@@ -52,6 +69,7 @@ from auralens.steering.evaluate import (
     steering_table,
 )
 from auralens.steering.formats import export, load_vector
+from auralens.steering.nulls import answer_shift, choose_on_dev, null_summary
 from auralens.steering.registry import DIRECTIONS, MODES
 from auralens.steering.splits import (
     check_heads_data,
@@ -68,8 +86,11 @@ __all__ = [
     "evaluate_on_test",
     "main_name",
     "mode_vector",
+    "neutral_cost",
+    "neutral_spec",
     "open_dev_test",
     "per_input_cost",
+    "random_null",
     "run_dev_test",
     "run_in_sample",
     "select_on_dev",
@@ -219,8 +240,12 @@ class DevTestPlan:
     test_items: list
     records: dict[str, Any]
     manifest: dict[str, Any]
+    neutral_items: list | None = None
+    neutral_why: str | None = None
+    neutral_data: str | None = None
     rh_draw: Any = None
     control_lm: Any = None
+    test_log: Any = None
     dev_vectors: dict[str, Any] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
 
@@ -268,6 +293,15 @@ def validate_dev_test(cfg, *, lm=None) -> DevTestPlan:
     if fit_items_ is None:
         raise ConfigError(f"vector: cannot check that its fit items are disjoint from the test items: {why}")
     _check_disjoint(vec, fit, fit_items_, splits, dev_items, test_items)
+    neutral_items, neutral_why, spec = None, "neutral=False", None
+    if cfg.neutral:
+        spec, neutral_why = neutral_spec(splits["test"][0])
+        if spec is not None:
+            neutral_items = load_items(spec, n=cfg.n, seed=splits["test"][1])
+            k = overlap(fit_items_, neutral_items)
+            if k:
+                raise ConfigError(f"vector: its fit items share {k} of the {len(neutral_items)} neutral test items "
+                                  f"({spec}); expected disjoint splits (fit on the calibration split)")
     records = {"calibration": fit.get("split") or {"data": fit.get("data"), "seed": fit.get("seed"),
                                                    "data_fingerprint": vec.data_fingerprint},
                "dev": split_record(splits["dev"][0], splits["dev"][1], dev_items),
@@ -278,7 +312,20 @@ def validate_dev_test(cfg, *, lm=None) -> DevTestPlan:
                             fit_split=records["calibration"],
                             **({"control_model": cfg.control_model} if cfg.control_model else {}))
     return DevTestPlan(vec=vec, sweep=sweep, modes=modes, notes=notes, fit=fit, fit_items=fit_items_, splits=splits,
-                       dev_items=dev_items, test_items=test_items, records=records, manifest=manifest)
+                       dev_items=dev_items, test_items=test_items, records=records, manifest=manifest,
+                       neutral_items=neutral_items, neutral_why=neutral_why, neutral_data=spec)
+
+
+def neutral_spec(test_spec: str) -> tuple[str | None, str | None]:
+    """The neutral condition's test split of a cue dataset's test split (``cafe-conflict:test``
+    -> ``cafe-neutral:test``), or ``(None, why not)``: another kind of dataset, or the neutral
+    condition itself (its gain is the neutral cost)."""
+    ds = DataSpec.parse(test_spec)
+    if ds.kind != "cue":
+        return None, f"{test_spec!r} is not a cafe cue dataset (no neutral condition)"
+    if ds.name == "cafe-neutral":
+        return None, "the evaluated data are the neutral condition (the test gain is the neutral cost)"
+    return str(DataSpec.parse(f"cafe-neutral:{ds.effective_split}")), None
 
 
 def open_dev_test(cfg, plan: DevTestPlan, *, lm=None, control_lm=None):
@@ -297,7 +344,8 @@ def open_dev_test(cfg, plan: DevTestPlan, *, lm=None, control_lm=None):
                                              device_map=cfg.device_map)
         plan.rh_draw = random_heads_layers(fit, loaded.arch, cfg.seed) if cfg.controls and not vec.heads else None
 
-    run, lm = open_run(cfg.out, manifest=plan.manifest, items=plan.dev_items + plan.test_items, resume=cfg.resume,
+    run, lm = open_run(cfg.out, manifest=plan.manifest, resume=cfg.resume,
+                       items=plan.dev_items + plan.test_items + list(plan.neutral_items or []),
                        lm=lm, model=cfg.model, dtype=cfg.dtype, device_map=cfg.device_map,
                        before_create=before_create)
     run.file("vectors").mkdir(parents=True, exist_ok=True)
@@ -326,21 +374,18 @@ def sweep_dev(cfg, plan: DevTestPlan, run, lm, *, quiet: bool = False):
     return dev_rows, write_sweep_table(run, dev_rows, plan.sweep)
 
 
-def select_on_dev(table, names: dict[str, str]) -> dict[str, Any]:
-    """Step 3: the (mode, layer, beta, positions, format) with the largest dev gain (ties: smaller |beta|)."""
-    t = table[(table["category"] == "all") & (table["beta"] != 0.0) & (table["vector"].isin(list(names)))].copy()
-    if t.empty:
-        raise ConfigError("betas: expected at least one non-zero beta to choose on dev, found none")
-    t["abs_beta"] = t["beta"].abs()
-    best = t.sort_values(["delta", "abs_beta", "layer"], ascending=[False, True, True]).iloc[0]
-    return {
-        "vector": str(best["vector"]), "mode": names[str(best["vector"])], "layer": int(best["layer"]),
-        "layers": [int(best["layer"])], "beta": float(best["beta"]), "positions": str(best["positions"]),
-        "format": str(best["format"]),
-        "dev": {"n": int(best["n"]), "steered": float(best["accuracy"]),
-                "base": float(best["accuracy"] - best["delta"]), "gain": float(best["delta"]),
-                "ci": [float(best["delta_ci_low"]), float(best["delta_ci_high"])]},
-    }
+def select_on_dev(table, names: dict[str, str], *, rule: str = "ci_low") -> dict[str, Any]:
+    """Step 3: the (mode, layer, beta, positions, format) chosen on dev by ``rule``
+    (:func:`auralens.steering.nulls.choose_on_dev`).  ``ci_low`` (default): beta = 0 (no
+    steering) is a candidate, and the nonzero setting with the largest dev gain (ties: smaller
+    |beta|) is kept only if its dev gain's 95% paired-bootstrap CI lower bound is > 0; else
+    ``decision == "decline"`` and beta = 0.  ``best``: the largest dev gain, whatever its sign."""
+    return choose_on_dev(table, names, rule=rule)
+
+
+def _steered_setting(sel: dict[str, Any]) -> dict[str, Any]:
+    """The setting the test step runs: the chosen one, or the declined candidate's (for information)."""
+    return {**sel, "beta": sel["candidate"]["beta"]} if sel.get("decision") == "decline" else sel
 
 
 def sweep_for_test(plan: DevTestPlan, sel: dict[str, Any]):
@@ -354,6 +399,8 @@ def evaluate_on_test(cfg, plan: DevTestPlan, run, lm, sel: dict[str, Any], *, qu
     """Step 4: the chosen setting and its controls on the test items -> ``test_items.parquet``.
     Returns ``(test_rows, test, controls, test_vectors)``: ``test`` the chosen setting's paired
     gain, ``controls`` each control's (:func:`auralens.steering.controls.compare_controls`)."""
+    declined = sel.get("decision") == "decline"
+    sel = _steered_setting(sel)
     main = sel["vector"]
     test_vectors: dict[str, Any] = {main: at_layer(plan.dev_vectors[main], sel["layer"])}
     skipped: dict[str, Any] = {}
@@ -363,15 +410,80 @@ def evaluate_on_test(cfg, plan: DevTestPlan, run, lm, sel: dict[str, Any], *, qu
                                                               seed=cfg.seed, batch_size=cfg.batch_size)
         test_vectors.update(ctrl_vectors)
         plan.notes.extend(notes)
-    test_rows = run_sweep(lm, plan.test_items, test_vectors, sweep_for_test(plan, sel),
-                          log=RowLog(run, "test_items.parquet", key="row_id", resume=cfg.resume), progress=not quiet)
+    plan.test_log = RowLog(run, "test_items.parquet", key="row_id", resume=cfg.resume)
+    test_rows = run_sweep(lm, plan.test_items, test_vectors, sweep_for_test(plan, sel), log=plan.test_log,
+                          progress=not quiet)
     nb, sd = plan.sweep.n_boot, plan.sweep.seed
     test = paired_stats(test_rows, main, n_boot=nb, seed=sd)
+    if declined:  # the reported system is the unsteered model; the candidate's numbers are for information
+        cand = {**test, "beta": sel["beta"], "note": "the declined candidate on test: not chosen, for information"}
+        test = {**paired_stats(test_rows, BASELINE, n_boot=nb, seed=sd), "decision": "decline", "candidate": cand,
+                "note": "steering declined on dev: the test step reports the unsteered model (gain 0 by construction)"}
+        plan.notes.append("steering declined on dev; the controls are those of the declined candidate's setting")
+    else:
+        test["decision"] = "steer"
     ctrl = compare_controls(test_rows, main, [c for c in test_vectors if c != main], n_boot=nb, seed=sd)
     if "random_heads" in ctrl and not plan.vec.heads:
         ctrl["random_heads"].update(rh_info)
     ctrl.update(skipped)
     return test_rows, test, ctrl, test_vectors
+
+
+def random_null(cfg, plan: DevTestPlan, run, lm, sel: dict[str, Any], test: dict[str, Any], *,
+                quiet: bool = False) -> dict[str, Any]:
+    """Step 4, the random-direction null: ``cfg.random_directions`` random directions of equal
+    norm (:func:`auralens.steering.controls.random_null_vectors`) at the chosen (or declined
+    candidate's) mode, layer, positions and format, swept over the same betas on the dev items
+    (``random_items.parquet``) and each given its own beta by the same rule
+    (:func:`select_on_dev`); those that steer are run at their beta on the test items (into
+    ``test_items.parquet``, sharing its baseline); a declined one gains 0.  Returns
+    :func:`auralens.steering.nulls.null_summary` of the vector's reported test gain with each
+    direction's seed-named beta, decision and test gain."""
+    setting = _steered_setting(sel)
+    rvecs = random_null_vectors(plan.vec, setting, cfg.random_directions, seed=cfg.seed)
+    nb, sd = plan.sweep.n_boot, plan.sweep.seed
+    dev_sweep = dataclasses.replace(plan.sweep, layers=None, positions=(setting["positions"],),
+                                    formats=(setting["format"],))
+    dev_rows = run_sweep(lm, plan.dev_items, rvecs, dev_sweep,
+                         log=RowLog(run, "random_items.parquet", key="row_id", resume=cfg.resume), progress=not quiet)
+    table = steering_table(dev_rows, n_boot=nb, seed=sd, betas=sorted({0.0, *plan.sweep.betas}))
+    chosen = {name: select_on_dev(table, {name: setting["mode"]}, rule=cfg.selection) for name in rvecs}
+    by_beta: dict[float, dict[str, Any]] = {}
+    for name, c in chosen.items():
+        if c["decision"] == "steer":
+            by_beta.setdefault(c["beta"], {})[name] = rvecs[name]
+    test_rows = None
+    for beta, vs in sorted(by_beta.items()):
+        test_rows = run_sweep(lm, plan.test_items, vs, dataclasses.replace(dev_sweep, betas=(beta,)),
+                              log=plan.test_log, progress=not quiet)
+    directions, gains = {}, {}
+    for name, c in chosen.items():
+        steer = c["decision"] == "steer"
+        gains[name] = paired_stats(test_rows, name, n_boot=nb, seed=sd)["gain"] if steer else 0.0
+        directions[name] = {"beta": c["beta"], "decision": c["decision"], "dev_gain": c["dev"]["gain"],
+                            "dev_ci": c["dev"]["ci"], "test_gain": gains[name]}
+    out = null_summary(test["gain"], gains)
+    return {**out, "mode": setting["mode"], "layer": int(setting["layer"]), "positions": setting["positions"],
+            "betas": list(plan.sweep.betas), "seeds": f"seed * 1000 + 100 + i, seed {cfg.seed}",
+            "n_declined": sum(c["decision"] == "decline" for c in chosen.values()), "directions": directions}
+
+
+def neutral_cost(cfg, plan: DevTestPlan, run, lm, sel: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
+    """Step 4, the cost: the chosen setting on the neutral condition's test items
+    (``neutral_items.parquet``; cue datasets) — its paired gain there and the answer
+    distribution unsteered vs steered (:func:`auralens.steering.nulls.answer_shift`).  When
+    steering is declined the cost is 0 by construction and nothing is generated."""
+    if plan.neutral_items is None:
+        return {"skipped": plan.neutral_why}
+    if sel.get("decision") == "decline":
+        return {"n": len(plan.neutral_items), "gain": 0.0, "ci": [0.0, 0.0], "decision": "decline",
+                "note": "steering declined: the neutral items are answered by the unsteered model (cost 0)"}
+    main = sel["vector"]
+    rows = run_sweep(lm, plan.neutral_items, {main: at_layer(plan.dev_vectors[main], sel["layer"])},
+                     sweep_for_test(plan, sel), log=RowLog(run, "neutral_items.parquet", key="row_id",
+                                                          resume=cfg.resume), progress=not quiet)
+    st = paired_stats(rows, main, n_boot=plan.sweep.n_boot, seed=plan.sweep.seed)
+    return {**st, "data": plan.neutral_data, "answers": answer_shift(rows, main)}
 
 
 def evaluate_control_model(cfg, plan: DevTestPlan, run, sel: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
@@ -392,7 +504,8 @@ def evaluate_control_model(cfg, plan: DevTestPlan, run, sel: dict[str, Any], *, 
 def _best_of(sel: dict[str, Any], test: dict[str, Any], ctrl: dict[str, Any]) -> dict[str, Any]:
     """The chosen setting on test, in the shape of the sweep protocol's ``best`` (for its readers)."""
     return {"vector": sel["vector"], "layer": sel["layer"], "beta": sel["beta"], "positions": sel["positions"],
-            "format": sel["format"], "mode": sel["mode"], "accuracy": test["steered"],
+            "format": sel["format"], "mode": sel["mode"], "decision": sel.get("decision", "steer"),
+            "accuracy": test["steered"],
             "baseline_accuracy": test["base"], "delta": test["gain"], "delta_ci": test["ci"], "n": test["n"],
             "selection": "chosen on the dev split, reported on the test split",
             "controls": {k: {"accuracy": v["steered"], "delta": v["gain"], "delta_ci": v["ci"],
@@ -401,12 +514,14 @@ def _best_of(sel: dict[str, Any], test: dict[str, Any], ctrl: dict[str, Any]) ->
                          if "vector_minus_control" in v}}
 
 
-def write_dev_test(cfg, plan: DevTestPlan, run, sel, test, ctrl, test_vectors, *, n_rows: int) -> dict[str, Any]:
+def write_dev_test(cfg, plan: DevTestPlan, run, sel, test, ctrl, test_vectors, *, n_rows: int,
+                   extras: dict[str, Any] | None = None) -> dict[str, Any]:
     """Step 5: ``vectors/selected.safetensors`` (the vector with the chosen setting and the split
     records in ``extra['steer']``), the controls' vectors and ``summary.json``; returns the summary."""
-    vec = plan.vec
+    vec, extras = plan.vec, extras or {}
     steer_meta = {"mode": sel["mode"], "layers": sel["layers"], "positions": sel["positions"], "beta": sel["beta"],
-                  "format": sel["format"], "chosen_on": "dev", "splits": plan.records}
+                  "format": sel["format"], "chosen_on": "dev", "decision": sel.get("decision", "steer"),
+                  "rule": sel.get("rule"), "splits": plan.records}
     if is_main():
         export(dataclasses.replace(vec, extra={**vec.extra, "steer": steer_meta}, source=None),
                run.file("vectors/selected.safetensors"))
@@ -416,7 +531,9 @@ def write_dev_test(cfg, plan: DevTestPlan, run, sel, test, ctrl, test_vectors, *
     summary = {
         "model": cfg.model, "data": cfg.data, "protocol": "dev_test", "run": str(cfg.out), "vector": main_name(vec),
         "method": vec.method, "layers": list(vec.layers), "betas": list(plan.sweep.betas), "modes": list(plan.modes),
+        "decision": sel.get("decision", "steer"), "rule": sel.get("rule"),
         "selected": sel, "test": test, "controls": ctrl, "best": _best_of(sel, test, ctrl),
+        **extras,
         "splits": {k: {kk: v.get(kk) for kk in ("data", "seed", "n", "seeds", "ids_sha256")}
                    for k, v in plan.records.items()},
         "notes": plan.notes,
@@ -430,8 +547,20 @@ def run_dev_test(cfg, *, lm=None, control_lm=None, quiet: bool = False) -> dict[
     plan = validate_dev_test(cfg, lm=lm)
     run, lm = open_dev_test(cfg, plan, lm=lm, control_lm=control_lm)
     dev_rows, table = sweep_dev(cfg, plan, run, lm, quiet=quiet)
-    sel = select_on_dev(table, plan.names)
+    sel = select_on_dev(table, plan.names, rule=cfg.selection)
     test_rows, test, ctrl, test_vectors = evaluate_on_test(cfg, plan, run, lm, sel, quiet=quiet)
-    if plan.control_lm is not None:
+    steered_name = BASELINE if sel.get("decision") == "decline" else sel["vector"]
+    extras: dict[str, Any] = {"answers": answer_shift(test_rows, steered_name)}
+    if sel.get("decision") == "decline":
+        extras["answers"]["candidate"] = answer_shift(test_rows, sel["vector"])
+    if cfg.controls and cfg.random_directions > 0:
+        extras["random_directions"] = random_null(cfg, plan, run, lm, sel, test, quiet=quiet)
+        test_rows = plan.test_log.frame()
+    extras["neutral"] = neutral_cost(cfg, plan, run, lm, sel, quiet=quiet)
+    if plan.control_lm is not None and sel.get("decision") == "decline":
+        ctrl["model_without_deficit"] = {"model": cfg.control_model or str(plan.control_lm.model_id), "gain": 0.0,
+                                         "decision": "decline", "note": "steering declined: nothing to apply"}
+    elif plan.control_lm is not None:
         ctrl["model_without_deficit"] = evaluate_control_model(cfg, plan, run, sel, quiet=quiet)
-    return write_dev_test(cfg, plan, run, sel, test, ctrl, test_vectors, n_rows=len(dev_rows) + len(test_rows))
+    return write_dev_test(cfg, plan, run, sel, test, ctrl, test_vectors, n_rows=len(dev_rows) + len(test_rows),
+                          extras=extras)

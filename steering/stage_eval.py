@@ -27,6 +27,7 @@ from auralens.interp.stage_config import (
     takes_config,
 )
 from auralens.steering.evaluate import SweepConfig
+from auralens.steering.nulls import SELECTION_RULES
 from auralens.steering.registry import MODES, POSITIONS
 
 __all__ = ["PROTOCOLS", "SteerEvalConfig", "stage_steer_eval"]
@@ -45,7 +46,16 @@ class SteerEvalConfig(ModelDataConfig):
                                       help="Comma-separated steering strengths beta.")
     n: int = option(90, help="Number of items (>= 1).")
     out: Path = option(Path("runs/steer"), identity=False, help="Run folder.")
-    controls: bool = option(True, help="Also run the random-direction/random-heads controls.")
+    controls: bool = option(True, help="Also run the controls: random direction/heads at the same setting and (dev_test) "
+                                       "the random-direction null.")
+    selection: str = option("ci_low", help="dev_test rule choosing on dev: ci_low (beta 0 is a candidate; a nonzero "
+                                           "setting is kept only if its dev gain's 95% CI lower bound is > 0, else "
+                                           "steering is declined) | best (the largest dev gain, cannot decline).")
+    random_directions: int = option(20, help="dev_test with controls: random directions of equal norm, each given its "
+                                             "own beta on dev by the same rule; the vector's test-gain percentile "
+                                             "among them (0: none).")
+    neutral: bool = option(True, help="dev_test on a cafe cue dataset: also run the chosen setting on the neutral "
+                                      "condition's test items (the cost of steering).")
     formats: tuple[str, ...] = option(("direct",), flag="--format", parse="one",
                                       help="Answer format: direct | cot | structured.")
     batch_size: int = option(16, help="Items per generation batch (>= 1).")
@@ -79,6 +89,11 @@ class SteerEvalConfig(ModelDataConfig):
         if self.adaptive_gain is not None and (isinstance(self.adaptive_gain, bool) or
                                                not isinstance(self.adaptive_gain, (int, float))):
             raise ConfigError(f"adaptive_gain: expected a number or None, found {self.adaptive_gain!r}")
+        if self.selection not in SELECTION_RULES:
+            raise ConfigError(f"selection: expected one of {list(SELECTION_RULES)}, found {self.selection!r}")
+        if isinstance(self.random_directions, bool) or not isinstance(self.random_directions, int) \
+                or self.random_directions < 0:
+            raise ConfigError(f"random_directions: expected an integer >= 0, found {self.random_directions!r}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"protocol: expected one of {list(PROTOCOLS)}, found {self.protocol!r}")
         dev_test = self.protocol == "dev_test"
