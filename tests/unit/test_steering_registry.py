@@ -98,9 +98,16 @@ def test_select_on_dev_prefers_the_largest_gain_then_the_smaller_beta():
         dict(vector="per_input", layer=2, beta=2.0, delta=0.1),
         dict(vector="random_direction", layer=1, beta=2.0, delta=0.9),  # not a mode: never chosen
     ])
-    sel = select_on_dev(table, {"audio_minus_silence": "mean", "per_input": "per_input"})
+    names = {"audio_minus_silence": "mean", "per_input": "per_input"}
+    sel = select_on_dev(table, names, rule="best")
     assert (sel["vector"], sel["mode"], sel["layer"], sel["beta"]) == ("audio_minus_silence", "mean", 1, -2.0)
     assert sel["dev"]["gain"] == pytest.approx(0.2) and sel["dev"]["base"] == pytest.approx(0.5)
+    # the default rule: every CI lower bound here is -0.5 -> declined (beta 0), the candidate recorded
+    dec = select_on_dev(table, names)
+    assert dec["decision"] == "decline" and dec["beta"] == 0.0 and dec["candidate"]["beta"] == -2.0
+    table.loc[table["beta"] == -2.0, "delta_ci_low"] = 0.01
+    kept = select_on_dev(table, names)
+    assert kept["decision"] == "steer" and kept["beta"] == -2.0
     with pytest.raises(ConfigError, match="non-zero beta"):
         select_on_dev(table[table["beta"] == 0.0], {"audio_minus_silence": "mean"})
 
