@@ -93,9 +93,22 @@ def test_dev_test_protocol(lm, fitted, tmp_path):
     _, path = fitted
     out = tmp_path / "run"
     res = stage_steer_eval(model=lm.source, data="cafe-conflict", n=3, vector=path, betas=[0, 2.0, -2.0], out=out,
-                           lm=lm, quiet=True, max_new_tokens=3, batch_size=3, n_boot=100)
+                           lm=lm, quiet=True, max_new_tokens=3, batch_size=3, n_boot=100, selection="best",
+                           random_directions=3)
     sel, test = res["selected"], res["test"]
     assert sel["mode"] in ("mean", "per_input") and sel["beta"] in (2.0, -2.0) and sel["positions"] == "both"
+    assert res["decision"] == sel["decision"] == test["decision"] == "steer"
+    null = res["random_directions"]  # each random direction with its own dev beta, the same rule
+    assert null["k"] == 3 and null["mode"] == sel["mode"] and null["layer"] == sel["layer"]
+    gains = [d["test_gain"] for d in null["directions"].values()]
+    assert all(d["beta"] in (2.0, -2.0) for d in null["directions"].values())
+    below, equal = sum(g < test["gain"] for g in gains), sum(g == test["gain"] for g in gains)
+    assert null["vector_percentile"] == pytest.approx(100 * (below + equal / 2) / 3)
+    assert null["vector_gain"] == test["gain"]
+    assert res["neutral"]["data"] == "cafe-neutral:test" and res["neutral"]["n"] == 3
+    assert res["answers"]["n"] == 3 and 0 <= res["answers"]["total_variation"] <= 1
+    assert set(pd.read_parquet(out / "neutral_items.parquet")["item_id"]) == {
+        i.replace("-conflict", "-neutral") for i in pd.read_parquet(out / "test_items.parquet")["item_id"]}
     assert test["n"] == 3 and test["ci"][0] <= test["gain"] <= test["ci"][1]
     assert abs(test["steered"] - test["base"] - test["gain"]) < 1e-9
     assert set(res["controls"]) == {"random_direction", "random_heads"}  # a stable shape
@@ -106,6 +119,7 @@ def test_dev_test_protocol(lm, fitted, tmp_path):
     assert set(table["vector"]) == {"audio_minus_silence", "per_input"} and set(table["beta"]) == {0.0, 2.0, -2.0}
     test_rows = pd.read_parquet(out / "test_items.parquet")
     assert len(set(test_rows["item_id"])) == 3
+    assert {f"random_{i:02d}" for i in range(3)} <= set(test_rows["vector"])
     assert all(i.endswith("-conflict") for i in test_rows["item_id"])
     meta = load_vector(out / "vectors" / "selected.safetensors").extra["steer"]
     assert meta["beta"] == sel["beta"] and meta["mode"] == sel["mode"] and meta["chosen_on"] == "dev"
@@ -114,6 +128,31 @@ def test_dev_test_protocol(lm, fitted, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["splits"]["test"]["ids_sha256"] == res["splits"]["test"]["ids_sha256"]
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(res))
+
+
+def test_dev_test_declines_when_no_beta_helps_on_dev(lm, fitted, tmp_path):
+    """A beta too small to change any answer: every dev gain is 0 with CI [0, 0], so the rule
+    declines — the test step reports the unsteered model (gain 0), the candidate beside it, and
+    the recorded setting is beta 0; the random directions decline too (gain 0, percentile 50)."""
+    from auralens.steering.formats import load_vector
+    from auralens.steering.stage_eval import stage_steer_eval
+
+    _, path = fitted
+    out = tmp_path / "run"
+    res = stage_steer_eval(model=lm.source, data="cafe-conflict", n=3, vector=path, betas=[0, 1e-6], out=out,
+                           lm=lm, quiet=True, max_new_tokens=3, batch_size=3, n_boot=50, random_directions=2,
+                           modes="mean")
+    sel, test = res["selected"], res["test"]
+    assert res["decision"] == sel["decision"] == test["decision"] == "decline" and sel["beta"] == 0.0
+    assert sel["candidate"]["beta"] == 1e-6 and sel["candidate"]["dev"]["ci"] == [0.0, 0.0]
+    assert test["gain"] == 0.0 and test["ci"] == [0.0, 0.0] and test["steered"] == test["base"]
+    assert test["candidate"]["gain"] == 0.0  # beta 1e-6 changes nothing on test either
+    assert res["random_directions"]["n_declined"] == 2 and res["random_directions"]["vector_percentile"] == 50.0
+    assert res["neutral"]["decision"] == "decline" and res["neutral"]["gain"] == 0.0
+    assert not (out / "neutral_items.parquet").exists()
+    assert res["answers"]["total_variation"] == 0.0
+    meta = load_vector(out / "vectors" / "selected.safetensors").extra["steer"]
+    assert meta["beta"] == 0.0 and meta["decision"] == "decline"
 
 
 def test_refusals_before_generation(lm, fitted, tmp_path):
