@@ -20,13 +20,30 @@ pass/fail.  A failing check is reported as failing: thresholds are the issue's, 
 ranking (``auralens record`` on ``cafe-neutral:calibration``, direct answers) puts at least 80%
 of H* in its top |H*|.
 
-``micro-decay`` (planted onset k), ``auralens record`` on ``cafe-neutral:test`` with chain of
-thought: the onset read from yield-by-step (largest fall, log space) and from class-claim
-accuracy by step (largest fall) are within ±1 of k; class claims from step k on are at least
-0.15 less accurate than before (paired by item, bootstrap CI).
+``micro-decay`` (planted onset k), ``auralens record`` on ``cafe-neutral:<split>`` with chain of
+thought: the onset read from yield-by-step (log space) and from class-claim accuracy by step,
+each with a null (:func:`auralens.interp.decay.onset_test`: the step after the largest fall is
+reported only when, in more than 1 − 0.05/m of the item-bootstrap resamples, that fall is
+positive and the largest of the m falls; else "no onset"), are within ±1 of k; class claims
+from step k on are at least 0.15 less accurate than before (paired by item, bootstrap CI).
 
-healthy ``micro`` (negative control): ``|neutral − conflict| <= 0.05``, and no break at
-micro-decay's k: the CI of its class-claim accuracy before k − from k on contains 0.
+healthy ``micro`` (negative control), every "no effect" an equivalence test (two one-sided
+t-tests, TOST, alpha 0.05: the 90% CI of the paired difference inside ±margin, the margin in the
+row's threshold; :func:`equivalence`):
+
+- ``conflict_gap_equivalent``  neutral − conflict (paired by item) inside ±0.05
+- ``no_yield_onset`` / ``no_claim_onset``  the onset test says "no onset"
+- ``no_claim_break_at_k``  class-claim accuracy before micro-decay's k − from k on (paired by
+  item) inside ±0.10 (micro-decay must show >= 0.15)
+
+An equivalence test passes only with enough items: each row's note gives its power at a true
+difference of 0 (normal approximation, from the observed SD) and the n that 80% power needs.
+
+Items: ``split`` (``dev`` or ``test``, default ``test``) of the cue datasets; ``seed_offset``
+starts the direct-answer checks (cue accuracy) that many seeds into the split, so anyone can
+re-run them on seeds nobody tuned on.  The record-based checks (heads: calibration split; decay:
+``cafe-neutral:<split>``) take the split's first items: a record run reads its items from a
+dataset spec, which has no seed offset.
 
 Steps with fewer than ``min_claims`` items (yield) or claims (accuracy) are left out of the
 onset curves: a late step reached by a handful of long chains says little.
@@ -42,21 +59,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
-from auralens.interp.cafe.cues import CONDITIONS, cue_items
+from auralens.interp.cafe.cues import CONDITIONS, SPLIT_SIZE, SPLITS as CUE_SPLITS, cue_items, with_cue
+from auralens.interp.cafe.questions import TIERS, make_item
+from auralens.interp.decay import claim_matrix, onset_stability, onset_test, step_means_per_item
+from auralens.interp.errors import ConfigError
 from auralens.interp.evaluate import run_eval
 from auralens.interp.generation import GenerationConfig
 from auralens.interp.loading import load_model, resolve_source
 from auralens.interp.record import stage_record
+from auralens.interp.record_analysis import load_yields
 from auralens.interp.runs import RunFolder
 from auralens.interp.stats import bootstrap_mean_ci
 from auralens.probes.collect import LM_SITE, CollectConfig, collect_activations
 from auralens.probes.fit import ProbeConfig, fit_probe
 from auralens.probes.labels import cafe_labels
 
-__all__ = ["PROBE_ATTRIBUTES", "class_claim_steps", "claim_gap_by_item", "cue_accuracy", "decay_checks",
-           "healthy_checks", "heads_checks", "onset", "planted", "prior_checks", "probe_checks", "summary_rows",
-           "validate"]
+__all__ = ["CLAIM_BREAK_MARGIN", "CUE_MARGIN", "PROBE_ATTRIBUTES", "VALIDATE_SPLITS", "check_seeds", "class_claim_steps",
+           "claim_gap_by_item", "cue_accuracy", "decay_checks", "decay_onset_stability", "decay_onsets", "equivalence", "healthy_checks",
+           "heads_checks", "offset_cue_items", "onset", "onset_curves", "planted", "prior_checks", "probe_checks",
+           "summary_rows", "validate"]
 
 PROBE_ATTRIBUTES = ("n_events", "event1_class")
 
@@ -81,11 +104,42 @@ def _correct_by_base(df, mode: str) -> dict[str, float]:
     return {iid.rsplit("-", 1)[0]: float(c) for iid, c in zip(g["item_id"], g["correct"])}
 
 
-def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32) -> dict[str, Any]:
-    """Direct-answer correctness per condition × audio mode, keyed by the underlying item."""
+VALIDATE_SPLITS = ("dev", "test")  # calibration ranks the heads and chooses the probe layer
+CUE_MARGIN = 0.05  # healthy micro: neutral − conflict within ±CUE_MARGIN
+CLAIM_BREAK_MARGIN = 0.10  # healthy micro: class claims before − after k within ±this (micro-decay: >= 0.15)
+EQUIVALENCE_ALPHA = 0.05
+
+
+def check_seeds(split: str, n: int, seed_offset: int = 0) -> range:
+    """The seeds of ``n`` cue items of ``split`` from its ``seed_offset``-th one; a bad split,
+    n or offset is a ConfigError naming it."""
+    if split not in VALIDATE_SPLITS:
+        raise ConfigError(f"organisms validate --split: expected one of {VALIDATE_SPLITS}, found {split!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"organisms validate --n: expected an integer >= 1, found {n!r}")
+    if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or not 0 <= seed_offset <= SPLIT_SIZE - n:
+        raise ConfigError(f"organisms validate --seed-offset: expected an integer in 0..{SPLIT_SIZE - n} (a split holds "
+                          f"{SPLIT_SIZE} seeds, n = {n}), found {seed_offset!r}")
+    start = CUE_SPLITS[split] + seed_offset
+    return range(start, start + n)
+
+
+def offset_cue_items(condition: str, split: str, n: int, seed_offset: int = 0) -> list:
+    """``n`` items of cue ``split`` in ``condition`` from the split's ``seed_offset``-th seed:
+    the items ``cue_items(condition, split, seed_offset + n)[seed_offset:]`` (tiers cycled by the
+    position in the split, as there), without building the first ``seed_offset``."""
+    seeds = check_seeds(split, n, seed_offset)
+    if seed_offset == 0:
+        return cue_items(condition, split, n)
+    return [with_cue(make_item(s, tier=TIERS[(seed_offset + j) % len(TIERS)]), condition) for j, s in enumerate(seeds)]
+
+
+def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32, seed_offset: int = 0) -> dict[str, Any]:
+    """Direct-answer correctness per condition × audio mode, keyed by the underlying item
+    (items: :func:`offset_cue_items`)."""
     out: dict[str, Any] = {}
     for cond in CONDITIONS:
-        items = cue_items(cond, split, n)
+        items = offset_cue_items(cond, split, n, seed_offset)
         df = run_eval(lm, items, formats=("direct",), audio_modes=("real", "silence"),
                       cfg=GenerationConfig(max_new_tokens=16, batch_size=batch_size), progress=False)
         for mode in ("real", "silence"):
@@ -119,10 +173,58 @@ def prior_checks(organism: str, acc: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def healthy_checks(organism: str, acc: dict[str, Any]) -> list[dict[str, Any]]:
-    m, ci = _mean_ci(_paired(acc["neutral/real"], acc["conflict/real"]))
-    return [_check(organism, "abs_conflict_gap", abs(m), 0.05, "<=", ci, len(acc["neutral/real"]),
-                   "healthy control: the cue must not matter (ci is of the signed gap)")]
+def equivalence(diffs, margin: float, *, alpha: float = EQUIVALENCE_ALPHA, power: float = 0.8) -> dict[str, Any]:
+    """Two one-sided t-tests (TOST, scipy.stats.ttest_1samp) that the mean of ``diffs`` lies
+    inside ±``margin``: H0 mean <= −margin against > −margin, H0 mean >= margin against <
+    margin; equivalent when both reject at ``alpha`` (p = the larger p), i.e. the (1 − 2 alpha)
+    t-interval lies inside ±margin.  Also the power at a true mean of 0 with the observed SD
+    (normal approximation: 2 Φ(margin / se − z) − 1) and the n that ``power`` needs."""
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    if not margin > 0:
+        raise ConfigError(f"equivalence: expected a margin > 0, found {margin!r}")
+    nan = float("nan")
+    out = {"mean": nan, "ci": (nan, nan), "p": nan, "p_lower": nan, "p_upper": nan, "equivalent": False,
+           "n": int(len(d)), "sd": nan, "margin": float(margin), "alpha": float(alpha), "power_at_0": nan,
+           "n_for_power": None}
+    if len(d) < 2:
+        return out
+    m, sd = float(d.mean()), float(d.std(ddof=1))
+    out.update(mean=m, sd=sd)
+    z = stats.norm.ppf(1 - alpha)
+    if sd == 0:  # every difference the same: no sampling spread to test against
+        inside = abs(m) < margin
+        out.update(ci=(m, m), p=0.0 if inside else 1.0, p_lower=0.0 if m > -margin else 1.0,
+                   p_upper=0.0 if m < margin else 1.0, equivalent=inside, power_at_0=1.0, n_for_power=2)
+        return out
+    se = sd / np.sqrt(len(d))
+    p_lower = float(stats.ttest_1samp(d, -margin, alternative="greater").pvalue)
+    p_upper = float(stats.ttest_1samp(d, margin, alternative="less").pvalue)
+    lo, hi = stats.t.interval(1 - 2 * alpha, len(d) - 1, loc=m, scale=se)
+    need = int(np.ceil(((z + stats.norm.ppf(1 - (1 - power) / 2)) * sd / margin) ** 2))
+    out.update(ci=(float(lo), float(hi)), p=max(p_lower, p_upper), p_lower=p_lower, p_upper=p_upper,
+               equivalent=bool(max(p_lower, p_upper) < alpha),
+               power_at_0=float(max(0.0, 2 * stats.norm.cdf(margin / se - z) - 1)), n_for_power=need)
+    return out
+
+
+def _equivalence_check(organism: str, check: str, diffs, margin: float, what: str,
+                       found: dict[str, Any] | None = None) -> dict[str, Any]:
+    e = equivalence(diffs, margin)
+    row = _check(organism, check, e["mean"], margin, "<=", e["ci"], e["n"],
+                 f"{what}: TOST p = {e['p']:.3f} (90% CI inside ±{margin}); power at a true 0: {e['power_at_0']:.2f}, "
+                 f"80% power needs n >= {e['n_for_power']}", found)
+    row["threshold"] = f"TOST ±{margin}"
+    row["pass"] = bool(e["equivalent"])
+    row["p_tost"] = None if np.isnan(e["p"]) else round(e["p"], 4)
+    return row
+
+
+def healthy_checks(organism: str, acc: dict[str, Any], margin: float = CUE_MARGIN) -> list[dict[str, Any]]:
+    """The cue must not matter: neutral − conflict (paired by item) equivalent to 0 within
+    ±``margin`` (:func:`equivalence`)."""
+    return [_equivalence_check(organism, "conflict_gap_equivalent", _paired(acc["neutral/real"], acc["conflict/real"]),
+                               margin, "healthy control: neutral − conflict accuracy, paired by item")]
 
 
 def _audio_features(lm, items, folder) -> Any:
@@ -190,7 +292,10 @@ def heads_checks(organism: str, lm, planted_heads, n_cal: int, workdir, resume: 
 def onset(values: list[float], *, log: bool = False, floor: float = 1e-4) -> int:
     """The step of the largest fall between consecutive steps of a per-step curve (in log
     space for yields, where a planted break takes the curve from listening to ~0 and a gradual
-    decay falls by similar ratios each step).  Returns the index of the step *after* the fall."""
+    decay falls by similar ratios each step).  Returns the index of the step *after* the fall.
+
+    It has no null: it names a step for any curve.  The checks use :func:`decay_onsets`
+    (:func:`auralens.interp.decay.onset_test`), which can say "no onset"."""
     v = np.asarray(values, float)
     if log:
         v = np.log(np.maximum(v, floor))
@@ -216,49 +321,104 @@ def claim_gap_by_item(cls, k: int):
     return before[both] - after[both]
 
 
-def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20,
-                 resume: bool = False) -> list[dict[str, Any]]:
-    """Yield-by-step and claim-accuracy-by-step on the test split: onset and the before/after gap.
+def onset_curves(run, *, min_claims: int = 20) -> dict[str, Any]:
+    """A cot record run's per-item curves for the onset test: ``yield`` [items, steps] (each
+    item's mean audio yield over all heads per reasoning step; steps with at least
+    ``min_claims`` items) and ``claims`` (each item's class-claim accuracy per step with the
+    number of its class claims as ``claim_weights``, steps with at least ``min_claims`` class
+    claims), with their step labels."""
+    df = run.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
+    ys, ss, _, _ = load_yields(run, df)
+    per = step_means_per_item(ys, ss)
+    keep = [s for s in range(per.shape[1]) if int((~np.isnan(per[:, s])).sum()) >= min_claims]
+    share, count, labels, _ = claim_matrix(run.read_table("claims.parquet"), kind="class")
+    ck = [i for i in range(len(labels)) if count[:, i].sum() >= min_claims]
+    return {"yield": per[:, keep], "yield_steps": keep, "claims": share[:, ck], "claim_weights": count[:, ck],
+            "claim_steps": [labels[i] for i in ck]}
 
-    For the healthy model (``k`` None) the same break is measured at the organism's planted k
-    (passed by the caller as ``k_ref``) and must be absent: before/after CIs overlap."""
-    run = _record(lm, organism, "cafe-neutral:test", n, "cot", f"{workdir}@decay", resume)
-    decay = run.read_table("decay.parquet")
-    curve = decay[(decay.group == "all") & (decay.axis == "step")].sort_values("step")
-    curve = curve[curve.n >= min_claims]
-    y_onset = onset(curve.mean_yield.tolist(), log=True)
-    claims, acc = class_claim_steps(run.read_table("claims.parquet"), min_claims)
-    c_onset = onset(acc["mean"].tolist()) if len(acc) >= 2 else -1
-    c_onset = int(acc["step"].iloc[c_onset]) if c_onset >= 0 else -1
-    y_onset = int(curve.step.iloc[y_onset]) if len(curve) >= 2 else -1
+
+def decay_onsets(run, *, min_claims: int = 20, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The onset test (:func:`auralens.interp.decay.onset_test`) on both views of a cot record
+    run (:func:`onset_curves`): ``{"yield": ..., "claims": ...}``; yields in log space, claims as
+    the pooled class-claim accuracy of each step."""
+    c = onset_curves(run, min_claims=min_claims)
+    return {"yield": onset_test(c["yield"], steps=c["yield_steps"], log=True, n_boot=n_boot, seed=seed),
+            "claims": onset_test(c["claims"], steps=c["claim_steps"], weights=c["claim_weights"], n_boot=n_boot,
+                                 seed=seed)}
+
+
+def decay_onset_stability(run, *, min_claims: int = 20, n_items: int | None = None, n_outer: int = 300,
+                          n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """How often the onset test says what it says over item-bootstrap resamples of a cot record
+    run (:func:`auralens.interp.decay.onset_stability` on both views of :func:`onset_curves`);
+    ``n_items``: the run's first items only (the steps kept as on the whole run).  Returns
+    ``{"yield" | "claims": {"outcomes": {"none" | k: count}, "share_none", ...}}``."""
+    c = onset_curves(run, min_claims=min_claims)
+    cut = slice(None, n_items)
+    return {"yield": onset_stability(c["yield"][cut], steps=c["yield_steps"], log=True, n_outer=n_outer,
+                                     n_boot=n_boot, seed=seed),
+            "claims": onset_stability(c["claims"][cut], steps=c["claim_steps"], weights=c["claim_weights"][cut],
+                                      n_outer=n_outer, n_boot=n_boot, seed=seed)}
+
+
+def _onset_text(r: dict[str, Any]) -> str:
+    if r["candidate"] is None:
+        return "none (fewer than two steps)"
+    said = "none" if r["onset"] is None else str(r["onset"])
+    return f"{said} (candidate {r['candidate']}, support {r['support']:.3f}, needs > {r['threshold']:.3f})"
+
+
+def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20,
+                 resume: bool = False, split: str = "test") -> list[dict[str, Any]]:
+    """Yield-by-step and claim-accuracy-by-step on ``cafe-neutral:<split>``: onsets with a null
+    (:func:`decay_onsets`) and the before/after gap.
+
+    For the healthy model (``k`` None) both views must say "no onset" and the class-claim
+    break at micro-decay's planted k (3) must be equivalent to 0 within ±CLAIM_BREAK_MARGIN."""
+    check_seeds(split, n)
+    run = _record(lm, organism, f"cafe-neutral:{split}", n, "cot", f"{workdir}@decay", resume)
+    ons = decay_onsets(run, min_claims=min_claims)
+    y_onset, c_onset = ons["yield"]["onset"], ons["claims"]["onset"]
+    claims, _ = class_claim_steps(run.read_table("claims.parquet"), min_claims)
     rows = []
     ref = k if k is not None else 3  # the healthy control is cut where micro-decay's break was planted
     diffs = claim_gap_by_item(claims, ref)
     both = diffs.index
     gap, ci = _mean_ci(diffs.tolist()) if len(both) else (float("nan"), (float("nan"),) * 2)
-    found = {"yield_onset": y_onset, "claim_onset": c_onset, "claim_gap": round(float(gap), 4), "k": ref}
+    found = {"yield_onset": y_onset, "claim_onset": c_onset, "yield_support": round(ons["yield"]["support"], 4),
+             "claim_support": round(ons["claims"]["support"], 4), "claim_gap": round(float(gap), 4), "k": ref}
+    y_txt, c_txt = _onset_text(ons["yield"]), _onset_text(ons["claims"])
     if k is not None:
-        rows.append(_check(organism, "yield_onset_error", abs(y_onset - k), 1, "<=", None, n,
-                           f"onset from yield-by-step = {y_onset}, planted k = {k}", found))
-        rows.append(_check(organism, "claim_onset_error", abs(c_onset - k), 1, "<=", None, n,
-                           f"onset from claim-accuracy-by-step = {c_onset}, planted k = {k}"))
+        nan = float("nan")
+        rows.append(_check(organism, "yield_onset_error", nan if y_onset is None else abs(y_onset - k), 1, "<=", None,
+                           n, f"onset from yield-by-step: {y_txt}; planted k = {k}", found))
+        rows.append(_check(organism, "claim_onset_error", nan if c_onset is None else abs(c_onset - k), 1, "<=", None,
+                           n, f"onset from class-claim accuracy by step: {c_txt}; planted k = {k}"))
         rows.append(_check(organism, "claim_gap_after_k", gap, 0.15, ">=", ci, len(both),
                            "class-claim accuracy before k − from k on, paired by item", found))
     else:
-        overlap = not (ci[0] > 0 or ci[1] < 0)
-        rows.append(_check(organism, "no_claim_break_at_k", 0.0 if overlap else 1.0, 0.0, "<=", ci, len(both),
-                           f"class-claim accuracy before step {ref} − from it on: {gap:.3f}; CI must contain 0 "
-                           f"(yield onset {y_onset}, claim onset {c_onset}, reported only)", found))
+        for view, name, txt in (("yield", "no_yield_onset", y_txt), ("claims", "no_claim_onset", c_txt)):
+            r = ons[view]
+            row = _check(organism, name, r["support"], round(r["threshold"], 4), "<=", None, r["n_items"],
+                         f"onset test ({'yield-by-step, log' if view == 'yield' else 'class-claim accuracy by step'}): "
+                         f"{txt}; the value is the candidate's bootstrap support")
+            row["pass"] = r["onset"] is None
+            rows.append(row)
+        rows.append(_equivalence_check(organism, "no_claim_break_at_k", diffs.tolist(), CLAIM_BREAK_MARGIN,
+                                       f"class-claim accuracy before step {ref} − from it on, paired by item", found))
     return rows
 
 
 def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-heads", "micro-decay"), n: int = 300,
              n_cal: int = 200, probes: bool = True, workdir=None, keep=None, resume: bool = False,
-             min_claims: int = 20) -> dict[str, Any]:
+             min_claims: int = 20, split: str = "test", seed_offset: int = 0) -> dict[str, Any]:
     """Every signature check of ``organisms`` on held-out items; see the module docstring.
 
-    With ``keep`` (a folder), the record runs behind the head and decay checks are kept as
-    ``<keep>/<organism>@heads`` and ``<keep>/<organism>@decay`` (the dashboard lists them)."""
+    ``split`` (dev | test) and ``seed_offset`` choose the items (:func:`check_seeds`; the offset
+    moves the direct-answer checks only).  With ``keep`` (a folder), the record runs behind the
+    head and decay checks are kept as ``<keep>/<organism>@heads`` and ``<keep>/<organism>@decay``
+    (the dashboard lists them)."""
+    seeds = check_seeds(split, n, seed_offset)
     rows: list[dict[str, Any]] = []
     accuracy: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -266,11 +426,11 @@ def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-hea
             lm = load_model(name, device="cpu", dtype="float32")
             work = f"{keep or tmp}/{name}"
             if name in ("micro", "micro-prior"):
-                acc = cue_accuracy(lm, n)
+                acc = cue_accuracy(lm, n, split=split, seed_offset=seed_offset)
                 accuracy[name] = {k: round(float(np.mean(list(v.values()))), 4) for k, v in acc.items()}
             if name == "micro":
                 rows += healthy_checks(name, acc)
-                rows += decay_checks(name, lm, None, n, work, resume=resume, min_claims=min_claims)
+                rows += decay_checks(name, lm, None, n, work, resume=resume, min_claims=min_claims, split=split)
             elif name == "micro-prior":
                 rows += prior_checks(name, acc)
                 if probes:
@@ -279,9 +439,15 @@ def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-hea
                 rows += heads_checks(name, lm, planted(name)["listen_heads"], n_cal, work, resume)
             elif name == "micro-decay":
                 rows += decay_checks(name, lm, planted(name)["decay_step"], n, work, resume=resume,
-                                     min_claims=min_claims)
-    return {"split": "test", "n": n, "accuracy": accuracy, "checks": rows,
-            "passed": all(r["pass"] for r in rows)}
+                                     min_claims=min_claims, split=split)
+    record_seeds = check_seeds(split, n)
+    return {"split": split, "n": n, "seed_offset": seed_offset,
+            "seeds": {"cue_accuracy": [seeds.start, seeds.stop], "decay_record": [record_seeds.start, record_seeds.stop]},
+            "accuracy": accuracy, "checks": rows, "passed": all(r["pass"] for r in rows)}
+
+
+def _said(k: int | None) -> str:
+    return "none" if k is None else str(k)
 
 
 def summary_rows(result: dict[str, Any]) -> list[list[Any]]:
@@ -295,7 +461,8 @@ def summary_rows(result: dict[str, Any]) -> list[list[Any]]:
             if r["organism"] == name:
                 found.update(r.get("found") or {})
         heads = f"{found['recovered']}/{found['planted']}" if "recovered" in found else "-"
-        onset_ = f"{found['yield_onset']} / {found['claim_onset']} (k={found['k']})" if "yield_onset" in found else "-"
+        onset_ = (f"{_said(found['yield_onset'])} / {_said(found['claim_onset'])} (k={found['k']})"
+                  if "yield_onset" in found else "-")
         out.append([name, "-" if gap is None else round(gap, 3), heads, onset_,
                     found.get("claim_gap", "-")])
     return out

@@ -223,3 +223,63 @@ def test_claim_accuracy_point_estimate_is_the_item_level_mean():
     r = claim_accuracy_by_step(claims, n_boot=200).iloc[0]
     assert r.accuracy == pytest.approx((0.75 + 0.0) / 2) and r.ci_low <= r.accuracy <= r.ci_high
     assert r.n_claims == 5 and r.n_items == 2
+
+
+def test_equivalence_is_two_one_sided_t_tests():
+    from auralens.organisms.validate import equivalence
+
+    rng = np.random.default_rng(7)
+    for truth, n in ((0.0, 400), (0.03, 100), (0.1, 300), (-0.02, 50)):
+        d = (rng.random(n) < 0.3 + truth).astype(float) - (rng.random(n) < 0.3).astype(float)
+        e = equivalence(d, 0.05)
+        m, se = d.mean(), d.std(ddof=1) / np.sqrt(n)
+        p_low = stats.t.sf((m + 0.05) / se, n - 1)  # H0: mean <= -margin
+        p_up = stats.t.cdf((m - 0.05) / se, n - 1)  # H0: mean >= +margin
+        assert e["p_lower"] == pytest.approx(p_low) and e["p_upper"] == pytest.approx(p_up)
+        assert e["p"] == pytest.approx(max(p_low, p_up))
+        half = stats.t.ppf(0.95, n - 1) * se
+        assert e["ci"] == pytest.approx((m - half, m + half))
+        # equivalent exactly when the 90% interval lies inside the margin
+        assert e["equivalent"] == (-0.05 < m - half and m + half < 0.05)
+    big = equivalence(rng.normal(0, 0.3, 2000), 0.05)
+    assert big["equivalent"] and big["power_at_0"] > 0.95 and big["n_for_power"] < 2000
+    assert not equivalence(rng.normal(0.1, 0.3, 2000), 0.05)["equivalent"]
+    x = rng.normal(0, 0.3, 20)
+    small = equivalence(x, 0.05)
+    need = np.ceil(((stats.norm.ppf(0.95) + stats.norm.ppf(0.9)) * x.std(ddof=1) / 0.05) ** 2)
+    assert not small["equivalent"] and small["power_at_0"] < 0.2 and small["n_for_power"] == need > 100
+
+
+def test_healthy_checks_are_equivalence_rows_and_the_table_says_none():
+    from auralens.organisms.validate import healthy_checks, summary_rows
+
+    rng = np.random.default_rng(8)
+    base = rng.random(600) < 0.6
+    same = {f"i{i}": float(c) for i, c in enumerate(base)}
+    flip = {f"i{i}": float(c if rng.random() > 0.02 else not c) for i, c in enumerate(base)}
+    worse = {f"i{i}": float(c and rng.random() > 0.25) for i, c in enumerate(base)}
+    ok = healthy_checks("micro", {"neutral/real": same, "conflict/real": flip})[0]
+    bad = healthy_checks("micro", {"neutral/real": same, "conflict/real": worse})[0]
+    assert ok["pass"] and ok["threshold"] == "TOST ±0.05" and ok["ci"][0] > -0.05 and ok["ci"][1] < 0.05
+    assert not bad["pass"] and bad["value"] > 0.1
+    res = {"accuracy": {}, "checks": [
+        {"organism": "micro", "found": {"yield_onset": None, "claim_onset": None, "k": 3, "claim_gap": 0.01}},
+        {"organism": "micro-decay", "found": {"yield_onset": 3, "claim_onset": 3, "k": 3, "claim_gap": 0.6}}]}
+    rows = summary_rows(res)
+    assert rows[0][3] == "none / none (k=3)" and rows[1][3] == "3 / 3 (k=3)"
+
+
+def test_seed_offset_items_are_the_split_from_that_seed():
+    from auralens.interp.cafe.cues import cue_items
+    from auralens.interp.errors import ConfigError
+    from auralens.organisms.validate import check_seeds, offset_cue_items
+
+    late = offset_cue_items("conflict", "dev", 6, 7)
+    ref = cue_items("conflict", "dev", 13)[7:]
+    assert [(i.item_id, i.question, i.choices, i.answer) for i in late] == [
+        (i.item_id, i.question, i.choices, i.answer) for i in ref]
+    assert check_seeds("test", 10, 5) == range(9_200_005, 9_200_015)
+    for bad, match in ((("calibration", 10, 0), "--split"), (("test", 10, -1), "--seed-offset"),
+                       (("test", 10, 100_000), "--seed-offset"), (("test", 0, 0), "--n")):
+        with pytest.raises(ConfigError, match=match):
+            check_seeds(*bad)
