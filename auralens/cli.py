@@ -44,6 +44,7 @@ from auralens.interp.smol.train import AlignConfig, train_alignment
 from auralens.interp.spoken import write_spoken_dataset
 from auralens.interp.stage_config import RESUME_HELP
 from auralens.organisms import ORGANISMS, RECIPES, train_organism, validate
+from auralens.organisms.validate import check_seeds
 from auralens.probes import stage as probe_stage
 from auralens.steering import stage_eval as steer_eval_stage, stage_fit as steer_fit_stage
 from auralens.testing.tiny import build_shaped
@@ -468,6 +469,11 @@ def organisms_validate(
     n: int = typer.Option(300, "--n", help="Held-out test items per condition."),
     n_cal: int = typer.Option(200, "--n-cal", help="Calibration items (head ranking, probe layer choice)."),
     probes: bool = typer.Option(True, "--probes/--no-probes", help="Also run the audio-token probe check."),
+    split: str = typer.Option("test", "--split", help="Cue-dataset split of the measured items: dev | test."),
+    seed_offset: int = typer.Option(0, "--seed-offset",
+                                    help="Start the direct-answer (cue accuracy) checks this many seeds into the split: "
+                                         "fresh seeds nobody tuned on (the record-based checks take the split's first "
+                                         "items)."),
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> None:
     """Check each organism's signature against what was planted, on held-out seeds."""
@@ -479,12 +485,14 @@ def organisms_validate(
     for opt, v in (("--n", n), ("--n-cal", n_cal)):
         if v < 10:
             raise ConfigError(f"{opt}: expected an integer >= 10, found {v}")
-    res = validate(organisms=chosen, n=n, n_cal=n_cal, probes=probes)
+    seeds = check_seeds(split, n, seed_offset)
+    res = validate(organisms=chosen, n=n, n_cal=n_cal, probes=probes, split=split, seed_offset=seed_offset)
     if as_json:
         _echo_json(res)
         return
 
-    t = Table(title=f"organism signatures (held-out test split, n={n})")
+    t = Table(title=f"organism signatures (held-out {split} split, n={n}; cue-accuracy seeds "
+                    f"{seeds.start}..{seeds.stop - 1})")
     for col in ("organism", "check", "value", "CI", "threshold", "result", "note"):
         t.add_column(col)
     for r in res["checks"]:

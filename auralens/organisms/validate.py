@@ -321,17 +321,21 @@ def claim_gap_by_item(cls, k: int):
     return before[both] - after[both]
 
 
-def onset_curves(run, *, min_claims: int = 20) -> dict[str, Any]:
+def onset_curves(run, *, min_claims: int = 20, n_items: int | None = None) -> dict[str, Any]:
     """A cot record run's per-item curves for the onset test: ``yield`` [items, steps] (each
     item's mean audio yield over all heads per reasoning step; steps with at least
     ``min_claims`` items) and ``claims`` (each item's class-claim accuracy per step with the
     number of its class claims as ``claim_weights``, steps with at least ``min_claims`` class
-    claims), with their step labels."""
+    claims), with their step labels.  ``n_items``: the run's first items only (the steps kept
+    are those these items fill)."""
     df = run.read_table("items.parquet").sort_values("item_index").reset_index(drop=True)
+    df = df if n_items is None else df.head(n_items)
     ys, ss, _, _ = load_yields(run, df)
     per = step_means_per_item(ys, ss)
     keep = [s for s in range(per.shape[1]) if int((~np.isnan(per[:, s])).sum()) >= min_claims]
-    share, count, labels, _ = claim_matrix(run.read_table("claims.parquet"), kind="class")
+    claims = run.read_table("claims.parquet")
+    claims = claims[claims["item_id"].isin(set(df["item_id"]))]
+    share, count, labels, _ = claim_matrix(claims, kind="class")
     ck = [i for i in range(len(labels)) if count[:, i].sum() >= min_claims]
     return {"yield": per[:, keep], "yield_steps": keep, "claims": share[:, ck], "claim_weights": count[:, ck],
             "claim_steps": [labels[i] for i in ck]}
@@ -351,13 +355,12 @@ def decay_onset_stability(run, *, min_claims: int = 20, n_items: int | None = No
                           n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
     """How often the onset test says what it says over item-bootstrap resamples of a cot record
     run (:func:`auralens.interp.decay.onset_stability` on both views of :func:`onset_curves`);
-    ``n_items``: the run's first items only (the steps kept as on the whole run).  Returns
+    ``n_items``: the run's first items only (:func:`onset_curves`).  Returns
     ``{"yield" | "claims": {"outcomes": {"none" | k: count}, "share_none", ...}}``."""
-    c = onset_curves(run, min_claims=min_claims)
-    cut = slice(None, n_items)
-    return {"yield": onset_stability(c["yield"][cut], steps=c["yield_steps"], log=True, n_outer=n_outer,
+    c = onset_curves(run, min_claims=min_claims, n_items=n_items)
+    return {"yield": onset_stability(c["yield"], steps=c["yield_steps"], log=True, n_outer=n_outer,
                                      n_boot=n_boot, seed=seed),
-            "claims": onset_stability(c["claims"][cut], steps=c["claim_steps"], weights=c["claim_weights"][cut],
+            "claims": onset_stability(c["claims"], steps=c["claim_steps"], weights=c["claim_weights"],
                                       n_outer=n_outer, n_boot=n_boot, seed=seed)}
 
 
