@@ -54,7 +54,7 @@ from auralens.interp.arch import get_attr_path
 from auralens.interp.cafe.formats import FORMATS
 from auralens.interp.capture import SiteShapeError, capture, stop_ids, trim_at_stop, with_position_ids
 from auralens.interp.errors import ArchitectureError, ConfigError, ProbeError, PromptError
-from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs
+from auralens.interp.generation import AUDIO_MODES, GenerationConfig, cast_features, generate_batch, model_inputs
 from auralens.interp.runs import RunFolder, RunFolderError
 from auralens.interp.steps import StepConfig, token_steps
 from auralens.interp.tokenizer import clean_decoded
@@ -114,6 +114,9 @@ class CollectConfig:
         max_steps: reasoning steps kept per row (later steps are counted, not stored).
         sentences: also split steps after ". " (for models that reason in one paragraph).
         storage_dtype: dtype of the stored activations.
+        audio_mode: ``"real"`` (the item's audio) or ``"silence"`` (digital silence of the same
+            length, :func:`auralens.interp.audio.silence_like`): the activations of the silence
+            control (a probe applied to them must fall to chance).
     """
 
     positions: tuple[str, ...] = POSITIONS
@@ -126,6 +129,7 @@ class CollectConfig:
     max_steps: int = 8
     sentences: bool = False
     storage_dtype: str = "float32"
+    audio_mode: str = "real"
 
     def __post_init__(self) -> None:
 
@@ -166,6 +170,8 @@ class CollectConfig:
             raise ConfigError(
                 f"CollectConfig.storage_dtype: expected one of {STORAGE_DTYPES}, found {self.storage_dtype!r}"
             )
+        if self.audio_mode not in AUDIO_MODES:
+            raise ConfigError(f"CollectConfig.audio_mode: expected one of {AUDIO_MODES}, found {self.audio_mode!r}")
 
     @property
     def generates(self) -> bool:
@@ -182,6 +188,8 @@ class CollectConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["audio_mode"] == "real":  # collections written before the option existed resume
+            del d["audio_mode"]
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
@@ -335,7 +343,7 @@ def prepare_batch(
     import torch
 
 
-    batch = cast_features(lm, model_inputs(lm, items, fmt))
+    batch = cast_features(lm, model_inputs(lm, items, fmt, cfg.audio_mode))
     inputs = dict(batch)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     prompt_len = int(ids.shape[1])

@@ -9,17 +9,18 @@ and returns numbers. The protocol follows AudioLens (arXiv 2506.05140) and Hewit
 - Cross-validation is grouped by item id (``StratifiedGroupKFold`` for categorical labels,
   ``GroupKFold`` for continuous ones), so no item is ever in both a training and a test fold,
   whatever the number of rows (positions, tokens, events) it contributes.
-- The *control task* (Hewitt & Liang's "random label mapping") gives every value of a hidden
-  type key a random label, by permuting the labels over the keys, so the control labels have
-  the same distribution but are tied to the input only through the key. A probe that does well on
-  the control task is memorising keys, not reading information; ``selectivity`` = score on the
-  real task minus score on the control task.
+- The *control task* (Hewitt & Liang's control task) gives every value of a type key (their word
+  type; for cafe audio the scene's sound type) one random label drawn from the real labels'
+  empirical distribution, fixed by the key value and shared by every row with it, so the control
+  labels are tied to the input only through the key. A probe that does well on the control task
+  is memorising keys, not reading information; ``selectivity`` = score on the real task minus
+  score on the control task.
 - A 95 % confidence interval comes from a bootstrap over items of the out-of-fold predictions.
 - The probe refitted on all rows gives a direction in the *original* (unstandardised) feature
   space, ready to be turned into a steering vector.
 
 Public API: :class:`ProbeConfig`, :class:`ProbeResult`, :func:`fit_probe`, :func:`make_folds`,
-:func:`control_labels`; the tables over sites, layers, positions and steps
+:func:`control_labels`, :func:`predict`; the tables over sites, layers, positions and steps
 (:class:`~auralens.probes.tables.ProbeRow`, :func:`~auralens.probes.tables.probe_results`, ...)
 are in :mod:`auralens.probes.tables`.
 """
@@ -37,7 +38,7 @@ from jaxtyping import Float
 from auralens.interp.errors import ConfigError, ProbeError
 from auralens.probes.inputs import as_1d, as_features, check_lengths, check_support, encode_groups, encode_labels
 
-__all__ = ["ProbeConfig", "ProbeResult", "control_labels", "fit_probe", "make_folds"]
+__all__ = ["ProbeConfig", "ProbeResult", "control_labels", "fit_probe", "make_folds", "predict"]
 
 _KINDS = ("logistic", "ridge")
 _CONTROLS = ("random_label_mapping", "none")
@@ -196,29 +197,35 @@ def control_labels(
     seed: int = 0,
     attribute: str = "y",
 ) -> np.ndarray:
-    """Hewitt & Liang control labels: a random function from a type ``key`` to labels.
+    """Hewitt & Liang (2019) control labels: a fixed random function from a type ``key`` to labels.
 
-    Each distinct key gets the label of a *different, randomly chosen* key: the labels of the
-    keys (the label of each key's first row) are randomly permuted over the keys, and every row
-    takes the control label of its key. So:
+    As in H&L's control tasks (each word *type* gets one control label, drawn from the empirical
+    distribution of the real labels and shared by all its tokens), each distinct key *value*
+    gets one control label, and every row with that key takes it:
 
-    - the control labels are a deterministic function of the key (a probe can only succeed on
-      them by memorising keys it saw in training: that is what the control measures);
-    - over keys, the label distribution is exactly the real one; with one row per key (the
-      default), the row-level distribution is exactly the real one too;
-    - the mapping is fixed by ``(seed, attribute)``: every layer, position and step of an
-      attribute is compared against the same control task.
+    - the control label of a key value is drawn from the empirical distribution of ``y`` (over
+      rows) with a random number fixed by ``(seed, attribute, str(key value))`` alone, so two
+      rows, items or calls with the same key get the same control label whatever else is
+      passed with them (a calibration and a test split share the mapping, up to the marginal
+      of ``y`` they are given);
+    - the control labels are tied to the input only through the key: a probe scores above
+      chance on them only by memorising key -> label for keys it saw in training, which is what
+      the control measures (a probe on features that do not encode the key scores at chance);
+    - over key values the control labels follow the real labels' marginal distribution.
 
-    ``key`` is e.g. the item's question template or the token id at the probed position
-    (keys that recur across items make the control informative about memorisation). By default
-    every row is its own key, i.e. a random relabelling of items; since folds hold out whole
-    items, a probe then cannot memorise and the control score is an empirical chance level
-    for a probe of this capacity on this label distribution.
+    ``key`` is the type of the probed input: for cafe audio attributes the sound type of the
+    scene (:func:`auralens.probes.labels.sound_type_key`: the first event's class, pitch level
+    and loudness level, 24 types recurring across items), for text the token id at the probed
+    position or the question template.  With no ``key`` every row is its own type: no type
+    recurs, so no probe can memorise and the control is only a random-label null (a probe that
+    reads nothing scores between ``sum(p**2)`` and ``max(p)`` of the labels' marginal ``p``,
+    below the majority-class ``chance`` of :class:`ProbeResult` unless it always predicts the
+    majority): selectivity against it is inflated.  Pass a key wherever the input has types.
     """
     y_arr = np.asarray(y)
     n = y_arr.shape[0]
     if key is None:
-        key_codes = np.arange(n)
+        names = [f"row{i}" for i in range(n)]
     else:
         key_arr = np.asarray(key)
         if key_arr.shape[0] != n:
@@ -226,15 +233,46 @@ def control_labels(
                 f"control key for attribute {attribute!r}: expected {n} entries (one per row of "
                 f"y), found {key_arr.shape[0]}"
             )
-        key_codes = encode_groups(key_arr)
-    n_keys = int(key_codes.max()) + 1 if n else 0
-    first_row = np.full(n_keys, -1, dtype=np.int64)
-    # first row of each key (reverse assignment so the earliest index wins)
-    first_row[key_codes[::-1]] = np.arange(n)[::-1]
-    rng = np.random.default_rng(_attribute_seed(seed, attribute))
-    perm = rng.permutation(n_keys)
-    key_label = y_arr[first_row[perm]]
-    return key_label[key_codes]
+        names = [str(k) for k in key_arr.tolist()]
+    if n == 0:
+        return y_arr.copy()
+    unique, codes = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+    # one uniform number per key value, from (seed, attribute, key value) only
+    u = np.array([_key_uniform(seed, attribute, str(k)) for k in unique.tolist()])
+    ordered = np.sort(y_arr, kind="stable")  # inverse empirical CDF of the labels over rows
+    key_label = ordered[np.minimum((u * n).astype(np.int64), n - 1)]
+    return key_label[codes.reshape(-1)]
+
+
+def _key_uniform(seed: int, attribute: str, key: str) -> float:
+    """A uniform number in [0, 1) fixed by ``(seed, attribute, key)``."""
+    words = [int(seed), zlib.crc32(attribute.encode("utf-8")), zlib.crc32(key.encode("utf-8")),
+             zlib.adler32(key.encode("utf-8"))]
+    return float(np.random.default_rng(words).random())
+
+
+def predict(result: ProbeResult, X: Float[Any, "batch d_model"]) -> np.ndarray:
+    """The predictions of ``result``'s probe refitted on all its rows, for new rows ``X``.
+
+    From :attr:`ProbeResult.direction` and ``intercept`` (the pipeline in the original feature
+    space): the class of the largest logit (logistic; binary: ``classes[1]`` where the decision
+    function is positive) or the predicted value (ridge).  Use it to apply a probe fitted on one
+    set of activations to another (held-out items, silence-audio activations).
+    """
+    X_arr = as_features(X, result.attribute)
+    width = np.shape(result.direction)[-1]
+    if X_arr.shape[1] != width:
+        raise ProbeError(
+            f"X for attribute {result.attribute!r}: expected {width} features (the probe's), "
+            f"found {X_arr.shape[1]}"
+        )
+    scores = X_arr @ np.asarray(result.direction).T + result.intercept
+    if result.kind == "ridge":
+        return scores
+    classes = np.asarray(result.classes, dtype=object)
+    if scores.ndim == 1:
+        return classes[(scores > 0).astype(np.int64)]
+    return classes[np.argmax(scores, axis=1)]
 
 
 def _pipeline(config: ProbeConfig):
@@ -350,8 +388,9 @@ def fit_probe(
             ``kind="ridge"``.
         groups: item id of each row; folds never split an item.
         config: :class:`ProbeConfig` (default: logistic, 5 folds).
-        control_key: hidden type key of each row for the control task (see
-            :func:`control_labels`); default: every row its own key.
+        control_key: type key of each row for the control task (see :func:`control_labels`;
+            for cafe items :func:`auralens.probes.labels.control_keys`); default: every row its
+            own key (no type recurs: a random-label null).
         control_y: ready-made control labels, one per row (e.g. :func:`control_labels` computed
             once over all items, so that subsets of them share one mapping); exclusive with
             ``control_key``.

@@ -19,9 +19,13 @@ cafe attributes (from ``item.scene``; see :func:`cafe_labels`):
 Metadata attributes (any dataset, :func:`metadata_labels`): ``task``, ``category``,
 ``sub_category``, ``difficulty`` or any key of ``item.meta`` (MMAU's ``sub-category`` etc.).
 
+Control-task key (Hewitt & Liang's word *type*, see :func:`auralens.probes.fit.control_labels`):
+:func:`sound_type_key`, the sound type of a scene, i.e. its first event's class, pitch level and
+loudness level ("tone/low/loud": 6 x 2 x 2 = 24 types, each shared by many items).
+
 Public API: :data:`CAFE_ATTRIBUTES`, :data:`DEFAULT_ATTRIBUTES`, :data:`METADATA_COLUMNS`,
 :func:`cafe_labels`, :func:`metadata_labels`, :func:`item_labels`, :func:`label_table`,
-:func:`label_support`.
+:func:`label_support`, :func:`sound_type_key`, :func:`control_keys`.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ __all__ = [
     "DEFAULT_ATTRIBUTES",
     "METADATA_COLUMNS",
     "cafe_labels",
+    "control_keys",
     "item_labels",
     "label_support",
     "label_table",
     "metadata_labels",
+    "sound_type_key",
 ]
 
 MAX_EVENTS = 4
@@ -116,6 +122,35 @@ def cafe_labels(scene: Mapping[str, Any] | None) -> dict[str, Any]:
             out[f"order_{a}_{b}"] = f"{a}_first" if classes.index(a) < classes.index(b) else f"{b}_first"
         else:
             out[f"order_{a}_{b}"] = None
+    return out
+
+
+def sound_type_key(scene: Mapping[str, Any] | None) -> str | None:
+    """The control-task type key of a cafe scene: its first event's sound type,
+    ``"<class>/<pitch level>/<loudness level>"`` (e.g. ``"tone/low/loud"``); None without a
+    scene or events.
+
+    Hewitt & Liang give every word *type* one random control label shared by all its tokens;
+    the audio analogue of a word type is the kind of sound heard.  The key recurs across items
+    (24 values), so a probe can score on the control task only by memorising sound type ->
+    random label, and it is a property of the audio, never of the question text."""
+    if scene is None:
+        return None
+    ev = _events(scene)
+    if not ev:
+        return None
+    first = ev[0]
+    return f"{first['cls']}/{first['pitch_level']}/{first['loudness_level']}"
+
+
+def control_keys(items: Sequence[Any]) -> list[str]:
+    """One control key per item: :func:`sound_type_key` of its scene, or (an item without a
+    scene, e.g. a real clip) ``"item:<item_id>"``, a type of its own (no memorisation
+    possible: the control is then a random-label null)."""
+    out = []
+    for it in items:
+        key = sound_type_key(getattr(it, "scene", None))
+        out.append(key if key is not None else f"item:{it.item_id}")
     return out
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from auralens.interp.errors import ProbeError
 from auralens.probes.collect import AUDIO_SITE, LM_SITE
 from auralens.probes.fit import ProbeConfig
-from auralens.probes.labels import DEFAULT_ATTRIBUTES, label_support, label_table
+from auralens.probes.labels import DEFAULT_ATTRIBUTES, control_keys, label_support, label_table
 from auralens.probes.tables import probe_results, probe_table
 
 __all__ = ["LabelledRows", "best_rows", "checked_splits", "default_attributes", "drop_rare_classes",
@@ -65,14 +65,16 @@ def default_attributes(attributes: Sequence[str] | None, items: Sequence[Any]) -
 @dataclass
 class LabelledRows:
     """The store's rows with their labels: ``groups`` (item id per row), ``labels`` (attribute ->
-    label per row, None where undefined), ``formats`` and ``fmt_of`` (answer format per row), and
-    ``in_split`` (split name -> row mask)."""
+    label per row, None where undefined), ``formats`` and ``fmt_of`` (answer format per row),
+    ``in_split`` (split name -> row mask) and ``keys`` (the control-task type key of each row's
+    item, :func:`~auralens.probes.labels.control_keys`: the scene's sound type)."""
 
     groups: np.ndarray
     labels: dict[str, np.ndarray]
     formats: list[str]
     fmt_of: np.ndarray
     in_split: dict[str, np.ndarray]
+    keys: np.ndarray | None = None
 
     @classmethod
     def build(cls, rows, items: Sequence[Any], attributes: Sequence[str],
@@ -86,8 +88,10 @@ class LabelledRows:
         groups = rows["item_id"].to_numpy(dtype=object)
         labels = {a: np.array([table.at[i, a] for i in groups], dtype=object) for a in attributes}
         in_split = {name: np.isin(groups, np.asarray(list(ids), dtype=object)) for name, ids in splits.items()}
+        key_of = dict(zip(by_id, control_keys(list(by_id.values()))))
+        keys = np.array([key_of[i] for i in groups], dtype=object)
         return cls(groups=groups, labels=labels, formats=list(dict.fromkeys(rows["format"])),
-                   fmt_of=rows["format"].to_numpy(dtype=object), in_split=in_split)
+                   fmt_of=rows["format"].to_numpy(dtype=object), in_split=in_split, keys=keys)
 
 
 def checked_splits(splits: dict[str, Sequence[str]] | None, rows) -> dict[str, Sequence[str]]:
@@ -192,8 +196,9 @@ def probe_locations(store, data: LabelledRows, usable: Sequence[str], config: Pr
                                                                  skipped_steps)
             if not attrs:
                 continue
+            keys = None if data.keys is None else {a: data.keys for a in attrs}
             results = probe_results({(site, int(layer), name, step): (X, idx)}, {a: data.labels[a] for a in attrs},
-                                    data.groups, config, n_layers=n_layers)
+                                    data.groups, config, control_keys=keys, n_layers=n_layers)
             for r in results:
                 r = dataclasses.replace(r, split=split)
                 records.append(r.as_record())

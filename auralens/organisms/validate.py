@@ -73,15 +73,16 @@ from auralens.interp.record_analysis import load_yields
 from auralens.interp.runs import RunFolder
 from auralens.interp.stats import bootstrap_mean_ci
 from auralens.probes.collect import LM_SITE, CollectConfig, collect_activations
-from auralens.probes.fit import ProbeConfig, fit_probe
-from auralens.probes.labels import cafe_labels
+from auralens.probes.fit import ProbeConfig, fit_probe, predict
+from auralens.probes.labels import cafe_labels, control_keys
 
 __all__ = ["CLAIM_BREAK_MARGIN", "CUE_MARGIN", "PROBE_ATTRIBUTES", "VALIDATE_SPLITS", "check_seeds", "class_claim_steps",
-           "claim_gap_by_item", "cue_accuracy", "decay_checks", "decay_onset_stability", "decay_onsets", "equivalence", "healthy_checks",
-           "heads_checks", "offset_cue_items", "onset", "onset_curves", "planted", "prior_checks", "probe_checks",
+           "claim_gap_by_item", "claim_onset", "cue_accuracy", "decay_checks", "decay_onset_stability", "decay_onsets", "equivalence", "healthy_checks",
+           "heads_checks", "offset_cue_items", "onset", "onset_curves", "onset_text", "planted", "prior_checks", "probe_checks",
            "summary_rows", "validate"]
 
 PROBE_ATTRIBUTES = ("n_events", "event1_class")
+PROBE_POSITIONS = ("audio_mean", "last_prompt")  # positions of auralens.probes.collect.POSITIONS
 
 
 def planted(name: str) -> dict[str, Any]:
@@ -227,46 +228,98 @@ def healthy_checks(organism: str, acc: dict[str, Any], margin: float = CUE_MARGI
                                margin, "healthy control: neutral − conflict accuracy, paired by item")]
 
 
-def _audio_features(lm, items, folder) -> Any:
-    cfg = CollectConfig(positions=("audio_mean",), formats=("direct",), batch_size=16, max_new_tokens=1)
+def _audio_features(lm, items, folder, audio_mode: str = "real") -> Any:
+    """Audio-token mean and last-prompt-token activations of ``items`` (direct format), with the
+    items' audio or (``audio_mode="silence"``) digital silence of the same length."""
+    cfg = CollectConfig(positions=PROBE_POSITIONS, formats=("direct",), batch_size=16, max_new_tokens=1,
+                        audio_mode=audio_mode)
     return collect_activations(lm, items, folder, cfg)
 
 
-def _matrix(store, items, layer: int, attr: str, min_per_class: int = 5):
-    """Audio-mean features at ``layer``, the label of ``attr`` and the item of each row; rows
-    of a class held by fewer than ``min_per_class`` items are left out (5-fold CV by item needs
-    every class in every fold's training part); returns how many were left out."""
-    X, idx = store.matrix(LM_SITE, "audio_mean", layer)
+def _matrix(store, items, layer: int, attr: str, position: str = "audio_mean", min_per_class: int = 5,
+            classes=None):
+    """Features at ``position`` and ``layer``, the label of ``attr``, the item and the control
+    key (:func:`~auralens.probes.labels.sound_type_key`) of each row; rows of a class held by
+    fewer than ``min_per_class`` items (or, with ``classes``, of a class not among them) are
+    left out (5-fold CV by item needs every class in every fold's training part); returns how
+    many were left out."""
+    X, idx = store.matrix(LM_SITE, position, layer)
     by_id = {it.item_id: it for it in items}
     its = [by_id[i] for i in store.rows["item_id"].to_numpy()[idx]]
     y = [cafe_labels(it.scene)[attr] for it in its]
     counts = Counter(y)
-    keep = [i for i, v in enumerate(y) if v is not None and counts[v] >= min_per_class]
-    return X[keep], [y[i] for i in keep], [its[i].item_id for i in keep], len(y) - len(keep)
+    keep = [i for i, v in enumerate(y) if v is not None and counts[v] >= min_per_class
+            and (classes is None or v in classes)]
+    keys = control_keys([its[i] for i in keep])
+    return X[keep], [y[i] for i in keep], [its[i].item_id for i in keep], keys, len(y) - len(keep)
 
 
 def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[str, Any]]:
-    """Probe the planted-truth attributes at the audio tokens of conflict items."""
-    stores = {}
-    items = {}
+    """Probe the planted-truth attributes of conflict items at the audio tokens and at the last
+    prompt token, with Hewitt & Liang's control task and a silence control.
+
+    Per attribute and position (:data:`PROBE_POSITIONS`), the layer is chosen on the calibration
+    split (best cross-validated accuracy); on the test split:
+
+    - ``probe_<attr>[_last_prompt]_accuracy`` / ``_selectivity``: cross-validated by item
+      (accuracy >= 0.70; selectivity = accuracy − control task >= 0.20, the control labels a
+      random function of the scene's sound type, :func:`~auralens.probes.labels.sound_type_key`).
+      The audio tokens precede the cue, so their activations are the same for neutral and
+      conflict items (any model that encodes the audio passes there); the last prompt token is
+      where the audio meets the cue and the answer is read out;
+    - ``probe_<attr>[_last_prompt]_silence_excess``: the probe fitted on the calibration items'
+      real-audio activations, applied to the test items' activations with the audio replaced by
+      silence, minus chance (the test majority-class rate) <= 0.10: without the audio the probe
+      must fall to chance (else it reads the text: the question, choices or cue).  The same
+      probe's accuracy on the test items' real audio is in the note.
+    """
+    stores: dict[str, Any] = {}
+    items: dict[str, Any] = {}
     for split, k in (("calibration", n_cal), ("test", n)):
         items[split] = cue_items("conflict", split, k)
         stores[split] = _audio_features(lm, items[split], Path(workdir) / split)
+    stores["silence"] = _audio_features(lm, items["test"], Path(workdir) / "test-silence", audio_mode="silence")
+    items["silence"] = items["test"]
     rows = []
     for attr in PROBE_ATTRIBUTES:
-        best, best_acc = None, -math.inf
-        for layer in stores["calibration"].layers(LM_SITE):
-            X, y, groups, _ = _matrix(stores["calibration"], items["calibration"], layer, attr)
-            r = fit_probe(X, y, groups, ProbeConfig(n_bootstrap=0), attribute=attr)
-            if r.accuracy > best_acc:
-                best, best_acc = layer, r.accuracy
-        X, y, groups, dropped = _matrix(stores["test"], items["test"], best, attr)
-        r = fit_probe(X, y, groups, ProbeConfig(), attribute=attr)
-        rare = f"; {dropped} items of classes held by < 5 items left out" if dropped else ""
-        rows.append(_check(organism, f"probe_{attr}_accuracy", r.accuracy, 0.70, ">=", (r.ci_low, r.ci_high), r.n,
-                           f"layer {best} (chosen on calibration), chance {r.chance:.3f}{rare}"))
-        rows.append(_check(organism, f"probe_{attr}_selectivity", r.selectivity, 0.20, ">=", None, r.n,
-                           f"accuracy − control task {r.control_accuracy:.3f}"))
+        for position in PROBE_POSITIONS:
+            rows += _probe_position_checks(organism, stores, items, attr, position)
+    return rows
+
+
+def _probe_position_checks(organism: str, stores, items, attr: str, position: str) -> list[dict[str, Any]]:
+    """:func:`probe_checks` for one attribute at one position."""
+    name = f"probe_{attr}" if position == "audio_mean" else f"probe_{attr}_{position}"
+    where = "audio tokens (mean)" if position == "audio_mean" else "last prompt token"
+    best, best_acc = None, -math.inf
+    for layer in stores["calibration"].layers(LM_SITE):
+        X, y, groups, _, _ = _matrix(stores["calibration"], items["calibration"], layer, attr, position)
+        r = fit_probe(X, y, groups, ProbeConfig(n_bootstrap=0, control="none"), attribute=attr)
+        if r.accuracy > best_acc:
+            best, best_acc = layer, r.accuracy
+    X, y, groups, keys, dropped = _matrix(stores["test"], items["test"], best, attr, position)
+    r = fit_probe(X, y, groups, ProbeConfig(), control_key=keys, attribute=attr)
+    rare = f"; {dropped} items of classes held by < 5 items left out" if dropped else ""
+    rows = [_check(organism, f"{name}_accuracy", r.accuracy, 0.70, ">=", (r.ci_low, r.ci_high), r.n,
+                   f"{where}, layer {best} (chosen on calibration), chance {r.chance:.3f}{rare}"),
+            _check(organism, f"{name}_selectivity", r.selectivity, 0.20, ">=", None, r.n,
+                   f"accuracy − control task {r.control_accuracy:.3f} (Hewitt & Liang: a random label per "
+                   "sound type of the scene, shared by its items)")]
+    # silence control: the calibration-fitted probe on the test items, real audio and silence
+    Xc, yc, gc, _, _ = _matrix(stores["calibration"], items["calibration"], best, attr, position)
+    fitted = fit_probe(Xc, yc, gc, ProbeConfig(n_bootstrap=0, control="none"), attribute=attr)
+    seen = set(fitted.classes)
+    Xr, yr, _, _, _ = _matrix(stores["test"], items["test"], best, attr, position, classes=seen)
+    Xs, ys, _, _, _ = _matrix(stores["silence"], items["silence"], best, attr, position, classes=seen)
+    real_acc = float(np.mean(predict(fitted, Xr) == np.asarray(yr, dtype=object)))
+    hits = (predict(fitted, Xs) == np.asarray(ys, dtype=object)).astype(float)
+    chance = max(Counter(ys).values()) / len(ys)
+    m, (lo, hi) = _mean_ci(hits.tolist())
+    rows.append(_check(organism, f"{name}_silence_excess", m - chance, 0.10, "<=", (lo - chance, hi - chance),
+                       len(ys), f"{where}, layer {best}: the calibration-fitted probe on the test items with "
+                       f"silence: accuracy {m:.3f} vs chance {chance:.3f} (majority class); with their real "
+                       f"audio: {real_acc:.3f}", {"silence_accuracy": round(m, 4), "chance": round(chance, 4),
+                                                  "real_accuracy": round(real_acc, 4)}))
     return rows
 
 
@@ -341,6 +394,22 @@ def onset_curves(run, *, min_claims: int = 20, n_items: int | None = None) -> di
             "claim_steps": [labels[i] for i in ck]}
 
 
+def claim_onset(claims, *, min_claims: int = 20, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The onset test on a claims table's class claims (pooled accuracy per step, the steps
+    with at least ``min_claims`` class claims): :func:`auralens.interp.decay.onset_test`."""
+    share, count, labels, _ = claim_matrix(claims, kind="class")
+    ck = [i for i in range(len(labels)) if count[:, i].sum() >= min_claims]
+    return onset_test(share[:, ck], steps=[labels[i] for i in ck], weights=count[:, ck], n_boot=n_boot, seed=seed)
+
+
+def onset_text(r: dict[str, Any]) -> str:
+    """An onset test's verdict in words: ``"3 (candidate 3, support 1.000, needs > 0.990)"``."""
+    if r["candidate"] is None:
+        return "none (fewer than two steps)"
+    said = "none" if r["onset"] is None else str(r["onset"])
+    return f"{said} (candidate {r['candidate']}, support {r['support']:.3f}, needs > {r['threshold']:.3f})"
+
+
 def decay_onsets(run, *, min_claims: int = 20, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
     """The onset test (:func:`auralens.interp.decay.onset_test`) on both views of a cot record
     run (:func:`onset_curves`): ``{"yield": ..., "claims": ...}``; yields in log space, claims as
@@ -364,13 +433,6 @@ def decay_onset_stability(run, *, min_claims: int = 20, n_items: int | None = No
                                       n_outer=n_outer, n_boot=n_boot, seed=seed)}
 
 
-def _onset_text(r: dict[str, Any]) -> str:
-    if r["candidate"] is None:
-        return "none (fewer than two steps)"
-    said = "none" if r["onset"] is None else str(r["onset"])
-    return f"{said} (candidate {r['candidate']}, support {r['support']:.3f}, needs > {r['threshold']:.3f})"
-
-
 def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20,
                  resume: bool = False, split: str = "test") -> list[dict[str, Any]]:
     """Yield-by-step and claim-accuracy-by-step on ``cafe-neutral:<split>``: onsets with a null
@@ -390,7 +452,7 @@ def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claim
     gap, ci = _mean_ci(diffs.tolist()) if len(both) else (float("nan"), (float("nan"),) * 2)
     found = {"yield_onset": y_onset, "claim_onset": c_onset, "yield_support": round(ons["yield"]["support"], 4),
              "claim_support": round(ons["claims"]["support"], 4), "claim_gap": round(float(gap), 4), "k": ref}
-    y_txt, c_txt = _onset_text(ons["yield"]), _onset_text(ons["claims"])
+    y_txt, c_txt = onset_text(ons["yield"]), onset_text(ons["claims"])
     if k is not None:
         nan = float("nan")
         rows.append(_check(organism, "yield_onset_error", nan if y_onset is None else abs(y_onset - k), 1, "<=", None,
