@@ -254,12 +254,14 @@ def _matrix(store, items, layer: int, attr: str, position: str = "audio_mean", m
     return X[keep], [y[i] for i in keep], [its[i].item_id for i in keep], keys, len(y) - len(keep)
 
 
-def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[str, Any]]:
+def probe_checks(organism: str, lm, n: int, n_cal: int, workdir, split: str = "test",
+                 seed_offset: int = 0) -> list[dict[str, Any]]:
     """Probe the planted-truth attributes of conflict items at the audio tokens and at the last
     prompt token, with Hewitt & Liang's control task and a silence control.
 
     Per attribute and position (:data:`PROBE_POSITIONS`), the layer is chosen on the calibration
-    split (best cross-validated accuracy); on the test split:
+    split (best cross-validated accuracy); on ``split`` (``n`` items from its ``seed_offset``-th
+    seed, :func:`offset_cue_items`; the "test" items below):
 
     - ``probe_<attr>[_last_prompt]_accuracy`` / ``_selectivity``: cross-validated by item
       (accuracy >= 0.70; selectivity = accuracy − control task >= 0.20, the control labels a
@@ -275,9 +277,10 @@ def probe_checks(organism: str, lm, n: int, n_cal: int, workdir) -> list[dict[st
     """
     stores: dict[str, Any] = {}
     items: dict[str, Any] = {}
-    for split, k in (("calibration", n_cal), ("test", n)):
-        items[split] = cue_items("conflict", split, k)
-        stores[split] = _audio_features(lm, items[split], Path(workdir) / split)
+    items["calibration"] = cue_items("conflict", "calibration", n_cal)
+    items["test"] = offset_cue_items("conflict", split, n, seed_offset)
+    for name in ("calibration", "test"):
+        stores[name] = _audio_features(lm, items[name], Path(workdir) / name)
     stores["silence"] = _audio_features(lm, items["test"], Path(workdir) / "test-silence", audio_mode="silence")
     items["silence"] = items["test"]
     rows = []

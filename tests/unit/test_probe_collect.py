@@ -309,3 +309,37 @@ def test_other_architectures(arch_name, items, tmp_path):
         # item without the window -> item map, so both are refused with the site named
         with pytest.raises(ProbeError, match="audio_encoder.blocks.0.hook_resid_post"):
             collect_batch(lm, items[:2], "direct", CollectConfig(positions=("audio_mean",), audio_layers=(0,)))
+
+
+def test_silence_audio_mode_collects_the_silence_baseline(lm, items, tmp_path):
+    """``audio_mode="silence"``: the same prompts with silence of the clip's length; checked
+    against output_hidden_states of a plain forward on ``model_inputs(..., "silence")``."""
+    from auralens.interp.capture import position_ids
+    from auralens.interp.generation import cast_features, model_inputs
+    from auralens.probes.collect import CollectConfig, collect_activations, collect_batch
+
+    with pytest.raises(ConfigError, match=r"audio_mode.*'noise'"):
+        CollectConfig(audio_mode="noise")
+    assert "audio_mode" not in CollectConfig().to_dict()  # older collections still resume
+    assert CollectConfig(audio_mode="silence").to_dict()["audio_mode"] == "silence"
+
+    cfg = CollectConfig(positions=("audio_mean", "last_prompt"), audio_mode="silence")
+    quiet = collect_batch(lm, items[:3], "direct", cfg)
+    real = collect_batch(lm, items[:3], "direct", CollectConfig(positions=("audio_mean", "last_prompt")))
+    batch = dict(cast_features(lm, model_inputs(lm, items[:3], "direct", "silence")))
+    batch["position_ids"] = position_ids(batch["attention_mask"])
+    with torch.inference_mode():
+        hs = lm.model(**batch, output_hidden_states=True).hidden_states
+    ids = batch["input_ids"]
+    for i in range(3):
+        audio = (ids[i] == lm.arch.audio_token_id) & batch["attention_mask"][i].bool()
+        for L in range(lm.arch.n_layers - 1):  # the last hidden state is after the final norm
+            torch.testing.assert_close(quiet.lm["audio_mean"][i, L], hs[L + 1][i][audio].mean(0), atol=1e-5, rtol=0)
+            torch.testing.assert_close(quiet.lm["last_prompt"][i, L], hs[L + 1][i, -1], atol=1e-5, rtol=0)
+    assert not torch.allclose(quiet.lm["audio_mean"], real.lm["audio_mean"], atol=1e-3)
+    # a stored silence collection records its mode, and resuming it as a real one is refused
+    collect_activations(lm, items[:2], tmp_path / "q", cfg)
+    assert json.loads((tmp_path / "q" / "activations" / "index.json").read_text())["config"]["audio_mode"] == "silence"
+    with pytest.raises(RunFolderError, match="config differs"):
+        collect_activations(lm, items[:2], tmp_path / "q", CollectConfig(positions=("audio_mean", "last_prompt")),
+                            resume=True)
