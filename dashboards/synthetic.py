@@ -74,7 +74,7 @@ def _eval(folder: Path, rng, n_items: int) -> None:
                 rows.append({"item_id": f"cafe-{i}-{tier}", "row_id": f"cafe-{i}-{tier}|{fmt}|{audio}", "tier": tier,
                              "category": tier, "sub_category": "count", "format": fmt, "audio": audio, "answer": "B",
                              "prediction": "answer: B" if correct else "answer: C", "answer_span": "B" if correct else "C",
-                             "matched_choice": "B" if correct else "C", "correct": correct})
+                             "matched_choice": "B" if correct else "C", "extracted": "choice", "correct": correct})
     items = _write(folder, schemas.EVAL_ITEMS, schemas.EVAL_ITEMS.frame(rows))
     acc = items.groupby(["audio", "format", "tier"], as_index=False).agg(accuracy=("correct", "mean"), n=("correct", "size"))
     acc["ci_low"], acc["ci_high"] = _ci(rng, acc["accuracy"].to_numpy(), acc["n"].to_numpy(), len(acc))
@@ -133,7 +133,7 @@ def _record_item(folder: Path, rng, i: int, n_tok: int, base: np.ndarray, time_b
     item = {"item_index": i, "item_id": item_id, "tier": TIERS[i % 3], "category": TIERS[i % 3],
             "sub_category": "count", "format": "structured", "question": f"How many sounds are in clip {i}?",
             "answer": "B", "prediction": "B" if correct else "C", "answer_span": "B" if correct else "C",
-            "matched_choice": "B" if correct else "C", "correct": correct, "n_tokens": n_tok, "n_steps": n_steps,
+            "matched_choice": "B" if correct else "C", "extracted": "choice", "correct": correct, "n_tokens": n_tok, "n_steps": n_steps,
             "audio_path": audio_rel,
             "error_type": "correct" if correct else str(rng.choice(["perception", "reasoning", "unverifiable"]))}
     m = np.full((8, layers, heads), np.nan)

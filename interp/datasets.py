@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from auralens.interp.audio import check_audio_header
 from auralens.interp.cafe.cues import cue_items
 from auralens.interp.cafe.questions import TIERS, make_items
@@ -233,7 +235,8 @@ def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
 
     A file dataset (JSON or folder) takes an optional split, ``path:calibration|dev|test``, and
     an optional split seed, ``path:dev@1`` (default 0): the items whose :func:`file_split` is
-    that split, in file order (``n`` then keeps the first ``n`` of them).  The calibration / dev
+    that split, in file order.  ``n`` draws a seeded sample of ``n`` items stratified by task /
+    category (:func:`sample_items`, kept in file order), not the first ``n``.  The calibration / dev
     / test shares are 20% / 20% / 60%; the same seed gives the same ids on every machine.  A
     DataSpec's own data seed wins over ``seed``."""
     ds = spec if isinstance(spec, DataSpec) else DataSpec.parse(spec, seed=seed)
@@ -251,7 +254,7 @@ def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
         if not items:
             raise DatasetError(f"dataset {str(spec)!r}: expected at least one item in split {ds.split_name!r}, "
                                "found none")
-        return items[:n] if n else items
+        return sample_items(items, n, seed=ds.seed)
     p = Path(ds.name)
     if p.is_dir():
         items = load_folder(p)
@@ -265,7 +268,38 @@ def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
             f"dataset {str(spec)!r}: expected 'cafe', an MMAU/MMAR .json file or a folder with questions.jsonl, "
             f"found {found}"
         )
-    return items[:n] if n else items
+    return sample_items(items, n, seed=ds.seed)
+
+
+def stratum(item: Item) -> str:
+    """The key ``--n`` sampling stratifies by: the item's task, else category, else tier."""
+    return item.task or item.category or item.tier or ""
+
+
+def sample_items(items: list[Item], n: int | None, *, seed: int = 7) -> list[Item]:
+    """``n`` of ``items`` drawn at random (seeded), stratified by :func:`stratum`, in file order.
+
+    Each stratum gets its proportional share (largest remainders first, ties to the larger
+    stratum, then the earlier one in the file), so the first rows of a file sorted by task do not
+    decide what a small run measures.  ``n`` None or >= ``len(items)``: all items, unchanged.
+    Written by hand: scikit-learn's stratified splitters refuse strata of one item."""
+    if not n or n >= len(items):
+        return list(items)
+    keys = [stratum(it) for it in items]
+    order = list(dict.fromkeys(keys))
+    sizes = np.array([keys.count(k) for k in order])
+    quota = sizes * n / len(items)
+    take = np.floor(quota).astype(int)
+    rest = n - int(take.sum())
+    by_rest = sorted(range(len(order)), key=lambda i: (-(quota[i] - take[i]), -sizes[i], i))
+    for i in by_rest[:rest]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    keep: set[int] = set()
+    for k, t in zip(order, take):
+        idx = [i for i, key in enumerate(keys) if key == k]
+        keep.update(int(i) for i in rng.permutation(idx)[:t])
+    return [it for i, it in enumerate(items) if i in keep]
 
 
 def fingerprint(items: list[Item]) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auralens.interp.answers import extraction_counts
 from auralens.interp.distributed import on_main
 from auralens.interp.generation import AUDIO_MODES, GenerationConfig, generate_batch, item_row, model_inputs
 from auralens.interp.items import Item
@@ -23,7 +24,7 @@ from auralens.interp.schemas import ACCURACY, EVAL_ITEMS
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 from auralens.interp.stats import bootstrap_mean_ci
 
-__all__ = ["EvalConfig", "run_eval", "stage_eval", "summarize", "summary_json"]
+__all__ = ["EvalConfig", "chance_json", "extraction_json", "run_eval", "stage_eval", "summarize", "summary_json"]
 
 
 def run_eval(
@@ -74,6 +75,24 @@ def summary_json(df) -> dict[str, Any]:
             "all": round(float(g["correct"].mean()), 4),
         }
     return res
+
+
+def chance_json(items: Sequence[Item]) -> dict[str, float]:
+    """Accuracy of a uniform guess among each item's choices, per tier and over all items (the
+    level silence should sit at when a model cannot hear and has no prior)."""
+    by: dict[str, list[float]] = {}
+    for it in items:
+        by.setdefault(it.tier or it.category or "all", []).append(1.0 / len(it.choices))
+    out = {t: round(sum(v) / len(v), 4) for t, v in sorted(by.items())}
+    out["all"] = round(sum(1.0 / len(it.choices) for it in items) / max(len(items), 1), 4)
+    return out
+
+
+def extraction_json(df) -> dict[str, dict[str, int]]:
+    """Per ``audio/format``: how many answers each extraction step resolved
+    (:func:`auralens.interp.answers.extraction_counts`); ``none`` = extraction failures, scored wrong."""
+    return {f"{mode}/{fmt}": extraction_counts(g["extracted"].tolist())
+            for (mode, fmt), g in df.groupby(["audio", "format"], sort=True)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +155,7 @@ def stage_eval(cfg: EvalConfig, *, lm=None, quiet: bool = False) -> dict[str, An
         res = summary_json(df)
         run.mark_stage("eval", n_rows=len(df))
         run.finish()
-        return {"model": cfg.model, "data": cfg.data, "n": len(items), "run": str(out), "accuracy": res}
+        return {"model": cfg.model, "data": cfg.data, "n": len(items), "run": str(out), "accuracy": res,
+                "chance": chance_json(items), "extraction": extraction_json(df)}
 
     return on_main(finish)

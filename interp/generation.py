@@ -6,10 +6,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from auralens.interp.answers import score_text
 from auralens.interp.audio import item_audio, silence_like
-from auralens.interp.cafe.formats import extract_answer
 from auralens.interp.items import Item
-from auralens.interp.matching import match_choice, mmau_string_match
 from auralens.interp.prompts import build_inputs
 from auralens.interp.tokenizer import clean_decoded
 
@@ -42,7 +41,8 @@ def model_inputs(lm, items: Sequence[Item], fmt: str, audio_mode: str = "real"):
     audios = [item_audio(it, lm.processor) for it in items]
     if audio_mode == "silence":
         audios = [silence_like(a) for a in audios]
-    batch = build_inputs(lm.processor, items, fmt, audios=audios, audio_kwarg=lm.arch.table.processor_audio_kwarg)
+    batch = build_inputs(lm.processor, items, fmt, audios=audios, audio_kwarg=lm.arch.table.processor_audio_kwarg,
+                         template=lm.prompt_template)
     return batch.to(lm.device)
 
 
@@ -59,7 +59,6 @@ def generate_batch(lm, batch, cfg: GenerationConfig) -> tuple[Any, list[str]]:
     """Run ``generate``; return (new token ids [batch, new], decoded texts)."""
     import torch
 
-
     batch = cast_features(lm, batch)
     with torch.inference_mode():
         out = lm.model.generate(
@@ -75,14 +74,11 @@ def generate_batch(lm, batch, cfg: GenerationConfig) -> tuple[Any, list[str]]:
 
 
 def score(item: Item, text: str) -> dict[str, Any]:
-    """Extract the final answer span and score it with MMAU's matching rule."""
+    """Extract the answer span of a free-text generation and score it with MMAU's matching
+    rule (:func:`auralens.interp.answers.score_text`: tags, answer lines, choice letters,
+    negations; ``extracted`` says which step resolved it, ``"none"`` = an extraction failure)."""
 
-    span = extract_answer(text)
-    return {
-        "answer_span": span,
-        "matched_choice": match_choice(span, item.choices) or "",
-        "correct": bool(mmau_string_match(item.answer, span, item.choices)),
-    }
+    return score_text(item.answer, text, item.choices)
 
 
 def item_row(item: Item, fmt: str, audio_mode: str, text: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from auralens.interp.micro import EMBEDDED, available, train_command, weights_fo
 from auralens.interp.pause import generate_kwargs_for, read_pause_config
 from auralens.interp.smol import NAME as SMOL_AUDIO
 from auralens.interp.smol.assemble import assembled_folder
+from auralens.interp.templates import check_template, default_template
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Checkpoints whose top class wraps the audio-language model we study: {container class:
@@ -53,6 +55,23 @@ class LoadedModel:
         folder's PAUSE rule, if it has one (a PAUSE-trained model is measured as it was trained)."""
 
         return {**self.arch.table.generate_kwargs, **generate_kwargs_for(self.pause)}
+
+    @property
+    def prompt_template(self) -> str:
+        """The prompt template every prompt of this model is built with
+        (:mod:`auralens.interp.templates`): the one set with ``--prompt-template``
+        (:meth:`use_template`), else the folder's ``auralens_model.json``, else by its id."""
+        if not getattr(self, "_template", None):
+            info_path = Path(self.source) / "auralens_model.json"
+            info = json.loads(info_path.read_text()) if info_path.is_file() else None
+            self._template = default_template(f"{self.model_id} {self.source}", info)
+        return self._template
+
+    def use_template(self, name: str | None) -> LoadedModel:
+        """Build this model's prompts with template ``name`` (None or "": keep the default)."""
+        if name:
+            self._template = check_template(name)
+        return self
 
 
 def resolve_source(name_or_path: str) -> str:

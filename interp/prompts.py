@@ -11,15 +11,18 @@ import numpy as np
 import soundfile as sf
 
 from auralens.interp.audio import item_audio
-from auralens.interp.cafe.formats import prompt_text
 from auralens.interp.errors import PromptError
 from auralens.interp.items import Item
+from auralens.interp.templates import TEMPLATES, check_template, question_text
 
 
-def chat_text(processor, question: str, *, answer_prefix: str = "") -> str:
+def chat_text(processor, question: str, *, answer_prefix: str = "", system: str | None = None) -> str:
     """The chat prompt holding one audio clip and a question, rendered by the processor's own
-    chat template (the audio placeholder is expanded later by the processor's __call__)."""
+    chat template (the audio placeholder is expanded later by the processor's __call__);
+    ``system``: a system turn (None: the template's own default, if it has one)."""
     messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": question}]}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return text + answer_prefix
 
@@ -33,8 +36,11 @@ def build_inputs(
     questions: Sequence[str] | None = None,
     targets: Sequence[str] | None = None,
     audio_kwarg: str = "audio",
+    template: str = "cafe",
 ) -> Any:
-    """Batch of model inputs, left-padded.  ``audios`` default to the items' own clips.
+    """Batch of model inputs, left-padded.  ``audios`` default to the items' own clips;
+    ``template``: the prompt template (:mod:`auralens.interp.templates`) that words each item's
+    question and sets the system turn.
 
     With ``targets`` the answer text (+ end-of-turn) is appended, for teacher forcing."""
 
@@ -42,16 +48,21 @@ def build_inputs(
         n = len(items)
         if isinstance(formats, str):
             formats = [formats] * n
-        questions = questions or [prompt_text(it, f) for it, f in zip(items, formats)]
+        questions = questions or [question_text(it, f, template) for it, f in zip(items, formats)]
         audios = audios if audios is not None else [item_audio(it, processor) for it in items]
     if questions is None or audios is None or len(questions) != len(audios):
         raise PromptError(
             f"build_inputs: expected one audio per question, found {0 if questions is None else len(questions)} "
             f"questions and {0 if audios is None else len(audios)} audios"
         )
+    system = TEMPLATES[check_template(template)].system
     if is_voxtral(processor):
-        return voxtral_inputs(processor, questions, audios, targets=targets)
-    texts = [chat_text(processor, q) for q in questions]
+        if system is not None:  # mistral_common's validator: "not allowed prior to the tokenizer version 13"
+            raise PromptError(f"prompt_template {template!r}: sets a system turn, which Voxtral's tokenizer "
+                              "(mistral_common) refuses beside audio; expected a template without one "
+                              "(cafe, chat, mmau, r1-aqa)")
+        return voxtral_inputs(processor, questions, audios, targets=targets, system=system)
+    texts = [chat_text(processor, q, system=system) for q in questions]
     if targets is not None:
         eos = processor.tokenizer.eos_token or ""
         texts = [t + tgt + eos for t, tgt in zip(texts, targets)]
@@ -82,7 +93,8 @@ def _wav_base64(audio: np.ndarray, sr: int) -> str:
 
 
 def voxtral_inputs(
-    processor, questions: Sequence[str], audios: Sequence[np.ndarray], *, targets: Sequence[str] | None = None
+    processor, questions: Sequence[str], audios: Sequence[np.ndarray], *, targets: Sequence[str] | None = None,
+    system: str | None = None,
 ) -> Any:
     """A left-padded batch for Voxtral through its processor's own ``apply_chat_template``
     (``tokenize=True``): one user turn per row, the clip (base64 WAV, float samples) then the
@@ -103,6 +115,8 @@ def voxtral_inputs(
     for i, (question, audio) in enumerate(zip(questions, audios)):
         content = [{"type": "audio", "base64": _wav_base64(audio, sr)}, {"type": "text", "text": question}]
         conv = [{"role": "user", "content": content}]
+        if system is not None:
+            conv.insert(0, {"role": "system", "content": system})
         if targets is not None:
             conv.append({"role": "assistant", "content": targets[i]})
         conversations.append(conv)

@@ -60,6 +60,7 @@ from auralens.interp.errors import ArchitectureError, ConfigError, DatasetError,
 from auralens.interp.loading import DTYPES, load_model, resolve_source
 from auralens.interp.smol import NAME as SMOL_AUDIO
 from auralens.interp.smol.assemble import check_parts
+from auralens.interp.templates import check_template
 
 _PACKAGES = ("auralens", "torch", "transformers", "nnsight", "transformer-lens", "scikit-learn", "numpy", "pandas")
 #: manifest keys that define a run: a resumption must agree on every one of them
@@ -685,6 +686,10 @@ def open_run(
     manifest = {**manifest, **run_identity(items)}
     where = dist.placement(device_map)  # a bad --device-map fails here, before anything is read
 
+    template = (manifest.get("config") or {}).get("prompt_template") or None
+    if template is not None:
+        check_template(template)  # before the folder or the model is touched
+
     def prepare():
         RunFolder.check(out, manifest=manifest, resume=resume)
         loaded = lm
@@ -692,6 +697,8 @@ def open_run(
             check_dtype(dtype)
             check_model(model)
             loaded = load_model(model, dtype=dtype, **where)
+        if template is not None:
+            loaded.use_template(template)
         if before_create is not None:
             before_create(loaded)
         return loaded

@@ -116,7 +116,7 @@ def _table(stage: str, name: str, spec: str, doc: str = "") -> Table:
 # ------------------------------------------------------------------------------------- eval
 EVAL_ITEMS = _table("eval", "items.parquet", """
     item_id:str row_id:str tier:str category:str sub_category:str format:str audio:str answer:str
-    prediction:str answer_span:str matched_choice:str correct:bool
+    prediction:str answer_span:str matched_choice:str extracted:str correct:bool
 """, "one row per (item, format, audio mode); row_id = item_id|format|audio")
 ACCURACY = _table("eval", "accuracy.parquet", """
     audio:str format:str tier:str accuracy:float ci_low:float ci_high:float n:int
@@ -125,7 +125,7 @@ ACCURACY = _table("eval", "accuracy.parquet", """
 # ----------------------------------------------------------------------------------- record
 RECORD_ITEMS = _table("record", "items.parquet", """
     item_index:int item_id:str tier:str category:str sub_category:str format:str question:str answer:str
-    prediction:str answer_span:str matched_choice:str correct:bool n_tokens:int n_steps:int audio_path:str
+    prediction:str answer_span:str matched_choice:str extracted:str correct:bool n_tokens:int n_steps:int audio_path:str
     error_type:str
 """, "one row per item; yields/{item_index:05d}.safetensors holds its per-token yields")
 DECAY = _table("record", "decay.parquet", """
@@ -172,7 +172,7 @@ STEERING = _table("steer", "steering.parquet", """
 """, "accuracy per (vector, method, layer, beta, positions, format, category) and the paired gain over beta 0")
 STEER_ITEMS = _table("steer", "items.parquet", """
     row_id:str item_id:str vector:str method:str layer:int beta:float positions:str format:str category:str
-    tier:str answer:str prediction:str answer_span:str matched_choice:str correct:bool
+    tier:str answer:str prediction:str answer_span:str matched_choice:str extracted:str correct:bool
 """, "one generation per (item, vector, layer, beta, positions, format); vector 'baseline' is unsteered")
 
 # ---------------------------------------------------------------------------------- compare

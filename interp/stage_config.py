@@ -49,7 +49,7 @@ def option(
     default: Any = dataclasses.MISSING,
     *,
     help: str,  # noqa: A002 - the name click and typer use
-    identity: bool | str = True,
+    identity: bool | str | None = True,
     flag: str | None = None,
     short: str | None = None,
     cli: bool = True,
@@ -60,8 +60,9 @@ def option(
     """A config field with its one-line ``help``.
 
     ``identity``: ``True`` (the field is part of the manifest ``config`` under its name), a
-    string (under that key) or ``False`` (it does not change the run's results: ``out``,
-    ``resume``, ``batch_size``...).  CLI: ``flag`` (default ``--kebab-name``; booleans that
+    string (under that key), ``None`` (part of it only when set to something other than its
+    default: an option added later, so that earlier runs keep their manifests and resume) or
+    ``False`` (it does not change the run's results: ``out``, ``resume``, ``batch_size``...).  CLI: ``flag`` (default ``--kebab-name``; booleans that
     default to true get ``--x/--no-x``), ``short`` (``-m``), ``cli=False`` (no flag: the value
     is a Python object or rarely needed), ``parse`` (one of :data:`PARSERS`: ``csv`` = a comma
     list of names, ``ints`` / ``floats`` = a comma list of numbers, ``""`` = ``None``;
@@ -98,6 +99,10 @@ class StageConfig:
             key = f.metadata.get("identity", True)
             if key is False or f.name in TOP_LEVEL:
                 continue
+            if key is None:
+                if getattr(self, f.name) == f.default:
+                    continue
+                key = True
             out[f.name if key is True else key] = _plain(getattr(self, f.name))
         return out
 
@@ -120,6 +125,10 @@ def field_names(config_cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(config_cls))
 
 
+TEMPLATE_HELP = ("Prompt template: cafe, chat, mmau, qwen2-audio-instruct, r1-aqa or qwen2.5-omni "
+                 "(default: the model's own: its folder's auralens_model.json, else by its id, else cafe).")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelDataConfig(StageConfig):
     """A stage over one model and one dataset: the two options every such stage starts with."""
@@ -127,6 +136,7 @@ class ModelDataConfig(StageConfig):
     model: str = option("micro", short="-m", help=MODEL_HELP)
     data: str = option("cafe", short="-d", help=DATA_HELP)
     device_map: str | None = option(None, identity=False, cli_type=str, help=DEVICE_MAP_HELP)
+    prompt_template: str = option("", identity=None, help=TEMPLATE_HELP)
 
 
 def parse_device_map(value: Any) -> str | dict[str, Any] | None:

@@ -30,6 +30,7 @@ from auralens.interp.stage_config import (
     option,
     takes_config,
 )
+from auralens.interp.templates import check_template
 from auralens.steering.checks import (
     NORMALIZATIONS,
     check_site,
@@ -141,10 +142,14 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     heads_data = heads_data_of(heads_from)
     if heads_data is not None:
         check_heads_data(heads_data, [data])
+    if cfg.prompt_template:
+        check_template(cfg.prompt_template)
     items = load_items(data, n=n, seed=seed)
     if lm is None:
         check_model(model)
         lm = load_model(model, dtype=cfg.dtype, **placement(cfg.device_map))
+    if cfg.prompt_template:
+        lm.use_template(cfg.prompt_template)
     if layers is not None:
         layers_from = "option"
     elif heads:

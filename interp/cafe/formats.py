@@ -158,13 +158,3 @@ def check_claims(claims: list[Claim], scene: dict) -> list[tuple[Claim, bool]]:
             ok = ev[c.sound][key] == c.value
         out.append((c, ok))
     return out
-
-
-_RE_ANSWER = re.compile(r"(?:answer\s*:|the answer is)\s*(.+?)\s*\.?\s*$", re.MULTILINE)
-
-
-def extract_answer(text: str) -> str:
-    """The final answer span of a generation (last ``answer : X`` / ``the answer is X``),
-    or the whole text when there is none."""
-    found = _RE_ANSWER.findall(text.strip().lower())
-    return found[-1].strip() if found else text.strip()

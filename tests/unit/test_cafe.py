@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from auralens.interp.answers import extract
 from auralens.interp.cafe import (
     CLASSES,
     check_claims,
@@ -13,7 +14,7 @@ from auralens.interp.cafe import (
     render_target,
     synthesize,
 )
-from auralens.interp.cafe.formats import FORMATS, extract_answer, prompt_text
+from auralens.interp.cafe.formats import FORMATS, prompt_text
 from auralens.interp.cafe.questions import COUNT_WORDS, QTYPES, TIERS
 from auralens.interp.cafe.scenes import Scene
 
@@ -70,7 +71,8 @@ def test_every_question_type_is_answerable_from_ground_truth():
 def test_reference_targets_make_only_true_claims_and_carry_the_answer(fmt):
     for it in make_items(60, seed=5):
         t = render_target(it, fmt)
-        assert extract_answer(t) == it.answer
+        ex = extract(t, it.choices)
+        assert (ex.choice, ex.how) == (it.answer, "choice")
         checked = check_claims(parse_claims(t), it.scene)
         assert all(ok for _, ok in checked)
         if fmt == "structured":

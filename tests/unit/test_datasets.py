@@ -20,8 +20,15 @@ def test_mmau_test_mini_loads_with_its_quirks():
     assert listed and all(isinstance(i.category, str) and i.category for i in listed)
     assert all(i.answer in i.choices for i in items)
     assert items[0].audio.endswith(".wav") and "test-mini-audios" in items[0].audio
-    # dispatch by file shape gives the same
-    assert [i.item_id for i in load_dataset(str(MMAU), n=5)] == [i.item_id for i in items[:5]]
+    # dispatch by file shape gives the same; --n draws every task in its share (the first 60
+    # rows hold no music item), in file order
+    assert [i.item_id for i in load_dataset(str(MMAU))] == [i.item_id for i in items]
+    assert {i.task for i in items[:60]} != {i.task for i in items}
+    sample = load_dataset(str(MMAU), n=60)
+    share = {t: sum(i.task == t for i in items) * 60 / 1000 for t in {i.task for i in items}}
+    assert all(abs(sum(i.task == t for i in sample) - q) < 1 for t, q in share.items())
+    pos = {i.item_id: k for k, i in enumerate(items)}
+    assert [pos[i.item_id] for i in sample] == sorted(pos[i.item_id] for i in sample)
 
 
 def _write(p, rows):
@@ -242,7 +249,8 @@ def test_folder_and_json_splits_are_disjoint_and_cover_the_items(folder_dataset,
     assert sorted(sum(parts.values(), [])) == sorted(all_ids)
     assert all(file_split(i) == s for s, ids in parts.items() for i in ids)
     assert parts["dev"] == [i for i in all_ids if i in set(parts["dev"])]  # file order kept
-    assert [it.item_id for it in load_dataset(f"{d}:test", n=2)] == parts["test"][:2]
+    two = [it.item_id for it in load_dataset(f"{d}:test", n=2)]
+    assert len(two) == 2 and set(two) <= set(parts["test"])
     s1 = {s: [it.item_id for it in load_dataset(f"{d}:{s}@1")] for s in ("calibration", "dev", "test")}
     assert sorted(sum(s1.values(), [])) == sorted(all_ids) and s1 != parts
     assert load_dataset(f"{d}:dev@0") == load_dataset(f"{d}:dev")
@@ -303,3 +311,22 @@ def test_dataspec_splits_and_dev_test():
     assert not DataSpec.parse("cafe-neutral:dev").overlaps(DataSpec.parse("cafe-conflict:test"))
     assert DataSpec.parse("m.json:dev@1").overlaps(DataSpec.parse("m.json:test@2"))
     assert not DataSpec.parse("m.json:dev").overlaps(DataSpec.parse("n.json:dev"))
+
+
+def test_n_draws_a_seeded_stratified_sample_in_file_order(tmp_path):
+    rows = ([_row(i, task="speech") for i in range(38)] + [_row(38 + i, task="sound") for i in range(22)]
+            + [_row(60 + i, task="music") for i in range(10)])
+    p = _write(tmp_path / "mmau.json", rows)
+    first = load_dataset(str(p), n=14)
+    assert [sum(i.task == t for i in first) for t in ("speech", "sound", "music")] == [8, 4, 2]
+    ids = [int(i.item_id) for i in first]
+    assert ids == sorted(ids) and ids != list(range(14))
+    assert [i.item_id for i in load_dataset(str(p), n=14)] == [i.item_id for i in first]  # seeded
+    other = load_dataset(str(p), n=14, seed=8)
+    assert [i.item_id for i in other] != [i.item_id for i in first]
+    assert len(load_dataset(str(p), n=500)) == 70
+    # a split's sample comes from that split only, stratified the same way
+    test_ids = {i.item_id for i in load_dataset(f"{p}:test")}
+    part = load_dataset(f"{p}:test", n=10)
+    assert len(part) == 10 and {i.item_id for i in part} <= test_ids
+    assert {i.task for i in part} == {"speech", "sound", "music"}
