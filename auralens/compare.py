@@ -27,10 +27,12 @@ base model), ``system``, ``condition`` (the dataset), ``format``, ``metric`` and
 - ``accuracy`` (``all``, ``tier=...`` and the other groupings that split the items; item-bootstrap
   CI); ``gain_vs_base`` (paired bootstrap over items against ``base`` on the same condition);
   ``gain_vs_unsteered`` (a steered system against its own model);
-- ``claim_accuracy`` (``all`` and ``step=s``), ``claim_onset`` (the step after the largest fall of
-  class-claim accuracy, :func:`auralens.organisms.onset`; -1 when fewer than two steps have
-  ``min_claims`` claims) and ``claim_gap`` (class-claim accuracy before the onset − from it on,
-  paired by item, CI); ``error_share`` (``perception`` / ``reasoning`` / ``unverifiable``, shares
+- ``claim_accuracy`` (``all`` and ``step=s``), ``claim_onset`` (the onset test with a null,
+  :func:`auralens.organisms.validate.claim_onset`, on the model's calibration heads run: chosen on
+  other items than those reported; a steered system takes its unsteered model's; -1 for "no
+  onset" or fewer than two steps with ``min_claims`` claims) and ``claim_gap`` (class-claim
+  accuracy of the reported items before that onset − from it on, paired by item, CI; none
+  without an onset); ``error_share`` (``perception`` / ``reasoning`` / ``unverifiable``, shares
   *of the wrong answers*); ``specialist_yield`` by step and ``yield_slope_specialists`` /
   ``yield_slope_all_heads``;
 - cost: ``generated_tokens`` (per item, CI), ``pauses_per_item`` (HyPeR's PAUSE tokens, part of
@@ -378,7 +380,8 @@ def _record_cell(cfg: CompareConfig, base: str, sys_name: str, spec: _System, co
     r = Rows(base, sys_name, cond, spec.fmt)
     add_accuracy(r, df, n_boot=cfg.n_boot, seed=cfg.seed)
     if any(it.scene for it in items):
-        add_claims(r, srun, n_boot=cfg.n_boot, seed=cfg.seed, min_claims=cfg.min_claims)
+        add_claims(r, srun, n_boot=cfg.n_boot, seed=cfg.seed, min_claims=cfg.min_claims,
+                   onset_run=RunFolder.open(heads_run) if heads_run else None)
         add_errors(r, df, n_boot=cfg.n_boot, seed=cfg.seed)
     pause = spec.lm.pause.token_id if spec.lm.pause is not None else None
     add_inference_cost(r, srun, df, pause, st.extra_forwards if st else 0, n_boot=cfg.n_boot, seed=cfg.seed)

@@ -11,7 +11,8 @@ import numpy as np
 from auralens.interp.decay import decay_summary, decay_table
 from auralens.interp.record_analysis import load_yields
 from auralens.interp.stats import bootstrap_mean_ci
-from auralens.organisms import claim_gap_by_item, class_claim_steps, onset
+from auralens.organisms import claim_gap_by_item, class_claim_steps
+from auralens.organisms.validate import claim_onset, onset_text
 
 __all__ = ["ERROR_TYPES", "GROUP_KEYS", "Rows", "add_accuracy", "add_claims", "add_decay", "add_errors", "add_gain",
            "add_inference_cost", "finite", "groupings", "mean_ci", "summarize"]
@@ -77,8 +78,14 @@ def add_gain(rows: Rows, metric, df, ref, ref_name, *, n_boot, seed) -> None:
     rows.add(metric, "all", m, lo, hi, len(common), note=f"paired bootstrap over items vs {ref_name}")
 
 
-def add_claims(rows: Rows, run, *, n_boot, seed, min_claims: int) -> None:
-    """``claim_accuracy`` (all, by step), ``claim_onset`` and ``claim_gap`` of a record run's claims."""
+def add_claims(rows: Rows, run, *, n_boot, seed, min_claims: int, onset_run=None) -> None:
+    """``claim_accuracy`` (all, by step), ``claim_onset`` and ``claim_gap`` of a record run's claims.
+
+    The onset is the onset test with a null (:func:`auralens.organisms.validate.claim_onset`) on
+    ``onset_run``'s claims (other items: the model's calibration run), else on these items
+    (biased, said in the note); ``claim_onset`` is -1 when the test says "no onset", and then
+    there is no ``claim_gap``.  The gap (class-claim accuracy before the onset − from it on,
+    paired by item) is measured on these items."""
     claims = run.read_table("claims.parquet")
     if not len(claims):
         return
@@ -90,17 +97,22 @@ def add_claims(rows: Rows, run, *, n_boot, seed, min_claims: int) -> None:
         rows.add("claim_accuracy", f"step={int(r.step)}", r.accuracy, r.ci_low, r.ci_high, r.n_claims,
                  note="claims made at this reasoning step")
     # onset and gap on class claims (auralens.organisms: the same measurement as the validator's)
-    cls, acc = class_claim_steps(claims, min_claims)
-    if len(acc) < 2:
-        rows.add("claim_onset", "all", -1, n=len(cls),
-                 note=f"fewer than two steps with {min_claims} class claims: no onset")
+    cls, _ = class_claim_steps(claims, min_claims)
+    src = claims if onset_run is None else onset_run.read_table("claims.parquet")
+    where = ("the reported items (no calibration run: biased)" if onset_run is None
+             else "calibration items (the model's heads run), not the reported ones")
+    test = claim_onset(src, min_claims=min_claims, n_boot=n_boot, seed=seed)
+    if test["onset"] is None:
+        rows.add("claim_onset", "all", -1, n=test["n_items"],
+                 note=f"onset test on {where}: no onset, {onset_text(test)}")
         return
-    k = int(acc["step"].iloc[onset(acc["mean"].tolist())])
-    rows.add("claim_onset", "all", k, n=len(cls), note="step after the largest fall of class-claim accuracy by step")
+    k = int(test["onset"])
+    rows.add("claim_onset", "all", k, n=test["n_items"], note=f"onset test on {where}: {onset_text(test)}")
     diffs = claim_gap_by_item(cls, k)
     m, lo, hi = mean_ci(diffs.to_numpy(float), n_boot=n_boot, seed=seed)
     rows.add("claim_gap", "all", m, lo, hi, len(diffs),
-             note=f"class-claim accuracy before step {k} - from it on, paired by item")
+             note=f"class-claim accuracy before step {k} (chosen on {'the same' if onset_run is None else 'other'} "
+                  "items) - from it on, paired by item")
 
 
 def add_errors(rows: Rows, df, *, n_boot, seed) -> None:

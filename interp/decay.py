@@ -343,8 +343,8 @@ def error_shares(items_df) -> dict[str, float]:
 ONSET_ALPHA = 0.05
 ONSET_RULE = ("item bootstrap: the candidate k is the step after the largest fall of the mean curve; it is reported "
               "only when, in more than 1 - alpha/m of the item resamples (m = the number of falls, a Bonferroni "
-              "bound over the steps that could have been picked), the fall into k is positive and larger than every "
-              "other step's fall; else no onset")
+              "bound over the steps that could have been picked), the fall into k is positive and exceeds every "
+              "other step's fall by more than min_margin; else no onset")
 
 
 def step_means_per_item(yields: Sequence[np.ndarray], steps: Sequence[np.ndarray], n_steps: int | None = None
@@ -398,7 +398,8 @@ def _falls(curves: np.ndarray, log: bool, floor: float) -> np.ndarray:
 
 
 def onset_test(per_item, *, steps: Sequence[int] | None = None, weights=None, log: bool = False,
-               floor: float = 1e-4, n_boot: int = 1000, seed: int = 0, alpha: float = ONSET_ALPHA) -> dict:
+               floor: float = 1e-4, n_boot: int = 1000, seed: int = 0, alpha: float = ONSET_ALPHA,
+               min_margin: float = 0.0) -> dict:
     """The onset of a per-step curve, with a null: "no onset" unless one fall stands out.
 
     ``per_item``: [items, steps] (NaN where an item has no value at a step); ``steps``: the step
@@ -413,9 +414,13 @@ def onset_test(per_item, *, steps: Sequence[int] | None = None, weights=None, lo
     replacement ``n_boot`` times and in each resample b the margin
     ``D_b = min(f_k, f_k − max_{j≠k} f_j)`` is computed (f_j: the fall into step j of that
     resample's curve): D_b > 0 exactly when the fall into k is a fall and the largest one.
-    ``support`` = share of resamples with D_b > 0; the onset is reported only when
+    ``support`` = share of resamples with D_b > ``min_margin`` (0: any margin; a break, not the
+    largest step of a smooth decay, needs more: ``auralens.organisms.validate`` asks log 2 of
+    yields, the fall into k at least twice the ratio of any other, and 0.10 of claim accuracy);
+    the onset is reported only when
     ``support > 1 − alpha / m`` (``threshold``; m = the number of falls, S − 1), equivalently
-    when the one-sided (1 − alpha / m) percentile-bootstrap lower bound of D is above 0; else
+    when the one-sided (1 − alpha / m) percentile-bootstrap lower bound of D is above
+    ``min_margin``; else
     ``onset`` is None ("no onset").  The alpha / m is a Bonferroni bound over the m steps that
     could have been the candidate: the candidate is picked on the same items, and with two
     near-equal falls the picked one's support is inflated (on healthy micro, 300 items drawn
@@ -425,7 +430,7 @@ def onset_test(per_item, *, steps: Sequence[int] | None = None, weights=None, lo
 
     Returns ``{"onset": k | None, "candidate": k, "support", "margin" (D of the full sample),
     "margin_ci_low" (the alpha quantile of D_b), "falls" (of the full sample, per step after),
-    "steps", "n_items", "n_boot", "alpha", "threshold", "rule"}``; with fewer than two steps the onset is
+    "steps", "n_items", "n_boot", "alpha", "threshold", "min_margin", "rule"}``; with fewer than two steps the onset is
     None and support NaN."""
     v = np.asarray(per_item, dtype=np.float64)
     if v.ndim != 2:
@@ -441,7 +446,7 @@ def onset_test(per_item, *, steps: Sequence[int] | None = None, weights=None, lo
     nan = float("nan")
     out = {"onset": None, "candidate": None, "support": nan, "margin": nan, "margin_ci_low": nan, "falls": {},
            "steps": labels, "n_items": int((~np.isnan(v)).any(1).sum()) if v.size else 0, "n_boot": int(n_boot),
-           "alpha": float(alpha), "threshold": nan, "rule": ONSET_RULE}
+           "alpha": float(alpha), "threshold": nan, "min_margin": float(min_margin), "rule": ONSET_RULE}
     if v.shape[1] < 2 or v.shape[0] == 0:
         return out
     full = _falls(_curves(v, w, np.ones((1, len(v)))), log, floor)[0]
@@ -456,7 +461,7 @@ def onset_test(per_item, *, steps: Sequence[int] | None = None, weights=None, lo
         return np.where(np.isnan(d) | np.isnan(f).any(1), -np.inf, d)  # a step no item holds: against
 
     boot = margin(_falls(_curves(v, w, _resample_counts(np.random.default_rng(seed), len(v), n_boot)), log, floor))
-    support = float((boot > 0).mean())
+    support = float((boot > min_margin).mean())
     out.update(candidate=labels[j + 1], support=support, margin=float(margin(full[None])[0]),
                margin_ci_low=float(np.quantile(boot, alpha)),
                falls={labels[s + 1]: float(full[s]) for s in range(len(full))})

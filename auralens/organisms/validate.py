@@ -24,7 +24,9 @@ of H* in its top |H*|.
 thought: the onset read from yield-by-step (log space) and from class-claim accuracy by step,
 each with a null (:func:`auralens.interp.decay.onset_test`: the step after the largest fall is
 reported only when, in more than 1 − 0.05/m of the item-bootstrap resamples, that fall is
-positive and the largest of the m falls; else "no onset"), are within ±1 of k; class claims
+positive and exceeds each of the other m − 1 falls by a break's margin, log 2 for yields (the
+curve falls at least twice the ratio into k as into any other step: a break, not the steepest
+step of a smooth decay) and 0.10 for claim accuracy; else "no onset"), are within ±1 of k; class claims
 from step k on are at least 0.15 less accurate than before (paired by item, bootstrap CI).
 
 healthy ``micro`` (negative control), every "no effect" an equivalence test (two one-sided
@@ -76,7 +78,7 @@ from auralens.probes.collect import LM_SITE, CollectConfig, collect_activations
 from auralens.probes.fit import ProbeConfig, fit_probe, predict
 from auralens.probes.labels import cafe_labels, control_keys
 
-__all__ = ["CLAIM_BREAK_MARGIN", "CUE_MARGIN", "PROBE_ATTRIBUTES", "VALIDATE_SPLITS", "check_seeds", "class_claim_steps",
+__all__ = ["CLAIM_BREAK_MARGIN", "CLAIM_MIN_BREAK", "CUE_MARGIN", "PROBE_ATTRIBUTES", "VALIDATE_SPLITS", "YIELD_MIN_BREAK", "check_seeds", "class_claim_steps",
            "claim_gap_by_item", "claim_onset", "cue_accuracy", "decay_checks", "decay_onset_stability", "decay_onsets", "equivalence", "healthy_checks",
            "heads_checks", "offset_cue_items", "onset", "onset_curves", "onset_text", "planted", "prior_checks", "probe_checks",
            "summary_rows", "validate"]
@@ -108,6 +110,8 @@ def _correct_by_base(df, mode: str) -> dict[str, float]:
 VALIDATE_SPLITS = ("dev", "test")  # calibration ranks the heads and chooses the probe layer
 CUE_MARGIN = 0.05  # healthy micro: neutral − conflict within ±CUE_MARGIN
 CLAIM_BREAK_MARGIN = 0.10  # healthy micro: class claims before − after k within ±this (micro-decay: >= 0.15)
+YIELD_MIN_BREAK = float(np.log(2))  # onset: the log-yield fall into k beats every other fall by this
+CLAIM_MIN_BREAK = 0.10  # onset: the claim-accuracy fall into k beats every other fall by this
 EQUIVALENCE_ALPHA = 0.05
 
 
@@ -402,7 +406,8 @@ def claim_onset(claims, *, min_claims: int = 20, n_boot: int = 1000, seed: int =
     with at least ``min_claims`` class claims): :func:`auralens.interp.decay.onset_test`."""
     share, count, labels, _ = claim_matrix(claims, kind="class")
     ck = [i for i in range(len(labels)) if count[:, i].sum() >= min_claims]
-    return onset_test(share[:, ck], steps=[labels[i] for i in ck], weights=count[:, ck], n_boot=n_boot, seed=seed)
+    return onset_test(share[:, ck], steps=[labels[i] for i in ck], weights=count[:, ck], n_boot=n_boot, seed=seed,
+                      min_margin=CLAIM_MIN_BREAK)
 
 
 def onset_text(r: dict[str, Any]) -> str:
@@ -418,9 +423,10 @@ def decay_onsets(run, *, min_claims: int = 20, n_boot: int = 1000, seed: int = 0
     run (:func:`onset_curves`): ``{"yield": ..., "claims": ...}``; yields in log space, claims as
     the pooled class-claim accuracy of each step."""
     c = onset_curves(run, min_claims=min_claims)
-    return {"yield": onset_test(c["yield"], steps=c["yield_steps"], log=True, n_boot=n_boot, seed=seed),
+    return {"yield": onset_test(c["yield"], steps=c["yield_steps"], log=True, n_boot=n_boot, seed=seed,
+                                min_margin=YIELD_MIN_BREAK),
             "claims": onset_test(c["claims"], steps=c["claim_steps"], weights=c["claim_weights"], n_boot=n_boot,
-                                 seed=seed)}
+                                 seed=seed, min_margin=CLAIM_MIN_BREAK)}
 
 
 def decay_onset_stability(run, *, min_claims: int = 20, n_items: int | None = None, n_outer: int = 300,
@@ -431,9 +437,9 @@ def decay_onset_stability(run, *, min_claims: int = 20, n_items: int | None = No
     ``{"yield" | "claims": {"outcomes": {"none" | k: count}, "share_none", ...}}``."""
     c = onset_curves(run, min_claims=min_claims, n_items=n_items)
     return {"yield": onset_stability(c["yield"], steps=c["yield_steps"], log=True, n_outer=n_outer,
-                                     n_boot=n_boot, seed=seed),
+                                     n_boot=n_boot, seed=seed, min_margin=YIELD_MIN_BREAK),
             "claims": onset_stability(c["claims"], steps=c["claim_steps"], weights=c["claim_weights"],
-                                      n_outer=n_outer, n_boot=n_boot, seed=seed)}
+                                      n_outer=n_outer, n_boot=n_boot, seed=seed, min_margin=CLAIM_MIN_BREAK)}
 
 
 def decay_checks(organism: str, lm, k: int | None, n: int, workdir, *, min_claims: int = 20,

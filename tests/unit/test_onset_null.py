@@ -118,3 +118,57 @@ def test_stability_tallies_every_resample_and_bad_input_is_refused():
         onset_test(np.ones((5, 3)), steps=[0, 1])
     with pytest.raises(ConfigError, match="weights"):
         onset_test(np.ones((5, 3)), weights=np.ones((5, 2)))
+
+
+class _FakeRun:
+    """The two tables add_claims reads from a record run."""
+
+    def __init__(self, claims):
+        self.tables = {"claims.parquet": claims, "claim_accuracy.parquet": pd.DataFrame(
+            {"step": [0], "accuracy": [0.5], "ci_low": [0.4], "ci_high": [0.6], "n_claims": [1]})}
+
+    def read_table(self, name):
+        return self.tables[name]
+
+
+def _class_claims(rng, n_items, acc_by_step, prefix):
+    return pd.DataFrame([{"item_id": f"{prefix}{i}", "step": s, "kind": "class", "sound": s, "value": "x",
+                          "claim_correct": bool(rng.random() < a)}
+                         for i in range(n_items) for s, a in enumerate(acc_by_step, start=1)])
+
+
+def test_compare_claim_gap_is_cut_at_an_onset_chosen_on_calibration_items():
+    from auralens.compare_metrics import Rows, add_claims
+
+    rng = np.random.default_rng(9)
+    cal = _class_claims(rng, 150, [0.9, 0.9, 0.2, 0.2, 0.2], "c")  # planted break into step 3
+    flat = _class_claims(rng, 150, [0.6] * 5, "t")
+    r = Rows("o", "s", "c", "cot")
+    add_claims(r, _FakeRun(flat), n_boot=500, seed=0, min_claims=20, onset_run=_FakeRun(cal))
+    got = {x["metric"]: x for x in r if x["group"] == "all"}
+    assert got["claim_onset"]["value"] == 3 and "calibration items" in got["claim_onset"]["note"]
+    # the gap is measured on the reported (flat) items at the calibration onset: about 0
+    t = flat.set_index("item_id")
+    before = t[t.step < 3].groupby(level=0)["claim_correct"].mean()
+    after = t[t.step >= 3].groupby(level=0)["claim_correct"].mean()
+    assert got["claim_gap"]["value"] == pytest.approx((before - after).mean())
+    assert abs(got["claim_gap"]["value"]) < 0.1 and got["claim_gap"]["n"] == 150
+    # no calibration run and a flat curve: the test says no onset, so no gap is cut
+    r2 = Rows("o", "s", "c", "cot")
+    add_claims(r2, _FakeRun(flat), n_boot=500, seed=0, min_claims=20)
+    got2 = {x["metric"]: x for x in r2 if x["group"] == "all"}
+    assert got2["claim_onset"]["value"] == -1 and "no onset" in got2["claim_onset"]["note"]
+    assert "claim_gap" not in got2 and "biased" in got2["claim_onset"]["note"]
+
+
+def test_a_break_margin_separates_a_break_from_the_steepest_step_of_a_smooth_decay():
+    rng = np.random.default_rng(10)
+    # healthy-micro-like: a smooth decay whose first log fall (0.17) is reliably the largest
+    smooth = 0.48 * np.exp(-np.cumsum([0, 0.17, 0.07, 0.12, 0.09, 0.12, 0.02]))
+    planted = np.array([0.15, 0.07, 0.05, 0.0012, 0.002, 0.004, 0.004])
+    v = _items(rng, smooth, n_items=3000, sd=0.05, missing=0.0)
+    assert onset_test(v, log=True, n_boot=500)["onset"] == 1  # significant, but no break
+    r = onset_test(v, log=True, n_boot=500, min_margin=np.log(2))
+    assert r["onset"] is None and r["support"] == 0.0 and r["min_margin"] == pytest.approx(np.log(2))
+    d = _items(rng, planted, n_items=150, sd=0.01, missing=0.0)
+    assert onset_test(d, log=True, n_boot=500, min_margin=np.log(2))["onset"] == 3
