@@ -272,8 +272,9 @@ def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
 
 
 def stratum(item: Item) -> str:
-    """The key ``--n`` sampling stratifies by: the item's task, else category, else tier."""
-    return item.task or item.category or item.tier or ""
+    """The key ``--n`` sampling stratifies by: the item's task and category (MMAU: sound /
+    music / speech and their categories; spoken items: word / number / sentence), else its tier."""
+    return f"{item.task}/{item.category}" if item.task or item.category else item.tier
 
 
 def sample_items(items: list[Item], n: int | None, *, seed: int = 7) -> list[Item]:

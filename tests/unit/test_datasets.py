@@ -330,3 +330,11 @@ def test_n_draws_a_seeded_stratified_sample_in_file_order(tmp_path):
     part = load_dataset(f"{p}:test", n=10)
     assert len(part) == 10 and {i.item_id for i in part} <= test_ids
     assert {i.task for i in part} == {"speech", "sound", "music"}
+
+
+def test_n_stratifies_by_category_within_one_task(tmp_path):
+    rows = ([_row(i, task="speech", category="word") for i in range(30)]
+            + [_row(30 + i, task="speech", category="number") for i in range(30)])
+    p = _write(tmp_path / "spoken.json", rows)
+    got = load_dataset(str(p), n=10)
+    assert sorted(i.category for i in got) == ["number"] * 5 + ["word"] * 5
