@@ -24,9 +24,15 @@ from auralens.probes.fit import ProbeConfig
 from auralens.probes.labels import DEFAULT_ATTRIBUTES, control_keys, label_support, label_table
 from auralens.probes.tables import probe_results, probe_table
 
-__all__ = ["LabelledRows", "best_rows", "checked_splits", "default_attributes", "drop_rare_classes",
+__all__ = ["CONTROL_TASK", "LabelledRows", "best_rows", "checked_splits", "default_attributes", "drop_rare_classes",
            "position_name", "probe_locations", "probe_store", "store_locations", "support_problem",
            "usable_attributes"]
+
+
+#: what the control task of every probe here is (written to the probe summary)
+CONTROL_TASK = ("Hewitt & Liang: one random label per control key, drawn from the attribute's label distribution; "
+                "key = the scene's sound type (first event's class/pitch level/loudness level; "
+                "auralens.probes.labels.sound_type_key), or the item itself for items without a scene")
 
 
 def position_name(position: str, fmt: str, formats: Sequence[str]) -> str:
@@ -251,7 +257,8 @@ def probe_store(
     prompt-position :class:`ProbeRow` on the select split (highest accuracy, earliest layer on
     ties) and the report split's row at that location (the same row without splits), and
     ``notes = {"skipped": {attribute: reason}, "skipped_steps": {attribute: {position:
-    [steps without enough items]}}, "dropped_classes": {attribute: {class: n_items}}}``.
+    [steps without enough items]}}, "dropped_classes": {attribute: {class: n_items}}, "control_task":
+    CONTROL_TASK}`` (what the control task is).
 
     With ``attributes=None`` (the defaults), classes in fewer items than folds are left out of
     their attribute, and attributes still lacking support (one class, too few items) are
@@ -266,5 +273,6 @@ def probe_store(
     dropped = {} if explicit else drop_rare_classes(data, attributes, n_folds)
     usable, skipped = usable_attributes(data, attributes, n_folds, explicit=explicit)
     records, by_location, skipped_steps = probe_locations(store, data, usable, config, progress=progress)
-    notes = {"skipped": skipped, "skipped_steps": skipped_steps, "dropped_classes": dropped}
+    notes = {"skipped": skipped, "skipped_steps": skipped_steps, "dropped_classes": dropped,
+             "control_task": CONTROL_TASK}
     return probe_table(records), best_rows(by_location, splits), notes
