@@ -13,6 +13,14 @@ random-direction null and the answer-distribution shift.
   (:func:`scipy.stats.percentileofscore`, ``kind="mean"``: 100 * (#below + #equal / 2) / K).
 - :func:`answer_shift`: the share of each answer (the matched choice; ``(unparsed)`` when none
   matched) unsteered vs steered on the same items, and their total-variation distance.
+- :func:`choose_gate` / :func:`gate_on_test`: a per-item gate that can switch steering *off*
+  from the listening signal ``y`` (the unsteered prefill's audio yield at the last prompt token):
+  steer item i only if ``y_i < tau``.  ``tau`` is chosen on dev among the dev quantiles of ``y``
+  (0%, 10%, ..., 100%, and +inf = always steer) by the same rule as beta: the largest dev gain
+  (ties: the smaller tau, fewer items steered) kept only if its CI lower bound is > 0, else the
+  gate is shut (never steer).  The gated item's answer is its steered answer when the gate is
+  open and its unsteered answer when shut, so the gated gain is ``mean(diff_i * [y_i < tau])``
+  from the rows already generated (the decision is made before generation).
 """
 
 from __future__ import annotations
@@ -23,8 +31,14 @@ import numpy as np
 from scipy import stats
 
 from auralens.interp.errors import ConfigError
+from auralens.interp.stats import bootstrap_mean_ci
 
-__all__ = ["SELECTION_RULES", "UNPARSED", "answer_shift", "choose_on_dev", "null_summary"]
+__all__ = ["GATE_RULE", "SELECTION_RULES", "UNPARSED", "answer_shift", "choose_gate", "choose_on_dev", "gate_on_test",
+           "null_summary"]
+
+GATE_RULE = ("steer item i only if its listening signal y_i < tau; tau among the dev quantiles of y (0%, 10%, ..., "
+             "100%) and +inf (always), the largest dev gain (ties: smaller tau) kept only if its 95% paired-bootstrap "
+             "CI lower bound is > 0, else the gate is shut (never steer)")
 
 SELECTION_RULES: dict[str, str] = {
     "ci_low": ("beta = 0 (no steering, dev gain 0 by construction) is a candidate; the nonzero setting with the "
@@ -122,3 +136,49 @@ def answer_shift(rows, name: str, *, base: str = "baseline", column: str = "matc
         "watch": {w: {"unsteered": p.get(w, 0.0), "steered": q.get(w, 0.0)} for w in watch},
         "column": column,
     }
+
+
+def _mean_ci(v, *, n_boot: int, seed: int) -> tuple[float, list[float]]:
+    mean, lo, hi = bootstrap_mean_ci(np.asarray(v, dtype=np.float64), n_boot=n_boot, seed=seed)
+    return float(mean), [float(lo), float(hi)]
+
+
+def _check_gate_inputs(y, diff) -> tuple[np.ndarray, np.ndarray]:
+    y, diff = np.asarray(y, dtype=np.float64), np.asarray(diff, dtype=np.float64)
+    if y.ndim != 1 or y.shape != diff.shape or y.size == 0 or not np.isfinite(y).all():
+        raise ConfigError(f"gate: expected one finite listening signal per item beside its gain, found shapes "
+                          f"{y.shape} and {diff.shape}")
+    return y, diff
+
+
+def choose_gate(y, diff, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The off-gate's threshold on dev (:data:`GATE_RULE`): ``y`` the dev items' listening
+    signal, ``diff`` their steered-minus-unsteered correctness at the chosen setting.  Returns
+    ``tau`` (``None``: shut), ``decision`` (``"gate"`` | ``"shut"``), the chosen candidate's dev
+    gain, CI and share steered, and every candidate."""
+    y, diff = _check_gate_inputs(y, diff)
+    taus = sorted({float(t) for t in np.quantile(y, np.linspace(0.0, 1.0, 11))}) + [float("inf")]
+    cands = []
+    for tau in taus:
+        on = y < tau
+        gain, ci = _mean_ci(diff * on, n_boot=n_boot, seed=seed)
+        cands.append({"tau": tau, "gain": gain, "ci": ci, "share_steered": float(on.mean())})
+    best = max(cands, key=lambda c: (c["gain"], -c["tau"]))
+    out = {"rule": GATE_RULE, "candidates": cands, "dev": best}
+    if best["ci"][0] > 0.0:
+        return {**out, "decision": "gate", "tau": best["tau"]}
+    return {**out, "decision": "shut", "tau": None}
+
+
+def gate_on_test(y, diff, tau: float | None, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The dev-chosen gate on the test items: the gated gain ``mean(diff * [y < tau])`` (0 when
+    shut) with its CI, the ungated gain, and the paired difference gated − ungated with its CI
+    (does switching steering off help?)."""
+    y, diff = _check_gate_inputs(y, diff)
+    on = np.zeros_like(y, dtype=bool) if tau is None else y < tau
+    gated, gated_ci = _mean_ci(diff * on, n_boot=n_boot, seed=seed)
+    ungated, ungated_ci = _mean_ci(diff, n_boot=n_boot, seed=seed)
+    d, d_ci = _mean_ci(diff * on - diff, n_boot=n_boot, seed=seed)
+    return {"n": int(y.size), "tau": tau, "share_steered": float(on.mean()), "gain": gated, "ci": gated_ci,
+            "ungated_gain": ungated, "ungated_ci": ungated_ci, "gated_minus_ungated": d,
+            "gated_minus_ungated_ci": d_ci, "helps": bool(d_ci[0] > 0.0)}

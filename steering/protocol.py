@@ -25,7 +25,9 @@
    (``test_items.parquet``): the vector's percentile among them, their mean and 95th percentile
    (:func:`auralens.steering.nulls.null_summary`).  :func:`neutral_cost`: the chosen setting on
    the neutral condition's test items (cue datasets) -> ``neutral_items.parquet``; the answer
-   distribution unsteered vs steered (:func:`auralens.steering.nulls.answer_shift`).  With a
+   distribution unsteered vs steered (:func:`auralens.steering.nulls.answer_shift`).
+   :func:`off_gate`: a per-item gate that switches steering off from the listening signal
+   (threshold on dev; gated vs ungated on test; :mod:`auralens.steering.gate`).  With a
    control model (:func:`evaluate_control_model`) the same setting and procedure on that model
    on the same test items -> ``control_model_items.parquet``, ``controls["model_without_deficit"]``;
 5. :func:`write_dev_test` — ``vectors/selected.safetensors`` records the chosen setting (beta 0
@@ -46,7 +48,7 @@ from typing import Any
 
 from auralens.interp.dataspec import DataSpec
 from auralens.interp.distributed import barrier, is_main
-from auralens.interp.errors import ConfigError
+from auralens.interp.errors import ArchitectureError, ConfigError
 from auralens.interp.runs import RowLog, load_items, open_run
 from auralens.steering.checks import parse_heads
 from auralens.steering.controls import (
@@ -69,6 +71,7 @@ from auralens.steering.evaluate import (
     steering_table,
 )
 from auralens.steering.formats import export, load_vector
+from auralens.steering.gate import evaluate_gate
 from auralens.steering.nulls import answer_shift, choose_on_dev, null_summary
 from auralens.steering.registry import DIRECTIONS, MODES
 from auralens.steering.splits import (
@@ -486,6 +489,19 @@ def neutral_cost(cfg, plan: DevTestPlan, run, lm, sel: dict[str, Any], *, quiet:
     return {**st, "data": plan.neutral_data, "answers": answer_shift(rows, main)}
 
 
+def off_gate(cfg, plan: DevTestPlan, lm, sel: dict[str, Any], dev_rows, test_rows) -> dict[str, Any]:
+    """Step 4, the per-item off-gate (:mod:`auralens.steering.gate`) of the chosen setting (or
+    the declined candidate's): steer an item only if its unsteered listening signal is below a
+    threshold chosen on dev; gated vs ungated gain on test.  Reported beside the headline
+    decision, which it does not change.  A model the yield recorder cannot read: skipped."""
+    setting = _steered_setting(sel)
+    try:
+        return evaluate_gate(lm, plan.vec, setting, plan.dev_items, dev_rows, plan.test_items, test_rows,
+                             batch_size=cfg.batch_size, n_boot=plan.sweep.n_boot, seed=plan.sweep.seed)
+    except ArchitectureError as exc:
+        return {"skipped": f"the listening signal cannot be recorded: {exc}"}
+
+
 def evaluate_control_model(cfg, plan: DevTestPlan, run, sel: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
     """Step 4 on the control model: the same selected setting, the same procedure, the same test
     items -> ``control_model_items.parquet``; returns ``controls["model_without_deficit"]``."""
@@ -557,6 +573,8 @@ def run_dev_test(cfg, *, lm=None, control_lm=None, quiet: bool = False) -> dict[
         extras["random_directions"] = random_null(cfg, plan, run, lm, sel, test, quiet=quiet)
         test_rows = plan.test_log.frame()
     extras["neutral"] = neutral_cost(cfg, plan, run, lm, sel, quiet=quiet)
+    if cfg.off_gate:
+        extras["off_gate"] = off_gate(cfg, plan, lm, sel, dev_rows, plan.test_log.frame())
     if plan.control_lm is not None and sel.get("decision") == "decline":
         ctrl["model_without_deficit"] = {"model": cfg.control_model or str(plan.control_lm.model_id), "gain": 0.0,
                                          "decision": "decline", "note": "steering declined: nothing to apply"}

@@ -54,6 +54,9 @@ class SteerEvalConfig(ModelDataConfig):
     random_directions: int = option(20, help="dev_test with controls: random directions of equal norm, each given its "
                                              "own beta on dev by the same rule; the vector's test-gain percentile "
                                              "among them (0: none).")
+    off_gate: bool = option(True, help="dev_test: also report a per-item gate that switches steering off when the "
+                                       "unsteered listening signal is above a threshold chosen on dev (gated vs "
+                                       "ungated test gain).")
     neutral: bool = option(True, help="dev_test on a cafe cue dataset: also run the chosen setting on the neutral "
                                       "condition's test items (the cost of steering).")
     formats: tuple[str, ...] = option(("direct",), flag="--format", parse="one",

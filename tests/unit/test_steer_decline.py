@@ -185,3 +185,54 @@ def test_neutral_spec_and_config_refusals():
         SteerEvalConfig(model="micro", data="cafe-conflict", vector="v.safetensors", selection="max")
     with pytest.raises(ConfigError, match="random_directions"):
         SteerEvalConfig(model="micro", data="cafe-conflict", vector="v.safetensors", random_directions=-1)
+
+
+def test_off_gate_threshold_on_dev_and_its_test_effect_by_hand():
+    from auralens.steering.nulls import choose_gate, gate_on_test
+
+    # steering helps the low-listening items and hurts the high-listening ones
+    y = np.linspace(0.0, 1.0, 40)
+    diff = np.where(y < 0.5, 1.0, -1.0)
+    dev = choose_gate(y, diff, n_boot=500, seed=0)
+    assert dev["decision"] == "gate" and dev["dev"]["ci"][0] > 0
+    assert dev["tau"] == pytest.approx(float(np.quantile(y, 0.5)))  # 20 of 40 items below it: +0.5
+    assert dev["dev"]["gain"] == pytest.approx(0.5) and dev["dev"]["share_steered"] == pytest.approx(0.5)
+    always = [c for c in dev["candidates"] if c["tau"] == float("inf")][0]
+    assert always["gain"] == pytest.approx(0.0) and always["share_steered"] == 1.0
+    t = gate_on_test(y, diff, dev["tau"], n_boot=500, seed=0)
+    assert t["gain"] == pytest.approx(0.5) and t["ungated_gain"] == pytest.approx(0.0)
+    assert t["gated_minus_ungated"] == pytest.approx(0.5) and t["helps"]
+    # a gate that cannot find a good threshold shuts (never steers): test gain 0
+    bad = choose_gate(y, -np.ones(40), n_boot=200, seed=0)
+    assert bad["decision"] == "shut" and bad["tau"] is None
+    shut = gate_on_test(y, -np.ones(40), None, n_boot=200, seed=0)
+    assert shut["gain"] == 0.0 and shut["share_steered"] == 0.0 and shut["gated_minus_ungated"] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="gate"):
+        choose_gate(y, diff[:3])
+
+
+def test_listening_signal_equals_eager_attention_on_audio(small_lm):
+    from auralens.interp.attention_yield import audio_mask_from_ids
+    from auralens.interp.datasets import load_dataset
+    from auralens.interp.generation import cast_features, model_inputs
+    from auralens.steering.gate import gate_heads, listening_signal
+
+    lm = small_lm
+    items = load_dataset("cafe-conflict:dev", n=3)
+    heads = [(0, 1), (1, 0)]
+    got = listening_signal(lm, items, heads, fmt="direct", batch_size=2)
+    ref = []
+    for it in items:  # one unpadded item at a time, eager attention, weights summed over audio keys
+        batch = cast_features(lm, model_inputs(lm, [it], "direct"))
+        mask = audio_mask_from_ids(batch["input_ids"], lm.arch)[0]
+        cfgs = lm.model.config
+        old = cfgs._attn_implementation
+        lm.model.set_attn_implementation("eager")
+        try:
+            with torch.inference_mode():
+                att = lm.model(**batch, output_attentions=True).attentions
+        finally:
+            lm.model.set_attn_implementation(old)
+        ref.append(np.mean([float(att[L][0, h, -1][mask].sum()) for L, h in heads]))
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert gate_heads(_vector(), lm.arch)[1] == "every head of the model"
