@@ -5,8 +5,11 @@ The run folder: ``manifest.json``, ``items.parquet`` (every generation, resumabl
 ``steering.parquet`` (:data:`auralens.steering.evaluate.STEERING_COLUMNS` + ``format``),
 ``steering_accuracy.html`` / ``steering_delta.html`` (self-contained plotly),
 ``vectors/<name>.safetensors`` (the vectors used) and ``summary.json``.  The protocols
-(:mod:`auralens.steering.protocol`): ``dev_test`` chooses the setting on the dev split and
-reports it on the test split, with the controls at the same setting; ``sweep`` reports the
+(:mod:`auralens.steering.protocol`): ``dev_test`` chooses the setting on the dev split — or
+declines to steer (``selection='ci_low'``: a nonzero beta is kept only if its dev gain's 95% CI
+lower bound is > 0) — and reports it on the test split, with the controls at the same setting,
+``random_directions`` random directions each with its own dev beta (the vector's percentile
+among them), the neutral-item cost, the answer distribution and a per-item off-gate; ``sweep`` reports the
 best in-sample gain over beta = 0 with its paired-bootstrap CI, the controls at the same
 setting, and the vector − control difference, whatever their signs.
 """
