@@ -423,9 +423,9 @@ def onset_test(per_item, *, steps: Sequence[int] | None = None, weights=None, lo
     ``min_margin``; else
     ``onset`` is None ("no onset").  The alpha / m is a Bonferroni bound over the m steps that
     could have been the candidate: the candidate is picked on the same items, and with two
-    near-equal falls the picked one's support is inflated (on healthy micro, 300 items drawn
-    from 200, ``support > 0.95`` declared an onset in 42 of 300 resamples, ``> 1 − 0.05 / 7``
-    in 8).  At most one step can pass (the events D_j > 0 are disjoint).  A resample where
+    near-equal falls the picked one's support is inflated (healthy micro, 200 cot test items,
+    300 outer item resamples, no margin: ``support > 0.95`` declared a yield onset in 42 of
+    them, ``> 1 − 0.05 / 7`` in 8).  At most one step can pass (the events D_j > 0 are disjoint).  A resample where
     some step has no item counts against the onset.
 
     Returns ``{"onset": k | None, "candidate": k, "support", "margin" (D of the full sample),
