@@ -30,7 +30,7 @@ from auralens.dashboards import launch
 from auralens.dashboards.report import write_report
 from auralens.finetuning.config import FinetuneConfig
 from auralens.finetuning.recipe import finetune
-from auralens.interp import evaluate, record
+from auralens.interp import ablation, evaluate, record
 from auralens.interp.arch import TABLES, UNSUPPORTED, describe, load_entry_point_tables, load_table_file
 from auralens.interp.distributed import is_main
 from auralens.interp.errors import AuralensError, ConfigError
@@ -633,6 +633,23 @@ def record_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Per-head audio attention yield across reasoning steps: perception decay and listening heads."""
 
     _echo_json(record.stage_record(**cfg.options(), quiet=as_json))
+
+
+@_stage_command(app, "ablate", "auralens.interp.ablation:AblateConfig")
+def ablate_cmd(cfg, as_json: bool = JsonOpt) -> None:
+    """Causal check of the listening heads: held-out accuracy with the top-k heads ablated vs k random
+    audio-attending heads (paired bootstrap CI of the difference of the drops)."""
+
+    res = ablation.stage_ablate(**cfg.options(), quiet=as_json)
+    if as_json:
+        _echo_json(res)
+        return
+    acc = res["accuracy"]
+    _say(f"{res['model']} on {res['data']} (n={res['n']}, {res['mode']}-ablation, k={res['k']}, "
+         f"{res['n_draws']} random draws from {res['pool_size']} audio-attending heads)")
+    _say(f"accuracy: none {acc['none']:.3f}, top-k {acc['top_k']:.3f}, random-k {acc['random_k']:.3f}")
+    _say(f"top-k drop - random-k drop = {res['diff']:+.3f} [{res['ci'][0]:+.3f}, {res['ci'][1]:+.3f}]; "
+         f"top-k heads {res['top_k']}; wrote {res['run']}")
 
 
 @_stage_command(app, "probe", "auralens.probes.stage:ProbeStageConfig")
