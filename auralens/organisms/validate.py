@@ -42,8 +42,8 @@ An equivalence test passes only with enough items: each row's note gives its pow
 difference of 0 (normal approximation, from the observed SD) and the n that 80% power needs.
 
 Items: ``split`` (``dev`` or ``test``, default ``test``) of the cue datasets; ``seed_offset``
-starts the direct-answer checks (cue accuracy) that many seeds into the split, so anyone can
-re-run them on seeds nobody tuned on.  The record-based checks (heads: calibration split; decay:
+starts the direct-answer checks (cue accuracy) and the probe checks' reported items that many
+seeds into the split, so anyone can re-run them on seeds nobody tuned on.  The record-based checks (heads: calibration split; decay:
 ``cafe-neutral:<split>``) take the split's first items: a record run reads its items from a
 dataset spec, which has no seed offset.
 
@@ -489,7 +489,7 @@ def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-hea
     """Every signature check of ``organisms`` on held-out items; see the module docstring.
 
     ``split`` (dev | test) and ``seed_offset`` choose the items (:func:`check_seeds`; the offset
-    moves the direct-answer checks only).  With ``keep`` (a folder), the record runs behind the
+    moves the direct-answer and probe checks, not the record-based ones).  With ``keep`` (a folder), the record runs behind the
     head and decay checks are kept as ``<keep>/<organism>@heads`` and ``<keep>/<organism>@decay``
     (the dashboard lists them)."""
     seeds = check_seeds(split, n, seed_offset)
@@ -508,7 +508,8 @@ def validate(*, organisms: tuple[str, ...] = ("micro", "micro-prior", "micro-hea
             elif name == "micro-prior":
                 rows += prior_checks(name, acc)
                 if probes:
-                    rows += probe_checks(name, lm, n, n_cal, f"{tmp}/{name}-probe")  # activations: never kept
+                    rows += probe_checks(name, lm, n, n_cal, f"{tmp}/{name}-probe", split=split,
+                                         seed_offset=seed_offset)  # activations: never kept
             elif name == "micro-heads":
                 rows += heads_checks(name, lm, planted(name)["listen_heads"], n_cal, work, resume)
             elif name == "micro-decay":
