@@ -263,15 +263,22 @@ def _accuracy(lm, items, fmt: str, gen: GenerationConfig) -> np.ndarray:
     return np.array([got[str(it.item_id)] for it in items])
 
 
-def listening_pool(heads, *, k: int, min_yield: float = MIN_YIELD, rank_by: str = "rank") -> tuple[list, list]:
-    """The top-k heads of a heads table (``heads.parquet`` of a record run) by ``rank_by`` and
-    the pool of other heads whose ``mean_yield`` is >= ``min_yield``."""
+def listening_pool(heads, *, k: int, min_yield: float = MIN_YIELD, rank_by: str = "rank",
+                   top: Sequence[Head] | None = None) -> tuple[list, list]:
+    """The top-k heads of a heads table (``heads.parquet`` of a record run) by ``rank_by`` (or
+    ``top`` as given, e.g. an organism's planted heads) and the pool of the other heads whose
+    ``mean_yield`` is >= ``min_yield``."""
     if rank_by not in heads.columns:
         raise ConfigError(f"rank_by: expected a column of the heads table among {RANK_COLUMNS}, found {rank_by!r}")
     if "mean_yield" not in heads.columns:
         raise ConfigError("heads table: expected a mean_yield column (a record run's heads.parquet), found none")
     t = heads.sort_values(rank_by)
-    top = [(int(r.layer), int(r.head)) for r in t.head(k).itertuples()]
+    if top is None:
+        top = [(int(r.layer), int(r.head)) for r in t.head(k).itertuples()]
+    else:
+        top = [(int(a), int(b)) for a, b in top]
+        if len(top) != k:
+            raise ConfigError(f"heads / k: expected k = {k} heads to ablate, found {len(top)}: {top}")
     pool = [(int(r.layer), int(r.head)) for r in t.itertuples()
             if (int(r.layer), int(r.head)) not in set(top) and float(r.mean_yield) >= min_yield]
     return top, sorted(pool)
@@ -280,17 +287,18 @@ def listening_pool(heads, *, k: int, min_yield: float = MIN_YIELD, rank_by: str 
 def causal_check(lm, items: Sequence, heads, *, k: int = 5, draws: int = 10, mode: str = "mean",
                  means_items: Sequence | None = None, min_yield: float = MIN_YIELD, rank_by: str = "rank",
                  fmt: str = "direct", max_new_tokens: int = 16, batch_size: int = 32, n_boot: int = 2000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, top: Sequence[Head] | None = None) -> dict[str, Any]:
     """Held-out accuracy on ``items`` with no ablation, the top-k listening heads of ``heads``
     (a heads table ranked on other items) ablated, and ``draws`` random k-sets of heads that
     attend to the audio (:func:`listening_pool`) ablated; :func:`ablation_effect` of the three.
+    ``top``: ablate these heads instead of the ranking's top-k (``len(top) == k``).
     ``means_items``: the reference items of mean-ablation (calibration items; required for
     ``mode="mean"``).  Returns the effect plus ``top_k``, ``random_sets``, ``pool_size`` and
     the per-item correctness (``rows``)."""
     if mode not in ABLATION_MODES:
         raise ConfigError(f"mode: expected one of {ABLATION_MODES}, found {mode!r}")
     check_int("k", k)
-    top, pool = listening_pool(heads, k=k, min_yield=min_yield, rank_by=rank_by)
+    top, pool = listening_pool(heads, k=k, min_yield=min_yield, rank_by=rank_by, top=top)
     check_heads(lm.arch, top, "top_k")
     sets = random_head_sets(pool, k, draws, seed=seed)
     means = None
@@ -342,6 +350,8 @@ class AblateConfig(ModelDataConfig):
     mode: str = option("mean", help="mean | zero (mean: each head's mean output over the calibration prompts).")
     min_yield: float = option(MIN_YIELD, help="A random head must have at least this mean audio yield (heads.parquet "
                                               "mean_yield) to count as attending to the audio.")
+    heads: str = option("", identity=None, help="Ablate these heads (layer.head,... e.g. an organism's planted ones) "
+                                                "instead of the ranking's top-k; as many as --k.")
     rank_by: str = option("rank", help="Ranking column of heads.parquet: rank (the listening signal with its "
                                        "floor) | corr_rank | contrast_rank.")
     fmt: str = option("direct", identity="format", flag="--format", help="direct | cot | structured")
@@ -374,6 +384,10 @@ class AblateConfig(ModelDataConfig):
         if self.heads_from != "auto" and not Path(self.heads_from).exists():
             raise ConfigError(f"heads_from: expected 'auto', a record run folder or a heads.parquet file, "
                               f"found nothing at {self.heads_from!r}")
+        if self.heads:
+            given = parse_heads(self.heads, "heads")
+            if len(given) != self.k or len(set(given)) != len(given):
+                raise ConfigError(f"heads: expected k = {self.k} distinct layer.head pairs, found {list(given)}")
         spec = DataSpec.parse(self.data, seed=self.seed)
         if spec.effective_split not in ("dev", "test"):
             raise ConfigError(f"data: expected held-out items (a dev or test split of a cue or file dataset), "
@@ -404,6 +418,7 @@ def stage_ablate(cfg: AblateConfig, *, lm=None, quiet: bool = False) -> dict[str
     items = load_items(cfg.data, n=cfg.n, seed=cfg.seed)
     cal_data = cfg.calibration_data()
     cal_items = load_items(cal_data, n=cfg.n_cal, seed=cfg.seed)
+    given = parse_heads(cfg.heads, "heads") if cfg.heads else None
     test_ids = {str(it.item_id) for it in items}
     both = test_ids & {str(it.item_id) for it in cal_items}
     if both:
@@ -416,11 +431,13 @@ def stage_ablate(cfg: AblateConfig, *, lm=None, quiet: bool = False) -> dict[str
         if shared:
             raise ConfigError(f"heads_from {cfg.heads_from!r}: expected heads ranked on other items than --data, found "
                               f"{len(shared)} of the {len(test_ids)} test items in its run")
-        _top, pool = listening_pool(src["heads"], k=cfg.k, min_yield=cfg.min_yield, rank_by=cfg.rank_by)
+        _top, pool = listening_pool(src["heads"], k=cfg.k, min_yield=cfg.min_yield, rank_by=cfg.rank_by, top=given)
         random_head_sets(pool, cfg.k, cfg.random_k_draws, seed=cfg.seed)  # refuses a pool smaller than k
     out = cfg.run_folder
 
     def before_create(loaded):
+        if given is not None:
+            check_heads(loaded.arch, given, "heads")
         if cfg.k > loaded.arch.n_layers * loaded.arch.n_heads:
             raise ConfigError(f"k: expected at most {loaded.arch.n_layers * loaded.arch.n_heads} heads "
                               f"({loaded.arch.name}), found {cfg.k}")
@@ -438,7 +455,7 @@ def stage_ablate(cfg: AblateConfig, *, lm=None, quiet: bool = False) -> dict[str
     res = causal_check(lm, items, src["heads"], k=cfg.k, draws=cfg.random_k_draws, mode=cfg.mode,
                        means_items=cal_items, min_yield=cfg.min_yield, rank_by=cfg.rank_by, fmt=cfg.fmt,
                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, n_boot=cfg.n_boot,
-                       seed=cfg.seed)
+                       seed=cfg.seed, top=given)
     rows = res.pop("rows")
 
     def finish():

@@ -279,6 +279,10 @@ def test_random_sets_and_listening_pool():
         random_head_sets(pool, 5, 3)
     with pytest.raises(ConfigError, match="rank_by"):
         listening_pool(heads, k=2, rank_by="contrast_rank")
+    top, pool = listening_pool(heads, k=2, top=[(2, 1), (1, 0)])  # given heads (planted ones)
+    assert top == [(2, 1), (1, 0)] and pool == [(0, 0), (0, 1), (2, 0)]
+    with pytest.raises(ConfigError, match="heads / k: expected k = 3"):
+        listening_pool(heads, k=3, top=[(2, 1), (1, 0)])
 
 
 # ------------------------------------------------------------------------- stage and CLI
@@ -304,6 +308,8 @@ def _heads_file(tmp_path, arch, ids=()):
     (dict(heads_from="/nonexistent/run"), "^heads_from:.*found nothing"),
     (dict(data="cafe"), "^data: expected held-out items"),
     (dict(data="cafe-neutral:calibration"), "^data: expected held-out items"),
+    (dict(heads="0.1,1.2"), "^heads: expected k = 5 distinct"),
+    (dict(heads="0.1,x"), "^heads: expected comma-separated layer.head"),
 ])
 def test_config_refuses_bad_options(bad, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -324,6 +330,9 @@ def test_stage_refuses_before_any_folder(lm, tmp_path):
     with pytest.raises(ConfigError, match="heads_from.*ranked on other items.*found 2 of the 4 test items"):
         stage_ablate(model="x", data="cafe-neutral:test", n=4, n_cal=3, heads_from=str(shared), out=out, lm=lm,
                      quiet=True)
+    with pytest.raises(ConfigError, match="^heads: .* found \\[\\(5, 0\\)\\]"):
+        stage_ablate(model="x", data="cafe-neutral:test", n=4, n_cal=3, heads_from="auto", k=2, heads="0.0,5.0",
+                     out=out, lm=lm, quiet=True)
     with pytest.raises(ConfigError, match="^k: expected at most 12 heads"):
         stage_ablate(model="x", data="cafe-neutral:test", n=4, n_cal=3, heads_from="auto", k=13, out=out, lm=lm,
                      quiet=True)
@@ -350,6 +359,11 @@ def test_stage_writes_rows_and_summary(lm, tmp_path):
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["diff"] == pytest.approx(res["diff"]) and saved["mode"] == "mean"
     assert _hook_count(lm.model) == 0
+    given = stage_ablate(model="small", data="cafe-neutral:test", n=6, n_cal=3, heads_from=str(heads), k=2,
+                         heads="2.3,1.1", random_k_draws=1, max_new_tokens=4, batch_size=6, n_boot=100, mode="zero",
+                         out=tmp_path / "given", lm=lm, quiet=True)
+    assert given["top_k"] == [[2, 3], [1, 1]] and all([2, 3] not in s and [1, 1] not in s for s in given["random_sets"])
+    assert given["accuracy"]["none"] == pytest.approx(res["accuracy"]["none"])
 
 
 def test_causal_check_needs_reference_items_for_mean(lm, items):
