@@ -61,7 +61,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from auralens.interp.cafe.cues import CONDITIONS, SPLIT_SIZE, SPLITS as CUE_SPLITS, cue_items, with_cue
 from auralens.interp.cafe.questions import TIERS, make_item
@@ -184,6 +183,8 @@ def equivalence(diffs, margin: float, *, alpha: float = EQUIVALENCE_ALPHA, power
     margin; equivalent when both reject at ``alpha`` (p = the larger p), i.e. the (1 − 2 alpha)
     t-interval lies inside ±margin.  Also the power at a true mean of 0 with the observed SD
     (normal approximation: 2 Φ(margin / se − z) − 1) and the n that ``power`` needs."""
+    from scipy import stats  # heavy: `auralens --help` imports this module
+
     d = np.asarray(diffs, dtype=np.float64)
     d = d[~np.isnan(d)]
     if not margin > 0:
