@@ -190,7 +190,9 @@ def demo_smol(s: DemoSettings) -> dict | None:
         return None
     n = min(s.n, 40)
     data = s.out / "data" / "spoken"
-    if shutil.which("espeak-ng") and not (data / "questions.jsonl").is_file():
+    if shutil.which("espeak-ng") is None:
+        Console().print("smol-audio spoken items skipped: espeak-ng is not installed (apt-get install espeak-ng)")
+    elif not (data / "questions.jsonl").is_file():
         write_spoken_dataset(data, n, seed=1)
     lm = load_model(SMOL, device="cpu", dtype="float32")
     res = {"cafe": stage_eval(model=SMOL, data="cafe", n=n, formats=("direct",), out=s.out / "smol-eval-cafe",
@@ -201,9 +203,10 @@ def demo_smol(s: DemoSettings) -> dict | None:
     rows = []
     for name, r in res.items():
         acc = r["accuracy"]
-        rows.append([name, acc["real"]["direct"]["all"], acc.get("silence", {}).get("direct", {}).get("all", float("nan"))])
+        rows.append([name, acc["real"]["direct"]["all"], acc.get("silence", {}).get("direct", {}).get("all", float("nan")),
+                     r["chance"]["all"], r["extraction"]["real/direct"]["none"]])
     _table(f"smol-audio (real pretrained weights, trained projector), direct answers, n={n}",
-           ["data", "with audio", "with silence"], rows)
+           ["data", "with audio", "with silence", "chance", "unparsed answers"], rows)
     return res
 
 
