@@ -32,6 +32,7 @@ from scipy import stats
 
 from auralens.interp.errors import ConfigError
 from auralens.interp.stats import bootstrap_mean_ci
+from auralens.steering.registry import SELECTION_RULES
 
 __all__ = ["GATE_RULE", "SELECTION_RULES", "UNPARSED", "answer_shift", "choose_gate", "choose_on_dev", "gate_on_test",
            "null_summary"]
@@ -40,14 +41,6 @@ GATE_RULE = ("steer item i only if its listening signal y_i < tau; tau among the
              "100%) and +inf (always), the largest dev gain (ties: smaller tau) kept only if its 95% paired-bootstrap "
              "CI lower bound is > 0, else the gate is shut (never steer)")
 
-SELECTION_RULES: dict[str, str] = {
-    "ci_low": ("beta = 0 (no steering, dev gain 0 by construction) is a candidate; the nonzero setting with the "
-               "largest dev gain (ties: smaller |beta|, then lower layer) is kept only if the lower bound of its 95% "
-               "paired-bootstrap CI over the dev items is > 0, else steering is declined (beta = 0, the unsteered "
-               "model)"),
-    "best": ("the nonzero setting with the largest dev gain (ties: smaller |beta|, then lower layer), whatever its "
-             "sign (cannot decline)"),
-}
 UNPARSED = "(unparsed)"
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "DIRECTIONS",
     "MODES",
     "POSITIONS",
+    "SELECTION_RULES",
     "VECTOR_FORMATS",
     "Entry",
     "Registry",
@@ -135,3 +136,14 @@ register_position("last_prompt", help="")
 register_position("generated", help="")
 register_position("both", help="")
 register_position("answer", help="the generated tokens from the one after 'answer :' on")
+
+
+#: the rules ``steer eval`` may choose its setting on dev by (:func:`auralens.steering.nulls.choose_on_dev`)
+SELECTION_RULES: dict[str, str] = {
+    "ci_low": ("beta = 0 (no steering, dev gain 0 by construction) is a candidate; the nonzero setting with the "
+               "largest dev gain (ties: smaller |beta|, then lower layer) is kept only if the lower bound of its 95% "
+               "paired-bootstrap CI over the dev items is > 0, else steering is declined (beta = 0, the unsteered "
+               "model)"),
+    "best": ("the nonzero setting with the largest dev gain (ties: smaller |beta|, then lower layer), whatever its "
+             "sign (cannot decline)"),
+}

@@ -30,8 +30,7 @@ from auralens.interp.stage_config import (
     takes_config,
 )
 from auralens.steering.evaluate import SweepConfig
-from auralens.steering.nulls import SELECTION_RULES
-from auralens.steering.registry import MODES, POSITIONS
+from auralens.steering.registry import MODES, POSITIONS, SELECTION_RULES
 
 __all__ = ["PROTOCOLS", "SteerEvalConfig", "stage_steer_eval"]
 
