@@ -70,6 +70,7 @@ __all__ = [
 
 ABLATION_MODES = ("zero", "mean")
 RANK_COLUMNS = ("rank", "corr_rank", "contrast_rank")
+MEAN_POSITIONS = ("all", "text")
 
 Head = tuple[int, int]
 
@@ -122,9 +123,11 @@ def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
 
 
 def head_means(lm, items: Sequence, *, layers: Sequence[int] | None = None, fmt: str = "direct",
-               batch_size: int = 16) -> dict[int, Any]:
+               batch_size: int = 16, positions: str = "all") -> dict[int, Any]:
     """Each head's mean output over every real (non-padding) prompt position of ``items`` (real
     audio, prompts in ``fmt``): ``{layer: [n_heads, head_dim]}`` float32 on the model's device.
+    ``positions="text"``: over the real positions that are not audio tokens only (the kind of
+    position every generated token is).
 
     Read with the capture engine at ``lm.blocks.{L}.attn.hook_z``, reduced inside the hook by
     the attention mask (a position-sum per row), so no ``[batch, pos, width]`` is kept."""
@@ -133,6 +136,8 @@ def head_means(lm, items: Sequence, *, layers: Sequence[int] | None = None, fmt:
     if not items:
         raise ConfigError("head_means: expected at least one reference item, found none")
     check_int("batch_size", batch_size)
+    if positions not in MEAN_POSITIONS:
+        raise ConfigError(f"mean_positions: expected one of {MEAN_POSITIONS}, found {positions!r}")
     layers = sorted(set(range(lm.arch.n_layers) if layers is None else (int(x) for x in layers)))
     for layer in layers:
         lm.arch.check_layer(layer)
@@ -142,6 +147,8 @@ def head_means(lm, items: Sequence, *, layers: Sequence[int] | None = None, fmt:
     for chunk in batches(list(items), batch_size):
         inputs = with_position_ids(lm.arch, dict(cast_features(lm, model_inputs(lm, chunk, fmt, "real"))))
         mask = inputs["attention_mask"].to(torch.float32)
+        if positions == "text":
+            mask = mask * (inputs["input_ids"] != lm.arch.audio_token_id).to(torch.float32)
         got = capture(lm, inputs, list(sites.values()), weights={s: mask for s in sites.values()})
         for layer, s in sites.items():
             total = got[s].sum(0)  # [width]: sum over rows and their real positions
@@ -208,8 +215,13 @@ def ablate_heads(lm, heads: Sequence[Sequence[int]], *, mode: str = "zero",
 # --------------------------------------------------------------------------------------------
 
 
-def random_head_sets(pool: Sequence[Head], k: int, draws: int, *, seed: int = 0) -> list[tuple[Head, ...]]:
-    """``draws`` sets of ``k`` distinct heads drawn uniformly from ``pool`` (seeded)."""
+def random_head_sets(pool: Sequence[Head], k: int, draws: int, *, seed: int = 0,
+                     layers_of: Sequence[Head] | None = None) -> list[tuple[Head, ...]]:
+    """``draws`` sets of ``k`` distinct heads drawn uniformly from ``pool`` (seeded).
+
+    ``layers_of`` (the top-k heads): layer-matched draws, each set holding as many heads of each
+    layer as ``layers_of`` does (drawn uniformly among the pool's heads of that layer), so a
+    random set ablates the same number of heads per layer as the top-k."""
     pool = [tuple(map(int, h)) for h in pool]
     check_int("k", k)
     check_int("random_k_draws", draws)
@@ -217,7 +229,25 @@ def random_head_sets(pool: Sequence[Head], k: int, draws: int, *, seed: int = 0)
         raise ConfigError(f"random heads: expected at least k = {k} heads in the pool of heads that attend to "
                           f"the audio (outside the top-k), found {len(pool)}; lower --min-yield or --k")
     rng = np.random.default_rng(seed)
-    return [tuple(sorted(pool[j] for j in rng.choice(len(pool), size=k, replace=False))) for _ in range(draws)]
+    if layers_of is None:
+        return [tuple(sorted(pool[j] for j in rng.choice(len(pool), size=k, replace=False))) for _ in range(draws)]
+    need = _by_layer([tuple(map(int, h)) for h in layers_of])
+    if sum(len(v) for v in need.values()) != k:
+        raise ConfigError(f"layers_of: expected k = {k} heads to match layers with, found {list(layers_of)}")
+    per_layer = {layer: [h for h in pool if h[0] == layer] for layer in need}
+    short = {layer: (len(need[layer]), len(per_layer[layer])) for layer in need if len(per_layer[layer]) < len(need[layer])}
+    if short:
+        raise ConfigError("random heads (layer-matched): expected as many audio-attending heads outside the top-k in "
+                          "each layer as the top-k has there, found (needed, available) by layer "
+                          f"{short}; lower --min-yield or drop --match-layers")
+    out = []
+    for _ in range(draws):
+        chosen = []
+        for layer in sorted(need):
+            cand = per_layer[layer]
+            chosen += [cand[j] for j in rng.choice(len(cand), size=len(need[layer]), replace=False)]
+        out.append(tuple(sorted(chosen)))
+    return out
 
 
 def ablation_effect(base: np.ndarray, top: np.ndarray, rand: np.ndarray, *, n_boot: int = 2000,
@@ -287,11 +317,14 @@ def listening_pool(heads, *, k: int, min_yield: float = MIN_YIELD, rank_by: str 
 def causal_check(lm, items: Sequence, heads, *, k: int = 5, draws: int = 10, mode: str = "mean",
                  means_items: Sequence | None = None, min_yield: float = MIN_YIELD, rank_by: str = "rank",
                  fmt: str = "direct", max_new_tokens: int = 16, batch_size: int = 32, n_boot: int = 2000,
-                 seed: int = 0, top: Sequence[Head] | None = None) -> dict[str, Any]:
+                 seed: int = 0, top: Sequence[Head] | None = None, match_layers: bool = False,
+                 mean_positions: str = "all") -> dict[str, Any]:
     """Held-out accuracy on ``items`` with no ablation, the top-k listening heads of ``heads``
     (a heads table ranked on other items) ablated, and ``draws`` random k-sets of heads that
     attend to the audio (:func:`listening_pool`) ablated; :func:`ablation_effect` of the three.
-    ``top``: ablate these heads instead of the ranking's top-k (``len(top) == k``).
+    ``top``: ablate these heads instead of the ranking's top-k (``len(top) == k``);
+    ``match_layers``: layer-matched random sets (:func:`random_head_sets`); ``mean_positions``:
+    the reference positions of mean-ablation (:func:`head_means`).
     ``means_items``: the reference items of mean-ablation (calibration items; required for
     ``mode="mean"``).  Returns the effect plus ``top_k``, ``random_sets``, ``pool_size`` and
     the per-item correctness (``rows``)."""
@@ -300,12 +333,12 @@ def causal_check(lm, items: Sequence, heads, *, k: int = 5, draws: int = 10, mod
     check_int("k", k)
     top, pool = listening_pool(heads, k=k, min_yield=min_yield, rank_by=rank_by, top=top)
     check_heads(lm.arch, top, "top_k")
-    sets = random_head_sets(pool, k, draws, seed=seed)
+    sets = random_head_sets(pool, k, draws, seed=seed, layers_of=top if match_layers else None)
     means = None
     if mode == "mean":
         if not means_items:
             raise ConfigError("means_items: mode 'mean' expected reference (calibration) items, found none")
-        means = head_means(lm, means_items, fmt=fmt, batch_size=batch_size)
+        means = head_means(lm, means_items, fmt=fmt, batch_size=batch_size, positions=mean_positions)
     gen = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
     base = _accuracy(lm, items, fmt, gen)
     with ablate_heads(lm, top, mode=mode, means=means):
@@ -322,7 +355,8 @@ def causal_check(lm, items: Sequence, heads, *, k: int = 5, draws: int = 10, mod
              for j in range(len(sets)) for i, it in enumerate(items)]
     return {**res, "mode": mode, "k": k, "top_k": [list(h) for h in top],
             "random_sets": [[list(h) for h in s] for s in sets], "pool_size": len(pool), "min_yield": min_yield,
-            "rank_by": rank_by, "rows": rows}
+            "rank_by": rank_by, "match_layers": bool(match_layers),
+            "mean_positions": mean_positions if mode == "mean" else None, "rows": rows}
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,6 +386,10 @@ class AblateConfig(ModelDataConfig):
                                               "mean_yield) to count as attending to the audio.")
     heads: str = option("", identity=None, help="Ablate these heads (layer.head,... e.g. an organism's planted ones) "
                                                 "instead of the ranking's top-k; as many as --k.")
+    mean_positions: str = option("all", identity=None, help="Reference positions of mean-ablation: all (every real "
+                                                            "prompt position) | text (not the audio tokens).")
+    match_layers: bool = option(False, identity=None,
+                                help="Draw each random set layer-matched: as many heads per layer as the top-k has.")
     rank_by: str = option("rank", help="Ranking column of heads.parquet: rank (the listening signal with its "
                                        "floor) | corr_rank | contrast_rank.")
     fmt: str = option("direct", identity="format", flag="--format", help="direct | cot | structured")
@@ -369,6 +407,8 @@ class AblateConfig(ModelDataConfig):
             check_int(name, getattr(self, name))
         if self.mode not in ABLATION_MODES:
             raise ConfigError(f"mode: expected one of {ABLATION_MODES}, found {self.mode!r}")
+        if self.mean_positions not in MEAN_POSITIONS:
+            raise ConfigError(f"mean_positions: expected one of {MEAN_POSITIONS}, found {self.mean_positions!r}")
         if self.rank_by not in RANK_COLUMNS:
             raise ConfigError(f"rank_by: expected one of {RANK_COLUMNS}, found {self.rank_by!r}")
         if (isinstance(self.min_yield, bool) or not isinstance(self.min_yield, (int, float))
@@ -431,8 +471,9 @@ def stage_ablate(cfg: AblateConfig, *, lm=None, quiet: bool = False) -> dict[str
         if shared:
             raise ConfigError(f"heads_from {cfg.heads_from!r}: expected heads ranked on other items than --data, found "
                               f"{len(shared)} of the {len(test_ids)} test items in its run")
-        _top, pool = listening_pool(src["heads"], k=cfg.k, min_yield=cfg.min_yield, rank_by=cfg.rank_by, top=given)
-        random_head_sets(pool, cfg.k, cfg.random_k_draws, seed=cfg.seed)  # refuses a pool smaller than k
+        top_heads, pool = listening_pool(src["heads"], k=cfg.k, min_yield=cfg.min_yield, rank_by=cfg.rank_by, top=given)
+        # refuses a pool smaller than k (or, layer-matched, too few heads in a layer)
+        random_head_sets(pool, cfg.k, cfg.random_k_draws, seed=cfg.seed, layers_of=top_heads if cfg.match_layers else None)
     out = cfg.run_folder
 
     def before_create(loaded):
@@ -455,7 +496,7 @@ def stage_ablate(cfg: AblateConfig, *, lm=None, quiet: bool = False) -> dict[str
     res = causal_check(lm, items, src["heads"], k=cfg.k, draws=cfg.random_k_draws, mode=cfg.mode,
                        means_items=cal_items, min_yield=cfg.min_yield, rank_by=cfg.rank_by, fmt=cfg.fmt,
                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, n_boot=cfg.n_boot,
-                       seed=cfg.seed, top=given)
+                       seed=cfg.seed, top=given, match_layers=cfg.match_layers, mean_positions=cfg.mean_positions)
     rows = res.pop("rows")
 
     def finish():

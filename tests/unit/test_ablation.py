@@ -183,21 +183,33 @@ def test_planted_silent_head_changes_nothing(lm, batch):
         assert (_logits(model, batch) - plain).abs().max() > 1e-3
 
 
-def test_head_means_equal_a_masked_mean_of_nnsight_values(lm, items, means):
+def _nnsight_mean(lm, items, layer, text_only):
     from auralens.interp.generation import cast_features, model_inputs
     from auralens.probes.collect import trace_sites
 
     sums, count = 0.0, 0.0
     for chunk in (items[:2], items[2:4], items[4:]):
         b = with_position_ids(lm.arch, dict(cast_features(lm, model_inputs(lm, chunk, "direct"))))
-        z = trace_sites(lm, b, [site_name(1, "attn.hook_z")])[site_name(1, "attn.hook_z")]
-        m = b["attention_mask"].float()[..., None]
+        z = trace_sites(lm, b, [site_name(layer, "attn.hook_z")])[site_name(layer, "attn.hook_z")]
+        m = b["attention_mask"].bool()
+        if text_only:
+            m &= b["input_ids"] != lm.arch.audio_token_id
+        m = m.float()[..., None]
         sums = sums + (z * m).sum((0, 1))
         count += float(m.sum())
-    ref = (sums / count).reshape(lm.arch.n_heads, lm.arch.head_dim)
+    return (sums / count).reshape(lm.arch.n_heads, lm.arch.head_dim)
+
+
+def test_head_means_equal_a_masked_mean_of_nnsight_values(lm, items, means):
     assert set(means) == set(range(lm.arch.n_layers))
-    torch.testing.assert_close(means[1], ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(means[1], _nnsight_mean(lm, items, 1, False), atol=1e-5, rtol=0)
     assert means[1].abs().max() > 0
+    text = head_means(lm, items, layers=[2], batch_size=3, positions="text")
+    assert set(text) == {2}
+    torch.testing.assert_close(text[2], _nnsight_mean(lm, items, 2, True), atol=1e-5, rtol=0)
+    assert (text[2] - means[2]).abs().max() > 1e-4  # audio positions excluded: another mean
+    with pytest.raises(ConfigError, match="mean_positions: expected one of"):
+        head_means(lm, items, positions="last")
 
 
 def test_hooks_removed_when_the_block_raises(lm, means):
@@ -279,6 +291,14 @@ def test_random_sets_and_listening_pool():
         random_head_sets(pool, 5, 3)
     with pytest.raises(ConfigError, match="rank_by"):
         listening_pool(heads, k=2, rank_by="contrast_rank")
+    # layer-matched: as many heads per layer as the top-k
+    big = [(L, h) for L in range(3) for h in range(4)]
+    top = [(0, 0), (2, 1), (2, 3)]
+    matched = random_head_sets([h for h in big if h not in top], 3, 40, seed=1, layers_of=top)
+    assert all(sorted(L for L, _ in m) == [0, 2, 2] and not set(m) & set(top) for m in matched)
+    assert len(set(matched)) == 3  # every possible set (3 heads of layer 0 x the 2 of layer 2) is drawn
+    with pytest.raises(ConfigError, match=r"layer-matched.*\{2: \(2, 1\)\}"):
+        random_head_sets([(0, 1), (1, 0), (1, 1), (2, 0)], 3, 2, layers_of=top)
     top, pool = listening_pool(heads, k=2, top=[(2, 1), (1, 0)])  # given heads (planted ones)
     assert top == [(2, 1), (1, 0)] and pool == [(0, 0), (0, 1), (2, 0)]
     with pytest.raises(ConfigError, match="heads / k: expected k = 3"):
@@ -310,6 +330,7 @@ def _heads_file(tmp_path, arch, ids=()):
     (dict(data="cafe-neutral:calibration"), "^data: expected held-out items"),
     (dict(heads="0.1,1.2"), "^heads: expected k = 5 distinct"),
     (dict(heads="0.1,x"), "^heads: expected comma-separated layer.head"),
+    (dict(mean_positions="last"), "^mean_positions:"),
 ])
 def test_config_refuses_bad_options(bad, msg):
     with pytest.raises(ConfigError, match=msg):
