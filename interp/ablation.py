@@ -10,8 +10,8 @@ them per layer; ``z`` is ``n_heads * head_dim`` wide whatever ``n_kv_heads`` is)
   share of ``o_proj``);
 - **mean-ablation** replaces it by the head's mean output over a reference set
   (:func:`head_means`: every real, non-padding prompt position of calibration items, real
-  audio), so the layer keeps the head's average contribution and loses only what varies
-  with the input.
+  audio; or, ``positions="text"``, those that are not audio tokens), so the layer keeps the
+  head's average contribution and loses only what varies with the input.
 
 The hooks are installed with :func:`auralens.interp.capture.site_hooks` (the one hook engine:
 removed on exit, also when the block raises) and act at every position of every forward in the
@@ -22,15 +22,16 @@ edit (``envoy.trace``, assigning the o_proj input).
 The causal check (:func:`causal_check`, ``auralens ablate``): held-out accuracy with the top-k
 listening heads ablated (ranked on calibration items, a record run's ``heads.parquet``) against
 ``R`` draws of k random heads from the heads that also attend to the audio (mean audio yield
->= ``min_yield``, top-k excluded).  Per test item ``i``: ``c0`` (no ablation), ``ct`` (top-k),
+>= ``min_yield``, top-k excluded; ``match_layers``: as many heads per layer as the top-k has).
+The ranking's items must not be the test items (checked).  Per test item ``i``: ``c0`` (no ablation), ``ct`` (top-k),
 ``cr[r]`` (draw r).  The effect is ``drop_top - drop_random = mean_i mean_r cr[r, i] -
 mean_i ct[i]``; its 95% CI is a percentile bootstrap that resamples the items (paired: every
 condition keeps the same items) and, independently, the random draws (so the CI also carries
 which random heads were drawn); ``ci_items`` beside it resamples the items only.
 
 Public API: :data:`ABLATION_MODES`, :func:`check_heads`, :func:`parse_heads`, :func:`head_means`,
-:func:`ablate_heads`, :func:`random_head_sets`, :func:`ablation_effect`, :func:`causal_check`,
-:class:`AblateConfig`, :func:`stage_ablate`.
+:func:`ablate_heads`, :func:`random_head_sets`, :func:`listening_pool`, :func:`ablation_effect`,
+:func:`causal_check`, :class:`AblateConfig`, :func:`stage_ablate`.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ __all__ = [
     "causal_check",
     "check_heads",
     "head_means",
+    "listening_pool",
     "parse_heads",
     "random_head_sets",
     "stage_ablate",
