@@ -227,8 +227,10 @@ def _planted_stores(leak: bool):
 
 @pytest.mark.parametrize("leak", [False, True])
 def test_silence_control_passes_only_when_silence_carries_nothing(leak):
-    from auralens.organisms import validate
+    import importlib
 
+    # the module (the package's name ``validate`` is the function)
+    validate = importlib.import_module("auralens.organisms.validate")
     stores, items = _planted_stores(leak)
     # one attribute at one position of validate.probe_checks (whose stores it would collect)
     checks = validate._probe_position_checks("planted", stores, items, "event1_class", "last_prompt")
