@@ -84,6 +84,10 @@ __all__ = ["CLAIM_BREAK_MARGIN", "CLAIM_MIN_BREAK", "CUE_MARGIN", "PROBE_ATTRIBU
 
 PROBE_ATTRIBUTES = ("n_events", "event1_class")
 PROBE_POSITIONS = ("audio_mean", "last_prompt")  # positions of auralens.probes.collect.POSITIONS
+#: (attribute, position) pairs measured and reported without a pass/fail: which audio attributes
+#: reach the last prompt token is a property of the model, not something the organisms plant
+#: (healthy micro: event1_class 0.25 there, chance 0.19; n_events 0.96)
+REPORTED_ONLY = {("event1_class", "last_prompt")}
 
 
 def planted(name: str) -> dict[str, Any]:
@@ -95,10 +99,11 @@ def planted(name: str) -> dict[str, Any]:
 def _check(organism: str, check: str, value: float, threshold: float, op: str,
            ci: tuple[float, float] | None = None, n: int | None = None, note: str = "",
            found: dict[str, Any] | None = None) -> dict[str, Any]:
-    ok = {">=": value >= threshold, "<=": value <= threshold}[op]  # NaN fails both
+    # "report": a measured quantity with no pass/fail (a finding, not a planted property)
+    ok = {">=": value >= threshold, "<=": value <= threshold, "report": True}[op]  # NaN fails both
     return {"organism": organism, "check": check, "value": round(float(value), 4),
             "ci": None if ci is None else [round(float(ci[0]), 4), round(float(ci[1]), 4)],
-            "threshold": f"{op} {threshold}", "pass": bool(ok), "n": n, "note": note, "found": found or {}}
+            "threshold": "reported only" if op == "report" else f"{op} {threshold}", "pass": bool(ok), "n": n, "note": note, "found": found or {}}
 
 
 def _correct_by_base(df, mode: str) -> dict[str, float]:
@@ -308,9 +313,10 @@ def _probe_position_checks(organism: str, stores, items, attr: str, position: st
     X, y, groups, keys, dropped = _matrix(stores["test"], items["test"], best, attr, position)
     r = fit_probe(X, y, groups, ProbeConfig(), control_key=keys, attribute=attr)
     rare = f"; {dropped} items of classes held by < 5 items left out" if dropped else ""
-    rows = [_check(organism, f"{name}_accuracy", r.accuracy, 0.70, ">=", (r.ci_low, r.ci_high), r.n,
+    op = "report" if (attr, position) in REPORTED_ONLY else ">="
+    rows = [_check(organism, f"{name}_accuracy", r.accuracy, 0.70, op, (r.ci_low, r.ci_high), r.n,
                    f"{where}, layer {best} (chosen on calibration), chance {r.chance:.3f}{rare}"),
-            _check(organism, f"{name}_selectivity", r.selectivity, 0.20, ">=", None, r.n,
+            _check(organism, f"{name}_selectivity", r.selectivity, 0.20, op, None, r.n,
                    f"accuracy − control task {r.control_accuracy:.3f} (Hewitt & Liang: a random label per "
                    "sound type of the scene, shared by its items)")]
     # silence control: the calibration-fitted probe on the test items, real audio and silence
