@@ -406,3 +406,16 @@ def test_cli_ablate_refuses_a_bad_option_naming_it(tmp_path):
     assert not (tmp_path / "r").exists()
     res = runner.invoke(app, ["ablate", "--help"])
     assert res.exit_code == 0 and "--random-k-draws" in res.output and "--heads-from" in res.output
+
+
+def test_config_is_frozen_keyword_only_with_help_and_resumable_identity():
+    import dataclasses
+
+    assert AblateConfig.__dataclass_params__.frozen
+    for f in dataclasses.fields(AblateConfig):
+        assert f.kw_only and f.metadata["help"].strip(), f.name
+    ident = AblateConfig().identity()
+    # options added with identity=None stay out of the manifest at their defaults
+    assert "heads" not in ident and "match_layers" not in ident and "mean_positions" not in ident
+    assert AblateConfig(match_layers=True).identity()["match_layers"] is True
+    assert ident["k"] == 5 and ident["mode"] == "mean" and ident["format"] == "direct"
