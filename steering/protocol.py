@@ -575,10 +575,12 @@ def run_dev_test(cfg, *, lm=None, control_lm=None, quiet: bool = False) -> dict[
     extras["neutral"] = neutral_cost(cfg, plan, run, lm, sel, quiet=quiet)
     if cfg.off_gate:
         extras["off_gate"] = off_gate(cfg, plan, lm, sel, dev_rows, plan.test_log.frame())
-    if plan.control_lm is not None and sel.get("decision") == "decline":
-        ctrl["model_without_deficit"] = {"model": cfg.control_model or str(plan.control_lm.model_id), "gain": 0.0,
-                                         "decision": "decline", "note": "steering declined: nothing to apply"}
-    elif plan.control_lm is not None:
-        ctrl["model_without_deficit"] = evaluate_control_model(cfg, plan, run, sel, quiet=quiet)
+    if plan.control_lm is not None:
+        cm = evaluate_control_model(cfg, plan, run, _steered_setting(sel), quiet=quiet)
+        if sel.get("decision") == "decline":  # the control model is unsteered too; the candidate for information
+            cm = {**cm, "steered": cm["base"], "gain": 0.0, "ci": [0.0, 0.0], "beta": 0.0, "decision": "decline",
+                  "candidate": {k: cm[k] for k in ("beta", "steered", "gain", "ci")},
+                  "note": "steering declined on dev: the control model is reported unsteered (gain 0)"}
+        ctrl["model_without_deficit"] = cm
     return write_dev_test(cfg, plan, run, sel, test, ctrl, test_vectors, n_rows=len(dev_rows) + len(test_rows),
                           extras=extras)
