@@ -464,7 +464,8 @@ def random_null(cfg, plan: DevTestPlan, run, lm, sel: dict[str, Any], test: dict
         steer = c["decision"] == "steer"
         gains[name] = paired_stats(test_rows, name, n_boot=nb, seed=sd)["gain"] if steer else 0.0
         directions[name] = {"beta": c["beta"], "decision": c["decision"], "dev_gain": c["dev"]["gain"],
-                            "dev_ci": c["dev"]["ci"], "test_gain": gains[name]}
+                            "dev_ci": c["dev"]["ci"], "test_gain": gains[name],
+                            **({"candidate": c["candidate"]} if not steer else {})}
     out = null_summary(test["gain"], gains)
     return {**out, "mode": setting["mode"], "layer": int(setting["layer"]), "positions": setting["positions"],
             "betas": list(plan.sweep.betas), "seeds": f"seed * 1000 + 100 + i, seed {cfg.seed}",
