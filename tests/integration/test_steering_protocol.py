@@ -212,7 +212,7 @@ def test_file_dataset_fit_on_calibration_eval_on_dev_and_test(lm, folder_dataset
     # split seed 1 in the spec: fit on <d>:calibration@1; a vector fitted on dev/test is refused
     v1 = stage_steer_fit(model=lm.source, data=f"{d}@1", n=2, out_vector=tmp_path / "g.safetensors", lm=lm)
     assert v1.extra["fit"]["data"] == f"{d}:calibration@1" and v1.extra["fit"]["split"]["split_seed"] == 1
-    leaky = stage_steer_fit(model=lm.source, data=f"{d}:test", n=2, out_vector=tmp_path / "h.safetensors", lm=lm)
+    leaky = stage_steer_fit(model=lm.source, data=f"{d}:test", n=1000, out_vector=tmp_path / "h.safetensors", lm=lm)
     with pytest.raises(ConfigError, match="expected disjoint splits"):
         stage_steer_eval(model=lm.source, data=str(d), n=2, vector=leaky, betas=[1.0], out=tmp_path / "x", lm=lm,
                          quiet=True, max_new_tokens=2)
