@@ -444,7 +444,7 @@ def onset_test(per_item, *, steps: Sequence[int] | None = None, weights=None, lo
     if not 0 < alpha < 1 or n_boot < 1:
         raise ConfigError(f"onset_test: expected 0 < alpha < 1 and n_boot >= 1, found alpha={alpha}, n_boot={n_boot}")
     nan = float("nan")
-    out = {"onset": None, "candidate": None, "support": nan, "margin": nan, "margin_ci_low": nan, "falls": {},
+    out: dict[str, Any] = {"onset": None, "candidate": None, "support": nan, "margin": nan, "margin_ci_low": nan, "falls": {},
            "steps": labels, "n_items": int((~np.isnan(v)).any(1).sum()) if v.size else 0, "n_boot": int(n_boot),
            "alpha": float(alpha), "threshold": nan, "min_margin": float(min_margin), "rule": ONSET_RULE}
     if v.shape[1] < 2 or v.shape[0] == 0:
@@ -465,8 +465,9 @@ def onset_test(per_item, *, steps: Sequence[int] | None = None, weights=None, lo
     out.update(candidate=labels[j + 1], support=support, margin=float(margin(full[None])[0]),
                margin_ci_low=float(np.quantile(boot, alpha)),
                falls={labels[s + 1]: float(full[s]) for s in range(len(full))})
-    out["threshold"] = 1 - alpha / len(full)
-    if support > out["threshold"]:
+    threshold = 1 - alpha / len(full)
+    out["threshold"] = threshold
+    if support > threshold:
         out["onset"] = labels[j + 1]
     return out
 
