@@ -57,10 +57,7 @@ def build_inputs(
         )
     system = TEMPLATES[check_template(template)].system
     if is_voxtral(processor):
-        if system is not None:  # mistral_common's validator: "not allowed prior to the tokenizer version 13"
-            raise PromptError(f"prompt_template {template!r}: sets a system turn, which Voxtral's tokenizer "
-                              "(mistral_common) refuses beside audio; expected a template without one "
-                              "(cafe, chat, mmau, r1-aqa)")
+        check_template_fits(processor, template)  # mistral_common: "not allowed prior to the tokenizer version 13"
         return voxtral_inputs(processor, questions, audios, targets=targets, system=system)
     texts = [chat_text(processor, q, system=system) for q in questions]
     if targets is not None:
@@ -75,6 +72,15 @@ def build_inputs(
     finally:
         tok.padding_side = old_side
     return batch
+
+
+def check_template_fits(processor, template: str) -> None:
+    """A :class:`PromptError` when ``processor`` cannot take ``template`` (Voxtral's tokenizer
+    refuses a system turn beside audio), before any folder is made or item generated."""
+    if is_voxtral(processor) and TEMPLATES[check_template(template)].system is not None:
+        raise PromptError(f"prompt_template {template!r}: sets a system turn, which Voxtral's tokenizer "
+                          "(mistral_common) refuses beside audio; expected a template without one "
+                          "(cafe, chat, mmau, r1-aqa)")
 
 
 def is_voxtral(processor) -> bool:

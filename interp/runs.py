@@ -58,6 +58,7 @@ from auralens.interp.datasets import check_audio_files, fingerprint, load_datase
 from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
 from auralens.interp.loading import DTYPES, load_model, resolve_source
+from auralens.interp.prompts import check_template_fits
 from auralens.interp.smol import NAME as SMOL_AUDIO
 from auralens.interp.smol.assemble import check_parts
 from auralens.interp.templates import check_template
@@ -699,6 +700,8 @@ def open_run(
             loaded = load_model(model, dtype=dtype, **where)
         if template is not None:
             loaded.use_template(template)
+        if hasattr(loaded, "processor") and hasattr(loaded, "prompt_template"):
+            check_template_fits(loaded.processor, loaded.prompt_template)
         if before_create is not None:
             before_create(loaded)
         return loaded

@@ -78,3 +78,14 @@ def test_stage_option_sets_the_template_and_a_bad_one_writes_nothing(small_lm, t
         assert 0 < res["chance"]["all"] < 1
     finally:
         small_lm.use_template(before)
+
+
+def test_a_template_voxtral_cannot_take_is_refused_up_front(tiny_cache):
+    from auralens.interp.prompts import check_template_fits
+
+    _, vox = tiny_cache("voxtral")
+    _, qwen = tiny_cache("qwen2_audio")
+    with pytest.raises(PromptError, match="system turn"):
+        check_template_fits(vox, "qwen2.5-omni")
+    check_template_fits(vox, "r1-aqa")
+    check_template_fits(qwen, "qwen2.5-omni")
