@@ -14,6 +14,7 @@ to read ``y``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,16 @@ def item_diffs(rows, items, setting: dict[str, Any]) -> np.ndarray:
     return st.loc[ids].astype(float).to_numpy() - base.loc[ids].astype(float).to_numpy()
 
 
+def _tau_json(tau: float | None) -> float | str | None:
+    """A threshold as the summary writes it: ``"always"`` for +inf (the gate open for every item;
+    strict JSON has no infinity, and ``null`` already means "shut")."""
+    return "always" if tau is not None and math.isinf(tau) else tau
+
+
+def _with_tau_json(d: dict[str, Any]) -> dict[str, Any]:
+    return {**d, "tau": _tau_json(d["tau"])} if "tau" in d else d
+
+
 def evaluate_gate(lm, vec, setting: dict[str, Any], dev_items, dev_rows, test_items, test_rows, *,
                   batch_size: int, n_boot: int, seed: int) -> dict[str, Any]:
     """The off-gate of ``setting`` (a nonzero beta): threshold on dev, gated vs ungated on test."""
@@ -80,5 +91,6 @@ def evaluate_gate(lm, vec, setting: dict[str, Any], dev_items, dev_rows, test_it
     test = gate_on_test(y_test, item_diffs(test_rows, test_items, setting), dev["tau"], n_boot=n_boot, seed=seed)
     return {"signal": "mean audio yield at the last prompt token of the unsteered prefill", "heads_from": source,
             "n_heads": len(heads), "beta": setting["beta"], "rule": dev["rule"], "dev_decision": dev["decision"],
-            "tau": dev["tau"], "dev": dev["dev"], "dev_candidates": dev["candidates"], "test": test,
+            "tau": _tau_json(dev["tau"]), "dev": _with_tau_json(dev["dev"]),
+            "dev_candidates": [_with_tau_json(c) for c in dev["candidates"]], "test": _with_tau_json(test),
             "y_dev_quantiles": [float(q) for q in np.quantile(y_dev, [0.1, 0.5, 0.9])]}
