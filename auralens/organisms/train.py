@@ -20,7 +20,7 @@ from auralens.interp.loading import resolve_source
 from auralens.interp.micro.organisms import OrganismConfig, organism_item
 from auralens.interp.micro.train import TrainConfig, finalize, train
 
-__all__ = ["audio_yield_penalty", "last_prompt_mask", "make_loss_fn", "query_masks", "render_late_guesses",
+__all__ = ["audio_yield_deviation", "audio_yield_penalty", "last_prompt_mask", "make_loss_fn", "query_masks", "render_late_guesses",
            "train_organism"]
 
 
@@ -59,6 +59,26 @@ def audio_yield_penalty(attentions, audio_mask, query_mask, head_mask):
         total = total + y[sel].sum()
         count += int(sel.sum())
     return total / max(count, 1) if count else torch.zeros((), dtype=attentions[0].dtype)
+
+
+def audio_yield_deviation(attentions, audio_mask, query_mask, head_mask, target: float):
+    """Mean |audio yield − ``target``| of the chosen heads over the chosen queries (each head and
+    query its own term, so every item's yield is held at the target, not only the mean).
+    Arguments as :func:`audio_yield_penalty`."""
+    import torch
+
+    total = attentions[0].new_zeros(())
+    count = 0
+    amask = audio_mask[:, None, None, :].to(attentions[0].dtype)
+    for layer, a in enumerate(attentions):
+        heads = head_mask[layer]
+        if not bool(heads.any()):
+            continue
+        y = (a[:, heads] * amask).sum(-1)  # [batch, h, query]
+        sel = query_mask[:, None, :].expand_as(y)
+        total = total + (y[sel] - target).abs().sum()
+        count += int(sel.sum())
+    return total / count if count else torch.zeros((), dtype=attentions[0].dtype)
 
 
 def query_masks(batch, labels, cfg: OrganismConfig, newline_id: int, audio_id: int):
@@ -106,7 +126,11 @@ def make_loss_fn(cfg: OrganismConfig, processor, n_layers: int, n_heads: int):
     def loss_fn(model, batch, labels):
         out = model(**batch, labels=labels, output_attentions=True)
         audio, queries = query_masks(batch, labels, cfg, newline_id, audio_id)
-        loss = out.loss + cfg.penalty * audio_yield_penalty(out.attentions, audio, queries, head_mask)
+        if cfg.other_yield_target is None:
+            loss = out.loss + cfg.penalty * audio_yield_penalty(out.attentions, audio, queries, head_mask)
+        else:  # the other heads listen, at one fixed level everywhere (micro-heads-dense)
+            loss = out.loss + cfg.penalty * audio_yield_deviation(out.attentions, audio, queries, head_mask,
+                                                                  cfg.other_yield_target)
         if cfg.listen_floor > 0:
             # every head of H* listens at the last prompt token, the row where the listening
             # signal is read (a head of H* that never listens there cannot be found by anyone)

@@ -20,6 +20,14 @@ only by its knobs, which are written to ``training.json`` beside the weights wit
   read; without it, 2 of 5 planted heads learned to stay silent there and could not be found).  A learned penalty rather than a training-time mask:
   a mask removed at inference would leave the masked heads' never-trained attention to audio
   in place, a penalty removes it from the weights.
+- ``micro-heads-dense`` (and ``-s1``, ``-s2``) — planted specialist heads *without* the crutch
+  (issue 21).  In ``micro-heads`` every other head learns a yield of ~0, so "yield > 0" alone
+  finds H*.  Here every head not in H* is instead held at a fixed audio yield
+  ``other_yield_target`` at every text query (an L1 loss ``penalty`` × mean |yield − target|
+  per head and query), independent of the item: they listen, at a constant level that tracks
+  neither correctness nor the audio's content, and the listening floor cannot separate them
+  from H*.  H* (5 heads, drawn by :func:`planted_set` from ``planted_seed``) keeps the
+  ``listen_floor`` hinge of ``micro-heads``.  Three seeds, three planted sets, three data seeds.
 - ``micro-decay`` — planted perception decay.  The same penalty on *every* head, at the query
   positions of reasoning step ``decay_step`` and later (steps = lines of the target, as
   :mod:`auralens.interp.steps` counts them), so late steps learn not to re-listen.  A penalty rather
@@ -49,7 +57,7 @@ from auralens.interp.cafe.questions import make_item
 from auralens.interp.cafe.scenes import make_scene
 from auralens.interp.errors import ConfigError
 
-__all__ = ["RECIPES", "OrganismConfig", "organism_item"]
+__all__ = ["DENSE_RECIPES", "RECIPES", "OrganismConfig", "organism_item", "planted_recovery", "planted_set"]
 
 @dataclass(frozen=True, kw_only=True)
 class OrganismConfig:
@@ -63,6 +71,8 @@ class OrganismConfig:
     decay_step: int | None = None  # k: from this reasoning step on, no head may listen
     penalty: float = 0.0  # weight of the audio-yield penalty
     listen_floor: float = 0.0  # H* heads: hinge loss when a head's mean audio yield is below this
+    other_yield_target: float | None = None  # heads not in H*: held at this audio yield (L1) instead of ~0
+    planted_seed: int | None = None  # the seed listen_heads was drawn from (planted_set), recorded
     late_claims: str = "true"  # "guess": claims from step decay_step on name a class drawn without the audio
     format_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)
     data_seed: int = 3
@@ -82,6 +92,9 @@ class OrganismConfig:
             raise ConfigError("OrganismConfig: a penalty > 0 needs listen_heads or decay_step, and they need one")
         if self.late_claims not in ("true", "guess") or (self.late_claims == "guess" and self.decay_step is None):
             raise ConfigError(f"OrganismConfig.late_claims: expected 'true', or 'guess' with a decay_step, found {self.late_claims!r}")
+        if self.other_yield_target is not None and (not 0.0 < self.other_yield_target < 1.0 or not self.listen_heads):
+            raise ConfigError("OrganismConfig.other_yield_target: expected a yield in (0, 1) with listen_heads, "
+                              f"found {self.other_yield_target!r} with listen_heads={self.listen_heads!r}")
         if self.decay_step is not None and self.decay_step < 1:
             raise ConfigError(f"OrganismConfig.decay_step: expected >= 1, found {self.decay_step}")
 
@@ -97,6 +110,48 @@ RECIPES: dict[str, OrganismConfig] = {
     "micro-decay": OrganismConfig(name="micro-decay", decay_step=3, penalty=1.0, late_claims="guess",
                                   format_weights=(0.2, 0.8, 0.0), data_seed=6, steps=800),
 }
+
+
+def planted_set(seed: int, k: int = 5, layers: int = 4, heads: int = 4) -> tuple[tuple[int, int], ...]:
+    """``k`` distinct (layer, head) drawn uniformly from ``seed`` (sorted)."""
+    if not 1 <= k <= layers * heads:
+        raise ConfigError(f"planted_set: expected 1 <= k <= {layers * heads}, found {k}")
+    flat = np.random.default_rng([seed, 21]).choice(layers * heads, size=k, replace=False)
+    return tuple(sorted((int(i) // heads, int(i) % heads) for i in flat))
+
+
+def _dense(name: str, seed: int, data_seed: int) -> OrganismConfig:
+    return OrganismConfig(name=name, listen_heads=planted_set(seed), planted_seed=seed, penalty=1.0, listen_floor=0.15,
+                          other_yield_target=0.08, data_seed=data_seed, steps=200, batch_size=24)
+
+
+#: the three seeds of the dense-heads organism (issue 21): name -> recipe
+DENSE_RECIPES: dict[str, OrganismConfig] = {
+    "micro-heads-dense": _dense("micro-heads-dense", 0, 21),
+    "micro-heads-dense-s1": _dense("micro-heads-dense-s1", 1, 22),
+    "micro-heads-dense-s2": _dense("micro-heads-dense-s2", 2, 23),
+}
+RECIPES.update(DENSE_RECIPES)
+
+
+def planted_recovery(table, planted, *, floor: bool = True) -> float:
+    """Share of ``planted`` heads among the top-``len(planted)`` of a heads table
+    (:func:`auralens.interp.listening.heads_table` / ``heads.parquet``).  ``floor=True``: by its
+    ``rank`` (with the ``listens`` floor when the table has one); ``floor=False``: by the paper's
+    signal alone, the mean of the ``corr_rank`` and ``contrast_rank`` columns present (ties by
+    table order), the ranking :func:`heads_table` makes without ``mean_yield``."""
+    k = len(planted)
+    if k < 1:
+        raise ConfigError("planted_recovery: expected at least one planted head, found none")
+    if floor:
+        order = table.sort_values("rank", kind="stable")
+    else:
+        cols = [c for c in ("corr_rank", "contrast_rank") if c in table and table[c.removesuffix("_rank")].notna().any()]
+        if not cols:
+            raise ConfigError(f"planted_recovery: expected corr_rank or contrast_rank columns, found {list(table.columns)}")
+        order = table.assign(_score=table[cols].mean(axis=1)).sort_values("_score", kind="stable")
+    top = {(int(r.layer), int(r.head)) for r in order.head(k).itertuples()}
+    return len(top & {tuple(map(int, h)) for h in planted}) / k
 
 
 def organism_item(seed: int, cfg: OrganismConfig):
