@@ -13,7 +13,7 @@ import numpy as np
 from auralens.interp.cafe.formats import check_claims, parse_claims
 from auralens.interp.errors import ConfigError
 from auralens.interp.schemas import CLAIM_ACCURACY, DECAY, DECAY_SUMMARY
-from auralens.interp.stats import bootstrap_mean_ci
+from auralens.interp.stats import accuracy_ci, bootstrap_mean_ci
 from auralens.interp.steps import char_steps
 
 DECAY_COLUMNS = DECAY.names  # the columns of decay.parquet (declared in auralens.interp.schemas)
@@ -246,14 +246,15 @@ def claim_rows(item_id: str, text: str, scene: dict) -> list[dict]:
 
 def claim_accuracy_by_step(claims, *, n_boot: int = 1000, seed: int = 0):
     """Accuracy of perceptual claims made at step s: the item-level mean (each item's share of
-    right claims at that step, averaged over items), with the 95% CI of the same mean from the
-    item bootstrap (point estimate and CI of one statistic)."""
+    right claims at that step, averaged over items), with the 95% CI of the same mean:
+    Wilson's when each item's share is 0 or 1 (one claim each, or all right / all wrong), else the
+    item bootstrap (:func:`auralens.interp.stats.accuracy_ci`)."""
     if len(claims) == 0:
         return CLAIM_ACCURACY.frame()
     rows = []
     for s, d in claims.groupby("step"):
         per_item = d.groupby("item_id")["claim_correct"].mean().to_numpy(float)
-        mean, lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, seed=seed)
+        mean, lo, hi = accuracy_ci(per_item, n_boot=n_boot, seed=seed)  # Wilson where each item has one claim
         rows.append({"step": int(s), "accuracy": float(mean), "ci_low": float(lo),
                      "ci_high": float(hi), "n_claims": len(d), "n_items": len(per_item)})
     return CLAIM_ACCURACY.frame(rows)

@@ -22,7 +22,7 @@ from auralens.interp.items import Item
 from auralens.interp.runs import RowLog, check_dtype, check_formats, check_int, check_n, fill_rows, load_items, open_run
 from auralens.interp.schemas import ACCURACY, EVAL_ITEMS
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
-from auralens.interp.stats import bootstrap_mean_ci
+from auralens.interp.stats import accuracy_ci
 
 __all__ = ["EvalConfig", "chance_json", "extraction_json", "run_eval", "stage_eval", "summarize", "summary_json"]
 
@@ -51,13 +51,13 @@ def run_eval(
 
 
 def summarize(df, by: Sequence[str] = ("audio", "format", "tier")):
-    """Accuracy with bootstrap 95% CI per group."""
+    """Accuracy with its 95% Wilson interval per group."""
     import pandas as pd
 
     out = []
     for keys, g in df.groupby(list(by), sort=True):
         keys = keys if isinstance(keys, tuple) else (keys,)
-        _, lo, hi = bootstrap_mean_ci(g["correct"].to_numpy(dtype=float))
+        _, lo, hi = accuracy_ci(g["correct"].to_numpy(dtype=float))
         out.append({**dict(zip(by, keys)), "accuracy": float(g["correct"].mean()), "ci_low": float(lo), "ci_high": float(hi), "n": len(g)})
     return pd.DataFrame(out)
 

@@ -120,7 +120,7 @@ EVAL_ITEMS = _table("eval", "items.parquet", """
 """, "one row per (item, format, audio mode); row_id = item_id|format|audio")
 ACCURACY = _table("eval", "accuracy.parquet", """
     audio:str format:str tier:str accuracy:float ci_low:float ci_high:float n:int
-""", "accuracy per (audio mode, format, tier) with its 95% item-bootstrap CI")
+""", "accuracy per (audio mode, format, tier) with its 95% Wilson interval")
 
 # ----------------------------------------------------------------------------------- record
 RECORD_ITEMS = _table("record", "items.parquet", """
@@ -151,7 +151,8 @@ CLAIMS = _table("record", "claims.parquet", """
 CLAIM_ACCURACY = _table("record", "claim_accuracy.parquet", """
     step:int accuracy:float ci_low:float ci_high:float n_claims:int n_items:int
 """, "accuracy of the claims made at each reasoning step: the item-level mean (items' shares of "
-     "right claims, averaged) and its item-bootstrap 95% CI")
+     "right claims, averaged) and its 95% CI: Wilson's where every item made one claim there (a "
+     "share of right/wrong), else the item bootstrap")
 
 # ------------------------------------------------------------------------------------ probe
 PROBES = _table("probe", "probes.parquet", """

@@ -39,7 +39,7 @@ from auralens.interp.errors import ConfigError
 from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs, score
 from auralens.interp.runs import fill_rows
 from auralens.interp.schemas import STEER_ITEMS, STEERING
-from auralens.interp.stats import bootstrap_mean_ci
+from auralens.interp.stats import accuracy_ci, bootstrap_mean_ci
 from auralens.steering.figures import steering_sweep
 from auralens.steering.registry import BACKENDS, POSITIONS
 
@@ -321,10 +321,11 @@ def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, betas: Seque
         cats = [("all", g)] + [(c, gc) for c, gc in g.groupby("category", sort=True)]
         for cat, gc in cats:
             vals = gc[["correct", "diff"]].to_numpy(dtype=np.float64)
-            mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
+            mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)  # the paired gain's CI
+            _, acc_lo, acc_hi = accuracy_ci(vals[:, 0])  # the accuracy's: Wilson
             out.append({
                 **dict(zip(keys, k)), "category": str(cat),
-                "accuracy": float(mean[0]), "ci_low": float(lo[0]), "ci_high": float(hi[0]), "n": int(len(gc)),
+                "accuracy": float(mean[0]), "ci_low": acc_lo, "ci_high": acc_hi, "n": int(len(gc)),
                 "delta": float(mean[1]), "delta_ci_low": float(lo[1]), "delta_ci_high": float(hi[1]),
             })
     table = STEERING.frame(out)
@@ -348,8 +349,10 @@ def paired_stats(rows, name: str, *, n_boot: int, seed: int) -> dict[str, Any]:
     common = base.index.intersection(got.index)
     vals = np.stack([base[common].to_numpy(), got[common].to_numpy(), (got[common] - base[common]).to_numpy()], -1)
     mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
-    return {"n": int(len(common)), "base": float(mean[0]), "base_ci": [float(lo[0]), float(hi[0])],
-            "steered": float(mean[1]), "steered_ci": [float(lo[1]), float(hi[1])],
+    b_lo, b_hi = accuracy_ci(vals[:, 0])[1:]  # accuracies: Wilson; the paired gain: the item bootstrap
+    s_lo, s_hi = accuracy_ci(vals[:, 1])[1:]
+    return {"n": int(len(common)), "base": float(mean[0]), "base_ci": [b_lo, b_hi],
+            "steered": float(mean[1]), "steered_ci": [s_lo, s_hi],
             "gain": float(mean[2]), "ci": [float(lo[2]), float(hi[2])]}
 
 
