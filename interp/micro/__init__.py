@@ -20,7 +20,10 @@ FINETUNED_DIR = WEIGHTS_DIR / "mpar2"
 EMBEDDED = {"micro": "base", "micro-mpar2": "mpar2", "micro-prior": "prior", "micro-heads": "heads", "micro-decay": "decay",
             # the fine-tuned arms of issue 14 (`auralens organisms finetune ORGANISM --recipe mpar2|hyper`)
             "micro-hyper": "hyper", "micro-prior-mpar2": "prior-mpar2", "micro-prior-hyper": "prior-hyper",
-            "micro-decay-mpar2": "decay-mpar2", "micro-decay-hyper": "decay-hyper"}
+            "micro-decay-mpar2": "decay-mpar2", "micro-decay-hyper": "decay-hyper",
+            # issue 21: planted heads among heads that all listen, three seeds (DENSE_RECIPES)
+            "micro-heads-dense": "heads-dense", "micro-heads-dense-s1": "heads-dense-s1",
+            "micro-heads-dense-s2": "heads-dense-s2"}
 
 #: the model organisms: `micro` with a planted listening deficit (recipes: auralens.interp.micro.organisms.RECIPES)
 ORGANISMS = ("micro-prior", "micro-heads", "micro-decay")

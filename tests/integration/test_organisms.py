@@ -169,7 +169,9 @@ def test_one_namespace_for_names_recipes_training_and_validation():
     from auralens.interp.micro import EMBEDDED, ORGANISMS, available, train_command, weights_folder
 
     assert organisms.ORGANISMS == ORGANISMS == ("micro-prior", "micro-heads", "micro-decay")
-    assert set(organisms.RECIPES) == {"micro", *ORGANISMS} and organisms.train_organism is train_organism
+    from auralens.interp.micro.organisms import DENSE_RECIPES
+
+    assert set(organisms.RECIPES) == {"micro", *ORGANISMS, *DENSE_RECIPES} and organisms.train_organism is train_organism
     assert all(name in EMBEDDED for name in organisms.RECIPES)
     assert weights_folder("micro-prior").name == EMBEDDED["micro-prior"] == "prior"
     assert train_command("micro") == "auralens micro train"
