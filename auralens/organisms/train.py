@@ -40,45 +40,44 @@ def render_late_guesses(item, fmt: str, k: int) -> str:
     return "\n".join(lines)
 
 
-def audio_yield_penalty(attentions, audio_mask, query_mask, head_mask):
-    """Mean audio yield (attention summed over audio keys) of the penalised heads at the chosen queries.
-
-    attentions: per layer [batch, head, query, key]; audio_mask [batch, key] bool; query_mask
-    [batch, query] bool; head_mask [layer, head] bool (True = penalised)."""
-    import torch
-
-    total = attentions[0].new_zeros(())
-    count = 0
+def _chosen_yields(attentions, audio_mask, query_mask, head_mask):
+    """The audio yield (attention summed over audio keys) of every chosen head at every chosen
+    query, as one flat tensor (empty when nothing is chosen).  Arguments as :func:`audio_yield_penalty`."""
     amask = audio_mask[:, None, None, :].to(attentions[0].dtype)
+    parts = []
     for layer, a in enumerate(attentions):
         heads = head_mask[layer]
         if not bool(heads.any()):
             continue
         y = (a[:, heads] * amask).sum(-1)  # [batch, h, query]
-        sel = query_mask[:, None, :].expand_as(y)
-        total = total + y[sel].sum()
-        count += int(sel.sum())
-    return total / max(count, 1) if count else torch.zeros((), dtype=attentions[0].dtype)
+        parts.append(y[query_mask[:, None, :].expand_as(y)])
+    return parts
+
+
+def audio_yield_penalty(attentions, audio_mask, query_mask, head_mask):
+    """Mean audio yield (attention summed over audio keys) of the penalised heads at the chosen queries.
+
+    attentions: per layer [batch, head, query, key]; audio_mask [batch, key] bool; query_mask
+    [batch, query] bool; head_mask [layer, head] bool (True = penalised)."""
+    return _mean_of(_chosen_yields(attentions, audio_mask, query_mask, head_mask), attentions, lambda y: y)
 
 
 def audio_yield_deviation(attentions, audio_mask, query_mask, head_mask, target: float):
     """Mean |audio yield − ``target``| of the chosen heads over the chosen queries (each head and
     query its own term, so every item's yield is held at the target, not only the mean).
     Arguments as :func:`audio_yield_penalty`."""
+    return _mean_of(_chosen_yields(attentions, audio_mask, query_mask, head_mask), attentions,
+                    lambda y: (y - target).abs())
+
+
+def _mean_of(parts, attentions, term):
+    """Mean of ``term(y)`` over the chosen yields; 0 when nothing is chosen."""
     import torch
 
-    total = attentions[0].new_zeros(())
-    count = 0
-    amask = audio_mask[:, None, None, :].to(attentions[0].dtype)
-    for layer, a in enumerate(attentions):
-        heads = head_mask[layer]
-        if not bool(heads.any()):
-            continue
-        y = (a[:, heads] * amask).sum(-1)  # [batch, h, query]
-        sel = query_mask[:, None, :].expand_as(y)
-        total = total + (y[sel] - target).abs().sum()
-        count += int(sel.sum())
-    return total / count if count else torch.zeros((), dtype=attentions[0].dtype)
+    count = sum(int(p.numel()) for p in parts)
+    if not count:
+        return torch.zeros((), dtype=attentions[0].dtype)
+    return sum((term(p).sum() for p in parts), attentions[0].new_zeros(())) / count
 
 
 def query_masks(batch, labels, cfg: OrganismConfig, newline_id: int, audio_id: int):
