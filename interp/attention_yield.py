@@ -42,7 +42,6 @@ Public API: :class:`YieldConfig`, :class:`AttentionYield`, :class:`YieldRecorder
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,7 +65,6 @@ __all__ = [
 Rows = Literal["last_and_generated", "all_prompt"]
 ROWS: tuple[str, ...] = ("last_and_generated", "all_prompt")
 _PREFIX = "auralens_yield_"
-_counter = itertools.count(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +319,68 @@ def audio_yield(
 # The recorder
 # --------------------------------------------------------------------------------------------
 
+#: decode-step yields are written into per-layer buffers of this many rows (allocated as needed),
+#: so the recorder holds at most ``_CHUNK_ROWS - 1`` unused rows per layer
+_CHUNK_ROWS = 64
+#: id(attention module) -> the (recorder, slot) pairs recording it; read by the dispatcher
+_WATCHERS: dict[int, list[tuple[YieldRecorder, int]]] = {}
+#: registered dispatcher name -> number of live contexts using it (unregistered at zero)
+_NAMES: dict[str, int] = {}
+_OP: Any = None
+
+
+def _record_call(module_id: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                 scale: float) -> None:
+    for rec, slot in _WATCHERS.get(module_id, ()):
+        rec._record(slot, query, key, mask, scale)
+
+
+def _record_op() -> Any:
+    """``torch.ops.auralens.record_yield``: the recorder's per-call work as one opaque custom op,
+    so a compiled decode step (``torch.compile``, inductor) calls it without a graph break.  The
+    op mutates a one-element counter (``sink``: ops without outputs or mutations may be removed
+    as dead code) and runs the eager Python of :meth:`YieldRecorder._record` on real tensors."""
+    global _OP
+    if _OP is None:
+        @torch.library.custom_op("auralens::record_yield", mutates_args=("sink",))
+        def record_yield(sink: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                         mask: torch.Tensor | None, scale: float, module_id: int) -> None:
+            _record_call(module_id, query, key, mask, scale)
+            sink.add_(1)
+
+        @record_yield.register_fake
+        def _(sink, query, key, mask, scale, module_id):
+            return None
+
+        _OP = record_yield
+    return _OP
+
+
+_SINKS: dict[torch.device, torch.Tensor] = {}
+#: attention module class -> the ``eager_attention_forward`` of its modeling file
+_EAGER_FNS: dict[type, Any] = {}
+
+
+def _dispatcher(base_impl: str):
+    """The attention function registered while recording: the model's own kernel for the output,
+    then the yields of the rows this call computes (eagerly, or through the custom op when traced)."""
+
+    functions = compat.attention_functions()
+    base = functions[base_impl] if base_impl in functions else None  # None: "eager"
+
+    def dispatch(module, query, key, value, attention_mask, **kwargs):
+        fn = base if base is not None else _EAGER_FNS[type(module)]  # eager: the modeling file's own
+        out = fn(module, query, key, value, attention_mask, **kwargs)
+        scale = kwargs.get("scaling")
+        scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+        if torch.compiler.is_compiling():
+            _record_op()(_SINKS[query.device], query, key, attention_mask, scale, id(module))
+        else:
+            _record_call(id(module), query, key, attention_mask, scale)
+        return out
+
+    return dispatch
+
 
 class YieldRecorder:
     """Context manager recording the audio attention yield of every decoder head.
@@ -336,7 +396,21 @@ class YieldRecorder:
 
     ``audio_mask`` is over the *prompt* (``input_ids`` as the processor returned them, left
     padding included); the recorder checks it against the ``input_ids`` of the first forward.
-    Results are computed when the context exits normally (:attr:`result`); an exception inside
+
+    Yields are computed **when each attention call runs** (its recorded query rows against the
+    keys that call attends to, with the mask the kernel received) and only the yields are kept:
+    ``L * B * H * N * bins`` float32 (in buffers of 64 rows per layer), plus the ``[B, P, bins]``
+    indicator of audio keys; no query row and no reference to the KV cache outlives the call
+    (:meth:`held_bytes` sums what is retained).  No final pass over stored queries remains: at
+    exit the per-layer buffers are only stacked into :attr:`result`.  (:func:`audio_yield`, the
+    plain-tensor function, is the same formula for queries and keys captured elsewhere.)
+
+    Works with the default ``DynamicCache`` and with ``cache_implementation="static"``, eager
+    or inside a compiled decode step (``torch.compile``: the per-call work is the custom op
+    ``auralens::record_yield``, no graph break; under a static cache the step index is counted
+    by the recorder from the prefill, which the model's pre-forward hook detects).
+
+    Results are available when the context exits normally (:attr:`result`); an exception inside
     the context discards them.  Re-entering the context starts a new recording; inside one
     context, a forward that starts again at position 0 (a new ``generate``) replaces what was
     recorded, so the result is that of the last sequence.  Recorders may be active on several
@@ -376,7 +450,6 @@ class YieldRecorder:
         for layer in self.layers:
             self.arch.check_layer(layer)
         self._modules = [self.arch.attention(model, layer) for layer in self.layers]
-        self._slots: dict[Any, int] = {m: i for i, m in enumerate(self._modules)}
         for layer, module in zip(self.layers, self._modules):
             if getattr(module, "sliding_window", None) is not None:
                 raise ArchitectureError(
@@ -398,6 +471,7 @@ class YieldRecorder:
         self._weights_on: dict[torch.device, torch.Tensor] = {self.weights.device: self.weights}
         self._result: AttentionYield | None = None
         self._active = False
+        self._static = False
         self._clear()
 
     def _current_impl(self) -> str:
@@ -407,10 +481,13 @@ class YieldRecorder:
                 f"decoder attention implementations differ across layers: {sorted(map(str, impls))}"
             )
         impl = impls.pop() or "sdpa"
+        if impl.startswith(_PREFIX):  # inside another recorder's context: the same dispatcher
+            impl = impl[len(_PREFIX) :]
         if "flex" in impl or impl.startswith("paged"):
             raise ArchitectureError(
                 f"attention implementation {impl!r} is not supported by the yield recorder; "
-                "expected sdpa, eager or flash_attention_*"
+                "expected sdpa, eager or flash_attention_* (auralens.interp.kernel_yield records "
+                "from flex attention's log-sum-exp)"
             )
         return impl
 
@@ -422,9 +499,11 @@ class YieldRecorder:
 
     def _clear(self) -> None:
         n = len(self._modules)
-        self._calls: list[list[tuple[torch.Tensor, int, torch.Tensor | None]]] = [[] for _ in range(n)]
-        self._keys: list[torch.Tensor | None] = [None] * n
-        self._scales: list[float | None] = [None] * n
+        self._chunks: list[list[torch.Tensor]] = [[] for _ in range(n)]  # step rows, 64 per buffer
+        self._n_rows = [0] * n  # step rows written per slot
+        self._prompt_rows: list[torch.Tensor | None] = [None] * n  # [b, P, h, bins] (all_prompt)
+        self._pos = [0] * n  # positions seen in this sequence (static caches)
+        self._last: list[int | None] = [None] * n  # position of the most recent recorded row
 
     # --- context protocol ---------------------------------------------------------------------
 
@@ -433,32 +512,42 @@ class YieldRecorder:
             raise ConfigError(
                 "YieldRecorder: this recorder is already active; nest a second YieldRecorder instead"
             )
-        # Read now, not at construction: inside another recorder's context this wraps that one.
         impl = self._current_impl()
-        functions = compat.attention_functions()
-        if impl in functions:
-            orig = functions[impl]
-        else:  # "eager": the modeling file's own function
-            orig = compat.eager_attention_forward(self._modules[0])
-            if orig is None:
-                raise ArchitectureError(
-                    f"attention implementation {impl!r}: {type(self._modules[0]).__module__} has no "
-                    "eager_attention_forward to wrap"
-                )
+        if impl not in compat.attention_functions():
+            for m in self._modules:
+                fn = compat.eager_attention_forward(m)
+                if fn is None:
+                    raise ArchitectureError(
+                        f"attention implementation {impl!r}: {type(m).__module__} has no "
+                        "eager_attention_forward to wrap"
+                    )
+                _EAGER_FNS[type(m)] = fn
         mask_impl = impl if impl in compat.mask_functions() else "sdpa"
-        self._orig = orig
-        # Unique per context (two recorders on two models at once must not share a name); the
-        # original name comes last so flash-attention checks on the name still hold.
-        self._name = f"{_PREFIX}{next(_counter)}+{impl}"
+        # One stable name per kernel (a compiled step traced with it stays valid for the next
+        # recorder); the kernel's name comes last so flash-attention checks on the name hold.
+        self._name = f"{_PREFIX}{impl}"
         self._clear()
         self._result = None
         self._first_row = 0 if self.config.rows == "all_prompt" else self.audio_mask.shape[1] - 1
         self._saved = [(c, compat.get_attn_impl(c)) for c in self._configs]
         self._hook = None
+        self._watching: list[int] = []
         try:
-            compat.register_attention(self._name, self._attention, mask_impl)
+            if self._name not in _NAMES:
+                compat.register_attention(self._name, _dispatcher(impl), mask_impl)
+            _NAMES[self._name] = _NAMES.get(self._name, 0) + 1
+            self._registered = True
+            device = self.audio_mask.device
+            for m in self._modules:
+                for p in m.parameters():
+                    device = p.device
+                    break
+            _SINKS.setdefault(device, torch.zeros(1, dtype=torch.int64, device=device))
             for cfg, _ in self._saved:
                 compat.set_attn_impl(cfg, self._name)
+            for slot, m in enumerate(self._modules):
+                _WATCHERS.setdefault(id(m), []).append((self, slot))
+                self._watching.append(id(m))
             self._hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         except BaseException:
             self._restore()
@@ -483,47 +572,90 @@ class YieldRecorder:
         for cfg, value in getattr(self, "_saved", []):
             compat.set_attn_impl(cfg, value)
         self._saved = []
-        name = getattr(self, "_name", None)
-        if name is not None:
-            compat.unregister_attention(name)
+        for mid in getattr(self, "_watching", []):
+            left = [w for w in _WATCHERS.get(mid, []) if w[0] is not self]
+            if left:
+                _WATCHERS[mid] = left
+            else:
+                _WATCHERS.pop(mid, None)
+        self._watching = []
+        if getattr(self, "_registered", False):
+            self._registered = False
+            _NAMES[self._name] -= 1
+            if _NAMES[self._name] == 0:
+                del _NAMES[self._name]
+                compat.unregister_attention(self._name)
 
-    # --- hot path -----------------------------------------------------------------------------
+    # --- per attention call (eager Python; inside a compiled step, the custom op's body) --------
 
-    def _attention(self, module, query, key, value, attention_mask, **kwargs):
-        out = self._orig(module, query, key, value, attention_mask, **kwargs)
-        slot = self._slots.get(module)
-        if slot is not None:
-            q_len = query.shape[2]
+    def _record(self, slot: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                scale: float) -> None:
+        q_len = query.shape[2]
+        if self._static:  # keys are the whole pre-allocated cache: count positions instead
+            start = self._pos[slot]
+            self._pos[slot] += q_len
+        else:
             start = key.shape[2] - q_len
-            calls = self._calls[slot]
-            if start == 0:
-                calls.clear()
-            lo = self._first_row - start
-            if lo < q_len:
-                if lo > 0:
-                    query = query[:, :, lo:]
-                    if attention_mask is not None and attention_mask.ndim == 4:
-                        attention_mask = attention_mask[:, :, lo:]
-                    if start == 0:  # prefill: keep one row, not the whole prompt's queries
-                        query = query.clone()
-                else:
-                    lo = 0
-                calls.append((query, start + lo, attention_mask))
-            self._keys[slot] = key
-            self._scales[slot] = kwargs.get("scaling")
-        return out
+        if start == 0:  # a new sequence: forget the previous one
+            self._chunks[slot], self._n_rows[slot], self._prompt_rows[slot] = [], 0, None
+            self._last[slot] = None
+        lo = max(0, self._first_row - start)
+        if lo >= q_len:
+            return
+        if lo > 0:
+            query = query[:, :, lo:]
+            if mask is not None and mask.ndim == 4:
+                mask = mask[:, :, lo:]
+        b, t = key.shape[0], key.shape[2]
+        p0 = start + lo
+        r = q_len - lo
+        if b != self.audio_mask.shape[0]:
+            raise PromptError(
+                f"YieldRecorder: the model ran on batch size {b}, audio_mask has batch size "
+                f"{self.audio_mask.shape[0]}"
+            )
+        bias = torch.empty(b, r, t, device=key.device, dtype=torch.float32)
+        _mask_rows_bias(mask, torch.arange(p0, p0 + r, device=key.device), b, t, bias)
+        y = _yield_rows(query, key, bias, self._weights(key.device), scale, self.config.chunk_bytes)
+        self._store(slot, p0, y)
+
+    def _store(self, slot: int, p0: int, y: torch.Tensor) -> None:
+        """Keep the yields ``y`` [b, r, h, bins] of positions ``p0 ...``: prompt rows (all_prompt)
+        in one [b, P, h, bins] tensor, step rows (positions >= P - 1) in 64-row buffers."""
+        b, r, h, k = y.shape
+        p = self.audio_mask.shape[1]
+        self._last[slot] = p0 + r - 1
+        if self.config.rows == "all_prompt" and p0 < p:
+            if self._prompt_rows[slot] is None:
+                self._prompt_rows[slot] = torch.full((b, p, h, k), float("nan"), device=y.device)
+            n = min(r, p - p0)
+            self._prompt_rows[slot][:, p0 : p0 + n] = y[:, :n]
+        s0 = p0 - (p - 1)
+        if s0 < 0:
+            if r + s0 <= 0:
+                return
+            y, s0 = y[:, -s0:], 0
+        chunks = self._chunks[slot]
+        i = 0
+        while i < y.shape[1]:
+            s = s0 + i
+            c, off = divmod(s, _CHUNK_ROWS)
+            while len(chunks) <= c:
+                chunks.append(torch.full((b, _CHUNK_ROWS, h, k), float("nan"), device=y.device))
+            n = min(y.shape[1] - i, _CHUNK_ROWS - off)
+            chunks[c][:, off : off + n] = y[:, i : i + n]
+            i += n
+        self._n_rows[slot] = max(self._n_rows[slot], s0 + y.shape[1])
 
     def _pre_forward(self, module, args, kwargs):
-        if compat.is_static_cache(kwargs):
-            raise ConfigError(
-                f"YieldRecorder: the KV cache is a {type(compat.find_cache(kwargs)).__name__} "
-                "(static/compileable); expected the default DynamicCache (query positions are read "
-                "from the cache length)"
-            )
+        if torch.compiler.is_compiling():  # a compiled decode step: the prefill was checked eagerly
+            return None
+        self._static = compat.is_static_cache(kwargs)
+        if not compat.is_prefill(kwargs):  # decode step: the prompt was checked at prefill
+            return None
+        self._pos = [0] * len(self._modules)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if not isinstance(input_ids, torch.Tensor):
-            return None
-        if not compat.is_prefill(kwargs):  # decode step: the prompt was checked at prefill
             return None
         b, p = self.audio_mask.shape
         if input_ids.ndim != 2 or input_ids.shape[0] != b or input_ids.shape[1] < p:
@@ -540,7 +672,7 @@ class YieldRecorder:
             )
         return None
 
-    # --- finalisation ---------------------------------------------------------------------------
+    # --- results ----------------------------------------------------------------------------------
 
     @property
     def result(self) -> AttentionYield:
@@ -556,91 +688,55 @@ class YieldRecorder:
         """Total audio yield per step row (shortcut for ``result.total``)."""
         return self.result.total
 
+    def held_bytes(self) -> int:
+        """Bytes of the tensors this recorder retains right now (each storage counted once): the
+        yield buffers and the audio-key indicator.  The measure :mod:`auralens.bench` checks
+        against ``L * B * H * N * bins * 4`` (it also walks the object graph independently)."""
+        tensors = [t for c in self._chunks for t in c] + [t for t in self._prompt_rows if t is not None]
+        tensors += list(self._weights_on.values()) + [self.audio_mask]
+        seen: dict[int, int] = {}
+        for t in tensors:
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+        return sum(seen.values())
+
     def latest(self, layer: int) -> Float[torch.Tensor, "batch head bin"]:
         """Yield of every head of ``layer`` at the most recent query row recorded so far.
 
         For live use inside the context (e.g. a gate that reacts to the listening signal while
-        ``generate`` runs): computes that one row on demand, with the formula of the final pass.
-        """
+        ``generate`` runs): the row was computed when its attention call ran, so this is a copy."""
         if layer not in self.layers:
             raise ConfigError(f"layer {layer!r}: not recorded; this recorder records {self.layers}")
         slot = self.layers.index(layer)
-        calls, key = self._calls[slot], self._keys[slot]
-        if not calls or key is None:
+        pos = self._last[slot]
+        if pos is None:
             raise ConfigError(f"layer {layer}: no query row recorded yet (run a forward first)")
-        q, start, mask = calls[-1]
-        r = q.shape[2]
-        if isinstance(mask, torch.Tensor) and mask.ndim == 4:
-            mask = mask[:, :, r - 1 :]
-        kv_total = key.shape[2]
-        bias = torch.empty(q.shape[0], 1, kv_total, device=key.device, dtype=torch.float32)
-        _mask_rows_bias(mask, torch.tensor([start + r - 1], device=key.device), q.shape[0], kv_total, bias)
-        scale = self._scales[slot]
-        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        y = _yield_rows(q[:, :, r - 1 :], key, bias, self._weights(key.device), scale, self.config.chunk_bytes)
-        return y[:, 0]
+        s = pos - (self.audio_mask.shape[1] - 1)
+        if s < 0:
+            rows = self._prompt_rows[slot]
+            assert rows is not None
+            return rows[:, pos].clone()
+        c, off = divmod(s, _CHUNK_ROWS)
+        return self._chunks[slot][c][:, off].clone()
 
     def _finalize(self) -> AttentionYield:
         b, p = self.audio_mask.shape
         n_layers, n_heads, n_bins = len(self.layers), self.arch.n_heads, self.config.time_bins
-        # per slot: (slot, its calls, keys, mask bias, query positions), None for a slot not called
-        plans: list[
-            tuple[int, list[tuple[torch.Tensor, int, torch.Tensor | None]], torch.Tensor, torch.Tensor, list[int]] | None
-        ] = []
-        bias_cache: dict[tuple, torch.Tensor] = {}
-        n_steps = 0
-        for slot, calls in enumerate(self._calls):
-            key = self._keys[slot]
-            if not calls or key is None:
-                plans.append(None)
-                continue
-            if key.shape[0] != b:
-                raise PromptError(
-                    f"YieldRecorder: the model ran on batch size {key.shape[0]}, audio_mask has "
-                    f"batch size {b}"
-                )
-            t = key.shape[2]
-            positions = [pos for q, start, _ in calls for pos in range(start, start + q.shape[2])]
-            n_steps = max(n_steps, max(positions) - (p - 1) + 1)
-            sig = (t,) + tuple((id(m), start, q.shape[2]) for q, start, m in calls)
-            bias = bias_cache.get(sig)
-            if bias is None:
-                bias = torch.empty(b, len(positions), t, device=key.device, dtype=torch.float32)
-                r0 = 0
-                for q, start, m in calls:
-                    r = q.shape[2]
-                    pos = torch.arange(start, start + r, device=key.device)
-                    _mask_rows_bias(m, pos, b, t, bias[:, r0 : r0 + r])
-                    r0 += r
-                bias_cache[sig] = bias
-            plans.append((slot, calls, key, bias, positions))
-
+        n_steps = max(self._n_rows)
         device = self.weights.device
-        for plan in plans:
-            if plan is not None:
-                device = plan[2].device
+        for chunks in self._chunks:
+            if chunks:
+                device = chunks[0].device
                 break
         steps = torch.full((b, n_steps, n_layers, n_heads, n_bins), float("nan"), device=device)
+        for slot, chunks in enumerate(self._chunks):
+            n = self._n_rows[slot]
+            if n:
+                steps[:, :n, slot] = torch.cat(chunks, 1)[:, :n]
         prompt = None
         if self.config.rows == "all_prompt":
             prompt = torch.full((b, p, n_layers, n_heads, n_bins), float("nan"), device=device)
-        for plan in plans:
-            if plan is None:
-                continue
-            slot, calls, key, bias, positions = plan
-            query = torch.cat([q for q, _, _ in calls], dim=2) if len(calls) > 1 else calls[0][0]
-            scale = self._scales[slot]
-            scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
-            y = _yield_rows(query, key, bias, self._weights(key.device), scale, self.config.chunk_bytes)
-            rows = [i for i, pos in enumerate(positions) if pos >= p - 1]
-            if rows:
-                src = torch.tensor(rows, device=y.device)
-                dst = torch.tensor([positions[i] - (p - 1) for i in rows], device=y.device)
-                steps[:, :, slot].index_copy_(1, dst, y.index_select(1, src))
-            if prompt is not None:
-                rows = [i for i, pos in enumerate(positions) if pos < p]
-                if rows:
-                    src = torch.tensor(rows, device=y.device)
-                    dst = torch.tensor([positions[i] for i in rows], device=y.device)
-                    prompt[:, :, slot].index_copy_(1, dst, y.index_select(1, src))
+            for slot, rows in enumerate(self._prompt_rows):
+                if rows is not None:
+                    prompt[:, :, slot] = rows
         return AttentionYield(binned=steps, prompt_binned=prompt, layers=self.layers, prompt_len=p)

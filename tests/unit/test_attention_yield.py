@@ -497,10 +497,6 @@ def test_errors_before_anything_runs(tiny_model, unchecked_shapes):  # the recor
         rec = YieldRecorder(model, arch, bad)
         with pytest.raises(PromptError, match=match), rec:
             model.generate(**batch, max_new_tokens=2)
-    # static caches: positions cannot be read from the cache length
-    rec = YieldRecorder(model, arch, mask)
-    with pytest.raises(ConfigError, match="static"), rec:
-        model.generate(**batch, max_new_tokens=2, cache_implementation="static")
     assert not ran
 
 
