@@ -30,7 +30,7 @@ from auralens.dashboards import launch
 from auralens.dashboards.report import write_report
 from auralens.finetuning.config import FinetuneConfig
 from auralens.finetuning.recipe import finetune
-from auralens.interp import ablation, evaluate, record
+from auralens.interp import ablation, evaluate, patching, record
 from auralens.interp.arch import TABLES, UNSUPPORTED, describe, load_entry_point_tables, load_table_file
 from auralens.interp.distributed import is_main
 from auralens.interp.errors import AuralensError, ConfigError
@@ -652,6 +652,24 @@ def ablate_cmd(cfg, as_json: bool = JsonOpt) -> None:
          f"top-k heads {res['top_k']}; wrote {res['run']}")
 
 
+@_stage_command(app, "patch", "auralens.interp.patching:PatchConfig")
+def patch_cmd(cfg, as_json: bool = JsonOpt) -> None:
+    """Audio -> silence activation patching per decoder layer x position group (audio tokens, text
+    after them, the last prompt token; the text before the audio is the exact null)."""
+
+    res = patching.stage_patch(**cfg.options(), quiet=as_json)
+    if as_json:
+        _echo_json(res)
+        return
+    _say(f"{res['model']} on {res['data']} (n={res['n']}, {res['direction']}); clean - silence score "
+         f"{res['clean_minus_corrupt']:+.3f}; restored share by layer x group:")
+    for row in res["table"]:
+        if row["n"]:
+            _say(f"  layer {row['layer']:>3} {row['group']:<13} effect {row['effect']:+.3f} "
+                 f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  restored {row['restored']:+.2f}  (n={row['n']})")
+    _say(f"wrote {res['run']}")
+
+
 @_stage_command(app, "probe", "auralens.probes.stage:ProbeStageConfig")
 def probe_cmd(cfg, as_json: bool = JsonOpt) -> None:
     """Linear probes for audio attributes, by layer and by reasoning step."""
@@ -693,15 +711,28 @@ def export_cmd(
     vec: Path = typer.Argument(..., help="A steering vector file (safetensors, gguf or npz)."),
     fmt: str = typer.Option(..., "--format", help="safetensors | gguf | npz"),
     out: Path = typer.Option(..., "--out", help="Output file (its extension must match --format)."),
+    model_hint: str | None = typer.Option(
+        None, "--model-hint", help="gguf: controlvector.model_hint, the decoder's llama.cpp architecture "
+                                   "(default: the one auralens knows for the vector's model, e.g. llama, qwen2)."),
+    as_json: bool = JsonOpt,
 ) -> None:
-    """Convert a steering vector between safetensors, llama.cpp GGUF control vectors and npz."""
-    from auralens.steering.formats import export, load_vector
+    """Convert a steering vector between safetensors, llama.cpp GGUF control vectors and npz.
+
+    For gguf, how llama.cpp will apply the vector differently from auralens (it steers every
+    position) is printed as one warning line on stderr and listed under "warnings" (--json)."""
+    from auralens.steering.formats import export_report, load_vector
 
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r}: expected a file path, found a directory")
     v = load_vector(vec)
-    path = export(v, out, fmt)
-    typer.echo(f"wrote {path}")
+    report = export_report(v, out, fmt, model_hint=model_hint)
+    if report["warnings"]:
+        typer.echo(f"warning: llama.cpp will apply {report['path']} differently: " + "; ".join(report["warnings"]),
+                   err=True)
+    if as_json:
+        _echo_json(report)
+    else:
+        typer.echo(f"wrote {report['path']}")
 
 
 @_command(app, "dashboard")

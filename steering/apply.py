@@ -33,6 +33,11 @@ Positions (``positions=``), for a batch left-padded as the processor pads it:
   token generated at step ``t-1`` read back at step ``t``).  The last generated token is never
   read back, so it is never steered.
 - ``"both"``: the two together.
+- ``"all"``: every position: all prompt columns at the prefill (padding included; padded
+  columns are masked out of attention, so what they carry reaches no other position) and every
+  decoding step.  This is what llama.cpp does with a control vector (``build_cvec`` adds it to
+  every token's block output, prompt included), so ``positions="all"`` is the mode whose
+  results carry over to an exported GGUF control vector (:mod:`auralens.steering.formats`).
 - ``"answer"``: only the decoding steps that emit the answer: in each row, every decoding step
   from the one whose query token completes the text ``answer :`` in that row's *generated*
   tokens (the marker of every answer format, :mod:`auralens.interp.cafe.formats`; for ``direct`` the
@@ -114,7 +119,7 @@ __all__ = [
 ]
 
 #: the position rules implemented here (the built-in entries of :data:`auralens.steering.registry.POSITIONS`)
-POSITION_MODES: tuple[str, ...] = ("last_prompt", "generated", "both", "answer")
+POSITION_MODES: tuple[str, ...] = ("last_prompt", "generated", "both", "answer", "all")
 ANSWER_MARKER = re.compile(r"answer\s*:\s*$", re.IGNORECASE)
 _DANGLING = r".*was never reached: the loop asked for a step the run did not make.*"
 
@@ -260,9 +265,13 @@ def steer_tensor(
     steering).
 
     A forward with more than one query position is the prefill (``last_prompt`` edits its last
-    column); one with a single position is a decoding step (``generated`` edits it).  Returns
+    column); one with a single position is a decoding step (``generated`` edits it); ``all``
+    edits every column of every forward.  Returns
     ``h`` itself when nothing is to be added at this forward."""
     prefill = h.shape[-2] > 1
+    if positions == "all":  # every column of every forward, as llama.cpp's build_cvec
+        add = delta if scale is None else scale.to(h.dtype)[:, None] * delta
+        return h + (add if add.ndim == 1 else add[:, None, :])
     if positions == "answer":  # the row mask (which rows are past ``answer :``) comes as ``scale``
         positions = "generated"
     if prefill and positions in ("last_prompt", "both"):

@@ -29,9 +29,14 @@ GGUF (``.gguf``), llama.cpp's control-vector convention
     ``ControlVector.export_gguf`` write them:
 
     - ``general.architecture`` = ``"controlvector"`` (string)
-    - ``controlvector.model_hint`` (string; informational, llama.cpp does not read it; default
-      the vector's ``architecture``)
-    - ``controlvector.layer_count`` (uint32) = number of direction tensors in the file
+    - ``controlvector.model_hint`` (string): the llama.cpp architecture of the decoder the vector
+      steers (:func:`llama_cpp_arch`: ``"qwen2"`` for Qwen2-Audio's and micro's decoder,
+      ``"llama"`` for smol-audio's SmolLM2), which is what ``cvector-generator`` writes (the
+      model's ``general.architecture``) and what repeng writes and reads back as its
+      ``model_type`` (the HF ``config.model_type`` of the causal LM, the same names for these
+      models); llama.cpp's loader does not read it
+    - ``controlvector.layer_count`` (uint32) = number of direction tensors in the file (repeng
+      writes it so; ``cvector-generator`` as int32; llama.cpp's loader does not read it)
     - one F32 1-D tensor ``direction.N`` of ``n_embd`` elements per steered layer
 
     Layer numbering, from llama.cpp's source (``common/common.cpp``
@@ -61,6 +66,16 @@ GGUF (``.gguf``), llama.cpp's control-vector convention
     ``tools/cvector-generator/pca.hpp``), i.e. the direction it writes for layer N was measured one
     layer earlier than where the loader adds it; files imported from it keep the loader's
     meaning.  ``attn.hook_z`` vectors have no control-vector form and are refused.
+
+    Positions: llama.cpp adds every ``direction.N`` at every token position, the prompt's
+    included (``positions="all"`` of :func:`auralens.steering.apply.apply_vector`), while a
+    fitted vector was measured at some positions (``extra['positions']``, e.g. the last prompt
+    token) and ``steer eval`` applies it at its position modes (default ``last_prompt``).
+    :func:`llama_cpp_notes` lists how llama.cpp will apply a vector differently from how it was
+    fitted and evaluated (positions, ``default_alpha``, an unknown model hint); ``auralens export
+    --format gguf`` prints them as one warning line on stderr and returns them (``--json``).
+    A vector whose ``extra['apply_positions']`` is ``"all"`` (evaluated as llama.cpp applies it)
+    gets no positions note.
 
     llama.cpp applies the file with its own strength (``--control-vector-scaled FILE S``) and
     layer range (``--control-vector-layer-range``, default 1..n_layer), so ``default_alpha`` is
@@ -106,7 +121,10 @@ __all__ = [
     "convert",
     "detect_format",
     "export",
+    "export_report",
     "gguf_layer_index",
+    "llama_cpp_arch",
+    "llama_cpp_notes",
     "load_gguf",
     "load_npz",
     "load_safetensors",
@@ -394,6 +412,51 @@ def gguf_layer_index(site: str, layer: int) -> int:
     )
 
 
+#: llama.cpp architecture (``general.architecture`` of the decoder's own GGUF) by auralens model id,
+#: then by architecture table, for vectors that do not record ``extra['decoder_model_type']``
+#: (``auralens steer fit`` records it: the text config's ``model_type``, which is llama.cpp's
+#: architecture name for these decoders).  smol-audio is a Qwen2-Audio class around SmolLM2.
+LLAMA_CPP_ARCH_BY_MODEL: dict[str, str] = {"smol-audio": "llama"}
+LLAMA_CPP_ARCH_BY_TABLE: dict[str, str] = {"qwen2_audio": "qwen2", "audioflamingo3": "qwen2", "voxtral": "llama"}
+
+
+def llama_cpp_arch(vec: SteeringVector) -> str | None:
+    """The llama.cpp architecture of the decoder ``vec`` steers (its GGUF ``model_hint``), or
+    None when auralens does not know it (see :data:`LLAMA_CPP_ARCH_BY_MODEL`)."""
+    recorded = vec.extra.get("decoder_model_type")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    hint = vec.extra.get("model_hint") if vec.method == "llama_cpp_import" else None
+    if isinstance(hint, str) and hint:
+        return hint
+    return LLAMA_CPP_ARCH_BY_MODEL.get(vec.model_id) or LLAMA_CPP_ARCH_BY_TABLE.get(vec.architecture)
+
+
+def llama_cpp_notes(vec: SteeringVector, *, model_hint: str | None = None) -> list[str]:
+    """How llama.cpp will apply ``vec`` exported as a control vector differently from how
+    auralens fitted or evaluated it (empty when nothing differs); see the module docstring."""
+    notes = []
+    if vec.method != "llama_cpp_import" and vec.extra.get("apply_positions") != "all":
+        fit = vec.extra.get("positions", "unrecorded")
+        notes.append(
+            f"positions: llama.cpp adds the vector at every token position (prompt included); it was fitted at "
+            f"{fit!r} and auralens steers 'last_prompt' unless told otherwise: positions='all' (steer eval "
+            "--positions all) is what llama.cpp does")
+    if vec.hook == "hook_resid_pre":
+        notes.append(
+            "site: hook_resid_pre of layer L is written as direction.{L-1} (llama.cpp adds to block outputs; "
+            "the output of block L-1 is the input of block L)")
+    if vec.default_alpha != 1.0:
+        notes.append(
+            f"strength: default_alpha {vec.default_alpha:g} is not in the file; llama.cpp applies strength 1 "
+            f"unless run with --control-vector-scaled FILE:{vec.default_alpha:g}")
+    if model_hint is None and llama_cpp_arch(vec) is None:
+        notes.append(
+            f"model_hint: auralens does not know the llama.cpp architecture of {vec.model_id!r} "
+            f"({vec.architecture}); wrote {vec.architecture!r}, pass model_hint= (--model-hint) to set it")
+    return notes
+
+
 def _layer_from_gguf(site: str, n: int) -> int:
     return n if site == SITE_PATTERNS["hook_resid_post"] else n + 1
 
@@ -426,7 +489,7 @@ def save_gguf(vec: SteeringVector, path: str | os.PathLike[str], *, model_hint: 
             )
         arrays[numbers[L]] = f32.numpy()
     meta = vec.metadata()
-    hint = model_hint if model_hint is not None else vec.architecture
+    hint = model_hint if model_hint is not None else (llama_cpp_arch(vec) or vec.architecture)
 
     def write(p: Path) -> None:
         writer = gguf.GGUFWriter(p, GGUF_ARCHITECTURE)  # sets general.architecture
@@ -596,6 +659,12 @@ def export(vec: SteeringVector, path: str | os.PathLike[str], format: str | None
                 f"or an explicit format {sorted(FORMATS)}, found {path.suffix!r}"
             )
         format = by_ext
+    _check_export_path(path, format)
+    return _SAVERS[format](vec, path)
+
+
+def _check_export_path(path: Path, format: str) -> None:
+    by_ext = _format_from_extension(path)
     if format not in FORMATS:
         raise ConfigError(f"export format: expected one of {sorted(FORMATS)}, found {format!r}")
     if by_ext is not None and by_ext != format:
@@ -603,7 +672,31 @@ def export(vec: SteeringVector, path: str | os.PathLike[str], format: str | None
             f"export path {str(path)!r}: extension {path.suffix!r} means {by_ext}, but format "
             f"{format!r} was asked for; expected the extension {FORMATS[format]!r}"
         )
-    return _SAVERS[format](vec, path)
+
+
+def export_report(vec: SteeringVector, path: str | os.PathLike[str], format: str | None = None, *,
+                  model_hint: str | None = None) -> dict[str, Any]:
+    """:func:`export`, and what was written: ``{"path", "format", "warnings"}`` plus, for a GGUF
+    control vector, ``model_hint``, ``layer_count`` and ``directions`` (``{"direction.N": L}``);
+    ``warnings`` are :func:`llama_cpp_notes` for GGUF, else empty."""
+    fmt = format if format is not None else _format_from_extension(Path(path))
+    if model_hint is not None and fmt != "gguf":
+        raise ConfigError(f"model_hint: only a GGUF control vector has one, found format {fmt!r}")
+    if model_hint is not None and (not isinstance(model_hint, str) or not model_hint.strip()):
+        raise ConfigError(f"model_hint: expected a llama.cpp architecture name such as 'llama', found {model_hint!r}")
+    if fmt == "gguf" and model_hint is not None:
+        _check_export_path(Path(path), fmt)
+        out = save_gguf(vec, path, model_hint=model_hint)
+    else:
+        out = export(vec, path, format)
+        fmt = _format_from_extension(out) if format is None else format
+    report: dict[str, Any] = {"path": str(out), "format": fmt, "warnings": []}
+    if fmt == "gguf":
+        report["model_hint"] = model_hint if model_hint is not None else (llama_cpp_arch(vec) or vec.architecture)
+        report["layer_count"] = len(vec.layers)
+        report["directions"] = {f"direction.{gguf_layer_index(vec.site, L)}": L for L in vec.layers}
+        report["warnings"] = llama_cpp_notes(vec, model_hint=model_hint)
+    return report
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:

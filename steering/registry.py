@@ -136,6 +136,7 @@ register_position("last_prompt", help="")
 register_position("generated", help="")
 register_position("both", help="")
 register_position("answer", help="the generated tokens from the one after 'answer :' on")
+register_position("all", help="every position, the prompt's included (what a llama.cpp control vector does)")
 
 
 #: the rules ``steer eval`` may choose its setting on dev by (:func:`auralens.steering.nulls.choose_on_dev`)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from auralens.interp.errors import ConfigError
-from auralens.steering import registry
+from auralens.steering import apply, registry
 from auralens.steering.evaluate import SweepConfig, check_betas
 from auralens.steering.stage_eval import SteerEvalConfig
 
@@ -27,7 +27,8 @@ def _registered(reg, name, **kw):
 
 def test_builtin_choices_and_help():
     assert registry.MODES.names() == ("mean", "per_input")
-    assert registry.POSITIONS.names() == ("last_prompt", "generated", "both", "answer")
+    assert registry.POSITIONS.names() == ("last_prompt", "generated", "both", "answer", "all")
+    assert registry.POSITIONS.names() == apply.POSITION_MODES  # every built-in rule is implemented
     assert registry.DIRECTIONS.controls() == ("random_direction", "random_heads")
     assert registry.MODES.help() == "mean (the fitted v) | per_input (s(x) per item)"
     help_ = {f.name: f.metadata["help"] for f in SteerEvalConfig.__dataclass_fields__.values()}
