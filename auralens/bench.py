@@ -98,6 +98,44 @@ def _timed(fn, device: str) -> tuple[float, Any, int]:
     return dt, out, mem.peak
 
 
+def yield_bytes_prediction(*, layers: int, batch: int, heads: int, steps: int, bins: int = 1) -> int:
+    """What the yields themselves take: ``L * B * H * N * bins`` float32."""
+    return layers * batch * heads * steps * bins * 4
+
+
+def retained_tensor_bytes(obj: Any, *, skip: tuple[Any, ...] = (), shapes: bool = False):
+    """Bytes of the tensors reachable from ``obj`` (each storage once), found by walking its
+    object graph with :func:`gc.get_referents`: the direct measure of what a recorder holds,
+    independent of its own accounting.  The walk does not enter ``skip`` (e.g. the model),
+    ``torch.nn.Module`` objects (their parameters are the model's), classes or functions.
+    With ``shapes=True`` also returns the shapes of the tensors found."""
+    import gc
+    import types
+
+    import torch
+
+    stop = {id(x) for x in skip}
+    seen: set[int] = set()
+    storages: dict[int, int] = {}
+    found: list[tuple[int, ...]] = []
+    todo = [obj]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen or id(x) in stop:
+            continue
+        seen.add(id(x))
+        if isinstance(x, torch.Tensor):
+            s = x.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+            found.append(tuple(x.shape))
+            continue
+        if isinstance(x, (torch.nn.Module, type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
+            continue
+        todo.extend(gc.get_referents(x))
+    total = sum(storages.values())
+    return (total, found) if shapes else total
+
+
 def _inputs(lm, clip_seconds: float, seed: int = 0):
 
     sr = lm.processor.feature_extractor.sampling_rate

@@ -43,7 +43,7 @@ Public API: :class:`YieldConfig`, :class:`AttentionYield`, :class:`YieldRecorder
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, no_type_check
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -335,6 +335,7 @@ def _record_call(module_id: int, query: torch.Tensor, key: torch.Tensor, mask: t
         rec._record(slot, query, key, mask, scale)
 
 
+@no_type_check  # traced by dynamo: no run-time type-check wrapper from the test suite's import hook
 def _record_op() -> Any:
     """``torch.ops.auralens.record_yield``: the recorder's per-call work as one opaque custom op,
     so a compiled decode step (``torch.compile``, inductor) calls it without a graph break.  The
@@ -342,9 +343,11 @@ def _record_op() -> Any:
     as dead code) and runs the eager Python of :meth:`YieldRecorder._record` on real tensors."""
     global _OP
     if _OP is None:
-        @torch.library.custom_op("auralens::record_yield", mutates_args=("sink",))
-        def record_yield(sink: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
-                         mask: torch.Tensor | None, scale: float, module_id: int) -> None:
+        # the schema is spelled out: annotations are strings here (postponed evaluation)
+        schema = "(Tensor(a!) sink, Tensor query, Tensor key, Tensor? mask, float scale, int module_id) -> ()"
+
+        @torch.library.custom_op("auralens::record_yield", mutates_args=("sink",), schema=schema)
+        def record_yield(sink, query, key, mask, scale, module_id):
             _record_call(module_id, query, key, mask, scale)
             sink.add_(1)
 
@@ -361,6 +364,7 @@ _SINKS: dict[torch.device, torch.Tensor] = {}
 _EAGER_FNS: dict[type, Any] = {}
 
 
+@no_type_check  # traced by dynamo: no run-time type-check wrapper from the test suite's import hook
 def _dispatcher(base_impl: str):
     """The attention function registered while recording: the model's own kernel for the output,
     then the yields of the rows this call computes (eagerly, or through the custom op when traced)."""
@@ -374,7 +378,7 @@ def _dispatcher(base_impl: str):
         scale = kwargs.get("scaling")
         scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
         if torch.compiler.is_compiling():
-            _record_op()(_SINKS[query.device], query, key, attention_mask, scale, id(module))
+            _OP(_SINKS[query.device], query, key, attention_mask, scale, id(module))
         else:
             _record_call(id(module), query, key, attention_mask, scale)
         return out
@@ -543,6 +547,7 @@ class YieldRecorder:
                     device = p.device
                     break
             _SINKS.setdefault(device, torch.zeros(1, dtype=torch.int64, device=device))
+            _record_op()  # defined eagerly: a traced step may call it
             for cfg, _ in self._saved:
                 compat.set_attn_impl(cfg, self._name)
             for slot, m in enumerate(self._modules):

@@ -84,6 +84,17 @@ def output_cache(outputs: Any) -> Any | None:
     return None
 
 
+def compile_config(**kwargs: Any) -> Any:
+    """A ``transformers.CompileConfig`` that ``generate`` honours on every device: its private
+    flag ``_compile_all_devices`` (otherwise ``generate`` compiles the decode step on CUDA/XPU/TPU
+    only, so a CPU test of a compiled step would silently run eagerly)."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(**kwargs)
+    config._compile_all_devices = True
+    return config
+
+
 # --- attention / mask function registries --------------------------------------------------------
 
 def attention_functions():
