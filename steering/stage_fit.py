@@ -65,7 +65,8 @@ class SteerFitConfig(ModelDataConfig):
     out_vector: Path = option(Path("vec.safetensors"), flag="--out", identity=False,
                               help="Vector file (.safetensors, .gguf or .npz).")
     seed: int = option(0, help="Data seed of the fit items.")
-    site: str = option("hook_resid_post", help="Site of the direction (hook_resid_post, attn.hook_z...).")
+    site: str = option("hook_resid_post", help="Site of the direction: hook_resid_post, hook_resid_pre (the input "
+                                               "of layer L = the output of L - 1; L >= 1) or attn.hook_z.")
     normalize: str = option("none", help="Normalisation of the direction: none | unit | resid_norm.")
     fmt: str = option("direct", identity="format", flag="--format", help="Answer format of the fit prompts.")
     batch_size: int = option(8, identity=False, help="Items per forward pass (>= 1).")
@@ -86,7 +87,14 @@ class SteerFitConfig(ModelDataConfig):
             self._set("layers", tuple(check_int("layers", L, minimum=0) for L in self.layers))
             if not self.layers:
                 raise ConfigError("layers: expected at least one decoder layer (or None), found none")
-        check_site(self.site)
+        if _fit_hook(self.site) == "hook_resid_pre":
+            if self.heads_from is not None and self.heads_use == "restrict":
+                raise ConfigError("site hook_resid_pre: expected a residual-stream direction (no --heads-from, or "
+                                  "--heads-use layers), found head-restricted heads_use='restrict'")
+            if self.layers is not None and 0 in self.layers:
+                raise ConfigError("site hook_resid_pre, layer 0: the input of layer 0 is the embedding output, which "
+                                  "auralens does not capture; expected layers >= 1 (hook_resid_pre of L is the "
+                                  "output of layer L - 1)")
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError(f"normalize: expected one of {list(NORMALIZATIONS)}, found {self.normalize!r}")
         check_formats(self.fmt, "format")
@@ -107,6 +115,35 @@ class SteerFitConfig(ModelDataConfig):
                     raise ConfigError(
                         f"--out {str(out_vector)!r}: expected a folder path, found that {str(parent)!r} is a file")
                 break
+
+
+def _fit_hook(site: str) -> str:
+    """The hook of a fit ``site``: ``hook_resid_pre`` (any spelling), else :func:`check_site`'s."""
+    from auralens.steering.vector import SITE_PATTERNS, normalize_site  # torch at module level
+
+    try:
+        pattern, layer = normalize_site(site)
+    except ConfigError:
+        pattern, layer = None, None
+    if pattern == SITE_PATTERNS["hook_resid_pre"] and layer is None:
+        return "hook_resid_pre"
+    return check_site(site)
+
+
+def _as_resid_pre(vec):
+    """A ``hook_resid_post`` vector at layers ``L - 1`` as the ``hook_resid_pre`` vector at ``L``:
+    the input of decoder layer ``L`` is the output of layer ``L - 1``, the same tensor (checked in
+    tests/unit/test_llamacpp_convention.py), so the fitted direction is unchanged."""
+    import dataclasses
+
+    from auralens.steering.vector import SITE_PATTERNS
+
+    extra = dict(vec.extra)
+    for key in ("raw_norm", "target_norm"):
+        if isinstance(extra.get(key), dict):
+            extra[key] = {str(int(k) + 1): v for k, v in extra[key].items()}
+    return dataclasses.replace(vec, directions={L + 1: v for L, v in vec.by_layer.items()},
+                               site=SITE_PATTERNS["hook_resid_pre"], extra=extra)
 
 
 @takes_config(SteerFitConfig)
@@ -158,6 +195,10 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
     else:
         layers = [lm.arch.n_layers - 1]  # the final representation (the paper's steering site)
         layers_from = "default: the last layer"
+    resid_pre = _fit_hook(site) == "hook_resid_pre"
+    if resid_pre and 0 in layers:
+        raise ConfigError(f"site hook_resid_pre: layers {sorted(layers)} include 0, whose input (the embedding "
+                          "output) auralens does not capture; expected layers >= 1")
     fit = {
         "model": model, "data": data, "n": len(items), "seed": int(seed), "positions": [str(p) for p in pos],
         "split": split_record(data, seed, items),
@@ -167,12 +208,18 @@ def stage_steer_fit(cfg: SteerFitConfig, *, lm=None, quiet: bool = True):
         "heads": [list(h) for h in heads], "heads_data": heads_data,
         "layers": [int(L) for L in layers], "layers_from": layers_from,
     }
+    # the decoder's model_type: llama.cpp's architecture name, the GGUF model_hint (steering.formats)
+    decoder = getattr(lm.arch.text_config(lm.model), "model_type", None)
+    extra = {"fit": fit, **({"decoder_model_type": decoder} if isinstance(decoder, str) and decoder else {})}
     vecs = fit_with_controls(
-        lm, items, layers=layers, positions=pos, site=site,
+        lm, items, layers=[L - 1 for L in layers] if resid_pre else layers, positions=pos,
+        site="hook_resid_post" if resid_pre else site,
         heads=heads if cfg.heads_use == "restrict" else (), normalize=normalize, fmt=fmt,
-        batch_size=cfg.batch_size, seed=seed, controls=False, extra={"fit": fit}, progress=not quiet,
+        batch_size=cfg.batch_size, seed=seed, controls=False, extra=extra, progress=not quiet,
     )
     vec = vecs["audio_minus_silence"]
+    if resid_pre:
+        vec = _as_resid_pre(vec)
     if is_main():  # every rank has the same vector (the activations are gathered)
         out_vector.parent.mkdir(parents=True, exist_ok=True)
         export(vec, out_vector)
