@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.auralens-installed
 PIPQ := --quiet --disable-pip-version-check
 
-.PHONY: demo test test-unit test-integration lint venv bench compat compat-oldest lock clean
+.PHONY: demo test test-unit test-integration lint venv bench compat compat-oldest lock clean interop
 
 # Installs exactly requirements.lock (the versions CI tests), then auralens itself without
 # re-resolving.  torch is pinned by a pip constraint so nothing ever swaps the local CPU build
@@ -54,6 +54,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/auralens bench yield --json
+
+# llama.cpp applies auralens' GGUF control vectors as transformers does (not part of test): builds
+# llama.cpp from the llama-cpp-python sdist into ~/.cache/auralens/llama.cpp-<version> once (~21 min
+# on 2 busy cores), then compares logits on smol-audio's SmolLM2 decoder (scripts/interop/check.py).
+INTEROP_JOBS ?= 2
+interop: $(STAMP)
+	bin=$$(scripts/interop/build.sh $(PY) $(INTEROP_JOBS)) && \
+	  OMP_NUM_THREADS=2 $(PY) scripts/interop/check.py "$$bin" runs/interop
 
 # Newest releases of the fast-moving packages in a throwaway venv (not part of test or CI).
 compat:
