@@ -10,6 +10,7 @@ with real audio and with silence.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +18,26 @@ from typing import Any
 
 from auralens.interp.answers import extraction_counts
 from auralens.interp.distributed import on_main
+from auralens.interp.errors import ConfigError
 from auralens.interp.generation import AUDIO_MODES, GenerationConfig, generate_batch, item_row, model_inputs
 from auralens.interp.items import Item
-from auralens.interp.runs import RowLog, check_dtype, check_formats, check_int, check_n, fill_rows, load_items, open_run
+from auralens.interp.runs import (
+    RowLog,
+    atomic_write_with,
+    check_dtype,
+    check_formats,
+    check_int,
+    check_n,
+    fill_rows,
+    load_items,
+    open_run,
+)
 from auralens.interp.schemas import ACCURACY, EVAL_ITEMS
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
 from auralens.interp.stats import accuracy_ci
 
-__all__ = ["EvalConfig", "chance_json", "extraction_json", "run_eval", "stage_eval", "summarize", "summary_json"]
+__all__ = ["EvalConfig", "chance_json", "extraction_json", "run_eval", "stage_eval", "summarize", "summary_json",
+           "write_mmau_output"]
 
 
 def run_eval(
@@ -43,7 +56,8 @@ def run_eval(
     def rows_for(job, chunk):
         fmt, mode = job
         _, texts = generate_batch(lm, model_inputs(lm, chunk, fmt, mode), cfg)
-        return [item_row(it, fmt, mode, t) for it, t in zip(chunk, texts)]
+        return [{**item_row(it, fmt, mode, t), "task": it.task, "difficulty": it.difficulty}
+                for it, t in zip(chunk, texts)]
 
     return fill_rows([(f, a) for f in formats for a in audio_modes], items,
                      key=lambda it, job: f"{it.item_id}|{job[0]}|{job[1]}", rows_for=rows_for,
@@ -112,6 +126,10 @@ class EvalConfig(ModelDataConfig):
     seed: int = option(7, help="Data seed (cafe).")
     dtype: str = option("auto", help=DTYPE_HELP)
     command: str = option("auralens eval", identity=False, cli=False, help="The command line that started the run.")
+    mmau_output: Path | None = option(None, identity=False,
+                                      help="Also write MMAU's prediction JSON here (.json): each input row plus "
+                                           "model_output (the whole generated text, with the audio, first format) and "
+                                           "auralens_extracted (the span auralens scores), for MMAU's evaluation.py.")
 
     def __post_init__(self) -> None:
         check_n(self.n)
@@ -121,11 +139,37 @@ class EvalConfig(ModelDataConfig):
         check_dtype(self.dtype)
         if self.out is not None:
             self._set("out", Path(self.out))
+        if self.mmau_output is not None:
+            path = Path(self.mmau_output)
+            self._set("mmau_output", path)
+            if path.suffix.lower() != ".json" or path.is_dir():
+                raise ConfigError(f"--mmau-output {str(path)!r}: expected a .json file path, found "
+                                  + ("a directory" if path.is_dir() else f"the extension {path.suffix!r}"))
+            if path.parent.exists() and not path.parent.is_dir():
+                raise ConfigError(f"--mmau-output {str(path)!r}: expected a folder path, found that "
+                                  f"{str(path.parent)!r} is a file")
 
     @property
     def run_folder(self) -> Path:
         """``out``, or ``runs/eval-<model folder name>``."""
         return self.out if self.out is not None else Path("runs") / f"eval-{Path(self.model).name}"
+
+
+def write_mmau_output(path: Path, items: Sequence[Item], df, *, fmt: str) -> Path:
+    """MMAU's prediction file: each item's input row (question, choices, answer and every other
+    key it had, ``meta``) plus ``model_output`` (the whole generated text of format ``fmt`` with
+    the audio; MMAU's ``evaluation.py`` string-matches this) and ``auralens_extracted`` (the span
+    auralens scores, its ``answer_span``), in item order."""
+    real = df[(df["format"] == fmt) & (df["audio"] == "real")].set_index("item_id")
+    rows = []
+    for it in items:
+        r = real.loc[it.item_id]
+        rows.append({"question": it.question, "choices": list(it.choices), "answer": it.answer, **it.meta,
+                     "model_output": str(r["prediction"]), "auralens_extracted": str(r["answer_span"])})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_with(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n"))
+    return path
 
 
 @takes_config(EvalConfig)
@@ -152,6 +196,8 @@ def stage_eval(cfg: EvalConfig, *, lm=None, quiet: bool = False) -> dict[str, An
 
     def finish():  # rank 0 writes the tables (auralens.interp.distributed); every rank returns its summary
         ACCURACY.write(run, summarize(df))
+        if cfg.mmau_output is not None:
+            write_mmau_output(cfg.mmau_output, items, df, fmt=cfg.formats[0])
         res = summary_json(df)
         run.mark_stage("eval", n_rows=len(df))
         run.finish()

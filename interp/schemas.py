@@ -115,9 +115,9 @@ def _table(stage: str, name: str, spec: str, doc: str = "") -> Table:
 
 # ------------------------------------------------------------------------------------- eval
 EVAL_ITEMS = _table("eval", "items.parquet", """
-    item_id:str row_id:str tier:str category:str sub_category:str format:str audio:str answer:str
-    prediction:str answer_span:str matched_choice:str extracted:str correct:bool
-""", "one row per (item, format, audio mode); row_id = item_id|format|audio")
+    item_id:str row_id:str tier:str category:str sub_category:str task:str difficulty:str format:str audio:str
+    answer:str prediction:str answer_span:str matched_choice:str extracted:str correct:bool
+""", "one row per (item, format, audio mode); row_id = item_id|format|audio; task/difficulty: MMAU's, else ''")
 ACCURACY = _table("eval", "accuracy.parquet", """
     audio:str format:str tier:str accuracy:float ci_low:float ci_high:float n:int
 """, "accuracy per (audio mode, format, tier) with its 95% Wilson interval")
