@@ -22,4 +22,8 @@ if [ ! -f "$C/build/build.ninja" ]; then
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >&2
 fi
 nice -n 10 ninja -C "$C/build" -j "$JOBS" auralens-logits >&2
+# repeng (pure Python wheel, read from the zip by check.py) to check its import_gguf reads our files
+R=${AURALENS_CACHE:-$HOME/.cache/auralens}/repeng
+[ -f "$R/repeng-0.4.0-py3-none-any.whl" ] || "$PY" -m pip download --quiet --disable-pip-version-check --no-deps \
+  repeng==0.4.0 -d "$R" >&2
 echo "$BIN"

@@ -15,6 +15,7 @@ Usage: python scripts/interop/check.py BIN WORKDIR   (prints one JSON report; ex
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ def main() -> int:
     from auralens.interp.loading import load_model
     from auralens.interp.smol.parts import GGUF_FILE, gguf_folder
     from auralens.steering.apply import apply_vector
-    from auralens.steering.formats import export_report, load_vector
+    from auralens.steering.formats import export_report
     from auralens.steering.stage_fit import stage_steer_fit
 
     binary, work = Path(sys.argv[1]), Path(sys.argv[2])
@@ -83,7 +84,13 @@ def main() -> int:
     lm = load_model("smol-audio", dtype="float32")
     vec = stage_steer_fit(model="smol-audio", data="cafe", n=4, seed=0, layers=(5, 15, 25), batch_size=4,
                           out_vector=work / "vec.safetensors", lm=lm)
-    report = export_report(load_vector(work / "vec.safetensors"), work / "vec.gguf", "gguf")
+    cli = Path(sys.executable).parent / "auralens"  # the command a user runs
+    res = subprocess.run([str(cli), "export", str(work / "vec.safetensors"), "--format", "gguf", "--out",
+                          str(work / "vec.gguf"), "--json"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"auralens export failed: {res.stderr[-2000:]}")
+    report = json.loads(res.stdout)
+    export_warning = res.stderr.strip()
     one = vec.__class__(**{k: getattr(vec, k) for k in ("model_id", "architecture", "d_model", "n_layers", "method",
                                                        "data_fingerprint", "site", "extra")},
                         directions={15: vec.directions[15]})
@@ -108,7 +115,21 @@ def main() -> int:
     }
     out = {"model": "smol-audio decoder (SmolLM2-135M, F32 GGUF)", "tolerance": TOL, "model_hint": report["model_hint"],
            "layer_count": report["layer_count"], "directions": report["directions"], "cases": {}}
+    out["export_warning"] = export_warning
     ok = report["model_hint"] == "llama" and report["layer_count"] == 3
+    wheel = Path(os.environ.get("AURALENS_CACHE") or Path.home() / ".cache" / "auralens") / "repeng" / \
+        "repeng-0.4.0-py3-none-any.whl"
+    if wheel.is_file():  # repeng's ControlVector.import_gguf reads the file as its own
+        sys.path.insert(0, str(wheel))
+        if not hasattr(np, "float_"):  # repeng 0.4.0 annotates with np.float_, removed in numpy 2
+            np.float_ = np.float64  # type: ignore[attr-defined]
+        from repeng import ControlVector
+
+        cv = ControlVector.import_gguf(str(work / "vec.gguf"))
+        same = sorted(cv.directions) == [5, 15, 25] and all(
+            np.array_equal(np.asarray(cv.directions[L]), vec.directions[L].numpy()) for L in (5, 15, 25))
+        out["repeng_import_gguf"] = {"model_type": cv.model_type, "layers": sorted(cv.directions), "equal": bool(same)}
+        ok &= same and cv.model_type == "llama"
     plain = None
     for name, (args, alpha, v, layers) in cases.items():
         ids, _, rows = llama_logits(binary, f32, work, args)
