@@ -631,10 +631,11 @@ class YieldRecorder:
         p = self.audio_mask.shape[1]
         self._last[slot] = p0 + r - 1
         if self.config.rows == "all_prompt" and p0 < p:
-            if self._prompt_rows[slot] is None:
-                self._prompt_rows[slot] = torch.full((b, p, h, k), float("nan"), device=y.device)
+            rows = self._prompt_rows[slot]
+            if rows is None:
+                rows = self._prompt_rows[slot] = torch.full((b, p, h, k), float("nan"), device=y.device)
             n = min(r, p - p0)
-            self._prompt_rows[slot][:, p0 : p0 + n] = y[:, :n]
+            rows[:, p0 : p0 + n] = y[:, :n]
         s0 = p0 - (p - 1)
         if s0 < 0:
             if r + s0 <= 0:

@@ -91,7 +91,7 @@ def compile_config(**kwargs: Any) -> Any:
     from transformers import CompileConfig
 
     config = CompileConfig(**kwargs)
-    config._compile_all_devices = True
+    config._compile_all_devices = True  # type: ignore[assignment]  # typed None in transformers, read as a flag
     return config
 
 
