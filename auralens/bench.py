@@ -15,6 +15,7 @@ difference of (b) against (c) is reported as the exactness check.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import shutil
 import socket
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +111,6 @@ def retained_tensor_bytes(obj: Any, *, skip: tuple[Any, ...] = (), shapes: bool 
     independent of its own accounting.  The walk does not enter ``skip`` (e.g. the model),
     ``torch.nn.Module`` objects (their parameters are the model's), classes or functions.
     With ``shapes=True`` also returns the shapes of the tensors found."""
-    import gc
-    import types
-
     import torch
 
     stop = {id(x) for x in skip}

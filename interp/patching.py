@@ -58,6 +58,7 @@ from auralens.interp.generation import batches, cast_features
 from auralens.interp.prompts import build_inputs
 from auralens.interp.runs import check_dtype, check_int, check_n, load_items, open_run
 from auralens.interp.stage_config import DTYPE_HELP, ModelDataConfig, option, takes_config
+from auralens.interp.stats import bootstrap_mean_ci
 
 __all__ = [
     "PATCH_DIRECTIONS",
@@ -272,8 +273,6 @@ def patching_table(rows: Sequence[Mapping[str, Any]], *, n_boot: int = 1000, see
     """Per (layer, group): n, mean effect with its item-bootstrap CI, and the restored share
     ``sum(effect) / sum(clean - corrupt)`` over the items with a position in the group."""
     import pandas as pd
-
-    from auralens.interp.stats import bootstrap_mean_ci  # scipy
 
     df = pd.DataFrame(list(rows))
     out = []

@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import stats as _st
 
 N_RESAMPLES = 1000
 # elements of one vectorised resample batch (memory ~8 bytes each): bounds scipy's ``batch``
@@ -37,12 +36,19 @@ class DegenerateDataWarning(UserWarning):
     interval is :func:`degenerate_interval`'s."""
 
 
+
+def _scipy_stats():
+    """``scipy.stats``, imported when first used (the CLI imports this module; ``--help`` stays light)."""
+    from scipy import stats
+
+    return stats
+
 def wilson_ci(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion (``scipy.stats.binomtest(...).proportion_ci``);
     (nan, nan) when ``n`` is 0."""
     if n <= 0:
         return float("nan"), float("nan")
-    ci = _st.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    ci = _scipy_stats().binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
 
@@ -69,9 +75,9 @@ def _bca(samples: Sequence[np.ndarray], statistic: Callable[..., np.ndarray], *,
     n = samples[0].shape[0]
     cols = int(np.prod(samples[0].shape[1:])) * len(samples)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", _st.DegenerateDataWarning)
+        warnings.simplefilter("ignore", _scipy_stats().DegenerateDataWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = _st.bootstrap(tuple(samples), statistic, n_resamples=n_resamples, method="BCa",
+        res = _scipy_stats().bootstrap(tuple(samples), statistic, n_resamples=n_resamples, method="BCa",
                             confidence_level=confidence, vectorized=True, paired=len(samples) > 1, axis=0,
                             rng=np.random.default_rng(seed), batch=_batch(n, cols, n_resamples))
     return np.asarray(res.confidence_interval.low, float), np.asarray(res.confidence_interval.high, float)
@@ -120,8 +126,8 @@ def bootstrap_mean_ci(
         for c in np.flatnonzero(bad):  # BCa undefined though the values differ (rare): percentile
             d = flat[valid[:, c], c]
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", _st.DegenerateDataWarning)
-                r = _st.bootstrap((d,), _mean, n_resamples=n_boot, method="percentile", confidence_level=confidence,
+                warnings.simplefilter("ignore", _scipy_stats().DegenerateDataWarning)
+                r = _scipy_stats().bootstrap((d,), _mean, n_resamples=n_boot, method="percentile", confidence_level=confidence,
                                   vectorized=True, rng=np.random.default_rng(seed))
             lo[c], hi[c] = r.confidence_interval.low, r.confidence_interval.high
     for c in np.flatnonzero(degenerate):

@@ -9,6 +9,7 @@ items.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,6 @@ def _as_resid_pre(vec):
     """A ``hook_resid_post`` vector at layers ``L - 1`` as the ``hook_resid_pre`` vector at ``L``:
     the input of decoder layer ``L`` is the output of layer ``L - 1``, the same tensor (checked in
     tests/unit/test_llamacpp_convention.py), so the fitted direction is unchanged."""
-    import dataclasses
-
     from auralens.steering.vector import SITE_PATTERNS
 
     extra = dict(vec.extra)
