@@ -72,7 +72,8 @@ def _eval(folder: Path, rng, n_items: int) -> None:
             for audio in ("real", "silence"):
                 correct = bool(rng.random() < (0.7 if audio == "real" else 0.3))
                 rows.append({"item_id": f"cafe-{i}-{tier}", "row_id": f"cafe-{i}-{tier}|{fmt}|{audio}", "tier": tier,
-                             "category": tier, "sub_category": "count", "format": fmt, "audio": audio, "answer": "B",
+                             "category": tier, "sub_category": "count", "task": "", "difficulty": "",
+                             "format": fmt, "audio": audio, "answer": "B",
                              "prediction": "answer: B" if correct else "answer: C", "answer_span": "B" if correct else "C",
                              "matched_choice": "B" if correct else "C", "extracted": "choice", "correct": correct})
     items = _write(folder, schemas.EVAL_ITEMS, schemas.EVAL_ITEMS.frame(rows))
