@@ -415,3 +415,133 @@ def bench_recorder_batches(*, batches: tuple[int, ...] = (1, 8, 32), new_tokens:
                        "tokens_per_s_plain": round(b * new_tokens / a, 1),
                        "tokens_per_s_recorded": round(b * new_tokens / r, 1)}
     return {"model": "micro", "device": device, "new_tokens": new_tokens, "repeats": repeats, "batches": out}
+
+
+# --------------------------------------------------------------------------------------------
+# `auralens bench yield --batch ...`: the recorder by batch size and length (issue 26)
+# --------------------------------------------------------------------------------------------
+
+#: 7B layer dimensions (Qwen2-7B / Qwen2.5-Omni-7B thinker decoder layers: hidden 3584, 28 query
+#: and 4 key/value heads of 128, ffn 18944) in 2 layers, the tiny word-level vocabulary and a
+#: small audio encoder with 128 mels and 30 s chunks (750 audio tokens per 30 s clip): the decode
+#: step costs what two real 7B layers cost, so the recorder's share of it is the real one.
+LAYERS_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=2, num_attention_heads=28,
+                 num_key_value_heads=4, max_position_embeddings=8192, rope_theta=1_000_000.0)
+
+
+def build_7b_layers(*, dtype: Any = None, device: str = "cpu", seed: int = 0):
+    """``(LoadedModel)`` of the Qwen2-Audio class with :data:`LAYERS_7B` decoder layers (random init)."""
+    import torch
+    import transformers
+
+    from auralens.interp import compat
+    from auralens.interp.arch import describe, table_by_name
+    from auralens.interp.loading import LoadedModel
+    from auralens.testing.tiny import TINY_AUDIO, build_config, build_tiny_processor
+
+    processor = build_tiny_processor("qwen2_audio", n_mels=128, chunk_seconds=30)
+    config = build_config("qwen2_audio", processor.tokenizer, text=dict(LAYERS_7B), audio=dict(TINY_AUDIO),
+                          n_mels=128, chunk_seconds=30)
+    cls = getattr(transformers, table_by_name("qwen2_audio").model_class)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = compat.model_from_config(cls, config, attn_implementation="sdpa", dtype=dtype or torch.float32)
+    gc = model.generation_config
+    gc.pad_token_id, gc.eos_token_id, gc.bos_token_id, gc.do_sample = (
+        processor.tokenizer.pad_token_id, processor.tokenizer.eos_token_id, None, False)
+    model.eval()
+    processor.tokenizer.padding_side = "left"
+    return LoadedModel(model=model, processor=processor, arch=describe(model), model_id="7b-layers", source="")
+
+
+def _repeat_batch(batch: Any, b: int) -> dict[str, Any]:
+    """The one-prompt batch repeated to ``b`` rows (every batch-first tensor)."""
+    n = batch["input_ids"].shape[0]
+    return {k: (v.repeat(b, *([1] * (v.ndim - 1))) if hasattr(v, "ndim") and v.ndim and v.shape[0] == n else v)
+            for k, v in batch.items()}
+
+
+def bench_yield_scale(
+    lm,
+    *,
+    batches: tuple[int, ...] = (1, 8, 32),
+    new_tokens: tuple[int, ...] = (128, 512),
+    repeats: int = 5,
+    clip_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """For every (batch, new tokens): median wall time of plain SDPA ``generate`` and of
+    ``generate`` with the yield recorder over ``repeats`` interleaved runs (order alternating),
+    their ratio, and the memory the recorder holds at the end of ``generate`` (still inside its
+    context, in an untimed run) against ``L * B * H * N * 4`` bytes.
+
+    Held memory is measured two ways: ``held_walk_bytes``, every tensor storage reachable from the
+    recorder object (:func:`retained_tensor_bytes`, a walk of its object graph that skips the model),
+    and ``held_own_bytes``, the recorder's own :meth:`held_bytes`.  On CUDA each run also reports the
+    allocator peak above the model (``torch.cuda.max_memory_allocated`` after ``synchronize``)."""
+    import torch
+
+    from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+
+    device = str(lm.device)
+    one = _inputs(lm, clip_seconds)
+    rows: list[dict[str, Any]] = []
+    for b in batches:
+        batch = _repeat_batch(one, b)
+        amask = audio_mask_from_ids(batch["input_ids"], lm.arch)
+        for n in new_tokens:
+            gen = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+
+            def plain(batch=batch, gen=gen):
+                with torch.inference_mode():
+                    return lm.model.generate(**batch, **gen)
+
+            def recorded(batch=batch, gen=gen, amask=amask, measure=None):
+                rec = YieldRecorder(lm.model, lm.arch, amask)
+                with torch.inference_mode(), rec:
+                    out = lm.model.generate(**batch, **gen)
+                    if measure is not None:
+                        measure.update(walk=retained_tensor_bytes(rec, skip=(lm.model,)), own=rec.held_bytes())
+                return out
+
+            held: dict[str, int] = {}
+            seq_plain = plain()  # warm-up of both, and the untimed memory measurement
+            seq_rec = recorded(measure=held)
+            if not torch.equal(seq_plain, seq_rec):
+                raise RuntimeError(f"batch {b}, {n} new tokens: the recorder changed the generated tokens")
+            tp: list[float] = []
+            tr: list[float] = []
+            mp: list[int] = []
+            mr: list[int] = []
+            for i in range(repeats):
+                order = [(plain, tp, mp), (recorded, tr, mr)]
+                for fn, times, mems in (order if i % 2 == 0 else order[::-1]):
+                    dt, _, mem = _timed(fn, device)
+                    times.append(dt)
+                    mems.append(mem)
+            pred = yield_bytes_prediction(layers=lm.arch.n_layers, batch=b, heads=lm.arch.n_heads, steps=n)
+            a, r = statistics.median(tp), statistics.median(tr)
+            row: dict[str, Any] = {
+                "batch": b, "new_tokens": n, "plain_s": round(a, 4), "recorded_s": round(r, 4),
+                "ratio": round(r / a, 4),
+                "ratio_paired_median": round(statistics.median(x / y for x, y in zip(tr, tp)), 4),
+                "plain_s_all": [round(x, 4) for x in tp], "recorded_s_all": [round(x, 4) for x in tr],
+                "predicted_yield_bytes": pred, "held_walk_bytes": held["walk"], "held_own_bytes": held["own"],
+                "held_over_prediction": round(held["walk"] / pred, 4),
+            }
+            if device.startswith("cuda"):
+                row["peak_bytes_plain"] = int(np.median(mp))
+                row["peak_bytes_recorded"] = int(np.median(mr))
+            rows.append(row)
+    return {
+        "device": device, "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
+        "model": lm.model_id, "layers": lm.arch.n_layers, "heads": lm.arch.n_heads,
+        "kv_heads": lm.arch.attention(lm.model, 0).config.num_key_value_heads,
+        "head_dim": lm.arch.attention(lm.model, 0).head_dim, "clip_seconds": clip_seconds,
+        "audio_tokens": int(audio_mask_from_ids(one["input_ids"], lm.arch).sum()),
+        "prompt_tokens": int(one["input_ids"].shape[1]), "repeats": repeats, "threads": torch.get_num_threads(),
+        "held_memory_how": ("held_walk_bytes: every tensor storage reachable from the recorder object (gc "
+                            "referents, model skipped), measured at the end of generate inside the context; "
+                            "prediction L*B*H*N*4 bytes (the yields alone; the walk also counts the [B, P] audio "
+                            "mask and indicator and the unused rows of the last buffer: 8, 8, 16, 32, then 64 rows per layer, at most max(2N, 8) rows)"),
+        "runs": rows,
+    }

@@ -25,7 +25,7 @@ from rich.table import Table
 # The stages are called through their modules (``record.stage_record``), so a stage replaced in
 # its module (a test, a plugin) is the one the command runs.
 from auralens import compare, demo as demo_stage
-from auralens.bench import bench_stages, bench_yield
+from auralens.bench import bench_stages, bench_yield, bench_yield_scale, build_7b_layers
 from auralens.dashboards import launch
 from auralens.dashboards.report import write_report
 from auralens.finetuning.config import FinetuneConfig
@@ -539,9 +539,10 @@ def demo(
 
 @_command(bench_app, "yield")
 def bench_yield_cmd(
-    model: str = typer.Option("micro", "--model", "-m", help="'micro', 'qwen2-audio-7b-shaped' (random init), an id or folder."),
-    new_tokens: int = typer.Option(128, "--new-tokens", help="Generated tokens per phase (>= 1)."),
-    clip_seconds: float = typer.Option(4.0, "--clip-seconds", help="Length of the synthetic audio clip."),
+    model: str = typer.Option("micro", "--model", "-m", help="'micro', 'qwen2-audio-7b-shaped', '7b-layers' (random init), an id or folder."),
+    new_tokens: str = typer.Option("128", "--new-tokens", help="Generated tokens per phase (>= 1); with --batch, comma-separated."),
+    batch: str = typer.Option("", "--batch", help="Comma-separated batch sizes: time and held memory of the recorder at each (batch, new tokens); default model 7b-layers, 30 s clip."),
+    clip_seconds: float | None = typer.Option(None, "--clip-seconds", help="Length of the synthetic audio clip (default 4 s; 30 s with --batch)."),
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats per phase (>= 1)."),
     dtype: str = DtypeOpt,
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: CUDA when present)."),
@@ -553,9 +554,34 @@ def bench_yield_cmd(
     import torch
 
 
-    check_int("--new-tokens", new_tokens)
-    check_int("--repeats", repeats)
+    tokens = tuple(_numbers("--new-tokens", new_tokens, int))
+    sizes = tuple(_numbers("--batch", batch, int)) if batch else ()
+    for name, v in [("--new-tokens", x) for x in tokens] + [("--batch", x) for x in sizes] + [("--repeats", repeats)]:
+        check_int(name, v)
+    if len(tokens) > 1 and not sizes:
+        raise ConfigError(f"--new-tokens {new_tokens!r}: expected one number without --batch, found {len(tokens)}")
     check_dtype(dtype)
+    if sizes:
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if model in ("micro", "7b-layers"):
+            lm = build_7b_layers(dtype=None if dtype == "auto" else getattr(torch, dtype), device=dev)
+        else:
+            lm = _load(model, dtype, device)
+        res = bench_yield_scale(lm, batches=sizes, new_tokens=tokens, repeats=repeats,
+                                clip_seconds=30.0 if clip_seconds is None else clip_seconds)
+        if as_json:
+            _echo_json(res)
+            return
+        t = Table(title=f"bench yield: {res['model']} on {res['device']} ({res['dtype']}), {res['audio_tokens']} audio tokens")
+        for c in ("batch", "new tokens", "plain s", "recorded s", "ratio", "held / L*B*H*N*4"):
+            t.add_column(c)
+        for r in res["runs"]:
+            t.add_row(str(r["batch"]), str(r["new_tokens"]), f"{r['plain_s']:.3f}", f"{r['recorded_s']:.3f}",
+                      f"{r['ratio']:.3f}", f"{r['held_over_prediction']:.3f}")
+        Console().print(t)
+        return
+    new_tokens_n = tokens[0]
+    clip_seconds = 4.0 if clip_seconds is None else clip_seconds
     if model == "qwen2-audio-7b-shaped":
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -565,13 +591,13 @@ def bench_yield_cmd(
         tl = False  # no saved folder to boot a bridge from; the eager phase is the reference
     else:
         lm = _load(model, dtype, device)
-    res = bench_yield(lm, clip_seconds=clip_seconds, new_tokens=new_tokens, repeats=repeats, eager=eager,
+    res = bench_yield(lm, clip_seconds=clip_seconds, new_tokens=new_tokens_n, repeats=repeats, eager=eager,
                       transformer_lens=tl)
     if as_json:
         _echo_json(res)
         return
 
-    t = Table(title=f"bench yield: {res['model']} on {res['device']} ({res['dtype']}), {res['audio_tokens']} audio tokens, {new_tokens} new tokens")
+    t = Table(title=f"bench yield: {res['model']} on {res['device']} ({res['dtype']}), {res['audio_tokens']} audio tokens, {new_tokens_n} new tokens")
     for c in ("phase", "seconds", "ratio to (a)", "peak MiB"):
         t.add_column(c)
     for name, p in res["phases"].items():

@@ -319,9 +319,24 @@ def audio_yield(
 # The recorder
 # --------------------------------------------------------------------------------------------
 
-#: decode-step yields are written into per-layer buffers of this many rows (allocated as needed),
-#: so the recorder holds at most ``_CHUNK_ROWS - 1`` unused rows per layer
+#: decode-step yields are written into per-layer buffers of 8, 8, 16, 32, then 64 rows (each
+#: the size of all before it, up to 64; allocated as needed): the buffers hold at most
+#: ``max(2 N, 8)`` rows per layer for ``N`` steps
 _CHUNK_ROWS = 64
+_CHUNK_SIZES = (8, 8, 16, 32)
+
+
+def _chunk_of(step: int) -> tuple[int, int, int]:
+    """(buffer index, offset in it, buffer rows) of step row ``step``."""
+    start = 0
+    for c, size in enumerate(_CHUNK_SIZES):
+        if step < start + size:
+            return c, step - start, size
+        start += size
+    extra, off = divmod(step - start, _CHUNK_ROWS)
+    return len(_CHUNK_SIZES) + extra, off, _CHUNK_ROWS
+
+
 #: id(attention module) -> the (recorder, slot) pairs recording it; read by the dispatcher
 _WATCHERS: dict[int, list[tuple[YieldRecorder, int]]] = {}
 #: registered dispatcher name -> number of live contexts using it (unregistered at zero)
@@ -403,7 +418,7 @@ class YieldRecorder:
 
     Yields are computed **when each attention call runs** (its recorded query rows against the
     keys that call attends to, with the mask the kernel received) and only the yields are kept:
-    ``L * B * H * N * bins`` float32 (in buffers of 64 rows per layer), plus the ``[B, P, bins]``
+    ``L * B * H * N * bins`` float32 (in buffers of 8, 8, 16, 32, then 64 rows per layer), plus the ``[B, P, bins]``
     indicator of audio keys; no query row and no reference to the KV cache outlives the call
     (:meth:`held_bytes` sums what is retained).  No final pass over stored queries remains: at
     exit the per-layer buffers are only stacked into :attr:`result`.  (:func:`audio_yield`, the
@@ -503,7 +518,7 @@ class YieldRecorder:
 
     def _clear(self) -> None:
         n = len(self._modules)
-        self._chunks: list[list[torch.Tensor]] = [[] for _ in range(n)]  # step rows, 64 per buffer
+        self._chunks: list[list[torch.Tensor]] = [[] for _ in range(n)]  # step rows (buffers of _chunk_of)
         self._n_rows = [0] * n  # step rows written per slot
         self._prompt_rows: list[torch.Tensor | None] = [None] * n  # [b, P, h, bins] (all_prompt)
         self._pos = [0] * n  # positions seen in this sequence (static caches)
@@ -626,7 +641,7 @@ class YieldRecorder:
 
     def _store(self, slot: int, p0: int, y: torch.Tensor) -> None:
         """Keep the yields ``y`` [b, r, h, bins] of positions ``p0 ...``: prompt rows (all_prompt)
-        in one [b, P, h, bins] tensor, step rows (positions >= P - 1) in 64-row buffers."""
+        in one [b, P, h, bins] tensor, step rows (positions >= P - 1) in the buffers of :func:`_chunk_of`."""
         b, r, h, k = y.shape
         p = self.audio_mask.shape[1]
         self._last[slot] = p0 + r - 1
@@ -644,11 +659,11 @@ class YieldRecorder:
         chunks = self._chunks[slot]
         i = 0
         while i < y.shape[1]:
-            s = s0 + i
-            c, off = divmod(s, _CHUNK_ROWS)
+            c, off, size = _chunk_of(s0 + i)
             while len(chunks) <= c:
-                chunks.append(torch.full((b, _CHUNK_ROWS, h, k), float("nan"), device=y.device))
-            n = min(y.shape[1] - i, _CHUNK_ROWS - off)
+                rows = _chunk_of(sum(x.shape[1] for x in chunks))[2]
+                chunks.append(torch.full((b, rows, h, k), float("nan"), device=y.device))
+            n = min(y.shape[1] - i, size - off)
             chunks[c][:, off : off + n] = y[:, i : i + n]
             i += n
         self._n_rows[slot] = max(self._n_rows[slot], s0 + y.shape[1])
@@ -722,7 +737,7 @@ class YieldRecorder:
             rows = self._prompt_rows[slot]
             assert rows is not None
             return rows[:, pos].clone()
-        c, off = divmod(s, _CHUNK_ROWS)
+        c, off, _ = _chunk_of(s)
         return self._chunks[slot][c][:, off].clone()
 
     def _finalize(self) -> AttentionYield:

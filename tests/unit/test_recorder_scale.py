@@ -201,3 +201,13 @@ def test_retained_tensor_bytes_counts_shared_storage_once():
     assert retained_tensor_bytes(h) == 10 * 4 * 4 + 3 * 8
     h.d = torch.nn.Linear(2, 2)
     assert retained_tensor_bytes(h, skip=(h.d,)) == 10 * 4 * 4 + 3 * 8
+
+
+def test_step_buffers_hold_at_most_twice_the_rows():
+    from auralens.interp.attention_yield import _chunk_of  # noqa: PLC2701  (the buffer layout itself)
+
+    for n in range(1, 300):
+        c, _, _ = _chunk_of(n - 1)
+        held = sum(_chunk_of(s)[2] for s in range(n) if _chunk_of(s)[1] == 0)
+        assert c == len([s for s in range(n) if _chunk_of(s)[1] == 0]) - 1
+        assert n <= held <= max(2 * n, 8), n
