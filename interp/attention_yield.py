@@ -661,8 +661,8 @@ class YieldRecorder:
         while i < y.shape[1]:
             c, off, size = _chunk_of(s0 + i)
             while len(chunks) <= c:
-                rows = _chunk_of(sum(x.shape[1] for x in chunks))[2]
-                chunks.append(torch.full((b, rows, h, k), float("nan"), device=y.device))
+                n_buf = _chunk_of(sum(x.shape[1] for x in chunks))[2]
+                chunks.append(torch.full((b, n_buf, h, k), float("nan"), device=y.device))
             n = min(y.shape[1] - i, size - off)
             chunks[c][:, off : off + n] = y[:, i : i + n]
             i += n
