@@ -31,13 +31,16 @@ from typing import Any
 
 import numpy as np
 
+from auralens.interp import compat
+from auralens.interp.arch import describe, table_by_name
 from auralens.interp.audio import item_audio
 from auralens.interp.cafe.questions import make_item
 from auralens.interp.compat import boot_transformer_bridge
 from auralens.interp.datasets import load_dataset
 from auralens.interp.generation import cast_features, model_inputs
-from auralens.interp.loading import load_model
+from auralens.interp.loading import LoadedModel, load_model
 from auralens.interp.prompts import build_inputs
+from auralens.testing.tiny import TINY_AUDIO, build_config, build_tiny_processor
 
 
 class PeakMemory:
@@ -433,11 +436,6 @@ def build_7b_layers(*, dtype: Any = None, device: str = "cpu", seed: int = 0):
     """``(LoadedModel)`` of the Qwen2-Audio class with :data:`LAYERS_7B` decoder layers (random init)."""
     import torch
     import transformers
-
-    from auralens.interp import compat
-    from auralens.interp.arch import describe, table_by_name
-    from auralens.interp.loading import LoadedModel
-    from auralens.testing.tiny import TINY_AUDIO, build_config, build_tiny_processor
 
     processor = build_tiny_processor("qwen2_audio", n_mels=128, chunk_seconds=30)
     config = build_config("qwen2_audio", processor.tokenizer, text=dict(LAYERS_7B), audio=dict(TINY_AUDIO),
