@@ -40,6 +40,7 @@ from auralens.interp.ablation import (
 from auralens.interp.arch import get_attr_path, site_name
 from auralens.interp.capture import with_position_ids
 from auralens.interp.errors import ConfigError
+from auralens.testing.model_checks import hook_count
 from auralens.testing.tiny import TINY_ARCHS, tiny_batch
 
 HEADS = [(0, 1), (1, 3), (2, 0), (2, 2)]
@@ -69,10 +70,6 @@ def batch(lm, items):
 @pytest.fixture(scope="module")
 def means(lm, items):
     return head_means(lm, items, batch_size=2)
-
-
-def _hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def _logits(model, inputs):
@@ -112,7 +109,7 @@ def test_no_heads_is_bit_identical(lm, batch):
         gen = lm.model.generate(**fwd_batch, **kw)
     for mode in ABLATION_MODES:
         with ablate_heads(lm, [], mode=mode, means={}) as got:
-            assert got == () and _hook_count(lm.model) == 0
+            assert got == () and hook_count(lm.model) == 0
             assert torch.equal(_logits(lm.model, batch), plain)
             with torch.inference_mode():
                 g = lm.model.generate(**fwd_batch, **kw)
@@ -125,11 +122,11 @@ def test_ablation_equals_nnsight_and_changes_the_logits(lm, batch, means, mode):
     plain = _logits(lm.model, batch)
     fill = means if mode == "mean" else None
     ref = _nnsight_ablated(lm.model, lm.arch, batch, HEADS, fill)
-    assert _hook_count(lm.model) == 0
+    assert hook_count(lm.model) == 0
     with ablate_heads(lm, HEADS, mode=mode, means=means):
-        assert _hook_count(lm.model) == 3  # one pre-hook per ablated layer
+        assert hook_count(lm.model) == 3  # one pre-hook per ablated layer
         got = _logits(lm.model, batch)
-    assert _hook_count(lm.model) == 0
+    assert hook_count(lm.model) == 0
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert (got - plain).abs().max() > 1e-3  # the ablation does something
     # one head only: still equal to nnsight, and a different change from the four heads
@@ -162,7 +159,7 @@ def test_zero_ablation_equals_nnsight_on_every_architecture(arch_name, tiny_mode
         got = _logits(model, inputs)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert (got - _logits(model, inputs)).abs().max() > 0
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_planted_silent_head_changes_nothing(lm, batch):
@@ -215,9 +212,9 @@ def test_head_means_equal_a_masked_mean_of_nnsight_values(lm, items, means):
 def test_hooks_removed_when_the_block_raises(lm, means):
     with pytest.raises(RuntimeError, match="boom"):
         with ablate_heads(lm, HEADS, mode="mean", means=means):
-            assert _hook_count(lm.model) > 0
+            assert hook_count(lm.model) > 0
             raise RuntimeError("boom")
-    assert _hook_count(lm.model) == 0
+    assert hook_count(lm.model) == 0
 
 
 def test_bad_input_is_refused_before_any_hook(lm, means):
@@ -236,7 +233,7 @@ def test_bad_input_is_refused_before_any_hook(lm, means):
         with pytest.raises(ConfigError, match=msg):
             with ablate_heads(lm, heads, **kw):
                 pass  # pragma: no cover
-        assert _hook_count(lm.model) == 0
+        assert hook_count(lm.model) == 0
     assert parse_heads("0.1, 2.3") == ((0, 1), (2, 3))
     with pytest.raises(ConfigError, match="--heads: expected comma-separated layer.head"):
         parse_heads("0.1,2", "--heads")
@@ -379,7 +376,7 @@ def test_stage_writes_rows_and_summary(lm, tmp_path):
     assert res["accuracy"]["none"] == pytest.approx(rows[rows.condition == "none"]["correct"].mean())
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["diff"] == pytest.approx(res["diff"]) and saved["mode"] == "mean"
-    assert _hook_count(lm.model) == 0
+    assert hook_count(lm.model) == 0
     given = stage_ablate(model="small", data="cafe-neutral:test", n=6, n_cal=3, heads_from=str(heads), k=2,
                          heads="2.3,1.1", random_k_draws=1, max_new_tokens=4, batch_size=6, n_boot=100, mode="zero",
                          out=tmp_path / "given", lm=lm, quiet=True)

@@ -40,6 +40,7 @@ from auralens.interp.attention_yield import (
     time_bin_weights,
 )
 from auralens.interp.errors import ArchitectureError, ConfigError, PromptError
+from auralens.testing.model_checks import sharpen_attention
 from auralens.testing.tiny import TINY_ARCHS, tiny_batch
 
 N_NEW = 5
@@ -47,17 +48,6 @@ ATOL = 1e-5
 BINS = 3
 # architectures that compute their 3-D rotary positions themselves (a fact of their table)
 OWN_POSITIONS = {t.name for t in TABLES.values() if t.own_position_ids}
-
-
-def _sharpen(model: Any, factor: float = 3.0) -> None:
-    arch = describe(model)
-    with torch.no_grad():
-        for layer in range(arch.n_layers):
-            attn = arch.attention(model, layer)
-            for lin in (attn.q_proj, attn.k_proj):
-                lin.weight.mul_(factor)
-                if lin.bias is not None:
-                    lin.bias.mul_(factor)
 
 
 def _feature_kwargs(batch) -> dict[str, torch.Tensor]:
@@ -105,7 +95,7 @@ def case(request, tiny_cache) -> Case:
     if name not in _CASES:
         model, processor = tiny_cache(name)
         model, processor = copy.deepcopy(model), copy.deepcopy(processor)
-        _sharpen(model)
+        sharpen_attention(model)
         arch = describe(model)
         batch = tiny_batch(processor)
         audio_mask = audio_mask_from_ids(batch["input_ids"], arch)

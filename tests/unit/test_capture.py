@@ -38,6 +38,7 @@ from auralens.interp.capture import (
     with_position_ids,
 )
 from auralens.interp.errors import ArchitectureError, ConfigError
+from auralens.testing.model_checks import hook_count
 from auralens.testing.tiny import TINY_ARCHS, tiny_batch
 
 
@@ -51,10 +52,6 @@ def _inputs(lm, processor):
 
 # Audio encoders that flatten the frames of all items into one sequence (no batch axis).
 FLAT_AUDIO = {"qwen2_5_omni_thinker", "qwen3_asr"}
-
-
-def _hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 @pytest.mark.parametrize("arch_name", TINY_ARCHS)
@@ -120,11 +117,11 @@ def test_capture_equals_nnsight(arch_name, tiny_model):
     red = capture(lm, inputs, lm_sites, weights={lm_sites[0]: w3, lm_sites[-1]: w3[:, 0]})
     torch.testing.assert_close(red[lm_sites[0]], torch.bmm(w3, ref[lm_sites[0]]), atol=1e-5, rtol=0)
     torch.testing.assert_close(red[lm_sites[-1]], torch.bmm(w3[:, :1], ref[lm_sites[-1]])[:, 0], atol=1e-5, rtol=0)
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
     if arch_name in FLAT_AUDIO:
         with pytest.raises(SiteShapeError, match="audio_encoder.blocks.0.hook_resid_post"):
             capture(lm, inputs, ["audio_encoder.blocks.0.hook_resid_post", "lm.blocks.0.hook_resid_post"])
-        assert _hook_count(model) == 0
+        assert hook_count(model) == 0
 
 
 def test_capture_stops_early_and_always_removes_hooks(tiny_model):
@@ -140,7 +137,7 @@ def test_capture_stops_early_and_always_removes_hooks(tiny_model):
         assert ran == [1]
     finally:
         handle.remove()
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
     def broken(value):
         raise RuntimeError("weights failed")
@@ -148,7 +145,7 @@ def test_capture_stops_early_and_always_removes_hooks(tiny_model):
     with pytest.raises(RuntimeError, match="weights failed"):
         capture(lm, inputs, ["lm.blocks.0.hook_resid_post", "lm.blocks.1.attn.hook_z"],
                 weights={"lm.blocks.1.attn.hook_z": broken})
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
     with pytest.raises(ConfigError, match="weights"):
         capture(lm, inputs, ["lm.blocks.0.hook_resid_post"], weights={"lm.blocks.1.hook_resid_post": None})
     with pytest.raises(ArchitectureError, match="out of range"):
@@ -161,7 +158,7 @@ def test_capture_stops_early_and_always_removes_hooks(tiny_model):
     with pytest.raises(ArchitectureError, match="nowhere"):
         with site_hooks(model, [(good, lambda h: None), (missing, lambda h: None)]):
             pass
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_capture_reads_a_module_before_other_hooks_edit_it(tiny_model):

@@ -32,6 +32,7 @@ from auralens.interp.patching import (
     patching_table,
     stage_patch,
 )
+from auralens.testing.model_checks import hook_count
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,6 @@ def items():
 def slot(lm, items):
     audios = [item_audio(it, lm.processor) for it in items]
     return choice_inputs(lm, items, audios, 0)
-
-
-def _hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def _lp(logits, ids, target):
@@ -96,9 +93,9 @@ def test_patch_equals_nnsight(lm, slot, direction):
     plain = _lp(lm.model(**run, use_cache=False).logits.detach().float(), run["input_ids"], slot.target)
     changed = 0
     for g in ("audio", "after_audio", "last_prompt"):
-        before = _hook_count(lm.model)
+        before = hook_count(lm.model)
         ours = _ours(lm, run, layer, masks[g], src, slot.target)
-        assert _hook_count(lm.model) == before  # our hook is gone (nnsight keeps its own)
+        assert hook_count(lm.model) == before  # our hook is gone (nnsight keeps its own)
         ref = _nnsight_patched(lm, run, layer, masks[g], src, slot.target)
         assert torch.allclose(ours, ref, atol=1e-4), (g, ours, ref)
         changed += int(not torch.allclose(ours, plain, atol=1e-4))

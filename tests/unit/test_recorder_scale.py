@@ -21,20 +21,10 @@ from auralens.bench import retained_tensor_bytes, yield_bytes_prediction
 from auralens.interp import compat
 from auralens.interp.arch import describe
 from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+from auralens.testing.model_checks import sharpen_attention
 from auralens.testing.tiny import tiny_batch
 
 ATOL = 1e-5
-
-
-def _sharpen(model: Any, factor: float = 3.0) -> None:
-    arch = describe(model)
-    with torch.no_grad():
-        for layer in range(arch.n_layers):
-            attn = arch.attention(model, layer)
-            for lin in (attn.q_proj, attn.k_proj):
-                lin.weight.mul_(factor)
-                if lin.bias is not None:
-                    lin.bias.mul_(factor)
 
 
 def _eager_yields(model: Any, batch: Any, seq: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
@@ -57,7 +47,7 @@ def _eager_yields(model: Any, batch: Any, seq: torch.Tensor, audio_mask: torch.T
 def sharp(tiny_model):
     def make(name: str = "qwen2_audio", **batch_kw):
         model, processor = tiny_model(name)
-        _sharpen(model)
+        sharpen_attention(model)
         arch = describe(model)
         batch = tiny_batch(processor, **batch_kw)
         return model, arch, batch, audio_mask_from_ids(batch["input_ids"], arch)

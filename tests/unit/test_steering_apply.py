@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from auralens.interp.errors import ConfigError, VectorFileError
+from auralens.testing.model_checks import hook_count
 
 ALPHA = 25.0
 
@@ -69,10 +70,6 @@ def _same(a, b) -> bool:
     return torch.equal(a.sequences, b.sequences) and len(a.logits) == len(b.logits) and all(
         torch.equal(x, y) for x, y in zip(a.logits, b.logits)
     )
-
-
-def _hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 @pytest.mark.parametrize("backend", ["torch", "nnsight"])
@@ -228,14 +225,14 @@ def test_batched_equals_one_by_one(lm, items, vecs):
 def test_hooks_removed_even_on_exception(lm, batch, vecs, backend):
     from auralens.steering.apply import AdaptiveAlpha, apply_vector
 
-    before = _hook_count(lm.model)
+    before = hook_count(lm.model)
     for adaptive in (None, AdaptiveAlpha(heads=[(0, 1)])):
         with pytest.raises(RuntimeError, match="boom"):
             with apply_vector(lm, vecs["resid"], alpha=ALPHA, positions="both", backend=backend, adaptive=adaptive):
-                assert _hook_count(lm.model) > before or backend == "nnsight"
+                assert hook_count(lm.model) > before or backend == "nnsight"
                 _gen(lm, batch, n=2)
                 raise RuntimeError("boom")
-        assert _hook_count(lm.model) == before
+        assert hook_count(lm.model) == before
         assert "generate" not in lm.model.__dict__
     base = _gen(lm, batch)
     with apply_vector(lm, vecs["resid"], alpha=0.0, backend=backend):
