@@ -33,7 +33,7 @@ scores multiple-choice answers; ``tests/unit/test_patching.py`` checks the patch
 against nnsight doing the same patch (``envoy.trace`` assigning the layer's output).
 
 Public API: :data:`PATCH_GROUPS`, :data:`PATCH_DIRECTIONS`, :class:`ChoiceInputs`, :func:`choice_inputs`,
-:func:`choice_scores`,
+:func:`choice_scores`, :func:`prompt_lengths`,
 :func:`group_masks`, :func:`patch_residual`, :func:`activation_patching`,
 :func:`patching_table`, :class:`PatchConfig`, :func:`stage_patch`.
 """
@@ -68,6 +68,7 @@ __all__ = [
     "activation_patching",
     "choice_inputs",
     "choice_scores",
+    "prompt_lengths",
     "group_masks",
     "patch_residual",
     "patching_table",
@@ -108,21 +109,31 @@ class ChoiceInputs:
     valid: np.ndarray  # [B] bool
 
 
-def choice_inputs(lm, items: Sequence, audios: Sequence[np.ndarray], j: int) -> ChoiceInputs:
+def _build(lm, items: Sequence, audios: Sequence[np.ndarray], targets: Sequence[str] | None = None):
+    return build_inputs(lm.processor, items, "direct", audios=audios, targets=targets,
+                        audio_kwarg=lm.arch.table.processor_audio_kwarg, template=lm.prompt_template)
+
+
+def prompt_lengths(lm, items: Sequence, audios: Sequence[np.ndarray]):
+    """Real (non-padding) tokens of each item's prompt without an answer: [B]."""
+    return _build(lm, items, audios)["attention_mask"].sum(1)
+
+
+def choice_inputs(lm, items: Sequence, audios: Sequence[np.ndarray], j: int, n_prompt=None) -> ChoiceInputs:
+    """Choice slot ``j`` of ``items`` (``n_prompt``: :func:`prompt_lengths`, the same for every
+    slot of a batch; computed when not given)."""
     import torch
 
-    kw = dict(audio_kwarg=lm.arch.table.processor_audio_kwarg, template=lm.prompt_template)
     valid = np.array([j < len(it.choices) for it in items])
     targets = [_target(it, it.choices[j] if j < len(it.choices) else it.choices[0]) for it in items]
     silence = [silence_like(a) for a in audios]
-    prompt_only = build_inputs(lm.processor, items, "direct", audios=audios, **kw)
-    clean = build_inputs(lm.processor, items, "direct", audios=audios, targets=targets, **kw)
-    corrupt = build_inputs(lm.processor, items, "direct", audios=silence, targets=targets, **kw)
+    clean = _build(lm, items, audios, targets)
+    corrupt = _build(lm, items, silence, targets)
     if not torch.equal(clean["input_ids"], corrupt["input_ids"]):
         raise ArchitectureError(f"{lm.arch.name}: expected the same token ids with real and silent audio of the same "
                                 "length, found different ids (the processor counts audio tokens by content?)")
     mask = clean["attention_mask"].bool()
-    n_prompt = prompt_only["attention_mask"].sum(1)
+    n_prompt = prompt_lengths(lm, items, audios) if n_prompt is None else n_prompt
     n_full = mask.sum(1)
     target = torch.zeros_like(mask)
     prompt = torch.zeros_like(mask)
@@ -243,8 +254,9 @@ def activation_patching(lm, items: Sequence, *, layers: Sequence[int] | None = N
         patched = np.zeros((len(layers), len(groups), len(chunk), n_choices))
         has = np.ones((len(groups), len(chunk)), dtype=bool)
         valid = np.zeros((len(chunk), n_choices), dtype=bool)
+        n_prompt = prompt_lengths(lm, chunk, audios)
         for j in range(n_choices):
-            ci = choice_inputs(lm, chunk, audios, j)
+            ci = choice_inputs(lm, chunk, audios, j, n_prompt)
             valid[:, j] = ci.valid
             base["clean"][:, j] = _forward_logprob(lm, ci.clean, ci.target).numpy()
             base["corrupt"][:, j] = _forward_logprob(lm, ci.corrupt, ci.target).numpy()
@@ -374,9 +386,10 @@ def stage_patch(cfg: PatchConfig, *, lm=None, quiet: bool = False) -> dict[str, 
     table = patching_table(rows, n_boot=cfg.n_boot, seed=cfg.seed)
 
     def finish():
-        run.write_table("items.parquet", pd.DataFrame(rows))
+        frame = pd.DataFrame(rows)
+        run.write_table("items.parquet", frame)
         run.write_table("patching.parquet", table)
-        df = pd.DataFrame(rows).drop_duplicates("item_id")
+        df = frame.drop_duplicates("item_id")
         summary = {"model": cfg.model, "data": cfg.data, "n": len(items), "direction": cfg.direction,
                    "clean_minus_corrupt": float((df["clean"] - df["corrupt"]).mean()), "run": str(cfg.run_folder),
                    "table": table.replace({np.nan: None}).to_dict("records")}
