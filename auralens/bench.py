@@ -37,10 +37,13 @@ from auralens.interp.audio import item_audio
 from auralens.interp.cafe.questions import make_item
 from auralens.interp.compat import boot_transformer_bridge
 from auralens.interp.datasets import load_dataset
-from auralens.interp.generation import cast_features, model_inputs
+from auralens.interp.errors import AuralensError, ConfigError
+from auralens.interp.evaluate import run_eval
+from auralens.interp.generation import GenerationConfig, cast_features, model_inputs
 from auralens.interp.loading import LoadedModel, load_model
 from auralens.interp.prompts import build_inputs
-from auralens.testing.tiny import TINY_AUDIO, build_config, build_tiny_processor
+from auralens.interp.stats import accuracy_ci
+from auralens.testing.tiny import TINY_AUDIO, build_config, build_shaped, build_tiny_processor
 
 
 class PeakMemory:
@@ -543,3 +546,155 @@ def bench_yield_scale(
                             "mask and indicator and the unused rows of the last buffer: 8, 8, 16, 32, then 64 rows per layer, at most max(2N, 8) rows)"),
         "runs": rows,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# `auralens bench gpu`: the one-command GPU check (issue 24 item 4)
+# --------------------------------------------------------------------------------------------
+
+
+def require_cuda() -> None:
+    """Refuse, before any model is built, where no CUDA device exists."""
+    import torch
+
+    if not torch.cuda.is_available():
+        build = torch.version.cuda and f"CUDA {torch.version.cuda} build" or "CPU-only build"
+        raise ConfigError(
+            f"bench gpu: expected a CUDA device, found none (torch {torch.__version__}, {build}, "
+            "torch.cuda.is_available() is False); run it on a machine with a GPU, or use `auralens bench yield "
+            "--batch 1,8` for the CPU benchmark")
+
+
+def _eager_yields(lm, batch, gen: dict[str, Any], amask) -> tuple[Any, Any]:
+    """``generate`` with eager attention and ``output_attentions``: the sequences and the audio
+    attention of each generated token's query, ``[B, N, L, H]`` (float32)."""
+    import torch
+
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            out = lm.model.generate(**batch, **gen, output_attentions=True, return_dict_in_generate=True)
+    finally:
+        lm.model.set_attn_implementation("sdpa")
+    P = amask.shape[1]
+    am = amask.to(out.sequences.device).float()
+    steps = [torch.stack([(la[:, :, -1, :P].float() * am[:, None, :]).sum(-1) for la in step_att], dim=1)
+             for step_att in out.attentions]  # each [B, L, H]
+    return out.sequences, torch.stack(steps, dim=1)
+
+
+def bench_gpu_run(
+    lm,
+    *,
+    batches: tuple[int, ...] = (1, 8),
+    new_tokens: int = 512,
+    repeats: int = 3,
+    clip_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """Per batch size: plain SDPA ``generate``, ``generate`` with the yield recorder (median of
+    ``repeats`` interleaved runs, order alternating) and eager ``output_attentions`` ``generate``
+    (once), each with its peak memory (CUDA allocator peak above the model on GPU, sampled RSS on
+    CPU), the recorder / plain ratio, and the largest |recorder - eager| yield over every row,
+    step, layer and head.  Runs on any device; :func:`bench_gpu` is the GPU entry point."""
+    import torch
+
+    from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+
+    device = str(lm.device)
+    one = _inputs(lm, clip_seconds)
+    rows: list[dict[str, Any]] = []
+    for b in batches:
+        batch = _repeat_batch(one, b)
+        amask = audio_mask_from_ids(batch["input_ids"], lm.arch)
+        gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   pad_token_id=lm.tokenizer.pad_token_id)
+        recs: list[Any] = []
+
+        def plain(batch=batch, gen=gen):
+            with torch.inference_mode():
+                return lm.model.generate(**batch, **gen)
+
+        def recorded(batch=batch, gen=gen, amask=amask):
+            rec = YieldRecorder(lm.model, lm.arch, amask)
+            with torch.inference_mode(), rec:
+                out = lm.model.generate(**batch, **gen)
+            recs[:] = [rec.result.total]
+            return out
+
+        seq_plain, seq_rec = plain(), recorded()  # warm-up
+        tp: list[float] = []
+        tr: list[float] = []
+        mp: list[int] = []
+        mr: list[int] = []
+        for i in range(repeats):
+            order = [(plain, tp, mp), (recorded, tr, mr)]
+            for fn, times, mems in (order if i % 2 == 0 else order[::-1]):
+                dt, _, mem = _timed(fn, device)
+                times.append(dt)
+                mems.append(mem)
+        dt_e, (seq_e, ref), mem_e = _timed(lambda batch=batch, gen=gen, amask=amask: _eager_yields(lm, batch, gen, amask), device)
+        yields = recs[0].float().to(ref.device)  # [B, N, L, H]
+        a, r = statistics.median(tp), statistics.median(tr)
+        rows.append({
+            "batch": b, "new_tokens": new_tokens,
+            "plain_sdpa": {"seconds": round(a, 4), "peak_bytes": int(np.median(mp))},
+            "recorder": {"seconds": round(r, 4), "ratio": round(r / a, 4), "peak_bytes": int(np.median(mr))},
+            "eager_output_attentions": {"seconds": round(dt_e, 4), "ratio": round(dt_e / a, 4), "peak_bytes": int(mem_e)},
+            "max_abs_recorder_minus_eager": float((yields - ref).abs().max()),
+            "tokens_equal_plain_recorder": bool(torch.equal(seq_plain, seq_rec)),
+            "tokens_equal_plain_eager": bool(torch.equal(seq_plain, seq_e)),
+            "plain_s_all": [round(x, 4) for x in tp], "recorded_s_all": [round(x, 4) for x in tr],
+        })
+    return {
+        "device": device, "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""), "model": lm.model_id,
+        "layers": lm.arch.n_layers, "heads": lm.arch.n_heads, "clip_seconds": clip_seconds,
+        "audio_tokens": int(audio_mask_from_ids(one["input_ids"], lm.arch).sum()),
+        "prompt_tokens": int(one["input_ids"].shape[1]), "repeats": repeats,
+        "memory_how": ("CUDA: torch.cuda.max_memory_allocated after synchronize, minus what was allocated before "
+                       "the phase (the model); CPU: sampled RSS above the start"),
+        "runs": rows,
+    }
+
+
+def bench_gpu_eval(model: str = "smol-audio", *, n: int = 200, device: str = "cuda", batch_size: int = 32,
+                   max_new_tokens: int = 32) -> dict[str, Any]:
+    """The real-weights model's accuracy on ``n`` cafe items (direct answers, real audio), with its
+    Wilson interval and wall time; ``{"skipped": reason}`` where the model cannot be loaded here."""
+    import torch
+
+    try:
+        lm = load_model(model, device=device, dtype="bfloat16" if device.startswith("cuda") else "float32")
+    except (AuralensError, OSError) as exc:
+        return {"model": model, "skipped": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
+    items = load_dataset("cafe", n=n, seed=0)
+    t = time.perf_counter()
+    df = run_eval(lm, items, formats=("direct",), audio_modes=("real",),
+                  cfg=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size), progress=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    acc, lo, hi = accuracy_ci(df["correct"].to_numpy(dtype=float))
+    return {"model": model, "n": len(df), "accuracy": round(float(acc), 4), "ci_low": round(float(lo), 4),
+            "ci_high": round(float(hi), 4), "seconds": round(dt, 2), "items_per_s": round(len(df) / dt, 2)}
+
+
+def bench_gpu(*, batches: tuple[int, ...] = (1, 8), new_tokens: int = 512, repeats: int = 3, eval_n: int = 200,
+              eval_model: str = "smol-audio") -> dict[str, Any]:
+    """`auralens bench gpu`: :func:`bench_gpu_run` on a random-init model of Qwen2-Audio-7B's
+    dimensions in bfloat16 on the GPU (30 s clip), then :func:`bench_gpu_eval`.  Refuses first
+    (:func:`require_cuda`) where no GPU exists."""
+    import torch
+
+    require_cuda()
+    m, proc = build_shaped("qwen2_audio", "qwen2-audio-7b", dtype=torch.bfloat16, device="cuda")
+    proc.tokenizer.padding_side = "left"
+    lm = LoadedModel(model=m, processor=proc, arch=describe(m), model_id="qwen2-audio-7b-shaped", source="")
+    t = time.perf_counter()
+    res = bench_gpu_run(lm, batches=batches, new_tokens=new_tokens, repeats=repeats)
+    res["bench_seconds"] = round(time.perf_counter() - t, 1)
+    del lm, m
+    gc.collect()
+    torch.cuda.empty_cache()
+    res["eval"] = bench_gpu_eval(eval_model, n=eval_n) if eval_n else {"skipped": "--eval-n 0"}
+    return res

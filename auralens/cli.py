@@ -25,7 +25,7 @@ from rich.table import Table
 # The stages are called through their modules (``record.stage_record``), so a stage replaced in
 # its module (a test, a plugin) is the one the command runs.
 from auralens import compare, demo as demo_stage
-from auralens.bench import bench_stages, bench_yield, bench_yield_scale, build_7b_layers
+from auralens.bench import bench_gpu, bench_stages, bench_yield, bench_yield_scale, build_7b_layers
 from auralens.dashboards import launch
 from auralens.dashboards.report import write_report
 from auralens.finetuning.config import FinetuneConfig
@@ -652,6 +652,41 @@ def bench_stages_cmd(
     for b, r in res["recorder_overhead"]["batches"].items():
         t.add_row(b, f"{r['plain_s']:.3f}", f"{r['recorded_s']:.3f}", f"{r['ratio']:.3f}")
     Console().print(t)
+
+
+@_command(bench_app, "gpu")
+def bench_gpu_cmd(
+    batch: str = typer.Option("1,8", "--batch", help="Comma-separated batch sizes."),
+    new_tokens: int = typer.Option(512, "--new-tokens", help="Generated tokens per phase (>= 1)."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed repeats of the plain and recorder phases (>= 1)."),
+    eval_n: int = typer.Option(200, "--eval-n", help="Items of the real-weights model's eval (0: skip it)."),
+    eval_model: str = typer.Option("smol-audio", "--eval-model", help="The real-weights model evaluated on --eval-n cafe items."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """One-command GPU check: recorder vs plain SDPA generate vs eager at Qwen2-Audio-7B dimensions in bf16
+    (30 s audio), peak memory of each, max |recorder - eager|, and the real-weights model's eval.  Exits 2 without a GPU."""
+
+    sizes = tuple(_numbers("--batch", batch, int))
+    for name, v in [("--batch", x) for x in sizes] + [("--new-tokens", new_tokens), ("--repeats", repeats)]:
+        check_int(name, v)
+    if eval_n:
+        check_int("--eval-n", eval_n)
+    res = bench_gpu(batches=sizes, new_tokens=new_tokens, repeats=repeats, eval_n=eval_n, eval_model=eval_model)
+    if as_json:
+        _echo_json(res)
+        return
+    t = Table(title=f"bench gpu: {res['model']} on {res['device_name']} ({res['dtype']}), {res['audio_tokens']} audio tokens, {new_tokens} new tokens")
+    for c in ("batch", "plain s", "recorder s", "ratio", "eager s", "peak GiB plain / rec / eager", "max |rec - eager|"):
+        t.add_column(c)
+    for r in res["runs"]:
+        peaks = " / ".join(f"{r[k]['peak_bytes'] / 2**30:.2f}" for k in ("plain_sdpa", "recorder", "eager_output_attentions"))
+        t.add_row(str(r["batch"]), f"{r['plain_sdpa']['seconds']:.2f}", f"{r['recorder']['seconds']:.2f}",
+                  f"{r['recorder']['ratio']:.3f}", f"{r['eager_output_attentions']['seconds']:.2f}", peaks,
+                  f"{r['max_abs_recorder_minus_eager']:.2e}")
+    Console().print(t)
+    ev = res["eval"]
+    Console().print(f"eval {ev.get('model')}: " + (ev["skipped"] if "skipped" in ev else
+                    f"{ev['accuracy']:.3f} [{ev['ci_low']:.3f}, {ev['ci_high']:.3f}] on {ev['n']} items, {ev['items_per_s']:.1f} items/s"))
 
 
 @_stage_command(app, "record", "auralens.interp.record:RecordConfig")
