@@ -10,7 +10,7 @@ import numpy as np
 
 from auralens.interp.decay import decay_summary, decay_table
 from auralens.interp.record_analysis import load_yields
-from auralens.interp.stats import bootstrap_mean_ci
+from auralens.interp.stats import accuracy_ci, bootstrap_mean_ci, paired_diff_ci
 from auralens.organisms import claim_gap_by_item, class_claim_steps
 from auralens.organisms.validate import claim_onset, onset_text
 
@@ -36,12 +36,18 @@ class Rows(list):
                      "ci_high": float(hi), "n": int(n), "source": "measured", "note": note})
 
 
-def mean_ci(values, *, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Mean and item-bootstrap CI of ``values`` (NaNs for none)."""
+def mean_ci(values, *, n_boot: int, seed: int, bounds: tuple[float, float] | None = (0.0, 1.0)
+            ) -> tuple[float, float, float]:
+    """Mean of per-item ``values`` and its 95% CI; NaNs for none.  ``bounds=(0, 1)`` (right/wrong
+    items or an item's share): :func:`auralens.interp.stats.accuracy_ci` (Wilson for right/wrong
+    items, else the BCa item bootstrap); other bounds (a paired difference: (-1, 1); counts:
+    None): :func:`auralens.interp.stats.bootstrap_mean_ci`, BCa, those bounds for all-equal data."""
     v = np.asarray(values, dtype=float)
     if len(v) == 0:
         return np.nan, np.nan, np.nan
-    m, lo, hi = bootstrap_mean_ci(v, n_boot=n_boot, seed=seed)
+    if bounds == (0.0, 1.0):
+        return accuracy_ci(v, n_boot=n_boot, seed=seed)
+    m, lo, hi = bootstrap_mean_ci(v, n_boot=n_boot, seed=seed, bounds=bounds)
     return float(m), float(lo), float(hi)
 
 
@@ -74,8 +80,11 @@ def add_gain(rows: Rows, metric, df, ref, ref_name, *, n_boot, seed) -> None:
     a = df.set_index("item_id")["correct"].astype(float)
     b = ref.set_index("item_id")["correct"].astype(float)
     common = a.index.intersection(b.index)
-    m, lo, hi = mean_ci((a[common] - b[common]).to_numpy(), n_boot=n_boot, seed=seed)
-    rows.add(metric, "all", m, lo, hi, len(common), note=f"paired bootstrap over items vs {ref_name}")
+    if len(common):
+        m, lo, hi = paired_diff_ci(a[common].to_numpy(), b[common].to_numpy(), n_boot=n_boot, seed=seed)
+    else:
+        m = lo = hi = np.nan
+    rows.add(metric, "all", m, lo, hi, len(common), note=f"paired BCa bootstrap over items vs {ref_name}")
 
 
 def add_claims(rows: Rows, run, *, n_boot, seed, min_claims: int, onset_run=None) -> None:
@@ -109,7 +118,7 @@ def add_claims(rows: Rows, run, *, n_boot, seed, min_claims: int, onset_run=None
     k = int(test["onset"])
     rows.add("claim_onset", "all", k, n=test["n_items"], note=f"onset test on {where}: {onset_text(test)}")
     diffs = claim_gap_by_item(cls, k)
-    m, lo, hi = mean_ci(diffs.to_numpy(float), n_boot=n_boot, seed=seed)
+    m, lo, hi = mean_ci(diffs.to_numpy(float), n_boot=n_boot, seed=seed, bounds=(-1.0, 1.0))  # paired by item
     rows.add("claim_gap", "all", m, lo, hi, len(diffs),
              note=f"class-claim accuracy before step {k} (chosen on {'the same' if onset_run is None else 'other'} "
                   "items) - from it on, paired by item")
@@ -144,7 +153,7 @@ def add_inference_cost(rows: Rows, run, df, pause_id: int | None, extra_forwards
     """``generated_tokens``, ``pauses_per_item`` (tokens ``pause_id`` in the generated ids) and
     ``forwards_per_item`` (generated tokens + ``extra_forwards``)."""
     toks = df["n_tokens"].to_numpy(float)
-    m, lo, hi = mean_ci(toks, n_boot=n_boot, seed=seed)
+    m, lo, hi = mean_ci(toks, n_boot=n_boot, seed=seed, bounds=None)
     rows.add("generated_tokens", "all", m, lo, hi, len(df), note="generated tokens per item (end-of-turn included)")
     pauses = np.zeros(len(df))
     if pause_id is not None:

@@ -13,7 +13,7 @@ import numpy as np
 from auralens.interp.cafe.formats import check_claims, parse_claims
 from auralens.interp.errors import ConfigError
 from auralens.interp.schemas import CLAIM_ACCURACY, DECAY, DECAY_SUMMARY
-from auralens.interp.stats import accuracy_ci, bootstrap_mean_ci
+from auralens.interp.stats import accuracy_ci, bootstrap_mean_ci, bootstrap_stat_ci
 from auralens.interp.steps import char_steps
 
 DECAY_COLUMNS = DECAY.names  # the columns of decay.parquet (declared in auralens.interp.schemas)
@@ -91,14 +91,16 @@ def decay_table(
         for g, vals in groups.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a subset's step no resample holds
-                mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
+                # yields lie in [0, 1]: the bound of stats' degenerate rule (all items alike)
+                mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed, bounds=(0.0, 1.0), warn=False)
             n = (~np.isnan(vals)).sum(0)
             for s in range(vals.shape[1]):
                 if g.endswith((":claim", ":reasoning", ":reach_last")) and not n[s]:
                     continue  # a subset's step with no item: no row
                 rows.append((g, axis, -1, -1, s, mean[s], lo[s], hi[s], int(n[s])))
         if per_head:
-            mean, lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, seed=seed)  # [S, L, H]
+            mean, lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, seed=seed, bounds=(0.0, 1.0),
+                                             warn=False)  # [S, L, H]
             n = (~np.isnan(per_item)).sum(0)
             for s in range(n_index):
                 for layer in range(L):
@@ -181,27 +183,41 @@ def _slopes(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _curve_stat(kind: str, steps: np.ndarray):
+    """The vectorised statistic of :func:`curve_ci`: one sample per step (``[..., items]``, NaN:
+    no value; resampled together) -> the slope or the last/first ratio of the item-mean curve."""
+
+    def stat(*cols, axis=-1):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps of a resample
+            curve = np.stack([np.nanmean(c, axis=axis) for c in cols], -1)  # [..., S]
+        if kind == "ratio":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(curve[..., 0] > 0, curve[..., -1] / curve[..., 0], np.nan)
+        flat = curve.reshape(-1, curve.shape[-1])
+        return _slopes(flat, steps).reshape(curve.shape[:-1])
+
+    return stat
+
+
 def curve_ci(per_item: np.ndarray, steps: Sequence[int], *, n_boot: int = 1000, seed: int = 0,
              alpha: float = 0.05) -> dict[str, float]:
     """Item-bootstrap CIs of the slope and of the last/first ratio of the mean curve over
-    ``steps`` (the steps the point estimate used): items are resampled with replacement, the
-    mean curve, its slope and ratio recomputed each time; percentile intervals."""
+    ``steps`` (the steps the point estimate used): BCa intervals of ``scipy.stats.bootstrap``
+    (:func:`auralens.interp.stats.bootstrap_stat_ci`), items resampled, the mean curve, its
+    slope and ratio recomputed on each resample."""
     v = np.asarray(per_item, dtype=np.float64)[:, list(steps)]
     nan = float("nan")
+    out = {"slope_ci_low": nan, "slope_ci_high": nan, "ratio_ci_low": nan, "ratio_ci_high": nan}
     if len(steps) < 2 or not len(v):
-        return {"slope_ci_low": nan, "slope_ci_high": nan, "ratio_ci_low": nan, "ratio_ci_high": nan}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(v), size=(n_boot, len(v)))
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps of a resample
-        boot = np.nanmean(v[idx], axis=1)  # [B, S]
-        slope = _slopes(boot, np.asarray(steps, dtype=np.float64))
-        ratio = np.where(boot[:, 0] > 0, boot[:, -1] / boot[:, 0], np.nan)
-        q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-        s_lo, s_hi = np.nanpercentile(slope, q) if np.isfinite(slope).any() else (nan, nan)
-        r_lo, r_hi = np.nanpercentile(ratio, q) if np.isfinite(ratio).any() else (nan, nan)
-    return {"slope_ci_low": float(s_lo), "slope_ci_high": float(s_hi), "ratio_ci_low": float(r_lo),
-            "ratio_ci_high": float(r_hi)}
+        return out
+    x = np.asarray(steps, dtype=np.float64)
+    for kind in ("slope", "ratio"):
+        # one sample per step, paired (an item's steps are resampled together)
+        _, lo, hi = bootstrap_stat_ci(tuple(v.T), _curve_stat(kind, x), n_boot=n_boot, seed=seed, confidence=1 - alpha,
+                                      what=f"decay {kind}")
+        out[f"{kind}_ci_low"], out[f"{kind}_ci_high"] = lo, hi
+    return out
 
 
 def decay_summary(table, *, axis: str = "step", min_n: int = 1, per_item: dict[str, np.ndarray] | None = None,
@@ -265,7 +281,7 @@ def claim_accuracy_overall(claims, *, n_boot: int = 1000, seed: int = 0) -> dict
     if len(claims) == 0:
         return {"accuracy": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_items": 0}
     per_item = claims.groupby("item_id")["claim_correct"].mean().to_numpy(float)
-    mean, lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, seed=seed)
+    mean, lo, hi = accuracy_ci(per_item, n_boot=n_boot, seed=seed)  # Wilson if each item is right/wrong
     return {"accuracy": float(mean), "ci_low": float(lo), "ci_high": float(hi), "n_items": int(len(per_item))}
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from jaxtyping import Float
 
 from auralens.interp.errors import ConfigError, ProbeError
+from auralens.interp.stats import bootstrap_stat_ci
 from auralens.probes.inputs import as_1d, as_features, check_lengths, check_support, encode_groups, encode_labels
 
 __all__ = ["ProbeConfig", "ProbeResult", "control_labels", "fit_probe", "make_folds", "predict"]
@@ -64,7 +65,7 @@ class ProbeConfig:
             control task (``control_accuracy`` and ``selectivity`` are then NaN).
         n_bootstrap: bootstrap resamples of items for the confidence interval; 0 skips it
             (``ci_low``/``ci_high`` are then NaN).
-        confidence: level of the bootstrap percentile interval.
+        confidence: level of the BCa bootstrap interval (auralens.interp.stats.bootstrap_stat_ci).
         seed: seeds the fold assignment, the control mapping and the bootstrap.
     """
 
@@ -332,37 +333,40 @@ def _bootstrap_ci(
     config: ProbeConfig,
     attribute: str,
 ) -> tuple[float, float]:
-    """Percentile CI of the pooled out-of-fold score, resampling items with replacement."""
+    """BCa CI of the pooled out-of-fold score, resampling items (``scipy.stats.bootstrap``
+    through :func:`auralens.interp.stats.bootstrap_stat_ci`): the samples are per-item sums
+    (an item's rows stay together), resampled together, and the score is a ratio of their sums.
+    All items alike (e.g. every item right): the degenerate rule, bounds [0, 1] for accuracy."""
     if config.n_bootstrap == 0:
         return float("nan"), float("nan")
     n_items = int(group_codes.max()) + 1
-    rng = np.random.default_rng(_attribute_seed(config.seed, attribute) + 1)
-    # counts[b, g]: how many times item g is drawn in resample b (multinomial = draw with
-    # replacement); every statistic below is a count-weighted sum of per-item sums.
-    counts = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=config.n_bootstrap)
-    counts = counts.astype(np.float64)
+    seed = _attribute_seed(config.seed, attribute) + 1
     rows = np.bincount(group_codes, minlength=n_items).astype(np.float64)
-    n_rows = counts @ rows
     if config.kind == "logistic":
         hits = (pred == target).astype(np.float64)
         correct = np.bincount(group_codes, weights=hits, minlength=n_items)
-        stats = (counts @ correct) / n_rows
-    else:
-        t = target.astype(float)
-        s_res = np.bincount(group_codes, weights=(t - pred) ** 2, minlength=n_items)
-        s_y = np.bincount(group_codes, weights=t, minlength=n_items)
-        s_yy = np.bincount(group_codes, weights=t * t, minlength=n_items)
-        ss_res = counts @ s_res
-        sum_y = counts @ s_y
-        ss_tot = counts @ s_yy - sum_y**2 / n_rows
+
+        def accuracy(c, r, axis=-1):
+            return c.sum(axis) / r.sum(axis)
+
+        _, low, high = bootstrap_stat_ci((correct, rows), accuracy, n_boot=config.n_bootstrap, seed=seed,
+                                         confidence=config.confidence, bounds=(0.0, 1.0),
+                                         what=f"probe accuracy of {attribute!r}")
+        return low, high
+    t = target.astype(float)
+    s_res = np.bincount(group_codes, weights=(t - pred) ** 2, minlength=n_items)
+    s_y = np.bincount(group_codes, weights=t, minlength=n_items)
+    s_yy = np.bincount(group_codes, weights=t * t, minlength=n_items)
+
+    def r2(res, y, yy, r, axis=-1):
+        n_rows, sum_y = r.sum(axis), y.sum(axis)
         with np.errstate(divide="ignore", invalid="ignore"):
-            stats = 1.0 - ss_res / ss_tot
-        stats = stats[np.isfinite(stats)]  # resamples whose labels are all equal have no R^2
-        if stats.size == 0:
-            return float("nan"), float("nan")
-    tail = (1.0 - config.confidence) / 2.0
-    low, high = np.quantile(stats, [tail, 1.0 - tail])
-    return float(low), float(high)
+            return 1.0 - res.sum(axis) / (yy.sum(axis) - sum_y**2 / n_rows)
+
+    _, low, high = bootstrap_stat_ci((s_res, s_y, s_yy, rows), r2, n_boot=config.n_bootstrap, seed=seed,
+                                     confidence=config.confidence, bounds=None,
+                                     what=f"probe R^2 of {attribute!r}")
+    return low, high
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ each batch and a resumed sweep skips the rows it already has.
 (vector, method, layer, beta, positions, format, category) with ``category`` each item
 category and ``"all"``:
 
-- ``accuracy``, ``ci_low``, ``ci_high``: mean correctness and its 95% percentile bootstrap CI
+- ``accuracy``, ``ci_low``, ``ci_high``: mean correctness and its 95% Wilson CI
   over items;
 - ``delta``, ``delta_ci_low``, ``delta_ci_high``: accuracy minus the baseline's on the same
   items, with a *paired* bootstrap (items resampled, each item's steered and baseline answers
@@ -39,7 +39,7 @@ from auralens.interp.errors import ConfigError
 from auralens.interp.generation import GenerationConfig, cast_features, generate_batch, model_inputs, score
 from auralens.interp.runs import fill_rows
 from auralens.interp.schemas import STEER_ITEMS, STEERING
-from auralens.interp.stats import accuracy_ci, bootstrap_mean_ci
+from auralens.interp.stats import accuracy_ci, paired_diff_ci
 from auralens.steering.figures import steering_sweep
 from auralens.steering.registry import BACKENDS, POSITIONS
 
@@ -320,13 +320,15 @@ def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, betas: Seque
     for k, g in full.groupby(keys, sort=True):
         cats = [("all", g)] + [(c, gc) for c, gc in g.groupby("category", sort=True)]
         for cat, gc in cats:
-            vals = gc[["correct", "diff"]].to_numpy(dtype=np.float64)
-            mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)  # the paired gain's CI
-            _, acc_lo, acc_hi = accuracy_ci(vals[:, 0])  # the accuracy's: Wilson
+            correct, base_c = gc["correct"].to_numpy(np.float64), gc["base"].to_numpy(np.float64)
+            acc, acc_lo, acc_hi = accuracy_ci(correct)  # the accuracy's: Wilson
+            # the paired gain's: BCa over items; beta = 0 is the baseline itself (all-zero gains, no warning)
+            delta, lo, hi = paired_diff_ci(correct, base_c, n_boot=n_boot, seed=seed, warn=float(k[3]) != 0.0,
+                                           bounds=(-1.0, 1.0) if float(k[3]) != 0.0 else None)
             out.append({
                 **dict(zip(keys, k)), "category": str(cat),
-                "accuracy": float(mean[0]), "ci_low": acc_lo, "ci_high": acc_hi, "n": int(len(gc)),
-                "delta": float(mean[1]), "delta_ci_low": float(lo[1]), "delta_ci_high": float(hi[1]),
+                "accuracy": acc, "ci_low": acc_lo, "ci_high": acc_hi, "n": int(len(gc)),
+                "delta": delta, "delta_ci_low": lo, "delta_ci_high": hi,
             })
     table = STEERING.frame(out)
     table["layer"] = table["layer"].astype(int)
@@ -336,24 +338,27 @@ def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, betas: Seque
 
 
 def paired_ci(a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Mean of the per-item differences ``a - b`` and its percentile bootstrap CI (items resampled)."""
-    mean, lo, hi = bootstrap_mean_ci(np.asarray(a, float) - np.asarray(b, float), n_boot=n_boot, seed=seed)
-    return float(mean), float(lo), float(hi)
+    """Mean of the per-item differences ``a - b`` and its paired BCa bootstrap CI (items
+    resampled; :func:`auralens.interp.stats.paired_diff_ci`, bounds [-1, 1])."""
+    return paired_diff_ci(a, b, n_boot=n_boot, seed=seed)
 
 
 def paired_stats(rows, name: str, *, n_boot: int, seed: int) -> dict[str, Any]:
     """Accuracy of ``name`` and of the baseline on the same items, and the paired gain with its
-    bootstrap CI over items (:func:`auralens.interp.stats.bootstrap_mean_ci`)."""
+    BCa bootstrap CI over items (:func:`auralens.interp.stats.paired_diff_ci`)."""
     base = rows[rows["vector"] == BASELINE].set_index("item_id")["correct"].astype(float)
     got = rows[rows["vector"] == name].set_index("item_id")["correct"].astype(float)
     common = base.index.intersection(got.index)
-    vals = np.stack([base[common].to_numpy(), got[common].to_numpy(), (got[common] - base[common]).to_numpy()], -1)
-    mean, lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, seed=seed)
-    b_lo, b_hi = accuracy_ci(vals[:, 0])[1:]  # accuracies: Wilson; the paired gain: the item bootstrap
-    s_lo, s_hi = accuracy_ci(vals[:, 1])[1:]
-    return {"n": int(len(common)), "base": float(mean[0]), "base_ci": [b_lo, b_hi],
-            "steered": float(mean[1]), "steered_ci": [s_lo, s_hi],
-            "gain": float(mean[2]), "ci": [float(lo[2]), float(hi[2])]}
+    if name == BASELINE:  # the baseline against itself: the same answers by construction, gain exactly 0
+        b_acc, b_lo, b_hi = accuracy_ci(base[common].to_numpy())
+        return {"n": int(len(common)), "base": b_acc, "base_ci": [b_lo, b_hi], "steered": b_acc,
+                "steered_ci": [b_lo, b_hi], "gain": 0.0, "ci": [0.0, 0.0]}
+    b_acc, b_lo, b_hi = accuracy_ci(base[common].to_numpy())  # accuracies: Wilson; the paired gain: BCa
+    s_acc, s_lo, s_hi = accuracy_ci(got[common].to_numpy())
+    gain, lo, hi = paired_diff_ci(got[common].to_numpy(), base[common].to_numpy(), n_boot=n_boot, seed=seed)
+    return {"n": int(len(common)), "base": b_acc, "base_ci": [b_lo, b_hi],
+            "steered": s_acc, "steered_ci": [s_lo, s_hi],
+            "gain": gain, "ci": [lo, hi]}
 
 
 def best_gain(table, item_rows, *, main: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:

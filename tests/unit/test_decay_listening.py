@@ -159,12 +159,14 @@ def test_summary_cis_bootstrap_the_slope_over_items():
     r = summ[(summ.group == "all") & (summ.axis == "step")].iloc[0]
     assert r.slope_ci_low <= r.slope <= r.slope_ci_high and r.slope_ci_high < 0
     assert r.ratio_ci_low <= r.last_first_ratio <= r.ratio_ci_high and r.n_items == 30
-    # against a naive loop of the same resamples
-    rng = np.random.default_rng(1)
+    # against scipy's BCa bootstrap directly: the steps as paired samples, items resampled together
+    from scipy import stats
+
     v = per_item["all"][:, :5]
-    idx = rng.integers(0, len(v), size=(500, len(v)))
-    naive = [np.polyfit(np.arange(5), np.nanmean(v[i], 0), 1)[0] for i in idx]
-    assert r.slope_ci_low == pytest.approx(np.percentile(naive, 2.5), abs=1e-9)
+    ref = stats.bootstrap(tuple(v.T), lambda *c: np.polyfit(np.arange(5), [np.nanmean(x) for x in c], 1)[0],
+                          n_resamples=500, method="BCa", paired=True, vectorized=False, rng=np.random.default_rng(1))
+    assert r.slope_ci_low == pytest.approx(ref.confidence_interval.low, abs=1e-9)
+    assert r.slope_ci_high == pytest.approx(ref.confidence_interval.high, abs=1e-9)
     # identical items: a zero-width interval
     flat = [np.full((10, 2, 2), 0.5) for _ in range(5)]
     st = [np.repeat(np.arange(5), 2) for _ in range(5)]
