@@ -106,6 +106,22 @@ def _timed(fn, device: str) -> tuple[float, Any, int]:
     return dt, out, mem.peak
 
 
+def _interleaved(plain, recorded, repeats: int, device: str) -> tuple[list[float], list[float], list[int], list[int]]:
+    """``repeats`` timed runs of each of ``plain`` and ``recorded``, interleaved with the order
+    alternating: (plain seconds, recorded seconds, plain peak bytes, recorded peak bytes)."""
+    tp: list[float] = []
+    tr: list[float] = []
+    mp: list[int] = []
+    mr: list[int] = []
+    for i in range(repeats):
+        order = [(plain, tp, mp), (recorded, tr, mr)]
+        for fn, times, mems in (order if i % 2 == 0 else order[::-1]):
+            dt, _, mem = _timed(fn, device)
+            times.append(dt)
+            mems.append(mem)
+    return tp, tr, mp, mr
+
+
 def yield_bytes_prediction(*, layers: int, batch: int, heads: int, steps: int, bins: int = 1) -> int:
     """What the yields themselves take: ``L * B * H * N * bins`` float32."""
     return layers * batch * heads * steps * bins * 4
@@ -229,22 +245,8 @@ def bench_yield(
 def _bench_eager(lm, batch, gen: dict[str, Any], amask, yields, a: float, device: str) -> tuple[dict[str, Any], float]:
     """The eager ``output_attentions`` generate phase (timed, then back to SDPA) and the largest
     absolute difference of the recorder's yields from the audio attention it returns."""
-    import torch
-
-    lm.model.set_attn_implementation("eager")
-    try:
-        def eager_gen():
-            with torch.inference_mode():
-                return lm.model.generate(**batch, **gen, output_attentions=True, return_dict_in_generate=True)
-
-        dt, out, mem = _timed(eager_gen, device)
-    finally:
-        lm.model.set_attn_implementation("sdpa")
-    audio = amask[0]
-    rows = []
-    for step_att in out.attentions:  # per generation step: tuple over layers [B, H, q, T]
-        rows.append(torch.stack([la[0, :, -1, : len(audio)][:, audio].float().sum(-1) for la in step_att]))
-    ref = torch.stack(rows)  # [new_tokens, L, H]
+    dt, out, mem = _timed(lambda: _eager_generate(lm, batch, gen), device)
+    ref = _audio_attention(out, amask)[0]  # [new_tokens, L, H]
     phase = {"seconds": dt, "ratio": dt / a, "peak_bytes": int(mem)}
     return phase, float((yields.float().cpu() - ref.cpu()).abs().max())
 
@@ -509,16 +511,7 @@ def bench_yield_scale(
             seq_rec = recorded(measure=held)
             if not torch.equal(seq_plain, seq_rec):
                 raise RuntimeError(f"batch {b}, {n} new tokens: the recorder changed the generated tokens")
-            tp: list[float] = []
-            tr: list[float] = []
-            mp: list[int] = []
-            mr: list[int] = []
-            for i in range(repeats):
-                order = [(plain, tp, mp), (recorded, tr, mr)]
-                for fn, times, mems in (order if i % 2 == 0 else order[::-1]):
-                    dt, _, mem = _timed(fn, device)
-                    times.append(dt)
-                    mems.append(mem)
+            tp, tr, mp, mr = _interleaved(plain, recorded, repeats, device)
             pred = yield_bytes_prediction(layers=lm.arch.n_layers, batch=b, heads=lm.arch.n_heads, steps=n)
             a, r = statistics.median(tp), statistics.median(tr)
             row: dict[str, Any] = {
@@ -565,22 +558,28 @@ def require_cuda() -> None:
             "--batch 1,8` for the CPU benchmark")
 
 
-def _eager_yields(lm, batch, gen: dict[str, Any], amask) -> tuple[Any, Any]:
-    """``generate`` with eager attention and ``output_attentions``: the sequences and the audio
-    attention of each generated token's query, ``[B, N, L, H]`` (float32)."""
+def _eager_generate(lm, batch, gen: dict[str, Any]):
+    """``generate`` with eager attention and ``output_attentions`` (then back to SDPA)."""
     import torch
 
     lm.model.set_attn_implementation("eager")
     try:
         with torch.inference_mode():
-            out = lm.model.generate(**batch, **gen, output_attentions=True, return_dict_in_generate=True)
+            return lm.model.generate(**batch, **gen, output_attentions=True, return_dict_in_generate=True)
     finally:
         lm.model.set_attn_implementation("sdpa")
+
+
+def _audio_attention(out, amask):
+    """The audio attention of each generated token's query in an eager ``generate`` output,
+    ``[B, N, L, H]`` (float32): each head's weights summed over the prompt's audio keys."""
+    import torch
+
     P = amask.shape[1]
     am = amask.to(out.sequences.device).float()
     steps = [torch.stack([(la[:, :, -1, :P].float() * am[:, None, :]).sum(-1) for la in step_att], dim=1)
-             for step_att in out.attentions]  # each [B, L, H]
-    return out.sequences, torch.stack(steps, dim=1)
+             for step_att in out.attentions]  # per generation step: tuple over layers [B, H, q, T] -> [B, L, H]
+    return torch.stack(steps, dim=1)
 
 
 def bench_gpu_run(
@@ -622,17 +621,9 @@ def bench_gpu_run(
             return out
 
         seq_plain, seq_rec = plain(), recorded()  # warm-up
-        tp: list[float] = []
-        tr: list[float] = []
-        mp: list[int] = []
-        mr: list[int] = []
-        for i in range(repeats):
-            order = [(plain, tp, mp), (recorded, tr, mr)]
-            for fn, times, mems in (order if i % 2 == 0 else order[::-1]):
-                dt, _, mem = _timed(fn, device)
-                times.append(dt)
-                mems.append(mem)
-        dt_e, (seq_e, ref), mem_e = _timed(lambda batch=batch, gen=gen, amask=amask: _eager_yields(lm, batch, gen, amask), device)
+        tp, tr, mp, mr = _interleaved(plain, recorded, repeats, device)
+        dt_e, out_e, mem_e = _timed(lambda batch=batch, gen=gen: _eager_generate(lm, batch, gen), device)
+        seq_e, ref = out_e.sequences, _audio_attention(out_e, amask)
         yields = recs[0].float().to(ref.device)  # [B, N, L, H]
         a, r = statistics.median(tp), statistics.median(tr)
         rows.append({

@@ -319,12 +319,13 @@ def steering_table(item_rows, *, n_boot: int = 1000, seed: int = 0, betas: Seque
     out = []
     for k, g in full.groupby(keys, sort=True):
         cats = [("all", g)] + [(c, gc) for c, gc in g.groupby("category", sort=True)]
+        # beta = 0 is the baseline itself: all-zero gains by construction, exactly [0, 0] (no bounds), no warning
+        steered = float(k[3]) != 0.0
         for cat, gc in cats:
             correct, base_c = gc["correct"].to_numpy(np.float64), gc["base"].to_numpy(np.float64)
             acc, acc_lo, acc_hi = accuracy_ci(correct)  # the accuracy's: Wilson
-            # the paired gain's: BCa over items; beta = 0 is the baseline itself (all-zero gains, no warning)
-            delta, lo, hi = paired_diff_ci(correct, base_c, n_boot=n_boot, seed=seed, warn=float(k[3]) != 0.0,
-                                           bounds=(-1.0, 1.0) if float(k[3]) != 0.0 else None)
+            delta, lo, hi = paired_diff_ci(correct, base_c, n_boot=n_boot, seed=seed, warn=steered,  # BCa over items
+                                           bounds=(-1.0, 1.0) if steered else None)
             out.append({
                 **dict(zip(keys, k)), "category": str(cat),
                 "accuracy": acc, "ci_low": acc_lo, "ci_high": acc_hi, "n": int(len(gc)),

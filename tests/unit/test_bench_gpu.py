@@ -60,6 +60,6 @@ def test_eager_reference_sees_a_wrong_yield(tiny_model):
     batch = bench._inputs(lm, 2.0)
     amask = audio_mask_from_ids(batch["input_ids"], lm.arch)
     gen = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-    _, ref = bench._eager_yields(lm, batch, gen, amask)
-    _, shifted = bench._eager_yields(lm, batch, gen, torch.roll(amask, 1, dims=1))
+    out = bench._eager_generate(lm, batch, gen)
+    ref, shifted = bench._audio_attention(out, amask), bench._audio_attention(out, torch.roll(amask, 1, dims=1))
     assert ref.shape[:2] == (1, 3) and float((ref - shifted).abs().max()) > 1e-3
