@@ -23,7 +23,7 @@ from auralens.interp.errors import ArchitectureError
 # Tested ranges: (oldest tested, first untested).  Keep in sync with pyproject.toml (a test
 # checks that they agree).
 TESTED: dict[str, tuple[str, str]] = {
-    "transformers": ("5.23", "5.25"),
+    "transformers": ("5.23", "5.26"),
     "nnsight": ("0.8.1", "0.9"),
     "transformer-lens": ("4.3", "4.4"),
     "trl": ("1.16", "1.17"),
