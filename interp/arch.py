@@ -71,8 +71,12 @@ class ArchTable:
     projector: str
     attn: str = "self_attn"  # relative to a decoder layer
     o_proj: str = "self_attn.o_proj"  # relative to a decoder layer
-    text_config: str = "text_config"  # attribute of model.config holding the LM config
-    audio_token_attr: str = "audio_token_id"  # attribute of model.config with the placeholder id
+    # attribute of model.config holding the LM config ("": model.config itself, as in Phi-4's flat config)
+    text_config: str = "text_config"
+    # (dotted) attribute of model.config with the placeholder id (Phi-4: "audio_config.audio_token_id")
+    audio_token_attr: str = "audio_token_id"
+    # attribute of model.config holding the audio encoder's config (Granite Speech: "encoder_config")
+    audio_config: str = "audio_config"
     # keyword of the processor's __call__ that takes audio arrays
     processor_audio_kwarg: str = "audio"
     # extra keyword arguments for generate() (e.g. Omni thinker needs none; kept for overrides)
@@ -237,6 +241,65 @@ TABLES: dict[str, ArchTable] = {
             window_seconds=30.0,
             processor_classes=("VoxtralProcessor",),
         ),
+        ArchTable(
+            name="granite_speech",
+            model_class="GraniteSpeechForConditionalGeneration",
+            decoder_layers="model.language_model.layers",
+            final_norm="model.language_model.norm",
+            audio_tower="model.encoder",
+            audio_layers="model.encoder.layers",
+            # a Q-Former over windows of 15 encoder frames, 3 queries each, then a linear map
+            projector="model.projector",
+            audio_o_proj="attn.to_out",  # the conformer block's attention output projection
+            audio_config="encoder_config",
+            aliases=("granite_speech_3_3", "granitespeech"),
+            # GraniteSpeechFeatureExtractor cuts nothing; the conformer attends in blocks of
+            # context_size frames and the projector's windows are 0.3 s (10 tokens per second)
+            audio_windowing="unbounded",
+            max_audio_seconds=None,
+            window_seconds=None,
+            processor_classes=("GraniteSpeechAudioProcessor", "GraniteSpeechProcessor"),
+        ),
+        ArchTable(
+            name="phi4_multimodal",
+            model_class="Phi4MultimodalForCausalLM",
+            decoder_layers="model.layers",
+            final_norm="model.norm",
+            audio_tower="model.embed_tokens_extend.audio_embed.encoder",
+            audio_layers="model.embed_tokens_extend.audio_embed.encoder.encoders",
+            # the speech projection (up, GELU, down) into the decoder width
+            projector="model.embed_tokens_extend.audio_embed.down_proj_for_speech",
+            audio_o_proj="self_attn.o_proj",
+            text_config="",  # a flat config: the decoder's fields are model.config's own
+            audio_token_attr="audio_config.audio_token_id",
+            aliases=("phi4mm", "phi_4_multimodal"),
+            # Phi4MultimodalFeatureExtractor cuts nothing (one token per 8 frames of 10 ms)
+            audio_windowing="unbounded",
+            max_audio_seconds=None,
+            window_seconds=None,
+            processor_classes=("Phi4AudioProcessor", "Phi4MultimodalProcessor"),
+        ),
+        ArchTable(
+            name="qwen3_omni_moe_thinker",
+            model_class="Qwen3OmniMoeThinkerForConditionalGeneration",
+            decoder_layers="model.language_model.layers",
+            final_norm="model.language_model.norm",
+            audio_tower="model.audio_tower",
+            audio_layers="model.audio_tower.layers",
+            projector="model.audio_tower.proj2",
+            own_position_ids=True,
+            # the hub checkpoints are thinker + talker (+ code2wav); auralens studies the thinker
+            containers=("Qwen3OmniMoeForConditionalGeneration",),
+            container_class="Qwen3OmniMoeForConditionalGeneration",
+            container_attr="thinker",
+            aliases=("qwen3_omni_moe", "qwen3_omni"),
+            # Qwen3OmniMoeProcessor: truncation=False; the encoder windows 100 mel frames (1 s,
+            # 13 tokens) itself, as Qwen3-ASR's
+            audio_windowing="unbounded",
+            max_audio_seconds=None,
+            window_seconds=1.0,
+            processor_classes=("Qwen3OmniMoeAudioProcessor", "Qwen3OmniMoeProcessor"),
+        ),
     ]
 }
 
@@ -246,25 +309,12 @@ TABLES: dict[str, ArchTable] = {
 #: environment).  A table needs a tiny model + locally built processor that pass the
 #: exactness tests (tests/test_attention_yield.py) before it is added.
 UNSUPPORTED: dict[str, str] = {
-    "GraniteSpeechForConditionalGeneration": (
-        "GraniteSpeechFeatureExtractor computes its mel features with torchaudio "
-        "(requires_backends), which is not installed"
-    ),
-    "Qwen3OmniMoeThinkerForConditionalGeneration": (
-        "Qwen3OmniMoeProcessor requires a video processor (Qwen2VLVideoProcessor needs "
-        "torchvision, not installed) and an image processor; a stand-in processor would have to "
-        "emit the thinker's feature_attention_mask with Qwen3-ASR-style windowed token counts "
-        "(13 per 100 mel frames) -- not done yet, so the MoE decoder is untested"
-    ),
     "Gemma3nForConditionalGeneration": (
-        "the class builds a timm MobileNetV5 vision tower (timm not installed), so no tiny model "
+        "the class builds a timm MobileNetV5 vision tower (timm not installed: timm requires torchvision, "
+        "which has no CPU build for torch 2.13 on the index), so no tiny model "
         "can be instantiated; its decoder is hybrid: the yield recorder refuses the "
         "sliding-window layers (ArchitectureError 'decoder layer L uses sliding-window attention "
         "(window W)'), and its KV-shared layers are unverified"
-    ),
-    "Phi4MultimodalForCausalLM": (
-        "Phi4MultimodalProcessor requires its image processor, whose only backend is torchvision "
-        "(not installed)"
     ),
 }
 
@@ -420,7 +470,7 @@ class Architecture:
         return get_attr_path(model, self.table.audio_layers)[layer]
 
     def text_config(self, model: Any) -> Any:
-        return getattr(model.config, self.table.text_config)
+        return text_config_of(model.config, self.table)
 
     def check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
@@ -571,14 +621,30 @@ def table_by_name(name: str) -> ArchTable:
     )
 
 
+def text_config_of(config: Any, table: ArchTable) -> Any:
+    """The decoder's config: ``config.<table.text_config>``, or ``config`` itself when that is ""."""
+    return getattr(config, table.text_config, None) if table.text_config else config
+
+
+def audio_token_id_of(config: Any, table: ArchTable) -> Any:
+    """The audio placeholder id at the table's (dotted) ``audio_token_attr`` of ``config``
+    (None where an attribute on the way is missing)."""
+    value = config
+    for part in table.audio_token_attr.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
 def describe(model: Any, table: ArchTable | None = None) -> Architecture:
     """Resolve the table of ``model``'s class against the instance (dims, token ids)."""
     table = table or table_for_class(type(model).__name__)
     cfg = model.config
-    tcfg = getattr(cfg, table.text_config, None)
+    tcfg = text_config_of(cfg, table)
     if tcfg is None:
         raise ArchitectureError(f"{type(model).__name__}.config has no {table.text_config!r}")
-    audio_token_id = getattr(cfg, table.audio_token_attr, None)
+    audio_token_id = audio_token_id_of(cfg, table)
     if audio_token_id is None:
         raise ArchitectureError(
             f"{type(model).__name__}.config has no audio placeholder id {table.audio_token_attr!r}"
@@ -587,7 +653,7 @@ def describe(model: Any, table: ArchTable | None = None) -> Architecture:
     head_dim = getattr(tcfg, "head_dim", None) or tcfg.hidden_size // n_heads
     layers = get_attr_path(model, table.decoder_layers)
     audio_layers = get_attr_path(model, table.audio_layers)
-    acfg = getattr(cfg, "audio_config", None)
+    acfg = getattr(cfg, table.audio_config, None)
     d_audio: Any = getattr(acfg, "d_model", None) or getattr(acfg, "hidden_size", 0)
     return Architecture(
         table=table,

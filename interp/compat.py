@@ -216,3 +216,53 @@ def boot_transformer_bridge(folder: str, *, hf_model: Any, tokenizer: Any):
     finally:
         if saved is not None:
             tl_helpers._ensure_torchvision = saved
+
+
+# --- processors built without torchaudio / torchvision (auralens.interp.processors) -------------
+
+def granite_speech_extractor_base() -> Any:
+    """transformers' ``GraniteSpeechFeatureExtractor``, the base of auralens' torchaudio-free
+    extractor, which reuses its private helpers ``_get_audios_and_audio_lengths`` (clips to one
+    padded tensor + lengths) and ``_get_num_audio_features`` (audio tokens per clip) and replaces
+    ``__init__``, ``__call__`` and ``_extract_mel_spectrograms`` (each calls
+    ``requires_backends(self, ["torchaudio"])``)."""
+    from transformers import GraniteSpeechFeatureExtractor
+
+    for name in ("_get_audios_and_audio_lengths", "_get_num_audio_features", "_extract_mel_spectrograms"):
+        if not callable(getattr(GraniteSpeechFeatureExtractor, name, None)):
+            raise ArchitectureError(
+                f"GraniteSpeechFeatureExtractor: expected the private method {name!r} (transformers 5.23-5.24), "
+                "found none; auralens' torchaudio-free extractor needs updating"
+            )
+    return GraniteSpeechFeatureExtractor
+
+
+def granite_speech_extractor_init(extractor: Any, *, sampling_rate: int, n_fft: int, win_length: int,
+                                  hop_length: int, n_mels: int, projector_window_size: int,
+                                  projector_downsample_rate: int, padding_value: float, **kwargs: Any) -> None:
+    """What ``GraniteSpeechFeatureExtractor.__init__`` sets, without its torchaudio
+    ``MelSpectrogram`` (the attribute ``mel_filters``): the ``SequenceFeatureExtractor`` fields,
+    ``melspec_kwargs`` (torchaudio's argument names) and the projector window."""
+    from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+
+    feature_size = n_mels if kwargs.get("feature_size") is None else kwargs.pop("feature_size")
+    SequenceFeatureExtractor.__init__(extractor, feature_size=feature_size, sampling_rate=sampling_rate,
+                                      padding_value=padding_value, **kwargs)
+    extractor.sampling_rate = sampling_rate
+    extractor.melspec_kwargs = {"sample_rate": sampling_rate, "n_fft": n_fft, "win_length": win_length,
+                                "hop_length": hop_length, "n_mels": n_mels}
+    extractor.projector_window_size = projector_window_size
+    extractor.projector_downsample_rate = projector_downsample_rate
+
+
+def omni_processor_init(processor: Any, feature_extractor: Any, tokenizer: Any, chat_template: Any) -> None:
+    """``Qwen3OmniMoeProcessor.__init__`` without its image and video processors: the
+    ``ProcessorMixin`` set-up over the subclass's own attributes (``get_attributes`` reads them
+    from the subclass's ``__init__`` signature: ``feature_extractor``, ``tokenizer``), then the
+    token names and ids the parent reads from the tokenizer's named special tokens."""
+    from transformers.processing_utils import ProcessorMixin
+
+    ProcessorMixin.__init__(processor, feature_extractor, tokenizer, chat_template=chat_template)
+    for name in ("image_token", "audio_token", "video_token", "image_token_id", "audio_token_id", "video_token_id",
+                 "vision_bos_token", "vision_eos_token", "audio_bos_token", "audio_eos_token"):
+        setattr(processor, name, getattr(tokenizer, name))

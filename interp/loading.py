@@ -12,6 +12,7 @@ from auralens.interp.compat import unwrap_container
 from auralens.interp.errors import ArchitectureError, ConfigError
 from auralens.interp.micro import EMBEDDED, available, train_command, weights_folder
 from auralens.interp.pause import generate_kwargs_for, read_pause_config
+from auralens.interp.processors import LOCAL_PROCESSORS, build_processor
 from auralens.interp.smol import NAME as SMOL_AUDIO
 from auralens.interp.smol.assemble import assembled_folder
 from auralens.interp.templates import check_template, default_template
@@ -164,7 +165,10 @@ def _finish(model, source: str, name_or_path: str, table: ArchTable, device, dev
     if device_map is None:
         model = model.to(device or default_device())
     model.eval()
-    processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if table.name in LOCAL_PROCESSORS:  # the class's own processor needs torchaudio / torchvision
+        processor = build_processor(table.name, source, trust_remote_code=trust_remote_code)
+    else:
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     if getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"
     arch = describe(model, table)

@@ -278,7 +278,9 @@ def trace_sites(
                 shapes[site] = tuple(value.shape)
                 if value.ndim != 3 or value.shape[0] != batch:
                     continue  # reported below, outside the trace
-                value = value.float()
+                # a copy: a model may change a module's output in place after the module returns
+                # (Granite Speech's encoder adds its mid-layer CTC term to the middle block's output)
+                value = value.to(torch.float32, copy=True)
                 if w is not None:
                     value = torch.bmm(w(value) if callable(w) else w, value)
                 saved[site] = nnsight.save(value)

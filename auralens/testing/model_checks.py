@@ -2,7 +2,7 @@
 
 - :func:`hook_count`: forward and forward-pre hooks left on every submodule (a hook engine that
   cleans up leaves the count as it found it);
-- :func:`sharpen_attention`: scales every decoder layer's q/k projections so a random-init
+- :func:`sharpen_attention`: scales every decoder layer's query/key projections so a random-init
   model's attention is peaked rather than near-uniform (yield comparisons then test something).
 """
 
@@ -23,12 +23,19 @@ def hook_count(model: Any) -> int:
 
 
 def sharpen_attention(model: Any, factor: float = 3.0) -> None:
-    """Multiply every decoder layer's q_proj and k_proj (weights and biases) by ``factor``, in place."""
+    """Multiply every decoder layer's query and key projections (weights and biases) by
+    ``factor``, in place: ``q_proj`` and ``k_proj``, or the query and key rows of a fused
+    ``qkv_proj`` (Phi-4-multimodal: ``[H*d | KV*d | KV*d]`` output rows)."""
     arch = describe(model)
+    q_rows, k_rows = arch.n_heads * arch.head_dim, arch.n_kv_heads * arch.head_dim
     with torch.no_grad():
         for layer in range(arch.n_layers):
             attn = arch.attention(model, layer)
-            for lin in (attn.q_proj, attn.k_proj):
-                lin.weight.mul_(factor)
+            if hasattr(attn, "q_proj"):
+                parts = [(attn.q_proj, slice(None)), (attn.k_proj, slice(None))]
+            else:
+                parts = [(attn.qkv_proj, slice(0, q_rows + k_rows))]
+            for lin, rows in parts:
+                lin.weight[rows].mul_(factor)
                 if lin.bias is not None:
-                    lin.bias.mul_(factor)
+                    lin.bias[rows].mul_(factor)

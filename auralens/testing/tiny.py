@@ -38,8 +38,15 @@ from typing import Any
 import numpy as np
 
 from auralens.interp import compat
-from auralens.interp.arch import table_by_name, table_for_class
+from auralens.interp.arch import audio_token_id_of, table_by_name, table_for_class
 from auralens.interp.errors import ArchitectureError, ConfigError
+from auralens.interp.processors import (
+    granite_mel_extractor_class,
+    granite_processor_class,
+    no_image_processor_class,
+    phi4_processor_class,
+    qwen3_omni_processor_class,
+)
 from auralens.interp.prompts import build_inputs
 from auralens.interp.tokenizer import QWEN_AUDIO_SPECIALS, build_word_tokenizer
 
@@ -166,7 +173,47 @@ VOXTRAL_AUDIO_ID = 24
 VOXTRAL_FRAME_RATE = 12.5  # audio tokens per second (4 encoder frames of 20 ms merged)
 
 TINY_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker", "audioflamingo3", "musicflamingo", "glmasr", "qwen3_asr",
-              "voxtral")
+              "voxtral", "granite_speech", "phi4_multimodal", "qwen3_omni_moe_thinker")
+
+# Granite Speech: its placeholder and a chat template in its layout (roles between markers).
+GRANITE_SPECIALS = ["<pad>", "<unk>", "<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|audio|>"]
+GRANITE_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|start_of_role|>{{ message['role'] }}<|end_of_role|>"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'audio' %}<|audio|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|end_of_text|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"
+)
+# Granite Speech's projector: windows of 15 encoder frames, 3 queries each (the released values).
+GRANITE_WINDOW, GRANITE_DOWNSAMPLE = 15, 5
+
+# Phi-4-multimodal: the tokenizer names its image and audio placeholders (the processor reads them).
+PHI4_SPECIALS = ["<pad>", "<unk>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+                 "<|image|>", "<|audio|>"]
+PHI4_NAMED = {"image_token": "<|image|>", "audio_token": "<|audio|>"}
+PHI4_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'audio' %}<|audio|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|end|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# Qwen3-Omni: Qwen2.5-Omni's specials and layout; its processor reads the names from the tokenizer.
+QWEN3_OMNI_NAMED = {"audio_token": "<|AUDIO|>", "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>",
+                    "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                    "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+# The thinker's encoder window in mel frames / 2 (the released 50: 100 frames = 1 s, 13 tokens)
+QWEN3_OMNI_WINDOW = 50
 
 
 def canonical_arch(arch_name: str) -> str:
@@ -334,6 +381,22 @@ def build_tiny_processor(
             feature_size=n_mels, sampling_rate=SAMPLING_RATE, chunk_length=chunk_seconds, n_window=QWEN3_ASR_WINDOW
         )
         return Qwen3ASRProcessor(feature_extractor=qfe, tokenizer=tok, chat_template=QWEN3_ASR_CHAT_TEMPLATE)
+    if arch == "granite_speech":
+        tok = build_word_tokenizer(TINY_WORDS, specials=GRANITE_SPECIALS, eos_token="<|end_of_text|>")
+        gfe = granite_mel_extractor_class()(n_mels=n_mels, projector_window_size=GRANITE_WINDOW,
+                                            projector_downsample_rate=GRANITE_DOWNSAMPLE)
+        return granite_processor_class()(audio_processor=gfe, tokenizer=tok, audio_token="<|audio|>",
+                                         chat_template=GRANITE_CHAT_TEMPLATE)
+    if arch == "phi4_multimodal":
+        from transformers import Phi4MultimodalFeatureExtractor
+
+        tok = _named_tokenizer(PHI4_SPECIALS, PHI4_NAMED, eos_token="<|end|>")
+        pfe = Phi4MultimodalFeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLING_RATE)
+        return phi4_processor_class()(image_processor=no_image_processor_class()(), audio_processor=pfe,
+                                      tokenizer=tok, chat_template=PHI4_CHAT_TEMPLATE)
+    if arch == "qwen3_omni_moe_thinker":
+        tok = _named_tokenizer(OMNI_SPECIALS, QWEN3_OMNI_NAMED, eos_token="<|im_end|>")
+        return qwen3_omni_processor_class()(feature_extractor=fe, tokenizer=tok, chat_template=OMNI_CHAT_TEMPLATE)
     tok = build_word_tokenizer(TINY_WORDS, specials=AF3_SPECIALS)
     return AudioFlamingo3Processor(
         feature_extractor=fe,
@@ -342,6 +405,24 @@ def build_tiny_processor(
         audio_token="<sound>",
         max_audio_len=4 * chunk_seconds,
     )
+
+
+def _named_tokenizer(specials: Sequence[str], named: dict[str, str], *, eos_token: str):
+    """The word-level tokenizer with named special tokens (``tokenizer.audio_token`` ...), which
+    processors such as Phi-4's and Qwen3-Omni's read."""
+    from transformers import PreTrainedTokenizerFast
+
+    base = build_word_tokenizer(TINY_WORDS, specials=list(specials), eos_token=eos_token)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=base.backend_tokenizer,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token=eos_token,
+        additional_special_tokens=[t for t in specials if t not in ("<unk>", "<pad>")],
+        extra_special_tokens=named,
+    )
+    tok.padding_side = "left"
+    return tok
 
 
 # --- configs ---------------------------------------------------------------------------------
@@ -578,6 +659,118 @@ def _voxtral_config(p: _ConfigParts):
     )
 
 
+def _granite_speech_config(p: _ConfigParts):
+    from transformers import GraniteSpeechConfig
+
+    ids = _ids(p.tokenizer, ["<|audio|>"])
+    d = p.audio["d_model"]
+    text = dict(p.common_text, model_type="granite",
+                rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta})
+    text.pop("use_sliding_window")
+    return GraniteSpeechConfig(
+        text_config=text,
+        encoder_config=dict(
+            input_dim=2 * p.n_mels,  # two mel frames stacked per encoder frame
+            num_layers=p.audio["encoder_layers"],
+            hidden_dim=d,
+            num_heads=p.audio["encoder_attention_heads"],
+            feedforward_mult=max(1, p.audio["encoder_ffn_dim"] // d),
+            output_dim=8,
+            context_size=GRANITE_WINDOW * 2,
+            max_pos_emb=64,
+            conv_kernel_size=3,
+        ),
+        projector_config=dict(model_type="blip_2_qformer", hidden_size=d, num_hidden_layers=1,
+                              num_attention_heads=p.audio["encoder_attention_heads"],
+                              intermediate_size=p.audio["encoder_ffn_dim"], encoder_hidden_size=d,
+                              cross_attention_frequency=1),
+        window_size=GRANITE_WINDOW,
+        downsample_rate=GRANITE_DOWNSAMPLE,
+        audio_token_index=ids["<|audio|>"],
+        # the released checkpoints carry a LoRA adapter (peft) that is on only with audio; none here
+        has_lora_adapter=False,
+        tie_word_embeddings=False,
+    )
+
+
+def _phi4_multimodal_config(p: _ConfigParts):
+    from transformers import Phi4MultimodalConfig
+
+    ids = _ids(p.tokenizer, ["<|image|>", "<|audio|>"])
+    d = p.audio["d_model"]
+    text = {k: v for k, v in p.common_text.items() if k not in ("use_sliding_window", "rope_theta")}
+    return Phi4MultimodalConfig(
+        **text,
+        rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta,
+                         # Phi-4's decoder rotates 3/4 of each head (partial_rotary_factor 0.75)
+                         "partial_rotary_factor": 0.75},
+        original_max_position_embeddings=text["max_position_embeddings"],
+        sliding_window=None,
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14, crop_size=28, image_token_id=ids["<|image|>"],
+                           feature_layer=-1),
+        audio_config=dict(
+            hidden_size=d,
+            intermediate_size=p.audio["encoder_ffn_dim"],
+            num_blocks=p.audio["encoder_layers"],
+            num_attention_heads=p.audio["encoder_attention_heads"],
+            input_size=p.n_mels,
+            ext_pw_out_channel=d,
+            depthwise_separable_out_channel=d,
+            nemo_conv_channels=d,
+            bias_max_distance=64,
+            audio_token_id=ids["<|audio|>"],
+            feature_layer=-1,
+        ),
+    )
+
+
+def _qwen3_omni_moe_thinker_config(p: _ConfigParts):
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    ids = _ids(p.tokenizer, ["<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>", "<|audio_bos|>", "<|audio_eos|>", "<|vision_bos|>",
+                             "user"])
+    hidden = p.text["hidden_size"]
+    head_dim = hidden // p.text["num_attention_heads"]
+    text = {k: v for k, v in p.common_text.items() if k != "use_sliding_window"}
+    return Qwen3OmniMoeThinkerConfig(
+        text_config=dict(
+            text,
+            head_dim=head_dim,
+            # interleaved multimodal rotary sections of the half head (24/20/20 of 64 in the 30B)
+            rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta,
+                             "mrope_section": [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8],
+                             "interleaved": True},
+            # every layer a sparse MoE block: 4 experts, 2 per token (128 and 8 in the 30B)
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            sliding_window=None,
+        ),
+        audio_config=dict(
+            num_mel_bins=p.n_mels,
+            n_window=QWEN3_OMNI_WINDOW,
+            output_dim=hidden,
+            downsample_hidden_size=16,
+            **p.audio,
+        ),
+        # the vision tower is built by the class whatever the input; keep it minimal
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=hidden,
+                           patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        audio_token_id=ids["<|AUDIO|>"],
+        image_token_id=ids["<|IMAGE|>"],
+        video_token_id=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"],
+        user_token_id=ids["user"],
+        # not fields of the class, but read by its get_rope_index (the released thinker_config has them)
+        vision_start_token_id=ids["<|vision_bos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"],
+        tie_word_embeddings=False,
+    )
+
+
 # one config builder per name of TINY_ARCHS
 _CONFIG_BUILDERS: dict[str, Callable[[_ConfigParts], Any]] = {
     "qwen2_audio": _qwen2_audio_config,
@@ -587,6 +780,9 @@ _CONFIG_BUILDERS: dict[str, Callable[[_ConfigParts], Any]] = {
     "glmasr": _glmasr_config,
     "qwen3_asr": _qwen3_asr_config,
     "voxtral": _voxtral_config,
+    "granite_speech": _granite_speech_config,
+    "phi4_multimodal": _phi4_multimodal_config,
+    "qwen3_omni_moe_thinker": _qwen3_omni_moe_thinker_config,
 }
 
 
@@ -624,7 +820,7 @@ def _fix_generation_config(model: Any, tokenizer: Any) -> None:
     # A random-init model may emit its own audio placeholder, which a teacher-forced forward over
     # prompt + generated tokens would then take for an audio position; trained models never do.
 
-    audio_id = getattr(model.config, table_for_class(type(model).__name__).audio_token_attr, None)
+    audio_id = audio_token_id_of(model.config, table_for_class(type(model).__name__))
     if audio_id is not None:
         gc.suppress_tokens = [int(audio_id)]
 

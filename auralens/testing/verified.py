@@ -28,6 +28,11 @@ TESTED_HERE: dict[str, dict[str, bool]] = {
     "glmasr": {"tiny_exactness": True, "transformer_lens": True, "long_audio": True, "real_checkpoint": False},
     "qwen3_asr": {"tiny_exactness": True, "transformer_lens": False, "long_audio": False, "real_checkpoint": False},
     "voxtral": {"tiny_exactness": True, "transformer_lens": False, "long_audio": True, "real_checkpoint": False},
+    # processors built by auralens.interp.processors (no torchaudio / torchvision in the lock)
+    "granite_speech": {"tiny_exactness": True, "transformer_lens": False, "long_audio": False, "real_checkpoint": False},
+    "phi4_multimodal": {"tiny_exactness": True, "transformer_lens": False, "long_audio": False, "real_checkpoint": False},
+    "qwen3_omni_moe_thinker": {"tiny_exactness": True, "transformer_lens": False, "long_audio": False,
+                               "real_checkpoint": False},
 }
 
 

@@ -82,6 +82,13 @@ def test_models_json_lists_tables_and_the_unsupported(tables):
     assert af3["tested_here"]["real_checkpoint"] is False and af3["tested_here"]["transformers"]
     assert names["qwen3_asr"]["max_audio_seconds"] is None
     assert {r["class"] for r in out["unsupported"]} == set(arch.UNSUPPORTED)
+    # issue 24's four once-blocked classes: three supported (tiny exactness), Gemma 3n with its reason
+    supported = {r["class"]: r for r in out["supported"]}
+    for cls in ("GraniteSpeechForConditionalGeneration", "Phi4MultimodalForCausalLM",
+                "Qwen3OmniMoeThinkerForConditionalGeneration"):
+        assert supported[cls]["tested_here"]["tiny_exactness"] is True, cls
+    (gemma,) = [r for r in out["unsupported"] if r["class"] == "Gemma3nForConditionalGeneration"]
+    assert "timm" in gemma["why"] and "torchvision" in gemma["why"]
 
 
 def test_entry_point_tables_are_loaded_on_the_first_unknown_class(tables, monkeypatch):

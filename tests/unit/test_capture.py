@@ -51,7 +51,7 @@ def _inputs(lm, processor):
 
 
 # Audio encoders that flatten the frames of all items into one sequence (no batch axis).
-FLAT_AUDIO = {"qwen2_5_omni_thinker", "qwen3_asr"}
+FLAT_AUDIO = {"qwen2_5_omni_thinker", "qwen3_asr", "qwen3_omni_moe_thinker"}
 
 
 @pytest.mark.parametrize("arch_name", TINY_ARCHS)
@@ -198,9 +198,11 @@ def test_positions_and_stop_tokens(tiny_model):
 
 
 def test_architecture_facts_live_in_the_tables():
-    assert {t.name for t in TABLES.values() if t.own_position_ids} == {"qwen2_5_omni_thinker"}
+    assert {t.name for t in TABLES.values() if t.own_position_ids} == {"qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"}
     omni = table_by_name("qwen2_5_omni_thinker")
-    assert containers() == {"Qwen2_5OmniForConditionalGeneration": "thinker", "Qwen2_5OmniModel": "thinker"}
+    assert containers() == {"Qwen2_5OmniForConditionalGeneration": "thinker", "Qwen2_5OmniModel": "thinker",
+                            "Qwen3OmniMoeForConditionalGeneration": "thinker"}
+    assert table_for_checkpoint("Qwen3OmniMoeForConditionalGeneration").name == "qwen3_omni_moe_thinker"
     assert container_table("Qwen2_5OmniModel") is omni and container_table(omni.model_class) is None
     assert table_for_checkpoint("Qwen2_5OmniForConditionalGeneration") is omni
     assert table_for_checkpoint("Qwen2AudioForConditionalGeneration").name == "qwen2_audio"

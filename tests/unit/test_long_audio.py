@@ -66,6 +66,9 @@ def test_tables_state_max_audio_and_windowing():
         "glmasr": ("windows", 630.0, 30.0),  # max_audio_len 655 keeps 21 whole 30-s windows
         "qwen3_asr": ("unbounded", None, 1.0),
         "voxtral": ("padded_windows", None, 30.0),  # 30-s windows, the padding has tokens; no cut
+        "granite_speech": ("unbounded", None, None),  # no cut; 0.3-s projector windows
+        "phi4_multimodal": ("unbounded", None, None),  # no cut; one token per 80 ms
+        "qwen3_omni_moe_thinker": ("unbounded", None, 1.0),  # truncation=False; 100-frame encoder windows
     }
     for name, (windowing, max_s, window) in expect.items():
         t = table_by_name(name)
@@ -82,8 +85,11 @@ def test_tiny_processor_limits(arch_name, tiny_cache):
         assert (lim.windowing, lim.max_seconds, lim.window_seconds) == ("windows", 8.0, 2.0)
         assert lim.windows(5.0) == [(0.0, 2.0), (2.0, 4.0), (4.0, 5.0)]
         assert table_by_name(arch_name).name in lim.model
-    elif arch_name == "qwen3_asr":  # the processor cuts nothing
+    elif arch_name in ("qwen3_asr", "qwen3_omni_moe_thinker"):  # the processor cuts nothing
         assert (lim.windowing, lim.max_seconds, lim.window_seconds) == ("unbounded", None, 1.0)
+    elif arch_name in ("granite_speech", "phi4_multimodal"):  # the processor cuts nothing, no windows
+        assert (lim.windowing, lim.max_seconds, lim.window_seconds) == ("unbounded", None, None)
+        assert lim.windows(5.0) == [(0.0, 5.0)]
     elif arch_name == "voxtral":  # whole 2-s windows, the last one padded (with audio tokens)
         assert (lim.windowing, lim.max_seconds, lim.window_seconds) == ("padded_windows", None, 2.0)
         assert lim.windows(5.0) == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from auralens.interp.arch import describe, get_attr_path
+from auralens.interp.arch import audio_token_id_of, describe, get_attr_path
 from auralens.interp.errors import ConfigError
+from auralens.interp.processors import LOCAL_PROCESSORS, build_processor
 from auralens.interp.prompts import build_inputs
 from auralens.testing.tiny import (
     PRESETS,
@@ -35,6 +36,9 @@ CLASSES = {
     "glmasr": "GlmAsrForConditionalGeneration",
     "qwen3_asr": "Qwen3ASRForConditionalGeneration",
     "voxtral": "VoxtralForConditionalGeneration",
+    "granite_speech": "GraniteSpeechForConditionalGeneration",
+    "phi4_multimodal": "Phi4MultimodalForCausalLM",
+    "qwen3_omni_moe_thinker": "Qwen3OmniMoeThinkerForConditionalGeneration",
 }
 PROCESSORS = {
     "qwen2_audio": "Qwen2AudioProcessor",
@@ -45,6 +49,10 @@ PROCESSORS = {
     "glmasr": "GlmAsrProcessor",
     "qwen3_asr": "Qwen3ASRProcessor",
     "voxtral": "VoxtralProcessor",
+    # built by auralens.interp.processors (the transformers ones need torchaudio / torchvision)
+    "granite_speech": "GraniteSpeechAudioProcessor",
+    "phi4_multimodal": "Phi4AudioProcessor",
+    "qwen3_omni_moe_thinker": "Qwen3OmniMoeAudioProcessor",
 }
 # The feature-key names each model's forward takes for the mel-spectrogram mask.
 FEATURE_MASK = {
@@ -55,7 +63,17 @@ FEATURE_MASK = {
     "glmasr": "input_features_mask",
     "qwen3_asr": "input_features_mask",
     "voxtral": None,  # the encoder takes no mask: every window is whole (padded) mel frames
+    "granite_speech": "input_features_mask",
+    "phi4_multimodal": None,  # audio_attention_mask is given only for a batch of two or more clips
+    "qwen3_omni_moe_thinker": "feature_attention_mask",
 }
+# The mel features' key, the axis holding the mel bins, and the config field they must equal
+# (Granite Speech stacks two 10 ms frames: its encoder's input_dim is 2 x n_mels).
+FEATURES = {
+    "granite_speech": ("input_features", -1, lambda c: c.encoder_config.input_dim // 2, 2),
+    "phi4_multimodal": ("audio_input_features", -1, lambda c: c.audio_config.input_size, 1),
+}
+DEFAULT_FEATURES = ("input_features", 1, lambda c: c.audio_config.num_mel_bins, 1)
 
 
 def _n_audio_tokens(n_samples: int, chunk_seconds: int = 2, arch_name: str = "qwen2_audio") -> int:
@@ -63,11 +81,18 @@ def _n_audio_tokens(n_samples: int, chunk_seconds: int = 2, arch_name: str = "qw
     (GLM-ASR: conv stride 2, then 4 frames merged into one token; Qwen3-ASR: 13 tokens per full
     100-frame window, three stride-2 convs over the last partial one; Voxtral: every window is
     padded whole and gives 12.5 tokens per second of it, the padding's included)."""
+    if arch_name == "granite_speech":
+        # centred STFT frames, pairs stacked, projector windows of 15 frames -> 3 queries each
+        encoder = (n_samples // 160 + 1) // 2
+        return -(-encoder // 15) * 3
+    if arch_name == "phi4_multimodal":
+        # 25 ms frames every 10 ms, one token per 8 frames (rounded up)
+        return -(-((n_samples - 400) // 160 + 1) // 8)
     if arch_name == "voxtral":
         windows = -(-n_samples // (chunk_seconds * SAMPLING_RATE))
         return windows * int(chunk_seconds * 12.5)
     frames = n_samples // 160
-    if arch_name == "qwen3_asr":
+    if arch_name in ("qwen3_asr", "qwen3_omni_moe_thinker"):
         rest = frames % 100
         for _ in range(3):
             rest = (rest - 1) // 2 + 1
@@ -89,7 +114,10 @@ def test_save_reload_forward_generate(arch_name, tmp_path):
     save_tiny(arch_name, tmp_path)
     cls = getattr(transformers, CLASSES[arch_name])
     model = cls.from_pretrained(tmp_path).eval()
-    processor = transformers.AutoProcessor.from_pretrained(tmp_path)
+    if arch_name in LOCAL_PROCESSORS:  # what load_model builds for these classes
+        processor = build_processor(arch_name, tmp_path)
+    else:
+        processor = transformers.AutoProcessor.from_pretrained(tmp_path)
     config = transformers.AutoConfig.from_pretrained(tmp_path)
     assert type(model).__name__ == CLASSES[arch_name]
     assert type(processor).__name__ == PROCESSORS[arch_name]
@@ -113,11 +141,12 @@ def test_save_reload_forward_generate(arch_name, tmp_path):
     n_audio = int((batch["input_ids"] == audio_id).sum())
     assert n_audio == _n_audio_tokens(audio.shape[0], arch_name=arch_name) > 1
     assert FEATURE_MASK[arch_name] is None or FEATURE_MASK[arch_name] in batch
-    assert batch["input_features"].shape[1] == model.config.audio_config.num_mel_bins
+    key, axis, n_mels, stack = FEATURES.get(arch_name, DEFAULT_FEATURES)
+    assert batch[key].shape[axis] == stack * n_mels(model.config)
 
     with torch.no_grad():
         out = model(**batch)
-        assert out.logits.shape == (1, batch["input_ids"].shape[1], model.config.text_config.vocab_size)
+        assert out.logits.shape == (1, batch["input_ids"].shape[1], describe(model).vocab_size)
         assert torch.isfinite(out.logits).all()
         gen = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert gen.shape == (1, batch["input_ids"].shape[1] + 4)
@@ -129,7 +158,8 @@ def test_arch_table_resolves(arch_name, tiny_model):
     model, _ = tiny_model(arch_name)
     arch = describe(model)
     table = arch.table
-    tcfg = model.config.text_config
+    tcfg = arch.text_config(model)
+    assert tcfg is (model.config if arch_name == "phi4_multimodal" else model.config.text_config)
     assert table.model_class == CLASSES[arch_name] and arch.name == arch_name
     for path in (table.decoder_layers, table.final_norm, table.audio_tower, table.audio_layers, table.projector):
         assert isinstance(get_attr_path(model, path), torch.nn.Module), path
@@ -139,12 +169,15 @@ def test_arch_table_resolves(arch_name, tiny_model):
     assert arch.head_dim == tcfg.hidden_size // tcfg.num_attention_heads == 16
     assert arch.d_model == tcfg.hidden_size == 64
     assert arch.vocab_size == tcfg.vocab_size
-    assert arch.audio_token_id == model.config.audio_token_id
+    assert arch.audio_token_id == audio_token_id_of(model.config, table) is not None
     assert arch.n_audio_layers == len(get_attr_path(model, table.audio_layers)) == 2
     for layer in range(arch.n_layers):
         attn = arch.attention(model, layer)
-        assert attn.q_proj.out_features == arch.n_heads * arch.head_dim
-        assert attn.k_proj.out_features == arch.n_kv_heads * arch.head_dim
+        if hasattr(attn, "qkv_proj"):  # Phi-4: one fused projection, rows [q | k | v]
+            assert attn.qkv_proj.out_features == (arch.n_heads + 2 * arch.n_kv_heads) * arch.head_dim
+        else:
+            assert attn.q_proj.out_features == arch.n_heads * arch.head_dim
+            assert attn.k_proj.out_features == arch.n_kv_heads * arch.head_dim
         assert arch.o_proj(model, layer).in_features == arch.n_heads * arch.head_dim
     # The projector maps audio-encoder features to the decoder width.
     proj = get_attr_path(model, table.projector)
