@@ -93,6 +93,7 @@ def test_batch_of_one_without_a_mask_matches_eager(sharp):
 # Known defect (2026-12-03): both compiled tests pass run alone (`pytest tests/unit/test_recorder_scale.py`:
 # 8 passed) but fail inside the full `make test` worker ("Inplace update to inference tensor outside
 # InferenceMode"), from state another test module leaves in the process; not yet diagnosed.
+# `make test` therefore runs them again in a process of their own (ALONE_TESTS in the Makefile).
 ALONE = pytest.mark.skipif(os.environ.get("PYTEST_XDIST_WORKER") is not None,
                            reason="passes alone; fails after other modules in a shared xdist worker (known defect, see comment)")
 
