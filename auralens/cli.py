@@ -30,7 +30,7 @@ from auralens.dashboards import launch
 from auralens.dashboards.report import write_report
 from auralens.finetuning.config import FinetuneConfig
 from auralens.finetuning.recipe import finetune
-from auralens.interp import ablation, evaluate, patching, record
+from auralens.interp import ablation, compat, evaluate, patching, record
 from auralens.interp.arch import TABLES, UNSUPPORTED, describe, load_entry_point_tables, load_table_file
 from auralens.interp.distributed import is_main
 from auralens.interp.errors import AuralensError, ConfigError
@@ -818,8 +818,26 @@ def report_cmd(
     typer.echo(f"wrote {write_report(run, out)}")
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The ``auralens`` command. A usage error (an unknown option or command, a value of the
+    wrong type, a missing argument) is one line on stderr naming the command, then exit 2,
+    instead of click's boxed message: the same shape as every other auralens error."""
+    errors = compat.click_exceptions()
+    try:
+        code = app(args=argv, prog_name="auralens", standalone_mode=False)
+    except errors.NoArgsIsHelpError as e:  # bare `auralens` / a group: its help, as click does
+        sys.stdout.write((e.ctx.get_help() if e.ctx else e.format_message()) + "\n")
+        raise SystemExit(2) from None
+    except errors.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "auralens"
+        message = " ".join(e.format_message().split())
+        sys.stderr.write(f"error: {where}: {message} (see '{where} --help')\n")
+        raise SystemExit(2) from None
+    except typer.Abort:
+        sys.stderr.write("error: aborted\n")
+        raise SystemExit(1) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

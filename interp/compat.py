@@ -266,3 +266,18 @@ def omni_processor_init(processor: Any, feature_extractor: Any, tokenizer: Any, 
     for name in ("image_token", "audio_token", "video_token", "image_token_id", "audio_token_id", "video_token_id",
                  "vision_bos_token", "vision_eos_token", "audio_bos_token", "audio_eos_token"):
         setattr(processor, name, getattr(tokenizer, name))
+
+
+# --- typer's click (auralens.cli.main) ------------------------------------------------------------
+
+def click_exceptions() -> Any:
+    """The click exceptions module typer raises: recent typer (0.29.2 in the lock) vendors click as the private
+    ``typer._click`` (its ``UsageError`` is not ``click.UsageError``); older typer uses click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older typer: the click package itself
+        from click import exceptions  # type: ignore[no-redef]
+    for name in ("UsageError", "NoArgsIsHelpError"):
+        if not isinstance(getattr(exceptions, name, None), type):
+            raise ArchitectureError(f"{exceptions.__name__}: expected the exception class {name!r}, found none")
+    return exceptions

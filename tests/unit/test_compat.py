@@ -226,3 +226,25 @@ def test_model_from_config_sets_dtype_and_attention_on_every_sub_config(tiny_cac
     assert next(built.parameters()).dtype == torch.float64
     for cfg in (built.config, built.config.text_config, built.config.audio_config):
         assert compat.get_attn_impl(cfg) == "eager" and cfg.dtype == torch.float64
+
+
+def test_click_exceptions_are_the_ones_typer_raises():
+    import typer
+    from typer.testing import CliRunner
+
+    errors = compat.click_exceptions()
+    app = typer.Typer(no_args_is_help=True)
+
+    @app.command()
+    def one(n: int = 1) -> None:
+        pass
+
+    @app.command()
+    def two() -> None:
+        pass
+
+    with pytest.raises(errors.UsageError):
+        app(args=["one", "--n", "abc"], standalone_mode=False)
+    with pytest.raises(errors.NoArgsIsHelpError):
+        app(args=[], standalone_mode=False)
+    assert CliRunner().invoke(app, ["one", "--n", "2"]).exit_code == 0
