@@ -457,6 +457,31 @@ def build_7b_layers(*, dtype: Any = None, device: str = "cpu", seed: int = 0):
     return LoadedModel(model=model, processor=processor, arch=describe(model), model_id="7b-layers", source="")
 
 
+def _generate_phases(lm, batch: Any, gen: dict[str, Any], amask: Any, *, inside: Any = None, after: Any = None):
+    """``(plain, recorded)``: greedy ``generate`` on ``batch`` without and with a fresh
+    :class:`YieldRecorder` (both under ``inference_mode``), the pair :func:`_interleaved` times.
+    ``inside(rec)`` runs before the recorder's context exits, ``after(rec)`` once it has."""
+    import torch
+
+    from auralens.interp.attention_yield import YieldRecorder
+
+    def plain():
+        with torch.inference_mode():
+            return lm.model.generate(**batch, **gen)
+
+    def recorded():
+        rec = YieldRecorder(lm.model, lm.arch, amask)
+        with torch.inference_mode(), rec:
+            out = lm.model.generate(**batch, **gen)
+            if inside is not None:
+                inside(rec)
+        if after is not None:
+            after(rec)
+        return out
+
+    return plain, recorded
+
+
 def _repeat_batch(batch: Any, b: int) -> dict[str, Any]:
     """The one-prompt batch repeated to ``b`` rows (every batch-first tensor)."""
     n = batch["input_ids"].shape[0]
@@ -483,7 +508,7 @@ def bench_yield_scale(
     allocator peak above the model (``torch.cuda.max_memory_allocated`` after ``synchronize``)."""
     import torch
 
-    from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+    from auralens.interp.attention_yield import audio_mask_from_ids
 
     device = str(lm.device)
     one = _inputs(lm, clip_seconds)
@@ -493,22 +518,15 @@ def bench_yield_scale(
         amask = audio_mask_from_ids(batch["input_ids"], lm.arch)
         for n in new_tokens:
             gen = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-
-            def plain(batch=batch, gen=gen):
-                with torch.inference_mode():
-                    return lm.model.generate(**batch, **gen)
-
-            def recorded(batch=batch, gen=gen, amask=amask, measure=None):
-                rec = YieldRecorder(lm.model, lm.arch, amask)
-                with torch.inference_mode(), rec:
-                    out = lm.model.generate(**batch, **gen)
-                    if measure is not None:
-                        measure.update(walk=retained_tensor_bytes(rec, skip=(lm.model,)), own=rec.held_bytes())
-                return out
-
             held: dict[str, int] = {}
+
+            def measure(rec, held=held):  # once, in the untimed warm-up
+                if not held:
+                    held.update(walk=retained_tensor_bytes(rec, skip=(lm.model,)), own=rec.held_bytes())
+
+            plain, recorded = _generate_phases(lm, batch, gen, amask, inside=measure)
             seq_plain = plain()  # warm-up of both, and the untimed memory measurement
-            seq_rec = recorded(measure=held)
+            seq_rec = recorded()
             if not torch.equal(seq_plain, seq_rec):
                 raise RuntimeError(f"batch {b}, {n} new tokens: the recorder changed the generated tokens")
             tp, tr, mp, mr = _interleaved(plain, recorded, repeats, device)
@@ -597,7 +615,7 @@ def bench_gpu_run(
     step, layer and head.  Runs on any device; :func:`bench_gpu` is the GPU entry point."""
     import torch
 
-    from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
+    from auralens.interp.attention_yield import audio_mask_from_ids
 
     device = str(lm.device)
     one = _inputs(lm, clip_seconds)
@@ -609,17 +627,10 @@ def bench_gpu_run(
                    pad_token_id=lm.tokenizer.pad_token_id)
         recs: list[Any] = []
 
-        def plain(batch=batch, gen=gen):
-            with torch.inference_mode():
-                return lm.model.generate(**batch, **gen)
-
-        def recorded(batch=batch, gen=gen, amask=amask):
-            rec = YieldRecorder(lm.model, lm.arch, amask)
-            with torch.inference_mode(), rec:
-                out = lm.model.generate(**batch, **gen)
+        def keep(rec, recs=recs):  # the last recorded yields, for the eager comparison
             recs[:] = [rec.result.total]
-            return out
 
+        plain, recorded = _generate_phases(lm, batch, gen, amask, after=keep)
         seq_plain, seq_rec = plain(), recorded()  # warm-up
         tp, tr, mp, mr = _interleaved(plain, recorded, repeats, device)
         dt_e, out_e, mem_e = _timed(lambda batch=batch, gen=gen: _eager_generate(lm, batch, gen), device)
