@@ -199,7 +199,7 @@ def time_bin_weights(
     return weights * mask.unsqueeze(-1)
 
 
-def _mask_rows_bias(
+def mask_rows_bias(
     mask: torch.Tensor | None,
     positions: torch.Tensor,
     batch: int,
@@ -310,7 +310,7 @@ def audio_yield(
     if query_positions is None:
         query_positions = torch.arange(t - n_rows, t, device=key.device)
     bias = torch.empty(b, n_rows, t, device=key.device, dtype=torch.float32)
-    _mask_rows_bias(attention_mask, query_positions, b, t, bias)
+    mask_rows_bias(attention_mask, query_positions, b, t, bias)
     scale = d**-0.5 if scaling is None else float(scaling)
     return _yield_rows(query, key, bias, weights, scale, chunk_bytes)
 
@@ -505,8 +505,8 @@ class YieldRecorder:
         if "flex" in impl or impl.startswith("paged"):
             raise ArchitectureError(
                 f"attention implementation {impl!r} is not supported by the yield recorder; "
-                "expected sdpa, eager or flash_attention_* (auralens.interp.kernel_yield records "
-                "from flex attention's log-sum-exp)"
+                "expected sdpa, eager or flash_attention_* (auralens.interp.kernel_stat."
+                "KernelYieldRecorder records from a kernel's log-sum-exp)"
             )
         return impl
 
@@ -608,34 +608,42 @@ class YieldRecorder:
 
     # --- per attention call (eager Python; inside a compiled step, the custom op's body) --------
 
-    def _record(self, slot: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
-                scale: float) -> None:
-        q_len = query.shape[2]
+    def _locate(self, slot: int, q_len: int, key_len: int, batch: int) -> tuple[int, int] | None:
+        """Which rows of this attention call to keep: ``(lo, p0)``, skip the first ``lo`` query rows,
+        row ``lo`` is absolute position ``p0``; None when the call has none to keep."""
         if self._static:  # keys are the whole pre-allocated cache: count positions instead
             start = self._pos[slot]
             self._pos[slot] += q_len
         else:
-            start = key.shape[2] - q_len
+            start = key_len - q_len
         if start == 0:  # a new sequence: forget the previous one
             self._chunks[slot], self._n_rows[slot], self._prompt_rows[slot] = [], 0, None
             self._last[slot] = None
         lo = max(0, self._first_row - start)
         if lo >= q_len:
+            return None
+        if batch != self.audio_mask.shape[0]:
+            raise PromptError(
+                f"{type(self).__name__}: the model ran on batch size {batch}, audio_mask has batch size "
+                f"{self.audio_mask.shape[0]}"
+            )
+        return lo, start + lo
+
+    def _record(self, slot: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                scale: float) -> None:
+        q_len = query.shape[2]
+        b, t = key.shape[0], key.shape[2]
+        where = self._locate(slot, q_len, t, b)
+        if where is None:
             return
+        lo, p0 = where
         if lo > 0:
             query = query[:, :, lo:]
             if mask is not None and mask.ndim == 4:
                 mask = mask[:, :, lo:]
-        b, t = key.shape[0], key.shape[2]
-        p0 = start + lo
         r = q_len - lo
-        if b != self.audio_mask.shape[0]:
-            raise PromptError(
-                f"YieldRecorder: the model ran on batch size {b}, audio_mask has batch size "
-                f"{self.audio_mask.shape[0]}"
-            )
         bias = torch.empty(b, r, t, device=key.device, dtype=torch.float32)
-        _mask_rows_bias(mask, torch.arange(p0, p0 + r, device=key.device), b, t, bias)
+        mask_rows_bias(mask, torch.arange(p0, p0 + r, device=key.device), b, t, bias)
         y = _yield_rows(query, key, bias, self._weights(key.device), scale, self.config.chunk_bytes)
         self._store(slot, p0, y)
 

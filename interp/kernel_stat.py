@@ -16,8 +16,19 @@ kernel over a paged KV cache. Two routes need only what such a kernel can return
 
 Both are checked against the plain softmax and :func:`~auralens.interp.attention_yield.audio_yield`
 in ``tests/unit/test_kernel_stat.py`` (GQA, left padding, causal rows). The README's performance
-section says what a vLLM backend would need to return and what it would cost. Not yet wired into
-a recorder: the per-call path still goes through the replaceable attention function.
+section says what a vLLM backend would need to return and what it would cost.
+
+**A recorder on the kernel statistic.** :func:`install_kernel_backend` selects, once and for the
+decoder only, an attention backend that computes each call's *output* with the kernel itself and,
+when a recorder is listening, the statistic alongside (``"lse"``: the output call's own
+``flex_attention`` log-sum-exp plus one LSE call per time bin over the audio keys; ``"value_channel"``:
+one ``scaled_dot_product_attention`` call over the values with the audio-indicator channels appended,
+whose first ``head_dim`` channels are the output and the rest the yields). This is how a serving
+engine works: the backend is chosen at load and never swapped. :class:`KernelYieldRecorder` then
+only hands the backend each request's audio keys (the engine's per-request metadata) and collects
+the yields; entering and leaving it changes no attention function and no config. With no recorder
+listening the backend is one plain kernel call. Eager only (the backend is Python around the kernel;
+the compiled path is :class:`~auralens.interp.attention_yield.YieldRecorder`'s custom op).
 
 Written by hand: no library computes a per-head attention share over a key subset from a kernel's
 statistics.
@@ -30,9 +41,12 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
-from auralens.interp.errors import ConfigError
+from auralens.interp import compat
+from auralens.interp.arch import Architecture, describe
+from auralens.interp.attention_yield import Rows, YieldRecorder, mask_rows_bias
+from auralens.interp.errors import ArchitectureError, ConfigError
 
-__all__ = ["yield_from_lse", "yield_from_value_channel"]
+__all__ = ["BACKENDS", "KernelYieldRecorder", "install_kernel_backend", "yield_from_lse", "yield_from_value_channel"]
 
 
 def _check(query: torch.Tensor, key: torch.Tensor, audio_mask: torch.Tensor, allowed: torch.Tensor | None) -> None:
@@ -94,3 +108,188 @@ def yield_from_value_channel(query: torch.Tensor, key: torch.Tensor, audio_mask:
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=ok[:, None], scale=scaling, enable_gqa=query.shape[1] != kv)
     return out[..., 0].float().transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# An attention backend that returns the statistic, and the recorder that reads it
+# --------------------------------------------------------------------------------------------
+
+#: method -> the attention-implementation name of its backend (registered by install_kernel_backend)
+BACKENDS = {"lse": "auralens_kernel_lse", "value_channel": "auralens_kernel_value_channel"}
+#: id(attention module) -> the (recorder, slot) pairs listening to it (the per-request metadata)
+_LISTENERS: dict[int, list[tuple[KernelYieldRecorder, int]]] = {}
+
+
+def _allowed_rows(mask: torch.Tensor | None, b: int, q: int, t: int, device: torch.device) -> torch.Tensor:
+    """``[batch, q, t]`` bool from the mask the backend received (sdpa's mask function: None =
+    causal over the last ``q`` keys, or a 4-D bool mask)."""
+    if mask is not None and mask.dtype != torch.bool:
+        raise ArchitectureError(f"kernel backend: expected a boolean attention mask, found {mask.dtype}")
+    bias = torch.empty(b, q, t, device=device, dtype=torch.float32)
+    mask_rows_bias(mask, torch.arange(t - q, t, device=device), b, t, bias)
+    return bias == 0
+
+
+def _bin_keys(rec: KernelYieldRecorder, b: int, t: int, device: torch.device) -> torch.Tensor:
+    """``[batch, t, bins]`` float: the recorder's audio time-bin indicators over ``t`` keys
+    (keys past the prompt are never audio)."""
+    w = rec._weights(device)
+    return torch.nn.functional.pad(w, (0, 0, 0, t - w.shape[1]))
+
+
+def _lse_backend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                 **_: Any) -> tuple[torch.Tensor, None]:
+    b, h, q, _d = query.shape
+    t = key.shape[2]
+    gqa = h != key.shape[1]
+    ok = _allowed_rows(attention_mask, b, q, t, query.device)
+    dev = str(query.device)
+
+    def run(allowed: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        block = create_block_mask(lambda bi, hi, qi, ki: allowed[bi, qi, ki], b, None, q, t, device=dev)
+        out, aux = flex_attention(query, key, v, block_mask=block, scale=scaling, enable_gqa=gqa,
+                                  return_aux=AuxRequest(lse=True))
+        return out, aux.lse.float()  # [b, h, q, d], [b, h, q]
+
+    out, lse_all = run(ok, value)
+    listeners = _LISTENERS.get(id(module), ())
+    if listeners:
+        one = value[..., :1]
+        for rec, slot in listeners:
+            bins = _bin_keys(rec, b, t, query.device) > 0  # [b, t, bins]
+            ys = []
+            for j in range(bins.shape[-1]):
+                allowed = ok & bins[:, None, :, j]
+                _, lse_j = run(allowed, one)
+                has = allowed.any(-1)[:, None, :]  # [b, 1, q]
+                ys.append(torch.where(has, torch.exp(lse_j - lse_all), torch.zeros_like(lse_all)))
+            rec._take(slot, q, t, b, torch.stack(ys, -1).transpose(1, 2))  # [b, q, h, bins]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _value_channel_backend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, scaling: float | None = None,
+                           dropout: float = 0.0, **_: Any) -> tuple[torch.Tensor, None]:
+    b, h, q, d = query.shape
+    t, kv = key.shape[2], key.shape[1]
+    listeners = _LISTENERS.get(id(module), ())
+    widths = []
+    v = value
+    if listeners:
+        chans = [_bin_keys(rec, b, t, query.device) for rec, _ in listeners]  # [b, t, bins] each
+        widths = [c.shape[-1] for c in chans]
+        ind = torch.cat(chans, -1).to(value.dtype)[:, None].expand(b, kv, t, sum(widths))
+        pad = -sum(widths) % 8  # kernels' head-size constraints: a multiple of 8 channels
+        v = torch.cat([value, ind, value.new_zeros(b, kv, t, pad)], -1)
+    mask = attention_mask
+    if mask is None and 1 < q < t:  # causal over the last q keys (SDPA's is_causal aligns top-left)
+        mask = _allowed_rows(None, b, q, t, query.device)[:, None]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, v, attn_mask=mask, is_causal=mask is None and q > 1, scale=scaling, enable_gqa=h != kv)
+    if listeners:
+        c0 = d
+        for (rec, slot), w in zip(listeners, widths):
+            rec._take(slot, q, t, b, out[..., c0 : c0 + w].float().transpose(1, 2))  # [b, q, h, bins]
+            c0 += w
+        out = out[..., :d]
+    return out.transpose(1, 2).contiguous(), None
+
+
+_FNS = {"lse": _lse_backend, "value_channel": _value_channel_backend}
+
+
+def _decoder_configs(model: Any, arch: Architecture) -> list[Any]:
+    configs: dict[int, Any] = {}
+    for layer in range(arch.n_layers):
+        c = arch.attention(model, layer).config
+        configs[id(c)] = c
+    text = arch.text_config(model)
+    configs.setdefault(id(text), text)
+    return list(configs.values())
+
+
+def install_kernel_backend(model: Any, method: str = "lse", arch: Architecture | None = None) -> str:
+    """Select the kernel-statistic backend ``method`` (``"lse"`` or ``"value_channel"``) for the
+    decoder's attention, once, as a serving engine selects its backend at load; returns its name.
+    The audio encoder keeps its own implementation. Outputs equal SDPA's (the tests check
+    generated tokens); no statistic is computed until a :class:`KernelYieldRecorder` listens."""
+    if method not in BACKENDS:
+        raise ConfigError(f"kernel backend method {method!r}: expected one of {sorted(BACKENDS)}")
+    arch = arch if arch is not None else describe(model)
+    name = BACKENDS[method]
+    if name not in compat.registered_attention_names():
+        compat.register_attention(name, _FNS[method], "sdpa")
+    for cfg in _decoder_configs(model, arch):
+        compat.set_attn_impl(cfg, name)
+    return name
+
+
+class KernelYieldRecorder(YieldRecorder):
+    """:class:`~auralens.interp.attention_yield.YieldRecorder`'s results (same rows, time bins,
+    buffers and :attr:`result`) from the statistic of a kernel backend chosen once with
+    :func:`install_kernel_backend`, instead of an attention function swapped in per context::
+
+        install_kernel_backend(model, "lse")          # once, at load
+        with KernelYieldRecorder(model, arch, audio_mask) as rec:
+            model.generate(**inputs, max_new_tokens=64)
+        rec.result.total                                # [batch, 64, layer, head]
+
+    Eager decoding with the default dynamic cache or a static cache; nests with other recorders.
+    """
+
+    def __init__(self, model: Any, arch: Architecture | None, audio_mask: torch.Tensor, *,
+                 rows: Rows = "last_and_generated", time_bins: int = 1,
+                 layers: tuple[int, ...] | list[int] | None = None) -> None:
+        super().__init__(model, arch, audio_mask, rows=rows, time_bins=time_bins, layers=layers)
+
+    def _current_impl(self) -> str:
+        impls = {compat.get_attn_impl(c) for c in self._configs}
+        names = set(BACKENDS.values())
+        if len(impls) != 1 or not impls <= names:
+            raise ArchitectureError(
+                f"KernelYieldRecorder: the decoder's attention implementation is {sorted(map(str, impls))}; "
+                f"expected one of {sorted(names)}: call auralens.interp.kernel_stat.install_kernel_backend(model) once first"
+            )
+        return str(impls.pop())
+
+    def __enter__(self) -> KernelYieldRecorder:
+        if self._active:
+            raise ConfigError("KernelYieldRecorder: this recorder is already active; nest a second one instead")
+        self._current_impl()
+        self._clear()
+        self._result = None
+        self._first_row = 0 if self.config.rows == "all_prompt" else self.audio_mask.shape[1] - 1
+        self._watching: list[int] = []
+        self._hook = None
+        try:
+            for slot, m in enumerate(self._modules):
+                _LISTENERS.setdefault(id(m), []).append((self, slot))
+                self._watching.append(id(m))
+            self._hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        except BaseException:
+            self._restore()
+            raise
+        self._active = True
+        return self
+
+    def _restore(self) -> None:
+        self._active = False
+        if getattr(self, "_hook", None) is not None:
+            self._hook.remove()
+            self._hook = None
+        for mid in getattr(self, "_watching", []):
+            left = [w for w in _LISTENERS.get(mid, []) if w[0] is not self]
+            if left:
+                _LISTENERS[mid] = left
+            else:
+                _LISTENERS.pop(mid, None)
+        self._watching = []
+
+    def _take(self, slot: int, q_len: int, key_len: int, batch: int, y: torch.Tensor) -> None:
+        """Keep the rows of one call's kernel-computed yields ``y`` [b, q, h, bins] that the
+        recorder's ``rows`` ask for."""
+        where = self._locate(slot, q_len, key_len, batch)
+        if where is not None:
+            lo, p0 = where
+            self._store(slot, p0, y[:, lo:])

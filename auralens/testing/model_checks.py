@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -39,3 +40,21 @@ def sharpen_attention(model: Any, factor: float = 3.0) -> None:
                 lin.weight[rows].mul_(factor)
                 if lin.bias is not None:
                     lin.bias[rows].mul_(factor)
+
+
+def eager_yields(model: Any, batch: Any, seq: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+    """[batch, pos, layer, head] audio yield of a teacher-forced eager forward over ``seq``
+    (``output_attentions=True`` on a copy switched to eager; each head's weights summed over the
+    audio keys): the independent reference the recorders are checked against."""
+    new = seq.shape[1] - batch["input_ids"].shape[1]
+    mask = torch.cat([batch["attention_mask"], torch.ones(seq.shape[0], new, dtype=torch.long)], 1)
+    kw = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = eager(input_ids=seq, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
+                    output_attentions=True, **kw)
+    t = seq.shape[1]
+    keys = torch.nn.functional.pad(audio_mask, (0, t - audio_mask.shape[1])).float()
+    per_layer = [(a.float() * keys[:, None, None, :]).sum(-1) for a in out.attentions]  # [b, h, q]
+    return torch.stack(per_layer, 2).permute(0, 3, 2, 1)

@@ -10,9 +10,7 @@ recorder's own accounting) and compares it with the L·B·H·N·4-byte predictio
 
 from __future__ import annotations
 
-import copy
 import os
-from typing import Any
 
 import pytest
 import torch
@@ -21,26 +19,10 @@ from auralens.bench import retained_tensor_bytes, yield_bytes_prediction
 from auralens.interp import compat
 from auralens.interp.arch import describe
 from auralens.interp.attention_yield import YieldRecorder, audio_mask_from_ids
-from auralens.testing.model_checks import sharpen_attention
+from auralens.testing.model_checks import eager_yields, sharpen_attention
 from auralens.testing.tiny import tiny_batch
 
 ATOL = 1e-5
-
-
-def _eager_yields(model: Any, batch: Any, seq: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
-    """[batch, pos, layer, head] audio yield of a teacher-forced eager forward over ``seq``."""
-    new = seq.shape[1] - batch["input_ids"].shape[1]
-    mask = torch.cat([batch["attention_mask"], torch.ones(seq.shape[0], new, dtype=torch.long)], 1)
-    kw = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-    eager = copy.deepcopy(model)
-    eager.set_attn_implementation("eager")
-    with torch.no_grad():
-        out = eager(input_ids=seq, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
-                    output_attentions=True, **kw)
-    t = seq.shape[1]
-    keys = torch.nn.functional.pad(audio_mask, (0, t - audio_mask.shape[1])).float()
-    per_layer = [(a.float() * keys[:, None, None, :]).sum(-1) for a in out.attentions]  # [b, h, q]
-    return torch.stack(per_layer, 2).permute(0, 3, 2, 1)
 
 
 @pytest.fixture
@@ -72,7 +54,7 @@ def test_static_cache_matches_eager_and_dynamic(sharp, name):
         seq_static = _generate(model, batch, n, cache_implementation="static")
     assert torch.equal(seq, seq_static)
     p = amask.shape[1]
-    ref = _eager_yields(model, batch, seq, amask)
+    ref = eager_yields(model, batch, seq, amask)
     torch.testing.assert_close(rec.yields, ref[:, p - 1 : p - 1 + n], atol=ATOL, rtol=0)
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(rec.result.prompt_total[real], ref[:, :p][real], atol=ATOL, rtol=0)
@@ -87,7 +69,7 @@ def test_batch_of_one_without_a_mask_matches_eager(sharp):
     with rec:
         seq = _generate(model, batch, 5)
     p = amask.shape[1]
-    torch.testing.assert_close(rec.yields, _eager_yields(model, batch, seq, amask)[:, p - 1 : p + 4], atol=ATOL, rtol=0)
+    torch.testing.assert_close(rec.yields, eager_yields(model, batch, seq, amask)[:, p - 1 : p + 4], atol=ATOL, rtol=0)
 
 
 # Known defect (2026-12-03): both compiled tests pass run alone (`pytest tests/unit/test_recorder_scale.py`:
@@ -108,7 +90,7 @@ def test_compiled_static_decode_step_matches_eager_without_graph_breaks(sharp):
     model, arch, batch, amask = sharp()
     n = 5
     seq = _generate(model, batch, n)
-    ref = _eager_yields(model, batch, seq, amask)[:, amask.shape[1] - 1 : amask.shape[1] - 1 + n]
+    ref = eager_yields(model, batch, seq, amask)[:, amask.shape[1] - 1 : amask.shape[1] - 1 + n]
     cc = compat.compile_config(fullgraph=True, backend="aot_eager", mode=None)
     torch._dynamo.reset()
     for attempt in range(2):
@@ -126,7 +108,7 @@ def test_compiled_with_inductor_matches_eager(sharp):
     model, arch, batch, amask = sharp()
     n = 4
     seq = _generate(model, batch, n)
-    ref = _eager_yields(model, batch, seq, amask)[:, amask.shape[1] - 1 : amask.shape[1] - 1 + n]
+    ref = eager_yields(model, batch, seq, amask)[:, amask.shape[1] - 1 : amask.shape[1] - 1 + n]
     rec = YieldRecorder(model, arch, amask)
     with rec:
         out = _generate(model, batch, n, cache_implementation="static",
@@ -176,7 +158,7 @@ def test_held_memory_is_the_yields_only_across_buffer_boundaries(sharp):
     assert seen[-1] >= pred  # the walk finds the buffers (it can fail)
     d = arch.attention(model, 0).head_dim
     assert big and all(s[-1] != d for s in big)  # nothing shaped [..., head_dim]: no queries, no keys
-    ref = _eager_yields(model, batch, seq, amask)[:, p - 1 : p - 1 + n]
+    ref = eager_yields(model, batch, seq, amask)[:, p - 1 : p - 1 + n]
     torch.testing.assert_close(rec.yields, ref, atol=ATOL, rtol=0)
     assert own == seen  # the recorder's own account agrees with the walk
     assert rec.held_bytes() < pred  # after exit the buffers are gone (the result holds the yields)
