@@ -6,7 +6,7 @@ module only gathers them for notebooks and scripts:
 - :mod:`auralens.interp.figures`   eval and record: accuracy, error attribution, per-head yields,
                           perception decay, claim accuracy, one item's tokens and time bins
 - :mod:`auralens.probes.figures`   probe score by layer and by reasoning step
-- :mod:`auralens.steering.figures` the α sweep, and steering vs fine-tuning (the measured systems x
+- :mod:`auralens.steering.figures` the β sweep, and steering vs fine-tuning (the measured systems x
                           organisms grid; the papers' reported numbers apart)
 
 Importing it imports plotly only when a figure is drawn.
@@ -17,10 +17,12 @@ from __future__ import annotations
 from auralens.interp.figures import (
     accuracy_bars,
     claim_accuracy_curve,
+    contrast_ratio,
     decay_curves,
     error_types_bar,
     heads_score_heatmap,
     item_step_curve,
+    text_colour,
     time_bins_by_step,
     time_bins_strip,
     token_html,
@@ -51,6 +53,7 @@ __all__ = [
     "compare_grid",
     "compare_table",
     "condition_label",
+    "contrast_ratio",
     "cost_table",
     "decay_curves",
     "error_types_bar",
@@ -60,6 +63,7 @@ __all__ = [
     "reported_table",
     "steering_sweep",
     "step_label",
+    "text_colour",
     "time_bins_by_step",
     "time_bins_strip",
     "token_html",

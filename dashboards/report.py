@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from auralens.dashboards import data
+from auralens.dashboards.summaries import (
+    CLAIM_KINDS,
+    CLAIM_KINDS_NOTE,
+    DEFAULT_CLAIM_KINDS,
+    claim_accuracy_view,
+    markdown_to_html,
+    steer_headline,
+)
 from auralens.interp import figures
+from auralens.interp.plotting import MIN_N_NOTE
 from auralens.interp.runs import atomic_write_text
 from auralens.probes.figures import accuracy_by_layer, accuracy_by_step, step_label
 from auralens.steering.figures import (
@@ -94,6 +103,7 @@ def _record_section(doc: _Doc, run: data.Run, *, top_k: int, max_tokens: int) ->
     doc.h(2, "Audio attention yield and perception decay")
     if not run.has("record"):
         return _not_run(doc, "record")
+    doc.p(html.escape(MIN_N_NOTE), "meta")
     rd = run.folder("record")
     heads = data.read_table(rd, "heads.parquet")
     top = ([(int(r.layer), int(r.head)) for r in heads.nsmallest(top_k, "rank").itertuples()]
@@ -115,7 +125,16 @@ def _record_section(doc: _Doc, run: data.Run, *, top_k: int, max_tokens: int) ->
     if summ is not None:
         doc.p("Decay summary (slope of mean yield per step, last/first ratio) for all heads and the specialist heads:", "meta")
         doc.table(summ[summ["group"] != "head"])
-    doc.fig(figures.claim_accuracy_curve(data.read_table(rd, "claim_accuracy.parquet")))
+    claims = data.read_table(rd, "claims.parquet")
+    if claims is not None and "kind" in claims:
+        doc.fig(figures.claim_accuracy_curve(claim_accuracy_view(claims, CLAIM_KINDS[DEFAULT_CLAIM_KINDS]),
+                                             title=f"Outcome view: accuracy of perceptual claims by step "
+                                                   f"({DEFAULT_CLAIM_KINDS})", name="claim accuracy: class claims"))
+        doc.p(html.escape(CLAIM_KINDS_NOTE), "meta")
+    else:
+        doc.fig(figures.claim_accuracy_curve(data.read_table(rd, "claim_accuracy.parquet")))
+        doc.note("This run has no claims.parquet: the outcome view is claim_accuracy.parquet's, which counts every "
+                 "claim kind, step 0's count claim included.")
     items = data.read_table(rd, "items.parquet")
     if items is not None and "error_type" in items:
         doc.fig(figures.error_types_bar(items))
@@ -164,19 +183,40 @@ def _probe_section(doc: _Doc, run: data.Run) -> None:
 
 
 def _steer_section(doc: _Doc, run: data.Run) -> None:
+    """The held-out result first (summary.json: the decision, the test gain with its CI beside
+    the controls and the random-direction percentile), then the dev sweep, labelled as such."""
     doc.h(2, "Steering")
     if not run.has("steer"):
         return _not_run(doc, "steer")
     steer = data.read_table(run.folder("steer"), "steering.parquet")
     if steer is None or steer.empty:
         return doc.note("The steer stage has not written steering.parquet yet.")
+    head = steer_headline(data.read_summary(run.folder("steer")))
+    if head.held_out:
+        import pandas as pd  # heavy: the CLI imports this module for --help
+
+        doc.h(3, "Held-out test result")
+        doc.p(markdown_to_html(head.setting), "note" if head.decision == "decline" else None)
+        doc.p(markdown_to_html(head.headline))
+        doc.table(pd.DataFrame(head.rows))
+        if head.random:
+            doc.p(markdown_to_html(head.random))
+        if head.dev:
+            doc.p(markdown_to_html(head.dev), "meta")
+        doc.h(3, "Dev-split sweep (the selection, not the result)")
+    else:
+        for note in head.notes[:1]:
+            doc.note(markdown_to_html(note))
+    split = "Dev split (selection only)" if head.held_out else "Steering (in-sample)"
     cats = sorted(steer["category"].astype(str).unique(), key=lambda c: (c != "all", c)) if "category" in steer else [None]
-    doc.fig(steering_sweep(steer, category=cats[0], y="accuracy"))
+    doc.fig(steering_sweep(steer, category=cats[0], y="accuracy", title=f"{split}: accuracy vs β"))
     if "delta" in steer:
-        doc.fig(steering_sweep(steer, category=cats[0], y="delta"))
+        doc.fig(steering_sweep(steer, category=cats[0], y="delta", title=f"{split}: gain over β=0 vs β"))
         d = steer[steer["category"].astype(str) == cats[0]] if cats[0] is not None else steer
         best = d.loc[d.groupby([c for c in ("vector", "method", "layer", "positions", "format") if c in d], dropna=False)["delta"].idxmax()]
-        doc.p("Best α per vector (largest gain over α=0):", "meta")
+        doc.p("Best β per vector on the dev split (largest dev gain over β=0; the selection, not the result):"
+              if head.held_out else "Best β per vector (largest gain over β=0, chosen on these same items: optimistic):",
+              "meta")
         doc.table(best.sort_values("delta", ascending=False))
 
 

@@ -255,7 +255,12 @@ def _steer(folder: Path, rng, layers: int) -> None:
     controls = {"random_direction": {"steered": 0.5, "gain": -0.05, "ci": [-0.133, 0.017],
                                      "vector_minus_control": 0.0, "vector_minus_control_ci": [-0.083, 0.083]},
                 "random_heads": {"skipped": "the vector has no specialist heads (its layers are not taken from heads)"}}
-    summary = {"protocol": "dev_test", "selected": selected, "test": test, "controls": controls}
+    random_directions = {"k": 20, "vector_gain": -0.05, "mean": -0.01, "p95": 0.042, "max": 0.05,
+                         "vector_percentile": 12.5, "above_p95": False, "vector_minus_mean": -0.04, "n_declined": 14,
+                         "mode": "mean", "layer": layers // 2, "positions": "last_prompt"}
+    summary = {"protocol": "dev_test", "decision": "steer", "rule": "best: the largest nonzero dev gain, whatever its sign",
+               "selected": {**selected, "decision": "steer"}, "test": {**test, "decision": "steer"},
+               "controls": controls, "random_directions": random_directions}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
 
 

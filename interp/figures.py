@@ -14,15 +14,26 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from auralens.interp.plotting import LAYOUT, PALETTE, empty_figure, graph_objects, line_with_band
+from auralens.interp.plotting import (
+    LAYOUT,
+    PALETTE,
+    bar_colours,
+    empty_figure,
+    graph_objects,
+    honest_interval,
+    line_with_band,
+    n_text,
+)
 
 __all__ = [
     "accuracy_bars",
     "claim_accuracy_curve",
+    "contrast_ratio",
     "decay_curves",
     "error_types_bar",
     "heads_score_heatmap",
     "item_step_curve",
+    "text_colour",
     "time_bins_by_step",
     "time_bins_strip",
     "token_html",
@@ -49,11 +60,16 @@ def accuracy_bars(acc, *, title: str = "Accuracy by tier and answer format"):
             if d.empty:
                 continue
             y = d["accuracy"].to_numpy(float)
+            n = d["n"].to_numpy(float)
+            lo, hi = honest_interval(y, d["ci_low"], d["ci_high"], n, proportion=True)
+            custom = [[a, b, t] for a, b, t in zip(lo, hi, n_text(n))]
             fig.add_trace(go.Bar(
-                x=d["tier"].astype(str), y=y, name=str(fmt), marker_color=PALETTE[k % len(PALETTE)], legendgroup=str(fmt),
-                showlegend=j == 1, error_y=dict(type="data", symmetric=False,
-                                                array=d["ci_high"].to_numpy(float) - y, arrayminus=y - d["ci_low"].to_numpy(float)),
-                customdata=d["n"].to_numpy(), hovertemplate=f"{fmt} · %{{x}}<br>accuracy %{{y:.3f}} (n=%{{customdata}})<extra></extra>",
+                x=d["tier"].astype(str), y=y, name=str(fmt), marker_color=bar_colours(PALETTE[k % len(PALETTE)], n),
+                legendgroup=str(fmt), showlegend=j == 1,
+                error_y=dict(type="data", symmetric=False, array=np.nan_to_num(hi - y), arrayminus=np.nan_to_num(y - lo)),
+                customdata=custom,
+                hovertemplate=f"{fmt} · %{{x}}<br>accuracy %{{y:.3f}} 95% CI [%{{customdata[0]:.3f}}, "
+                              f"%{{customdata[1]:.3f}}]<br>%{{customdata[2]}}<extra></extra>",
             ), row=1, col=j)
     fig.update_layout(title=title, barmode="group", yaxis_title="accuracy", yaxis_range=[0, 1.05], **LAYOUT)
     return fig
@@ -144,7 +160,7 @@ def decay_curves(decay, *, axis: str = "step", heads: Sequence[tuple[int, int]] 
         if sub.empty:
             continue
         line_with_band(fig, sub["step"], sub["mean_yield"], sub["ci_low"], sub["ci_high"], name=names.get(g, g),
-                        colour=PALETTE[k % len(PALETTE)],
+                        colour=PALETTE[k % len(PALETTE)], n=sub["n"] if "n" in sub else None,
                         hover=f"{names.get(g, g)}<br>{axis} %{{x}}: %{{y:.4f}}<extra></extra>")
         k += 1
     for layer, head in heads:
@@ -152,7 +168,7 @@ def decay_curves(decay, *, axis: str = "step", heads: Sequence[tuple[int, int]] 
         if sub.empty:
             continue
         line_with_band(fig, sub["step"], sub["mean_yield"], sub["ci_low"], sub["ci_high"], name=f"L{layer}H{head}",
-                        colour=PALETTE[k % len(PALETTE)], dash="dot")
+                        colour=PALETTE[k % len(PALETTE)], dash="dot", n=sub["n"] if "n" in sub else None)
         k += 1
     if not fig.data:
         return empty_figure(title, f"no rows with axis={axis!r}")
@@ -162,13 +178,20 @@ def decay_curves(decay, *, axis: str = "step", heads: Sequence[tuple[int, int]] 
     return fig
 
 
-def claim_accuracy_curve(claim_acc, *, title: str = "Outcome view: accuracy of perceptual claims by step"):
+def claim_accuracy_curve(claim_acc, *, title: str = "Outcome view: accuracy of perceptual claims by step",
+                         name: str = "claim accuracy"):
+    """``claim_accuracy.parquet`` (or :func:`auralens.interp.decay.claim_accuracy_by_step` of some
+    claims): accuracy by step with its 95% CI; n (items, and claims) in the hover, the minimum-n
+    rule of :mod:`auralens.interp.plotting`."""
     if claim_acc is None or len(claim_acc) == 0:
         return empty_figure(title, "no perceptual claims were checked in this run")
     go = graph_objects()
     d = claim_acc.sort_values("step")
     fig = go.Figure()
-    line_with_band(fig, d["step"], d["accuracy"], d["ci_low"], d["ci_high"], name="claim accuracy", colour=PALETTE[3])
+    n = d["n_items"] if "n_items" in d else None
+    extra = [f"{int(c)} claims" for c in d["n_claims"]] if "n_claims" in d else None
+    line_with_band(fig, d["step"], d["accuracy"], d["ci_low"], d["ci_high"], name=name, colour=PALETTE[3],
+                   n=n, n_extra=extra, proportion=True)
     fig.update_layout(title=title, xaxis_title="reasoning step", yaxis_title="accuracy", yaxis_range=[0, 1.05], **LAYOUT)
     fig.update_xaxes(dtick=1)
     return fig
@@ -198,11 +221,39 @@ def item_step_curve(yields, steps, *, heads: Sequence[tuple[int, int]] = (), cho
 
 
 # ----------------------------------------------------------------------------- tokens
-def _colour(v: float, vmax: float) -> str:
+def _rgb(v: float, vmax: float) -> tuple[int, int, int]:
     t = 0.0 if not np.isfinite(v) or vmax <= 0 else float(np.clip(v / vmax, 0, 1))
     # white -> deep blue
     r, g, b = (int(255 + (c - 255) * t) for c in (8, 69, 148))
+    return r, g, b
+
+
+def _colour(v: float, vmax: float) -> str:
+    r, g, b = _rgb(v, vmax)
     return f"rgb({r},{g},{b})"
+
+
+def luminance(rgb: tuple[int, int, int]) -> float:
+    """WCAG relative luminance of an sRGB colour (0 black .. 1 white)."""
+    def lin(c: float) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """WCAG contrast ratio of two colours (1 .. 21; 4.5 is the AA level for body text)."""
+    la, lb = sorted((luminance(a), luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def text_colour(background: tuple[int, int, int]) -> str:
+    """``"white"`` or ``"black"``, whichever contrasts more with ``background`` (at least 4.58:1
+    on any background: the two tie at a luminance of 0.179): white on the dark cells."""
+    white, black = (255, 255, 255), (0, 0, 0)
+    return "white" if contrast_ratio(background, white) >= contrast_ratio(background, black) else "black"
 
 
 def token_html(tokens: Sequence[str], values, *, steps=None, vmax: float | None = None, max_tokens: int | None = None,
@@ -220,7 +271,7 @@ def token_html(tokens: Sequence[str], values, *, steps=None, vmax: float | None 
         v = vals[i]
         step = f", step {int(steps[i])}" if steps is not None and i < len(steps) else ""
         tip = _html.escape(f"token {i}{step}: {tok!r}  yield {v:.4f}", quote=True)
-        fg = "white" if vmax and v / vmax > 0.6 else "black"
+        fg = text_colour(_rgb(v, vmax))
         shown = _html.escape(tok).replace("\n", "↵<br>")
         parts.append(f'<span class="tok" title="{tip}" data-yield="{v:.5f}" '
                      f'style="background:{_colour(v, vmax)};color:{fg};border-radius:3px;padding:0 1px;">{shown}</span>')

@@ -1,8 +1,9 @@
 """Plotly figures of probe tables (``probes.parquet``, the DataFrame of :func:`auralens.probes.tables.probe_table`).
 
-- :func:`accuracy_by_layer`: score by layer, one colour per attribute: the probe's score as a
-  line inside its bootstrap CI band, the control task's score dashed, the chance level dotted
-  (or, with ``metric="selectivity"``, score minus control).
+- :func:`accuracy_by_layer`: score by layer, one small panel per attribute (faceted, shared y
+  axis; no overlaid traces, no legend): the probe's score as a line inside its bootstrap CI band
+  with n in the hover, the control task's score dashed, the chance level dotted (or, with
+  ``metric="selectivity"``, score minus control).
 - :func:`accuracy_by_step`: the same by reasoning step, at each attribute's best layer.
 - :func:`step_label`: a row's step as text (``"—"`` for none), for pickers and captions.
 - :func:`write_html`: a self-contained HTML file (plotly.js embedded, no CDN).
@@ -14,7 +15,7 @@ from its ``report`` rows.
 Trace names are stable so tests and dashboards can find them: ``"{attribute}"``,
 ``"{attribute} control"``, ``"{attribute} chance"`` and ``"{attribute} 95% CI"`` (the
 level follows the table's CI). The score is accuracy for categorical attributes and R^2 for
-continuous ones; the y axis says "score" when both kinds are shown.
+continuous ones.  Points from fewer than :data:`auralens.interp.plotting.MIN_N` items are grey.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from auralens.interp.errors import ProbeError
-from auralens.interp.plotting import LAYOUT, PALETTE, graph_objects, line_with_band, rgba
+from auralens.interp.plotting import LAYOUT, MIN_N, PALETTE, graph_objects, line_with_band
 from auralens.interp.schemas import PROBES
 
 __all__ = ["accuracy_by_layer", "accuracy_by_step", "best_layers", "step_label", "write_html"]
@@ -108,46 +109,59 @@ def _select(table, *, site: Any, position: Any, step: Any, use_step: bool, name:
 
 def _add_attribute_traces(
     fig, sub, *, x: str, attribute: str, colour: str, hover: str, label: str | None = None,
-    metric: str = "accuracy",
+    metric: str = "accuracy", row: int | None = None, col: int | None = None,
 ) -> None:
+    """One attribute's panel: its score (a line in its 95% CI band, n in the hover, the
+    minimum-n rule of :mod:`auralens.interp.plotting`), the control task dashed, chance dotted."""
     go = graph_objects()
     sub = sub.sort_values(x)
     xs = sub[x].tolist()
+    kw: dict[str, Any] = {} if row is None else {"row": row, "col": col}
+    n = sub["n"].to_numpy(float) if "n" in sub else None
     if metric == "selectivity":
-        line_with_band(fig, xs, sub["selectivity"], None, None, name=attribute, colour=colour,
-                       hover=f"{label or attribute}<br>{hover}=%{{x}}<br>selectivity=%{{y:.3f}}<extra></extra>")
+        line_with_band(fig, xs, sub["selectivity"], None, None, name=attribute, colour=colour, n=n, showlegend=False,
+                       hover=f"{label or attribute}<br>{hover}=%{{x}}<br>selectivity=%{{y:.3f}}<extra></extra>",
+                       row=row, col=col)
         return
     group = attribute
-    fill = rgba(colour, 0.18)
-    if sub["ci_low"].notna().any():
-        fig.add_trace(go.Scatter(
-            x=xs + xs[::-1],
-            y=sub["ci_high"].tolist() + sub["ci_low"].tolist()[::-1],
-            fill="toself", fillcolor=fill, line={"width": 0}, mode="lines",
-            hoverinfo="skip", name=f"{attribute} 95% CI", legendgroup=group, showlegend=False,
-        ))
-    fig.add_trace(go.Scatter(
-        x=xs, y=sub["accuracy"].tolist(), mode="lines+markers", name=attribute,
-        legendgroup=group, line={"color": colour, "width": 2},
-        customdata=sub[["ci_low", "ci_high", "selectivity", "n"]].to_numpy(),
-        hovertemplate=(
-            f"{label or attribute}<br>{hover}=%{{x}}<br>score=%{{y:.3f}} "
-            "[%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>selectivity=%{customdata[2]:.3f}"
-            "<br>n=%{customdata[3]}<extra></extra>"
-        ),
-    ))
+    categorical = bool(sub["chance"].notna().any())
+    extra = [f"selectivity {v:.3f}" for v in sub["selectivity"].to_numpy(float)]
+    line_with_band(fig, xs, sub["accuracy"], sub["ci_low"] if sub["ci_low"].notna().any() else None,
+                   sub["ci_high"] if sub["ci_high"].notna().any() else None, name=attribute, colour=colour,
+                   legendgroup=group, showlegend=False, n=n, n_extra=extra, proportion=categorical,
+                   hover=f"{label or attribute}<br>{hover}=%{{x}}<br>score=%{{y:.3f}}<extra></extra>",
+                   row=row, col=col)
     if sub["control_accuracy"].notna().any():
         fig.add_trace(go.Scatter(
             x=xs, y=sub["control_accuracy"].tolist(), mode="lines", name=f"{attribute} control",
-            legendgroup=group, line={"color": colour, "dash": "dash", "width": 1.5},
-        ))
+            legendgroup=group, showlegend=False, line={"color": colour, "dash": "dash", "width": 1.5},
+            hovertemplate=f"{attribute} control task<br>{hover}=%{{x}}: %{{y:.3f}}<extra></extra>",
+        ), **kw)
     fig.add_trace(go.Scatter(
-        x=xs, y=sub["chance"].tolist(), mode="lines", name=f"{attribute} chance",
+        x=xs, y=sub["chance"].tolist(), mode="lines", name=f"{attribute} chance", showlegend=False,
         legendgroup=group, line={"color": colour, "dash": "dot", "width": 1}, opacity=0.7,
-    ))
+        hovertemplate=f"{attribute} chance<br>%{{y:.3f}}<extra></extra>",
+    ), **kw)
 
 
-_Y_TITLE = "score (accuracy; R² for continuous attributes)"
+#: panels per row of the faceted probe figures
+FACET_COLUMNS = 3
+
+
+def _facets(attrs: list[str], *, shared_y: bool):
+    """A figure with one small panel per attribute (titled by it), :data:`FACET_COLUMNS` a row."""
+    from plotly.subplots import make_subplots
+
+    cols = max(1, min(FACET_COLUMNS, len(attrs)))
+    rows = -(-len(attrs) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(attrs), shared_yaxes="all" if shared_y else False,
+                        horizontal_spacing=0.06, vertical_spacing=min(0.3 / max(rows - 1, 1), 0.18))
+    fig.update_layout(height=max(320, 250 * rows + 120))
+    return fig, cols
+
+
+def _cell(i: int, cols: int) -> tuple[int, int]:
+    return i // cols + 1, i % cols + 1
 
 
 def _check_metric(metric: str, name: str) -> None:
@@ -155,12 +169,24 @@ def _check_metric(metric: str, name: str) -> None:
         raise ProbeError(f"{name} metric: expected one of {_METRICS}, found {metric!r}")
 
 
-def _layout(fig, *, title: str, xaxis_title: str, metric: str) -> None:
-    fig.update_layout(
-        title=title, xaxis_title=xaxis_title, **LAYOUT,
-        yaxis_title=_Y_TITLE if metric == "accuracy" else "selectivity (score minus control)",
-        legend_title_text="attribute (dashed: control, dotted: chance)" if metric == "accuracy" else "attribute",
-    )
+def _layout(fig, *, title: str, xaxis_title: str, metric: str, n_panels: int = 1, cols: int = 1) -> None:
+    """Title, axis titles (x on the bottom row's panels, y on the first column's) and the key
+    to the line styles under the title (no legend: each panel is titled by its attribute)."""
+    key = ("solid: probe score in its 95% CI band · dashed: control task · dotted: chance · grey markers: "
+           f"fewer than {MIN_N} items" if metric == "accuracy" else
+           f"score minus control-task score · grey markers: fewer than {MIN_N} items")
+    fig.update_layout(title=dict(text=f"{title}<br><sup>{key}</sup>"), showlegend=False, **LAYOUT)
+    fig.update_layout(margin=dict(l=60, r=20, t=90, b=50))
+    rows = -(-n_panels // cols)
+    for i in range(n_panels):
+        r, c = _cell(i, cols)
+        if r == rows or i + cols >= n_panels:
+            fig.update_xaxes(title_text=xaxis_title, row=r, col=c)
+        if c == 1:
+            fig.update_yaxes(title_text=(_Y_SHORT if metric == "accuracy" else "selectivity"), row=r, col=c)
+
+
+_Y_SHORT = "score (acc.; R²)"
 
 
 def accuracy_by_layer(
@@ -180,13 +206,12 @@ def accuracy_by_layer(
     exactly one combination must remain, else :class:`ProbeError` lists what was found.
     ``metric="selectivity"`` plots score minus control instead (no band, control or chance).
     """
-    go = graph_objects()
     _check_metric(metric, "accuracy_by_layer")
     _check_table(table, "accuracy_by_layer table")
     sub = _select(table, site=site, position=position, step=step, use_step=True,
                   name="accuracy_by_layer")
     attrs = _attributes(sub, attributes, "accuracy_by_layer")
-    fig = go.Figure()
+    fig, cols = _facets(attrs, shared_y=True)
     for i, attribute in enumerate(attrs):
         rows = sub[sub["attribute"] == attribute]
         dup = rows["layer"].duplicated()
@@ -195,14 +220,16 @@ def accuracy_by_layer(
                 f"accuracy_by_layer: expected one row per layer for attribute {attribute!r}, "
                 f"found layer {rows['layer'][dup].iloc[0]!r} more than once"
             )
+        r, c = _cell(i, cols)
         _add_attribute_traces(fig, rows, x="layer", attribute=attribute,
-                              colour=PALETTE[i % len(PALETTE)], hover="layer", metric=metric)
+                              colour=PALETTE[i % len(PALETTE)], hover="layer", metric=metric, row=r, col=c)
     first = sub.iloc[0]
     where = f"{first['site']} · position {first['position']}"
     if not _is_na(first["step"]):
         where += f" · step {first['step']}"
     what = "score" if metric == "accuracy" else "selectivity"
-    _layout(fig, title=title or f"Probe {what} by layer ({where})", xaxis_title="layer", metric=metric)
+    _layout(fig, title=title or f"Probe {what} by layer ({where})", xaxis_title="layer", metric=metric,
+            n_panels=len(attrs), cols=cols)
     if sub["layer"].nunique() <= 40:
         fig.update_xaxes(dtick=1)
     return fig
@@ -276,7 +303,6 @@ def accuracy_by_step(
     ``layers`` gives ``{attribute: layer}``. Only rows with a step are plotted; the hover text of the
     ``"{attribute}"`` trace names the chosen layer.
     """
-    go = graph_objects()
     _check_table(table, "accuracy_by_step table")
     sub = _select(table, site=site, position=position, step="any", use_step=False,
                   name="accuracy_by_step")
@@ -293,7 +319,7 @@ def accuracy_by_step(
         layers = best_layers(sel, by=by) if not sel.empty else {}
         attrs = [a for a in attrs if a in layers]  # an attribute with no select-split steps is not drawn
     chosen = best_layers(sub, by=by) if layers is None else dict(layers)
-    fig = go.Figure()
+    fig, cols = _facets(attrs, shared_y=True)
     for i, attribute in enumerate(attrs):
         if attribute not in chosen:
             raise ProbeError(f"accuracy_by_step layers: expected a layer for {attribute!r}, "
@@ -306,13 +332,17 @@ def accuracy_by_step(
         if rows["step"].duplicated().any():
             raise ProbeError(f"accuracy_by_step: expected one row per step for {attribute!r} "
                              f"at layer {layer}, found duplicates")
+        r, c = _cell(i, cols)
         _add_attribute_traces(fig, rows, x="step", attribute=attribute,
                               colour=PALETTE[i % len(PALETTE)], hover="step",
-                              label=f"{attribute} (layer {layer})")
+                              label=f"{attribute} (layer {layer})", row=r, col=c)
+    if len(fig.layout.annotations) == len(attrs):  # the panels' titles name the layer too
+        for ann, attribute in zip(fig.layout.annotations, attrs):
+            ann.text = f"{attribute} (layer {chosen[attribute]})"
     first = sub.iloc[0]
     _layout(fig, title=title or (f"Probe score by reasoning step at the best layer "
                                  f"({first['site']} · position {first['position']}; best by {by})"),
-            xaxis_title="reasoning step", metric="accuracy")
+            xaxis_title="reasoning step", metric="accuracy", n_panels=len(attrs), cols=cols)
     fig.update_xaxes(dtick=1)
     return fig
 

@@ -15,7 +15,16 @@ from pathlib import PurePath
 
 import numpy as np
 
-from auralens.interp.plotting import LAYOUT, PALETTE, empty_figure, graph_objects, line_with_band
+from auralens.interp.plotting import (
+    LAYOUT,
+    PALETTE,
+    bar_colours,
+    empty_figure,
+    graph_objects,
+    honest_interval,
+    line_with_band,
+    n_text,
+)
 from auralens.interp.schemas import SYSTEMS
 
 __all__ = [
@@ -64,7 +73,8 @@ def steering_sweep(steer, *, category: str | None = "all", y: str = "accuracy", 
         g = g.sort_values("beta")
         name = " · ".join(f"L{v}" if c == "layer" else str(v) for c, v in zip(keys, key))
         line_with_band(fig, g["beta"], g[y], g[lo] if lo in g else None, g[hi] if hi in g else None, name=name,
-                       colour=PALETTE[k % len(PALETTE)], hover=f"{name}<br>β=%{{x}}: %{{y:.3f}}<extra></extra>")
+                       colour=PALETTE[k % len(PALETTE)], hover=f"{name}<br>β=%{{x}}: %{{y:.3f}}<extra></extra>",
+                       n=g["n"] if "n" in g else None, proportion=y == "accuracy")
     if y == "delta":
         fig.add_hline(y=0, line=dict(color="#999", width=1))
     fig.update_layout(title=title + (f" (category: {category})" if category is not None else ""), xaxis_title="β",
@@ -205,17 +215,24 @@ def _bars(fig, s, keys, x, *, index, name: str, colour: str, showlegend: bool, l
         s.index = s.index.get_level_values(0)
     s = s.reindex(keys)
     v = s["value"].to_numpy(float)
+    n = s["n"].to_numpy(float)
+    metric = str(s["metric"].dropna().iloc[0]) if "metric" in s and s["metric"].notna().any() else ""
+    counted = metric not in _TRAINING_COST + _INFERENCE_COST  # cost rows have no items behind them
     lo, hi = s["ci_low"].to_numpy(float), s["ci_high"].to_numpy(float)
+    if counted:
+        lo, hi = honest_interval(v, lo, hi, n, proportion=metric == "accuracy" or metric.endswith("_accuracy"))
     kw = {} if row is None else {"row": row, "col": col}
     formats = s["format"].fillna("").astype(str) if "format" in s else [""] * len(s)
-    custom = [[a, b, c, f"{f} answers" if f else ""] for a, b, c, f in zip(lo, hi, s["n"].to_numpy(float), formats)]
+    texts = n_text(n, extra=[f"{f} answers" if f else "" for f in formats]) if counted else [""] * len(v)
+    custom = [[a, b, t] for a, b, t in zip(lo, hi, texts)]
     fig.add_trace(graph_objects().Bar(
-        x=x, y=v, name=name, marker_color=colour, legendgroup=legendgroup, showlegend=showlegend,
+        x=x, y=v, name=name, marker_color=bar_colours(colour, n) if counted else colour, legendgroup=legendgroup,
+        showlegend=showlegend,
         error_y=dict(type="data", symmetric=False, array=np.nan_to_num(hi - v), arrayminus=np.nan_to_num(v - lo),
                      visible=bool(np.isfinite(lo).any() or np.isfinite(hi).any())),
         customdata=custom,
         hovertemplate=f"{name}<br>%{{x}}: %{{y:{fmt}}}<br>95% CI [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
-                      f"<br>n=%{{customdata[2]:.0f}} %{{customdata[3]}}<extra></extra>"), **kw)
+                      f"<br>%{{customdata[2]}}<extra></extra>"), **kw)
 
 
 def compare_table(compare):
@@ -453,7 +470,7 @@ def _panel_claims(g: _Grid, key, r: int, c: int) -> None:
         s = s.assign(step=s["group"].str.removeprefix("step=").astype(int)).sort_values("step")
         line_with_band(g.fig, s["step"], s["value"], s["ci_low"], s["ci_high"], name=name,
                        colour=_colour(system, g.systems), legendgroup=name, showlegend=g.legend(name),
-                       row=r, col=c)
+                       row=r, col=c, n=s["n"], n_unit="claims", proportion=True)
 
 
 def _panel_errors(g: _Grid, org, r: int, c: int) -> None:

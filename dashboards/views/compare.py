@@ -6,6 +6,7 @@ panel, never on an axis with the measured ones."""
 import streamlit as st
 
 from auralens.dashboards import ui
+from auralens.interp.plotting import MIN_N_NOTE
 from auralens.steering.figures import (
     compare_bars,
     compare_figure,
@@ -31,8 +32,8 @@ st.header("Measured: systems × organisms")
 if measured.empty:
     st.caption("This compare run has no measured rows.")
 else:
-    st.caption("Each cell: value [95% CI] on the held-out items of that condition; gains are paired bootstraps "
-               "against base on the same items.")
+    st.caption("Each cell: value [95% CI] on the held-out test items of that condition; gains are paired bootstraps "
+               "against base on the same items. " + MIN_N_NOTE)
     st.subheader("Accuracy")
     st.dataframe(compare_grid(measured, metric="accuracy"), hide_index=True, width="stretch")
     gains = compare_grid(measured, metric="gain_vs_base")

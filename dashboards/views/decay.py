@@ -1,14 +1,19 @@
 """Perception decay: yield by reasoning step with CIs (all heads vs the specialist heads), the
-outcome view (claim accuracy by step) and the chosen item's own curve."""
+outcome view (claim accuracy by step, on class claims by default: step 0's count claim left out)
+and the chosen item's own curve.  Every point's n is in its hover; the minimum-n rule of
+:mod:`auralens.interp.plotting` is said on the page."""
 
 import streamlit as st
 
 from auralens.dashboards import ui
+from auralens.dashboards.summaries import CLAIM_KINDS, CLAIM_KINDS_NOTE, claim_accuracy_view
 from auralens.interp import figures
+from auralens.interp.plotting import MIN_N_NOTE
 
 ctx = ui.context()
 st.title("Perception decay")
 run = ui.require(ctx, "record")
+st.caption(MIN_N_NOTE)
 decay = ui.table(run, "record", "decay.parquet")
 heads = ui.table(run, "record", "heads.parquet")
 if decay is None:
@@ -44,8 +49,20 @@ else:
             st.dataframe(per_head.sort_values("slope"), hide_index=True, key="decay_summary_heads")
 
 st.subheader("Outcome view")
-ca = ui.table(run, "record", "claim_accuracy.parquet")
-st.plotly_chart(figures.claim_accuracy_curve(ca), key="claim_acc")
+claims = ui.table(run, "record", "claims.parquet")
+if claims is not None and "kind" in claims:
+    label = st.radio("Claims counted", list(CLAIM_KINDS), key="claim_kinds", index=0, horizontal=True)
+    ca = claim_accuracy_view(claims, CLAIM_KINDS[label])
+    st.plotly_chart(figures.claim_accuracy_curve(ca, title=f"Outcome view: accuracy of perceptual claims by step ({label})",
+                                                 name=f"claim accuracy: {label.split(' (')[0]}"), key="claim_acc")
+    st.caption(CLAIM_KINDS_NOTE)
+else:  # a run without claims.parquet: the stage's table, which counts every claim
+    ca = ui.table(run, "record", "claim_accuracy.parquet")
+    st.plotly_chart(figures.claim_accuracy_curve(ca), key="claim_acc")
+    if ca is not None and len(ca):
+        st.warning("This run has no claims.parquet: the curve is claim_accuracy.parquet's, which counts every claim "
+                   "kind, step 0's count claim included (nearly always right: the curve falls after step 0 whatever "
+                   "the model does).")
 
 if ctx.item_index is not None:
     st.subheader("This item")

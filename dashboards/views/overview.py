@@ -5,6 +5,7 @@ import streamlit as st
 
 from auralens.dashboards import data, ui
 from auralens.interp import figures
+from auralens.interp.plotting import MIN_N_NOTE
 
 ctx = ui.context()
 st.title("Overview")
@@ -37,6 +38,7 @@ if run.has("eval"):
         st.info("The eval stage has not written accuracy.parquet yet (still running?).")
     else:
         st.plotly_chart(figures.accuracy_bars(acc), key="acc_bars")
+        st.caption("Accuracy with Wilson 95% intervals. " + MIN_N_NOTE)
         st.dataframe(acc, hide_index=True)
 else:
     st.info("The **eval** stage has not run for this run folder (`auralens eval`).")

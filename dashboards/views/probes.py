@@ -1,8 +1,10 @@
-"""Probe accuracy by layer per attribute (with control task and chance), and by step."""
+"""Probe accuracy by layer, one small panel per attribute (with control task and chance), and by step;
+the held-out (report-split) scores where the run has them, n in every hover."""
 
 import streamlit as st
 
 from auralens.dashboards import ui
+from auralens.interp.plotting import MIN_N_NOTE
 from auralens.probes.figures import accuracy_by_layer, accuracy_by_step, step_label
 
 ctx = ui.context()
@@ -12,6 +14,11 @@ probes = ui.table(run, "probe", "probes.parquet")
 if probes is None or probes.empty:
     st.info("The probe stage has not written probes.parquet yet.")
     st.stop()
+if "split" in probes and {"select", "report"} <= set(probes["split"].astype(str)):
+    st.markdown("**Held-out scores:** every figure draws the *report* split (items disjoint from the *select* split "
+                "that chose each attribute's best layer and position); the select split's scores are in the table only.")
+st.caption("One small panel per attribute (solid: probe score in its 95% CI band; dashed: control task; dotted: "
+           "chance). " + MIN_N_NOTE)
 c1, c2, c3, c4 = st.columns(4)
 site = c1.selectbox("Site", sorted(probes["site"].astype(str).unique()), key="probe_site")
 d = probes[probes["site"].astype(str) == site]

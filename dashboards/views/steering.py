@@ -1,58 +1,43 @@
-"""Steering: the held-out result first (the setting chosen on the dev split, its gain on the test
-split with its CI, beside the controls), then the sweep the choice was made on: accuracy (or gain)
-against the strength β, per vector, method, layer and positions (a run written with the former
-column name ``alpha`` reads as β)."""
+"""Steering: the held-out result first — from the steer run's ``summary.json``: whether the
+dev/test protocol steered or declined, the setting chosen on the dev split, its gain on the test
+split with its CI and n, beside the controls (random direction, random heads, the random-direction
+null's percentile, the model without the deficit) — then, labelled "dev" and second, the sweep
+the choice was made on: accuracy (or gain) against the strength β, per vector, method, layer and
+positions (a run written with the former column name ``alpha`` reads as β)."""
 
 import streamlit as st
 
 from auralens.dashboards import data, ui
+from auralens.dashboards.summaries import steer_headline
+from auralens.interp.plotting import MIN_N_NOTE
 from auralens.steering.figures import steering_sweep
-
-
-def _ci(ci) -> str:
-    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci and len(ci) == 2 and None not in ci else "[n/a]"
-
-
-def held_out(summary: dict) -> None:
-    """The dev/test protocol's reported result: what was chosen on dev, what it did on test."""
-    sel, test = summary.get("selected") or {}, summary.get("test") or {}
-    st.subheader("Held-out test result")
-    st.markdown(
-        f"**Chosen on the dev split:** {sel.get('vector')} ({sel.get('mode', '')}), layer {sel.get('layer')}, "
-        f"β = {sel.get('beta')}, positions {sel.get('positions')}.  "
-        f"**On the test split** (n = {test.get('n')}): accuracy {test.get('base', float('nan')):.3f} → "
-        f"{test.get('steered', float('nan')):.3f}, gain **{test.get('gain', float('nan')):+.3f}** "
-        f"95% CI {_ci(test.get('ci'))}."
-    )
-    rows = [{"system": "vector (chosen on dev)", "gain on test": test.get("gain"), "95% CI": _ci(test.get("ci")),
-             "vector − control": None, "vector − control 95% CI": ""}]
-    for name, c in (summary.get("controls") or {}).items():
-        if "skipped" in c:
-            rows.append({"system": f"control: {name}", "gain on test": None, "95% CI": f"skipped: {c['skipped']}",
-                         "vector − control": None, "vector − control 95% CI": ""})
-            continue
-        rows.append({"system": f"control: {name}", "gain on test": c.get("gain"), "95% CI": _ci(c.get("ci")),
-                     "vector − control": c.get("vector_minus_control"),
-                     "vector − control 95% CI": _ci(c.get("vector_minus_control_ci"))})
-    st.dataframe(rows, hide_index=True, key="steer_held_out")
-    dev = sel.get("dev") or {}
-    if dev:
-        st.caption(f"The dev split's gain of this setting, {dev.get('gain', float('nan')):+.3f} {_ci(dev.get('ci'))} "
-                   f"(n = {dev.get('n')}), is what chose it; it is not the result.")
 
 ctx = ui.context()
 st.title("Steering")
 run = ui.require(ctx, "steer")
+st.caption(MIN_N_NOTE)
 steer = ui.table(run, "steer", "steering.parquet")
 if steer is None or steer.empty:
     st.info("The steer stage has not written steering.parquet yet.")
     st.stop()
 if "beta" not in steer and "alpha" in steer:
     steer = steer.rename(columns={"alpha": "beta"})
-summary = data.read_summary(run.folder("steer"))
-if summary.get("test"):
-    held_out(summary)
+head = steer_headline(data.read_summary(run.folder("steer")))
+if head.held_out:
+    st.subheader("Held-out test result")
+    (st.warning if head.decision == "decline" else st.markdown)(head.setting)
+    st.markdown(head.headline)
+    st.dataframe(head.rows, hide_index=True, key="steer_held_out")
+    if head.random:
+        st.markdown(head.random)
+    if head.dev:
+        st.caption(head.dev)
     st.subheader("Dev-split sweep (the selection, not the result)")
+    split = "dev"
+else:
+    for note in head.notes[:1]:
+        st.warning(note)
+    split = ""
 c1, c2, c3 = st.columns(3)
 cats = sorted(steer["category"].astype(str).unique(), key=lambda c: (c != "all", c))
 category = c1.selectbox("Category", cats, key="steer_cat")
@@ -61,8 +46,12 @@ layers = sorted(int(v) for v in steer["layer"].unique())
 chosen_layers = c3.multiselect("Layers", layers, default=layers, key="steer_layers")
 vectors = list(dict.fromkeys(steer["vector"]))
 chosen = st.multiselect("Vectors", vectors, default=vectors, key="steer_vectors")
-st.plotly_chart(steering_sweep(steer, category=category, y=y, vectors=chosen, layers=chosen_layers), key="steer_sweep")
+what = "accuracy vs β" if y == "accuracy" else "gain over β=0 vs β"
+title = f"Dev split (selection only): {what}" if split else f"Steering (in-sample): {what}"
+st.plotly_chart(steering_sweep(steer, category=category, y=y, vectors=chosen, layers=chosen_layers, title=title),
+                key="steer_sweep")
 d = steer[steer["category"].astype(str) == category]
 best = d.loc[d.groupby([c for c in ("vector", "method", "layer", "positions", "format") if c in d], dropna=False)["delta"].idxmax()]
-st.markdown("**Best β per vector** (largest gain over β=0" + (", on the dev split)" if summary.get("test") else ")"))
+st.markdown("**Best β per vector on the dev split** (largest dev gain over β=0; the selection, not the result)"
+            if split else "**Best β per vector** (largest gain over β=0, chosen on these same items: optimistic)")
 st.dataframe(best.sort_values("delta", ascending=False), hide_index=True)

@@ -268,10 +268,14 @@ def test_item_without_optional_tensors_or_tokens(tmp_path):
 def test_figure_builders_name_their_traces(full_run):
     rd = full_run / "record"
     decay = data.read_table(rd, "decay.parquet")
-    fig = figures.decay_curves(decay, axis="step", heads=[(0, 1)])
+    fig = figures.decay_curves(decay.assign(n=40), axis="step", heads=[(0, 1)])
     names = [t.name for t in fig.data]
     assert names == ["all heads 95% CI", "all heads", "specialist heads 95% CI", "specialist heads", "L0H1 95% CI", "L0H1"]
     assert all(t.mode == "lines" and t.fill == "toself" for t in fig.data if t.name.endswith("95% CI"))
+    # the synthetic run's 6 items are under the minimum n: grey open markers, no band
+    fig = figures.decay_curves(decay, axis="step", heads=[(0, 1)])
+    assert [t.name for t in fig.data] == ["all heads", "specialist heads", "L0H1"]
+    assert all(set(t.marker.symbol) == {"circle-open"} and "n=6 items" in t.customdata[0][1] for t in fig.data)
     probes = data.read_table(full_run / "probe", "probes.parquet")
     fig = accuracy_by_layer(probes, step=None)
     assert {"event_count", "event_count control", "event_count chance", "event_count 95% CI"} <= {t.name for t in fig.data}
@@ -577,8 +581,29 @@ def test_steering_page_reports_the_held_out_result_not_the_dev_sweep(full_run, m
     assert "gain **-0.050** 95% CI [-0.117, +0.000]" in text and "n = 24" in text
     assert "+0.017 [-0.033, +0.083]" in text and "it is not the result" in text  # the dev gain, labelled as such
     held = at.dataframe[0].value
-    assert list(held["system"]) == ["vector (chosen on dev)", "control: random_direction", "control: random_heads"]
+    assert list(held["system"]) == ["vector (chosen on dev)", "control: random_direction", "control: random_heads",
+                                    "control: 20 random directions (mean of their test gains)"]
     assert list(held["gain on test"])[:2] == [-0.05, -0.05] and held["vector − control 95% CI"][1] == "[-0.083, +0.083]"
+    assert "at **percentile 12.5** of theirs" in text and "**not above** their 95th percentile" in text
+    assert "Decision: **steer**" in text
+    # the sweep figure comes second and says it is the dev split
+    assert _title(_figs(at)[0]).startswith("Dev split (selection only)")
+    assert any(m.value.startswith("**Best β per vector on the dev split**") for m in at.markdown)
+    # a declined run says so above the test result, and reports the unsteered model
+    declined = write_synthetic_run(tmp_path / "declined", stages=("steer",))
+    summary = json.loads((declined / "steer" / "summary.json").read_text())
+    cand = {**summary["test"], "beta": 1.0}
+    summary["selected"].update(decision="decline", beta=0.0, candidate={"beta": 1.0, "dev": summary["selected"]["dev"]})
+    summary["test"] = {"n": 24, "base": 0.55, "steered": 0.55, "gain": 0.0, "ci": [0.0, 0.0], "decision": "decline",
+                       "candidate": cand}
+    summary["decision"] = "decline"
+    (declined / "steer" / "summary.json").write_text(json.dumps(summary))
+    at = _goto(_app(monkeypatch, declined), "steering")
+    assert at.warning and at.warning[0].value.startswith("**Steering declined on dev:**")
+    text = "\n".join(m.value for m in at.markdown)
+    assert "gain **+0.000** 95% CI [+0.000, +0.000]" in text and "declined candidate on test" in text
+    assert list(at.dataframe[0].value["system"])[:2] == ["unsteered (steering declined)",
+                                                        "declined candidate β = 1.0 (not chosen, for information)"]
     # a sweep run (no dev/test summary) shows only the sweep, without the held-out section
     sweep = write_synthetic_run(tmp_path / "sweep", stages=("steer",))
     (sweep / "steer" / "summary.json").unlink()
