@@ -112,7 +112,7 @@ def _record_section(doc: _Doc, run: data.Run, *, top_k: int, max_tokens: int) ->
     if mean is not None:
         z, n = mean
         doc.fig(figures.yield_heatmap(z, title=f"Mean audio yield at the last prompt token ({n} items; rings: top-{len(top)} heads)",
-                                      highlight=top))
+                                      highlight=top, n=f"mean over n={n} items"))
     if heads is not None:
         doc.fig(figures.heads_score_heatmap(heads, "rank" if "rank" in heads else heads.columns[2], top=top_k))
         doc.table(heads.head(max(top_k, 10)))

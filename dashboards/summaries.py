@@ -104,8 +104,10 @@ class SteerHeadline:
 
 
 def _control_rows(summary: dict[str, Any], test: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [{"system": "vector (chosen on dev)" if test.get("decision") != "decline" else "unsteered (steering declined)",
-             "gain on test": _num(test.get("gain")), "95% CI": _ci(test.get("ci")), "n": test.get("n"),
+    declined = test.get("decision") == "decline"
+    rows = [{"system": "unsteered (steering declined)" if declined else "vector (chosen on dev)",
+             "gain on test": _num(test.get("gain")), "95% CI": "0 by construction" if declined else _ci(test.get("ci")),
+             "n": test.get("n"),
              "vector − control": None, "vector − control 95% CI": ""}]
     cand = _d(test.get("candidate"))
     if cand:
@@ -180,8 +182,10 @@ def steer_headline(summary: dict[str, Any]) -> SteerHeadline:
                        f"positions {sel.get('positions')}.")
     elif rule:
         out.setting += f" Decision: **steer** (rule: {rule})."
+    gain = (f"gain **{_f(test.get('gain'))}** (0 by construction: the unsteered model against itself)"
+            if decision == "decline" else f"gain **{_f(test.get('gain'))}** 95% CI {_ci(test.get('ci'))}")
     out.headline = (f"**On the held-out test split** (n = {test.get('n')}): accuracy {_f(test.get('base'), False)} → "
-                    f"{_f(test.get('steered'), False)}, gain **{_f(test.get('gain'))}** 95% CI {_ci(test.get('ci'))}.")
+                    f"{_f(test.get('steered'), False)}, {gain}.")
     if decision == "decline" and isinstance(test.get("candidate"), dict):
         c = test["candidate"]
         out.headline += (f" The declined candidate on test, for information only: gain {_f(c.get('gain'))} "

@@ -85,24 +85,28 @@ def error_types_bar(items, *, title: str = "Where answers fail (CAFE-style attri
     by = "format" if "format" in items.columns else None
     groups = sorted(items[by].astype(str).unique()) if by else ["all"]
     fig = go.Figure()
+    totals = [int((items[by].astype(str) == g).sum()) if by else len(items) for g in groups]
     for et in order + sorted(set(items["error_type"]) - set(order)):
         is_et = items["error_type"] == et
         counts = [int((is_et & (items[by].astype(str) == g)).sum()) if by else int(is_et.sum()) for g in groups]
-        fig.add_trace(go.Bar(x=groups, y=counts, name=et, marker_color=colours.get(et, "#17becf")))
+        fig.add_trace(go.Bar(x=groups, y=counts, name=et, marker_color=colours.get(et, "#17becf"), customdata=totals,
+                             hovertemplate=f"{et} · %{{x}}<br>%{{y}} of n=%{{customdata}} items<extra></extra>"))
     fig.update_layout(title=title, barmode="stack", yaxis_title="items", **LAYOUT)
     return fig
 
 
 # ---------------------------------------------------------------------------- yields
 def yield_heatmap(values, *, title: str = "Audio attention yield", highlight: Sequence[tuple[int, int]] = (),
-                  zmax: float | None = None):
-    """[layers, heads] heatmap; ``highlight`` marks the specialist heads with a ring."""
+                  zmax: float | None = None, n: str | None = None):
+    """[layers, heads] heatmap; ``highlight`` marks the specialist heads with a ring; ``n`` (e.g.
+    ``"n=6 items"``) goes into every cell's hover."""
     go = graph_objects()
     z = np.asarray(values, float)
     L, H = z.shape
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(H)), y=list(range(L)), colorscale="Viridis", zmin=0, zmax=zmax if zmax is not None else float(np.nanmax(z) or 1),
-        colorbar=dict(title="yield"), hovertemplate="layer %{y}, head %{x}<br>yield %{z:.4f}<extra></extra>", name="yield"))
+        colorbar=dict(title="yield"), name="yield",
+        hovertemplate="layer %{y}, head %{x}<br>yield %{z:.4f}" + (f"<br>{n}" if n else "") + "<extra></extra>"))
     if highlight:
         hl = [(a, b) for a, b in highlight if a < L and b < H]
         fig.add_trace(go.Scatter(
@@ -213,9 +217,12 @@ def item_step_curve(yields, steps, *, heads: Sequence[tuple[int, int]] = (), cho
     if chosen is not None:
         series[f"L{chosen[0]}H{chosen[1]}"] = lambda m: y[m][:, chosen[0], chosen[1]].mean()
     fig = go.Figure()
+    tokens = [int((s == i).sum()) for i in ids]
     for k, (name, f) in enumerate(series.items()):
         fig.add_trace(go.Scatter(x=ids, y=[f(s == i) for i in ids], mode="lines+markers", name=name,
-                                 line=dict(color=PALETTE[k])))
+                                 line=dict(color=PALETTE[k]), customdata=tokens,
+                                 hovertemplate=f"{name}<br>step %{{x}}: %{{y:.4f}}<br>one item, n=%{{customdata}} tokens"
+                                               "<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="reasoning step", yaxis_title="mean audio yield", **LAYOUT)
     return fig
 

@@ -22,6 +22,7 @@ if view == "this item":
     z = data.yield_at(item, where)
     label = "the last prompt token" if where == "prompt" else f"reasoning step {where}"
     title = f"{item.item_id}: audio yield at {label}"
+    n_label = "one item" + ("" if where == "prompt" else f", n={int((item.steps == where).sum())} tokens of the step")
 else:
     res = ui.prompt_mean(run)
     if res is None:
@@ -29,7 +30,8 @@ else:
         st.stop()
     z, n = res
     title = f"Mean audio yield at the last prompt token over {n} items"
-st.plotly_chart(figures.yield_heatmap(z, title=title, highlight=top), key="yield_heatmap")
+    n_label = f"mean over n={n} items"
+st.plotly_chart(figures.yield_heatmap(z, title=title, highlight=top, n=n_label), key="yield_heatmap")
 st.caption(f"{item.n_tokens} generated tokens · {len(item.step_ids)} reasoning steps · "
            f"{item.n_layers} layers × {item.n_heads} heads. Rings: the top-{k} specialist heads.")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -601,7 +602,7 @@ def test_steering_page_reports_the_held_out_result_not_the_dev_sweep(full_run, m
     at = _goto(_app(monkeypatch, declined), "steering")
     assert at.warning and at.warning[0].value.startswith("**Steering declined on dev:**")
     text = "\n".join(m.value for m in at.markdown)
-    assert "gain **+0.000** 95% CI [+0.000, +0.000]" in text and "declined candidate on test" in text
+    assert "gain **+0.000** (0 by construction" in text and "declined candidate on test" in text
     assert list(at.dataframe[0].value["system"])[:2] == ["unsteered (steering declined)",
                                                         "declined candidate β = 1.0 (not chosen, for information)"]
     # a sweep run (no dev/test summary) shows only the sweep, without the held-out section
@@ -634,3 +635,167 @@ def test_decay_summary_shows_no_placeholders(full_run, monkeypatch):
     assert "layer" not in groups and "head" not in groups and (groups["n_items"] > 0).all()
     heads = next(v for v in frames if "group" in v and set(v["group"]) == {"head"})
     assert {"layer", "head"} <= set(heads) and "n_items" not in heads and (heads[["layer", "head"]] >= 0).all().all()
+
+
+# ------------------------------------------------- what a person sees on the demo's run folders
+_CI_TEXT = re.compile(r"95% CI \[(-?[\d.]+), (-?[\d.]+)\]")
+_N_TEXT = re.compile(r"n=(\d+)")
+
+
+def _band_widths(trace: dict) -> np.ndarray:
+    """The widths (upper - lower) of a band trace drawn by line_with_band (pieces split by None)."""
+    ys = [None if v is None else float(v) for v in trace["y"]] if isinstance(trace["y"], list) else list(_arr(trace["y"]))
+    out, piece = [], []
+    for v in [*ys, None]:
+        if v is None:
+            if piece:
+                k = len(piece) // 2
+                out += list(np.array(piece[:k]) - np.array(piece[k:][::-1]))
+            piece = []
+        else:
+            piece.append(v)
+    return np.array(out)
+
+
+def _measured_points(fig: dict):
+    """(trace, index, ci text, n text) of every point that carries line_with_band's hover."""
+    for t in fig["data"]:
+        cd = t.get("customdata")
+        if t.get("type") == "scatter" and isinstance(cd, list) and cd and isinstance(cd[0], list) \
+                and len(cd[0]) == 2 and isinstance(cd[0][1], str):
+            for i, (ci, n) in enumerate(cd):
+                yield t, i, ci, n
+
+
+def _check_points(fig: dict) -> int:
+    """Every point's n is in its hover; under MIN_N it is grey and open; under n = 30 its interval
+    is never of zero width; a band is never of zero width.  Returns the points checked."""
+    from auralens.interp.plotting import GREY, MIN_N, ZERO_WIDTH_N
+
+    seen = 0
+    for t, i, ci, ntext in _measured_points(fig):
+        m = _N_TEXT.search(ntext)
+        assert m, (t["name"], ntext)
+        n = int(m.group(1))
+        symbol, colour = t["marker"]["symbol"][i], t["marker"]["color"][i]
+        assert (symbol == "circle-open" and colour == GREY) == (n < MIN_N), (t["name"], i, n, symbol, colour)
+        got = _CI_TEXT.search(ci)
+        if n < ZERO_WIDTH_N:  # an interval of zero width claims certainty; none at all is said as such
+            assert (float(got.group(2)) > float(got.group(1))) if got else ci == "no interval", (t["name"], ci, n)
+        seen += 1
+    for t in fig["data"]:
+        if str(t.get("name", "")).endswith(" 95% CI"):
+            assert (_band_widths(t) > 0).all(), t["name"]
+    return seen
+
+
+def test_every_plotted_point_on_the_demo_carries_its_n_and_an_honest_interval(demo_run, monkeypatch):
+    at = _app(monkeypatch, demo_run)
+    checked = {}
+    for view in ("decay", "steering", "probes") + (("compare",) if "compare" in _demo_stages() else ()):
+        _goto(at, view)
+        from auralens.interp.plotting import MIN_N_NOTE
+
+        assert MIN_N_NOTE in [c.value for c in at.caption] or any(MIN_N_NOTE in c.value for c in at.caption), view
+        checked[view] = sum(_check_points(f) for f in _figs(at))
+    assert all(checked.values()), checked
+    # bars: the overview's accuracy, the compare grid's: n in the hover, Wilson (never zero width) under 30
+    _goto(at, "overview")
+    bars = [t for f in _figs(at) if "Accuracy" in _title(f) for t in f["data"]]
+    assert bars
+    for t in bars:
+        for lo, hi, ntext in t["customdata"]:
+            n = int(_N_TEXT.search(ntext).group(1))
+            assert n >= 30 or hi > lo, (t["name"], lo, hi, n)
+    _goto(at, "heads")  # integer ticks on both maps (the rank map fell on half-integers)
+    for f in _figs(at):
+        assert f["layout"]["xaxis"]["dtick"] == 1 and f["layout"]["yaxis"]["dtick"] == 1, _title(f)
+
+
+def test_the_steering_page_on_the_demo_shows_the_test_result_and_its_controls(demo_run, monkeypatch, tmp_path):
+    summary = json.loads((demo_run / "steer" / "summary.json").read_text())
+    test, rd = summary["test"], summary["random_directions"]
+    at = _goto(_app(monkeypatch, demo_run), "steering")
+    subheaders = [s.value for s in at.subheader]
+    assert subheaders[:2] == ["Held-out test result", "Dev-split sweep (the selection, not the result)"]
+    text = "\n".join(m.value for m in [*at.markdown, *at.caption, *at.warning])
+    assert f"**On the held-out test split** (n = {test['n']})" in text
+    assert f"gain **{test['gain']:+.3f}**" in text
+    if summary["decision"] == "decline":
+        assert at.warning[0].value.startswith("**Steering declined on dev:**")
+        cand = test["candidate"]
+        assert f"for information only: gain {cand['gain']:+.3f} [{cand['ci'][0]:+.3f}, {cand['ci'][1]:+.3f}]" in text
+    else:
+        assert f"95% CI [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}]" in text and "Decision: **steer**" in text
+    assert f"at **percentile {rd['vector_percentile']:.1f}** of theirs" in text and f"{rd['k']} random directions" in text
+    rows = at.dataframe[0].value.set_index("system")
+    ctrl = summary["controls"]["random_direction"]
+    assert rows.loc["control: random_direction", "gain on test"] == pytest.approx(ctrl["gain"])
+    assert rows.loc[f"control: {rd['k']} random directions (mean of their test gains)", "gain on test"] == \
+        pytest.approx(rd["mean"])
+    assert _title(_figs(at)[0]).startswith("Dev split (selection only)")
+    # the report of the same folder says the same, in the same order
+    from auralens.dashboards.report import write_report
+
+    html = write_report(demo_run, tmp_path / "r.html").read_text()
+    steer = html[html.index("<h2>Steering</h2>"):]
+    assert steer.index("<h3>Held-out test result</h3>") < steer.index("<h3>Dev-split sweep")
+    assert f"gain <b>{test['gain']:+.3f}</b>" in steer and f"percentile {rd['vector_percentile']:.1f}</b>" in steer
+
+
+def test_the_demo_outcome_view_counts_class_claims_and_5_of_5_is_not_certain(demo_run, monkeypatch, tmp_path):
+    """The outcome view leaves step 0's count claim out (class claims, as the README compares
+    them); a step where 5 items each made one right claim shows Wilson's [0.566, 1], not [1, 1]."""
+    import shutil
+
+    import pandas as pd
+
+    from auralens.dashboards.summaries import claim_accuracy_view
+
+    claims = pd.read_parquet(demo_run / "record" / "claims.parquet")
+    assert ((claims["kind"] == "count") & (claims["step"] == 0)).any()  # the demo does make count claims
+    at = _goto(_app(monkeypatch, demo_run), "decay")
+    curve = next(f for f in _figs(at) if _title(f).startswith("Outcome view"))
+    line = next(t for t in curve["data"] if not t["name"].endswith("95% CI"))
+    want = claim_accuracy_view(claims, ("class",))
+    np.testing.assert_allclose(_arr(line["y"]), want["accuracy"].to_numpy(), atol=1e-9)
+    n_claims = [int(re.search(r"(\d+) claims", c[1]).group(1)) for c in line["customdata"]]
+    assert n_claims == [int((claims[(claims["kind"] == "class")]["step"] == s).sum()) for s in want["step"]]
+    at.radio(key="claim_kinds").set_value(next(k for k in at.radio(key="claim_kinds").options if "count claim" in k)).run()
+    every = next(t for t in next(f for f in _figs(at) if _title(f).startswith("Outcome view"))["data"]
+                 if not t["name"].endswith("95% CI"))
+    assert int(re.search(r"(\d+) claims", every["customdata"][0][1]).group(1)) == int((claims["step"] == 0).sum())
+    # 5 of 5 right at one step, on a copy of the demo's record folder
+    run = Path(shutil.copytree(demo_run, tmp_path / "five"))
+    five = pd.DataFrame({"item_id": [f"five-{i}" for i in range(5)], "step": 2, "kind": "class", "sound": 0,
+                         "value": "dog", "claim_correct": True})
+    rest = claims[claims["step"] != 2]
+    pd.concat([rest, five], ignore_index=True).to_parquet(run / "record" / "claims.parquet")
+    at = _goto(_app(monkeypatch, run), "decay")
+    line = next(t for t in next(f for f in _figs(at) if _title(f).startswith("Outcome view"))["data"]
+                if not t["name"].endswith("95% CI"))
+    i = list(_arr(line["x"]).astype(int)).index(2)
+    assert _arr(line["y"])[i] == 1.0 and "n=5 items · 5 claims" in line["customdata"][i][1]
+    lo, hi = map(float, _CI_TEXT.search(line["customdata"][i][0]).groups())
+    assert lo < 0.6 and lo == pytest.approx(0.566, abs=1e-3) and hi == 1.0
+
+
+def test_the_demo_tokens_are_readable_and_probes_are_faceted(demo_run, monkeypatch):
+    at = _app(monkeypatch, demo_run)
+    _goto(at, "tokens")
+    body = at.get("html")[0].proto.body
+    spans = re.findall(r'style="background:rgb\((\d+),(\d+),(\d+)\);color:(\w+);', body)
+    assert spans
+    fg = {"white": (255, 255, 255), "black": (0, 0, 0)}
+    ratios = [figures.contrast_ratio(tuple(map(int, s[:3])), fg[s[3]]) for s in spans]
+    assert min(ratios) >= 4.5, min(ratios)
+    darkest = min(spans, key=lambda s: sum(map(int, s[:3])))
+    assert darkest[3] == "white"  # white text on the dark cells
+    _goto(at, "probes")
+    fig = _figs(at)[0]
+    attrs = {t["name"] for t in fig["data"] if t.get("customdata")}
+    assert len(attrs) >= 2
+    axes = {t.get("xaxis", "x") for t in fig["data"]}
+    assert len(axes) == len(attrs)  # one panel per attribute, not overlaid
+    assert fig["layout"]["showlegend"] is False
+    assert {a["text"] for a in fig["layout"]["annotations"]} >= attrs  # each panel titled by its attribute
