@@ -32,12 +32,13 @@ from auralens.finetuning.config import FinetuneConfig
 from auralens.finetuning.recipe import finetune
 from auralens.interp import ablation, compat, evaluate, patching, record
 from auralens.interp.arch import TABLES, UNSUPPORTED, describe, load_entry_point_tables, load_table_file
+from auralens.interp.datasets import OUTSIDE_AUDIO_FLAG, outside_audio_allowed
 from auralens.interp.distributed import is_main
 from auralens.interp.errors import AuralensError, ConfigError
 from auralens.interp.loading import LoadedModel, load_model
 from auralens.interp.micro import BASE_DIR, EMBEDDED, FINETUNED_DIR, WEIGHTS_DIR, weights_folder
 from auralens.interp.micro.train import TrainConfig, finalize, train
-from auralens.interp.runs import check_dtype, check_int, check_model, check_n, dumps_strict
+from auralens.interp.runs import check_device_map, check_dtype, check_int, check_model, check_n, dumps_strict
 from auralens.interp.smol import TRAINED_DIR
 from auralens.interp.smol.assemble import check_parts
 from auralens.interp.smol.train import AlignConfig, train_alignment
@@ -71,6 +72,8 @@ app.add_typer(bench_app, name="bench")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16")
 ResumeOpt = typer.Option(False, "--resume", help=RESUME_HELP)
 JsonOpt = typer.Option(False, "--json", help="Print the result as strict JSON (NaN/Infinity as null).")
+OUTSIDE_AUDIO_HELP = ("Read a file dataset's audio even where a path resolves outside the dataset's folder (../x.wav, "
+                      "an absolute path, a symlink pointing elsewhere); refused by default.")
 
 
 @app.callback()
@@ -280,8 +283,11 @@ def _from_flag(f, value):
 def _stage_command(group: typer.Typer, name: str, config: str):
     """``@group.command(name)`` whose options are the CLI fields of the stage config ``config``
     (``"module:Class"``, :func:`_config_params`), followed by the function's own options
-    (``--json``...).  The function receives the validated config first: ``fn(cfg, **own)``;
-    a config with a ``command`` field gets the command line.  (Commands call their stage with
+    (``--json``...) and ``--allow-outside-audio`` (every stage reads datasets: without it a file
+    dataset's audio must resolve inside its folder, :func:`auralens.interp.datasets.outside_audio_allowed`).
+    The function receives the validated config first: ``fn(cfg, **own)``;
+    a config with a ``command`` field gets the command line; a ``--device-map`` naming a GPU this
+    machine lacks is refused before the stage starts.  (Commands call their stage with
     ``**cfg.options()``, the keyword style, so a stage replaced in a test still sees keywords.)"""
 
     config_cls = _config_class(config)
@@ -294,16 +300,23 @@ def _stage_command(group: typer.Typer, name: str, config: str):
         params = _config_params(config_cls)
         names = {p.name for p in params}
 
+        outside = inspect.Parameter("allow_outside_audio", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                    default=typer.Option(False, OUTSIDE_AUDIO_FLAG, help=OUTSIDE_AUDIO_HELP))
+
         def command(**kwargs):
+            allow_outside = bool(kwargs.pop("allow_outside_audio", False))
             options = {k: _from_flag(fields[k], kwargs.pop(k)) for k in list(kwargs) if k in names}
             if "command" in fields:
                 options["command"] = _command_line()
-            return fn(config_cls(**options), **kwargs)
+            cfg = config_cls(**options)
+            check_device_map(getattr(cfg, "device_map", None))
+            with outside_audio_allowed(allow_outside):
+                return fn(cfg, **kwargs)
 
         command.__name__, command.__qualname__, command.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
         command.__module__ = fn.__module__
-        command.__signature__ = inspect.Signature(params + own)
-        command.__annotations__ = {p.name: p.annotation for p in params + own}
+        command.__signature__ = inspect.Signature([*params, *own, outside])
+        command.__annotations__ = {p.name: p.annotation for p in [*params, *own, outside]}
         command.config_class = config_cls
         return _command(group, name)(command)
 

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from auralens.interp.errors import RunFolderError
+from auralens.interp.audio import check_audio_header
+from auralens.interp.errors import AudioInputError, RunFolderError
 
 __all__ = [
     "RunFolderError",
@@ -34,6 +35,7 @@ __all__ = [
     "ItemArrays",
     "Run",
     "audio_file",
+    "audio_refusal",
     "display_pieces",
     "find_runs",
     "is_run",
@@ -94,7 +96,35 @@ def _read_json_object(p: Path, what: str) -> dict[str, Any]:
         ) from exc
     if not isinstance(obj, dict):
         raise RunFolderError(f"{what} {str(p)!r}: expected a JSON object, found a JSON {type(obj).__name__}")
+    if what == "manifest":
+        _check_manifest_fields(p, obj)
     return obj
+
+
+#: manifest keys the dashboard and the report read, and the JSON type each must have
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "command": (str,), "stages": (dict,), "dataset_root": (str,),
+}
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    return {dict: "an object", list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_manifest_fields(p: Path, manifest: dict[str, Any]) -> None:
+    """The keys the pages read have their JSON types (``"status": 123`` is a damaged manifest,
+    named, not a page that shows 123 or fails on it)."""
+    for key, types in _MANIFEST_TYPES.items():
+        if key in manifest and manifest[key] is not None and not isinstance(manifest[key], types):
+            want = " or ".join({str: "a string", list: "a list", dict: "an object"}[t] for t in types)
+            raise RunFolderError(f"manifest {str(p)!r}: expected {key!r} to be {want}, found "
+                                 f"{_json_kind(manifest[key])}; the file was damaged or not written by auralens")
 
 
 def _size(p: Path) -> int | None:
@@ -266,6 +296,8 @@ def open_run(path: str | Path) -> Run:
                 f"({', '.join(STAGES)}) with one, found neither"
             )
     ordered = {s: stages[s] for s in STAGES if s in stages}
+    for folder in dict.fromkeys(ordered.values()):
+        problems.extend(folder_problems(folder))
     manifest: dict[str, Any] = {}
     for folder in [path, *ordered.values()]:
         try:
@@ -275,6 +307,32 @@ def open_run(path: str | Path) -> Run:
         if manifest:
             break
     return Run(path=path, stages=ordered, manifest=manifest, problems=tuple(dict.fromkeys(problems)))
+
+
+def folder_problems(folder: str | Path) -> list[str]:
+    """Damaged files of one stage folder, one message each naming the file: a ``*.parquet`` table
+    whose footer does not read (truncated, not parquet) and an ``audio/*.wav`` clip whose header
+    does not check (:func:`auralens.interp.audio.check_audio_header`: not audio, truncated, a
+    special file).  Cheap (no table or clip is decoded); :func:`open_run` lists them in
+    :attr:`Run.problems`, so the report refuses them and every dashboard page names them."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    out: list[str] = []
+    for p in sorted(folder.glob("*.parquet")):
+        try:
+            pq.ParquetFile(p)
+        except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError...: the table cannot be used
+            out.append(f"table {str(p)!r}: expected a parquet table, found {_found(_size(p))} that does not read "
+                       f"({type(exc).__name__}: {exc}); the run was interrupted or the file was damaged")
+    audio = folder / "audio"
+    if audio.is_dir():
+        for p in sorted(audio.glob("*.wav")):
+            try:
+                check_audio_header(p)
+            except AudioInputError as exc:
+                out.append(f"{exc}; the run was interrupted or the file was damaged")
+    return out
 
 
 def _subdirs(p: Path) -> list[Path]:
@@ -530,14 +588,65 @@ def mean_prompt_yield(record_dir: str | Path, item_indices: list[int] | None = N
     return (acc / n).astype(np.float32), n
 
 
-def audio_file(run_folder: str | Path, audio_path: Any) -> Path | None:
-    """The item's wav file (relative to the run folder or absolute), None when absent."""
-    if audio_path is None or (isinstance(audio_path, float) and np.isnan(audio_path)) or str(audio_path) == "":
+def _resolved(p: Path) -> Path | None:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
         return None
-    p = Path(str(audio_path))
-    if not p.is_absolute():
-        p = Path(run_folder) / p
-    return p if p.exists() else None
+
+
+def _audio_roots(run_folder: str | Path) -> tuple[Path | None, Path | None]:
+    """(the run folder, the dataset root its manifest records), resolved; None where unknown."""
+    run = _resolved(Path(run_folder))
+    try:
+        root = read_manifest(run_folder).get("dataset_root")
+    except RunFolderError:  # a damaged manifest: named elsewhere; no dataset root then
+        root = None
+    return run, _resolved(Path(root)) if isinstance(root, str) and root else None
+
+
+def _locate_audio(run_folder: str | Path, audio_path: Any) -> tuple[Path | None, str | None]:
+    """(the file to serve, None) or (None, why not): see :func:`audio_file`."""
+    if audio_path is None or (isinstance(audio_path, float) and np.isnan(audio_path)) or str(audio_path) == "":
+        return None, "No audio file is recorded for this item."
+    text = str(audio_path)
+    if "\x00" in text:
+        return None, f"The audio path {text!r} is not played: it holds a NUL byte."
+    run, root = _audio_roots(run_folder)
+    where = f"the run folder {str(run_folder)!r}" + (f" or the dataset folder {str(root)!r}" if root else "")
+    p = Path(text)
+    candidates = [p] if p.is_absolute() else [Path(run_folder) / p] + ([root / p] if root else [])
+    outside = None
+    for cand in candidates:
+        real = _resolved(cand)
+        if real is None or not real.is_file():
+            continue
+        if any(r is not None and real.is_relative_to(r) for r in (run, root)):
+            return real, None
+        outside = real
+    if outside is not None:
+        return None, (f"The audio {text!r} is not played: it resolves to {str(outside)!r}, outside {where} "
+                      "recorded in the run's manifest (a run folder may only point at its own files and its dataset's).")
+    return None, f"The audio {text!r} was not found in {where}."
+
+
+def audio_file(run_folder: str | Path, audio_path: Any) -> Path | None:
+    """The item's audio file, resolved, or None.
+
+    ``audio_path`` is the ``items.parquet`` value: relative to the run folder (cafe clips the
+    record stage wrote), relative to the dataset root the manifest records (``dataset_root``),
+    or absolute (run folders written before paths were stored relative).  The file is served only
+    when it resolves, symlinks included, inside the run folder or that dataset root, so a run
+    folder from someone else cannot make the dashboard play any file on the machine.  Why a path
+    is refused, in one sentence for the page: :func:`audio_refusal`."""
+    return _locate_audio(run_folder, audio_path)[0]
+
+
+def audio_refusal(run_folder: str | Path, audio_path: Any) -> str | None:
+    """One sentence saying why :func:`audio_file` serves no file for ``audio_path`` (none
+    recorded, not found, or outside the run folder and the manifest's dataset root); None
+    exactly when it serves one."""
+    return _locate_audio(run_folder, audio_path)[1]
 
 
 def audio_duration(path: str | Path) -> float | None:

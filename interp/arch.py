@@ -392,6 +392,9 @@ def load_table_file(path: str | Any) -> list[ArchTable]:
     except RecursionError:
         raise ArchitectureError(f"--arch-table {str(p)!r}: expected a JSON table, found nesting too deep to parse") from None
     rows = data if isinstance(data, list) else [data]
+    if not rows:
+        raise ArchitectureError(f"--arch-table {str(p)!r}: expected a table object or a non-empty list of them, "
+                                "found an empty list")
     tables = [table_from_dict(row, where=f"--arch-table {str(p)!r} table {i}") for i, row in enumerate(rows)]
     for table in tables:
         register_table(table, overwrite=True)

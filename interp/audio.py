@@ -13,6 +13,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -65,6 +66,7 @@ def check_audio_header(path: str | Path) -> AudioHeader:
     Raises :class:`AudioInputError` naming the file, what was expected and what was found: a
     missing file, a directory, a FIFO/socket/device, a symlink loop or a NUL byte in the path,
     float samples that are NaN or infinite (float files only: their samples are read to check),
+    a WAV/AIFF file shorter than its header declares (truncated),
     something that is not audio or is in a format libsndfile cannot
     read, zero frames, a non-positive sample rate or no channels.  Returns the header's sample
     rate, frame count and channel count."""
@@ -84,9 +86,58 @@ def check_audio_header(path: str | Path) -> AudioHeader:
         subtype=str(info.subtype),
     )
     _check_header(header)
+    _check_complete(path, header)
     if header.subtype in _FLOAT_SUBTYPES:
         _check_finite(path)
     return header
+
+
+# RIFF/AIFF sizes that mean "unknown" (a stream written without seeking back): not a truncation
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+def _data_chunk(path: Path) -> tuple[int, int] | None:
+    """(declared byte size, offset of the first sample byte) of a WAV file's ``data`` chunk or an
+    AIFF file's ``SSND`` chunk, read from the chunk headers alone; None when the file is neither
+    (or an RF64 / unusual layout this walk does not follow)."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12:
+            return None
+        order: Literal["little", "big"]
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            order, want, extra = "little", b"data", 0
+        elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            order, want, extra = "big", b"SSND", 8  # SSND: offset and block size before the samples
+        else:
+            return None
+        for _ in range(64):  # a few chunks (fmt, fact, LIST, COMM...) come before the samples
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            size = int.from_bytes(chunk[4:8], order)
+            if chunk[:4] == want:
+                return size - extra, fh.tell() + extra
+            fh.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even length
+    return None
+
+
+def _check_complete(path: Path, header: AudioHeader) -> None:
+    """A WAV/AIFF file holds every sample its header declares: a file cut short (a partial copy
+    or download) is refused instead of being read as a shorter clip."""
+    if header.format not in ("WAV", "WAVEX", "AIFF"):
+        return
+    found = _data_chunk(path)
+    if found is None:
+        return
+    declared, start = found
+    if declared in _UNKNOWN_SIZES or declared < 0:
+        return
+    present = os.path.getsize(path) - start
+    if present < declared:
+        raise AudioInputError(
+            f"audio file {str(path)!r}: expected the {declared:,} bytes of samples its header declares, found "
+            f"{max(present, 0):,} (the file is truncated: copy or download it again)")
 
 
 #: sample formats that can hold NaN or infinity (integer PCM cannot)

@@ -2,14 +2,20 @@
 
 All return :class:`auralens.interp.items.Item` lists.  Rows are validated as they are read: a row without
 an answer, with fewer than two choices or with an answer outside its choices is an error that
-names the file and the row; nothing is half-loaded.
+names the file and the row; nothing is half-loaded.  A file dataset's audio must resolve inside
+the dataset's own folder (symlinks resolved: ``../x.wav``, an absolute path, a symlinked file or
+folder pointing elsewhere are refused) unless the caller allows it (``--allow-outside-audio``,
+:func:`outside_audio_allowed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +29,91 @@ from auralens.interp.errors import AudioInputError, DatasetError
 from auralens.interp.items import Item
 
 
-def _category(value: Any) -> str:
-    # MMAU quirk: category is sometimes a one-element list
-    if isinstance(value, list):
-        return "/".join(str(v) for v in value)
-    return str(value or "")
+def _category(value: Any, *, where: str = "", key: str = "category") -> str:
+    """A row's category: a string, null, or (MMAU quirk) a one-element list of a string; anything
+    else (a number, a longer list, an object) is a DatasetError naming the row and the field."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise DatasetError(f"{where}: expected {key!r} to be a string (or a one-element list of one), found {_kind(value)}")
 
 
-def _row_item(row: dict, *, where: str, audio_key: str, root: Path, id_key: str = "id") -> Item:
+def _text_field(row: dict, keys: tuple[str, ...], where: str) -> str:
+    """The first of ``keys`` the row has, as a string (null and a missing field: ""); any other
+    JSON type is a DatasetError naming the field."""
+    for key in keys:
+        if key in row:
+            value = row[key]
+            if value is None or isinstance(value, str):
+                return value or ""
+            raise DatasetError(f"{where}: expected {key!r} to be a string, found {_kind(value)}")
+    return ""
+
+
+#: whether a dataset's audio may resolve outside its own folder (``--allow-outside-audio``; see
+#: :func:`outside_audio_allowed`); the loaders' ``allow_outside_audio`` argument wins over it
+_OUTSIDE_AUDIO: ContextVar[bool] = ContextVar("auralens_allow_outside_audio", default=False)
+#: the flag that lets a dataset's audio live elsewhere, as the errors name it
+OUTSIDE_AUDIO_FLAG = "--allow-outside-audio"
+
+
+@contextlib.contextmanager
+def outside_audio_allowed(allow: bool = True) -> Iterator[None]:
+    """Inside this block, dataset loaders (and every stage, through them) accept audio paths that
+    resolve outside the dataset's folder: what ``--allow-outside-audio`` does for one command."""
+    token = _OUTSIDE_AUDIO.set(bool(allow))
+    try:
+        yield
+    finally:
+        _OUTSIDE_AUDIO.reset(token)
+
+
+def _allowed(allow_outside_audio: bool | None) -> bool:
+    return _OUTSIDE_AUDIO.get() if allow_outside_audio is None else bool(allow_outside_audio)
+
+
+def _resolve_audio(audio: str, root: Path) -> Path:
+    """``audio`` (relative to ``root``, or absolute) with every symlink resolved; a path that
+    cannot be resolved (a symlink loop, a NUL byte) is returned as written, for the audio header
+    check to name."""
+    path = Path(audio)
+    joined = path if path.is_absolute() else root / path
+    try:
+        return joined.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: named by the audio check
+        return Path(os.path.abspath(joined))
+
+
+def _check_inside(audio: str, path: Path, root: Path, where: str) -> None:
+    """``path`` (resolved) lies inside ``root`` (resolved), or a DatasetError naming the row, the
+    path, the folder and the flag that allows it."""
+    try:
+        real_root = root.resolve()
+    except (OSError, RuntimeError, ValueError):
+        real_root = Path(os.path.abspath(root))
+    if "\x00" in audio:
+        return  # refused by the audio header check, which names the NUL byte
+    if not path.is_relative_to(real_root):
+        raise DatasetError(
+            f"{where}: expected audio inside the dataset folder {str(real_root)!r}, found {audio!r}, which resolves "
+            f"to {str(path)!r} outside it; move the file into the folder or pass {OUTSIDE_AUDIO_FLAG} to read it")
+
+
+def _row_id(rid: Any, where: str) -> str | None:
+    """A row's ``id``: a string or an integer (JSON number without a fraction); None when the row
+    has none.  A float, a boolean, a list or an object is a DatasetError naming the row."""
+    if rid is None or rid == "":
+        return None
+    if isinstance(rid, str):
+        return rid
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        return str(rid)
+    raise DatasetError(f"{where}: expected 'id' to be a string or an integer, found {_kind(rid)}")
+
+
+def _row_item(row: dict, *, where: str, audio_key: str, root: Path, id_key: str = "id",
+              allow_outside_audio: bool | None = None) -> Item:
     if not isinstance(row, dict):
         raise DatasetError(f"{where}: expected a JSON object, found {_kind(row)}")
     for key in ("question", "choices", "answer", audio_key):
@@ -39,30 +122,31 @@ def _row_item(row: dict, *, where: str, audio_key: str, root: Path, id_key: str 
     choices = row["choices"]
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
         raise DatasetError(f"{where}: expected 'choices' to be a list of strings, found {choices!r}")
+    for key in ("question", "answer"):
+        if not isinstance(row[key], str):
+            raise DatasetError(f"{where}: expected {key!r} to be a string, found {_kind(row[key])}")
     if not isinstance(row[audio_key], str):
         raise DatasetError(f"{where}: expected {audio_key!r} to be a file path string, found {row[audio_key]!r}")
     audio = row[audio_key]
-    path = Path(audio)
-    if not path.is_absolute():
-        try:
-            path = (root / path).resolve()
-        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: named by the audio check
-            path = Path(os.path.abspath(root / path))
-    rid = row.get(id_key)
+    path = _resolve_audio(audio, root)
+    if not _allowed(allow_outside_audio):
+        _check_inside(audio, path, root, where)
+    rid = _row_id(row.get(id_key), where)
+    category = _category(row.get("category"), where=where)
     try:
         return Item(
             # a row without an id is named by its position (``where``), which is unique in the file;
             # a clash with another row's explicit id is caught by _check_unique_ids
-            item_id=where if rid is None or rid == "" else str(rid),
+            item_id=where if rid is None else rid,
             audio=str(path),
             question=row["question"],
             choices=tuple(choices),
             answer=row["answer"],
-            task=str(row.get("task", row.get("modality", ""))),
-            category=_category(row.get("category")),
-            sub_category=str(row.get("sub-category", row.get("sub_category", "")) or ""),
-            difficulty=str(row.get("difficulty", "") or ""),
-            tier=_category(row.get("category")),
+            task=_text_field(row, ("task", "modality"), where),
+            category=category,
+            sub_category=_text_field(row, ("sub-category", "sub_category"), where),
+            difficulty=_text_field(row, ("difficulty",), where),
+            tier=category,
             meta={k: v for k, v in row.items() if k not in ("question", "choices", "answer")},
         )
     except DatasetError as exc:
@@ -142,38 +226,56 @@ def _check_unique_ids(items: list[Item], wheres: list[str], name: str) -> None:
         )
 
 
-def _items_from_rows(rows: list, path: Path, audio_root: str | Path | None, audio_key: str) -> list[Item]:
-    root = Path(audio_root) if audio_root else path.parent
+def _items_from_rows(rows: list, path: Path, audio_root: str | Path | None, audio_key: str,
+                     allow_outside_audio: bool | None = None) -> list[Item]:
+    root = dataset_root(path, audio_root)
     items, wheres = [], []
     for i, r in enumerate(rows):
         where = f"{path.name} row {i} (id {r.get('id') if isinstance(r, dict) else '?'})"
-        items.append(_row_item(r, where=where, audio_key=audio_key, root=root))
+        items.append(_row_item(r, where=where, audio_key=audio_key, root=root, allow_outside_audio=allow_outside_audio))
         wheres.append(f"row {i}")
     _check_unique_ids(items, wheres, str(path))
     return items
 
 
-def _load_json_rows(path: str | Path, audio_root: str | Path | None, audio_key: str) -> list[Item]:
+def _load_json_rows(path: str | Path, audio_root: str | Path | None, audio_key: str,
+                    allow_outside_audio: bool | None = None) -> list[Item]:
     path = Path(path)
-    return _items_from_rows(_read_json_list(path), path, audio_root, audio_key)
+    return _items_from_rows(_read_json_list(path), path, audio_root, audio_key, allow_outside_audio)
 
 
-def load_mmau(path: str | Path, *, audio_root: str | Path | None = None) -> list[Item]:
+def dataset_root(path: str | Path, audio_root: str | Path | None = None) -> Path:
+    """The folder a file dataset's audio must resolve inside (symlinks resolved): ``audio_root``
+    when given, else the folder dataset itself, else the JSON file's folder."""
+    p = Path(audio_root) if audio_root else Path(path) if Path(path).is_dir() else Path(path).parent
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return Path(os.path.abspath(p))
+
+
+def load_mmau(path: str | Path, *, audio_root: str | Path | None = None,
+              allow_outside_audio: bool | None = None) -> list[Item]:
     """MMAU (test-mini / test) JSON: ``audio_id`` paths are relative to the JSON's folder
-    (``./test-mini-audios/<id>.wav``) unless ``audio_root`` is given."""
-    return _load_json_rows(path, audio_root, "audio_id")
+    (``./test-mini-audios/<id>.wav``) unless ``audio_root`` is given.  Every path must resolve
+    inside that folder (:func:`dataset_root`) unless ``allow_outside_audio`` (default: whether
+    :func:`outside_audio_allowed` is in force)."""
+    return _load_json_rows(path, audio_root, "audio_id", allow_outside_audio)
 
 
-def load_mmar(path: str | Path, *, audio_root: str | Path | None = None) -> list[Item]:
+def load_mmar(path: str | Path, *, audio_root: str | Path | None = None,
+              allow_outside_audio: bool | None = None) -> list[Item]:
     """MMAR's ``MMAR-meta.json``: rows with ``audio_path``, ``question``, ``choices``, ``answer``,
-    ``modality``, ``category``, ``sub-category``."""
-    return _load_json_rows(path, audio_root, "audio_path")
+    ``modality``, ``category``, ``sub-category`` (audio contained as in :func:`load_mmau`)."""
+    return _load_json_rows(path, audio_root, "audio_path", allow_outside_audio)
 
 
-def load_folder(folder: str | Path) -> list[Item]:
+def load_folder(folder: str | Path, *, allow_outside_audio: bool | None = None) -> list[Item]:
     """A folder of audio files plus ``questions.jsonl``: one JSON object a line with ``audio``
     (file name relative to the folder), ``question``, ``choices``, ``answer`` and any metadata.
-    A line without an ``id`` gets ``<folder name>-<0-based line index>``."""
+    A line without an ``id`` gets ``<folder name>-<0-based line index>``.  Every audio path must
+    resolve inside the folder, symlinks resolved, unless ``allow_outside_audio`` (default: whether
+    :func:`outside_audio_allowed` is in force); an id is a string or an integer."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(
@@ -202,7 +304,8 @@ def load_folder(folder: str | Path) -> list[Item]:
             raise DatasetError(f"{qfile} line {i + 1}: expected a JSON object, found {_kind(row)}")
         if row.get("id") is None or row.get("id") == "":
             row["id"] = f"{folder.name}-{i}"
-        items.append(_row_item(row, where=f"{qfile.name} line {i + 1}", audio_key="audio", root=folder))
+        items.append(_row_item(row, where=f"{qfile.name} line {i + 1}", audio_key="audio", root=folder,
+                               allow_outside_audio=allow_outside_audio))
         wheres.append(f"line {i + 1}")
     if not items:
         raise DatasetError(f"{qfile}: expected at least one question, found none")
@@ -229,7 +332,7 @@ def load_cue_dataset(spec: str | DataSpec, *, n: int | None = None) -> list[Item
 
 
 def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
-                 audio_root: str | None = None) -> list[Item]:
+                 audio_root: str | None = None, allow_outside_audio: bool | None = None) -> list[Item]:
     """``cafe`` (or ``cafe:perception,temporal``), ``cafe-neutral|congruent|conflict[:split]``,
     an MMAU/MMAR JSON file, or a folder (:class:`~auralens.interp.dataspec.DataSpec`).
 
@@ -238,7 +341,11 @@ def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
     that split, in file order.  ``n`` draws a seeded sample of ``n`` items stratified by task /
     category (:func:`sample_items`, kept in file order), not the first ``n``.  The calibration / dev
     / test shares are 20% / 20% / 60%; the same seed gives the same ids on every machine.  A
-    DataSpec's own data seed wins over ``seed``."""
+    DataSpec's own data seed wins over ``seed``.
+
+    A file dataset's audio must resolve inside its folder (:func:`dataset_root`, symlinks
+    resolved) unless ``allow_outside_audio`` (default: whether :func:`outside_audio_allowed`,
+    the CLI's ``--allow-outside-audio``, is in force)."""
     ds = spec if isinstance(spec, DataSpec) else DataSpec.parse(spec, seed=seed)
     if ds.kind == "cue":
         return load_cue_dataset(ds, n=n)
@@ -249,7 +356,8 @@ def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
             f"dataset {str(spec)!r}: expected a split after the path ({ds.name!r}:calibration|dev|test@{ds.split_seed}), "
             "found only a split seed")
     if ds.split_name is not None:
-        whole = load_dataset(DataSpec(kind="file", name=ds.name), audio_root=audio_root)
+        whole = load_dataset(DataSpec(kind="file", name=ds.name), audio_root=audio_root,
+                             allow_outside_audio=allow_outside_audio)
         items = [it for it in whole if file_split(it.item_id, ds.split_seed) == ds.split_name]
         if not items:
             raise DatasetError(f"dataset {str(spec)!r}: expected at least one item in split {ds.split_name!r}, "
@@ -257,11 +365,11 @@ def load_dataset(spec: str | DataSpec, *, n: int | None = None, seed: int = 7,
         return sample_items(items, n, seed=ds.seed)
     p = Path(ds.name)
     if p.is_dir():
-        items = load_folder(p)
+        items = load_folder(p, allow_outside_audio=allow_outside_audio)
     elif p.suffix == ".json":
         rows = _read_json_list(p)
         audio_key = "audio_path" if isinstance(rows[0], dict) and "audio_path" in rows[0] else "audio_id"
-        items = _items_from_rows(rows, p, audio_root, audio_key)
+        items = _items_from_rows(rows, p, audio_root, audio_key, allow_outside_audio)
     else:
         found = "nothing at that path" if not p.exists() else f"a {p.suffix or 'suffix-less'} file"
         raise DatasetError(

@@ -33,6 +33,8 @@ CUE_DATASETS = tuple(f"cafe-{c}" for c in CONDITIONS)
 """The cafe cue conditions' dataset names."""
 
 SPLITS = ("calibration", "dev", "test")
+#: the largest data or split seed (numpy's legacy seeding and many torch generators take 32 bits)
+MAX_SEED = 2**32 - 1
 
 FILE_SPLITS: dict[str, float] = {"calibration": 0.2, "dev": 0.2, "test": 0.6}
 """Shares of a file dataset's items in each split (see :func:`file_split`)."""
@@ -85,8 +87,9 @@ class DataSpec:
         if self.kind == "cue" and self.name not in CUE_DATASETS:
             raise ConfigError(f"data {self.name!r}: expected one of {CUE_DATASETS}")
         for label, value in (("split seed", self.split_seed), ("seed", self.seed)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"data {self.name!r}: expected a {label} >= 0, found {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+                raise ConfigError(f"{label}: expected an integer from 0 to {MAX_SEED} (2**32 - 1, what numpy and "
+                                  f"torch seeds take) for data {self.name!r}, found {value!r}")
 
     # ------------------------------------------------------------------------------ parsing
     @classmethod

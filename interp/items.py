@@ -7,6 +7,12 @@ from typing import Any
 
 from auralens.interp.errors import DatasetError
 
+#: the longest question an item may ask, in characters: a real benchmark question is a few hundred
+#: characters at most, and a prompt this long already overflows every supported model's context
+MAX_QUESTION_CHARS = 10_000
+#: the longest answer choice, in characters
+MAX_CHOICE_CHARS = 1_000
+
 
 @dataclass(frozen=True, kw_only=True)
 class Item:
@@ -33,8 +39,21 @@ class Item:
         where = f"item {self.item_id!r}"
         if not self.question or not isinstance(self.question, str):
             raise DatasetError(f"{where}: expected a non-empty question string, found {self.question!r}")
+        if len(self.question) > MAX_QUESTION_CHARS:
+            raise DatasetError(f"{where}: expected a question of at most {MAX_QUESTION_CHARS:,} characters, "
+                               f"found one of {len(self.question):,}")
         if len(self.choices) < 2:
             raise DatasetError(f"{where}: expected at least 2 choices, found {list(self.choices)!r}")
+        for c in self.choices:
+            if not isinstance(c, str) or not c.strip():
+                raise DatasetError(f"{where}: expected every choice to be a non-empty string, found {c!r} "
+                                   f"in {list(self.choices)!r}")
+            if len(c) > MAX_CHOICE_CHARS:
+                raise DatasetError(f"{where}: expected choices of at most {MAX_CHOICE_CHARS:,} characters, "
+                                   f"found one of {len(c):,}")
+        if len(set(self.choices)) < 2:
+            # a repeated choice beside others is kept: MMAU test-mini has 27 such rows, scored by string match
+            raise DatasetError(f"{where}: expected at least 2 distinct choices, found {list(self.choices)!r}")
         if self.answer not in self.choices:
             raise DatasetError(
                 f"{where}: expected the answer to be one of the choices {list(self.choices)!r}, "

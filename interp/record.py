@@ -4,7 +4,8 @@ write the decay tables (:func:`auralens.interp.record_analysis.analyse_record`).
 
 Run folder layout (read by the dashboard and the notebooks):
 - ``items.parquet``: one row per item (prediction, correctness, n_tokens, n_steps, error_type,
-  audio_path, ...)
+  audio_path: relative to the run folder for cafe clips written there, else relative to the
+  manifest's ``dataset_root``, ...)
 - ``yields/{item_index:05d}.safetensors``: ``yield`` [n_tokens, layers, heads] (row t: yield while
   producing generated token t; row 0 at the last prompt token), ``steps`` and ``token_ids``
   [n_tokens], ``time_bins`` [n_tokens, layers, heads, K], ``silence_last`` [layers, heads]
@@ -47,6 +48,7 @@ from auralens.interp.runs import (
     fill_rows,
     load_items,
     open_run,
+    relative_audio,
 )
 from auralens.interp.schemas import HEADS
 from auralens.interp.stage_config import DTYPE_HELP, RESUME_HELP, ModelDataConfig, option, takes_config
@@ -156,9 +158,12 @@ class RecordConfig(ModelDataConfig):
         return f"calibration:{cal}:{self.n_cal or self.n}" if cal else "same items"
 
 
-def record_item(run, lm, idx: int, it, b: int, batch: tuple, *, fmt: str, all_prompt: bool, eos, sr: int) -> dict[str, Any]:
+def record_item(run, lm, idx: int, it, b: int, batch: tuple, *, fmt: str, all_prompt: bool, eos, sr: int,
+                dataset_root: str | None = None) -> dict[str, Any]:
     """Write item ``it``'s yields file (and, for cafe audio, its wav) from row ``b`` of a
-    :func:`record_batch` result ``batch``; returns its ``items.parquet`` row."""
+    :func:`record_batch` result ``batch``; returns its ``items.parquet`` row.  A file dataset's
+    ``audio_path`` is stored relative to ``dataset_root`` (the manifest's ``dataset_root``), never
+    as an absolute path, unless the file lies outside it (``--allow-outside-audio``)."""
     import torch
 
     new, res, silence_last, _prompt_len = batch
@@ -181,7 +186,7 @@ def record_item(run, lm, idx: int, it, b: int, batch: tuple, *, fmt: str, all_pr
     if it.audio.startswith("cafe:"):
         audio_path = write_wav(run, f"audio/{idx:05d}.wav", item_audio(it, lm.processor), sr)
     else:
-        audio_path = it.audio
+        audio_path = relative_audio(it.audio, dataset_root)
     return {
         "item_index": idx, "item_id": it.item_id, "tier": it.tier, "category": it.category,
         "sub_category": it.sub_category, "format": fmt, "question": it.question, "answer": it.answer,
@@ -196,13 +201,15 @@ def record_items(run, lm, items, cfg: RecordConfig, *, log: RowLog, quiet: bool 
     ``cfg.batch_size``), writing each item's files and row (:func:`record_item`)."""
     eos = stop_ids(lm, pad=False)
     sr = lm.processor.feature_extractor.sampling_rate
+    root = run.manifest.get("dataset_root")
 
     def rows_for(_setting, chunk):
         its = [it for _, it in chunk]
         with around_batch(lm, its) if around_batch is not None else contextlib.nullcontext():
             batch = record_batch(lm, its, cfg.fmt, max_new_tokens=cfg.max_new_tokens, time_bins=cfg.time_bins,
                                  all_prompt=cfg.all_prompt)
-        return [record_item(run, lm, idx, it, b, batch, fmt=cfg.fmt, all_prompt=cfg.all_prompt, eos=eos, sr=sr)
+        return [record_item(run, lm, idx, it, b, batch, fmt=cfg.fmt, all_prompt=cfg.all_prompt, eos=eos, sr=sr,
+                            dataset_root=root)
                 for b, (idx, it) in enumerate(chunk)]
 
     fill_rows([cfg.fmt], list(enumerate(items)), key=lambda pair, _: pair[1].item_id, rows_for=rows_for,

@@ -54,13 +54,14 @@ from tqdm.auto import tqdm
 from auralens.interp import __version__, distributed as dist
 from auralens.interp.arch import table_for_checkpoint
 from auralens.interp.cafe.formats import FORMATS
-from auralens.interp.datasets import check_audio_files, fingerprint, load_dataset
+from auralens.interp.datasets import check_audio_files, dataset_root, fingerprint, load_dataset
 from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
 from auralens.interp.loading import DTYPES, load_model, resolve_source
 from auralens.interp.prompts import check_template_fits
 from auralens.interp.smol import NAME as SMOL_AUDIO
 from auralens.interp.smol.assemble import check_parts
+from auralens.interp.stage_config import parse_device_map
 from auralens.interp.templates import check_template
 
 _PACKAGES = ("auralens", "torch", "transformers", "nnsight", "transformer-lens", "scikit-learn", "numpy", "pandas")
@@ -283,6 +284,12 @@ class RunFolder:
                     )
                 break
         if not (path / "manifest.json").exists():
+            if resume and path.is_dir():
+                found = sum(1 for _ in path.iterdir())
+                raise RunFolderError(
+                    f"run folder {str(path)!r}: --resume expected a run folder with a manifest.json, found a folder "
+                    f"without one ({found} entr{'y' if found == 1 else 'ies'}); drop --resume to start a new run "
+                    "or choose another --out")
             return None
         old = _read_manifest(path)
         if not resume:
@@ -582,14 +589,47 @@ def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     return int(value)
 
 
+#: the most items one run may ask for (``--n``): far above any benchmark here (MMAU test: 10,000),
+#: low enough that a typo such as ``--n 99999999999999999999999`` is refused at once instead of
+#: generating cafe scenes until memory runs out
+MAX_ITEMS = 1_000_000
+
+
 def check_n(n: Any, *, allow_none: bool = False) -> int | None:
-    """A positive number of items (``None`` = all items, where ``allow_none``)."""
+    """A positive number of items, at most :data:`MAX_ITEMS` (``None`` = all items, where ``allow_none``)."""
     if n is None and allow_none:
         return None
 
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ConfigError(f"n: expected a positive number of items, found {n!r}")
+    if n > MAX_ITEMS:
+        raise ConfigError(f"n: expected at most {MAX_ITEMS:,} items, found {n!r}")
     return int(n)
+
+
+def check_device_map(device_map: Any) -> None:
+    """Every GPU a ``--device-map`` names exists on this machine (an int index or ``cuda[:N]``):
+    ``{"model.layers.0": 99}`` is a :class:`ConfigError` before any folder or model, not a map
+    transformers quietly ignores.  Syntax is :func:`auralens.interp.stage_config.parse_device_map`'s."""
+    parsed = parse_device_map(device_map)
+    if not isinstance(parsed, dict):
+        return
+    wanted = {}
+    for module, dev in parsed.items():
+        if isinstance(dev, int):
+            wanted[module] = dev
+        elif isinstance(dev, str) and re.fullmatch(r"cuda(:[0-9]+)?", dev.strip()):
+            wanted[module] = int(dev.strip().partition(":")[2] or 0)
+    if not wanted:
+        return
+    import torch  # only for a map that names GPUs
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for module, index in wanted.items():
+        if index >= count:
+            have = f"GPUs 0..{count - 1}" if count else "no GPU"
+            raise ConfigError(f"device_map: expected devices that exist on this machine ({have}), found "
+                              f"{module!r}: {parsed[module]!r}")
 
 
 def check_formats(formats: Any, name: str = "formats") -> tuple[str, ...]:
@@ -636,12 +676,15 @@ def check_model(model: str) -> None:
     table_for_checkpoint(archs[0])
 
 
-def load_items(data: str | DataSpec, *, n: int | None, seed: int, allow_all: bool = False) -> list:
+def load_items(data: str | DataSpec, *, n: int | None, seed: int, allow_all: bool = False,
+               allow_outside_audio: bool | None = None) -> list:
     """The run's items: ``n`` checked, rows validated by the loader, at least one item, and
     every audio file's header checked (:func:`auralens.interp.datasets.check_audio_files`).
-    ``data``: a dataset spec, as text or as a :class:`~auralens.interp.dataspec.DataSpec`."""
+    ``data``: a dataset spec, as text or as a :class:`~auralens.interp.dataspec.DataSpec`.
+    Audio outside the dataset's folder is refused unless ``allow_outside_audio`` (default:
+    :func:`auralens.interp.datasets.outside_audio_allowed`, the CLI's ``--allow-outside-audio``)."""
     n = check_n(n, allow_none=allow_all)
-    items = load_dataset(data, n=n, seed=seed)
+    items = load_dataset(data, n=n, seed=seed, allow_outside_audio=allow_outside_audio)
     if isinstance(data, DataSpec):
         data = str(data)  # the errors name the spec as it is written
     if not items:
@@ -652,6 +695,31 @@ def load_items(data: str | DataSpec, *, n: int | None, seed: int, allow_all: boo
         raise DatasetError(f"dataset {data!r}: expected distinct item ids, found duplicates {dup[:5]}")
     check_audio_files(items)
     return items
+
+
+def data_root(data: Any) -> str | None:
+    """The folder a file dataset's audio lives in (:func:`auralens.interp.datasets.dataset_root`,
+    resolved), as the manifest records it under ``dataset_root``; None for cafe kinds."""
+    if not data or not isinstance(data, str):
+        return None
+    try:
+        ds = DataSpec.parse(data)
+    except (ConfigError, DatasetError):
+        return None
+    if ds.kind != "file":
+        return None
+    return str(dataset_root(ds.name))
+
+
+def relative_audio(audio: str, root: str | None) -> str:
+    """An item's audio path as a run folder stores it: relative to the dataset root recorded in
+    the manifest when the file lies inside it, else as given (``--allow-outside-audio``)."""
+    if not root or audio.startswith("cafe:"):
+        return audio
+    p = Path(audio)
+    if p.is_absolute() and p.is_relative_to(root):
+        return p.relative_to(root).as_posix()
+    return audio
 
 
 def run_identity(items: Sequence) -> dict[str, Any]:
@@ -685,7 +753,11 @@ def open_run(
     device), the ranks agree (an error on any rank is raised on all), rank 0 creates the
     folder and the others wait for it (:mod:`auralens.interp.distributed`)."""
     manifest = {**manifest, **run_identity(items)}
+    root = data_root(manifest.get("data"))
+    if root is not None:  # where the items' audio lives: the dashboard serves audio from there only
+        manifest["dataset_root"] = root
     where = dist.placement(device_map)  # a bad --device-map fails here, before anything is read
+    check_device_map(device_map)
 
     template = (manifest.get("config") or {}).get("prompt_template") or None
     if template is not None:
