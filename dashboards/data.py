@@ -270,10 +270,13 @@ class Run:
         return read_manifest(self.folder(stage))
 
     def check(self) -> None:
-        """Raise :class:`RunFolderError` for the first damaged file met while opening."""
-        if self.problems:
-            more = f" (and {len(self.problems) - 1} more damaged file(s))" if len(self.problems) > 1 else ""
-            raise RunFolderError(self.problems[0] + more)
+        """Raise :class:`RunFolderError` for the first damaged file: one met while opening (a
+        manifest), else one :func:`folder_problems` finds in a stage folder (a table that does not
+        read, an ``audio/*.wav`` clip that is not audio).  The report calls it before writing."""
+        problems = [*self.problems, *(p for f in dict.fromkeys(self.stages.values()) for p in folder_problems(f))]
+        if problems:
+            more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
+            raise RunFolderError(problems[0] + more)
 
 
 def open_run(path: str | Path) -> Run:
@@ -296,8 +299,6 @@ def open_run(path: str | Path) -> Run:
                 f"({', '.join(STAGES)}) with one, found neither"
             )
     ordered = {s: stages[s] for s in STAGES if s in stages}
-    for folder in dict.fromkeys(ordered.values()):
-        problems.extend(folder_problems(folder))
     manifest: dict[str, Any] = {}
     for folder in [path, *ordered.values()]:
         try:
@@ -310,11 +311,11 @@ def open_run(path: str | Path) -> Run:
 
 
 def folder_problems(folder: str | Path) -> list[str]:
-    """Damaged files of one stage folder, one message each naming the file: a ``*.parquet`` table
-    whose footer does not read (truncated, not parquet) and an ``audio/*.wav`` clip whose header
+    """Damaged files of one stage folder, one message each naming the file: a ``*.parquet``
+    table whose footer does not read (truncated, empty, not parquet) and an ``audio/*.wav`` clip whose header
     does not check (:func:`auralens.interp.audio.check_audio_header`: not audio, truncated, a
-    special file).  Cheap (no table or clip is decoded); :func:`open_run` lists them in
-    :attr:`Run.problems`, so the report refuses them and every dashboard page names them."""
+    special file).  Cheap (no table or clip is decoded): :meth:`Run.check` raises the first,
+    so the report refuses a damaged run instead of leaving a section out."""
     import pyarrow.parquet as pq
 
     folder = Path(folder)
