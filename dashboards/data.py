@@ -107,6 +107,9 @@ _MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+_TYPE_WORDS: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+
+
 def _json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return f"the boolean {json.dumps(value)}"
@@ -122,7 +125,7 @@ def _check_manifest_fields(p: Path, manifest: dict[str, Any]) -> None:
     named, not a page that shows 123 or fails on it)."""
     for key, types in _MANIFEST_TYPES.items():
         if key in manifest and manifest[key] is not None and not isinstance(manifest[key], types):
-            want = " or ".join({str: "a string", list: "a list", dict: "an object"}[t] for t in types)
+            want = " or ".join(_TYPE_WORDS[t] for t in types)
             raise RunFolderError(f"manifest {str(p)!r}: expected {key!r} to be {want}, found "
                                  f"{_json_kind(manifest[key])}; the file was damaged or not written by auralens")
 
