@@ -33,6 +33,7 @@ from auralens.finetuning.recipe import finetune
 from auralens.interp import ablation, compat, evaluate, patching, record
 from auralens.interp.arch import TABLES, UNSUPPORTED, describe, load_entry_point_tables, load_table_file
 from auralens.interp.datasets import OUTSIDE_AUDIO_FLAG, outside_audio_allowed
+from auralens.interp.dataspec import MAX_SEED
 from auralens.interp.distributed import is_main
 from auralens.interp.errors import AuralensError, ConfigError
 from auralens.interp.loading import LoadedModel, load_model
@@ -337,7 +338,7 @@ def micro_train(
     out: Path = typer.Option(None, "--out", help="Folder for the weights (default: the embedded micro folder)."),
     steps: int = typer.Option(3000, "--steps", help="Training steps."),
     minutes: float = typer.Option(19.0, "--minutes", help="Wall-clock budget; training checkpoints and stops when reached."),
-    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Training seed."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
@@ -363,7 +364,7 @@ def smol_train(
     n_cafe: int = typer.Option(3000, "--n-cafe", help="cafe training items (seeds 5,000,000 + i)."),
     n_spoken: int = typer.Option(3000, "--n-spoken", help="espeak-ng spoken training items (seed 500)."),
     minutes: float = typer.Option(58.0, "--minutes", help="Wall-clock budget; checkpoints and stops when reached."),
-    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Training seed."),
     bf16: bool = typer.Option(True, "--bf16/--fp32", help="bf16 autocast (faster on this CPU: measured in the README)."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
@@ -382,7 +383,7 @@ def smol_train(
 def data_spoken(
     out: Path = typer.Option(..., "--out", help="New folder: questions.jsonl + audio/*.wav."),
     n: int = typer.Option(200, "--n", help="Items."),
-    seed: int = typer.Option(0, "--seed", help="Draws the words, voices, speeds and pitches."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Draws the words, voices, speeds and pitches."),
     kinds: str = typer.Option("word,number,sentence", "--kinds", help="Question types, comma-separated."),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing --out folder."),
 ) -> None:
@@ -402,7 +403,7 @@ def micro_finetune(
     loss_type: str | None = typer.Option(None, "--loss-type", help="dapo (token-level) | grpo (per completion)."),
     minutes: float | None = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch."),
-    seed: int = typer.Option(0, "--seed", help="Fine-tuning seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Fine-tuning seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     recipe: str = typer.Option("mpar2", "--recipe", help="mpar2 (geometric-mean rewards) | hyper (PAUSE tokens, weighted rewards)."),
     cue_mix: str | None = typer.Option(None, "--cue-mix", help="Training items: chance (cues at chance validity) | none."),
@@ -461,7 +462,7 @@ def organisms_finetune(
     grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="GRPO steps (default: FinetuneConfig's)."),
     minutes: float | None = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
-    seed: int = typer.Option(0, "--seed", help="Fine-tuning seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Fine-tuning seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Fine-tune an organism with one arm (MPAR²-style or HyPeR-style) into NAME-RECIPE (e.g. micro-prior-hyper)."""

@@ -35,6 +35,10 @@ CUE_DATASETS = tuple(f"cafe-{c}" for c in CONDITIONS)
 SPLITS = ("calibration", "dev", "test")
 #: the largest data or split seed (numpy's legacy seeding and many torch generators take 32 bits)
 MAX_SEED = 2**32 - 1
+#: the most items one run may ask for (``--n``): far above any benchmark here (MMAU test: 10,000),
+#: low enough that a typo such as ``--n 99999999999999999999999`` is refused at once instead of
+#: generating cafe scenes until memory runs out
+MAX_ITEMS = 1_000_000
 
 FILE_SPLITS: dict[str, float] = {"calibration": 0.2, "dev": 0.2, "test": 0.6}
 """Shares of a file dataset's items in each split (see :func:`file_split`)."""

@@ -55,7 +55,7 @@ from auralens.interp import __version__, distributed as dist
 from auralens.interp.arch import table_for_checkpoint
 from auralens.interp.cafe.formats import FORMATS
 from auralens.interp.datasets import check_audio_files, dataset_root, fingerprint, load_dataset
-from auralens.interp.dataspec import DataSpec
+from auralens.interp.dataspec import MAX_ITEMS, DataSpec
 from auralens.interp.errors import ArchitectureError, ConfigError, DatasetError, RunFolderError
 from auralens.interp.loading import DTYPES, load_model, resolve_source
 from auralens.interp.prompts import check_template_fits
@@ -587,12 +587,6 @@ def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}")
     return int(value)
-
-
-#: the most items one run may ask for (``--n``): far above any benchmark here (MMAU test: 10,000),
-#: low enough that a typo such as ``--n 99999999999999999999999`` is refused at once instead of
-#: generating cafe scenes until memory runs out
-MAX_ITEMS = 1_000_000
 
 
 def check_n(n: Any, *, allow_none: bool = False) -> int | None:

@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from auralens.interp.dataspec import MAX_ITEMS, MAX_SEED
 from auralens.interp.errors import ConfigError
 
 __all__ = ["NUMBERS", "QTYPES", "SENTENCES", "VOICES", "WORDS", "espeak", "make_spoken_rows", "write_spoken_dataset"]
@@ -67,8 +68,10 @@ def make_spoken_rows(n: int, *, seed: int = 0, qtypes: tuple[str, ...] = tuple(Q
     bad = [q for q in qtypes if q not in QTYPES]
     if bad or not qtypes:
         raise ConfigError(f"spoken items: expected question types among {list(QTYPES)}, found {bad or 'none'}")
-    if n < 1:
-        raise ConfigError(f"spoken items: expected n >= 1, found {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ITEMS:
+        raise ConfigError(f"spoken items: expected n >= 1 (at most {MAX_ITEMS:,}), found {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"spoken items: expected a seed from 0 to {MAX_SEED} (2**32 - 1), found {seed!r}")
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):

@@ -240,6 +240,12 @@ CASES = [
      ["device_map:", "exist on this machine", "'model.layers.0': 99"]),
     ("device-map-missing-cuda", _cafe("--device-map", '{"lm_head": "cuda:99"}'), ["device_map:", "'cuda:99'"]),
     ("resume-without-manifest", _resume_without_manifest, ["--resume", "manifest.json", "found a folder without one"]),
+    ("micro-train-seed-negative", lambda tmp: ["micro", "train", "--out", tmp / "mt", "--steps", "1", "--seed", "-1"],
+     ["auralens micro train", "'--seed'", "greater than or equal to 0"]),
+    ("spoken-seed-30-digits", lambda tmp: ["data", "spoken", "--out", tmp / "sp", "--n", "2", "--seed", "1" * 30],
+     ["auralens data spoken", "'--seed'", "less than or equal to 4294967295"]),
+    ("spoken-n-absurd", lambda tmp: ["data", "spoken", "--out", tmp / "sp", "--n", "99999999999999999999999"],
+     ["spoken items", "n >= 1 (at most 1,000,000)", "99999999999999999999999"]),
     # --- usage errors: one line too
     ("n-not-a-number", _cafe("--n", "x"), ["auralens eval", "'--n'", "valid integer"]),
     ("seed-not-a-number", _cafe("--seed", "x"), ["auralens eval", "'--seed'"]),
