@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from auralens.interp.audio import check_audio_header
+from auralens.interp.audio import check_audio_header, file_kind
 from auralens.interp.errors import AudioInputError, RunFolderError
 
 __all__ = [
@@ -82,9 +82,18 @@ def read_summary(folder: str | Path) -> dict[str, Any]:
     return _read_json_object(Path(folder) / "summary.json", "summary")
 
 
+def _special(p: Path, what: str, expected: str) -> None:
+    """A FIFO, socket or device where a run file should be: refused by type, unread (opening a
+    FIFO would block the page or the report until something writes to it)."""
+    kind = file_kind(p)
+    if kind not in ("a file", "nothing", "a directory") and not kind.startswith("an unreadable"):
+        raise RunFolderError(f"{what} {str(p)!r}: expected {expected}, found {kind}")
+
+
 def _read_json_object(p: Path, what: str) -> dict[str, Any]:
     if not p.exists():
         return {}
+    _special(p, what, "a JSON object")
     try:
         raw = p.read_bytes()
         obj = json.loads(raw)
@@ -325,6 +334,11 @@ def folder_problems(folder: str | Path) -> list[str]:
     out: list[str] = []
     for p in sorted(folder.glob("*.parquet")):
         try:
+            _special(p, "table", "a parquet table")
+        except RunFolderError as exc:
+            out.append(str(exc))
+            continue
+        try:
             pq.ParquetFile(p)
         except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError...: the table cannot be used
             out.append(f"table {str(p)!r}: expected a parquet table, found {_found(_size(p))} that does not read "
@@ -380,6 +394,7 @@ def read_table(folder: str | Path, name: str):
     p = Path(folder) / name
     if not p.exists():
         return None
+    _special(p, "table", "a parquet table")
     try:
         return pd.read_parquet(p)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ValueError...
@@ -471,6 +486,7 @@ def _open(path: Path):
 
     if not path.exists():
         raise RunFolderError(f"item file {str(path)!r}: expected a safetensors file written by the record stage, found none")
+    _special(path, "item file", "a safetensors file")
     try:
         return safe_open(str(path), framework="numpy")
     except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError for a bad header or size

@@ -28,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,6 +385,13 @@ def load_table_file(path: str | Any) -> list[ArchTable]:
     does not know, or to override a built-in table on purpose (``auralens --arch-table FILE``)."""
 
     p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except (OSError, ValueError):
+        mode = None  # missing or unreadable: named by the read below
+    if mode is not None and not stat.S_ISREG(mode):  # a FIFO would block the read: refused by type
+        found = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        raise ArchitectureError(f"--arch-table {str(p)!r}: expected a JSON file, found {found}")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

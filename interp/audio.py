@@ -144,6 +144,26 @@ def _check_complete(path: Path, header: AudioHeader) -> None:
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
 
+def file_kind(path: str | Path) -> str:
+    """What is at ``path``, in the words the errors use: ``"a file"`` (a regular file, symlinks
+    followed), ``"a directory"``, ``"a FIFO (named pipe)"``, ``"a socket"``, ``"a device"``,
+    ``"nothing"`` or ``"an unreadable path (<reason>)"``.  Nothing is opened: a FIFO is told by
+    its type, so asking never blocks (opening one would wait for a writer)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "nothing"
+    except (OSError, ValueError) as exc:  # ELOOP, EACCES, ENAMETOOLONG, a NUL byte
+        return f"an unreadable path ({(getattr(exc, 'strerror', None) or str(exc)).lower()})"
+    if stat.S_ISREG(st.st_mode):
+        return "a file"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO (named pipe)"
+    return "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+
+
 def _check_regular_file(path: Path) -> None:
     """A path that names a regular file: no NUL byte, no symlink loop, not a directory, not a
     FIFO, socket or device (opening a FIFO would block until something writes to it)."""

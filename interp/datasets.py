@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from auralens.interp.audio import check_audio_header
+from auralens.interp.audio import check_audio_header, file_kind
 from auralens.interp.cafe.cues import cue_items
 from auralens.interp.cafe.questions import TIERS, make_items
 from auralens.interp.dataspec import CUE_DATASETS, FILE_SPLITS, DataSpec, file_split  # noqa: F401 (re-exported)
@@ -172,7 +172,10 @@ def _kind(value: Any) -> str:
 
 def _read_text(path: Path, what: str) -> str:
     """A dataset file's text; UTF-8 (a BOM is accepted) or a DatasetError naming the file and the
-    first undecodable byte's line."""
+    first undecodable byte's line.  A FIFO, socket or device is refused by its type, unread."""
+    kind = file_kind(path)
+    if kind not in ("a file", "nothing", "a directory"):
+        raise DatasetError(f"dataset file {str(path)!r}: expected {what}, found {kind}")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -284,7 +287,7 @@ def load_folder(folder: str | Path, *, allow_outside_audio: bool | None = None) 
         )
     qfile = folder / "questions.jsonl"
     if not qfile.is_file():
-        found = "a directory of that name" if qfile.exists() else "none"
+        found = {"a directory": "a directory of that name", "nothing": "none"}.get(file_kind(qfile), file_kind(qfile))
         raise DatasetError(f"dataset folder {str(folder)!r}: expected a questions.jsonl file, found {found}")
     text = _read_text(qfile, "a JSONL file (one JSON object a line)")
     items, wheres = [], []

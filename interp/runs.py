@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from auralens.interp import __version__, distributed as dist
 from auralens.interp.arch import table_for_checkpoint
+from auralens.interp.audio import file_kind
 from auralens.interp.cafe.formats import FORMATS
 from auralens.interp.datasets import check_audio_files, dataset_root, fingerprint, load_dataset
 from auralens.interp.dataspec import MAX_ITEMS, DataSpec
@@ -166,8 +167,17 @@ def _unreadable(folder: Path, name: str, expected: str, exc: BaseException) -> R
     )
 
 
+def _refuse_special(folder: Path, p: Path, expected: str) -> None:
+    """A FIFO, socket or device where a run file should be is refused by type, unread (opening a
+    FIFO would block until something writes to it)."""
+    kind = file_kind(p)
+    if kind in ("a FIFO (named pipe)", "a socket", "a device"):
+        raise RunFolderError(f"run folder {str(folder)!r}: expected {p.name} to be {expected}, found {kind}")
+
+
 def _read_manifest(folder: Path) -> dict[str, Any]:
     p = folder / "manifest.json"
+    _refuse_special(folder, p, "a JSON manifest")
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
@@ -392,6 +402,7 @@ class RunFolder:
         p = self.file(name)
         if not p.exists():
             raise RunFolderError(f"run folder {str(self.path)!r}: expected {name}, found none (stage not run?)")
+        _refuse_special(self.path, p, "a parquet table")
         try:
             return pd.read_parquet(p)
         except Exception as exc:  # pyarrow.ArrowInvalid, OSError...: a truncated or foreign file

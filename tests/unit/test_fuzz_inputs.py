@@ -140,6 +140,36 @@ def _resume_without_manifest(tmp: Path) -> list:
     return [*EVAL, "--n", "2", "--out", out, "--resume"]
 
 
+def _questions_fifo(tmp: Path) -> list:
+    folder = tmp / "ds"
+    folder.mkdir()
+    os.mkfifo(folder / "questions.jsonl")
+    return [*EVAL, "--data", folder, "--n", "2", "--out", tmp / "run"]
+
+
+def _json_fifo(tmp: Path) -> list:
+    os.mkfifo(tmp / "mmau.json")
+    return [*EVAL, "--data", tmp / "mmau.json", "--n", "2", "--out", tmp / "run"]
+
+
+def _arch_table_fifo(tmp: Path) -> list:
+    os.mkfifo(tmp / "table.json")
+    return ["--arch-table", tmp / "table.json", "models"]
+
+
+def _resume_manifest_fifo(tmp: Path) -> list:
+    (tmp / "run").mkdir()
+    os.mkfifo(tmp / "run" / "manifest.json")
+    return [*EVAL, "--n", "2", "--out", tmp / "run", "--resume"]
+
+
+def _fifo_instead_of(name: str):
+    def damage(run: Path) -> None:
+        (run / name).unlink()
+        os.mkfifo(run / name)
+    return damage
+
+
 def _arch_table(text: str):
     def build(tmp: Path) -> list:
         (tmp / "table.json").write_text(text)
@@ -208,6 +238,12 @@ CASES = [
     ("socket", _eval_on(_audio_to(_socket)), ["s.wav", "a socket"]),
     ("char-device", _eval_on(_set("audio", "/dev/null"), "--allow-outside-audio"), ["/dev/null", "a device"]),
     ("directory", _eval_on(_set("audio", ".")), ["a directory"]),
+    ("questions-jsonl-fifo", _questions_fifo, ["questions.jsonl", "FIFO"]),
+    ("dataset-json-fifo", _json_fifo, ["mmau.json", "FIFO"]),
+    ("arch-table-fifo", _arch_table_fifo, ["table.json", "FIFO"]),
+    ("resume-manifest-fifo", _resume_manifest_fifo, ["manifest.json", "FIFO"]),
+    ("report-manifest-fifo", _report(_fifo_instead_of("record/manifest.json")), ["record/manifest.json", "FIFO"]),
+    ("report-items-fifo", _report(_fifo_instead_of("record/items.parquet")), ["record/items.parquet", "FIFO"]),
     ("missing-file", _eval_on(_set("audio", "nowhere.wav")), ["nowhere.wav", "nothing at that path"]),
     # --- broken audio files
     ("truncated-wav", _eval_on(_audio_to(_truncated)), ["a0.wav", "truncated", "16,000 bytes"]),
