@@ -26,7 +26,9 @@ import numpy as np
 from safetensors import safe_open
 
 from auralens.interp.audio import check_audio_header, file_kind
-from auralens.interp.errors import AudioInputError, RunFolderError
+from auralens.interp.datasets import dataset_root
+from auralens.interp.dataspec import DataSpec
+from auralens.interp.errors import AudioInputError, AuralensError, RunFolderError
 
 __all__ = [
     "RunFolderError",
@@ -616,13 +618,28 @@ def _resolved(p: Path) -> Path | None:
 
 
 def _audio_roots(run_folder: str | Path) -> tuple[Path | None, Path | None]:
-    """(the run folder, the dataset root its manifest records), resolved; None where unknown."""
+    """(the run folder, the dataset root its manifest records), resolved; None where unknown.
+
+    A run written before manifests recorded ``dataset_root`` has its root read from its ``data``
+    spec instead, when that names a dataset file or folder that exists (as
+    :func:`auralens.interp.datasets.dataset_root` would have recorded it)."""
     run = _resolved(Path(run_folder))
     try:
-        root = read_manifest(run_folder).get("dataset_root")
+        manifest = read_manifest(run_folder)
     except RunFolderError:  # a damaged manifest: named elsewhere; no dataset root then
-        root = None
-    return run, _resolved(Path(root)) if isinstance(root, str) and root else None
+        manifest = {}
+    root = manifest.get("dataset_root")
+    if isinstance(root, str) and root:
+        return run, _resolved(Path(root))
+    data = manifest.get("data")
+    if isinstance(data, str) and data and "\x00" not in data:
+        try:
+            spec = DataSpec.parse(data)
+        except AuralensError:
+            return run, None
+        if spec.kind == "file" and Path(spec.name).exists():
+            return run, dataset_root(spec.name)
+    return run, None
 
 
 def _locate_audio(run_folder: str | Path, audio_path: Any) -> tuple[Path | None, str | None]:
@@ -655,7 +672,8 @@ def audio_file(run_folder: str | Path, audio_path: Any) -> Path | None:
 
     ``audio_path`` is the ``items.parquet`` value: relative to the run folder (cafe clips the
     record stage wrote), relative to the dataset root the manifest records (``dataset_root``),
-    or absolute (run folders written before paths were stored relative).  The file is served only
+    or absolute (run folders written before paths were stored relative; their dataset root is
+    read from their ``data`` spec).  The file is served only
     when it resolves, symlinks included, inside the run folder or that dataset root, so a run
     folder from someone else cannot make the dashboard play any file on the machine.  Why a path
     is refused, in one sentence for the page: :func:`audio_refusal`."""

@@ -208,3 +208,19 @@ def test_a_run_without_a_dataset_root_serves_its_own_folder_only(tmp_path, outsi
     assert audio_file(run, str(outside)) is None
     reason = audio_refusal(run, str(outside))
     assert "outside the run folder" in reason and "dataset folder" not in reason
+
+
+def test_an_old_run_with_absolute_paths_still_loads(tmp_path, outside):
+    """A run folder written before manifests recorded ``dataset_root``: absolute paths in
+    items.parquet, the dataset named by ``data`` only.  Its audio inside that dataset plays;
+    anything else is refused."""
+    root = _folder(tmp_path, n=1)
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"command": "auralens record", "status": "complete",
+                                                   "data": str(root)}))
+    inside = str((root / "a0.wav").resolve())
+    assert audio_file(run, inside) == Path(inside) and audio_refusal(run, inside) is None
+    assert audio_file(run, str(outside)) is None and str(root.resolve()) in audio_refusal(run, str(outside))
+    (run / "manifest.json").write_text(json.dumps({"command": "auralens record", "data": "cafe"}))
+    assert audio_file(run, inside) is None  # a cafe run has no dataset root: its own folder only
