@@ -273,15 +273,29 @@ def read_heads_source(path: str) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"heads_from: expected a record run folder with heads.parquet or a heads.parquet file, "
                           f"found {'nothing' if not p.exists() else 'no heads.parquet'} at {str(p)!r}")
-    heads = pd.read_parquet(file)
+    def unreadable(f: Path, what: str, exc: BaseException) -> ConfigError:
+        return ConfigError(f"heads_from {str(f)!r}: expected {what}, found a file that does not read "
+                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+
+    try:
+        heads = pd.read_parquet(file)
+    except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError...: not a usable table
+        raise unreadable(file, "a parquet table of listening heads", exc) from None
     missing = [c for c in ("layer", "head", "rank") if c not in heads.columns]
     if missing:
         raise ConfigError(f"heads_from {str(file)!r}: expected the columns of {HEADS.path}, missing {missing}")
     ids, data = None, None
     items_file = file.parent / "items.parquet"
     if items_file.is_file():
-        ids = set(pd.read_parquet(items_file, columns=["item_id"])["item_id"].astype(str))
+        try:
+            ids = set(pd.read_parquet(items_file, columns=["item_id"])["item_id"].astype(str))
+        except Exception as exc:  # noqa: BLE001 - a damaged table, or one without item_id
+            raise unreadable(items_file, "a parquet table with an item_id column", exc) from None
     man = file.parent / "manifest.json"
     if man.is_file():
-        data = json.loads(man.read_text()).get("data")
+        try:
+            manifest = json.loads(man.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise unreadable(man, "a JSON manifest", exc) from None
+        data = manifest.get("data") if isinstance(manifest, dict) else None
     return {"heads": heads, "item_ids": ids, "data": data, "path": str(file)}

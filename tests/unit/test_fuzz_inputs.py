@@ -170,6 +170,17 @@ def _fifo_instead_of(name: str):
     return damage
 
 
+def _heads_from(layout: str):
+    """``auralens record --heads-from`` a garbage heads.parquet (as a file, or in a run folder)."""
+    def build(tmp: Path) -> list:
+        target = tmp / "heads.parquet" if layout == "file" else tmp / "other" / "heads.parquet"
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(b"not parquet " * 20)
+        return ["record", "--data", _dataset(tmp), "--n", "2", "--out", tmp / "run",
+                "--heads-from", target if layout == "file" else target.parent]
+    return build
+
+
 def _arch_table(text: str):
     def build(tmp: Path) -> list:
         (tmp / "table.json").write_text(text)
@@ -282,6 +293,8 @@ CASES = [
      ["auralens data spoken", "'--seed'", "less than or equal to 4294967295"]),
     ("spoken-n-absurd", lambda tmp: ["data", "spoken", "--out", tmp / "sp", "--n", "99999999999999999999999"],
      ["spoken items", "n >= 1 (at most 1,000,000)", "99999999999999999999999"]),
+    ("heads-from-garbage-file", _heads_from("file"), ["heads_from", "heads.parquet", "does not read"]),
+    ("heads-from-garbage-folder", _heads_from("folder"), ["heads_from", "other/heads.parquet", "does not read"]),
     # --- usage errors: one line too
     ("n-not-a-number", _cafe("--n", "x"), ["auralens eval", "'--n'", "valid integer"]),
     ("seed-not-a-number", _cafe("--seed", "x"), ["auralens eval", "'--seed'"]),
