@@ -327,3 +327,17 @@ def test_arch_table_nested_too_deep_is_a_named_error(tmp_path):
     deep.write_text("[" * 100_000 + "]" * 100_000)
     res = invoke("--arch-table", deep, "models")
     assert res.exit_code == 2 and "nesting too deep" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_resume_needs_a_manifest_and_leaves_the_folder_alone(tmp_path, lm):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a run")
+    with pytest.raises(RunFolderError, match="--resume expected a run folder with a manifest.json"):
+        _eval(lm, out, resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    res = invoke("eval", "--n", "2", "--formats", "direct", "--no-silence", "--out", out, "--resume")
+    assert_one_line_error(res, "--resume", "manifest.json", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    _eval(lm, tmp_path / "fresh", resume=True)  # a folder that does not exist yet: --resume starts it
+    assert json.loads((tmp_path / "fresh" / "manifest.json").read_text())["status"] == "complete"
