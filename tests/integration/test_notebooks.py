@@ -2,13 +2,23 @@
 kernel, a timeout per cell), writing its run folders under the test's tmp_path.  A notebook is
 skipped, with the reason, only when a stage function it calls (or an embedded model it loads)
 does not exist in this checkout yet.  A static check runs always: the GPU cell is guarded by
-``RUN_ON_GPU = False`` and the notebooks import only the project's packages (plus the standard
-library, numpy, pandas and IPython)."""
+``RUN_ON_GPU = False``, the first cell turns on the static figure images
+(``figures.static_images()``) and the notebooks import only the project's packages (plus the
+standard library, numpy, pandas and IPython).
+
+After executing, ``jupyter nbconvert --to html`` of the executed copy must show every figure as
+an ``<img>`` (a PNG stored beside each interactive plotly figure: kaleido with Debian's
+chromium, which .ci/run installs; without a chromium that check is skipped, saying so), and the
+printed numbers must not be degenerate: no NaN, no interval of [0, 0], an accuracy that is not
+1.000 everywhere."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,6 +75,7 @@ def test_notebook_is_clean_guarded_and_imports_only_the_packages(name):
     gpu = [s for s in sources if "Qwen/Qwen2-Audio-7B-Instruct" in s]
     assert gpu and all(s.lstrip().startswith("if RUN_ON_GPU:") for s in gpu), "the 7B cell must be guarded"
     assert any(c.cell_type == "markdown" and "GPU" in c.source for c in nb.cells)
+    assert "figures.static_images()" in sources[0], "the first cell stores a PNG of every figure"
     stdlib = set(getattr(sys, "stdlib_module_names", ()))
     for src in sources:
         for node in ast.walk(ast.parse(src)):
@@ -97,3 +108,47 @@ def test_notebook_executes_on_micro(name, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     stem = name.removesuffix(".ipynb")
     assert (tmp_path / stem).is_dir() and any((tmp_path / stem).rglob("manifest.json"))
+    _check_numbers(name, outputs)
+    _check_static_images(name, tmp_path, outputs)
+
+
+def _printed(outputs) -> str:
+    """What the notebook printed: its streams and the text of its displayed tables."""
+    out = []
+    for o in outputs:
+        if o.get("output_type") == "stream":
+            out.append(o.get("text", ""))
+        elif "text/plain" in o.get("data", {}) and "application/vnd.plotly.v1+json" not in o["data"]:
+            out.append(o["data"]["text/plain"])
+    return "\n".join(out)
+
+
+# numbers a notebook prints that say nothing: a NaN (a correlation of all-equal answers), an
+# interval of [0, 0] (a control CI from all-equal data)
+_DEGENERATE = (re.compile(r"\bnan\b", re.I), re.compile(r"\[\s*[-+]?0(?:\.0+)?,\s*[-+]?0(?:\.0+)?\s*\]"))
+_ACCURACY = re.compile(r"accuracy (\d\.\d{3})")
+
+
+def _check_numbers(name: str, outputs) -> None:
+    text = _printed(outputs)
+    for pattern in _DEGENERATE:
+        found = pattern.findall(text)
+        assert not found, f"{name} prints degenerate numbers {found[:3]}: use more items"
+    accs = [float(a) for a in _ACCURACY.findall(text)]
+    assert not accs or set(accs) != {1.0}, f"{name}: every printed accuracy is 1.000 (use more or harder items)"
+
+
+def _check_static_images(name: str, tmp_path: Path, outputs) -> None:
+    """nbconvert's HTML of the executed notebook shows each plotly figure as an <img>."""
+    figs = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert figs, f"{name} draws no figure"
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        assert "static figure images off" in _printed(outputs)
+        pytest.skip("no Chrome/Chromium (apt-get install chromium): the notebook says its figures are "
+                    "interactive only; the HTML-export check needs the PNGs")
+    assert all("image/png" in o["data"] for o in figs), f"{name}: a figure without its PNG"
+    subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", str(tmp_path / name), "--output-dir",
+                    str(tmp_path / "html")], check=True, capture_output=True, text=True, timeout=300)
+    page = (tmp_path / "html" / name.replace(".ipynb", ".html")).read_text()
+    imgs = re.findall(r'<img\b[^>]*src="data:image/png;base64,', page)
+    assert len(imgs) >= len(figs), f"{name}: {len(imgs)} <img> in the HTML export for {len(figs)} figures"
