@@ -29,6 +29,7 @@ from auralens.interp.audio import check_audio_header, file_kind
 from auralens.interp.datasets import dataset_root
 from auralens.interp.dataspec import DataSpec
 from auralens.interp.errors import AudioInputError, AuralensError, RunFolderError
+from auralens.interp.schemas import TABLES
 
 __all__ = [
     "RunFolderError",
@@ -287,7 +288,7 @@ class Run:
         """Raise :class:`RunFolderError` for the first damaged file: one met while opening (a
         manifest), else one :func:`folder_problems` finds in a stage folder (a table that does not
         read, an ``audio/*.wav`` clip that is not audio).  The report calls it before writing."""
-        problems = [*self.problems, *(p for f in dict.fromkeys(self.stages.values()) for p in folder_problems(f))]
+        problems = [*self.problems, *(p for s, f in self.stages.items() for p in folder_problems(f, stage=s))]
         if problems:
             more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
             raise RunFolderError(problems[0] + more)
@@ -324,12 +325,15 @@ def open_run(path: str | Path) -> Run:
     return Run(path=path, stages=ordered, manifest=manifest, problems=tuple(dict.fromkeys(problems)))
 
 
-def folder_problems(folder: str | Path) -> list[str]:
+def folder_problems(folder: str | Path, *, stage: str | None = None) -> list[str]:
     """Damaged files of one stage folder, one message each naming the file: a ``*.parquet``
     table whose footer does not read (truncated, empty, not parquet) and an ``audio/*.wav`` clip whose header
     does not check (:func:`auralens.interp.audio.check_audio_header`: not audio, truncated, a
-    special file).  Cheap (no table or clip is decoded): :meth:`Run.check` raises the first,
-    so the report refuses a damaged run instead of leaving a section out."""
+    special file); with ``stage``, also a table of that stage (:data:`auralens.interp.schemas.TABLES`)
+    that has none of its declared columns (a parquet file from elsewhere under the stage's file
+    name; a table missing only some columns is left alone: older runs lack newer columns).
+    Cheap (no table or clip is decoded): :meth:`Run.check` raises the first, so the report
+    refuses a damaged run instead of leaving a section out or failing half-way."""
     import pyarrow.parquet as pq
 
     folder = Path(folder)
@@ -341,10 +345,15 @@ def folder_problems(folder: str | Path) -> list[str]:
             out.append(str(exc))
             continue
         try:
-            pq.ParquetFile(p)
+            names = pq.ParquetFile(p).schema_arrow.names
         except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError...: the table cannot be used
             out.append(f"table {str(p)!r}: expected a parquet table, found {_found(_size(p))} that does not read "
                        f"({type(exc).__name__}: {exc}); the run was interrupted or the file was damaged")
+            continue
+        declared = TABLES.get(f"{stage}/{p.name}") if stage else None
+        if declared is not None and not set(names) & set(declared.names):
+            out.append(f"table {str(p)!r}: expected the columns of {declared.path} ({', '.join(declared.names[:4])}, "
+                       f"...), found {names[:8]}: not a table the {stage} stage wrote")
     audio = folder / "audio"
     if audio.is_dir():
         for p in sorted(audio.glob("*.wav")):

@@ -229,6 +229,12 @@ def _manifest_field(stage: str, key: str, value):
     return damage
 
 
+def _foreign_table(name: str):
+    def damage(run: Path) -> None:
+        pd.DataFrame({"x": [1, 2]}).to_parquet(run / name)
+    return damage
+
+
 def _first_wav(run: Path) -> str:
     return str(sorted((run / "record" / "audio").glob("*.wav"))[0].relative_to(run))
 
@@ -309,6 +315,10 @@ CASES = [
     ("report-truncated-items", _report(_truncate("record/items.parquet")), ["items.parquet", "parquet table"]),
     ("report-garbage-items", _report(_garbage("record/items.parquet")), ["items.parquet", "parquet table"]),
     ("report-garbage-eval-items", _report(_garbage("eval/items.parquet")), ["eval/items.parquet", "parquet table"]),
+    ("report-foreign-heads", _report(_foreign_table("record/heads.parquet")),
+     ["record/heads.parquet", "expected the columns of record/heads.parquet", "['x']"]),
+    ("report-foreign-accuracy", _report(_foreign_table("eval/accuracy.parquet")),
+     ["eval/accuracy.parquet", "not a table the eval stage wrote"]),
     ("report-status-number", _report(_manifest_field("record", "status", 123)),
      ["record/manifest.json", "'status' to be a string", "123"]),
     ("report-stages-list", _report(_manifest_field("eval", "stages", ["eval"])), ["eval/manifest.json", "'stages'"]),
