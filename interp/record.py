@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from auralens.interp.audio import item_audio
+from auralens.interp.audio import check_audio_header, item_audio
 from auralens.interp.capture import stop_ids, trim_at_stop
 from auralens.interp.dataspec import DataSpec
 from auralens.interp.distributed import on_main
@@ -158,6 +158,26 @@ class RecordConfig(ModelDataConfig):
         return f"calibration:{cal}:{self.n_cal or self.n}" if cal else "same items"
 
 
+def check_time_bins(lm, items, cfg: RecordConfig) -> None:
+    """The shortest clip has at least ``time_bins`` audio tokens (the recorder splits each head's
+    yield over that many bins of the clip): checked on that one item, with the model loaded but
+    before the run folder exists, so a dataset of short clips fails with nothing written."""
+    from auralens.interp.attention_yield import audio_mask_from_ids
+
+    def seconds(it) -> float:
+        return 0.0 if it.audio.startswith("cafe:") else check_audio_header(it.audio).seconds
+
+    files = [it for it in items if not it.audio.startswith("cafe:")]
+    shortest = min(files, key=seconds) if files else items[0]
+    batch = model_inputs(lm, [shortest], cfg.fmt, "real")
+    n = int(audio_mask_from_ids(batch["input_ids"], lm.arch).sum())
+    if n < cfg.time_bins:
+        length = f"{seconds(shortest):.2f} s, " if files else ""
+        raise ConfigError(f"time_bins: expected at most as many bins as the shortest clip has audio tokens, found "
+                          f"time_bins={cfg.time_bins} and {n} audio tokens in item {shortest.item_id!r} ({length}"
+                          f"{lm.model_id}); pass --time-bins {max(n, 1)} or fewer")
+
+
 def record_item(run, lm, idx: int, it, b: int, batch: tuple, *, fmt: str, all_prompt: bool, eos, sr: int,
                 dataset_root: str | None = None) -> dict[str, Any]:
     """Write item ``it``'s yields file (and, for cafe audio, its wav) from row ``b`` of a
@@ -244,7 +264,8 @@ def stage_record(cfg: RecordConfig, *, lm=None, quiet: bool = False, around_batc
         load_items(cal_data, n=cfg.n_cal or cfg.n, seed=cfg.seed)  # checked before the folder is made
     # 2-4. folder check, model, folder
     run, lm = open_run(cfg.out, manifest=cfg.manifest(heads_from=cfg.heads_source()), items=items, resume=cfg.resume,
-                       lm=lm, model=cfg.model, dtype=cfg.dtype, device_map=cfg.device_map)
+                       lm=lm, model=cfg.model, dtype=cfg.dtype, device_map=cfg.device_map,
+                       before_create=lambda m: check_time_bins(m, items, cfg))
     run.update_manifest(architecture=lm.arch.to_dict())
     # 5. rows, then the calibration run that ranks the heads
     log = RowLog(run, "items.parquet", key="item_id", resume=cfg.resume)

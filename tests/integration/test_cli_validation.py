@@ -341,3 +341,16 @@ def test_resume_needs_a_manifest_and_leaves_the_folder_alone(tmp_path, lm):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     _eval(lm, tmp_path / "fresh", resume=True)  # a folder that does not exist yet: --resume starts it
     assert json.loads((tmp_path / "fresh" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_time_bins_above_the_shortest_clips_tokens_leaves_no_folder(tmp_path, folder_dataset):
+    data = folder_dataset(2)  # 0.5 s clips: 6 audio tokens on micro
+    out = tmp_path / "run"
+    res = invoke("record", "--data", data, "--n", "2", "--time-bins", "8", "--max-new-tokens", "2", "--out", out)
+    # a model-dependent check: the model loads first (its progress bar), then one error line, no folder
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and res.output.rstrip().endswith(errors[0]), res.output
+    for needle in ("time_bins", "time_bins=8", "6 audio tokens", "'f0'", "--time-bins 6"):
+        assert needle in errors[0], (needle, errors[0])
+    assert not out.exists()
