@@ -31,17 +31,12 @@ demo: $(STAMP)
 
 # Both tiers (CI): tests/unit (tiny models, seconds each) and tests/integration (stages on
 # micro, notebooks, distributed launches, the demo, the browser).
-# The compiled-decode exactness tests run once more in a process of their own (they are skipped
-# inside xdist workers: see the known defect in tests/unit/test_recorder_scale.py).
-ALONE_TESTS = OMP_NUM_THREADS=1 $(PY) -m pytest -p no:xdist -q tests/unit/test_recorder_scale.py -k compiled
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q tests/unit tests/integration $(PYTEST_ARGS)
-	$(ALONE_TESTS)
 
 test-unit: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q tests/unit $(PYTEST_ARGS)
-	$(ALONE_TESTS)
 
 test-integration: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q tests/integration $(PYTEST_ARGS)

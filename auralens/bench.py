@@ -457,22 +457,39 @@ def build_7b_layers(*, dtype: Any = None, device: str = "cpu", seed: int = 0):
     return LoadedModel(model=model, processor=processor, arch=describe(model), model_id="7b-layers", source="")
 
 
-def _generate_phases(lm, batch: Any, gen: dict[str, Any], amask: Any, *, inside: Any = None, after: Any = None):
-    """``(plain, recorded)``: greedy ``generate`` on ``batch`` without and with a fresh
-    :class:`YieldRecorder` (both under ``inference_mode``), the pair :func:`_interleaved` times.
+#: ``recorder`` choices of :func:`bench_yield_scale`: the attention function swapped per context, or
+#: a kernel-statistic backend installed once (:mod:`auralens.interp.kernel_stat`)
+RECORDERS = ("swap", "kernel_value_channel", "kernel_lse")
+
+
+def _generate_phases(lm, batch: Any, gen: dict[str, Any], amask: Any, *, inside: Any = None, after: Any = None,
+                     recorder: str = "swap"):
+    """``(plain, recorded)``: greedy ``generate`` on ``batch`` without and with a fresh recorder
+    (both under ``inference_mode``), the pair :func:`_interleaved` times.  ``recorder="swap"``:
+    :class:`YieldRecorder` on ``lm.model``; ``"kernel_*"``: :class:`KernelYieldRecorder` on a copy
+    of the model with that kernel backend installed (plain stays ``lm.model`` with its SDPA).
     ``inside(rec)`` runs before the recorder's context exits, ``after(rec)`` once it has."""
     import torch
 
     from auralens.interp.attention_yield import YieldRecorder
+    from auralens.interp.kernel_stat import KernelYieldRecorder, install_kernel_backend
+
+    if recorder not in RECORDERS:
+        raise ConfigError(f"recorder {recorder!r}: expected one of {', '.join(RECORDERS)}")
+    model = lm.model
+    if recorder != "swap":
+        model = copy.deepcopy(lm.model)  # the served copy: plain keeps SDPA
+        install_kernel_backend(model, recorder.removeprefix("kernel_"), lm.arch)
 
     def plain():
         with torch.inference_mode():
             return lm.model.generate(**batch, **gen)
 
     def recorded():
-        rec = YieldRecorder(lm.model, lm.arch, amask)
+        cls = YieldRecorder if recorder == "swap" else KernelYieldRecorder
+        rec = cls(model, lm.arch, amask)
         with torch.inference_mode(), rec:
-            out = lm.model.generate(**batch, **gen)
+            out = model.generate(**batch, **gen)
             if inside is not None:
                 inside(rec)
         if after is not None:
@@ -496,9 +513,10 @@ def bench_yield_scale(
     new_tokens: tuple[int, ...] = (128, 512),
     repeats: int = 5,
     clip_seconds: float = 30.0,
+    recorder: str = "swap",
 ) -> dict[str, Any]:
     """For every (batch, new tokens): median wall time of plain SDPA ``generate`` and of
-    ``generate`` with the yield recorder over ``repeats`` interleaved runs (order alternating),
+    ``generate`` with the yield recorder (``recorder``: one of :data:`RECORDERS`) over ``repeats`` interleaved runs (order alternating),
     their ratio, and the memory the recorder holds at the end of ``generate`` (still inside its
     context, in an untimed run) against ``L * B * H * N * 4`` bytes.
 
@@ -522,9 +540,9 @@ def bench_yield_scale(
 
             def measure(rec, held=held):  # once, in the untimed warm-up
                 if not held:
-                    held.update(walk=retained_tensor_bytes(rec, skip=(lm.model,)), own=rec.held_bytes())
+                    held.update(walk=retained_tensor_bytes(rec, skip=(lm.model, rec.model)), own=rec.held_bytes())
 
-            plain, recorded = _generate_phases(lm, batch, gen, amask, inside=measure)
+            plain, recorded = _generate_phases(lm, batch, gen, amask, inside=measure, recorder=recorder)
             seq_plain = plain()  # warm-up of both, and the untimed memory measurement
             seq_rec = recorded()
             if not torch.equal(seq_plain, seq_rec):
@@ -551,6 +569,7 @@ def bench_yield_scale(
         "head_dim": lm.arch.attention(lm.model, 0).head_dim, "clip_seconds": clip_seconds,
         "audio_tokens": int(audio_mask_from_ids(one["input_ids"], lm.arch).sum()),
         "prompt_tokens": int(one["input_ids"].shape[1]), "repeats": repeats, "threads": torch.get_num_threads(),
+        "recorder": recorder,
         "held_memory_how": ("held_walk_bytes: every tensor storage reachable from the recorder object (gc "
                             "referents, model skipped), measured at the end of generate inside the context; "
                             "prediction L*B*H*N*4 bytes (the yields alone; the walk also counts the [B, P] audio "

@@ -561,7 +561,10 @@ class YieldRecorder:
                 for p in m.parameters():
                     device = p.device
                     break
-            _SINKS.setdefault(device, torch.zeros(1, dtype=torch.int64, device=device))
+            if device not in _SINKS:  # a normal tensor even when first entered under inference_mode: a
+                # later compiled step outside it mutates the sink ("Inplace update to inference tensor")
+                with torch.inference_mode(False):
+                    _SINKS[device] = torch.zeros(1, dtype=torch.int64, device=device)
             _record_op()  # defined eagerly: a traced step may call it
             for cfg, _ in self._saved:
                 compat.set_attn_impl(cfg, self._name)

@@ -1,0 +1,249 @@
+"""Findings on a model nobody here planted: the seed papers' claims, one row each, read from the
+run folders of the commands in the README's "Findings on the real-weights model".
+
+::
+
+    python -m auralens.findings runs/f23            # the table (rich), or
+    python -m auralens.findings runs/f23 --json     # strict JSON
+
+Every number comes from a run folder written by an ``auralens`` command (eval, record, ablate,
+probe, steer eval, compare); this module only reads them, pairs items and computes intervals with
+:mod:`auralens.interp.stats`.  Selections (heads, layers, β) were made inside those commands on
+calibration/dev items; the rows here are their held-out test numbers.  A claim whose run folder is
+absent gets a row that says "not run" (never a number).
+
+Verdicts (stated per row in ``rule``): *replicates* when the 95% CI excludes 0 (or chance) in the
+paper's direction; *does not replicate* when it excludes it in the other direction, or when the
+claim needs something this model does not do (e.g. a reasoning chain) and the run shows that it
+does not; otherwise *inconclusive at this n*.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from auralens.interp.errors import AuralensError, ConfigError
+from auralens.interp.papers import GLAZER, MPAR2
+from auralens.interp.runs import RunFolder
+from auralens.interp.stats import bootstrap_stat_ci, paired_diff_ci
+from auralens.organisms.validate import decay_onsets, onset_text
+
+__all__ = ["RUNS", "findings", "main"]
+
+#: claim -> the run folder names (under the findings folder) it reads
+RUNS = {
+    "text_prior": ("eval-neutral", "eval-congruent", "eval-conflict"),
+    "heads": ("record-neutral",),
+    "heads_causal": ("ablate-neutral",),
+    "decay": ("record-cot",),
+    "probes": ("probe-spoken",),
+    "steering": ("steer-eval",),
+    "finetune": ("compare",),
+}
+
+
+def _r(x: float, k: int = 4) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), k)
+
+
+def _row(claim: str, paper: str, paper_number: str, measured: str, value: float | None, ci: Any, n: int | None,
+         verdict: str, rule: str, runs: list[str]) -> dict[str, Any]:
+    return {"claim": claim, "paper": paper, "paper_number": paper_number, "measured": measured,
+            "value": _r(value) if value is not None else None,
+            "ci": None if ci is None else [_r(ci[0]), _r(ci[1])], "n": n, "verdict": verdict, "rule": rule,
+            "runs": runs}
+
+
+def _verdict(lo: float, hi: float, direction: int, null: float = 0.0) -> str:
+    """``direction`` +1: the paper says the value exceeds ``null``; -1: lies below it."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "inconclusive at this n"
+    if direction * (lo - null) > 0 and direction * (hi - null) > 0:
+        return "replicates"
+    if direction * (hi - null) < 0 and direction * (lo - null) < 0:
+        return "does not replicate"
+    return "inconclusive at this n"
+
+
+def _open(folder: Path, name: str) -> RunFolder | None:
+    """The run folder ``name`` when it exists and its run completed (None otherwise: a row says
+    "not run", never a number from a partial run)."""
+    p = folder / name
+    if not (p / "manifest.json").exists():
+        return None
+    run = RunFolder.open(p)
+    return run if run.manifest.get("status") == "complete" else None
+
+
+def _not_run(claim: str, paper: str, paper_number: str, names: tuple[str, ...], why: str) -> dict[str, Any]:
+    return _row(claim, paper, paper_number, f"not run: {why}", None, None, None, "not run", "", list(names))
+
+
+# --- 2. text prior ----------------------------------------------------------------------------
+
+def _by_base(run: RunFolder, audio: str) -> dict[str, float]:
+    """Correctness per underlying item (the cue condition cut from the id) of one audio mode."""
+    df = run.read_table("items.parquet")
+    df = df[(df["audio"] == audio) & (df["format"] == "direct")]
+    return {str(i).rsplit("-", 1)[0]: float(c) for i, c in zip(df["item_id"], df["correct"])}
+
+
+def _paired(a: dict[str, float], b: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    keys = sorted(set(a) & set(b))
+    return np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+
+
+def text_prior_rows(folder: Path) -> list[dict[str, Any]]:
+    names = RUNS["text_prior"]
+    runs = [_open(folder, n) for n in names]
+    paper = "none (emergent: the model was never trained with cues)"
+    if any(r is None for r in runs):
+        return [_not_run("A wrong text cue pulls the answer away from the audio", paper, "—", names,
+                         "eval on cafe-neutral / congruent / conflict")]
+    neu, con, cong = (_by_base(r, "real") for r in (runs[0], runs[2], runs[1]))
+    rows = []
+    a, b = _paired(neu, con)
+    m, lo, hi = paired_diff_ci(a, b)
+    rows.append(_row("A wrong text cue pulls the answer away from the audio (neutral − conflict accuracy, "
+                     "real audio, paired by item)", paper, "—", f"{m:+.3f}", m, (lo, hi), len(a),
+                     _verdict(lo, hi, +1), "CI > 0: the cue lowers accuracy", list(names[::2])))
+    a, b = _paired(cong, neu)
+    m, lo, hi = paired_diff_ci(a, b)
+    rows.append(_row("A right text cue helps (congruent − neutral accuracy, real audio, paired)", paper, "—",
+                     f"{m:+.3f}", m, (lo, hi), len(a), _verdict(lo, hi, +1), "CI > 0: the cue raises accuracy",
+                     list(names[:2])))
+    sil = runs[1].read_table("items.parquet")
+    sil = sil[(sil["audio"] == "silence") & (sil["format"] == "direct")]
+    neu_sil = _by_base(runs[0], "silence")
+    a, b = _paired(_by_base(runs[1], "silence"), neu_sil)
+    m, lo, hi = paired_diff_ci(a, b)
+    rows.append(_row("With silence, the model answers from the cue (congruent − neutral accuracy, silence, "
+                     "paired)", paper, "—", f"{m:+.3f} (congruent with silence: {sil['correct'].mean():.3f})",
+                     m, (lo, hi), len(a), _verdict(lo, hi, +1), "CI > 0: the text alone moves the answer",
+                     list(names[:2])))
+    return rows
+
+
+# --- 1. specialist heads ----------------------------------------------------------------------
+
+def _last_yields(run: RunFolder) -> tuple[np.ndarray, np.ndarray]:
+    """(last-prompt-token yields [items, layers, heads], correctness [items]) of a record run."""
+    df = run.read_table("items.parquet").sort_values("item_index")
+    last = np.stack([run.read_tensors(f"yields/{int(i):05d}.safetensors", framework="np")["yield"][0]
+                     for i in df["item_index"]])
+    return last, df["correct"].to_numpy(dtype=np.float64)
+
+
+def _pearson(y: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
+    yc = y - y.mean(axis, keepdims=True)
+    cc = c - c.mean(axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (yc * cc).sum(axis) / np.sqrt((yc**2).sum(axis) * (cc**2).sum(axis))
+
+
+def heads_rows(folder: Path, k: int = 8) -> list[dict[str, Any]]:
+    rows = []
+    rec = _open(folder, RUNS["heads"][0])
+    claim = (f"The top-{k} listening heads (ranked on calibration items) have last-prompt audio yields that track "
+             "correctness on held-out items (Pearson r of their mean yield with correctness)")
+    if rec is None:
+        rows.append(_not_run(claim, GLAZER, "ranking reported; no test correlation", RUNS["heads"],
+                             "record with --calibration"))
+    else:
+        heads = rec.read_table("heads.parquet").sort_values("rank")
+        top = [(int(r.layer), int(r.head)) for r in heads.head(k).itertuples()]
+        last, correct = _last_yields(rec)
+        topy = np.mean([last[:, layer, head] for layer, head in top], 0)
+        r, lo, hi = bootstrap_stat_ci([topy, correct], _pearson, bounds=(-1.0, 1.0), what="correlation")
+        # the same statistic for k random heads that attend to the audio (>= 1% mean yield)
+        rng = np.random.default_rng(0)
+        listening = [(int(x.layer), int(x.head)) for x in heads.itertuples() if x.mean_yield >= 0.01]
+        rand = []
+        for _ in range(200):
+            pick = rng.choice(len(listening), size=min(k, len(listening)), replace=False)
+            rand.append(float(_pearson(np.mean([last[:, listening[i][0], listening[i][1]] for i in pick], 0),
+                                       correct)))
+        pct = float(np.mean(np.asarray(rand) < r)) if np.isfinite(r) else float("nan")
+        prov = rec.manifest.get("heads", {})
+        rows.append(_row(claim, GLAZER, "ranking reported; no test correlation",
+                         f"r = {r:+.3f}; above {100 * pct:.0f}% of 200 random {k}-sets of listening heads "
+                         f"(accuracy {correct.mean():.3f}; heads ranked on {prov.get('heads_selection', '?')})",
+                         r, (lo, hi), len(correct), _verdict(lo, hi, +1), "CI > 0: yield tracks correctness",
+                         [RUNS["heads"][0]]))
+    abl = _open(folder, RUNS["heads_causal"][0])
+    claim = "Ablating the top-k listening heads lowers held-out accuracy more than ablating k random listening heads"
+    if abl is None:
+        rows.append(_not_run(claim, GLAZER, "—", RUNS["heads_causal"], "ablate --heads-from the record run"))
+    else:
+        s = json.loads(abl.file("ablation.json").read_text())
+        d = s.get("difference", {})
+        m, ci = d.get("mean"), d.get("ci")
+        rows.append(_row(claim, GLAZER, "—", f"drop(top-k) − drop(random-k) = {m:+.3f} (k = {s.get('k')})",
+                         m, ci, s.get("n"), _verdict(ci[0], ci[1], +1) if ci else "inconclusive at this n",
+                         "CI > 0: the top-k heads matter more", [RUNS["heads_causal"][0]]))
+    return rows
+
+
+# --- 3. perception decay ------------------------------------------------------------------------
+
+def decay_rows(folder: Path) -> list[dict[str, Any]]:
+    name = RUNS["decay"][0]
+    run = _open(folder, name)
+    claim = "Perception decays along the reasoning chain: the audio yield falls by step (slope < 0), with an onset"
+    paper = f"{MPAR2}: decay with chain length (attention and claim views)"
+    if run is None:
+        return [_not_run(claim, MPAR2, "decay reported qualitatively", (name,), "record --format cot")]
+    items = run.read_table("items.parquet")
+    steps = items["n_steps"].to_numpy()
+    multi = float(np.mean(steps >= 2))
+    if multi < 0.5:
+        return [_row(claim, paper, "decay reported qualitatively",
+                     f"no chain to decay along: {100 * multi:.0f}% of answers have 2+ steps (median {np.median(steps):.0f})",
+                     multi, None, len(items), "not testable here",
+                     "needs a reasoning chain (2+ steps in most answers)", [name])]
+    summ = run.read_table("decay_summary.parquet")
+    s = summ[(summ.group == "all") & (summ.axis == "step")].iloc[0]
+    ons = decay_onsets(run)
+    return [_row(claim, paper, "decay reported qualitatively",
+                 f"slope {s.slope:+.4f} / step over {int(s.n_steps)} steps; onset (yield) {onset_text(ons['yield'])}; "
+                 f"onset (claims) {onset_text(ons['claims'])}", float(s.slope), (s.slope_ci_low, s.slope_ci_high),
+                 int(s.n_items), _verdict(s.slope_ci_low, s.slope_ci_high, -1), "slope CI < 0: the yield falls", [name])]
+
+
+def findings(folder: str | Path) -> dict[str, Any]:
+    """Every claim's rows from the run folders under ``folder`` (see :data:`RUNS`)."""
+    f = Path(folder)
+    if not f.is_dir():
+        raise ConfigError(f"findings folder {str(f)!r}: expected a folder of run folders, found none")
+    rows = text_prior_rows(f) + heads_rows(f) + decay_rows(f)
+    return {"folder": str(f), "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
+    args = [a for a in args if a != "--json"]
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m auralens.findings FOLDER [--json]\n")
+        return 2
+    try:
+        res = findings(args[0])
+    except AuralensError as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        return 2
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=1, allow_nan=False) + "\n")
+        return 0
+    for r in res["rows"]:
+        ci = "" if r["ci"] is None else f" [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
+        sys.stdout.write(f"- {r['claim']}\n    {r['measured']}{ci}, n={r['n']}: {r['verdict']}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
