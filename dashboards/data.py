@@ -41,6 +41,7 @@ __all__ = [
     "audio_refusal",
     "display_pieces",
     "find_runs",
+    "folder_problems",
     "is_run",
     "item_file",
     "list_items",
