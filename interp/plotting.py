@@ -63,10 +63,14 @@ def empty_figure(title: str, message: str):
     return fig
 
 
-def _floats(v, size: int) -> np.ndarray:
+def _floats(v, size: int | None = None) -> np.ndarray:
+    """``v`` as a flat float array (a pandas column's missing values, NA included, as NaN); all
+    NaN of ``size`` when ``v`` is None."""
     if v is None:
-        return np.full(size, np.nan)
-    return np.asarray(v, dtype=float).reshape(-1)
+        return np.full(size or 0, np.nan)
+    if hasattr(v, "to_numpy"):
+        return np.asarray(v.to_numpy(dtype=float, na_value=np.nan), dtype=float).reshape(-1)
+    return np.array([np.nan if x is None else x for x in np.asarray(v, dtype=object).reshape(-1)], dtype=float)
 
 
 def honest_interval(y, lo, hi, n, *, proportion: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +93,7 @@ def n_text(n, *, unit: str = "items", extra=None) -> list[str]:
     """Per point: ``"n=12 items"`` (``extra``: text appended per point), and for n under
     :data:`MIN_N` ``" (below the minimum n of 10: grey)"``."""
     out = []
-    nn = np.asarray(n, dtype=float).reshape(-1)
+    nn = _floats(n)
     for i, v in enumerate(nn):
         s = f"n={int(v)} {unit}" if np.isfinite(v) else "n unknown"
         if extra is not None:
@@ -102,7 +106,7 @@ def n_text(n, *, unit: str = "items", extra=None) -> list[str]:
 
 def bar_colours(colour: str, n) -> list[str]:
     """One colour per bar: ``colour``, or :data:`GREY` where n is under :data:`MIN_N`."""
-    return [GREY if (np.isfinite(v) and v < MIN_N) else colour for v in np.asarray(n, dtype=float).reshape(-1)]
+    return [GREY if (np.isfinite(v) and v < MIN_N) else colour for v in _floats(n)]
 
 
 def _segments(ok: np.ndarray) -> list[np.ndarray]:
