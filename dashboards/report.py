@@ -199,8 +199,9 @@ def _steer_section(doc: _Doc, run: data.Run) -> None:
         doc.p(markdown_to_html(head.setting), "note" if head.decision == "decline" else None)
         doc.p(markdown_to_html(head.headline))
         doc.table(pd.DataFrame(head.rows))
-        if head.random:
-            doc.p(markdown_to_html(head.random))
+        for line in (head.random, head.cost):
+            if line:
+                doc.p(markdown_to_html(line))
         if head.dev:
             doc.p(markdown_to_html(head.dev), "meta")
         doc.h(3, "Dev-split sweep (the selection, not the result)")

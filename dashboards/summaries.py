@@ -86,8 +86,9 @@ class SteerHeadline:
     (``"steer"``, ``"decline"`` or ``""``), ``setting`` (what dev chose), ``headline`` (the test
     result), ``rows`` (the test result beside each control: system, gain on test, 95% CI,
     vector − control and its CI), ``random`` (the random-direction control: the vector's
-    percentile among them), ``dev`` (the dev split's gain, labelled as what chose the setting),
-    ``notes``."""
+    percentile among them), ``cost`` (the setting on the neutral condition's test items, where
+    there is nothing to repair), ``dev`` (the dev split's gain, labelled as what chose the
+    setting), ``notes``."""
 
     protocol: str
     decision: str = ""
@@ -95,6 +96,7 @@ class SteerHeadline:
     headline: str = ""
     rows: list[dict[str, Any]] = field(default_factory=list)
     random: str = ""
+    cost: str = ""
     dev: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -152,6 +154,18 @@ def _random_text(rd: Any) -> str:
                "**not above** their 95th percentile: random directions do as well."))
 
 
+def _cost_text(neutral: Any) -> str:
+    if not isinstance(neutral, dict) or not neutral:
+        return ""
+    if "skipped" in neutral:
+        return f"**Cost on the neutral condition:** not measured ({neutral['skipped']})."
+    if neutral.get("decision") == "decline":
+        return (f"**Cost on the neutral condition** (n = {neutral.get('n')}): none, steering was declined "
+                "(the unsteered model answers).")
+    return (f"**Cost on the neutral condition** ({neutral.get('data', 'neutral items')}, n = {neutral.get('n')}, where "
+            f"there is no cue to resist): gain {_f(neutral.get('gain'))} 95% CI {_ci(neutral.get('ci'))}.")
+
+
 def steer_headline(summary: dict[str, Any]) -> SteerHeadline:
     """The steer run's ``summary.json`` in words: for the ``dev_test`` protocol the held-out
     test gain with its CI and n, whether the protocol declined to steer, the controls beside it
@@ -192,6 +206,7 @@ def steer_headline(summary: dict[str, Any]) -> SteerHeadline:
                          f"{_ci(c.get('ci'))}.")
     out.rows = _control_rows(summary, test)
     out.random = _random_text(summary.get("random_directions"))
+    out.cost = _cost_text(summary.get("neutral"))
     dev = _d(sel.get("dev"))
     if decision == "decline" and isinstance(sel.get("candidate"), dict):
         dev = sel["candidate"].get("dev") or dev

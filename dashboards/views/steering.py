@@ -28,8 +28,9 @@ if head.held_out:
     (st.warning if head.decision == "decline" else st.markdown)(head.setting)
     st.markdown(head.headline)
     st.dataframe(head.rows, hide_index=True, key="steer_held_out")
-    if head.random:
-        st.markdown(head.random)
+    for line in (head.random, head.cost):
+        if line:
+            st.markdown(line)
     if head.dev:
         st.caption(head.dev)
     st.subheader("Dev-split sweep (the selection, not the result)")

@@ -728,6 +728,9 @@ def test_the_steering_page_on_the_demo_shows_the_test_result_and_its_controls(de
     else:
         assert f"95% CI [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}]" in text and "Decision: **steer**" in text
     assert f"at **percentile {rd['vector_percentile']:.1f}** of theirs" in text and f"{rd['k']} random directions" in text
+    neutral = summary["neutral"]
+    assert "**Cost on the neutral condition" in text and (neutral.get("skipped", "") in text if "skipped" in neutral
+                                                          else f"gain {neutral['gain']:+.3f}" in text)
     rows = at.dataframe[0].value.set_index("system")
     ctrl = summary["controls"]["random_direction"]
     assert rows.loc["control: random_direction", "gain on test"] == pytest.approx(ctrl["gain"])
