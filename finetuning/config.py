@@ -53,6 +53,11 @@ class FinetuneConfig:
             condition) between 0.9 and 0.98: 0.74 / 0.79 / 0.72 (neutral / congruent / conflict)
             with 0.9 (three pauses in nearly every answer, KL to the SFT model ~0.3) against
             0.84 / 0.86 / 0.81 with 0.98 (0.25 pauses per answer, KL ~0.06); test items never seen.
+        lora_r: LoRA rank (:mod:`auralens.finetuning.lora`; 0 = full fine-tune, the behaviour before
+            LoRA existed).  Adapters on the decoder only, trained by SFT and GRPO, merged at the end.
+        lora_alpha, lora_dropout: the adapters' scale (``alpha / r``) and dropout.
+        lora_targets: ``"auto"`` (every linear module of the decoder layers, resolved from the
+            architecture table) or comma-separated leaf names (``"q_proj,v_proj"``).
     """
 
     sft_steps: int = 600
@@ -78,6 +83,10 @@ class FinetuneConfig:
     cue_mix: str = "chance"
     pause_quantile: float = 0.98
     max_pauses: int = 3
+    lora_r: int = 0
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: str = "auto"
 
     def __post_init__(self) -> None:
         ints = {"sft_steps": 0, "sft_batch_size": 1, "grpo_steps": 0, "grpo_prompts": 1, "group_size": 2,
@@ -121,7 +130,24 @@ class FinetuneConfig:
             raise ConfigError(f"FinetuneConfig.pause_quantile: expected a number in (0, 1), found {q!r}")
         if isinstance(self.max_pauses, bool) or not isinstance(self.max_pauses, int) or self.max_pauses < 1:
             raise ConfigError(f"FinetuneConfig.max_pauses: expected an integer >= 1, found {self.max_pauses!r}")
+        self._check_lora()
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"FinetuneConfig.dtype: expected float32, bfloat16 or float16, found {self.dtype!r}")
 
-
+    def _check_lora(self) -> None:
+        r = self.lora_r
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ConfigError(f"FinetuneConfig.lora_r: expected an integer >= 0 (0 = full fine-tune), found {r!r}")
+        a = self.lora_alpha
+        if isinstance(a, bool) or not isinstance(a, int) or a < 1:
+            raise ConfigError(f"FinetuneConfig.lora_alpha: expected an integer >= 1, found {a!r}")
+        d = self.lora_dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise ConfigError(f"FinetuneConfig.lora_dropout: expected a number in [0, 1), found {d!r}")
+        t = self.lora_targets
+        if not isinstance(t, str) or not t.strip() or (t != "auto" and not all(x.strip() for x in t.split(","))):
+            raise ConfigError(f"FinetuneConfig.lora_targets: expected 'auto' or comma-separated module names "
+                              f"(q_proj,v_proj), found {t!r}")
+        if r > 0 and self.recipe == "hyper":
+            raise ConfigError("FinetuneConfig.lora_r: LoRA is supported for recipe 'mpar2' (and its SFT-only arm), "
+                              "found recipe 'hyper' (its PAUSE token's new embedding row would stay untrained)")

@@ -52,6 +52,7 @@ from auralens.finetuning.config import GRPO_SEED_OFFSET, SEED_BLOCK, SFT_TIME_SH
 from auralens.finetuning.grpo import GRPOBatch, GRPOUpdateConfig, group_advantages, grpo_update, sample_completions
 from auralens.finetuning.hyper import HYPER_REWARD_NAMES, add_pause_token, calibrate_threshold, hyper_rewards
 from auralens.finetuning.items import train_items
+from auralens.finetuning.lora import ADAPTER_FILE, apply_lora, is_lora, load_adapter, merge_lora, trainable_parameters
 from auralens.finetuning.rewards import REWARD_NAMES, trace_rewards
 from auralens.finetuning.sft import run_sft
 from auralens.interp.errors import ConfigError
@@ -76,10 +77,19 @@ def _save_folder(folder: Path, model, processor, *, json_files: Mapping[str, Any
     save_checkpoint(folder, model, processor, json_files=dict(json_files), opt=opt)
 
 
+def _has_checkpoint(folder: Path) -> bool:
+    """A complete weights checkpoint (full: ``config.json``; LoRA: the adapter file)."""
+    return (folder / "config.json").exists() or (folder / ADAPTER_FILE).exists()
+
+
 def _load_weights(model, folder: Path) -> None:
     """Load a checkpoint written by ``save_pretrained`` into ``model`` (strict).  Through
     ``from_pretrained``: transformers renames keys on save (``model.audio_tower.*`` is stored as
-    ``audio_tower.*``), so the raw safetensors keys do not match ``model.state_dict()``."""
+    ``audio_tower.*``), so the raw safetensors keys do not match ``model.state_dict()``.  Under
+    LoRA the checkpoint is the adapter (:func:`auralens.finetuning.lora.load_adapter`)."""
+    if is_lora(model):
+        load_adapter(model, folder)
+        return
     param = next(model.parameters())
     loaded = type(model).from_pretrained(str(folder), dtype=param.dtype)
     model.load_state_dict(loaded.state_dict(), strict=True)
@@ -99,11 +109,15 @@ def _base_training(source: str) -> dict[str, Any] | None:
     return {k: info.get(k) for k in ("steps_done", "items_seen", "minutes", "final_loss")}
 
 
-def _compute(n_params: int, sft_tokens: int, sample_tokens: int, update_tokens: int, ref_tokens: int) -> dict[str, float]:
+def _compute(n_params: int, sft_tokens: int, sample_tokens: int, update_tokens: int, ref_tokens: int, *,
+             lora: bool = False) -> dict[str, float]:
+    """FLOPs; a training token costs ``6·N`` (forward, activation and weight gradients), ``4·N``
+    under LoRA (no weight gradients of the frozen weights; the adapters' are negligible)."""
+    train = 4.0 if lora else 6.0
     c = {
-        "sft": 6.0 * n_params * sft_tokens,
+        "sft": train * n_params * sft_tokens,
         "grpo_sampling": 2.0 * n_params * sample_tokens,
-        "grpo_updates": 6.0 * n_params * update_tokens,
+        "grpo_updates": train * n_params * update_tokens,
         "grpo_reference": 2.0 * n_params * ref_tokens,
     }
     c["total"] = sum(c.values())
@@ -111,8 +125,10 @@ def _compute(n_params: int, sft_tokens: int, sample_tokens: int, update_tokens: 
 
 
 def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The options that identify a run (``config`` without the ones a session may change)."""
-    return {k: v for k, v in config.items() if k not in _RUNTIME_KEYS}
+    """The options that identify a run (``config`` without the ones a session may change; the
+    LoRA options only under LoRA, so a full fine-tune's identity is what it was before they existed)."""
+    lora = bool(config.get("lora_r", 0))
+    return {k: v for k, v in config.items() if k not in _RUNTIME_KEYS and (lora or not k.startswith("lora_"))}
 
 
 # ------------------------------------------------------------------- step 1: the inputs
@@ -153,6 +169,14 @@ def _load_base(base_dir, cfg: FinetuneConfig):
     return load_model(str(base_dir), dtype=cfg.dtype)
 
 
+def _apply_lora(lm, cfg: FinetuneConfig) -> dict[str, Any] | None:
+    """LoRA on the decoder (``cfg.lora_r > 0``; a target the decoder lacks fails here, before the
+    work folder); its record for ``finetune.json``, ``None`` for a full fine-tune."""
+    if cfg.lora_r == 0:
+        return None
+    return apply_lora(lm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+
+
 # --------------------------------------------------------------- step 2: the work folder
 class _WorkFolder:
     """``.<out>.work``: ``state.json`` (the phases' records, the options, the minutes spent over
@@ -181,12 +205,13 @@ def _sft_phase(lm, cfg: FinetuneConfig, work: _WorkFolder, *, progress: bool) ->
     """Phase 1 (:func:`auralens.finetuning.sft.run_sft`), or its checkpoint when resuming; its record."""
     import torch
 
-    if "sft" in work.state and (work.path / "sft" / "config.json").exists():
+    if "sft" in work.state and _has_checkpoint(work.path / "sft"):
         _load_weights(lm.model, work.path / "sft")
         return work.state["sft"]
     if cfg.sft_steps > 0:
-        sft = run_sft(lm, cfg, work_dir=work.path, max_minutes=cfg.max_minutes * SFT_TIME_SHARE - work.minutes(),
-                      progress=progress)
+        # SFT-only (grpo_steps 0, compare's "sft" arm): the whole budget but the time to save
+        budget = cfg.max_minutes * SFT_TIME_SHARE if cfg.grpo_steps else cfg.max_minutes - _SAVE_RESERVE_MIN
+        sft = run_sft(lm, cfg, work_dir=work.path, max_minutes=budget - work.minutes(), progress=progress)
         torch.set_num_threads(cfg.threads)
         _save_folder(work.path / "sft", lm.model, lm.processor, json_files={})
     else:
@@ -250,7 +275,7 @@ def _grpo_context(lm, cfg: FinetuneConfig, pause_cfg: PauseConfig | None) -> _GR
     reward_fn, reward_names = _rewards_of(cfg)
     return _GRPOContext(
         lm=lm, cfg=cfg, ref=copy.deepcopy(policy).eval().requires_grad_(False),
-        opt=torch.optim.AdamW(policy.parameters(), lr=cfg.grpo_lr, weight_decay=0.0, betas=(0.9, 0.99)),
+        opt=torch.optim.AdamW(trainable_parameters(policy), lr=cfg.grpo_lr, weight_decay=0.0, betas=(0.9, 0.99)),
         update=GRPOUpdateConfig(kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps, temperature=cfg.temperature,
                                 iterations=cfg.grpo_iterations, loss_type=cfg.loss_type, suppress_ids=tuple(lp_suppress)),
         generate_kwargs={**lm.arch.table.generate_kwargs, **generate_kwargs_for(pause_cfg)},
@@ -326,7 +351,8 @@ def _grpo_phase(lm, cfg: FinetuneConfig, work: _WorkFolder, pause_cfg: PauseConf
 
 # --------------------------------------------------------------- step 5: the final folder
 def _final_record(lm, cfg: FinetuneConfig, base_dir, *, n_params: int, sft: dict[str, Any], grpo: dict[str, Any],
-                  stopped_early: bool, pause_cfg: PauseConfig | None, minutes: float) -> dict[str, Any]:
+                  stopped_early: bool, pause_cfg: PauseConfig | None, minutes: float,
+                  lora: dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``finetune.json`` holds."""
     _, reward_names = _rewards_of(cfg)
     sft_steps_s = sft["minutes"] * 60 / max(sft["steps"], 1)
@@ -337,7 +363,7 @@ def _final_record(lm, cfg: FinetuneConfig, base_dir, *, n_params: int, sft: dict
                                     "see auralens.finetuning.hyper"),
         "pause": pause_cfg.to_json() if pause_cfg is not None else None,
         "base": str(base_dir), "base_source": lm.source, "base_training": _base_training(lm.source),
-        "config": asdict(cfg), "n_params": n_params,
+        "config": asdict(cfg), "n_params": n_params, "lora": lora,
         "sft": sft,
         "grpo": {k: v for k, v in grpo.items() if k not in ("step_seconds", "curves")},  # curves: reward_curves
         "steps": {"sft": sft["steps"], "grpo": grpo["steps"]},
@@ -347,7 +373,8 @@ def _final_record(lm, cfg: FinetuneConfig, base_dir, *, n_params: int, sft: dict
                    "grpo_seconds_per_step": round(float(np.mean(grpo["step_seconds"])), 3) if grpo["step_seconds"] else None,
                    "threads": cfg.threads},
         "reward_curves": grpo["curves"],
-        "compute_flops": _compute(n_params, sft["tokens"], grpo["sample_tokens"], grpo["update_tokens"], grpo["ref_tokens"]),
+        "compute_flops": _compute(n_params, sft["tokens"], grpo["sample_tokens"], grpo["update_tokens"], grpo["ref_tokens"],
+                                  lora=lora is not None),
         "rewards": ({"combination": "geometric mean, no epsilon", "names": list(REWARD_NAMES)} if cfg.recipe == "mpar2"
                     else {"combination": "0.7 answer + 0.2 perceptual_consistency + 0.1 length, + format (binary)",
                           "names": list(reward_names)}),
@@ -387,14 +414,16 @@ def finetune(base_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = Fi
         return done
     state = _resumed_state(work_path, identity, base_dir, resume=resume)
     lm = _load_base(base_dir, cfg)
-    work = _WorkFolder(work_path, cfg=cfg, base_dir=base_dir, state=state, t_start=t_start)
     n_params = _n_params(lm.model)
+    lora = _apply_lora(lm, cfg)
+    work = _WorkFolder(work_path, cfg=cfg, base_dir=base_dir, state=state, t_start=t_start)
     torch.manual_seed(cfg.seed)
     sft = _sft_phase(lm, cfg, work, progress=progress)
     pause_cfg = _pause_rule(lm, cfg, work)
     grpo, stopped_early = _grpo_phase(lm, cfg, work, pause_cfg, progress=progress)
+    merge_lora(lm)  # the final folder holds merged weights (see auralens.finetuning.lora)
     lm.model.eval()
     info = _final_record(lm, cfg, base_dir, n_params=n_params, sft=sft, grpo=grpo, stopped_early=stopped_early,
-                         pause_cfg=pause_cfg, minutes=work.minutes())
+                         pause_cfg=pause_cfg, minutes=work.minutes(), lora=lora)
     _save_final(out_dir, work, lm, info, pause_cfg)
     return info
