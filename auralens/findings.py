@@ -100,9 +100,10 @@ def _paired(a: dict[str, float], b: dict[str, float]) -> tuple[np.ndarray, np.nd
 
 def text_prior_rows(folder: Path) -> list[dict[str, Any]]:
     names = RUNS["text_prior"]
-    runs = [_open(folder, n) for n in names]
+    opened = [_open(folder, n) for n in names]
     paper = "none (emergent: the model was never trained with cues)"
-    if any(r is None for r in runs):
+    runs = [r for r in opened if r is not None]
+    if len(runs) != len(names):
         return [_not_run("A wrong text cue pulls the answer away from the audio", paper, "—", names,
                          "eval on cafe-neutral / congruent / conflict")]
     neu, con, cong = (_by_base(r, "real") for r in (runs[0], runs[2], runs[1]))

@@ -87,6 +87,7 @@ def yield_from_lse(query: torch.Tensor, key: torch.Tensor, audio_mask: torch.Ten
         block = create_block_mask(mask_mod, b, None, q, k, device=str(query.device))
         _, aux = flex_attention(query, key, value, block_mask=block, scale=scaling, enable_gqa=h != key.shape[1],
                                 return_aux=AuxRequest(lse=True))
+        assert aux.lse is not None
         return aux.lse.float()  # [batch, head, q]
 
     lse_all = lse(lambda bi, hi, qi, ki: ok[bi, qi, ki])
@@ -150,6 +151,7 @@ def _lse_backend(module: Any, query: torch.Tensor, key: torch.Tensor, value: tor
         block = create_block_mask(lambda bi, hi, qi, ki: allowed[bi, qi, ki], b, None, q, t, device=dev)
         out, aux = flex_attention(query, key, v, block_mask=block, scale=scaling, enable_gqa=gqa,
                                   return_aux=AuxRequest(lse=True))
+        assert aux.lse is not None
         return out, aux.lse.float()  # [b, h, q, d], [b, h, q]
 
     out, lse_all = run(ok, value)
@@ -161,7 +163,7 @@ def _lse_backend(module: Any, query: torch.Tensor, key: torch.Tensor, value: tor
             ys = []
             for j in range(bins.shape[-1]):
                 allowed = ok & bins[:, None, :, j]
-                _, lse_j = run(allowed, one)
+                _unused, lse_j = run(allowed, one)
                 has = allowed.any(-1)[:, None, :]  # [b, 1, q]
                 ys.append(torch.where(has, torch.exp(lse_j - lse_all), torch.zeros_like(lse_all)))
             rec._take(slot, q, t, b, torch.stack(ys, -1).transpose(1, 2))  # [b, q, h, bins]
@@ -275,8 +277,9 @@ class KernelYieldRecorder(YieldRecorder):
 
     def _restore(self) -> None:
         self._active = False
-        if getattr(self, "_hook", None) is not None:
-            self._hook.remove()
+        hook = getattr(self, "_hook", None)
+        if hook is not None:
+            hook.remove()
             self._hook = None
         for mid in getattr(self, "_watching", []):
             left = [w for w in _LISTENERS.get(mid, []) if w[0] is not self]

@@ -35,18 +35,19 @@ st.plotly_chart(figures.token_yield_line(values, item.steps, name=label, title=f
 st.subheader("Audio")
 items = ui.table(run, "record", "items.parquet")
 row = items[items["item_index"] == item.item_index] if items is not None and "item_index" in items else None
-wav, duration = None, None
+wav, duration, refusal = None, None, "No audio file for this item in the run folder."
 if row is not None and len(row):
     r = row.iloc[0]
     if "question" in r:
         st.markdown(f"**Question:** {r['question']}")
     st.markdown(" · ".join(f"**{c}:** {r[c]}" for c in ("answer", "prediction", "correct", "error_type") if c in r))
     wav = data.audio_file(run.folder("record"), r.get("audio_path"))
+    refusal = data.audio_refusal(run.folder("record"), r.get("audio_path")) or refusal
 if wav is not None:
     st.audio(str(wav))
     duration = data.audio_duration(wav)
-else:
-    st.info("No audio file for this item in the run folder.")
+else:  # audio is served only from the run folder or its recorded dataset root: the page says why not
+    st.info(refusal)
 
 if item.has_time_bins:
     tb = ui.time_bins(run, item.item_index, layer, head)

@@ -802,3 +802,18 @@ def test_the_demo_tokens_are_readable_and_probes_are_faceted(demo_run, monkeypat
     assert len(axes) == len(attrs)  # one panel per attribute, not overlaid
     assert fig["layout"]["showlegend"] is False
     assert {a["text"] for a in fig["layout"]["annotations"]} >= attrs  # each panel titled by its attribute
+
+
+def test_tokens_page_refuses_audio_outside_the_run_folder_and_says_why(tmp_path, monkeypatch):
+    """A run folder from someone else naming /etc/passwd as an item's audio: the page plays
+    nothing and says the file is outside the run folder and dataset root (dashboards.data.audio_refusal)."""
+    import pandas as pd
+
+    run = write_synthetic_run(tmp_path / "foreign", n_items=2, long_item_tokens=20, stages=("record",))
+    items = pd.read_parquet(run / "record" / "items.parquet")
+    items["audio_path"] = "/etc/passwd"
+    items.to_parquet(run / "record" / "items.parquet", index=False)
+    at = _goto(_app(monkeypatch, run), "tokens")
+    assert not at.get("audio")
+    said = " ".join(i.value for i in at.info)
+    assert "outside" in said and "/etc/passwd" in said, said
