@@ -33,7 +33,7 @@ from auralens.interp.runs import RunFolder
 from auralens.interp.stats import bootstrap_stat_ci, paired_diff_ci
 from auralens.organisms.validate import decay_onsets, onset_text
 
-__all__ = ["RUNS", "findings", "main"]
+__all__ = ["RUNS", "claims_figure", "decay_rows", "findings", "heads_rows", "main", "text_prior_rows"]
 
 #: claim -> the run folder names (under the findings folder) it reads
 RUNS = {
@@ -223,6 +223,34 @@ def findings(folder: str | Path) -> dict[str, Any]:
         raise ConfigError(f"findings folder {str(f)!r}: expected a folder of run folders, found none")
     rows = text_prior_rows(f) + heads_rows(f) + decay_rows(f)
     return {"folder": str(f), "rows": rows}
+
+
+_COLOURS = {"replicates": "#1a7f37", "does not replicate": "#cf222e", "inconclusive at this n": "#9a6700",
+            "not testable here": "#6e7781", "not run": "#6e7781"}
+
+
+def claims_figure(rows: list[dict[str, Any]]):
+    """A forest plot of the rows that have a value and a CI: one line per claim, the 95% CI as
+    error bars, coloured by verdict, n and the measured text in the hover (each row in its own
+    units: differences of accuracy, a correlation, a slope; 0 = no effect for all)."""
+    import plotly.graph_objects as go
+
+    shown = [r for r in rows if r["value"] is not None and r["ci"] is not None]
+    fig = go.Figure()
+    for verdict in dict.fromkeys(r["verdict"] for r in shown):
+        rs = [r for r in shown if r["verdict"] == verdict]
+        fig.add_trace(go.Scatter(
+            x=[r["value"] for r in rs], y=[r["claim"][:60] + ("…" if len(r["claim"]) > 60 else "") for r in rs],
+            mode="markers", name=verdict, marker={"color": _COLOURS.get(verdict, "#000"), "size": 10},
+            error_x={"type": "data", "symmetric": False, "array": [r["ci"][1] - r["value"] for r in rs],
+                     "arrayminus": [r["value"] - r["ci"][0] for r in rs]},
+            customdata=[[r["n"], r["measured"]] for r in rs],
+            hovertemplate="%{x:+.3f}, n=%{customdata[0]}<br>%{customdata[1]}<extra>%{fullData.name}</extra>"))
+    fig.add_vline(x=0, line_dash="dot", line_color="#888")
+    fig.update_layout(title="Claims on the real-weights model: effect and 95% CI (0 = no effect)",
+                      xaxis_title="effect (each claim in its own units)", height=120 + 60 * max(1, len(shown)),
+                      margin={"l": 380})
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
