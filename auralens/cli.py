@@ -410,12 +410,20 @@ def micro_finetune(
     pause_quantile: float | None = typer.Option(None, "--pause-quantile",
                                                    help="hyper: entropy quantile of the PAUSE threshold (default 0.98)."),
     max_pauses: int | None = typer.Option(None, "--max-pauses", help="hyper: PAUSE tokens per answer (default 3)."),
+    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank on the decoder (default 0 = full fine-tune); "
+                                                             "the final folder holds merged weights."),
+    lora_alpha: int | None = typer.Option(None, "--lora-alpha", help="LoRA alpha (scale alpha / r; default 32)."),
+    lora_targets: str | None = typer.Option(None, "--lora-targets",
+                                            help="auto (every linear module of the decoder layers) | comma-separated "
+                                                 "leaf names, e.g. q_proj,v_proj."),
 ) -> None:
-    """MPAR²-style (or HyPeR-style, --recipe hyper) fine-tuning: SFT on perception → reasoning → review traces, then GRPO."""
+    """MPAR²-style (or HyPeR-style, --recipe hyper) fine-tuning: SFT on perception → reasoning → review traces, then GRPO
+    (--grpo-steps 0: the SFT-only arm)."""
 
     _finetune(base, out or FINETUNED_DIR, recipe=recipe, sft_steps=sft_steps, grpo_steps=grpo_steps, grpo_lr=grpo_lr,
               loss_type=loss_type, max_minutes=minutes, cue_mix=cue_mix, threads=threads, seed=seed, resume=resume,
-              pause_quantile=pause_quantile, max_pauses=max_pauses)
+              pause_quantile=pause_quantile, max_pauses=max_pauses, lora_r=lora_r, lora_alpha=lora_alpha,
+              lora_targets=lora_targets)
 
 
 def _finetune(base, out, *, threads, seed, resume, **given) -> None:
@@ -518,7 +526,8 @@ def organisms_validate(
 
 @_stage_command(app, "compare", "auralens.compare:CompareConfig")
 def compare_cmd(cfg, as_json: bool = JsonOpt) -> None:
-    """Base, base + steering, MPAR²-style, MPAR² + steering and HyPeR-style fine-tunes on the same items, per organism."""
+    """Base, base + steering, MPAR²-style, MPAR² + steering, HyPeR-style and SFT-only fine-tunes on the same items,
+    per organism (--mpar2 train / --sft train: trained here, --lora-r for LoRA)."""
 
     _echo_json(compare.stage_compare(**cfg.options(), quiet=as_json))
 

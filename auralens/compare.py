@@ -15,7 +15,17 @@ or one real checkpoint), five systems answer the *same* items of every condition
   ``ft_format``; ``mpar2+steering`` — with its own fitted and dev-chosen vector
   (``steer_mpar2="auto"``; ``"same"`` applies the base's setting unchanged);
 - ``hyper`` — the HyPeR-style fine-tune (:mod:`auralens.finetuning.hyper`; ``auto``: ``<base>-hyper``),
-  which generates with its PAUSE rule (``pause.json``).
+  which generates with its PAUSE rule (``pause.json``);
+- ``sft`` — the SFT-only arm (the MPAR²-style recipe's phase 1 alone, ``grpo_steps=0``; default
+  ``none``), in ``ft_format``.
+
+**Arms trained here** (``mpar2="train"`` / ``sft="train"``): after the run folder opens, each is
+fine-tuned from the base into ``<organism>/train/<arm>`` (:func:`auralens.finetuning.recipe.finetune`,
+``max_minutes=ft_minutes``, ``ft_sft_steps`` / ``ft_grpo_steps``, LoRA of rank ``lora_r`` on the
+decoder, 0 = full fine-tune; resumed with the run), then loaded like any arm: the merged weights
+load through :func:`auralens.interp.loading.load_model`.  LoRA is never chosen for you:
+``lora_r`` defaults to 0, what ``micro``'s arms were trained with; pass ``--lora-r 16`` for
+``smol-audio``.  Defaults of every new option leave the runs of ``micro`` as they were.
 
 Every (system, condition) is one :func:`auralens.interp.record.stage_record` run, so every number comes
 from the same code as the perception-decay stage; the specialist heads of each model are ranked
@@ -39,8 +49,9 @@ base model), ``system``, ``condition`` (the dataset), ``format``, ``metric`` and
   the generated tokens), ``forwards_per_item`` (one per generated token, +1 for per-input steering:
   the silence pass of ``s(x)``, whose real pass is folded into the prefill; +2 where it cannot be
   folded); ``training_flops`` / ``training_minutes`` (from
-  the fine-tune's ``finetune.json``; 0 for base and steering) and ``steering_fit_flops``
-  (condition and format empty).
+  the fine-tune's ``finetune.json``; 0 for base and steering), ``steering_fit_flops`` and
+  ``steering_minutes`` (wall minutes of the vector's fit and the dev sweep that chose the setting,
+  measured in this run; NaN for a given steer run) (condition and format empty).
 
 The papers' numbers are added as ``source="reported"`` rows (:mod:`auralens.interp.papers`: other models,
 other benchmarks — never on an axis with these).  Also written: ``compare.html``,
@@ -55,7 +66,9 @@ error-share rows are left out.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +85,16 @@ from auralens.compare_metrics import (
     summarize,
 )
 from auralens.compare_systems import (
+    TRAINABLE_ARMS,
     Steer,
     embedded_arm,
+    finetune_config,
     finetune_cost,
     fit_flops,
     native_format,
     read_steer_run,
+    steering_minutes,
+    train_arm,
     weights_identity,
 )
 from auralens.interp import distributed as dist
@@ -109,7 +126,8 @@ __all__ = ["COMPARE_COLUMNS", "REPORTED", "SYSTEMS", "CompareConfig", "reported_
 
 COMPARE_COLUMNS: tuple[str, ...] = COMPARE.names
 _DIRS = {"base": "base", "base+steering": "base_steering", "mpar2": "mpar2", "mpar2+steering": "mpar2_steering",
-         "hyper": "hyper"}
+         "hyper": "hyper", "sft": "sft"}
+_ARMS = ("mpar2", "hyper", "sft")
 DEFAULT_DATA = "cafe-neutral:test,cafe-congruent:test,cafe-conflict:test"
 
 
@@ -133,6 +151,15 @@ class CompareConfig(StageConfig):
                        help="Comma-separated base models ('micro', an organism, an HF id or a folder): one grid row each.")
     mpar2: str = option("auto", help="MPAR²-style fine-tune: auto (<base>-mpar2, embedded) | none | a model (one base only).")
     hyper: str = option("auto", help="HyPeR-style fine-tune: auto (<base>-hyper, embedded) | none | a model (one base only).")
+    sft: str = option("none", identity=None,
+                      help="SFT-only fine-tune: none | train (here, from the base) | auto (<base>-sft, embedded) | "
+                           "a model (one base only).")
+    lora_r: int = option(0, identity=None, help="LoRA rank of the arms trained here (--mpar2/--sft train; "
+                                                "0 = full fine-tune).")
+    ft_minutes: float = option(45.0, identity=None, help="Wall-clock cap of each arm trained here, minutes.")
+    ft_sft_steps: int = option(600, identity=None, help="SFT steps of the arms trained here (the budget may stop them).")
+    ft_grpo_steps: int = option(400, identity=None, help="GRPO steps of the MPAR²-style arm trained here.")
+    ft_threads: int = option(2, identity=False, help="CPU threads of the fine-tunes trained here.")
     steer: str = option("auto", help="base+steering: auto (fit on --steer-data's calibration split, choose on its dev "
                                      "split, in this run folder) | none | a `steer eval` dev_test run folder (one base only).")
     steer_mpar2: str = option("auto", help="mpar2+steering: auto (its own fit and dev choice) | same (the base's "
@@ -162,11 +189,13 @@ class CompareConfig(StageConfig):
         bases = _split_list(self.base, "base")
         self._set("base", ",".join(bases))
         self._set("data", ",".join(_split_list(self.data, "data")))
-        for name in ("mpar2", "hyper", "steer", "steer_mpar2"):
+        for name in ("mpar2", "hyper", "sft", "steer", "steer_mpar2"):
             v = getattr(self, name)
             v = "none" if v is None else str(v)
             self._set(name, v)
-            keyword = v in ("auto", "none") or (name == "steer_mpar2" and v == "same")
+            if v == "train" and name not in TRAINABLE_ARMS:
+                raise ConfigError(f"{name}: 'train' trains {' or '.join(TRAINABLE_ARMS)} here, found it for {name}")
+            keyword = v in ("auto", "none") or (name == "steer_mpar2" and v == "same") or v == "train"
             if not keyword and len(bases) > 1:
                 raise ConfigError(f"{name}: a model or run folder ({v!r}) applies to one base model; found {len(bases)} "
                                   f"({', '.join(bases)}): use auto or none")
@@ -183,6 +212,18 @@ class CompareConfig(StageConfig):
         check_formats(self.ft_format, "ft_format")
         self._set("betas", check_betas(self.betas))
         self._set("out", Path(self.out))
+        for arm in self.trained_arms:
+            self.finetune_config(arm)  # LoRA and budget options checked before any folder or model
+
+    @property
+    def trained_arms(self) -> tuple[str, ...]:
+        """The arms trained in this run (``"train"``)."""
+        return tuple(a for a in TRAINABLE_ARMS if getattr(self, a) == "train")
+
+    def finetune_config(self, arm: str):
+        """The :class:`~auralens.finetuning.config.FinetuneConfig` of an arm trained here."""
+        return finetune_config(arm, lora_r=self.lora_r, max_minutes=self.ft_minutes, sft_steps=self.ft_sft_steps,
+                               grpo_steps=self.ft_grpo_steps, threads=self.ft_threads)
 
     @property
     def bases(self) -> tuple[str, ...]:
@@ -209,10 +250,12 @@ def _calibration_spec(cond: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------- steering
-def _select_steering(lm, model: str, fmt: str, folder: Path, cfg: CompareConfig, quiet: bool) -> Steer:
+def _select_steering(lm, model: str, fmt: str, folder: Path, cfg: CompareConfig, quiet: bool) -> tuple[Steer, float]:
     """The paper's protocol for one model: fit on the steering data's calibration split, choose
-    mode / layer / beta / positions on its dev split (:func:`auralens.steering.stage_eval.stage_steer_eval`)."""
-
+    mode / layer / beta / positions on its dev split (:func:`auralens.steering.stage_eval.stage_steer_eval`);
+    returns the setting and the wall minutes of the fit and the dev sweep (all sessions of the run)."""
+    t0 = time.time()
+    done_before = _complete(folder / "eval")
     folder.mkdir(parents=True, exist_ok=True)
     vec_path = folder / "vector.safetensors"
     if not vec_path.exists():
@@ -222,7 +265,16 @@ def _select_steering(lm, model: str, fmt: str, folder: Path, cfg: CompareConfig,
                      formats=(fmt,), betas=cfg.betas, controls=False, seed=cfg.seed, resume=cfg.resume,
                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, n_boot=cfg.n_boot, lm=lm,
                      quiet=quiet)
-    return read_steer_run(folder / "eval")
+    # a resumed run whose sweep was already done adds nothing (its stored minutes are the cost)
+    return read_steer_run(folder / "eval"), steering_minutes(folder, 0.0 if done_before else (time.time() - t0) / 60)
+
+
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished run (its manifest's status)."""
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------- the stage
@@ -234,6 +286,7 @@ class _System:
     lm: Any
     fmt: str
     steer: Steer | None
+    steer_minutes: float = float("nan")  # wall minutes of choosing the steering (NaN: a given steer run)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,13 +308,17 @@ def _plan_arms(cfg: CompareConfig, notes: list[str]) -> dict[str, dict[str, str 
     """Per base, the model of each fine-tuned arm (``None``: skipped, with a note for a missing embedded one)."""
     plan: dict[str, dict[str, str | None]] = {}
     for base in cfg.bases:
-        arms = {}
-        for recipe in ("mpar2", "hyper"):
+        arms: dict[str, str | None] = {}
+        for recipe in _ARMS:
             v = getattr(cfg, recipe)
+            if v == "train":  # trained after the folder opens (_train_arms)
+                arms[recipe] = None
+                continue
             arms[recipe] = None if v == "none" else (embedded_arm(base, recipe) if v == "auto" else v)
             if v == "auto" and arms[recipe] is None:
-                notes.append(f"{base}: no embedded {base}-{recipe} (train it with `auralens organisms finetune {base} "
-                             f"--recipe {recipe}`): the {recipe} systems were skipped")
+                how = (f"pass --{recipe} train or a folder" if recipe == "sft"
+                       else f"train it with `auralens organisms finetune {base} --recipe {recipe}`")
+                notes.append(f"{base}: no embedded {base}-{recipe} ({how}): the {recipe} systems were skipped")
         plan[base] = arms
     return plan
 
@@ -317,26 +374,44 @@ def _systems(cfg: CompareConfig, base: str, arms: dict[str, str | None], inputs:
     lm_base = models[base]
     fmt_base = native_format(lm_base) if cfg.base_format == "auto" else cfg.base_format
     systems = {"base": _System(base, lm_base, fmt_base, None)}
-    steer_base = None
+    steer_base, minutes_base = None, float("nan")
     if cfg.steer != "none":
-        steer_base = inputs.given_steer.get("steer") or _select_steering(lm_base, base, fmt_base,
-                                                                         org_dir / "steer" / "base", cfg, quiet)
-        systems["base+steering"] = _System(base, lm_base, fmt_base, steer_base)
+        steer_base = inputs.given_steer.get("steer")
+        if steer_base is None:
+            steer_base, minutes_base = _select_steering(lm_base, base, fmt_base, org_dir / "steer" / "base", cfg, quiet)
+        systems["base+steering"] = _System(base, lm_base, fmt_base, steer_base, minutes_base)
     if arms["mpar2"]:
         m = arms["mpar2"]
         systems["mpar2"] = _System(m, models[m], cfg.ft_format, None)
         if cfg.steer_mpar2 != "none" and not (cfg.steer_mpar2 == "same" and steer_base is None):
+            minutes = float("nan")
             if cfg.steer_mpar2 == "same":
-                st = steer_base
+                st, minutes = steer_base, 0.0
                 notes.append(f"{base}: mpar2+steering applies the base's vector and setting unchanged")
             else:
-                st = inputs.given_steer.get("steer_mpar2") or _select_steering(models[m], m, cfg.ft_format,
-                                                                               org_dir / "steer" / "mpar2", cfg, quiet)
-            systems["mpar2+steering"] = _System(m, models[m], cfg.ft_format, st)
-    if arms["hyper"]:
-        m = arms["hyper"]
-        systems["hyper"] = _System(m, models[m], cfg.ft_format, None)
+                st = inputs.given_steer.get("steer_mpar2")
+                if st is None:
+                    st, minutes = _select_steering(models[m], m, cfg.ft_format, org_dir / "steer" / "mpar2", cfg, quiet)
+            systems["mpar2+steering"] = _System(m, models[m], cfg.ft_format, st, minutes)
+    for arm in ("hyper", "sft"):
+        name = arms.get(arm)
+        if name:
+            systems[arm] = _System(name, models[name], cfg.ft_format, None)
     return systems
+
+
+def _train_arms(cfg: CompareConfig, base: str, arms: dict[str, str | None], models: dict, org_dir: Path,
+                quiet: bool) -> dict[str, str | None]:
+    """The arms trained here (``"train"``): fine-tuned from ``base`` into ``<organism>/train/<arm>``
+    (resumed with the run), loaded into ``models``; returns ``arms`` with their folders."""
+    arms = dict(arms)
+    for arm in cfg.trained_arms:
+        folder = train_arm(base, org_dir / "train" / arm, cfg.finetune_config(arm), resume=cfg.resume,
+                           progress=not quiet)
+        if folder not in models:
+            models[folder] = load_model(folder, dtype=cfg.dtype, **dist.placement(None))
+        arms[arm] = folder
+    return arms
 
 
 def _record_args(cfg: CompareConfig, quiet: bool) -> dict[str, Any]:
@@ -443,6 +518,11 @@ def _cost_rows(cfg: CompareConfig, base: str, systems: dict[str, _System], input
         if spec.steer is not None:
             f, note = fit_flops(spec.steer.vec, spec.lm, inputs.items[cfg.conditions[0]], spec.fmt)
             r.add("steering_fit_flops", "all", f, note=note)
+            r.add("steering_minutes", "all", spec.steer_minutes,
+                  note=("the base's setting reused: no fit or sweep" if spec.steer_minutes == 0.0 else
+                        "wall-clock minutes of the vector's fit and the dev sweep that chose the setting"
+                        if spec.steer_minutes == spec.steer_minutes else "a given steer run: its time is not known here"))
+            training[sys_name]["steering_minutes"] = spec.steer_minutes
         rows += r
     return rows, training
 
@@ -451,6 +531,7 @@ def _compare_base(cfg: CompareConfig, base: str, arms: dict[str, str | None], in
                   run: RunFolder, notes: list[str], quiet: bool):
     """One grid row: its systems, their record runs and rows; returns (table, summary)."""
     org_dir = Path(run.path) / _cond_dir(base)
+    arms = _train_arms(cfg, base, arms, models, org_dir, quiet)
     systems = _systems(cfg, base, arms, inputs, models, org_dir, notes, quiet)
     heads_runs = _rank_heads(cfg, base, systems, inputs.cal_spec, org_dir, notes, quiet)
     frames, rows = _record_conditions(cfg, base, systems, inputs, heads_runs, org_dir, quiet)
@@ -462,6 +543,7 @@ def _compare_base(cfg: CompareConfig, base: str, arms: dict[str, str | None], in
         "models": {s: v.model for s, v in systems.items()},
         "formats": {s: v.fmt for s, v in systems.items()},
         "training": training,
+        "arms": {a: m for a, m in arms.items() if m},
         "steering": {s: v.steer.describe() for s, v in systems.items() if v.steer is not None},
     }
 
@@ -499,7 +581,8 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
                                                               "generated_tokens", "forwards_per_item",
                                                               "pauses_per_item"}}},
                               "models": {system: model}, "formats": {system: fmt},
-                              "training": {system: {"flops", "minutes"}}, "steering": {system: setting}}},
+                              "training": {system: {"flops", "minutes"[, "steering_minutes"]}},
+                              "steering": {system: setting}, "arms": {arm: model}}},
          "run", "data", "n", "notes"}
     """
     models = dict(models or {})

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from auralens.finetuning.config import FinetuneConfig
+from auralens.finetuning.recipe import finetune
 from auralens.interp.cafe.formats import FORMATS  # the order of TrainConfig.format_weights
 from auralens.interp.errors import ConfigError
 from auralens.interp.generation import model_inputs
@@ -19,8 +21,43 @@ from auralens.interp.loading import resolve_source
 from auralens.interp.micro import available
 from auralens.steering.evaluate import PerInput
 
-__all__ = ["Steer", "embedded_arm", "finetune_cost", "fit_flops", "native_format", "read_steer_run", "vector_digest",
-           "weights_identity"]
+__all__ = ["TRAINABLE_ARMS", "Steer", "embedded_arm", "finetune_config", "finetune_cost", "fit_flops", "native_format",
+           "read_steer_run", "steering_minutes", "train_arm", "vector_digest", "weights_identity"]
+
+#: the arms ``auralens compare`` can train itself (``--mpar2 train`` / ``--sft train``)
+TRAINABLE_ARMS: tuple[str, ...] = ("mpar2", "sft")
+_STEER_MINUTES = "minutes.json"
+
+
+def finetune_config(arm: str, *, lora_r: int, max_minutes: float, sft_steps: int, grpo_steps: int,
+                    threads: int) -> FinetuneConfig:
+    """The recipe of an arm trained by compare: MPAR²-style SFT + GRPO (``"mpar2"``) or its SFT
+    phase alone (``"sft"``: ``grpo_steps=0``, the whole budget for SFT); the other knobs are
+    :class:`FinetuneConfig`'s defaults.  A bad option is a ConfigError naming the arm."""
+    if arm not in TRAINABLE_ARMS:
+        raise ConfigError(f"train: expected an arm in {list(TRAINABLE_ARMS)}, found {arm!r}")
+    try:
+        return FinetuneConfig(recipe="mpar2", lora_r=lora_r, max_minutes=max_minutes, sft_steps=sft_steps,
+                              grpo_steps=grpo_steps if arm == "mpar2" else 0, threads=threads)
+    except ConfigError as e:
+        raise ConfigError(f"--{arm} train: {e}") from None
+
+
+def train_arm(base: str, folder: Path, cfg: FinetuneConfig, *, resume: bool, progress: bool) -> str:
+    """Fine-tune ``base`` into ``folder`` (a finished run under ``resume`` is kept as it is); the folder."""
+    finetune(base, folder, cfg, resume=resume, progress=progress)
+    return str(folder)
+
+
+def steering_minutes(folder: Path, minutes: float) -> float:
+    """Add ``minutes`` to the steering folder's ``minutes.json`` (fit + dev sweep, summed over the
+    sessions of a resumed run) and return the total."""
+    p = Path(folder) / _STEER_MINUTES
+    total = minutes + (float(json.loads(p.read_text()).get("minutes", 0.0)) if p.is_file() else 0.0)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps({"minutes": round(total, 4)}))
+    tmp.replace(p)
+    return round(total, 4)
 
 def embedded_arm(base: str, recipe: str) -> str | None:
     """``<base>-<recipe>`` where that embedded model exists, else ``None``."""
@@ -45,9 +82,15 @@ def finetune_cost(lm) -> tuple[float, float, str]:
         return np.nan, np.nan, f"no finetune.json in {lm.source}: training compute unknown"
     info = json.loads(p.read_text())
     total = (info.get("compute_flops") or {}).get("total")
+    lora = info.get("lora")
+    train = (f"LoRA r={lora.get('r')} on the decoder, 4·N·tokens (SFT, GRPO updates)" if isinstance(lora, dict)
+             else "6·N·tokens (SFT, GRPO updates)")
+    steps = info.get("steps")
+    stopped = (f"; stopped by the time budget at {steps.get('sft')} SFT / {steps.get('grpo')} GRPO steps"
+               if info.get("stopped_early") and isinstance(steps, dict) else "")
     return (float(total) if total is not None else np.nan, float(info.get("minutes", np.nan)),
-            f"from {p.name}: 6·N·tokens (SFT, GRPO updates) + 2·N·tokens (sampling, reference); "
-            f"{info.get('timing', {}).get('threads', '?')} CPU threads")
+            f"from {p.name}: {train} + 2·N·tokens (sampling, reference); "
+            f"{info.get('timing', {}).get('threads', '?')} CPU threads{stopped}")
 
 
 def fit_flops(vec, lm, items, fmt) -> tuple[float, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -300,3 +301,73 @@ def test_cell_metrics_and_summary():
     assert s["s"]["c"]["accuracy"]["value"] == 0.75 and s["s"]["c"]["claim_onset"] is None
     assert set(s["s"]["c"]["error_shares"]) == set(ERROR_TYPES) and s["s"]["c"]["error_shares"]["perception"] == 1.0
     assert finite({"x": [float("nan"), 1.0]}) == {"x": [None, 1.0]}
+
+
+# ------------------------------------------------------------------ arms trained in the run (LoRA)
+TRAIN = dict(n_boot=20, max_new_tokens=16, batch_size=4, top_k=2, quiet=True, n_cal=2, n_dev=2, betas=(0.0, 4.0),
+             data="cafe-conflict:test", n=2, base_format="structured", hyper="none", steer_mpar2="none",
+             mpar2="train", sft="train", lora_r=2, ft_sft_steps=1, ft_grpo_steps=1, ft_threads=1, ft_minutes=5.0)
+
+
+def test_arms_trained_here_with_lora_sit_beside_steering_with_their_costs(small_micro_dir, tmp_path, monkeypatch):
+    """--mpar2 train --sft train --lora-r 2: both arms fine-tuned inside the run folder (LoRA,
+    merged), answered on the same items as base and base+steering, with their training minutes
+    and the steering's fit + dev sweep minutes in the cost rows; resume trains nothing again."""
+    from auralens.compare import stage_compare
+
+    out = tmp_path / "run"
+    summary = stage_compare(base=str(small_micro_dir), out=out, **TRAIN)
+    org = next(iter(summary["organisms"].values()))
+    assert set(org["systems"]) == {"base", "base+steering", "mpar2", "sft"}
+    arms = org["arms"]
+    for arm in ("mpar2", "sft"):
+        info = json.loads((Path(arms[arm]) / "finetune.json").read_text())
+        assert info["lora"]["r"] == 2 and info["config"]["lora_r"] == 2
+        assert info["steps"] == {"sft": 1, "grpo": 1 if arm == "mpar2" else 0}
+        assert arms[arm].startswith(str(out))
+    df = pd.read_parquet(out / "compare.parquet")
+    m = df[df.source == "measured"]
+    acc = m[(m.metric == "accuracy") & (m.group == "all")]
+    assert set(acc.system) == {"base", "base+steering", "mpar2", "sft"} and (acc.n == 2).all()
+    cost = m[m.condition == ""].set_index(["system", "metric"]).value
+    for arm in ("mpar2", "sft"):
+        assert cost[(arm, "training_minutes")] > 0 and cost[(arm, "training_flops")] > 0
+    assert cost[("base+steering", "steering_minutes")] > 0 and ("base", "steering_minutes") not in cost.index
+    notes = m[(m.condition == "") & (m.metric == "training_flops")].set_index("system").note
+    assert notes["mpar2"].count("LoRA r=2") == 1
+    # the same items: every system's record run holds the same item ids
+    ids = {s: set(pd.read_parquet(next((out).glob(f"*/{d}/cafe-conflict_test/items.parquet"))).item_id)
+           for s, d in (("base", "base"), ("mpar2", "mpar2"), ("sft", "sft"))}
+    assert ids["base"] == ids["mpar2"] == ids["sft"]
+    before = df
+
+    import auralens.compare_systems as cs
+
+    real = cs.finetune
+
+    def finished_only(base, folder, cfg, *, resume, progress):
+        assert resume and (folder / "finetune.json").exists(), "resume trained again"
+        return real(base, folder, cfg, resume=resume, progress=progress)
+
+    monkeypatch.setattr(cs, "finetune", finished_only)
+    stage_compare(base=str(small_micro_dir), out=out, resume=True, **TRAIN)
+    pd.testing.assert_frame_equal(before, pd.read_parquet(out / "compare.parquet"))
+
+
+def test_trained_arm_options_fail_before_the_folder(tmp_path):
+    from auralens.compare import CompareConfig, stage_compare
+    from auralens.interp.errors import ConfigError
+
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match="--mpar2 train: FinetuneConfig.lora_r") as e:
+        stage_compare(base="micro", mpar2="train", lora_r=-1, out=out)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="--sft train: FinetuneConfig.max_minutes"):
+        stage_compare(base="micro", sft="train", ft_minutes=0, out=out)
+    with pytest.raises(ConfigError, match="hyper: 'train'"):
+        stage_compare(base="micro", hyper="train", out=out)
+    assert not out.exists()
+    # micro's defaults: no arm trained here, no LoRA, the manifest config as before these options
+    cfg = CompareConfig()
+    assert cfg.trained_arms == () and cfg.lora_r == 0 and cfg.sft == "none"
+    assert not {"sft", "lora_r", "ft_minutes", "ft_sft_steps", "ft_grpo_steps", "ft_threads"} & set(cfg.manifest()["config"])
