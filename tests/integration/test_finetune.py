@@ -574,3 +574,33 @@ def test_an_output_folder_with_other_files_is_refused_before_training(tmp_path):
     with pytest.raises(AuralensError, match="found a file"):
         finetune("micro", f, cfg, progress=False)
     assert f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine"]
+
+
+def test_cli_lora_options_are_one_line_errors_before_any_folder(tmp_path, small_micro_dir):
+    """`auralens micro finetune --lora-r/--lora-targets` (and compare's --lora-r on a trained arm):
+    a bad value is one line, exit 2, before a folder exists (an unknown target module after the
+    base model loads: its names are read from the loaded architecture; the rest before)."""
+    from typer.testing import CliRunner
+
+    from auralens.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "ft"
+    for args, needle in ((["--lora-r", "-1"], "lora_r"), (["--lora-r", "4", "--lora-alpha", "0"], "lora_alpha"),
+                         (["--lora-r", "4", "--lora-targets", "q_proj,bogus_proj"], "bogus_proj"),
+                         (["--lora-r", "4", "--recipe", "hyper"], "hyper")):
+        res = runner.invoke(app, ["micro", "finetune", "--base", str(small_micro_dir), "--out", str(out),
+                                  "--sft-steps", "1", "--grpo-steps", "0", "--threads", "1", *args])
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        if needle == "bogus_proj":  # transformers' loading bar
+            lines = [ln for ln in lines if not ln.startswith("Loading weights")]
+        else:
+            assert "Loading weights" not in res.output
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), res.output
+        assert needle in lines[0], (needle, lines[0])
+        assert not out.exists() and not (tmp_path / ".ft.work").exists()
+    res = runner.invoke(app, ["compare", "--base", "micro", "--mpar2", "train", "--lora-r", "-2",
+                              "--out", str(tmp_path / "cmp")])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "lora_r" in lines[0], res.output
+    assert not (tmp_path / "cmp").exists()
