@@ -44,6 +44,19 @@ Modules:
                              :class:`~auralens.finetuning.grpo.GRPOBatch`)
 - :mod:`auralens.finetuning.recipe`   :func:`~auralens.finetuning.recipe.finetune`: both phases, checkpoints,
                              resume, compute estimate, the final folder
+- :mod:`auralens.finetuning.lora`     LoRA (``FinetuneConfig.lora_r > 0``, peft): adapters on the
+                             decoder's linear projections only (resolved from the architecture
+                             table), trained by both phases, merged into the final folder
+
+**LoRA** (``lora_r > 0``; 0, the default, is the full fine-tune): every weight but the adapters is
+frozen; SFT (TRL's Trainer takes the peft model as it is) and GRPO (AdamW over the adapters only;
+the reference is a frozen copy of the SFT adapter model) train the same adapters; the work folder's
+checkpoints hold the adapter (``adapter_model.safetensors``) and its optimizer moments; the final
+folder holds merged weights, so it loads with ``load_model`` and every stage runs on it unchanged.
+For ``smol-audio`` (Whisper-base + SmolLM2-135M, 30 decoder layers)::
+
+    auralens micro finetune --base smol-audio --out runs/smol-mpar2 --lora-r 16 --minutes 45 --threads 2
+    auralens compare --base smol-audio --mpar2 train --sft train --lora-r 16 --ft-minutes 45 ...
 
 Imports :mod:`interp` only (the micro model's batches and pickle-free optimizer state come from
 :mod:`auralens.interp.micro.train`); :mod:`interp` never imports this package.  Importing it imports
@@ -58,9 +71,8 @@ nothing heavy (torch, transformers and trl only when a function runs).
 
 The code path is the same (``load_model`` → the processor's chat template → ``make_batch`` /
 ``generate`` / ``model(**batch)``); on a GPU the SFT Trainer runs on CUDA (bf16 follows
-``dtype``).  Full fine-tuning of 8B parameters needs ~4×80 GB with AdamW; on one GPU wrap the
-model with PEFT LoRA before calling :func:`~auralens.finetuning.sft.run_sft` /
-:func:`~auralens.finetuning.grpo.grpo_update` (not done here).  The rewards need cafe ground truth
+``dtype``).  Full fine-tuning of 8B parameters needs ~4×80 GB with AdamW; on one GPU pass
+``lora_r`` (e.g. 16).  The rewards need cafe ground truth
 (``item.scene``); to train on other data, supply items with a scene dict in the cafe shape or
 replace :func:`~auralens.finetuning.rewards.trace_rewards`.
 """

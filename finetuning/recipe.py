@@ -32,6 +32,12 @@ An interrupted SFT phase restarts from the base: the Trainer's own checkpoints (
 output folder is deleted after training; the phase is a few minutes.  An interrupted GRPO
 phase continues from its last checkpoint with the same items and sampling seeds.  The final
 folder (``model.safetensors``, config, processor, ``finetune.json``) appears in one rename.
+
+**LoRA** (``lora_r > 0``, :mod:`auralens.finetuning.lora`): applied after the base loads and before
+the work folder (an unknown target module fails there); the checkpoints hold the adapter and the
+adapters' AdamW moments; the final folder merged weights (``finetune.json["lora"]`` records the
+rank, alpha, targets and trainable parameters).  With ``grpo_steps=0`` (the SFT-only arm) SFT may
+use the whole ``max_minutes`` but the time to save.
 """
 
 from __future__ import annotations

@@ -169,3 +169,42 @@ def test_an_interrupted_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, s
     monkeypatch.setattr(ft, "run_sft", lambda *a, **k: pytest.fail("resume retrained SFT"))
     info = ft.finetune(str(small_micro_dir), out, cfg, progress=False, resume=True)
     assert info["steps"] == {"sft": 2, "grpo": 1} and (out / "model.safetensors").exists()
+
+
+def test_a_lora_grpo_checkpoint_resumes_with_its_adapter_and_optimizer(tmp_path, small_micro_dir, monkeypatch):
+    """GRPO under LoRA checkpoints the adapter and the adapters' AdamW moments (no base weights);
+    a crash in step 2 resumes at step 2 from them."""
+    cfg = FinetuneConfig(**{**TINY, "grpo_steps": 2, "save_every": 1}, lora_r=2)
+    out = tmp_path / "g"
+    real_update = ft.grpo_update
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return real_update(*a, **k)
+
+    monkeypatch.setattr(ft, "grpo_update", crashing)
+    with pytest.raises(RuntimeError, match="boom"):
+        ft.finetune(str(small_micro_dir), out, cfg, progress=False)
+    g = tmp_path / ".g.work" / "grpo"
+    assert (g / "adapter_model.safetensors").exists() and (g / "optimizer.safetensors").exists()
+    assert not (g / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    n_adapter = len(load_file(str(g / "adapter_model.safetensors")))
+    moments = load_file(str(g / "optimizer.safetensors"))
+    assert 0 < len([k for k in moments if k.endswith("exp_avg")]) <= n_adapter
+    monkeypatch.setattr(ft, "grpo_update", real_update)
+    seen = []
+    real_load = ft.load_adapter
+
+    def counting_load(model, folder):
+        seen.append(folder.name)
+        real_load(model, folder)
+
+    monkeypatch.setattr(ft, "load_adapter", counting_load)
+    info = ft.finetune(str(small_micro_dir), out, cfg, progress=False, resume=True)
+    assert seen == ["sft", "grpo"] and info["steps"] == {"sft": 2, "grpo": 2}
+    assert [r["step"] for r in info["reward_curves"]] == [0, 1]
