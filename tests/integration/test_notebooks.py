@@ -1,4 +1,4 @@
-"""The research notebooks: each executes top to bottom on `micro` (nbclient, the venv's python3
+"""The research notebooks: each executes top to bottom on `micro` (05: on `smol-audio`) (nbclient, the venv's python3
 kernel, a timeout per cell), writing its run folders under the test's tmp_path.  A notebook is
 skipped, with the reason, only when a stage function it calls (or an embedded model it loads)
 does not exist in this checkout yet.  A static check runs always: the GPU cell is guarded by
@@ -36,6 +36,10 @@ NOTEBOOKS = {
     # the fine-tuned arms join where their weights exist (compare's auto skips the others, with a note)
     "04_steering_vs_finetuning.ipynb": {"needs": [("auralens.compare", "stage_compare")],
                                         "models": ["micro", "micro-decay"]},
+    # the real-weights model (assembled from the installed pretrained packages); its section 1
+    # reads the committed full-size findings (notebooks/data/findings_smol_audio.json)
+    "05_real_weights.ipynb": {"needs": [("auralens.findings", "findings"), ("auralens.interp.record", "stage_record")],
+                              "models": ["smol-audio"]},
 }
 ALLOWED = {"interp", "probes", "steering", "dashboards", "auralens", "numpy", "pandas", "IPython"}
 CELL_TIMEOUT_S = 900
