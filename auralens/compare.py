@@ -586,6 +586,9 @@ def stage_compare(cfg: CompareConfig, *, models: dict | None = None, quiet: bool
          "run", "data", "n", "notes"}
     """
     models = dict(models or {})
+    if cfg.trained_arms and dist.active():
+        raise ConfigError(f"--{cfg.trained_arms[0]} train: fine-tunes in one process; under a {dist.world()}-process "
+                          "launch train first (`auralens micro finetune --base B --out DIR`) and pass the folder")
     notes: list[str] = []
     plan = _plan_arms(cfg, notes)
     inputs = _read_inputs(cfg)

@@ -354,8 +354,9 @@ def test_arms_trained_here_with_lora_sit_beside_steering_with_their_costs(small_
     pd.testing.assert_frame_equal(before, pd.read_parquet(out / "compare.parquet"))
 
 
-def test_trained_arm_options_fail_before_the_folder(tmp_path):
+def test_trained_arm_options_fail_before_the_folder(tmp_path, monkeypatch):
     from auralens.compare import CompareConfig, stage_compare
+    from auralens.interp import distributed
     from auralens.interp.errors import ConfigError
 
     out = tmp_path / "never"
@@ -366,6 +367,11 @@ def test_trained_arm_options_fail_before_the_folder(tmp_path):
         stage_compare(base="micro", sft="train", ft_minutes=0, out=out)
     with pytest.raises(ConfigError, match="hyper: 'train'"):
         stage_compare(base="micro", hyper="train", out=out)
+    with monkeypatch.context() as m:  # a multi-process launch would train once per rank into one folder
+        m.setattr(distributed, "active", lambda: True)
+        m.setattr(distributed, "world", lambda: 2)
+        with pytest.raises(ConfigError, match="--sft train: fine-tunes in one process"):
+            stage_compare(base="micro", sft="train", out=out)
     assert not out.exists()
     # micro's defaults: no arm trained here, no LoRA, the manifest config as before these options
     cfg = CompareConfig()
