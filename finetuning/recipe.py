@@ -336,7 +336,9 @@ def _grpo_phase(lm, cfg: FinetuneConfig, work: _WorkFolder, pause_cfg: PauseConf
         bar = tqdm(total=cfg.grpo_steps, initial=grpo["steps"], desc="GRPO", unit="step")
     stopped_early = False
     for step in range(grpo["steps"], cfg.grpo_steps):
-        if work.minutes() > cfg.max_minutes - _SAVE_RESERVE_MIN:
+        # the next step is expected to take as long as the recent ones: stop if it would end past the cap
+        expected = float(np.mean(grpo["step_seconds"][-5:])) / 60 if grpo["step_seconds"] else 0.0
+        if work.minutes() + expected > cfg.max_minutes - _SAVE_RESERVE_MIN:
             stopped_early = True
             break
         t0 = time.time()

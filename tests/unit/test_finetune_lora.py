@@ -208,3 +208,27 @@ def test_a_lora_grpo_checkpoint_resumes_with_its_adapter_and_optimizer(tmp_path,
     info = ft.finetune(str(small_micro_dir), out, cfg, progress=False, resume=True)
     assert seen == ["sft", "grpo"] and info["steps"] == {"sft": 2, "grpo": 2}
     assert [r["step"] for r in info["reward_curves"]] == [0, 1]
+
+
+def test_grpo_stops_before_a_step_that_would_end_past_the_budget(tmp_path, small_micro_dir, monkeypatch):
+    """With steps of 60 s and a 3-minute cap (0.5 reserved to save), GRPO runs two steps: a third
+    would end at minute 3, past 2.5 (the check before a step used to let it start at minute 2)."""
+    clock = {"t": 1_000_000.0}
+
+    class FakeTime:
+        @staticmethod
+        def time():
+            return clock["t"]
+
+        strftime = staticmethod(__import__("time").strftime)
+
+    def step(ctx, i, grpo):
+        clock["t"] += 60.0
+        return {"step": i, "total": 0.0, "answer": 0.0, "kl": 0.0}
+
+    monkeypatch.setattr(ft, "time", FakeTime)
+    monkeypatch.setattr(ft, "_grpo_step", step)
+    cfg = FinetuneConfig(**{**TINY, "sft_steps": 0, "grpo_steps": 10, "max_minutes": 3.0}, lora_r=2)
+    info = ft.finetune(str(small_micro_dir), tmp_path / "clock", cfg, progress=False)
+    assert info["steps"]["grpo"] == 2 and info["stopped_early"] is True
+    assert info["minutes"] <= 3.0 - 0.5
