@@ -14,6 +14,7 @@ import numpy as np
 
 from auralens.finetuning.config import FinetuneConfig
 from auralens.finetuning.recipe import finetune
+from auralens.interp import distributed as dist
 from auralens.interp.cafe.formats import FORMATS  # the order of TrainConfig.format_weights
 from auralens.interp.errors import ConfigError
 from auralens.interp.generation import model_inputs
@@ -53,11 +54,12 @@ def steering_minutes(folder: Path, minutes: float) -> float:
     """Add ``minutes`` to the steering folder's ``minutes.json`` (fit + dev sweep, summed over the
     sessions of a resumed run) and return the total."""
     p = Path(folder) / _STEER_MINUTES
-    total = minutes + (float(json.loads(p.read_text()).get("minutes", 0.0)) if p.is_file() else 0.0)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps({"minutes": round(total, 4)}))
-    tmp.replace(p)
-    return round(total, 4)
+    total = round(minutes + (float(json.loads(p.read_text()).get("minutes", 0.0)) if p.is_file() else 0.0), 4)
+    if dist.writes_allowed():  # rank 0 of a launch writes it (and its tables); the others read it back
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps({"minutes": total}))
+        tmp.replace(p)
+    return total
 
 def embedded_arm(base: str, recipe: str) -> str | None:
     """``<base>-<recipe>`` where that embedded model exists, else ``None``."""
