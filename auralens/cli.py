@@ -399,6 +399,9 @@ def micro_finetune(
     out: Path = typer.Option(None, "--out", help="Output folder (default: the embedded micro-mpar2 folder)."),
     sft_steps: int | None = typer.Option(None, "--sft-steps", help="SFT steps (default: FinetuneConfig's)."),
     grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="GRPO steps (default: FinetuneConfig's)."),
+    sft_batch_size: int | None = typer.Option(None, "--sft-batch-size", help="SFT batch (default 16)."),
+    grpo_prompts: int | None = typer.Option(None, "--grpo-prompts", help="GRPO prompts per step (default 8)."),
+    group_size: int | None = typer.Option(None, "--group-size", help="GRPO completions per prompt (default 8)."),
     grpo_lr: float | None = typer.Option(None, "--grpo-lr", help="GRPO learning rate (default: FinetuneConfig's)."),
     loss_type: str | None = typer.Option(None, "--loss-type", help="dapo (token-level) | grpo (per completion)."),
     minutes: float | None = typer.Option(None, "--minutes", help="Wall-clock cap of the whole run."),
@@ -423,7 +426,8 @@ def micro_finetune(
     _finetune(base, out or FINETUNED_DIR, recipe=recipe, sft_steps=sft_steps, grpo_steps=grpo_steps, grpo_lr=grpo_lr,
               loss_type=loss_type, max_minutes=minutes, cue_mix=cue_mix, threads=threads, seed=seed, resume=resume,
               pause_quantile=pause_quantile, max_pauses=max_pauses, lora_r=lora_r, lora_alpha=lora_alpha,
-              lora_targets=lora_targets)
+              lora_targets=lora_targets, sft_batch_size=sft_batch_size, grpo_prompts=grpo_prompts,
+              group_size=group_size)
 
 
 def _finetune(base, out, *, threads, seed, resume, **given) -> None:

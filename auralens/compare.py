@@ -159,6 +159,9 @@ class CompareConfig(StageConfig):
     ft_minutes: float = option(45.0, identity=None, help="Wall-clock cap of each arm trained here, minutes.")
     ft_sft_steps: int = option(600, identity=None, help="SFT steps of the arms trained here (the budget may stop them).")
     ft_grpo_steps: int = option(400, identity=None, help="GRPO steps of the MPAR²-style arm trained here.")
+    ft_sft_batch_size: int = option(16, identity=None, help="SFT batch of the arms trained here.")
+    ft_grpo_prompts: int = option(8, identity=None, help="GRPO prompts per step of the MPAR²-style arm trained here.")
+    ft_group_size: int = option(8, identity=None, help="GRPO completions per prompt of the MPAR²-style arm trained here.")
     ft_threads: int = option(2, identity=False, help="CPU threads of the fine-tunes trained here.")
     steer: str = option("auto", help="base+steering: auto (fit on --steer-data's calibration split, choose on its dev "
                                      "split, in this run folder) | none | a `steer eval` dev_test run folder (one base only).")
@@ -223,7 +226,9 @@ class CompareConfig(StageConfig):
     def finetune_config(self, arm: str):
         """The :class:`~auralens.finetuning.config.FinetuneConfig` of an arm trained here."""
         return finetune_config(arm, lora_r=self.lora_r, max_minutes=self.ft_minutes, sft_steps=self.ft_sft_steps,
-                               grpo_steps=self.ft_grpo_steps, threads=self.ft_threads)
+                               grpo_steps=self.ft_grpo_steps, threads=self.ft_threads,
+                               sft_batch_size=self.ft_sft_batch_size, grpo_prompts=self.ft_grpo_prompts,
+                               group_size=self.ft_group_size)
 
     @property
     def bases(self) -> tuple[str, ...]:

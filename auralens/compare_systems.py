@@ -30,8 +30,8 @@ TRAINABLE_ARMS: tuple[str, ...] = ("mpar2", "sft")
 _STEER_MINUTES = "minutes.json"
 
 
-def finetune_config(arm: str, *, lora_r: int, max_minutes: float, sft_steps: int, grpo_steps: int,
-                    threads: int) -> FinetuneConfig:
+def finetune_config(arm: str, *, lora_r: int, max_minutes: float, sft_steps: int, grpo_steps: int, threads: int,
+                    sft_batch_size: int = 16, grpo_prompts: int = 8, group_size: int = 8) -> FinetuneConfig:
     """The recipe of an arm trained by compare: MPAR²-style SFT + GRPO (``"mpar2"``) or its SFT
     phase alone (``"sft"``: ``grpo_steps=0``, the whole budget for SFT); the other knobs are
     :class:`FinetuneConfig`'s defaults.  A bad option is a ConfigError naming the arm."""
@@ -39,7 +39,8 @@ def finetune_config(arm: str, *, lora_r: int, max_minutes: float, sft_steps: int
         raise ConfigError(f"train: expected an arm in {list(TRAINABLE_ARMS)}, found {arm!r}")
     try:
         return FinetuneConfig(recipe="mpar2", lora_r=lora_r, max_minutes=max_minutes, sft_steps=sft_steps,
-                              grpo_steps=grpo_steps if arm == "mpar2" else 0, threads=threads)
+                              grpo_steps=grpo_steps if arm == "mpar2" else 0, threads=threads,
+                              sft_batch_size=sft_batch_size, grpo_prompts=grpo_prompts, group_size=group_size)
     except ConfigError as e:
         raise ConfigError(f"--{arm} train: {e}") from None
 

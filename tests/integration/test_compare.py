@@ -306,7 +306,8 @@ def test_cell_metrics_and_summary():
 # ------------------------------------------------------------------ arms trained in the run (LoRA)
 TRAIN = dict(n_boot=20, max_new_tokens=16, batch_size=4, top_k=2, quiet=True, n_cal=2, n_dev=2, betas=(0.0, 4.0),
              data="cafe-conflict:test", n=2, base_format="structured", hyper="none", steer_mpar2="none",
-             mpar2="train", sft="train", lora_r=2, ft_sft_steps=1, ft_grpo_steps=1, ft_threads=1, ft_minutes=5.0)
+             mpar2="train", sft="train", lora_r=2, ft_sft_steps=1, ft_grpo_steps=1, ft_threads=1, ft_minutes=5.0,
+             ft_sft_batch_size=2, ft_grpo_prompts=2, ft_group_size=2)
 
 
 def test_arms_trained_here_with_lora_sit_beside_steering_with_their_costs(small_micro_dir, tmp_path, monkeypatch):
@@ -323,6 +324,7 @@ def test_arms_trained_here_with_lora_sit_beside_steering_with_their_costs(small_
     for arm in ("mpar2", "sft"):
         info = json.loads((Path(arms[arm]) / "finetune.json").read_text())
         assert info["lora"]["r"] == 2 and info["config"]["lora_r"] == 2
+        assert (info["config"]["sft_batch_size"], info["config"]["grpo_prompts"], info["config"]["group_size"]) == (2, 2, 2)
         assert info["steps"] == {"sft": 1, "grpo": 1 if arm == "mpar2" else 0}
         assert arms[arm].startswith(str(out))
     df = pd.read_parquet(out / "compare.parquet")
@@ -376,4 +378,5 @@ def test_trained_arm_options_fail_before_the_folder(tmp_path, monkeypatch):
     # micro's defaults: no arm trained here, no LoRA, the manifest config as before these options
     cfg = CompareConfig()
     assert cfg.trained_arms == () and cfg.lora_r == 0 and cfg.sft == "none"
-    assert not {"sft", "lora_r", "ft_minutes", "ft_sft_steps", "ft_grpo_steps", "ft_threads"} & set(cfg.manifest()["config"])
+    assert not {"sft", "lora_r", "ft_minutes", "ft_sft_steps", "ft_grpo_steps", "ft_threads", "ft_sft_batch_size",
+                "ft_grpo_prompts", "ft_group_size"} & set(cfg.manifest()["config"])
