@@ -305,7 +305,7 @@ def test_cell_metrics_and_summary():
 
 # ------------------------------------------------------------------ arms trained in the run (LoRA)
 TRAIN = dict(n_boot=20, max_new_tokens=16, batch_size=4, top_k=2, quiet=True, n_cal=2, n_dev=2, betas=(0.0, 4.0),
-             data="cafe-conflict:test", n=2, base_format="structured", hyper="none", steer_mpar2="none",
+             data="cafe-conflict:test", n=2, base_format="structured", hyper="none", steer_mpar2="auto",
              mpar2="train", sft="train", lora_r=2, ft_sft_steps=1, ft_grpo_steps=1, ft_threads=1, ft_minutes=5.0,
              ft_sft_batch_size=2, ft_grpo_prompts=2, ft_group_size=2)
 
@@ -319,7 +319,7 @@ def test_arms_trained_here_with_lora_sit_beside_steering_with_their_costs(small_
     out = tmp_path / "run"
     summary = stage_compare(base=str(small_micro_dir), out=out, **TRAIN)
     org = next(iter(summary["organisms"].values()))
-    assert set(org["systems"]) == {"base", "base+steering", "mpar2", "sft"}
+    assert set(org["systems"]) == {"base", "base+steering", "mpar2", "mpar2+steering", "sft"}
     arms = org["arms"]
     for arm in ("mpar2", "sft"):
         info = json.loads((Path(arms[arm]) / "finetune.json").read_text())
@@ -330,11 +330,13 @@ def test_arms_trained_here_with_lora_sit_beside_steering_with_their_costs(small_
     df = pd.read_parquet(out / "compare.parquet")
     m = df[df.source == "measured"]
     acc = m[(m.metric == "accuracy") & (m.group == "all")]
-    assert set(acc.system) == {"base", "base+steering", "mpar2", "sft"} and (acc.n == 2).all()
+    assert set(acc.system) == {"base", "base+steering", "mpar2", "mpar2+steering", "sft"} and (acc.n == 2).all()
     cost = m[m.condition == ""].set_index(["system", "metric"]).value
     for arm in ("mpar2", "sft"):
         assert cost[(arm, "training_minutes")] > 0 and cost[(arm, "training_flops")] > 0
     assert cost[("base+steering", "steering_minutes")] > 0 and ("base", "steering_minutes") not in cost.index
+    assert cost[("mpar2+steering", "steering_minutes")] > 0  # fitted and chosen on the merged LoRA arm
+    assert org["steering"]["mpar2+steering"]["fitted_on"] == arms["mpar2"]
     notes = m[(m.condition == "") & (m.metric == "training_flops")].set_index("system").note
     assert notes["mpar2"].count("LoRA r=2") == 1
     # the same items: every system's record run holds the same item ids

@@ -116,6 +116,12 @@ def test_lora_run_trains_only_adapters_and_the_merged_folder_equals_the_peft_mod
     assert type(merged.model) is type(base.model)
     assert not [n for n, _ in merged.model.named_modules() if "lora_" in n or "base_layer" in n]
     torch.testing.assert_close(_logits(merged.model, batch), seen["peft_logits"], atol=1e-5, rtol=0)
+    # the merged folder is an ordinary model folder: the eval stage runs on it by path
+    from auralens.interp.evaluate import stage_eval
+
+    res = stage_eval(model=str(out), data="cafe", n=2, formats=("structured",), silence=False, out=tmp_path / "eval",
+                     max_new_tokens=8, batch_size=2, quiet=True)
+    assert res["n"] == 2 and (tmp_path / "eval" / "items.parquet").exists()
 
 
 def test_lora_r_0_is_the_full_fine_tune(tmp_path, small_micro_dir):
