@@ -33,7 +33,8 @@ from auralens.interp.runs import RunFolder
 from auralens.interp.stats import bootstrap_stat_ci, paired_diff_ci
 from auralens.organisms.validate import decay_onsets, onset_text
 
-__all__ = ["RUNS", "claims_figure", "decay_rows", "findings", "heads_rows", "main", "text_prior_rows"]
+__all__ = ["RUNS", "claims_figure", "decay_rows", "finetune_rows", "findings", "heads_rows", "main", "probe_rows",
+           "steering_rows", "text_prior_rows"]
 
 #: claim -> the run folder names (under the findings folder) it reads
 RUNS = {
@@ -182,11 +183,12 @@ def heads_rows(folder: Path, k: int = 8) -> list[dict[str, Any]]:
         rows.append(_not_run(claim, GLAZER, "—", RUNS["heads_causal"], "ablate --heads-from the record run"))
     else:
         s = json.loads(abl.file("ablation.json").read_text())
-        d = s.get("difference", {})
-        m, ci = d.get("mean"), d.get("ci")
-        rows.append(_row(claim, GLAZER, "—", f"drop(top-k) − drop(random-k) = {m:+.3f} (k = {s.get('k')})",
-                         m, ci, s.get("n"), _verdict(ci[0], ci[1], +1) if ci else "inconclusive at this n",
-                         "CI > 0: the top-k heads matter more", [RUNS["heads_causal"][0]]))
+        m, ci, acc = float(s["diff"]), s["ci"], s["accuracy"]
+        rows.append(_row(claim, GLAZER, "—",
+                         f"drop(top-{s['k']}) − drop(random-{s['k']}) = {m:+.3f} ({s['mode']} ablation; accuracy "
+                         f"{acc['none']:.3f} → {acc['top_k']:.3f} top-k, {acc['random_k']:.3f} random-k over "
+                         f"{s['n_draws']} draws)", m, ci, int(s["n"]), _verdict(ci[0], ci[1], +1),
+                         f"CI > 0: the top-k heads matter more ({s['ci_method']})", [RUNS["heads_causal"][0]]))
     return rows
 
 
@@ -216,12 +218,86 @@ def decay_rows(folder: Path) -> list[dict[str, Any]]:
                  int(s.n_items), _verdict(s.slope_ci_low, s.slope_ci_high, -1), "slope CI < 0: the yield falls", [name])]
 
 
+# --- 5. steering -----------------------------------------------------------------------------
+
+def steering_rows(folder: Path) -> list[dict[str, Any]]:
+    name = RUNS["steering"][0]
+    run = _open(folder, name)
+    claim = ("Audio-minus-silence steering at the specialist heads' layers raises held-out accuracy on conflict "
+             "items, beyond random directions of equal norm (dev chooses β, 0 included; test reports)")
+    paper = f"{GLAZER}: up to +8.0 points (Qwen2-Audio-7B-Instruct), +4.9 (R1-AQA) on MMAU"
+    if run is None:
+        return [_not_run(claim, GLAZER, "+0.080 / +0.049 (MMAU)", (name,), "steer fit + steer eval")]
+    s = json.loads(run.file("summary.json").read_text())
+    test, rnd = s["test"], s.get("random_directions") or {}
+    decision = s.get("decision", "steer")
+    cand = test.get("candidate", test)
+    words = (f"{decision} on dev ({s.get('rule')}); test gain {test['gain']:+.3f}"
+             + (f" (declined candidate β={cand.get('beta')}: {cand['gain']:+.3f} [{cand['ci'][0]:+.3f}, "
+                f"{cand['ci'][1]:+.3f}], for information)" if decision == "decline" else "")
+             + (f"; vector at the {rnd['vector_percentile']:.0f}th percentile of {rnd['k']} random directions "
+                f"({rnd['n_declined']} declined)" if rnd else ""))
+    neutral = s.get("neutral") or {}
+    if neutral and "gain" in neutral:
+        words += f"; cost on neutral items {neutral['gain']:+.3f}"
+    if decision == "decline":
+        lo, hi = cand["ci"]
+        verdict = "does not replicate" if hi < 0 else "inconclusive at this n"
+        value, ci = cand["gain"], cand["ci"]
+        rule = "declined on dev: no steering is the reported system; the candidate's test CI decides the verdict"
+    else:
+        value, ci = test["gain"], test["ci"]
+        verdict = _verdict(ci[0], ci[1], +1)
+        if verdict == "replicates" and rnd and not rnd.get("above_p95"):
+            verdict = "inconclusive at this n"
+        rule = "test CI > 0 and above the random directions' 95th percentile"
+    return [_row(claim, paper, "+0.080 / +0.049 (MMAU)", words, value, ci, test.get("n"), verdict, rule, [name])]
+
+
+# --- 4. probes -------------------------------------------------------------------------------
+
+def probe_rows(folder: Path) -> list[dict[str, Any]]:
+    name = RUNS["probes"][0]
+    run = _open(folder, name)
+    claim = "Audio content is linearly decodable from the LM's activations (best layer, held-out 'report' items)"
+    paper = "AudioLens (arXiv 2506.05140): attributes decodable in middle layers"
+    if run is None:
+        return [_not_run(claim, paper, "—", (name,), "probe on the spoken items")]
+    t = run.read_table("probes.parquet")
+    t = t[(t["split"] == "report") & (t["site"].astype(str) == "resid_post")] if "report" in set(t["split"]) else t
+    rows = []
+    for (attr, pos), g in t.groupby(["attribute", "position"]):
+        best = g.sort_values("accuracy", ascending=False).iloc[0]
+        sel = float(best.selectivity)
+        verdict = _verdict(float(best.ci_low), float(best.ci_high), +1, null=float(best.chance))
+        if verdict == "replicates" and not sel > 0.05:
+            verdict = "inconclusive at this n"
+        rows.append(_row(f"{claim}: {attr} at {pos}", paper, "—",
+                         f"layer {int(best.layer)}: {best.accuracy:.3f} (chance {best.chance:.3f}, control "
+                         f"{best.control_accuracy:.3f}, selectivity {sel:+.3f})", float(best.accuracy),
+                         (best.ci_low, best.ci_high), int(best.n), verdict,
+                         "CI above chance and selectivity > 0.05 (Hewitt & Liang control task)", [name]))
+    return rows
+
+
+def finetune_rows(folder: Path) -> list[dict[str, Any]]:
+    name = RUNS["finetune"][0]
+    claim = "MPAR²-style fine-tuning (SFT + GRPO) raises perception beyond SFT alone"
+    paper = f"{MPAR2}: CAFE perception 31.74 → 63.51, MMAU 65.90 → 74.59 (Qwen2.5-Omni-7B)"
+    run = _open(folder, name)
+    if run is None:
+        return [_not_run(claim, paper, "+0.318 (CAFE perception)", (name,),
+                         "auralens compare --base smol-audio --mpar2 train --sft train --lora-r 16 (≈ 3.5–4 CPU-hours)")]
+    return [_row(claim, paper, "+0.318 (CAFE perception)", "compare run present: read compare.parquet", None, None,
+                 None, "inconclusive at this n", "", [name])]
+
+
 def findings(folder: str | Path) -> dict[str, Any]:
     """Every claim's rows from the run folders under ``folder`` (see :data:`RUNS`)."""
     f = Path(folder)
     if not f.is_dir():
         raise ConfigError(f"findings folder {str(f)!r}: expected a folder of run folders, found none")
-    rows = text_prior_rows(f) + heads_rows(f) + decay_rows(f)
+    rows = heads_rows(f) + text_prior_rows(f) + decay_rows(f) + probe_rows(f) + steering_rows(f) + finetune_rows(f)
     return {"folder": str(f), "rows": rows}
 
 

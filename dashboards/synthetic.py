@@ -334,6 +334,7 @@ def _compare(folder: Path, rng) -> None:
             row(org, system, "", "training_minutes", "all", 24.0 if trained else 0.0, half=None, n=0)
             if system.endswith("+steering"):
                 row(org, system, "", "steering_fit_flops", "all", 2.4e9, half=None, n=0)
+                row(org, system, "", "steering_minutes", "all", 3.5, half=None, n=0)
     _write(folder, COMPARE, pd.concat([COMPARE.frame(rows), reported_rows()], ignore_index=True))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
 

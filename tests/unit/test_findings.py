@@ -101,3 +101,14 @@ def test_cli_json_and_a_missing_folder(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected a folder of run folders" in err
+
+
+def test_ablation_row_reads_the_ablate_summary(tmp_path):
+    run = RunFolder.create(tmp_path / "ablate-neutral", manifest={"command": "ablate"})
+    run.write_json("ablation.json", {"n": 100, "k": 8, "mode": "mean", "n_draws": 5, "diff": 0.12, "ci": [0.04, 0.2],
+                                     "accuracy": {"none": 0.6, "top_k": 0.4, "random_k": 0.52},
+                                     "ci_method": "percentile bootstrap"})
+    run.finish()
+    row = heads_rows(tmp_path)[1]
+    assert row["value"] == 0.12 and row["ci"] == [0.04, 0.2] and row["n"] == 100
+    assert row["verdict"] == "replicates" and "0.600 → 0.400" in row["measured"]
