@@ -568,10 +568,7 @@ class YieldRecorder:
             _record_op()  # defined eagerly: a traced step may call it
             for cfg, _ in self._saved:
                 compat.set_attn_impl(cfg, self._name)
-            for slot, m in enumerate(self._modules):
-                _WATCHERS.setdefault(id(m), []).append((self, slot))
-                self._watching.append(id(m))
-            self._hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+            self._attach()
         except BaseException:
             self._restore()
             raise
@@ -586,22 +583,37 @@ class YieldRecorder:
         finally:
             self._clear()
 
-    def _restore(self) -> None:
+    #: id(attention module) -> the (recorder, slot) pairs its per-call work feeds
+    _registry: dict[int, list[tuple[Any, int]]] = _WATCHERS
+
+    def _attach(self) -> None:
+        """Listen to every recorded module (in :attr:`_registry`) and hook the model's forward."""
+        self._watching = []
+        for slot, m in enumerate(self._modules):
+            self._registry.setdefault(id(m), []).append((self, slot))
+            self._watching.append(id(m))
+        self._hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+
+    def _detach(self) -> None:
+        """Undo :meth:`_attach` (whatever part of it ran)."""
         self._active = False
         hook = getattr(self, "_hook", None)
         if hook is not None:
             hook.remove()
             self._hook = None
+        for mid in getattr(self, "_watching", []):
+            left = [w for w in self._registry.get(mid, []) if w[0] is not self]
+            if left:
+                self._registry[mid] = left
+            else:
+                self._registry.pop(mid, None)
+        self._watching = []
+
+    def _restore(self) -> None:
+        self._detach()
         for cfg, value in getattr(self, "_saved", []):
             compat.set_attn_impl(cfg, value)
         self._saved = []
-        for mid in getattr(self, "_watching", []):
-            left = [w for w in _WATCHERS.get(mid, []) if w[0] is not self]
-            if left:
-                _WATCHERS[mid] = left
-            else:
-                _WATCHERS.pop(mid, None)
-        self._watching = []
         if getattr(self, "_registered", False):
             self._registered = False
             _NAMES[self._name] -= 1

@@ -240,6 +240,8 @@ class KernelYieldRecorder(YieldRecorder):
     Eager decoding with the default dynamic cache or a static cache; nests with other recorders.
     """
 
+    _registry = _LISTENERS
+
     def __init__(self, model: Any, arch: Architecture | None, audio_mask: torch.Tensor, *,
                  rows: Rows = "last_and_generated", time_bins: int = 1,
                  layers: tuple[int, ...] | list[int] | None = None) -> None:
@@ -262,13 +264,9 @@ class KernelYieldRecorder(YieldRecorder):
         self._clear()
         self._result = None
         self._first_row = 0 if self.config.rows == "all_prompt" else self.audio_mask.shape[1] - 1
-        self._watching: list[int] = []
         self._hook = None
         try:
-            for slot, m in enumerate(self._modules):
-                _LISTENERS.setdefault(id(m), []).append((self, slot))
-                self._watching.append(id(m))
-            self._hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+            self._attach()  # listen in the backend's table; no attention function or config changes
         except BaseException:
             self._restore()
             raise
@@ -276,18 +274,7 @@ class KernelYieldRecorder(YieldRecorder):
         return self
 
     def _restore(self) -> None:
-        self._active = False
-        hook = getattr(self, "_hook", None)
-        if hook is not None:
-            hook.remove()
-            self._hook = None
-        for mid in getattr(self, "_watching", []):
-            left = [w for w in _LISTENERS.get(mid, []) if w[0] is not self]
-            if left:
-                _LISTENERS[mid] = left
-            else:
-                _LISTENERS.pop(mid, None)
-        self._watching = []
+        self._detach()
 
     def _take(self, slot: int, q_len: int, key_len: int, batch: int, y: torch.Tensor) -> None:
         """Keep the rows of one call's kernel-computed yields ``y`` [b, q, h, bins] that the

@@ -85,6 +85,15 @@ def test_shapes_are_checked_first():
 
 # --- the recorder on a kernel statistic: a backend chosen once, never swapped --------------------
 
+@pytest.fixture(autouse=True)
+def _unregister_backends():
+    """install_kernel_backend registers for the process (as an engine's backend choice is); other
+    modules check that nothing auralens is registered, so each test here leaves none behind."""
+    yield
+    for name in BACKENDS.values():
+        compat.unregister_attention(name)
+
+
 def _sharp(tiny_model, name="qwen2_audio", **batch_kw):
     model, processor = tiny_model(name)
     sharpen_attention(model)
