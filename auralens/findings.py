@@ -33,7 +33,7 @@ from auralens.interp.runs import RunFolder
 from auralens.interp.stats import bootstrap_stat_ci, paired_diff_ci
 from auralens.organisms.validate import decay_onsets, onset_text
 
-__all__ = ["RUNS", "claims_figure", "decay_rows", "finetune_rows", "findings", "heads_rows", "main", "probe_rows",
+__all__ = ["RUNS", "claims_figure", "decay_rows", "finetune_rows", "findings", "heads_rows", "main", "markdown_table", "probe_rows",
            "steering_rows", "text_prior_rows"]
 
 #: claim -> the run folder names (under the findings folder) it reads
@@ -329,12 +329,23 @@ def claims_figure(rows: list[dict[str, Any]]):
     return fig
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as the README's table: claim, paper, measured with CI and n, verdict."""
+    out = ["| claim | paper's claim / number | measured here (95% CI, n) | verdict |", "|---|---|---|---|"]
+    for r in rows:
+        ci = "" if r["ci"] is None else f" [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
+        n = "" if r["n"] is None else f", n = {r['n']}"
+        cell = (r["measured"] + ci + n).replace("|", "\\|")
+        out.append(f"| {r['claim']} | {r['paper']}; {r['paper_number']} | {cell} | **{r['verdict']}** |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    as_json = "--json" in args
-    args = [a for a in args if a != "--json"]
+    as_json, as_md = "--json" in args, "--markdown" in args
+    args = [a for a in args if a not in ("--json", "--markdown")]
     if len(args) != 1:
-        sys.stderr.write("usage: python -m auralens.findings FOLDER [--json]\n")
+        sys.stderr.write("usage: python -m auralens.findings FOLDER [--json | --markdown]\n")
         return 2
     try:
         res = findings(args[0])
@@ -343,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if as_json:
         sys.stdout.write(json.dumps(res, indent=1, allow_nan=False) + "\n")
+        return 0
+    if as_md:
+        sys.stdout.write(markdown_table(res["rows"]) + "\n")
         return 0
     for r in res["rows"]:
         ci = "" if r["ci"] is None else f" [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
