@@ -259,22 +259,26 @@ def steering_rows(folder: Path) -> list[dict[str, Any]]:
 def probe_rows(folder: Path) -> list[dict[str, Any]]:
     name = RUNS["probes"][0]
     run = _open(folder, name)
-    claim = "Audio content is linearly decodable from the LM's activations (best layer, held-out 'report' items)"
+    claim = "Audio content is linearly decodable from the LM's activations (layer chosen on half the items, reported on the other half)"
     paper = "AudioLens (arXiv 2506.05140): attributes decodable in middle layers"
     if run is None:
         return [_not_run(claim, paper, "—", (name,), "probe on the spoken items")]
     t = run.read_table("probes.parquet")
-    t = t[(t["split"] == "report") & (t["site"].astype(str) == "resid_post")] if "report" in set(t["split"]) else t
+    select, report = t[t["split"] == "select"], t[t["split"] == "report"]
     rows = []
-    for (attr, pos), g in t.groupby(["attribute", "position"]):
-        best = g.sort_values("accuracy", ascending=False).iloc[0]
+    for (attr, pos), g in select.groupby(["attribute", "position"]):
+        layer = int(g.sort_values("accuracy", ascending=False).iloc[0]["layer"])  # chosen on 'select' items
+        rep = report[(report["attribute"] == attr) & (report["position"] == pos) & (report["layer"] == layer)]
+        if not len(rep):
+            continue
+        best = rep.iloc[0]  # reported on the other half ('report')
         sel = float(best.selectivity)
         verdict = _verdict(float(best.ci_low), float(best.ci_high), +1, null=float(best.chance))
         if verdict == "replicates" and not sel > 0.05:
             verdict = "inconclusive at this n"
         rows.append(_row(f"{claim}: {attr} at {pos}", paper, "—",
-                         f"layer {int(best.layer)}: {best.accuracy:.3f} (chance {best.chance:.3f}, control "
-                         f"{best.control_accuracy:.3f}, selectivity {sel:+.3f})", float(best.accuracy),
+                         f"layer {layer} (chosen on the select half): {best.accuracy:.3f} (chance {best.chance:.3f}, "
+                         f"control task {best.control_accuracy:.3f}, selectivity {sel:+.3f})", float(best.accuracy),
                          (best.ci_low, best.ci_high), int(best.n), verdict,
                          "CI above chance and selectivity > 0.05 (Hewitt & Liang control task)", [name]))
     return rows

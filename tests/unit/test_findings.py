@@ -112,3 +112,21 @@ def test_ablation_row_reads_the_ablate_summary(tmp_path):
     row = heads_rows(tmp_path)[1]
     assert row["value"] == 0.12 and row["ci"] == [0.04, 0.2] and row["n"] == 100
     assert row["verdict"] == "replicates" and "0.600 → 0.400" in row["measured"]
+
+
+def test_probe_row_reports_the_layer_chosen_on_the_select_half(tmp_path):
+    from auralens.findings import probe_rows
+
+    run = RunFolder.create(tmp_path / "probe-spoken", manifest={"command": "probe"})
+    rows = []
+    for split, best in (("select", 3), ("report", 5)):  # the report half alone would pick layer 5
+        for layer in range(6):
+            acc = 0.9 if layer == best else 0.5
+            rows.append({"site": "s", "layer": layer, "position": "audio_mean", "step": None, "attribute": "category",
+                         "accuracy": acc if split == "select" or layer != 3 else 0.7, "control_accuracy": 0.4,
+                         "selectivity": (0.7 if layer == 3 else acc) - 0.4, "chance": 0.35,
+                         "ci_low": 0.55, "ci_high": 0.85, "n": 40, "split": split})
+    run.write_table("probes.parquet", pd.DataFrame(rows))
+    run.finish()
+    (row,) = probe_rows(tmp_path)
+    assert "layer 3" in row["measured"] and row["value"] == 0.7 and row["verdict"] == "replicates"
