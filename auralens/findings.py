@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from auralens.interp.errors import AuralensError, ConfigError
-from auralens.interp.papers import GLAZER, MPAR2
+from auralens.interp.papers import GLAZER, MPAR2, REPORTED
 from auralens.interp.runs import RunFolder
 from auralens.interp.stats import bootstrap_stat_ci, paired_diff_ci
 from auralens.organisms.validate import decay_onsets, onset_text
@@ -220,14 +220,19 @@ def decay_rows(folder: Path) -> list[dict[str, Any]]:
 
 # --- 5. steering -----------------------------------------------------------------------------
 
+def _reported(metric: str) -> str:
+    """The papers' numbers of ``metric`` as they are typed once, in :mod:`auralens.interp.papers`."""
+    return "; ".join(f"{r.system} {r.group} {r.value:.4g}" for r in REPORTED if r.metric == metric)
+
+
 def steering_rows(folder: Path) -> list[dict[str, Any]]:
     name = RUNS["steering"][0]
     run = _open(folder, name)
     claim = ("Audio-minus-silence steering at the specialist heads' layers raises held-out accuracy on conflict "
              "items, beyond random directions of equal norm (dev chooses β, 0 included; test reports)")
-    paper = f"{GLAZER}: up to +8.0 points (Qwen2-Audio-7B-Instruct), +4.9 (R1-AQA) on MMAU"
+    paper, number = GLAZER, "gain vs unsteered: " + _reported("gain_vs_unsteered")
     if run is None:
-        return [_not_run(claim, GLAZER, "+0.080 / +0.049 (MMAU)", (name,), "steer fit + steer eval")]
+        return [_not_run(claim, paper, number, (name,), "steer fit + steer eval")]
     s = json.loads(run.file("summary.json").read_text())
     test, rnd = s["test"], s.get("random_directions") or {}
     decision = s.get("decision", "steer")
@@ -251,7 +256,7 @@ def steering_rows(folder: Path) -> list[dict[str, Any]]:
         if verdict == "replicates" and rnd and not rnd.get("above_p95"):
             verdict = "inconclusive at this n"
         rule = "test CI > 0 and above the random directions' 95th percentile"
-    return [_row(claim, paper, "+0.080 / +0.049 (MMAU)", words, value, ci, test.get("n"), verdict, rule, [name])]
+    return [_row(claim, paper, number, words, value, ci, test.get("n"), verdict, rule, [name])]
 
 
 # --- 4. probes -------------------------------------------------------------------------------
@@ -287,12 +292,12 @@ def probe_rows(folder: Path) -> list[dict[str, Any]]:
 def finetune_rows(folder: Path) -> list[dict[str, Any]]:
     name = RUNS["finetune"][0]
     claim = "MPAR²-style fine-tuning (SFT + GRPO) raises perception beyond SFT alone"
-    paper = f"{MPAR2}: CAFE perception 31.74 → 63.51, MMAU 65.90 → 74.59 (Qwen2.5-Omni-7B)"
+    paper, number = MPAR2, "before → after: " + _reported("claim_accuracy") + "; " + _reported("accuracy")
     run = _open(folder, name)
     if run is None:
-        return [_not_run(claim, paper, "+0.318 (CAFE perception)", (name,),
+        return [_not_run(claim, paper, number, (name,),
                          "auralens compare --base smol-audio --mpar2 train --sft train --lora-r 16 (≈ 3.5–4 CPU-hours)")]
-    return [_row(claim, paper, "+0.318 (CAFE perception)", "compare run present: read compare.parquet", None, None,
+    return [_row(claim, paper, number, "compare run present: read compare.parquet", None, None,
                  None, "inconclusive at this n", "", [name])]
 
 

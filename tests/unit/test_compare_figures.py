@@ -54,7 +54,7 @@ def test_synthetic_table_is_the_new_grid(table):
     assert set(m["organism"]) == {"micro", "micro-decay"}
     assert set(m["condition"]) == {*CONDITIONS, ""}
     cost = m[m["condition"] == ""]
-    assert set(cost["metric"]) == {"training_flops", "training_minutes", "steering_fit_flops"}
+    assert set(cost["metric"]) == {"training_flops", "training_minutes", "steering_fit_flops", "steering_minutes"}
     assert set(cost["format"]) == {""}
     assert {"accuracy", "gain_vs_base", "gain_vs_unsteered", "claim_accuracy", "claim_onset", "claim_gap",
             "error_share", "specialist_yield", "yield_slope_specialists", "yield_slope_all_heads",
