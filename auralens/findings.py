@@ -237,14 +237,18 @@ def steering_rows(folder: Path) -> list[dict[str, Any]]:
     test, rnd = s["test"], s.get("random_directions") or {}
     decision = s.get("decision", "steer")
     cand = test.get("candidate", test)
-    words = (f"{decision} on dev ({s.get('rule')}); test gain {test['gain']:+.3f}"
+    chosen = s.get("selected") or {}
+    dev = chosen.get("dev") or {}
+    dev_txt = (f" (layer {chosen.get('layer')}, β {chosen.get('beta')}, dev gain {dev['gain']:+.3f} "
+               f"[{dev['ci'][0]:+.3f}, {dev['ci'][1]:+.3f}])" if dev.get("ci") else "")
+    words = (f"{decision} on dev{dev_txt}; test gain {test['gain']:+.3f} [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}]"
              + (f" (declined candidate β={cand.get('beta')}: {cand['gain']:+.3f} [{cand['ci'][0]:+.3f}, "
                 f"{cand['ci'][1]:+.3f}], for information)" if decision == "decline" else "")
              + (f"; vector at the {rnd['vector_percentile']:.0f}th percentile of {rnd['k']} random directions "
                 f"({rnd['n_declined']} declined)" if rnd else ""))
     neutral = s.get("neutral") or {}
     if neutral and "gain" in neutral:
-        words += f"; cost on neutral items {neutral['gain']:+.3f}"
+        words += f"; on neutral items {neutral['gain']:+.3f} [{neutral['ci'][0]:+.3f}, {neutral['ci'][1]:+.3f}]"
     if decision == "decline":
         lo, hi = cand["ci"]
         verdict = "does not replicate" if hi < 0 else "inconclusive at this n"
@@ -255,7 +259,7 @@ def steering_rows(folder: Path) -> list[dict[str, Any]]:
         verdict = _verdict(ci[0], ci[1], +1)
         if verdict == "replicates" and rnd and not rnd.get("above_p95"):
             verdict = "inconclusive at this n"
-        rule = "test CI > 0 and above the random directions' 95th percentile"
+        rule = f"test CI > 0 and above the random directions' 95th percentile (dev rule: {s.get('rule')})"
     return [_row(claim, paper, number, words, value, ci, test.get("n"), verdict, rule, [name])]
 
 

@@ -130,3 +130,23 @@ def test_probe_row_reports_the_layer_chosen_on_the_select_half(tmp_path):
     run.finish()
     (row,) = probe_rows(tmp_path)
     assert "layer 3" in row["measured"] and row["value"] == 0.7 and row["verdict"] == "replicates"
+
+
+def test_steering_row_needs_the_test_ci_and_the_random_directions(tmp_path):
+    from auralens.findings import steering_rows
+
+    def write(name, test_ci, above):
+        run = RunFolder.create(tmp_path / name / "steer-eval", manifest={"command": "steer eval"})
+        run.write_json("summary.json", {
+            "decision": "steer", "rule": "r", "selected": {"layer": 3, "beta": 2.0, "dev": {"gain": 0.2, "ci": [0.1, 0.3]}},
+            "test": {"n": 50, "gain": 0.15, "ci": test_ci, "decision": "steer"},
+            "random_directions": {"k": 20, "vector_percentile": 97.0 if above else 60.0, "above_p95": above,
+                                  "n_declined": 3},
+            "neutral": {"gain": -0.02, "ci": [-0.06, 0.02]}})
+        run.finish()
+        return steering_rows(tmp_path / name)[0]
+
+    assert write("good", [0.05, 0.25], True)["verdict"] == "replicates"
+    assert write("like_random", [0.05, 0.25], False)["verdict"] == "inconclusive at this n"  # random does as well
+    row = write("wide", [-0.05, 0.3], True)
+    assert row["verdict"] == "inconclusive at this n" and "layer 3, β 2.0" in row["measured"]
