@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from auralens.interp.errors import ConfigError
+from auralens.testing.faults import crash_on_call
 
 
 @pytest.fixture(scope="module")
@@ -395,15 +396,7 @@ def test_finetune_writes_a_loadable_checkpoint_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(ft, "trace_rewards", by_length)
     # crash in the second GRPO step: the first one's checkpoint is kept for resume
     real_update = ft.grpo_update
-    calls = {"n": 0}
-
-    def crashing(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("boom")
-        return real_update(*a, **k)
-
-    monkeypatch.setattr(ft, "grpo_update", crashing)
+    calls = crash_on_call(monkeypatch, ft, "grpo_update", call=2)
     with pytest.raises(RuntimeError, match="boom"):
         ft.finetune(str(small_micro_dir), out, cfg, progress=False)
     assert not out.exists() and (tmp_path / ".mpar2.work" / "grpo" / "optimizer.safetensors").exists()

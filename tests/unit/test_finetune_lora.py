@@ -17,6 +17,7 @@ from auralens.interp.cafe.questions import make_items
 from auralens.interp.errors import ConfigError
 from auralens.interp.generation import model_inputs
 from auralens.interp.loading import load_model
+from auralens.testing.faults import crash_on_call
 
 TINY = dict(sft_steps=2, sft_batch_size=4, lr=3e-2, grpo_steps=1, grpo_lr=1e-2, grpo_prompts=2, group_size=2,
             max_new_tokens=16, threads=1, save_every=0, max_minutes=5.0)
@@ -183,15 +184,7 @@ def test_a_lora_grpo_checkpoint_resumes_with_its_adapter_and_optimizer(tmp_path,
     cfg = FinetuneConfig(**{**TINY, "grpo_steps": 2, "save_every": 1}, lora_r=2)
     out = tmp_path / "g"
     real_update = ft.grpo_update
-    calls = {"n": 0}
-
-    def crashing(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("boom")
-        return real_update(*a, **k)
-
-    monkeypatch.setattr(ft, "grpo_update", crashing)
+    crash_on_call(monkeypatch, ft, "grpo_update", call=2)
     with pytest.raises(RuntimeError, match="boom"):
         ft.finetune(str(small_micro_dir), out, cfg, progress=False)
     g = tmp_path / ".g.work" / "grpo"
