@@ -326,6 +326,15 @@ _CHUNK_ROWS = 64
 _CHUNK_SIZES = (8, 8, 16, 32)
 
 
+def attention_configs(model: Any, arch: Architecture, modules: Any) -> list[Any]:
+    """The distinct configs an attention implementation is read from: each of ``modules``'
+    (decoder attention modules) and the text model's."""
+    configs: dict[int, Any] = {id(m.config): m.config for m in modules}
+    text = arch.text_config(model)
+    configs.setdefault(id(text), text)
+    return list(configs.values())
+
+
 def _chunk_of(step: int) -> tuple[int, int, int]:
     """(buffer index, offset in it, buffer rows) of step row ``step``."""
     start = 0
@@ -482,10 +491,7 @@ class YieldRecorder:
                     "config; expected a transformers attention module dispatching through "
                     "AttentionInterface"
                 )
-        configs: dict[int, Any] = {id(m.config): m.config for m in self._modules}
-        text_cfg = self.arch.text_config(model)
-        configs.setdefault(id(text_cfg), text_cfg)
-        self._configs = list(configs.values())
+        self._configs = attention_configs(model, self.arch, self._modules)
         self._current_impl()  # refuse unsupported implementations now, before anything runs
         self._weights_on: dict[torch.device, torch.Tensor] = {self.weights.device: self.weights}
         self._result: AttentionYield | None = None
@@ -545,12 +551,8 @@ class YieldRecorder:
         # One stable name per kernel (a compiled step traced with it stays valid for the next
         # recorder); the kernel's name comes last so flash-attention checks on the name hold.
         self._name = f"{_PREFIX}{impl}"
-        self._clear()
-        self._result = None
-        self._first_row = 0 if self.config.rows == "all_prompt" else self.audio_mask.shape[1] - 1
+        self._start()
         self._saved = [(c, compat.get_attn_impl(c)) for c in self._configs]
-        self._hook = None
-        self._watching: list[int] = []
         try:
             if self._name not in _NAMES:
                 compat.register_attention(self._name, _dispatcher(impl), mask_impl)
@@ -582,6 +584,14 @@ class YieldRecorder:
                 self._result = self._finalize()
         finally:
             self._clear()
+
+    def _start(self) -> None:
+        """A new recording: no rows, no result, no hook or watched module yet."""
+        self._clear()
+        self._result = None
+        self._first_row = 0 if self.config.rows == "all_prompt" else self.audio_mask.shape[1] - 1
+        self._hook = None
+        self._watching: list[int] = []
 
     #: id(attention module) -> the (recorder, slot) pairs its per-call work feeds
     _registry: dict[int, list[tuple[Any, int]]] = _WATCHERS

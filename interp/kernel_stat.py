@@ -43,7 +43,7 @@ from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, fle
 
 from auralens.interp import compat
 from auralens.interp.arch import Architecture, describe
-from auralens.interp.attention_yield import Rows, YieldRecorder, mask_rows_bias
+from auralens.interp.attention_yield import Rows, YieldRecorder, attention_configs, mask_rows_bias
 from auralens.interp.errors import ArchitectureError, ConfigError
 
 __all__ = ["BACKENDS", "KernelYieldRecorder", "install_kernel_backend", "yield_from_lse", "yield_from_value_channel"]
@@ -201,16 +201,6 @@ def _value_channel_backend(module: Any, query: torch.Tensor, key: torch.Tensor, 
 _FNS = {"lse": _lse_backend, "value_channel": _value_channel_backend}
 
 
-def _decoder_configs(model: Any, arch: Architecture) -> list[Any]:
-    configs: dict[int, Any] = {}
-    for layer in range(arch.n_layers):
-        c = arch.attention(model, layer).config
-        configs[id(c)] = c
-    text = arch.text_config(model)
-    configs.setdefault(id(text), text)
-    return list(configs.values())
-
-
 def install_kernel_backend(model: Any, method: str = "lse", arch: Architecture | None = None) -> str:
     """Select the kernel-statistic backend ``method`` (``"lse"`` or ``"value_channel"``) for the
     decoder's attention, once, as a serving engine selects its backend at load; returns its name.
@@ -222,7 +212,7 @@ def install_kernel_backend(model: Any, method: str = "lse", arch: Architecture |
     name = BACKENDS[method]
     if name not in compat.registered_attention_names():
         compat.register_attention(name, _FNS[method], "sdpa")
-    for cfg in _decoder_configs(model, arch):
+    for cfg in attention_configs(model, arch, [arch.attention(model, layer) for layer in range(arch.n_layers)]):
         compat.set_attn_impl(cfg, name)
     return name
 
@@ -261,10 +251,7 @@ class KernelYieldRecorder(YieldRecorder):
         if self._active:
             raise ConfigError("KernelYieldRecorder: this recorder is already active; nest a second one instead")
         self._current_impl()
-        self._clear()
-        self._result = None
-        self._first_row = 0 if self.config.rows == "all_prompt" else self.audio_mask.shape[1] - 1
-        self._hook = None
+        self._start()
         try:
             self._attach()  # listen in the backend's table; no attention function or config changes
         except BaseException:
