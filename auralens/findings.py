@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from auralens.interp.errors import AuralensError, ConfigError
+from auralens.interp.listening import MIN_YIELD
 from auralens.interp.papers import GLAZER, MPAR2, REPORTED
+from auralens.interp.record_analysis import load_yields
 from auralens.interp.runs import RunFolder
-from auralens.interp.stats import bootstrap_stat_ci, paired_diff_ci
-from auralens.organisms.validate import decay_onsets, onset_text
+from auralens.interp.stats import bootstrap_mean_ci, bootstrap_stat_ci
+from auralens.organisms.validate import correct_by_base, decay_onsets, onset_text, paired_by_item
 
 __all__ = ["RUNS", "claims_figure", "decay_rows", "finetune_rows", "findings", "heads_rows", "main", "markdown_table", "probe_rows",
            "steering_rows", "text_prior_rows"]
@@ -88,15 +90,16 @@ def _not_run(claim: str, paper: str, paper_number: str, names: tuple[str, ...], 
 # --- 2. text prior ----------------------------------------------------------------------------
 
 def _by_base(run: RunFolder, audio: str) -> dict[str, float]:
-    """Correctness per underlying item (the cue condition cut from the id) of one audio mode."""
+    """Correctness of the direct answers per underlying item (the cue condition cut from the id)."""
     df = run.read_table("items.parquet")
-    df = df[(df["audio"] == audio) & (df["format"] == "direct")]
-    return {str(i).rsplit("-", 1)[0]: float(c) for i, c in zip(df["item_id"], df["correct"])}
+    return correct_by_base(df[df["format"] == "direct"], audio)
 
 
-def _paired(a: dict[str, float], b: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    keys = sorted(set(a) & set(b))
-    return np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+def _paired_ci(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, float, int]:
+    """Mean of ``a − b`` over the items in both, its paired BCa CI, and that number of items."""
+    d = np.asarray(paired_by_item(a, b), dtype=np.float64)
+    m, lo, hi = bootstrap_mean_ci(d, bounds=(-1.0, 1.0))
+    return float(m), float(lo), float(hi), len(d)
 
 
 def text_prior_rows(folder: Path) -> list[dict[str, Any]]:
@@ -109,37 +112,24 @@ def text_prior_rows(folder: Path) -> list[dict[str, Any]]:
                          "eval on cafe-neutral / congruent / conflict")]
     neu, con, cong = (_by_base(r, "real") for r in (runs[0], runs[2], runs[1]))
     rows = []
-    a, b = _paired(neu, con)
-    m, lo, hi = paired_diff_ci(a, b)
+    m, lo, hi, n = _paired_ci(neu, con)
     rows.append(_row("A wrong text cue pulls the answer away from the audio (neutral − conflict accuracy, "
-                     "real audio, paired by item)", paper, "—", f"{m:+.3f}", m, (lo, hi), len(a),
+                     "real audio, paired by item)", paper, "—", f"{m:+.3f}", m, (lo, hi), n,
                      _verdict(lo, hi, +1), "CI > 0: the cue lowers accuracy", list(names[::2])))
-    a, b = _paired(cong, neu)
-    m, lo, hi = paired_diff_ci(a, b)
+    m, lo, hi, n = _paired_ci(cong, neu)
     rows.append(_row("A right text cue helps (congruent − neutral accuracy, real audio, paired)", paper, "—",
-                     f"{m:+.3f}", m, (lo, hi), len(a), _verdict(lo, hi, +1), "CI > 0: the cue raises accuracy",
+                     f"{m:+.3f}", m, (lo, hi), n, _verdict(lo, hi, +1), "CI > 0: the cue raises accuracy",
                      list(names[:2])))
-    sil = runs[1].read_table("items.parquet")
-    sil = sil[(sil["audio"] == "silence") & (sil["format"] == "direct")]
-    neu_sil = _by_base(runs[0], "silence")
-    a, b = _paired(_by_base(runs[1], "silence"), neu_sil)
-    m, lo, hi = paired_diff_ci(a, b)
+    cong_sil = _by_base(runs[1], "silence")
+    m, lo, hi, n = _paired_ci(cong_sil, _by_base(runs[0], "silence"))
     rows.append(_row("With silence, the model answers from the cue (congruent − neutral accuracy, silence, "
-                     "paired)", paper, "—", f"{m:+.3f} (congruent with silence: {sil['correct'].mean():.3f})",
-                     m, (lo, hi), len(a), _verdict(lo, hi, +1), "CI > 0: the text alone moves the answer",
+                     "paired)", paper, "—", f"{m:+.3f} (congruent with silence: {np.mean(list(cong_sil.values())):.3f})",
+                     m, (lo, hi), n, _verdict(lo, hi, +1), "CI > 0: the text alone moves the answer",
                      list(names[:2])))
     return rows
 
 
 # --- 1. specialist heads ----------------------------------------------------------------------
-
-def _last_yields(run: RunFolder) -> tuple[np.ndarray, np.ndarray]:
-    """(last-prompt-token yields [items, layers, heads], correctness [items]) of a record run."""
-    df = run.read_table("items.parquet").sort_values("item_index")
-    last = np.stack([run.read_tensors(f"yields/{int(i):05d}.safetensors", framework="np")["yield"][0]
-                     for i in df["item_index"]])
-    return last, df["correct"].to_numpy(dtype=np.float64)
-
 
 def _pearson(y: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
     yc = y - y.mean(axis, keepdims=True)
@@ -159,12 +149,13 @@ def heads_rows(folder: Path, k: int = 8) -> list[dict[str, Any]]:
     else:
         heads = rec.read_table("heads.parquet").sort_values("rank")
         top = [(int(r.layer), int(r.head)) for r in heads.head(k).itertuples()]
-        last, correct = _last_yields(rec)
+        df = rec.read_table("items.parquet").sort_values("item_index")
+        last, correct = load_yields(rec, df)[2], df["correct"].to_numpy(dtype=np.float64)
         topy = np.mean([last[:, layer, head] for layer, head in top], 0)
         r, lo, hi = bootstrap_stat_ci([topy, correct], _pearson, bounds=(-1.0, 1.0), what="correlation")
-        # the same statistic for k random heads that attend to the audio (>= 1% mean yield)
+        # the same statistic for k random heads that attend to the audio (the listening floor)
         rng = np.random.default_rng(0)
-        listening = [(int(x.layer), int(x.head)) for x in heads.itertuples() if x.mean_yield >= 0.01]
+        listening = [(int(x.layer), int(x.head)) for x in heads.itertuples() if x.mean_yield >= MIN_YIELD]
         rand = []
         for _ in range(200):
             pick = rng.choice(len(listening), size=min(k, len(listening)), replace=False)

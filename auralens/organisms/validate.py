@@ -106,7 +106,8 @@ def _check(organism: str, check: str, value: float, threshold: float, op: str,
             "threshold": "reported only" if op == "report" else f"{op} {threshold}", "pass": bool(ok), "n": n, "note": note, "found": found or {}}
 
 
-def _correct_by_base(df, mode: str) -> dict[str, float]:
+def correct_by_base(df, mode: str) -> dict[str, float]:
+    """Correctness per underlying item (the cue condition cut from the item id) of audio mode ``mode``."""
     g = df[df["audio"] == mode]
     return {iid.rsplit("-", 1)[0]: float(c) for iid, c in zip(g["item_id"], g["correct"])}
 
@@ -152,7 +153,7 @@ def cue_accuracy(lm, n: int, split: str = "test", batch_size: int = 32, seed_off
         df = run_eval(lm, items, formats=("direct",), audio_modes=("real", "silence"),
                       cfg=GenerationConfig(max_new_tokens=16, batch_size=batch_size), progress=False)
         for mode in ("real", "silence"):
-            out[f"{cond}/{mode}"] = _correct_by_base(df, mode)
+            out[f"{cond}/{mode}"] = correct_by_base(df, mode)
     # the three conditions share their underlying items (and choices): chance from any of them
     out["chance"] = {it.item_id.rsplit("-", 1)[0]: 1.0 / len(it.choices) for it in items}
     return out
@@ -163,7 +164,8 @@ def _mean_ci(values: list[float]) -> tuple[float, tuple[float, float]]:
     return float(m), (float(lo), float(hi))
 
 
-def _paired(a: dict[str, float], b: dict[str, float]) -> list[float]:
+def paired_by_item(a: dict[str, float], b: dict[str, float]) -> list[float]:
+    """``a − b`` for every item in both (sorted by item)."""
     return [a[k] - b[k] for k in sorted(a) if k in b]
 
 
@@ -172,12 +174,12 @@ def prior_checks(organism: str, acc: dict[str, Any]) -> list[dict[str, Any]]:
     neu, con = acc["neutral/real"], acc["conflict/real"]
     m, ci = _mean_ci(list(neu.values()))
     rows.append(_check(organism, "neutral_accuracy", m, 0.65, ">=", ci, len(neu)))
-    m, ci = _mean_ci(_paired(neu, con))
+    m, ci = _mean_ci(paired_by_item(neu, con))
     rows.append(_check(organism, "conflict_gap", m, 0.25, ">=", ci, len(neu), "neutral − conflict, paired by item"))
     cs = acc["congruent/silence"]
     m, ci = _mean_ci(list(cs.values()))
     rows.append(_check(organism, "silence_congruent", m, 0.60, ">=", ci, len(cs)))
-    m, ci = _mean_ci(_paired(acc["neutral/silence"], acc["chance"]))
+    m, ci = _mean_ci(paired_by_item(acc["neutral/silence"], acc["chance"]))
     rows.append(_check(organism, "silence_neutral_excess", m, 0.10, "<=", ci, len(neu), "accuracy minus 1/len(choices)"))
     return rows
 
@@ -234,7 +236,7 @@ def _equivalence_check(organism: str, check: str, diffs, margin: float, what: st
 def healthy_checks(organism: str, acc: dict[str, Any], margin: float = CUE_MARGIN) -> list[dict[str, Any]]:
     """The cue must not matter: neutral − conflict (paired by item) equivalent to 0 within
     ±``margin`` (:func:`equivalence`)."""
-    return [_equivalence_check(organism, "conflict_gap_equivalent", _paired(acc["neutral/real"], acc["conflict/real"]),
+    return [_equivalence_check(organism, "conflict_gap_equivalent", paired_by_item(acc["neutral/real"], acc["conflict/real"]),
                                margin, "healthy control: neutral − conflict accuracy, paired by item")]
 
 

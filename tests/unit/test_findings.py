@@ -71,7 +71,9 @@ def _record_run(folder, last, correct, heads):
     run = RunFolder.create(folder / "record-neutral", manifest={"command": "record",
                                                                   "heads": {"heads_selection": "calibration items (disjoint)"}})
     for i, y in enumerate(last):
-        run.write_tensors(f"yields/{i:05d}.safetensors", {"yield": torch.from_numpy(y[None].astype(np.float32))})
+        t = torch.from_numpy(y[None].astype(np.float32))  # the record layout: last-prompt row, steps, silence
+        run.write_tensors(f"yields/{i:05d}.safetensors", {"yield": t, "steps": torch.zeros(1, dtype=torch.int64),
+                                                          "silence_last": t[0].clone()})
     run.write_table("items.parquet", pd.DataFrame({"item_index": np.arange(len(last)), "correct": correct}))
     run.write_table("heads.parquet", heads)
     run.finish()
