@@ -462,24 +462,34 @@ def build_7b_layers(*, dtype: Any = None, device: str = "cpu", seed: int = 0):
 RECORDERS = ("swap", "kernel_value_channel", "kernel_lse")
 
 
+def _served_model(lm, recorder: str):
+    """The model the recorder ``recorder`` runs on: ``lm.model`` for ``"swap"``, else a copy with
+    that kernel backend installed (plain ``generate`` keeps ``lm.model`` and its SDPA)."""
+    from auralens.interp.kernel_stat import install_kernel_backend
+
+    if recorder not in RECORDERS:
+        raise ConfigError(f"recorder {recorder!r}: expected one of {', '.join(RECORDERS)}")
+    if recorder == "swap":
+        return lm.model
+    model = copy.deepcopy(lm.model)
+    install_kernel_backend(model, recorder.removeprefix("kernel_"), lm.arch)
+    return model
+
+
 def _generate_phases(lm, batch: Any, gen: dict[str, Any], amask: Any, *, inside: Any = None, after: Any = None,
-                     recorder: str = "swap"):
+                     recorder: str = "swap", served: Any = None):
     """``(plain, recorded)``: greedy ``generate`` on ``batch`` without and with a fresh recorder
     (both under ``inference_mode``), the pair :func:`_interleaved` times.  ``recorder="swap"``:
     :class:`YieldRecorder` on ``lm.model``; ``"kernel_*"``: :class:`KernelYieldRecorder` on a copy
-    of the model with that kernel backend installed (plain stays ``lm.model`` with its SDPA).
+    of the model with that kernel backend installed (``served``: one made by :func:`_served_model`,
+    reused across calls; plain stays ``lm.model`` with its SDPA).
     ``inside(rec)`` runs before the recorder's context exits, ``after(rec)`` once it has."""
     import torch
 
     from auralens.interp.attention_yield import YieldRecorder
-    from auralens.interp.kernel_stat import KernelYieldRecorder, install_kernel_backend
+    from auralens.interp.kernel_stat import KernelYieldRecorder
 
-    if recorder not in RECORDERS:
-        raise ConfigError(f"recorder {recorder!r}: expected one of {', '.join(RECORDERS)}")
-    model = lm.model
-    if recorder != "swap":
-        model = copy.deepcopy(lm.model)  # the served copy: plain keeps SDPA
-        install_kernel_backend(model, recorder.removeprefix("kernel_"), lm.arch)
+    model = served if served is not None else _served_model(lm, recorder)
 
     def plain():
         with torch.inference_mode():
@@ -530,6 +540,7 @@ def bench_yield_scale(
 
     device = str(lm.device)
     one = _inputs(lm, clip_seconds)
+    served = _served_model(lm, recorder)  # one copy for the whole grid (kernel recorders)
     rows: list[dict[str, Any]] = []
     for b in batches:
         batch = _repeat_batch(one, b)
@@ -542,7 +553,8 @@ def bench_yield_scale(
                 if not held:
                     held.update(walk=retained_tensor_bytes(rec, skip=(lm.model, rec.model)), own=rec.held_bytes())
 
-            plain, recorded = _generate_phases(lm, batch, gen, amask, inside=measure, recorder=recorder)
+            plain, recorded = _generate_phases(lm, batch, gen, amask, inside=measure, recorder=recorder,
+                                               served=served)
             seq_plain = plain()  # warm-up of both, and the untimed memory measurement
             seq_rec = recorded()
             if not torch.equal(seq_plain, seq_rec):
