@@ -147,26 +147,29 @@ def _lse_backend(module: Any, query: torch.Tensor, key: torch.Tensor, value: tor
     ok = _allowed_rows(attention_mask, b, q, t, query.device)
     dev = str(query.device)
 
-    def run(allowed: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        block = create_block_mask(lambda bi, hi, qi, ki: allowed[bi, qi, ki], b, None, q, t, device=dev)
-        out, aux = flex_attention(query, key, v, block_mask=block, scale=scaling, enable_gqa=gqa,
+    def run(q_rows: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = q_rows.shape[2]
+        block = create_block_mask(lambda bi, hi, qi, ki: allowed[bi, qi, ki], b, None, n, t, device=dev)
+        out, aux = flex_attention(q_rows, key, v, block_mask=block, scale=scaling, enable_gqa=gqa,
                                   return_aux=AuxRequest(lse=True))
         assert aux.lse is not None
-        return out, aux.lse.float()  # [b, h, q, d], [b, h, q]
+        return out, aux.lse.float()  # [b, h, n, d], [b, h, n]
 
-    out, lse_all = run(ok, value)
-    listeners = _LISTENERS.get(id(module), ())
-    if listeners:
-        one = value[..., :1]
-        for rec, slot in listeners:
-            bins = _bin_keys(rec, b, t, query.device) > 0  # [b, t, bins]
-            ys = []
-            for j in range(bins.shape[-1]):
-                allowed = ok & bins[:, None, :, j]
-                _unused, lse_j = run(allowed, one)
-                has = allowed.any(-1)[:, None, :]  # [b, 1, q]
-                ys.append(torch.where(has, torch.exp(lse_j - lse_all), torch.zeros_like(lse_all)))
-            rec._take(slot, q, t, b, torch.stack(ys, -1).transpose(1, 2))  # [b, q, h, bins]
+    out, lse_all = run(query, ok, value)
+    one = value[..., :1]
+    for rec, slot in _LISTENERS.get(id(module), ()):
+        where = rec._locate(slot, q, t, b)
+        if where is None:  # no row of this call is recorded: no statistic to compute
+            continue
+        lo, p0 = where  # only the rows kept (a prefill keeps its last row): one LSE call per bin over them
+        bins = _bin_keys(rec, b, t, query.device) > 0  # [b, t, bins]
+        ys = []
+        for j in range(bins.shape[-1]):
+            allowed = ok[:, lo:] & bins[:, None, :, j]
+            _unused, lse_j = run(query[:, :, lo:], allowed, one)
+            has = allowed.any(-1)[:, None, :]  # [b, 1, rows]
+            ys.append(torch.where(has, torch.exp(lse_j - lse_all[..., lo:]), torch.zeros_like(lse_j)))
+        rec._store(slot, p0, torch.stack(ys, -1).transpose(1, 2))  # [b, rows, h, bins]
     return out.transpose(1, 2).contiguous(), None
 
 
